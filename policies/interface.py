@@ -1,0 +1,164 @@
+"""The one contract between a speculation policy and an engine (simulated or live).
+
+Both engines call, once per engine step and in this order:
+
+1. ``decide(obs) -> Decision``: how many draft tokens each decoding request may draft
+   (``num_spec_tokens``, 0 = no speculation), optionally a confidence threshold, a
+   verification token budget or a token tree shape.
+2. ``continue_drafting(draft) -> bool array``: after every draft forward pass, which requests
+   draft one more token (AdaSpec's adaptive drafter). Default: until ``num_spec_tokens`` or
+   the confidence threshold.
+3. ``select_verify(draft) -> int array``: how many of the drafted tokens of each request go to
+   the target's verification pass (AdaSpec's confidence-prior verifier, vLLM's adaptive
+   verification). Default: all, trimmed to ``verify_token_budget`` least-confident first.
+4. ``observe(feedback)``: what happened (accepted counts, confidences, step times).
+
+Vocabulary follows vLLM's rejection sampler: of ``num_spec_tokens`` draft tokens the target
+*accepts* a prefix of ``num_accepted`` tokens; then it emits one more token of its own, the
+*recovered* token (at the first rejected position) or the *bonus* token (all accepted). So a
+step emits ``num_accepted + 1`` tokens per decoding request. An "acceptance length" in this
+project always says whether it counts that extra token: ``accepted_len = num_accepted + 1``.
+
+All per-request arrays are aligned with ``Observation.request_ids`` (struct of arrays: the
+simulator must stay fast with hundreds of requests per step). A policy never imports sim/ or
+exec/; cost and acceptance information reaches it through the observation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class CostModel(Protocol):
+    """Predicted latency of one forward pass. Arguments may be numpy arrays (broadcast).
+
+    ``num_tokens``: tokens processed in the pass (prefill chunks + decode/verify tokens);
+    ``num_seqs``: sequences in the pass; ``sum_context_tokens``: sum over the pass's tokens of
+    the KV context each token attends to (attention cost).
+    """
+
+    def target_step_s(self, num_tokens, num_seqs, sum_context_tokens): ...
+
+    def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens): ...
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a policy sees before a step. Arrays have one entry per decoding request."""
+
+    now_s: float                      # engine clock (simulated or wall, relative to run start)
+    step_index: int                   # 0-based engine step counter
+    k_max: int                        # most draft tokens the engine can run per request/step
+    request_ids: np.ndarray           # int64, decoding requests that may speculate this step
+    context_lens: np.ndarray          # int64, tokens already in KV (prompt + generated)
+    num_output_tokens: np.ndarray     # int64, tokens generated so far (o_i in AdaServe)
+    decode_elapsed_s: np.ndarray      # float, time since the request's first token (l_i)
+    since_arrival_s: np.ndarray       # float, time since arrival
+    tpot_slo_s: np.ndarray            # float, per-request TPOT SLO; inf where none
+    accept_rate_ewma: np.ndarray      # float, per-draft-token acceptance EWMA; nan before any
+    last_confidences: np.ndarray      # float (n, k_max): draft probs of the last step, nan unset
+    num_waiting: int                  # requests queued, not yet admitted
+    oldest_waiting_s: float           # age of the oldest queued request (0 if none)
+    num_prefill_tokens: int           # prefill tokens that share this step's target pass
+    sum_prefill_context_tokens: int   # attention context of those prefill tokens
+    cost: CostModel                   # the engine's step-cost predictor
+    future_match_lens: np.ndarray | None = None  # int (n, ) hindsight m(p); oracle policies only
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.request_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's answer for one step."""
+
+    num_spec_tokens: np.ndarray                 # int (n,), 0..k_max draft tokens per request
+    draft_stop_confidence: float = 0.0          # stop a request's drafting once a draft prob < this
+    verify_token_budget: int | None = None      # most draft tokens verified in the step, all requests
+    nodes_per_depth: np.ndarray | None = None   # int (n, k_max) token-tree widths (AdaServe); sim only
+
+
+@dataclass(frozen=True)
+class DraftState:
+    """Drafting progress inside a step, given to ``continue_drafting`` and ``select_verify``."""
+
+    obs: Observation
+    decision: Decision
+    num_drafted: np.ndarray           # int (n,), draft tokens produced so far
+    confidences: np.ndarray           # float (n, k_max), draft prob of each drafted token, nan after
+    draft_time_s: float               # drafting time spent so far in this step
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What a step did. ``num_accepted`` does not count the recovered/bonus token."""
+
+    now_s: float
+    request_ids: np.ndarray           # int64, as in the observation
+    num_spec_tokens: np.ndarray       # int, draft tokens verified per request
+    num_accepted: np.ndarray          # int, accepted draft tokens per request
+    confidences: np.ndarray           # float (n, k_max), nan where not drafted
+    draft_time_s: float
+    verify_time_s: float
+    finished_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def cumulative_confidence(confidences: np.ndarray) -> np.ndarray:
+    """c_ij = prod_{m<=j} p_im (AdaSpec sec. 1.4): the chance the first j drafts all pass."""
+    return np.cumprod(np.nan_to_num(confidences, nan=0.0), axis=1)
+
+
+class Policy:
+    """Base class: subclasses override ``decide`` and, when they need to, the other hooks."""
+
+    name = "base"
+    needs_oracle = False  # True: the engine fills Observation.future_match_lens
+
+    def decide(self, obs: Observation) -> Decision:
+        raise NotImplementedError
+
+    def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        k = draft.decision.num_spec_tokens
+        more = draft.num_drafted < k
+        thr = draft.decision.draft_stop_confidence
+        if thr > 0.0 and draft.num_drafted.max(initial=0) > 0:
+            idx = np.maximum(draft.num_drafted - 1, 0)
+            last = draft.confidences[np.arange(idx.shape[0]), idx]
+            more &= ~((draft.num_drafted > 0) & (last < thr))
+        return more
+
+    def select_verify(self, draft: DraftState) -> np.ndarray:
+        budget = draft.decision.verify_token_budget
+        drafted = draft.num_drafted.copy()
+        if budget is None or drafted.sum() <= budget:
+            return drafted
+        return trim_to_budget(drafted, cumulative_confidence(draft.confidences), budget)
+
+    def observe(self, feedback: Feedback) -> None:
+        return None
+
+
+def trim_to_budget(num_drafted: np.ndarray, cum_conf: np.ndarray, budget: int) -> np.ndarray:
+    """Keep the ``budget`` draft tokens with the highest cumulative confidence.
+
+    Cumulative confidence never rises along a request's chain, so the kept set is a prefix
+    of every chain: a valid verification (vLLM's adaptive verification, AdaSpec sec. 2.2).
+    """
+    n, k = cum_conf.shape
+    pos = np.arange(k)[None, :]
+    valid = pos < num_drafted[:, None]
+    score = np.where(valid, cum_conf, -np.inf).ravel()
+    budget = max(int(budget), 0)
+    if budget == 0:
+        return np.zeros_like(num_drafted)
+    # stable order: ties keep earlier positions first, so chains stay prefixes
+    order = np.lexsort((np.tile(np.arange(k), n), -score))[:budget]
+    keep = np.zeros(n * k, bool)
+    keep[order] = True
+    keep &= valid.ravel()
+    keep = keep.reshape(n, k)
+    # prefix property: count leading kept positions
+    return np.cumprod(keep, axis=1).sum(axis=1).astype(num_drafted.dtype)

@@ -1,0 +1,48 @@
+"""Name -> policy class. ``make_policy("fixed", k=3)``; unknown names list the known ones."""
+from __future__ import annotations
+
+from typing import Callable
+
+from policies.interface import Policy
+
+_POLICIES: dict[str, type[Policy]] = {}
+
+
+def register(name: str) -> Callable[[type[Policy]], type[Policy]]:
+    def wrap(cls: type[Policy]) -> type[Policy]:
+        if name in _POLICIES and _POLICIES[name] is not cls:
+            raise ValueError(f"policy name {name!r} registered twice")
+        cls.name = name
+        _POLICIES[name] = cls
+        return cls
+    return wrap
+
+
+def known_policies() -> list[str]:
+    _load_builtin()
+    return sorted(_POLICIES)
+
+
+def policy_class(name: str) -> type[Policy]:
+    _load_builtin()
+    if name not in _POLICIES:
+        raise KeyError(f"unknown policy {name!r}; known policies: {', '.join(sorted(_POLICIES))}")
+    return _POLICIES[name]
+
+
+def make_policy(name: str, **params) -> Policy:
+    cls = policy_class(name)
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise TypeError(f"bad parameters for policy {name!r}: {err}") from err
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register decorators.
+    import policies.static  # noqa: F401
+    try:
+        import policies.adaptive  # noqa: F401  (added by the adaptive-policies work)
+    except ModuleNotFoundError as err:
+        if err.name != "policies.adaptive":
+            raise

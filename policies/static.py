@@ -1,0 +1,63 @@
+"""Policies whose k does not learn: no speculation, fixed k, vLLM's batch-size schedule."""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.interface import Decision, Observation, Policy
+from policies.registry import register
+
+
+@register("none")
+class NoSpeculation(Policy):
+    """Plain autoregressive decoding: k = 0 for every request."""
+
+    def decide(self, obs: Observation) -> Decision:
+        return Decision(num_spec_tokens=np.zeros(obs.num_requests, np.int64))
+
+
+@register("fixed")
+class FixedK(Policy):
+    """vLLM's static ``num_speculative_tokens``: every request drafts k tokens every step."""
+
+    def __init__(self, k: int = 3):
+        if k < 0:
+            raise ValueError(f"fixed: k must be >= 0, got {k}")
+        self.k = int(k)
+
+    def decide(self, obs: Observation) -> Decision:
+        k = min(self.k, obs.k_max)
+        return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
+
+
+@register("batch_schedule")
+class BatchSchedule(Policy):
+    """k from inclusive batch-size ranges, like vLLM's ``num_speculative_tokens_per_batch_size``.
+
+    ``schedule`` is a list of ``(min_batch, max_batch, k)``; batch sizes outside every range get
+    ``default_k``. The default schedule speculates deeply when the batch is small (memory bound)
+    and stops as the batch grows (compute bound).
+    """
+
+    DEFAULT = ((1, 4, 4), (5, 16, 3), (17, 32, 2), (33, 64, 1))
+
+    def __init__(self, schedule=DEFAULT, default_k: int = 0):
+        rows = [tuple(int(x) for x in row) for row in schedule]
+        for lo, hi, k in rows:
+            if lo < 1 or hi < lo or k < 0:
+                raise ValueError(f"batch_schedule: bad range ({lo}, {hi}, {k})")
+        ordered = sorted(rows)
+        for (_, hi1, _), (lo2, _, _) in zip(ordered, ordered[1:]):
+            if lo2 <= hi1:
+                raise ValueError(f"batch_schedule: overlapping ranges in {rows}")
+        self.schedule = tuple(ordered)
+        self.default_k = int(default_k)
+
+    def k_for_batch(self, batch_size: int) -> int:
+        for lo, hi, k in self.schedule:
+            if lo <= batch_size <= hi:
+                return k
+        return self.default_k
+
+    def decide(self, obs: Observation) -> Decision:
+        k = min(self.k_for_batch(obs.num_requests), obs.k_max)
+        return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from policies import make_policy, known_policies
+from policies.interface import (Decision, DraftState, Observation, Policy, trim_to_budget)
+
+
+class ZeroCost:
+    def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return 0.01 + 0 * np.asarray(num_tokens, float)
+
+    def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return 0.001 + 0 * np.asarray(num_tokens, float)
+
+
+def make_obs(n, k_max=5):
+    return Observation(
+        now_s=0.0, step_index=0, k_max=k_max, request_ids=np.arange(n),
+        context_lens=np.full(n, 100), num_output_tokens=np.full(n, 10),
+        decode_elapsed_s=np.full(n, 0.5), since_arrival_s=np.full(n, 1.0),
+        tpot_slo_s=np.full(n, np.inf), accept_rate_ewma=np.full(n, np.nan),
+        last_confidences=np.full((n, k_max), np.nan), num_waiting=0, oldest_waiting_s=0.0,
+        num_prefill_tokens=0, sum_prefill_context_tokens=0, cost=ZeroCost())
+
+
+def test_unknown_policy_lists_known():
+    with pytest.raises(KeyError) as err:
+        make_policy("nope")
+    assert "fixed" in str(err.value) and "batch_schedule" in str(err.value)
+    assert {"none", "fixed", "batch_schedule"} <= set(known_policies())
+
+
+@pytest.mark.parametrize("k,k_max,expect", [(3, 5, 3), (7, 5, 5), (0, 5, 0)])
+def test_fixed_caps_at_k_max(k, k_max, expect):
+    d = make_policy("fixed", k=k).decide(make_obs(4, k_max))
+    assert d.num_spec_tokens.tolist() == [expect] * 4
+
+
+def test_none_never_speculates():
+    assert make_policy("none").decide(make_obs(3)).num_spec_tokens.sum() == 0
+
+
+@pytest.mark.parametrize("batch,expect", [(1, 4), (4, 4), (5, 3), (16, 3), (17, 2), (64, 1), (65, 0)])
+def test_batch_schedule_inclusive_ranges(batch, expect):
+    d = make_policy("batch_schedule").decide(make_obs(batch))
+    assert set(d.num_spec_tokens.tolist()) == {expect}
+
+
+def test_batch_schedule_rejects_overlap():
+    with pytest.raises(ValueError, match="overlapping"):
+        make_policy("batch_schedule", schedule=[(1, 4, 2), (4, 8, 1)])
+
+
+def test_trim_to_budget_keeps_most_confident_prefixes():
+    conf = np.array([[0.9, 0.8, 0.5], [0.99, 0.2, 0.1]])
+    cum = np.cumprod(conf, axis=1)  # [.9,.72,.36], [.99,.198,.0198]
+    kept = trim_to_budget(np.array([3, 3]), cum, 3)
+    assert kept.tolist() == [2, 1]
+    assert trim_to_budget(np.array([3, 3]), cum, 0).tolist() == [0, 0]
+
+
+def test_default_draft_stop_on_low_confidence():
+    obs = make_obs(2)
+    dec = Decision(num_spec_tokens=np.array([4, 4]), draft_stop_confidence=0.6)
+    conf = np.full((2, 5), np.nan)
+    conf[:, 0] = [0.9, 0.3]
+    st = DraftState(obs=obs, decision=dec, num_drafted=np.array([1, 1]), confidences=conf,
+                    draft_time_s=0.0)
+    assert Policy().continue_drafting(st).tolist() == [True, False]
