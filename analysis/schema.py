@@ -46,3 +46,35 @@ STEP_COLUMNS = {
     "spec_k": "object",              # list[int]: per decoding request, k verified
     "accepted": "object",            # list[int]: per decoding request, accepted drafts
 }
+
+
+from dataclasses import dataclass, field  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run (simulated or live) produces: the two tables plus provenance."""
+
+    requests: pd.DataFrame            # REQUEST_COLUMNS
+    steps: pd.DataFrame               # STEP_COLUMNS
+    meta: dict = field(default_factory=dict)  # backend, policy, trace, config, seed, versions
+
+    def save(self, directory) -> None:
+        import json
+        from pathlib import Path
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.requests.to_parquet(out / "requests.parquet", index=False)
+        self.steps.to_parquet(out / "steps.parquet", index=False)
+        (out / "meta.json").write_text(json.dumps(self.meta, indent=2, default=str))
+
+    @classmethod
+    def load(cls, directory) -> "RunResult":
+        import json
+        from pathlib import Path
+        d = Path(directory)
+        return cls(requests=pd.read_parquet(d / "requests.parquet"),
+                   steps=pd.read_parquet(d / "steps.parquet"),
+                   meta=json.loads((d / "meta.json").read_text()))

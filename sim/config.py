@@ -1,0 +1,49 @@
+"""Typed, frozen configuration of one simulation run (no hydra here: experiments/ maps onto it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Batching limits, modelled on vLLM V1's scheduler."""
+
+    max_num_seqs: int = 256              # most sequences in one step
+    max_num_batched_tokens: int = 8192   # per-step token budget (prefill chunks + decode + drafts)
+    block_size: int = 16                 # KV-cache block size in tokens
+    num_kv_blocks: int | None = None     # None: derived from hardware memory and model size
+    gpu_memory_utilization: float = 0.9  # share of device memory for weights + KV (when derived)
+    k_max: int = 8                       # most draft tokens per request per step
+    chunked_prefill: bool = True
+    max_model_len: int = 32768           # longer prompt+output requests fail with a reason
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """How accepted lengths are produced.
+
+    ``kind="parametric"``: per request an acceptance rate a ~ Beta(alpha, beta) of its dataset
+    tag (``per_dataset``, falling back to ``default``), per-position Bernoulli with rate
+    a * position_decay**p, and a draft-confidence signal correlated with acceptance.
+    ``kind="replay"``: recorded match lengths m(p) and confidences from a live run
+    (``replay_path``): a request drafting k at position p gets min(k, m(p)).
+    """
+
+    kind: str = "parametric"
+    default: tuple[float, float] = (8.0, 2.0)            # Beta(alpha, beta): mean 0.8
+    per_dataset: tuple[tuple[str, float, float], ...] = ()  # (tag, alpha, beta)
+    position_decay: float = 1.0                         # multiplies a per draft position
+    confidence_sharpness: float = 8.0                   # how well confidence predicts acceptance
+    replay_path: str | None = None
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    model: str = "llama-2-7b"            # target model name (sim/models.py)
+    draft: str = "draft-68m"             # draft model name
+    hardware: str = "a100-80g"           # hardware name (sim/hardware.py)
+    cost_model: str = "roofline"         # "roofline" or a fitted profile name
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    seed: int = 0
+    record_steps: bool = True            # keep the per-step table (off for huge sweeps)
