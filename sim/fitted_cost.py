@@ -1,0 +1,202 @@
+"""Step-cost model fitted from forward-pass profiles (schema: sim/profiles.py).
+
+Per role (target, draft) one regression, shaped like a roofline but learnt from data:
+
+    t(N, B, S) = c0 + g(N) + c_ctx * S + c_kv * S * B / N + c_seq * B
+
+N = num_tokens, B = num_seqs, S = sum_context_tokens. g is piecewise linear in N with
+non-negative slopes between knots spread geometrically over the profiled N (monotone: more
+tokens never cost less; it bends from the weight-streaming floor to the compute slope).
+S is the attention compute; S * B / N estimates the distinct KV read (exact for decode), the
+memory-bound attention term. All coefficients are non-negative, fitted by NNLS on relative
+errors (rows weighted by 1 / latency). A pass with N <= 0 costs nothing.
+
+``python -m sim.fitted_cost --report`` prints held-out errors of every profile in
+sim/profiles_data/ (sim/fitted_cost_report.py).
+"""
+from __future__ import annotations
+
+import warnings
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sim.nnls import nnls
+from sim.profiles import ProfileError, load_profile, resolve_profile
+
+MAX_KNOTS = 12
+EXTRAPOLATION_FACTOR = 2.0  # warn beyond this multiple of the largest profiled value
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """Fitted coefficients of one role; ``slopes[j]`` applies from ``knots[j]`` on (s/token)."""
+
+    knots: tuple[float, ...]
+    slopes: tuple[float, ...]
+    base_s: float
+    per_context_token_s: float
+    per_kv_token_s: float
+    per_seq_s: float
+    max_num_tokens: float
+    max_num_seqs: float
+    max_sum_context_tokens: float
+    num_points: int
+
+    @property
+    def knot_values(self) -> tuple[float, ...]:
+        """g at each knot (cumulative), g(knots[0]) = 0."""
+        seg = np.diff(np.asarray(self.knots)) * np.asarray(self.slopes[:-1])
+        return tuple(np.concatenate([[0.0], np.cumsum(seg)]).tolist())
+
+
+def _knots(n: np.ndarray) -> np.ndarray:
+    """Geometric knots over the profiled token counts, only where data lies between them."""
+    uniq = np.unique(n)
+    count = int(min(MAX_KNOTS, max(1, len(uniq) // 3)))
+    grid = np.unique(np.round(np.geomspace(uniq[0], uniq[-1], count + 1)[:-1]))
+    return grid if len(grid) else uniq[:1].astype(float)
+
+
+def _design(knots, n, b, s) -> np.ndarray:
+    n, b, s = (np.asarray(x, np.float64) for x in (n, b, s))
+    upper = np.append(knots[1:], np.inf)
+    ramps = np.clip(n[:, None] - knots[None, :], 0.0, upper - knots)  # segment j's token count
+    kv = s * b / np.maximum(n, 1.0)
+    return np.column_stack([np.ones_like(n), ramps, s, kv, b])
+
+
+def fit_step(n, b, s, latency_s) -> StepFit:
+    """NNLS fit of the model above to profiled passes (arrays of equal length)."""
+    n, b, s, y = (np.asarray(x, np.float64) for x in (n, b, s, latency_s))
+    knots = _knots(n)
+    a = _design(knots, n, b, s)
+    need = a.shape[1] + 3
+    if len(y) < need:
+        raise ProfileError(f"too few points for a fit: {len(y)} passes, need at least {need}")
+    w = 1.0 / y                                    # relative error
+    aw = a * w[:, None]
+    scale = np.abs(aw).max(axis=0)
+    scale[scale == 0] = 1.0                        # unused feature: coefficient stays 0
+    coef = nnls(aw / scale, y * w) / scale
+    k = len(knots)
+    return StepFit(tuple(knots.tolist()), tuple(coef[1:1 + k].tolist()), float(coef[0]),
+                   float(coef[1 + k]), float(coef[2 + k]), float(coef[3 + k]),
+                   float(n.max()), float(b.max()), float(s.max()), int(len(y)))
+
+
+def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
+    """One StepFit per role present in a validated profile table."""
+    return {role: fit_step(g["num_tokens"], g["num_seqs"], g["sum_context_tokens"],
+                           g["latency_s"]) for role, g in df.groupby("role", sort=True)}
+
+
+class _Predictor:
+    """Fast evaluation of one StepFit; warns once when asked far outside its data."""
+
+    def __init__(self, fit: StepFit, label: str):
+        self.fit, self.label, self._warned = fit, label, False
+        self._knots, self._values = list(fit.knots), list(fit.knot_values)
+        self._slopes = list(fit.slopes)
+        self._k_arr, self._v_arr = np.asarray(fit.knots), np.asarray(fit.knot_values)
+        self._limits = (EXTRAPOLATION_FACTOR * fit.max_num_tokens,
+                        EXTRAPOLATION_FACTOR * fit.max_num_seqs,
+                        EXTRAPOLATION_FACTOR * fit.max_sum_context_tokens)
+
+    def _check(self, n_max, b_max, s_max) -> None:
+        lim = self._limits
+        if not self._warned and (n_max > lim[0] or b_max > lim[1] or s_max > lim[2]):
+            self._warned = True
+            warnings.warn(f"fitted cost model {self.label}: predicting far outside the profiled "
+                          f"range (num_tokens {n_max:g}, num_seqs {b_max:g}, sum_context_tokens "
+                          f"{s_max:g} vs profiled max {self.fit.max_num_tokens:g}, "
+                          f"{self.fit.max_num_seqs:g}, {self.fit.max_sum_context_tokens:g}); "
+                          "further warnings suppressed", RuntimeWarning, stacklevel=4)
+
+    def __call__(self, n, b, s):
+        f = self.fit
+        if type(n) in (int, float) and type(b) in (int, float) and type(s) in (int, float):
+            if n <= 0:                      # scalar fast path: the engine calls this per step
+                return 0.0
+            if not self._warned:
+                self._check(n, b, s)
+            i = bisect_right(self._knots, n) - 1
+            g = 0.0 if i < 0 else self._values[i] + self._slopes[i] * (n - self._knots[i])
+            return (f.base_s + g + f.per_context_token_s * s
+                    + f.per_kv_token_s * s * b / n + f.per_seq_s * b)
+        n, b, s = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (n, b, s)))
+        if not self._warned and n.size:
+            self._check(n.max(), b.max(), s.max())
+        g = np.interp(n, self._k_arr, self._v_arr, left=0.0)
+        g = g + f.slopes[-1] * np.maximum(n - self._k_arr[-1], 0.0)
+        t = (f.base_s + g + f.per_context_token_s * s
+             + f.per_kv_token_s * s * b / np.maximum(n, 1.0) + f.per_seq_s * b)
+        return np.where(n > 0, t, 0.0)
+
+
+class FittedCostModel:
+    """``policies.interface.CostModel`` from fitted profiles.
+
+    ``draft`` may be None: draft passes then go to ``draft_fallback`` (any CostModel, e.g.
+    the roofline) or, without one, raise naming the profile that lacks draft rows.
+    """
+
+    def __init__(self, target: StepFit, draft: StepFit | None = None, draft_fallback=None,
+                 name: str = "fitted"):
+        self.name = name
+        self._target = _Predictor(target, f"{name} (target)")
+        self._draft = _Predictor(draft, f"{name} (draft)") if draft is not None else None
+        self._draft_fallback = draft_fallback
+
+    def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return self._target(num_tokens, num_seqs, sum_context_tokens)
+
+    def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        if self._draft is not None:
+            return self._draft(num_tokens, num_seqs, sum_context_tokens)
+        if self._draft_fallback is None:
+            raise ProfileError(f"profile {self.name} has no draft rows and no draft_fallback "
+                               "cost model was given")
+        return self._draft_fallback.draft_step_s(num_tokens, num_seqs, sum_context_tokens)
+
+
+def load_fitted_cost_model(name_or_path, draft_profile=None, draft_fallback=None,
+                           directory=None) -> FittedCostModel:
+    """Fit a known profile (``<hardware>_<model>``) or a profile CSV path.
+
+    Draft passes use, in order: the profile's ``role=draft`` rows, ``draft_profile``'s rows
+    (draft rows if any, else its target rows: a small model profiled as a target), or
+    ``draft_fallback``.
+    """
+    path = resolve_profile(name_or_path, directory)
+    fits = fit_profile_table(load_profile(path))
+    if "target" not in fits:
+        raise ProfileError(f"profile {path} has no target rows")
+    draft = fits.get("draft")
+    if draft is None and draft_profile is not None:
+        dfits = fit_profile_table(load_profile(resolve_profile(draft_profile, directory)))
+        draft = dfits.get("draft", dfits.get("target"))
+    return FittedCostModel(fits["target"], draft, draft_fallback, name=path.stem)
+
+
+def build_fitted(config) -> FittedCostModel:
+    """Factory hook for sim/cost.py: ``SimConfig.cost_model = "fitted:<profile or path>"``.
+
+    Without draft rows in the profile, draft passes use the roofline of ``config.draft``.
+    """
+    from sim.cost import make_cost_model  # lazy: sim.cost may import this module
+
+    name = config.cost_model.split(":", 1)[1] if ":" in config.cost_model else config.cost_model
+    fallback = None
+    if config.draft:
+        from dataclasses import replace
+        fallback = make_cost_model(replace(config, cost_model="roofline"))
+    return load_fitted_cost_model(name, draft_fallback=fallback)
+
+
+if __name__ == "__main__":
+    from sim.fitted_cost_report import main
+
+    main()

@@ -1,0 +1,144 @@
+"""Fitted cost model: schema validation, coefficient recovery, warn-once, determinism."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sim.fitted_cost import FittedCostModel, fit_profile_table, fit_step, load_fitted_cost_model
+from sim.nnls import nnls
+from sim.profiles import PROFILE_COLUMNS, ProfileError, load_profile, resolve_profile, save_profile
+
+TRUE = dict(base_s=2e-3, slope_s=3e-6, per_context_token_s=4e-10, per_kv_token_s=2e-8,
+            per_seq_s=5e-6)
+
+
+def synthetic_profile(rng: np.random.Generator, role: str = "target", **coef) -> pd.DataFrame:
+    """Passes whose latency follows the model's own formula with known coefficients."""
+    c = {**TRUE, **coef}
+    rows = []
+    for n in np.unique(np.geomspace(1, 4096, 60).round().astype(int)):
+        for b in {1, max(1, n // 4), n}:
+            for ctx in (128, 1024, 8192):
+                s = b * ctx + int(rng.integers(0, n))  # any per-token context >= 1 token
+                s = max(s, n)
+                t = (c["base_s"] + c["slope_s"] * (n - 1) + c["per_context_token_s"] * s
+                     + c["per_kv_token_s"] * s * b / n + c["per_seq_s"] * b)
+                rows.append(("m", role, "hw", "mixed", b, n, s, t, "synthetic"))
+    return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
+
+
+def test_missing_columns_named_with_file(tmp_path):
+    p = tmp_path / "bad.csv"
+    synthetic_profile(np.random.default_rng(0)).drop(columns=["latency_s", "phase"]).to_csv(p)
+    with pytest.raises(ProfileError, match=r"bad\.csv.*missing columns \['phase', 'latency_s'\]"):
+        load_profile(p)
+
+
+def test_bad_values_rejected(tmp_path):
+    df = synthetic_profile(np.random.default_rng(0))
+    bad = df.assign(role="oracle")
+    with pytest.raises(ProfileError, match="unknown role"):
+        save_profile(bad, tmp_path / "x.csv")
+    bad = df.assign(latency_s=-1.0)
+    with pytest.raises(ProfileError, match="latency_s must be finite and > 0"):
+        save_profile(bad, tmp_path / "x.csv")
+    bad = df.assign(num_tokens="many")
+    with pytest.raises(ProfileError, match="'num_tokens' has .* non-numeric"):
+        save_profile(bad, tmp_path / "x.csv")
+
+
+def test_too_few_points():
+    df = synthetic_profile(np.random.default_rng(0)).head(5)
+    with pytest.raises(ProfileError, match="too few points for a fit: 5 passes"):
+        fit_step(df["num_tokens"], df["num_seqs"], df["sum_context_tokens"], df["latency_s"])
+
+
+def test_fit_recovers_known_coefficients():
+    df = synthetic_profile(np.random.default_rng(1))
+    fit = fit_profile_table(df)["target"]
+    assert fit.base_s == pytest.approx(TRUE["base_s"], rel=1e-3)
+    assert np.allclose(fit.slopes, TRUE["slope_s"], rtol=1e-3)
+    for name in ("per_context_token_s", "per_kv_token_s", "per_seq_s"):
+        assert getattr(fit, name) == pytest.approx(TRUE[name], rel=1e-3), name
+    # a different truth gives a different fit (the comparison above can fail)
+    other = fit_profile_table(synthetic_profile(np.random.default_rng(1), per_kv_token_s=6e-8))
+    assert other["target"].per_kv_token_s == pytest.approx(6e-8, rel=1e-3)
+
+
+def test_fit_tracks_roofline_bend():
+    """Weight-streaming floor then compute slope: max(a N, b) within 10% at the bend
+    (it falls between two geometric knots), 1% on average."""
+    n = np.arange(1, 2049)
+    y = np.maximum(2e-5 * n, 5e-3) + 1e-3
+    fit = fit_step(n[::2], n[::2], n[::2] * 16, y[::2])
+    pred = FittedCostModel(fit).target_step_s(n[1::2], n[1::2], n[1::2] * 16)
+    err = np.abs(pred / y[1::2] - 1)
+    assert err.max() < 0.10 and err.mean() < 0.01
+
+
+def test_scalar_and_array_paths_agree_and_zero_tokens_cost_nothing():
+    fits = fit_profile_table(synthetic_profile(np.random.default_rng(2)))
+    model = FittedCostModel(fits["target"])
+    n, b = np.array([0, 1, 7, 300, 4000]), np.array([0, 1, 2, 30, 1])
+    s = np.array([0, 50, 90, 9e4, 8e6])
+    arr = model.target_step_s(n, b, s)
+    sca = [model.target_step_s(int(x), int(y), float(z)) for x, y, z in zip(n, b, s)]
+    assert np.allclose(arr, sca, rtol=1e-12) and arr[0] == 0.0 and sca[0] == 0.0
+    n = np.arange(1, 5000)  # more tokens of one sequence at a fixed context never cost less
+    assert np.all(np.diff(model.target_step_s(n, 1, n * 4096)) >= 0)
+
+
+def test_warns_once_far_outside_range():
+    fits = fit_profile_table(synthetic_profile(np.random.default_rng(3)))
+    model = FittedCostModel(fits["target"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.target_step_s(4096, 64, 4096 * 100)          # inside the profiled range
+        assert not caught
+        model.target_step_s(20000, 1, 20000)                # > 2x max profiled num_tokens
+        model.target_step_s(np.array([30000, 50000]), 1, 60000)
+        model.target_step_s(40000, 1, 40000)
+    assert len(caught) == 1 and "far outside the profiled range" in str(caught[0].message)
+    fresh = FittedCostModel(model._target.fit)               # the flag is per instance
+    with pytest.warns(RuntimeWarning):
+        fresh.target_step_s(np.array([1, 99999]), 1, 99999)
+
+
+def test_deterministic():
+    a = fit_profile_table(synthetic_profile(np.random.default_rng(4)))
+    b = fit_profile_table(synthetic_profile(np.random.default_rng(4)))
+    assert a == b
+
+
+def test_draft_rows_fallback_and_errors(tmp_path):
+    rng = np.random.default_rng(5)
+    both = pd.concat([synthetic_profile(rng), synthetic_profile(rng, "draft", base_s=1e-4)])
+    p = save_profile(both, tmp_path / "hw_m.csv")
+    model = load_fitted_cost_model(p)
+    assert model.draft_step_s(1, 1, 10) < model.target_step_s(1, 1, 10) / 5
+    p2 = save_profile(synthetic_profile(rng), tmp_path / "hw_t.csv")
+    with pytest.raises(ProfileError, match="no draft rows"):
+        load_fitted_cost_model(p2).draft_step_s(1, 1, 10)
+
+    class Half:
+        def draft_step_s(self, n, b, s):
+            return 0.5
+
+    assert load_fitted_cost_model(p2, draft_fallback=Half()).draft_step_s(1, 1, 1) == 0.5
+    assert load_fitted_cost_model("hw_t", draft_profile="hw_m",
+                                  directory=tmp_path).draft_step_s(1, 1, 10) == \
+        model.draft_step_s(1, 1, 10)
+    with pytest.raises(ProfileError, match="unknown profile 'nope'; known profiles: hw_m, hw_t"):
+        resolve_profile("nope", tmp_path)
+
+
+def test_nnls_kkt():
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        a, y = rng.normal(size=(30, 6)), rng.normal(size=30)
+        x = nnls(a, y)
+        g = a.T @ (y - a @ x)
+        assert (x >= 0).all() and (g <= 1e-9).all() and np.allclose(g[x > 0], 0, atol=1e-9)
