@@ -45,6 +45,8 @@ STEP_COLUMNS = {
     "kv_blocks_used": "int64",
     "spec_k": "object",              # list[int]: per decoding request, k verified
     "accepted": "object",            # list[int]: per decoding request, accepted drafts
+    # list[int]: request_id of each entry of spec_k/accepted (per-request accepted histograms)
+    "spec_request_ids": "object",
 }
 
 

@@ -16,6 +16,7 @@ class EngineConfig:
     k_max: int = 8                       # most draft tokens per request per step
     chunked_prefill: bool = True
     max_model_len: int = 32768           # longer prompt+output requests fail with a reason
+    accept_ewma_alpha: float = 0.3       # weight of the newest step in accept_rate_ewma
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class AcceptanceConfig:
     per_dataset: tuple[tuple[str, float, float], ...] = ()  # (tag, alpha, beta)
     position_decay: float = 1.0                         # multiplies a per draft position
     confidence_sharpness: float = 8.0                   # how well confidence predicts acceptance
+    confidence_accept_mean: float = 0.85  # mean draft prob of a token the target accepts
+    confidence_reject_mean: float = 0.3   # mean draft prob of a token the target rejects
     replay_path: str | None = None
 
 
@@ -46,4 +49,5 @@ class SimConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     seed: int = 0
+    tensor_parallel: int = 1             # target (and draft) sharded this many ways
     record_steps: bool = True            # keep the per-step table (off for huge sweeps)

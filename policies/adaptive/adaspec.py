@@ -1,0 +1,194 @@
+"""AdaSpec / SpecServe (Huang et al., arXiv 2503.05096) and its Threshold baseline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.adaptive.step_cost import (expected_chain_tokens, same_step, tightest_slo_s,
+                                         uniform_step_s, verify_s)
+from policies.interface import (Decision, DraftState, Observation, Policy,
+                                cumulative_confidence, trim_to_budget)
+from policies.registry import register
+
+
+def previous_graph_bucket(num_tokens: int) -> int:
+    """The CUDA-graph size just below ``num_tokens`` (digest sec. 2.2): powers of two up to
+    32, multiples of 32 above. A size already on a bucket still drops one bucket."""
+    if num_tokens <= 1:
+        return 0
+    if num_tokens <= 32:
+        return int(2 ** np.floor(np.log2(num_tokens - 1)))
+    return 32 * ((num_tokens - 1) // 32)
+
+
+@dataclass
+class _Step:
+    obs: Observation
+    step_s: np.ndarray      # predicted T(k) for uniform k = 0..K
+    budget_s: float         # SLO step budget (inf when not slo_aware)
+    g_prev: float           # goodput of the last accepted drafting decision
+
+
+@register("adaspec")
+class AdaSpec(Policy):
+    """AdaSpec's efficiency model and three modules (digest secs. 1.5, 2.0-2.3).
+
+    Efficiency G(k) = (sum_i sum_{j<=k} c_ij + B) / (T_draft(k) + T_verify(k)), where c_ij is
+    the running product of request i's draft confidences and the B term counts each request's
+    bonus/recovered token. Undrafted positions use the prior c_{i,j+1} = c_ij * c_bar, with
+    c_bar the running mean of all observed draft probabilities (init ``prior_confidence``
+    = 0.6, weight ``prior_count`` = 0 pseudo-observations, updated only on steps whose
+    goodput did not drop, as in the code).
+
+    - ``adaptive_drafter`` (sec. 5.1): decide gates the batch on G(1) > G(0) with the prior,
+      then ``continue_drafting`` runs, after each draft pass s, the post-check G(s) with the
+      actual confidences (stop, keeping this pass's tokens, if it fell below the previous
+      G) and the pre-check G(s+1) with the prior (stop if it would fall). One k for the
+      batch. Off: k = argmax_k G(k) with c_ij = c_bar^j, chosen before drafting.
+    - ``confidence_verifier`` (sec. 5.2): ``select_verify`` trims the least cumulative-confident
+      tail tokens so that the verify tokens sum(s_i + 1) drop to the previous CUDA-graph
+      bucket, kept only if G is not worse; or, when ``verify_token_budget`` is given, to at
+      most that many drafts (a hard limit).
+      Deviation: tails are re-ranked globally (``trim_to_budget``) where the code strips
+      whole requests by their last confidence; the drafting time in G is the measured one.
+    - ``slo_aware`` (sec. 5.3): any k > 0 whose predicted step time exceeds the tightest TPOT
+      SLO among running requests (or ``step_budget_s``, whichever is smaller) gets G = -1;
+      k = 0 is exempt. The released code has this check commented out; this is its intent.
+    """
+
+    def __init__(self, adaptive_drafter: bool = True, confidence_verifier: bool = True,
+                 slo_aware: bool = True, prior_confidence: float = 0.6,
+                 prior_count: float = 0.0, step_budget_s: float | None = None,
+                 verify_token_budget: int | None = None, k_max: int | None = None):
+        if not 0.0 < prior_confidence < 1.0:
+            raise ValueError(f"adaspec: prior_confidence must be in (0, 1), got {prior_confidence}")
+        if verify_token_budget is not None and verify_token_budget < 0:
+            raise ValueError("adaspec: verify_token_budget must be >= 0, "
+                             f"got {verify_token_budget}")
+        self.adaptive_drafter = bool(adaptive_drafter)
+        self.confidence_verifier = bool(confidence_verifier)
+        self.slo_aware = bool(slo_aware)
+        self.prior_init = float(prior_confidence)
+        self.conf_sum = self.prior_init * float(prior_count)
+        self.conf_count = float(prior_count)
+        self.step_budget_s = step_budget_s
+        self.verify_token_budget = verify_token_budget
+        self.k_max = k_max
+        self._step: _Step | None = None
+
+    @property
+    def prior(self) -> float:
+        """c_bar: running mean of observed draft probabilities."""
+        return self.conf_sum / self.conf_count if self.conf_count > 0 else self.prior_init
+
+    def _goodput(self, expected_accepted, n: int, step_s, has_spec, budget_s: float):
+        g = (np.asarray(expected_accepted, float) + n) / np.asarray(step_s, float)
+        return np.where(np.asarray(has_spec) & (np.asarray(step_s) > budget_s), -1.0, g)
+
+    @staticmethod
+    def _goodput1(expected: float, n: int, step_s: float, budget_s: float) -> float:
+        """G for one k > 0 (scalar fast path of ``_goodput``: called after every pass)."""
+        return -1.0 if step_s > budget_s else (expected + n) / step_s
+
+    def decide(self, obs: Observation) -> Decision:
+        n = obs.num_requests
+        kmax = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        if n == 0:
+            self._step = None
+            return Decision(num_spec_tokens=np.zeros(0, np.int64))
+        ks = np.arange(kmax + 1)
+        draft, verify = uniform_step_s(obs, ks)
+        step = draft + verify
+        budget = tightest_slo_s(obs, self.step_budget_s) if self.slo_aware else np.inf
+        if self.adaptive_drafter:
+            g = self._goodput(n * np.array([0.0, self.prior]), n, step[:2], ks[:2] > 0, budget)
+            k = kmax if kmax > 0 and g[1] > g[0] else 0
+        else:
+            expected = n * expected_chain_tokens(self.prior, ks)
+            k = int(np.argmax(self._goodput(expected, n, step, ks > 0, budget)))
+        self._step = _Step(obs=obs, step_s=step, budget_s=budget, g_prev=float(n / step[0]))
+        return Decision(num_spec_tokens=np.full(n, k, np.int64))
+
+    def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        more = draft.num_drafted < draft.decision.num_spec_tokens
+        st = self._step
+        s = int(draft.num_drafted.max(initial=0))
+        if not self.adaptive_drafter or st is None or s == 0 or not same_step(st.obs, draft.obs):
+            return more
+        n = draft.obs.num_requests
+        kmax = st.step_s.size - 1
+        cum = cumulative_confidence(draft.confidences[:, :s])
+        expected = float(cum.sum())
+        # post-check: actual confidences of the pass just run
+        g_cur = self._goodput1(expected, n, float(st.step_s[min(s, kmax)]), st.budget_s)
+        if g_cur < st.g_prev:
+            st.g_prev = g_cur
+            return np.zeros_like(more)
+        st.g_prev = g_cur
+        new = draft.confidences[:, s - 1]
+        seen = np.isfinite(new)
+        self.conf_sum += float(new[seen].sum())
+        self.conf_count += int(seen.sum())
+        if s >= kmax or not more.any():
+            return more
+        # pre-check: would one more pass, at the prior, still raise goodput?
+        g_next = self._goodput1(expected + float(cum[:, s - 1].sum()) * self.prior, n,
+                                float(st.step_s[s + 1]), st.budget_s)
+        return more if g_next >= st.g_prev else np.zeros_like(more)
+
+    def select_verify(self, draft: DraftState) -> np.ndarray:
+        drafted = super().select_verify(draft)
+        total = int(drafted.sum())
+        if not self.confidence_verifier or total == 0:
+            return drafted
+        n = draft.obs.num_requests
+        if self.verify_token_budget is not None:
+            target = min(total, int(self.verify_token_budget))
+        else:
+            target = max(previous_graph_bucket(total + n) - n, 0)
+        if target >= total:
+            return drafted
+        cum = cumulative_confidence(draft.confidences)
+        trimmed = trim_to_budget(drafted, cum, target)
+        if self.verify_token_budget is not None:
+            return trimmed          # a configured budget is a hard limit
+        budget = self._step.budget_s if self._step is not None else np.inf
+
+        def g(s):
+            kept = np.arange(cum.shape[1])[None, :] < s[:, None]
+            t = draft.draft_time_s + verify_s(draft.obs, s)
+            return float(self._goodput((cum * kept).sum(), n, t, s.max() > 0, budget))
+
+        return trimmed if g(trimmed) >= g(drafted) else drafted
+
+
+@register("threshold")
+class ThresholdDrafting(Policy):
+    """AdaSpec repo's "Threshold-based" baseline (``--dynamic-spec``, digest sec. 2.1).
+
+    Draft up to k_max; after each draft pass, stop the whole batch when the batch-mean draft
+    probability of that pass is below ``threshold`` (default 0.6). The low-confidence token
+    just drafted is kept and verified.
+    """
+
+    def __init__(self, threshold: float = 0.6, k_max: int | None = None):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold: threshold must be in [0, 1], got {threshold}")
+        self.threshold = float(threshold)
+        self.k_max = k_max
+
+    def decide(self, obs: Observation) -> Decision:
+        k = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
+
+    def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        more = draft.num_drafted < draft.decision.num_spec_tokens
+        s = int(draft.num_drafted.max(initial=0))
+        if s == 0:
+            return more
+        latest = draft.confidences[draft.num_drafted >= s, s - 1]
+        latest = latest[np.isfinite(latest)]
+        if latest.size and float(latest.mean()) < self.threshold:
+            return np.zeros_like(more)
+        return more

@@ -1,0 +1,118 @@
+"""Per-request policy state keyed by request_id, vectorized (sorted id array + value columns).
+
+A policy owns one of these; entries go when ``Feedback.finished_ids`` names them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class RequestTable:
+    """Float columns per request id. ``get`` fills unknown ids with ``defaults``."""
+
+    def __init__(self, defaults: tuple[float, ...]):
+        self.defaults = np.asarray(defaults, float)
+        self.ids = np.zeros(0, np.int64)
+        self.values = np.zeros((0, self.defaults.size))
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(self.ids, ids)
+        found = pos < self.ids.size
+        found[found] = self.ids[pos[found]] == ids[found]
+        return pos, found
+
+    def get(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        out = np.tile(self.defaults, (ids.size, 1))
+        pos, found = self._find(ids)
+        out[found] = self.values[pos[found]]
+        return out
+
+    def set(self, ids, values) -> None:
+        ids = np.asarray(ids, np.int64)
+        values = np.asarray(values, float).reshape(ids.size, self.defaults.size)
+        pos, found = self._find(ids)
+        self.values[pos[found]] = values[found]
+        if (~found).any():
+            new_ids, first = np.unique(ids[~found], return_index=True)
+            ids_all = np.concatenate([self.ids, new_ids])
+            vals_all = np.concatenate([self.values, values[~found][first]])
+            order = np.argsort(ids_all, kind="stable")
+            self.ids, self.values = ids_all[order], vals_all[order]
+
+    def drop(self, ids) -> None:
+        ids = np.asarray(ids, np.int64)
+        if ids.size == 0 or self.ids.size == 0:
+            return
+        keep = ~np.isin(self.ids, ids)
+        self.ids, self.values = self.ids[keep], self.values[keep]
+
+
+class AcceptanceTracker:
+    """Per-request per-draft-token acceptance estimate from verification outcomes.
+
+    Under greedy/rejection verification of a chain, a step that verified k drafts and
+    accepted m of them saw m successes and, if m < k, one rejection: the maximum-likelihood
+    per-token rate is successes / (successes + rejections), not m / k (which is biased low).
+    Counts decay by ``decay`` per observed step so estimates follow drift, and each request
+    starts from a fleet-wide prior (same estimator over all requests, decaying by
+    ``global_decay``) with weight ``prior_weight``. Tree steps: a rejected depth whose width
+    was w counts as w rejections (all w siblings failed); an accepted one as one success.
+    Requests an engine never reports finished (e.g. failed ones) cannot pile up: past
+    ``max_requests`` entries the least recently updated half is dropped.
+    """
+
+    def __init__(self, prior_rate: float = 0.7, prior_weight: float = 2.0,
+                 decay: float = 0.9, global_decay: float = 0.98, max_requests: int = 65536):
+        if not 0.0 < prior_rate < 1.0:
+            raise ValueError(f"prior_rate must be in (0, 1), got {prior_rate}")
+        if prior_weight <= 0.0:
+            raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
+        if not (0.0 < decay <= 1.0 and 0.0 < global_decay <= 1.0):
+            raise ValueError("decay and global_decay must be in (0, 1]")
+        self.prior_weight = float(prior_weight)
+        self.decay, self.global_decay = float(decay), float(global_decay)
+        self.global_counts = np.array([prior_rate, 1.0 - prior_rate]) * prior_weight
+        self.table = RequestTable((0.0, 0.0, 0.0))   # (successes, rejections, last update)
+        self.max_requests = int(max_requests)
+        self._updates = 0
+
+    @property
+    def global_rate(self) -> float:
+        s, f = self.global_counts
+        return float(s / (s + f))
+
+    def rate(self, ids) -> np.ndarray:
+        counts = self.table.get(ids)[:, :2]
+        g = self.global_rate
+        s = counts[:, 0] + g * self.prior_weight
+        f = counts[:, 1] + (1.0 - g) * self.prior_weight
+        return s / (s + f)
+
+    def observe(self, ids, num_spec, num_accepted, reject_width=None) -> None:
+        """``reject_width``: width of the first rejected depth (1 for chains)."""
+        ids = np.asarray(ids, np.int64)
+        spec = np.asarray(num_spec, float)
+        acc = np.minimum(np.asarray(num_accepted, float), spec)
+        width = np.ones_like(spec) if reject_width is None else np.asarray(reject_width, float)
+        rej = np.where(acc < spec, width, 0.0)
+        drafted = spec > 0
+        if drafted.any():
+            counts = self.table.get(ids[drafted])
+            counts[:, :2] *= self.decay
+            counts[:, 0] += acc[drafted]
+            counts[:, 1] += rej[drafted]
+            self._updates += 1
+            counts[:, 2] = self._updates
+            self.table.set(ids[drafted], counts)
+            if len(self.table) > self.max_requests:
+                last = self.table.values[:, 2]
+                self.table.drop(self.table.ids[last <= np.median(last)])
+            self.global_counts = (self.global_counts * self.global_decay
+                                  + np.array([acc[drafted].sum(), rej[drafted].sum()]))
+
+    def forget(self, ids) -> None:
+        self.table.drop(ids)

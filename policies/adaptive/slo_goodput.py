@@ -1,0 +1,221 @@
+"""slo_goodput: our SLO-first, goodput-driven, queue-aware per-request speculation policy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.adaptive.request_state import AcceptanceTracker
+from policies.adaptive.step_cost import same_step, uniform_step_s, verify_tokens_s
+from policies.interface import (Decision, DraftState, Feedback, Observation, Policy,
+                                cumulative_confidence)
+from policies.registry import register
+
+
+@dataclass
+class _Plan:
+    obs: Observation
+    base_k: np.ndarray       # planned lengths before the extension
+    weight: np.ndarray       # SLO weight per request
+    accept: np.ndarray       # per-token acceptance estimate per request
+    marginal: float          # value of the last planned slot (the shadow price of a slot)
+    prefill_value: float     # w_p
+
+
+@register("slo_goodput")
+class SloGoodput(Policy):
+    """Per-request lengths from a weighted-goodput plan, stopped early by draft confidence.
+
+    Plan (decide). Each draft slot (request i, position j) is worth w_i a_i^j expected
+    tokens (a_i: per-request acceptance MLE over decayed outcomes, ``AcceptanceTracker``;
+    new requests start from the fleet's rate, so estimates follow load/dataset shifts).
+    w_i = 1 + ``slo_weight`` * clip(A_i - 1, -``slack_discount``, ``max_boost``) with A_i the
+    tokens request i must emit this step to be on its TPOT SLO (AdaServe eq. 3, t_spec = an
+    EWMA of measured step time): requests behind their SLO get slots first, requests with
+    slack give theirs up under load. With ``triage``, a request more than ``max_boost`` tokens
+    behind sees its boost taper to 0 at 2 * ``max_boost`` (it is unlikely to be saved; slots
+    go to requests that can still make their SLO). Slots are taken in descending value;
+    the prefix length b maximises (sum_i w_i + w_p + value of the b slots) / T(b), with T(b) the exact draft
+    passes + verify pass from the cost model. Queue awareness: a prefill chunk sharing the
+    step gains nothing from speculation but waits for the longer step, so it counts as
+    w_p = ``queue_weight`` * (1 + oldest_wait / ``ttft_ref_s``) fixed progress per step (0
+    without prefill), which favours short steps while TTFTs grow. Requests that wait for
+    batch or KV room gain from speculation (it drains the batch faster), so they add nothing.
+    SLO guard: b > 0 is refused when T(b) > ``slo_step_factor`` * the tightest TPOT SLO --
+    unless T(0) already exceeds it (overload: the guarantee is lost anyway and speculation
+    lowers the time per token). b is also capped by ``max_step_tokens`` verified tokens, and
+    searched over every prefix or over ``num_budget_points`` evenly spaced ones.
+
+    Stop (continue_drafting). Requests get ``extend_positions`` extra slots beyond the plan;
+    after each pass request i drafts on only while w_i * c_is * a_i >= ``stop_margin`` *
+    marginal, with c_is = (cumulative draft confidence)^cw * (a_i^s)^(1 - cw), cw =
+    ``confidence_weight`` (AdaSpec's marginal goodput of one more position).
+
+    Verify (select_verify, ``confidence_verify``): of the drafted slots, the verified
+    prefixes maximise weighted expected tokens per second given the drafting time spent.
+    """
+
+    def __init__(self, slo_weight: float = 1.0, max_boost: float = 2.0,
+                 slack_discount: float = 0.5, queue_weight: float = 1.0,
+                 ttft_ref_s: float = 1.0, slo_step_factor: float = 1.5,
+                 max_step_tokens: int | None = None, extend_positions: int = 8,
+                 confidence_weight: float = 1.0, stop_margin: float = 0.5,
+                 prior_rate: float = 0.7, accept_decay: float = 0.9,
+                 global_decay: float = 0.98, step_time_ema: float = 0.2,
+                 num_budget_points: int = 256, confidence_verify: bool = True,
+                 triage: bool = True,
+                 k_max: int | None = None):
+        if not 0.0 <= confidence_weight <= 1.0:
+            raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
+                             f"got {confidence_weight}")
+        if min(slo_weight, max_boost, slack_discount, queue_weight, extend_positions) < 0:
+            raise ValueError("slo_goodput: weights, boosts and extend_positions must be >= 0")
+        if ttft_ref_s <= 0 or slo_step_factor <= 0:
+            raise ValueError("slo_goodput: ttft_ref_s and slo_step_factor must be > 0")
+        self.slo_weight, self.max_boost = float(slo_weight), float(max_boost)
+        self.slack_discount = float(slack_discount)
+        self.queue_weight, self.ttft_ref_s = float(queue_weight), float(ttft_ref_s)
+        self.slo_step_factor = float(slo_step_factor)
+        self.max_step_tokens = max_step_tokens
+        self.extend_positions = int(extend_positions)
+        self.confidence_weight, self.stop_margin = float(confidence_weight), float(stop_margin)
+        self.step_time_ema = float(step_time_ema)
+        if num_budget_points < 2:
+            raise ValueError("slo_goodput: num_budget_points must be >= 2, "
+                             f"got {num_budget_points}")
+        self.num_budget_points = int(num_budget_points)
+        self.confidence_verify = bool(confidence_verify)
+        self.triage = bool(triage)
+        self.k_max = k_max
+        self.tracker = AcceptanceTracker(prior_rate, decay=accept_decay,
+                                         global_decay=global_decay)
+        self.t_step_s: float | None = None
+        self._plan: _Plan | None = None
+
+    @property
+    def planned_k(self) -> np.ndarray | None:
+        """The last decide's planned lengths before extension (drafting may stop earlier)."""
+        return None if self._plan is None else self._plan.base_k
+
+    def weights(self, obs: Observation, t_step_s: float) -> np.ndarray:
+        """w_i from the SLO demand A_i (1 for requests without a TPOT SLO)."""
+        o = np.maximum(obs.num_output_tokens - 1, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            A = (obs.decode_elapsed_s + t_step_s) / obs.tpot_slo_s - o
+        behind = np.where(np.isfinite(obs.tpot_slo_s), A - 1.0, 0.0)
+        u = np.clip(behind, -self.slack_discount, self.max_boost)
+        if self.triage:     # far behind: the boost tapers to 0 at 2 * max_boost (triage)
+            u = np.where(behind > self.max_boost, np.maximum(2 * self.max_boost - behind, 0.0), u)
+        return np.maximum(1.0 + self.slo_weight * u, 1e-3)
+
+    def decide(self, obs: Observation) -> Decision:
+        n = obs.num_requests
+        K = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        if n == 0 or K == 0:
+            self._plan = None
+            return Decision(num_spec_tokens=np.zeros(n, np.int64))
+        a = self.tracker.rate(obs.request_ids)
+        t_step = self.t_step_s if self.t_step_s is not None else float(
+            np.sum(uniform_step_s(obs, [0])))
+        w = self.weights(obs, t_step)
+        j = np.arange(1, K + 1)
+        value = w[:, None] * a[:, None] ** j[None, :]
+        order = np.lexsort((np.tile(j, n), -value.ravel()))
+        req, pos = np.divmod(order, K)                       # slot -> (request, position-1)
+        M = order.size
+        b = np.arange(M + 1)
+        if M + 1 > self.num_budget_points:                   # coarse prefix grid, 0 and M kept
+            b = np.unique(np.linspace(0, M, self.num_budget_points).round().astype(np.int64))
+        L = obs.context_lens.astype(float)[req]
+        draft = self._draft_s(obs, pos, L, b, K)
+        cum_ctx = np.concatenate([[0.0], np.cumsum(L + pos + 1)])[b]
+        T = draft + verify_tokens_s(obs, b, cum_ctx)
+        prefill_value = (self.queue_weight * (1 + obs.oldest_waiting_s / self.ttft_ref_s)
+                         if obs.num_prefill_tokens > 0 else 0.0)
+        cum_v = np.concatenate([[0.0], np.cumsum(value.ravel()[order])])[b]
+        rate = (w.sum() + prefill_value + cum_v) / T
+        cap_s = self.slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
+        blocked = T > (cap_s if T[0] <= cap_s else np.inf)
+        if self.max_step_tokens is not None:
+            blocked |= obs.num_prefill_tokens + n + b > self.max_step_tokens
+        rate = np.where(blocked & (b > 0), -np.inf, rate)
+        best = int(b[int(np.argmax(rate))])
+        base = np.bincount(req[:best], minlength=n).astype(np.int64)
+        marginal = float(value.ravel()[order[best - 1]]) if best > 0 else np.inf
+        self._plan = _Plan(obs=obs, base_k=base, weight=w, accept=a, marginal=marginal,
+                           prefill_value=prefill_value)
+        k = np.where(base > 0, np.minimum(base + self.extend_positions, K), 0)
+        return Decision(num_spec_tokens=k.astype(np.int64))
+
+    @staticmethod
+    def _draft_s(obs: Observation, pos, L, b, K: int) -> np.ndarray:
+        """Drafting time when the first b[g] slots of the ranking are drafted, per g.
+
+        Pass j drafts for the requests holding a slot at position j among those b slots;
+        counts and their contexts come from one searchsorted over (position, rank) keys."""
+        M = pos.size
+        key = pos * (M + 1) + np.arange(M)                   # grouped by position, rank inside
+        srt = np.argsort(key, kind="stable")
+        key_s = key[srt]
+        cum_L = np.concatenate([[0.0], np.cumsum((L + pos)[srt])])  # draft j attends L + j - 1
+        start = np.searchsorted(key_s, np.arange(K) * (M + 1))
+        idx = np.searchsorted(key_s, np.arange(K)[:, None] * (M + 1) + b[None, :])
+        n_j = idx - start[:, None]
+        ctx_j = cum_L[idx] - cum_L[start][:, None]
+        t = np.broadcast_to(np.asarray(obs.cost.draft_step_s(n_j, n_j, ctx_j), float), n_j.shape)
+        return np.where(n_j > 0, t, 0.0).sum(axis=0)
+
+    def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        more = draft.num_drafted < draft.decision.num_spec_tokens
+        plan = self._plan
+        if plan is None or not same_step(plan.obs, draft.obs):
+            return more
+        s = draft.num_drafted
+        n = s.size
+        smax = int(s.max(initial=0))
+        cum = cumulative_confidence(draft.confidences[:, :max(smax, 1)])
+        c_conf = np.where(s > 0, cum[np.arange(n), np.maximum(s - 1, 0)], 1.0)
+        # geometric blend: both are probabilities of the same prefix surviving
+        cw = self.confidence_weight
+        c = np.maximum(c_conf, 1e-12) ** cw * (plan.accept ** s) ** (1 - cw)
+        next_value = plan.weight * c * plan.accept
+        return more & ((s == 0) | (next_value >= self.stop_margin * plan.marginal))
+
+    def select_verify(self, draft: DraftState) -> np.ndarray:
+        """Verify the drafted slots worth their verification cost (vLLM adaptive verification
+        with SLO weights): slots ranked by w_i * c_ij (blended confidence as in stopping),
+        the verified prefix b maximising (sum w + w_p + top-b values) / (drafting spent +
+        t_verify(b))."""
+        drafted = super().select_verify(draft)
+        plan = self._plan
+        if (not self.confidence_verify or plan is None or int(drafted.sum()) == 0
+                or not same_step(plan.obs, draft.obs)):
+            return drafted
+        obs = draft.obs
+        n = drafted.size
+        K = int(drafted.max())
+        j = np.arange(1, K + 1)[None, :]
+        cum = np.maximum(cumulative_confidence(draft.confidences[:, :K]), 1e-12)
+        cw = self.confidence_weight
+        value = plan.weight[:, None] * cum ** cw * (plan.accept[:, None] ** j) ** (1 - cw)
+        valid = j <= drafted[:, None]
+        score = np.where(valid, value, -np.inf).ravel()
+        ctx = (obs.context_lens[:, None] + j).astype(float).ravel()
+        order = np.lexsort((np.tile(j[0], n), -score))[:int(valid.sum())]
+        cum_v = np.concatenate([[0.0], np.cumsum(score[order])])
+        cum_ctx = np.concatenate([[0.0], np.cumsum(ctx[order])])
+        b = np.arange(cum_v.size)
+        rate = ((plan.weight.sum() + plan.prefill_value + cum_v)
+                / (draft.draft_time_s + verify_tokens_s(obs, b, cum_ctx)))
+        keep = np.zeros(n * K, bool)
+        keep[order[:int(np.argmax(rate))]] = True
+        return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
+
+    def observe(self, feedback: Feedback) -> None:
+        self.tracker.observe(feedback.request_ids, feedback.num_spec_tokens,
+                             feedback.num_accepted)
+        step = float(feedback.draft_time_s + feedback.verify_time_s)
+        if step > 0:
+            self.t_step_s = step if self.t_step_s is None else (
+                (1 - self.step_time_ema) * self.t_step_s + self.step_time_ema * step)
+        self.tracker.forget(feedback.finished_ids)

@@ -1,0 +1,112 @@
+"""Predicted step time of a speculative step, from ``Observation.cost`` (numpy-broadcast).
+
+One engine step = the draft passes (pass j drafts one token for every request with k_i >= j)
+followed by one target pass that verifies, per decoding request, its k_i drafts plus one
+position for the recovered/bonus token, together with the step's prefill tokens.
+
+Attention context: draft token j of request i attends to L_i + j - 1 tokens; verify position
+j (0..k_i) attends to L_i + j, so a request adds (k_i + 1) L_i + k_i (k_i + 1) / 2 context
+tokens to the target pass (AdaSpec's B (k^2 + k)/2 term, digest sec. 1.2).
+
+Drafting the step's prefill tokens is not charged: it is paid whatever k is, so it cannot
+change which k is best, and the Observation does not say how the engine handles it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.interface import Observation
+
+
+def _target_seqs(obs: Observation) -> int:
+    # The prefill sequences' count is not observed; one chunk is the common case.
+    return obs.num_requests + (1 if obs.num_prefill_tokens > 0 else 0)
+
+
+def uniform_step_s(obs: Observation, ks) -> tuple[np.ndarray, np.ndarray]:
+    """(draft_s, verify_s) when every decoding request drafts the same k, for each k in ``ks``."""
+    ks = np.asarray(ks, np.int64)
+    n = obs.num_requests
+    ctx = float(obs.context_lens.sum())
+    kmax = int(ks.max(initial=0))
+    if kmax > 0:
+        j = np.arange(1, kmax + 1)
+        per_pass = np.broadcast_to(
+            np.asarray(obs.cost.draft_step_s(n, n, ctx + (j - 1) * n), float), j.shape)
+        cum = np.concatenate([[0.0], np.cumsum(per_pass)])
+        draft = cum[ks]
+    else:
+        draft = np.zeros(ks.shape)
+    verify = obs.cost.target_step_s(
+        obs.num_prefill_tokens + n * (ks + 1), _target_seqs(obs),
+        obs.sum_prefill_context_tokens + (ks + 1) * ctx + n * ks * (ks + 1) / 2)
+    return draft, np.broadcast_to(np.asarray(verify, float), ks.shape).astype(float)
+
+
+def draft_passes_s(obs: Observation, k: np.ndarray) -> float:
+    """Drafting time when request i drafts k[i] tokens (passes shrink as requests stop)."""
+    k = np.asarray(k, np.int64)
+    kmax = int(k.max(initial=0))
+    if kmax == 0:
+        return 0.0
+    # n_j = #requests with k_i >= j; ctx_j = sum of their L_i + (j - 1) n_j
+    count_at = np.bincount(k, minlength=kmax + 1)
+    ctx_at = np.bincount(k, weights=obs.context_lens.astype(float), minlength=kmax + 1)
+    n_ge = count_at[::-1].cumsum()[::-1][1:]
+    ctx_ge = ctx_at[::-1].cumsum()[::-1][1:]
+    j = np.arange(1, kmax + 1)
+    t = np.asarray(obs.cost.draft_step_s(n_ge, n_ge, ctx_ge + (j - 1) * n_ge), float)
+    return float(np.where(n_ge > 0, np.broadcast_to(t, j.shape), 0.0).sum())
+
+
+def verify_s(obs: Observation, k: np.ndarray) -> float:
+    """Target-pass time when request i verifies k[i] drafts (plus its bonus position)."""
+    k = np.asarray(k, np.int64)
+    L = obs.context_lens.astype(float)
+    tokens = obs.num_prefill_tokens + int((k + 1).sum())
+    ctx = obs.sum_prefill_context_tokens + float(((k + 1) * L + k * (k + 1) / 2).sum())
+    return float(obs.cost.target_step_s(tokens, _target_seqs(obs), ctx))
+
+
+def step_s(obs: Observation, k: np.ndarray) -> float:
+    """Draft + verify time for per-request lengths ``k`` (AdaSpec's T(s), digest sec. 1.3)."""
+    return draft_passes_s(obs, k) + verify_s(obs, k)
+
+
+def verify_tokens_s(obs: Observation, num_draft_tokens, extra_context_tokens) -> np.ndarray:
+    """Target-pass time for ``num_draft_tokens`` verified drafts in total (broadcast).
+
+    ``extra_context_tokens`` is the attention context those drafts add; the bonus positions
+    of all decoding requests and the prefill tokens are always included.
+    """
+    n = obs.num_requests
+    ctx = obs.sum_prefill_context_tokens + float(obs.context_lens.sum()) + extra_context_tokens
+    t = obs.cost.target_step_s(obs.num_prefill_tokens + n + np.asarray(num_draft_tokens),
+                               _target_seqs(obs), ctx)
+    return np.broadcast_to(np.asarray(t, float), np.broadcast(num_draft_tokens,
+                                                              extra_context_tokens).shape)
+
+
+def expected_chain_tokens(a, k):
+    """E[num_accepted] of a k-token chain with per-token acceptance a: sum_{j=1..k} a^j."""
+    a = np.clip(np.asarray(a, float), 0.0, 1.0)
+    k = np.asarray(k, float)
+    near_one = np.abs(1.0 - a) < 1e-9
+    safe = np.where(near_one, 0.5, a)
+    geo = safe * (1.0 - safe ** k) / (1.0 - safe)
+    return np.where(near_one, k, geo)
+
+
+def tightest_slo_s(obs: Observation, step_budget_s: float | None) -> float:
+    """Per-step time budget: the tightest TPOT SLO among running requests, or a configured one."""
+    budget = float(obs.tpot_slo_s.min(initial=np.inf))
+    if step_budget_s is not None:
+        budget = min(budget, float(step_budget_s))
+    return budget
+
+
+def same_step(a: Observation, b: Observation) -> bool:
+    """Whether two observations describe the same engine step (an engine may rebuild the
+    Observation it hands to ``continue_drafting``; identity alone would miss that)."""
+    return a is b or (a.step_index == b.step_index and a.now_s == b.now_s
+                      and np.array_equal(a.request_ids, b.request_ids))

@@ -1,0 +1,217 @@
+"""How many draft tokens the target accepts: parametric (per-dataset Beta) or replayed.
+
+Both models work on *greedy match lengths*: before the policy decides, the engine draws for
+every decoding request the number m of leading draft positions the target would accept
+(0..k_max). A request that then drafts k tokens gets ``num_accepted = min(k, m)`` (the
+recovered/bonus token is not counted). Drawing m first is what lets oracle policies see
+``Observation.future_match_lens`` and what makes replay of recorded runs exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+_QUANTILES = 4096
+
+
+class _Pool:
+    """Pre-drawn random numbers handed out in order: one bulk numpy call per ~64k draws
+    instead of one small call per step (the same sequence for the same seed)."""
+
+    def __init__(self, draw, size: int = 1 << 16):
+        self._draw, self._size = draw, size
+        self._buf, self._pos = draw(size), 0
+
+    def take(self, count: int) -> np.ndarray:
+        if self._pos + count > self._buf.shape[0]:
+            rest = self._buf[self._pos:]
+            self._buf = np.concatenate([rest, self._draw(max(self._size, count))])
+            self._pos = 0
+        out = self._buf[self._pos:self._pos + count]
+        self._pos += count
+        return out
+
+
+@dataclass(frozen=True)
+class StepDraw:
+    """One step's draws for the decoding requests (rows aligned with the observation)."""
+
+    match_len: np.ndarray         # int (n,), greedy match length m, 0..k_max
+    confidences: np.ndarray       # float (n, k_max), draft prob of the token at each position
+    uniforms: np.ndarray | None   # float (n, k_max): position p passes iff u_p < rate_p
+    rates: np.ndarray | None      # float (n, k_max): per-position acceptance probability
+
+    def tree_accepted(self, widths: np.ndarray) -> np.ndarray:
+        """Accepted depth of a token tree with ``widths[i, j]`` candidates at depth j.
+
+        Independence approximation: the w_j candidates at depth j are taken to be accepted
+        independently with the chain's rate a_j, so depth j is accepted (given depth j-1 was)
+        with probability 1 - (1 - a_j)**w_j. Real siblings are correlated and their draft
+        probabilities sum to <= 1, so this is an upper bound on a tree's gain. A width of 0
+        ends the tree. With all widths 1 this reduces exactly to ``min(k, match_len)``.
+        """
+        if self.uniforms is None:
+            raise ValueError("token trees need the parametric acceptance model; "
+                             "replayed traces record chains only")
+        p = 1.0 - (1.0 - self.rates) ** widths
+        ok = self.uniforms < p
+        return _leading_true(ok)
+
+
+def _leading_true(ok: np.ndarray) -> np.ndarray:
+    """Number of leading True values per row."""
+    return np.logical_and.accumulate(ok, axis=1).sum(axis=1, dtype=np.int64)
+
+
+class ParametricAcceptance:
+    """Per-request rate a ~ Beta(alpha, beta) of its dataset tag; position p is accepted with
+    probability a * position_decay**p, the chain stops at the first failure.
+
+    Draft confidence at a position is Beta-distributed around ``confidence_accept_mean`` when
+    that position's Bernoulli passes and around ``confidence_reject_mean`` when it fails, with
+    concentration ``confidence_sharpness`` (higher: confidence separates the two better).
+    """
+
+    def __init__(self, config, k_max: int, seed: int):
+        self.config, self.k_max = config, int(k_max)
+        for tag, alpha, beta in (("default", *config.default), *config.per_dataset):
+            if alpha <= 0 or beta <= 0:
+                raise ValueError(f"acceptance Beta for {tag!r} needs alpha, beta > 0, "
+                                 f"got ({alpha}, {beta})")
+        if not 0.0 < config.position_decay <= 1.0:
+            raise ValueError(f"position_decay must be in (0, 1], got {config.position_decay}")
+        ss = np.random.SeedSequence([int(seed), 0xACC])
+        self._rng_rate, rng_u, rng_conf = (np.random.default_rng(s) for s in ss.spawn(3))
+        s = float(config.confidence_sharpness)
+        hi, lo = config.confidence_accept_mean, config.confidence_reject_mean
+        if s <= 0 or not (0 < lo < 1 and 0 < hi < 1):
+            raise ValueError("confidence_sharpness must be > 0 and confidence means in (0, 1)")
+        self._u = _Pool(rng_u.random)
+        # Quantile tables of the two confidence Betas: a confidence is looked up from the
+        # position's own uniform, rescaled within its pass/fail branch (u/rate or
+        # (u-rate)/(1-rate) is again uniform), so no extra random draws per step.
+        q = (np.arange(_QUANTILES) + 0.5) / _QUANTILES
+        self._q_hi = np.quantile(rng_conf.beta(s * hi, s * (1 - hi), 1 << 17), q)
+        self._q_lo = np.quantile(rng_conf.beta(s * lo, s * (1 - lo), 1 << 17), q)
+        self._decay = config.position_decay ** np.arange(self.k_max, dtype=np.float64)
+        self.rate = np.zeros(0)
+
+    def prepare(self, trace) -> None:
+        """Draw every request's acceptance rate (one Beta draw per request, by dataset tag)."""
+        params = {tag: (a, b) for tag, a, b in self.config.per_dataset}
+        tags = np.asarray(trace.dataset, dtype=object)
+        rate = np.empty(len(trace))
+        uniq, inverse = np.unique(tags.astype(str), return_inverse=True)
+        for j, tag in enumerate(uniq):
+            alpha, beta = params.get(tag, self.config.default)
+            idx = np.flatnonzero(inverse == j)
+            rate[idx] = self._rng_rate.beta(alpha, beta, idx.shape[0])
+        self.rate = rate
+
+    def draw(self, rows: np.ndarray, positions: np.ndarray) -> StepDraw:
+        n, k = rows.shape[0], self.k_max
+        rates = self.rate[rows][:, None]
+        if self.config.position_decay != 1.0:
+            rates = rates * self._decay[None, :]
+        u = self._u.take(n * k).reshape(n, k)
+        ok = u < rates
+        safe = np.minimum(np.maximum(rates, 1e-12), 1.0 - 1e-12)
+        v = np.where(ok, u / safe, (u - safe) / (1.0 - safe))
+        idx = np.minimum((v * _QUANTILES).astype(np.int64), _QUANTILES - 1)
+        conf = np.where(ok, self._q_hi[idx], self._q_lo[idx])
+        return StepDraw(_leading_true(ok), conf, u, np.broadcast_to(rates, (n, k)))
+
+
+@dataclass(frozen=True)
+class AcceptanceTraces:
+    """Recorded greedy match lengths: one row per (request, output position) drafted at."""
+
+    request_ids: np.ndarray      # int64, sorted by (request_id, position)
+    positions: np.ndarray        # int64, tokens the request had generated when drafting
+    match_lens: np.ndarray       # int64, leading draft tokens the target accepted (m)
+    confidences: np.ndarray      # float (rows, width), nan-padded draft probabilities
+
+    def save(self, path) -> None:
+        import pandas as pd
+        conf = [row[~np.isnan(row)].tolist() for row in self.confidences]
+        pd.DataFrame({"request_id": self.request_ids, "position": self.positions,
+                      "match_len": self.match_lens, "confidences": conf}).to_parquet(path)
+
+
+def load_acceptance_traces(path) -> AcceptanceTraces:
+    """Read a parquet with columns request_id, position, match_len, confidences (list)."""
+    import pandas as pd
+    df = pd.read_parquet(path)
+    missing = {"request_id", "position", "match_len", "confidences"} - set(df.columns)
+    if missing:
+        raise ValueError(f"acceptance traces {path}: missing columns {sorted(missing)}")
+    if (df["match_len"] < 0).any() or (df["position"] < 0).any():
+        raise ValueError(f"acceptance traces {path}: negative match_len or position")
+    df = df.sort_values(["request_id", "position"], kind="stable")
+    if df.duplicated(["request_id", "position"]).any():
+        raise ValueError(f"acceptance traces {path}: duplicate (request_id, position) rows")
+    lists = [np.asarray(c if c is not None else [], np.float64) for c in df["confidences"]]
+    width = max([c.shape[0] for c in lists] + [1])
+    conf = np.full((len(lists), width), np.nan)
+    for i, c in enumerate(lists):
+        conf[i, :c.shape[0]] = c
+    return AcceptanceTraces(df["request_id"].to_numpy(np.int64),
+                            df["position"].to_numpy(np.int64),
+                            df["match_len"].to_numpy(np.int64), conf)
+
+
+class ReplayAcceptance:
+    """Replays recorded match lengths: a request at output position p gets m(p).
+
+    Where the live run did not draft at exactly p (the simulated k differs), the nearest
+    earlier record q is used, shifted: m(p) = max(m(q) - (p - q), 0), confidences shifted the
+    same way. This is exact inside an accepted run of q and an approximation after it.
+    """
+
+    _KEY = np.int64(1) << np.int64(32)
+
+    def __init__(self, traces: AcceptanceTraces, k_max: int):
+        self.traces, self.k_max = traces, int(k_max)
+        self._keys = np.zeros(0, np.int64)
+        self._start = np.zeros(0, np.int64)
+
+    def prepare(self, trace) -> None:
+        rec = self.traces
+        ids = np.asarray(trace.request_ids, np.int64)
+        first = np.searchsorted(rec.request_ids, ids, side="left")
+        last = np.searchsorted(rec.request_ids, ids, side="right")
+        absent = ids[first == last]
+        if absent.size:
+            raise ValueError(f"acceptance replay: {absent.size} trace requests have no records "
+                             f"(e.g. request_id {absent[:5].tolist()})")
+        row_of_record = np.repeat(np.arange(ids.shape[0], dtype=np.int64), last - first)
+        order = np.concatenate([np.arange(a, b) for a, b in zip(first, last)])
+        self._rec_index = order
+        self._keys = row_of_record * self._KEY + rec.positions[order]
+        self._start = np.concatenate([[0], np.cumsum(last - first)[:-1]]).astype(np.int64)
+
+    def draw(self, rows: np.ndarray, positions: np.ndarray) -> StepDraw:
+        rec, k = self.traces, self.k_max
+        at = np.searchsorted(self._keys, rows * self._KEY + positions, side="right") - 1
+        at = np.maximum(at, self._start[rows])
+        idx = self._rec_index[at]
+        shift = np.maximum(positions - rec.positions[idx], 0)
+        m = np.minimum(np.maximum(rec.match_lens[idx] - shift, 0), k)
+        cols = np.arange(k)[None, :] + shift[:, None]
+        width = rec.confidences.shape[1]
+        conf = np.where(cols < width, rec.confidences[idx[:, None], np.minimum(cols, width - 1)],
+                        np.nan)
+        return StepDraw(m.astype(np.int64), conf, None, None)
+
+
+def make_acceptance_model(config, k_max: int, seed: int):
+    """The model named by ``AcceptanceConfig.kind`` ("parametric" | "replay")."""
+    if config.kind == "parametric":
+        return ParametricAcceptance(config, k_max, seed)
+    if config.kind == "replay":
+        if not config.replay_path:
+            raise ValueError("acceptance kind 'replay' needs AcceptanceConfig.replay_path")
+        return ReplayAcceptance(load_acceptance_traces(config.replay_path), k_max)
+    raise KeyError(f"unknown acceptance kind {config.kind!r}; known kinds: parametric, replay")

@@ -1,0 +1,254 @@
+"""One simulated vLLM V1 engine replica on simpy: the per-step speculate-verify loop.
+
+Per step: plan the batch (sim/scheduler.py), draw every decoding request's greedy match
+length m (sim/acceptance.py), ``policy.decide``, fit the draft tokens into what the batch left,
+draft passes with ``policy.continue_drafting`` after each, ``policy.select_verify``, one target
+verify pass, ``num_accepted = min(k, m)``, emit ``num_accepted + 1`` tokens per decoding
+request (capped by the trace's output length; all tokens of a step carry the step's end
+time), ``policy.observe``. All per-step work is numpy over the batch (struct of arrays).
+"""
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from policies.interface import Decision, DraftState, Feedback, Observation, Policy
+from sim.acceptance import make_acceptance_model
+from sim.cost import make_cost_model
+from sim.kv_cache import admission_errors, derive_num_kv_blocks
+from sim.results import StepRecorder
+from sim.scheduler import Scheduler
+from sim.state import FINISHED, WAITING, RequestTable
+from sim.step_plan import (draft_pass_costs, prefill_context, uniform_chain_draft_s,
+                            verify_context)
+
+
+_EMPTY = np.zeros(0, np.int64)
+_EMPTY.setflags(write=False)          # shared, so never writable
+
+
+class Engine:
+    def __init__(self, trace, policy: Policy, config, cost_model=None, acceptance_model=None):
+        eng = config.engine
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            if getattr(eng, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(eng, name)}")
+        if eng.k_max < 0:
+            raise ValueError(f"EngineConfig.k_max must be >= 0, got {eng.k_max}")
+        self.trace, self.policy, self.config = trace, policy, config
+        self.k_max = int(eng.k_max) if config.draft else 0
+        self.cost = cost_model if cost_model is not None else make_cost_model(config)
+        self.acc = (acceptance_model if acceptance_model is not None
+                    else make_acceptance_model(config.acceptance, self.k_max, config.seed))
+        self.reqs = RequestTable(trace, self.k_max)
+        self.reqs.validate_trace()
+        self.acc.prepare(trace)
+        self.sched = Scheduler(self.reqs, eng, derive_num_kv_blocks(config))
+        self.rec = StepRecorder(config.record_steps)
+        self.step_index = 0
+        self._idle: simpy.Event | None = None
+        self._all_arrived = False
+        self._default_drafting = type(policy).continue_drafting is Policy.continue_drafting
+        self._default_verify = type(policy).select_verify is Policy.select_verify
+        self._pos = np.arange(self.k_max)
+        self.rejected = admission_errors(self.reqs, eng, self.sched.num_kv_blocks)
+
+    # ---- simpy processes -------------------------------------------------------------------
+    def arrivals(self, env: simpy.Environment):
+        r, sched = self.reqs, self.sched
+        for row in range(r.n):
+            dt = r.arrival_s[row] - env.now
+            if dt > 0:
+                yield env.timeout(dt)
+            if row in self.rejected:
+                r.fail(row, self.rejected[row])
+            else:
+                r.status[row] = WAITING
+                sched.waiting.append(row)
+            self._wake()
+        self._all_arrived = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._idle is not None:
+            self._idle.succeed()
+            self._idle = None
+
+    def run(self, env: simpy.Environment):
+        sched = self.sched
+        while True:
+            if sched.running.shape[0] == 0 and not sched.waiting:
+                if self._all_arrived:
+                    return
+                self._idle = env.event()     # idle: jump to the next arrival
+                yield self._idle
+                continue
+            latency = self._begin_step(env.now)
+            yield env.timeout(latency)
+            self._end_step(env.now)
+
+    # ---- one step --------------------------------------------------------------------------
+    def _begin_step(self, now: float) -> float:
+        r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
+        rows, tokens, is_dec = sched.plan_base()
+        if rows.shape[0] == 0:
+            raise RuntimeError(f"engine stalled at t={now:.6f}s: {sched.running.shape[0]} "
+                               f"running, {len(sched.waiting)} waiting, nothing schedulable")
+        if is_dec.all():                                 # pure decode step (the common case)
+            dec, pre, pre_tok = rows, _EMPTY, _EMPTY
+            n_pre_tok = pre_ctx = 0
+        else:
+            dec, pre, pre_tok = rows[is_dec], rows[~is_dec], tokens[~is_dec]
+            n_pre_tok = int(pre_tok.sum())
+            pre_ctx = prefill_context(r.num_computed[pre], pre_tok)
+        n = dec.shape[0]
+        ctx = r.num_computed[dec]                        # KV entries before this step
+        out = r.num_out[dec]
+        draw = self.acc.draw(dec, out)
+        waiting = sched.waiting
+        obs = Observation(
+            now_s=now, step_index=self.step_index, k_max=kmax, request_ids=r.request_ids[dec],
+            context_lens=ctx + 1, num_output_tokens=out,
+            decode_elapsed_s=now - r.first_token_s[dec], since_arrival_s=now - r.arrival_s[dec],
+            tpot_slo_s=r.tpot_slo_s[dec], accept_rate_ewma=r.accept_ewma[dec],
+            last_confidences=r.last_conf[dec], num_waiting=len(waiting),
+            oldest_waiting_s=(now - r.arrival_s[waiting[0]]) if waiting else 0.0,
+            num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx, cost=self.cost,
+            future_match_lens=draw.match_len if self.policy.needs_oracle else None)
+        decision = self.policy.decide(obs)
+        k, widths = self._checked(decision, n)
+        spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
+        budget = eng.max_num_batched_tokens - n_pre_tok - n
+        fit = sched.fit_speculation(dec, spec, budget)
+        if widths is None:
+            k = fit
+        else:                       # a tree that does not fit whole is not speculated
+            k = np.where(fit == spec, k, 0)
+        prefill = (n_pre_tok, pre_ctx, pre.shape[0])
+        drafted, conf, draft_s = self._draft(obs, decision, k, widths, ctx, prefill, draw)
+        verified = drafted
+        if n and not (self._default_verify and decision.verify_token_budget is None):
+            state = DraftState(obs, decision, drafted, conf, draft_s)
+            verified = np.minimum(np.maximum(
+                np.asarray(self.policy.select_verify(state), np.int64), 0), drafted)
+        if widths is None:
+            num_spec = verified
+            accepted = np.minimum(verified, draw.match_len)
+        else:
+            w = np.where(self._pos < verified[:, None], widths, 0)
+            num_spec = w.sum(axis=1)
+            accepted = np.minimum(draw.tree_accepted(w), verified)
+        n_spec = int(num_spec.sum())
+        n_tok = n_pre_tok + n + n_spec
+        if n_tok > eng.max_num_batched_tokens or sched.free_blocks < 0:
+            raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
+        verify_s = float(self.cost.target_step_s(
+            n_tok, int(rows.shape[0]), pre_ctx + verify_context(ctx, num_spec, n_spec)))
+        self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
+                         verify_s, len(waiting), n_pre_tok, n_spec)
+        return draft_s + verify_s
+
+    def _checked(self, decision: Decision, n: int):
+        k = np.asarray(decision.num_spec_tokens)
+        if k.shape != (n,):
+            raise ValueError(f"policy {self.policy.name!r}: num_spec_tokens has shape {k.shape},"
+                             f" expected ({n},)")
+        if k.dtype != np.int64:
+            k = k.astype(np.int64)
+        if k.shape[0] and (k.min() < 0 or k.max() > self.k_max):
+            k = np.minimum(np.maximum(k, 0), self.k_max)
+        widths = decision.nodes_per_depth
+        if widths is not None:
+            widths = np.asarray(widths, np.int64)
+            if widths.shape != (n, self.k_max):
+                raise ValueError(f"policy {self.policy.name!r}: nodes_per_depth has shape "
+                                 f"{widths.shape}, expected ({n}, {self.k_max})")
+            widths = np.maximum(widths, 0)
+        return k, widths
+
+    def _draft(self, obs, decision, k, widths, ctx, prefill, draw):
+        """Draft passes; returns (num drafted, visible confidences, draft seconds)."""
+        if k.shape[0] == 0 or not k.any():
+            return k, np.full((k.shape[0], self.k_max), np.nan), 0.0
+        if self._default_drafting and decision.draft_stop_confidence <= 0.0:
+            drafted = k          # the default rule drafts exactly k: skip the per-pass calls
+        else:
+            drafted = np.zeros_like(k)
+            active = k > 0
+            while active.any():
+                drafted = drafted + active
+                tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
+                conf = np.where(self._pos < drafted[:, None], draw.confidences, np.nan)
+                spent = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
+                state = DraftState(obs, decision, drafted, conf, spent)
+                more = np.asarray(self.policy.continue_drafting(state), bool)
+                active = more & (drafted < k)
+        k0 = int(drafted[0])
+        if widths is None and drafted.min() == k0 == drafted.max():
+            draft_s = uniform_chain_draft_s(self.cost, k0, int(ctx.sum()), k.shape[0], prefill)
+            conf = draw.confidences.copy()
+            conf[:, k0:] = np.nan
+        else:
+            tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
+            draft_s = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
+            conf = np.where(self._pos < drafted[:, None], draw.confidences, np.nan)
+        return drafted, conf, draft_s
+
+    def _end_step(self, end: float) -> None:
+        (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
+         num_waiting, n_pre_tok, n_spec) = self._pending
+        r, sched = self.reqs, self.sched
+        fin = _EMPTY
+        if pre.shape[0]:
+            # prefill chunks: the chunk that completes the known tokens samples one token
+            r.num_computed[pre] += pre_tok
+            done = pre[r.num_computed[pre] == r.num_known[pre]]
+            r.num_out[done] += 1
+            r.num_known[done] += 1
+            first = r.first_token_s[done]
+            r.first_token_s[done] = np.where(np.isnan(first), end, first)
+            n_done = done.shape[0]
+            if n_done:
+                fin = done[r.num_out[done] >= r.num_target_out[done]]
+        else:
+            n_done = 0
+        n_acc = n_emit = 0
+        if dec.shape[0]:
+            # decoding requests: the decode token and the accepted drafts enter the KV cache
+            left = r.num_target_out[dec] - r.num_out[dec]
+            emitted = np.minimum(accepted + 1, left)
+            r.num_computed[dec] += 1 + accepted
+            r.num_out[dec] += emitted
+            r.num_known[dec] += emitted
+            n_emit = int(emitted.sum())
+            if n_spec:
+                n_acc = int(accepted.sum())
+                r.num_drafted[dec] += num_spec
+                r.num_accepted[dec] += accepted
+                if num_spec.all():
+                    ids, rate = dec, accepted / num_spec
+                else:
+                    spoke = num_spec > 0
+                    ids, rate = dec[spoke], accepted[spoke] / num_spec[spoke]
+                old = r.accept_ewma[ids]
+                a = self.config.engine.accept_ewma_alpha
+                r.accept_ewma[ids] = np.where(np.isnan(old), rate, a * rate + (1 - a) * old)
+                r.last_conf[dec] = conf
+            done_dec = emitted == left
+            if done_dec.any():
+                fin = dec[done_dec] if not fin.shape[0] else np.concatenate([fin, dec[done_dec]])
+        kv_used = sched.kv_blocks_used
+        if fin.shape[0]:
+            r.status[fin] = FINISHED
+            r.finish_s[fin] = end
+            sched.release(fin)
+        dec_ids = r.request_ids[dec]
+        self.rec.add((self.step_index, start, draft_s + verify_s, draft_s, verify_s,
+                      rows.shape[0], dec.shape[0], n_pre_tok, n_pre_tok + dec.shape[0] + n_spec,
+                      n_spec, n_acc, n_emit + n_done, num_waiting, kv_used),
+                     (num_spec, accepted, dec_ids))
+        self.policy.observe(Feedback(
+            now_s=end, request_ids=dec_ids, num_spec_tokens=num_spec,
+            num_accepted=accepted, confidences=conf, draft_time_s=draft_s,
+            verify_time_s=verify_s, finished_ids=r.request_ids[fin]))
+        self.step_index += 1

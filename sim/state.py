@@ -1,0 +1,56 @@
+"""Per-request state as a struct of arrays (one row per trace request), preallocated.
+
+Token accounting follows vLLM V1: ``num_computed`` tokens are in the KV cache; the request
+knows ``num_prompt + num_out`` tokens. A decoding request has exactly one known token not yet
+in KV (the last sampled one) and schedules it plus its draft tokens; a request with more
+missing tokens (fresh, or recomputing after preemption) is prefilling.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PENDING, WAITING, RUNNING, FINISHED, FAILED = 0, 1, 2, 3, 4
+
+
+class RequestTable:
+    def __init__(self, trace, k_max: int):
+        n = len(trace)
+        self.n = n
+        self.request_ids = np.asarray(trace.request_ids, np.int64)
+        self.arrival_s = np.asarray(trace.arrival_s, np.float64)
+        self.num_prompt = np.asarray(trace.num_prompt_tokens, np.int64)
+        self.num_target_out = np.asarray(trace.num_output_tokens, np.int64)
+        self.tpot_slo_s = np.asarray(trace.tpot_slo_s, np.float64)
+        self.ttft_slo_s = np.asarray(trace.ttft_slo_s, np.float64)
+        self.num_computed = np.zeros(n, np.int64)
+        self.num_out = np.zeros(n, np.int64)
+        self.num_known = self.num_prompt.copy()       # prompt + num_out, kept in step
+        self.num_blocks = np.zeros(n, np.int64)
+        self.first_token_s = np.full(n, np.nan)
+        self.finish_s = np.full(n, np.nan)
+        self.status = np.full(n, PENDING, np.int8)
+        self.fail_reason = np.full(n, "", dtype=object)
+        self.num_preemptions = np.zeros(n, np.int64)
+        self.num_drafted = np.zeros(n, np.int64)
+        self.num_accepted = np.zeros(n, np.int64)
+        self.accept_ewma = np.full(n, np.nan)
+        self.last_conf = np.full((n, k_max), np.nan)
+
+    def num_missing(self, rows: np.ndarray) -> np.ndarray:
+        """Known tokens not yet in the KV cache (1 for a decoding request)."""
+        return self.num_known[rows] - self.num_computed[rows]
+
+    def fail(self, row: int, reason: str) -> None:
+        self.status[row] = FAILED
+        self.fail_reason[row] = reason
+
+    def validate_trace(self) -> None:
+        if self.n and np.any(np.diff(self.arrival_s) < 0):
+            raise ValueError("trace arrival_s must be non-decreasing")
+        if np.any(self.num_prompt < 1) or np.any(self.num_target_out < 1):
+            raise ValueError("trace token counts must be >= 1 (num_prompt_tokens, "
+                             "num_output_tokens)")
+        if np.unique(self.request_ids).shape[0] != self.n:
+            raise ValueError("trace request_ids must be unique")
+        if self.n and not np.all(np.isfinite(self.arrival_s)):
+            raise ValueError("trace arrival_s must be finite")

@@ -1,0 +1,64 @@
+"""Token and attention-context counts of a step's forward passes (inputs of the cost model).
+
+``sum_context_tokens`` of a pass is the sum over its tokens of the KV entries each attends to
+(policies.interface.CostModel), including the token itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def prefill_context(computed: np.ndarray, chunk: np.ndarray) -> int:
+    """Chunk tokens c = 1..L of a request with ``computed`` tokens in KV attend to computed + c."""
+    return int((chunk * computed + chunk * (chunk + 1) // 2).sum())
+
+
+def verify_context(computed: np.ndarray, num_spec: np.ndarray, total_spec: int) -> int:
+    """The decode token plus ``num_spec`` draft tokens of each decoding request
+    (``total_spec`` = num_spec.sum(), passed in to take the uniform-k shortcut)."""
+    n = computed.shape[0]
+    if n == 0:
+        return 0
+    if total_spec == n * int(num_spec[0]):       # every request verifies the same count
+        t = int(num_spec[0]) + 1
+        if total_spec == 0 or num_spec.min() == num_spec.max():
+            return t * int(computed.sum()) + n * (t * (t + 1) // 2)
+    t = num_spec + 1
+    return int((t * computed + t * (t + 1) // 2).sum())
+
+
+def uniform_chain_draft_s(cost, k: int, computed_sum: int, n: int, prefill) -> float:
+    """Draft seconds when all ``n`` requests draft a chain of ``k`` tokens (scalar calls)."""
+    n_pre_tok, pre_ctx, n_pre_seqs = prefill
+    total = 0.0
+    for j in range(k):
+        tok, seqs, ctx = n, n, computed_sum + n * (1 + j)
+        if j == 0:
+            tok, seqs, ctx = tok + n_pre_tok, seqs + n_pre_seqs, ctx + pre_ctx
+        total += float(cost.draft_step_s(tok, seqs, ctx))
+    return total
+
+
+def draft_pass_costs(drafted, widths, computed, n_pre_tok: int, pre_ctx: int, n_pre_seqs: int):
+    """Per draft pass j = 0..max(drafted)-1: (tokens, sequences, context) arrays.
+
+    Pass j runs for the requests drafting a (j+1)-th token. A chain feeds one token per
+    request; a tree's beam feeds the width of depth j-1 (one root token at pass 0). The
+    draft model also prefills this step's prompt chunks, fused into pass 0.
+    """
+    k = int(drafted.max(initial=0))
+    j = np.arange(k)
+    active = drafted[:, None] > j[None, :]
+    if widths is None:
+        per_tok = active.astype(np.int64)
+    else:
+        feed = np.concatenate([np.ones((widths.shape[0], 1), np.int64), widths[:, :k - 1]], 1)
+        per_tok = np.where(active, feed[:, :k], 0)
+    tokens = per_tok.sum(axis=0)
+    seqs = active.sum(axis=0)
+    ctx = (per_tok * (computed[:, None] + 1 + j[None, :])).sum(axis=0)
+    if k:
+        tokens[0] += n_pre_tok
+        seqs[0] += n_pre_seqs
+        ctx[0] += pre_ctx
+    return tokens, seqs, ctx

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from policies import make_policy
+from sim import simulate_with
+from sim.acceptance import (AcceptanceTraces, ParametricAcceptance, load_acceptance_traces,
+                            make_acceptance_model)
+from sim.config import AcceptanceConfig
+from sim.cost import ConstantCostModel
+from tests.test_sim_helpers import config
+from traces.schema import Trace
+
+
+def test_parametric_match_lengths_per_dataset_and_decay():
+    cfg = AcceptanceConfig(default=(9.0, 1.0), per_dataset=(("hard", 1.0, 9.0),),
+                           position_decay=0.9)
+    model = ParametricAcceptance(cfg, k_max=6, seed=3)
+    tags = np.array(["easy"] * 2000 + ["hard"] * 2000, dtype=object)
+    trace = Trace.from_columns(np.zeros(4000), np.ones(4000), np.ones(4000), dataset=tags)
+    model.prepare(trace)
+    assert model.rate[:2000].mean() == pytest.approx(0.9, abs=0.02)
+    assert model.rate[2000:].mean() == pytest.approx(0.1, abs=0.02)
+    rows = np.arange(4000)
+    draw = model.draw(rows, np.zeros(4000, np.int64))
+    m = draw.match_len
+    assert m.min() >= 0 and m.max() <= 6
+    assert m[:2000].mean() > 2.5 > 0.2 > m[2000:].mean()
+    # position 0 is accepted with probability a: mean over requests ~ E[a]
+    assert (m[:2000] > 0).mean() == pytest.approx(0.9, abs=0.03)
+    # confidences separate accepted from rejected positions
+    acc_pos = np.arange(6)[None, :] < m[:, None]
+    rej_pos = np.arange(6)[None, :] == m[:, None]
+    assert draw.confidences[acc_pos].mean() > 0.75 > 0.4 > draw.confidences[rej_pos].mean()
+
+
+def test_parametric_is_seeded_and_validates():
+    cfg = AcceptanceConfig()
+    trace = Trace.from_columns(np.zeros(50), np.ones(50), np.ones(50))
+    a, b, c = (ParametricAcceptance(cfg, 4, s) for s in (1, 1, 2))
+    for mdl in (a, b, c):
+        mdl.prepare(trace)
+    rows = np.arange(50)
+    assert np.array_equal(a.draw(rows, rows).match_len, b.draw(rows, rows).match_len)
+    assert not np.array_equal(a.rate, c.rate)
+    with pytest.raises(ValueError, match="alpha, beta > 0"):
+        ParametricAcceptance(AcceptanceConfig(default=(0.0, 1.0)), 4, 0)
+    with pytest.raises(KeyError, match="parametric, replay"):
+        make_acceptance_model(AcceptanceConfig(kind="magic"), 4, 0)
+    with pytest.raises(ValueError, match="replay_path"):
+        make_acceptance_model(AcceptanceConfig(kind="replay"), 4, 0)
+
+
+def _record(tmp_path, n_out=60):
+    """Request 7 has m(p) = p % 4 at every output position p; request 9 only at p = 1."""
+    pos = np.arange(1, n_out)
+    ids = np.concatenate([np.full(pos.shape, 7), [9]])
+    positions = np.concatenate([pos, [1]])
+    m = np.concatenate([pos % 4, [5]])
+    conf = np.full((ids.shape[0], 3), 0.5)
+    path = tmp_path / "acc.parquet"
+    AcceptanceTraces(ids, positions, m, conf).save(path)
+    return path
+
+
+def test_replay_loader_and_missing_columns(tmp_path):
+    rec = load_acceptance_traces(_record(tmp_path))
+    assert rec.request_ids.tolist()[0] == 7 and rec.confidences.shape[1] == 3
+    import pandas as pd
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"request_id": [1], "position": [0]}).to_parquet(bad)
+    with pytest.raises(ValueError, match="missing columns"):
+        load_acceptance_traces(bad)
+
+
+def test_replay_gives_min_k_and_recorded_match(tmp_path):
+    path = _record(tmp_path)
+    trace = Trace.from_columns([0.0, 0.0], [20, 20], [60, 30])
+    trace = Trace(**{**trace.__dict__, "request_ids": np.array([7, 9])})
+    cfg = config(acceptance=AcceptanceConfig(kind="replay", replay_path=str(path)))
+    res = simulate_with(trace, make_policy("fixed", k=2), cfg,
+                        cost_model=ConstantCostModel(0.01, 0.001))
+    ids = np.concatenate([np.asarray(x) for x in res.steps["spec_request_ids"]])
+    acc = np.concatenate([np.asarray(x) for x in res.steps["accepted"]])
+    seven = acc[ids == 7]
+    # replay by hand: position p starts at 1 (the prefill's token), gains min(2, p%4)+1
+    p, expect = 1, []
+    while p < 60:
+        a = min(2, p % 4)
+        expect.append(a)
+        p += a + 1
+    assert seven.tolist() == expect
+    # request 9 has one record at p=1 (m=5): later positions shift it, then 0
+    nine = acc[ids == 9]
+    assert nine[:3].tolist() == [2, 2, 0]
+    missing = Trace.from_columns([0.0], [20], [5])
+    missing = Trace(**{**missing.__dict__, "request_ids": np.array([123])})
+    with pytest.raises(ValueError, match="no records"):
+        simulate_with(missing, make_policy("fixed", k=2), cfg)

@@ -1,0 +1,23 @@
+"""Small traces and configs shared by the simulator tests."""
+import numpy as np
+
+from sim.config import AcceptanceConfig, EngineConfig, SimConfig
+from traces.schema import Trace
+
+
+def poisson_trace(n=200, rate=20.0, seed=1, prompt_med=300, out_med=60, name="t", dataset="d"):
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(1.0 / rate, n))
+    prompt = np.clip(rng.lognormal(np.log(prompt_med), 0.7, n), 1, 4000).astype(np.int64)
+    out = np.clip(rng.lognormal(np.log(out_med), 0.8, n), 1, 1000).astype(np.int64)
+    return Trace.from_columns(arrival, prompt, out, dataset=dataset, name=name)
+
+
+def fixed_rate(a):
+    """Beta with a huge concentration: every request's acceptance rate is ~a."""
+    return AcceptanceConfig(default=(a * 1e8, (1 - a) * 1e8))
+
+
+def config(seed=0, acceptance=None, **engine):
+    return SimConfig(seed=seed, engine=EngineConfig(**engine),
+                     acceptance=acceptance or AcceptanceConfig())
