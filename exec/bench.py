@@ -1,0 +1,125 @@
+"""``python -m exec.bench``: adapter overhead, losslessness and live acceptance of the pair.
+
+In one process: plain vLLM (draft_model, num_speculative_tokens=3, stock scheduler/proposer)
+and vLLM through our adapter with policy ``fixed`` k=3 run the same held-out prompts, in
+interleaved repeats (order alternates) so machine noise hits both alike;
+adapter_overhead_frac = (adapter wall - plain wall) / plain wall over all repeats. Lossless:
+greedy outputs of ``none`` vs ``fixed`` k=3 through the adapter, token for token. Mean
+accepted length at k=4 (num_accepted + 1, the bonus/recovered token counted) from ``fixed``
+k=4 through the adapter. The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from exec.config import ASSETS_PAIR, LiveConfig
+
+
+def _pair_config(args) -> tuple[LiveConfig, str]:
+    pair, kind = ASSETS_PAIR, "embedded-trained"
+    if not (pair / "draft" / "config.json").exists():
+        from exec.tiny_pair import make_tiny_pair
+        pair = make_tiny_pair(os.path.join(tempfile.gettempdir(), "specbed_tiny_pair"),
+                              noise=0.05)
+        kind = "tiny-random (exec/assets/pair absent)"
+    cfg = LiveConfig(target_model=str(pair / "target"), draft_model=str(pair / "draft"),
+                     k_max=4, max_num_seqs=args.requests, max_num_batched_tokens=4096,
+                     max_model_len=1024, time_scale=0.0, warmup_requests=0, seed=0)
+    return cfg, kind
+
+
+def _plain_run(engine, prompt_ids, max_tokens: int) -> tuple[float, dict]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    t0 = time.perf_counter()
+    for i, ids in enumerate(prompt_ids):
+        engine.add_request(f"p{i}", TokensPrompt(prompt_token_ids=ids),
+                           SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+    outs = {}
+    while engine.has_unfinished_requests():
+        for o in engine.step():
+            if o.finished:
+                outs[int(o.request_id[1:])] = list(o.outputs[0].token_ids)
+    return time.perf_counter() - t0, outs
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--output-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=4)
+    args = ap.parse_args(argv)
+    from exec.engine import build_engine, vllm_version
+    from exec.prompts import load_prompt_texts
+    from exec.runner import _warmup, run_live
+    from policies import make_policy
+    from traces.schema import Trace
+
+    cfg, pair_kind = _pair_config(args)
+    started = time.perf_counter()
+    plain = build_engine(cfg, adapter=False, k=3)
+    adapted = build_engine(cfg, adapter=True)
+    tok = adapted.get_tokenizer()
+    texts = load_prompt_texts(cfg.default_prompts_path())
+    texts = [texts[i % len(texts)] for i in range(args.requests)]
+    prompt_ids = [tok.encode(t, add_special_tokens=False)[:cfg.max_model_len // 2] for t in texts]
+    n = len(prompt_ids)
+    trace = Trace.from_columns(np.zeros(n), [len(p) for p in prompt_ids],
+                               np.full(n, args.output_tokens), dataset="bench", name="bench")
+    trace = replace(trace, prompts=None)
+    for eng in (plain, adapted):
+        _warmup(eng, 2)
+
+    def adapter_run(policy):
+        from vllm.inputs import TokensPrompt
+        res = run_live(trace, policy, cfg, [TokensPrompt(prompt_token_ids=p) for p in prompt_ids],
+                       engine=adapted)
+        return res.meta["wall_s"], res
+
+    _plain_run(plain, prompt_ids, args.output_tokens)  # untimed round: first-shape costs
+    adapter_run(make_policy("fixed", k=3))
+    plain_wall, adapter_wall = [], []
+    for r in range(args.repeats):
+        order = ("plain", "adapter") if r % 2 == 0 else ("adapter", "plain")
+        for which in order:
+            if which == "plain":
+                wall, plain_out = _plain_run(plain, prompt_ids, args.output_tokens)
+                plain_wall.append(wall)
+            else:
+                wall, fixed3 = adapter_run(make_policy("fixed", k=3))
+                adapter_wall.append(wall)
+    _, none_res = adapter_run(make_policy("none"))
+    _, fixed4 = adapter_run(make_policy("fixed", k=4))
+    none_out, fixed_out = none_res.output_token_ids(), fixed3.output_token_ids()
+    d4 = fixed4.decisions[fixed4.decisions["vllm_k"] == 4]
+    d3 = fixed3.decisions[fixed3.decisions["vllm_k"] == 3]
+    overhead = (sum(adapter_wall) - sum(plain_wall)) / sum(plain_wall)
+    result = {
+        "adapter_overhead_frac": round(overhead, 4),
+        "lossless_requests": int(sum(1 for i in none_out if i in fixed_out)),
+        "lossless_identical": bool(none_out == fixed_out and len(none_out) == n),
+        "mean_accepted_len_k4": round(float((d4["accepted"] + 1).mean()), 3),
+        "vllm_version": vllm_version(),
+        "plain_wall_s": [round(w, 3) for w in plain_wall],
+        "adapter_wall_s": [round(w, 3) for w in adapter_wall],
+        "adapter_overhead_frac_median": round(
+            float(np.median(adapter_wall) / np.median(plain_wall) - 1), 4),
+        "plain_vllm_equals_adapter_fixed3": plain_out == fixed_out,
+        "mean_accepted_len_k3": round(float((d3["accepted"] + 1).mean()), 3),
+        "num_verifies_k4": int(len(d4)),
+        "requests": n, "output_tokens": args.output_tokens, "repeats": args.repeats,
+        "pair": pair_kind, "total_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

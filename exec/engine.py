@@ -1,0 +1,58 @@
+"""Start an in-process vLLM V1 engine from a LiveConfig (the only place vLLM is configured)."""
+from __future__ import annotations
+
+import os
+
+from exec.config import LiveConfig
+
+# Must be set before vLLM reads its environment: keep the engine core in this process (our
+# hooks reach into it) and never let a fresh process re-import with other settings.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def build_engine(config: LiveConfig, *, adapter: bool = True, k: int | None = None):
+    """An ``LLMEngine``; with ``adapter`` its scheduler is ``exec.adapter.AdaptiveScheduler``.
+
+    ``k`` overrides ``num_speculative_tokens`` (the bench's plain-vLLM engine uses 3).
+    Raises FileNotFoundError for a missing model folder and RuntimeError naming the config
+    when vLLM fails to start.
+    """
+    config.check_paths()
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        raise RuntimeError("set VLLM_ENABLE_V1_MULTIPROCESSING=0: the live executor drives the "
+                           "engine core in-process")
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.kv_cache_gib:g}"
+    from vllm import EngineArgs
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    from exec.adapter import AdaptiveScheduler, check_vllm_version
+    check_vllm_version()
+    num_spec = config.k_max if k is None else int(k)
+    spec = None
+    if config.draft_model is not None and num_spec > 0:
+        spec = {"method": "draft_model", "model": config.draft_model,
+                "num_speculative_tokens": num_spec}
+    kwargs = dict(model=config.target_model, tokenizer=config.tokenizer or config.target_model,
+                  seed=config.seed, dtype=config.dtype, max_model_len=config.max_model_len,
+                  max_num_seqs=config.max_num_seqs,
+                  max_num_batched_tokens=config.max_num_batched_tokens,
+                  tensor_parallel_size=config.tensor_parallel_size,
+                  gpu_memory_utilization=config.gpu_memory_utilization,
+                  enforce_eager=config.enforce_eager, speculative_config=spec,
+                  async_scheduling=False, enable_prefix_caching=False,
+                  scheduler_cls=AdaptiveScheduler if adapter else None)
+    try:
+        return LLMEngine.from_engine_args(EngineArgs(**kwargs))
+    except Exception as err:  # vLLM raises many kinds; the caller needs the config with it
+        shown = {k: v for k, v in kwargs.items() if k != "scheduler_cls"}
+        raise RuntimeError(f"vLLM failed to start ({type(err).__name__}: {err}); "
+                           f"engine args: {shown}") from err
+
+
+def engine_core(engine):
+    return engine.engine_core.engine_core
+
+
+def vllm_version() -> str:
+    import vllm
+    return vllm.__version__
