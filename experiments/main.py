@@ -1,0 +1,168 @@
+"""The main job (``make run``): a small simulator sweep, its tables, figures and report.html.
+
+Policies none, fixed k=1..5, batch_schedule and every registered adaptive policy run at three
+load levels on the embedded trace (Llama-2-7B + 68M draft on an A100-80G), plus a load-shift
+run per adaptive policy for the k-over-time figure. ``--live`` adds a short live vLLM check
+(none / fixed k=3 on a few dozen requests with the embedded pair, and the same runs in the
+simulator) when exec/ and the trained pair are available. Runs are resumable: a second call
+reuses every finished run.
+
+    python -m experiments.main [--out runs/main] [--rates 2,6,12] [--jobs 2] [--live]
+                               [override ...]    # extra hydra overrides for every run
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+BASE = ["trace=embedded", "model=llama2_7b_68m", "hardware=a100_80g", "slo=mixed"]
+STATIC = [["policy=none"]] + [["policy=fixed", f"policy.k={k}"] for k in range(1, 6)] + \
+         [["policy=batch_schedule"]]
+ADAPTIVE = ("smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
+            "vllm_adaptive_verify", "slo_goodput", "oracle")
+SHIFT_POLICIES = ("batch_schedule", "smartspec", "adaspec", "slo_goodput")
+LIVE_BASE = ["trace=embedded", "model=embedded_pair", "hardware=cpu", "engine=small",
+             "slo=none", "trace.num_requests=40", "trace.rate=2"]
+
+
+def adaptive_policies() -> list[str]:
+    """Adaptive policies that have both a registered class and a config file."""
+    from conf import options
+    from policies import known_policies
+
+    return [p for p in ADAPTIVE if p in known_policies() and p in options("policy")]
+
+
+def _policy_of(overrides: list[str]) -> str:
+    return next(o.split("=", 1)[1] for o in overrides if o.startswith("policy="))
+
+
+def sweep_overrides(rates, num_requests: int, extra, only=None) -> list[list[str]]:
+    """``only``: keep these policy names (None: all)."""
+    policies = STATIC + [[f"policy={p}"] for p in adaptive_policies()]
+    policies = [p for p in policies if only is None or _policy_of(p) in only]
+    return [BASE + pol + [f"trace.rate={r:g}", f"trace.num_requests={num_requests}", *extra]
+            for r in rates for pol in policies]
+
+
+def shift_overrides(low: float, high: float, num_requests: int, extra,
+                    only=None) -> list[list[str]]:
+    """Low load, then high load for the middle 60% of requests, then low load again."""
+    pols = [p for p in SHIFT_POLICIES if p == "batch_schedule" or p in adaptive_policies()]
+    pols = [p for p in pols if only is None or p in only]
+    return [BASE + [f"policy={p}", f"trace.rate={low:g}", f"trace.num_requests={num_requests}",
+                    f"trace.rate_shift_factor={high / low:g}", "trace.rate_shift_from=0.2",
+                    "trace.rate_shift_to=0.8", "tag=load_shift", *extra] for p in pols]
+
+
+def live_overrides(extra) -> list[list[str]]:
+    """Live and simulated twins of none / fixed k=3 on the embedded pair."""
+    runs = []
+    for pol in (["policy=none"], ["policy=fixed", "policy.k=3"]):
+        for backend in ("live", "sim"):
+            runs.append(LIVE_BASE + pol + [f"backend={backend}", *extra])
+    return runs
+
+
+def live_available() -> tuple[bool, str]:
+    """Whether the live check can run here: exec/ and vLLM import, the model folders exist."""
+    try:
+        import exec.runner  # noqa: F401
+        import vllm  # noqa: F401
+    except ImportError as err:
+        return False, f"live check skipped: {err}"
+    from conf import compose_run
+    from experiments.build import build_live_config
+
+    try:
+        for overrides in live_overrides([]):
+            cfg = compose_run(overrides)
+            if cfg.backend.name == "live":
+                build_live_config(cfg).check_paths()
+    except (FileNotFoundError, ValueError) as err:
+        return False, f"live check skipped: {err}"
+    return True, ""
+
+
+def _run_one(job: tuple) -> dict:
+    overrides, root = job
+    from conf import compose_run
+    from experiments.runner import execute
+
+    cfg = compose_run(overrides + [f"results_root={root}"])
+    return execute(cfg, verbose=False)
+
+
+def run_all(jobs: list[list[str]], root: Path, workers: int, desc: str) -> list[dict]:
+    """Run every override list (resumable); validate them all before the first one runs."""
+    from tqdm import tqdm
+
+    from conf import compose_run
+
+    for overrides in jobs:  # bad configs fail here, before any run starts
+        compose_run(overrides + [f"results_root={root}"])
+    items = [(o, str(root)) for o in jobs]
+    if workers <= 1:
+        return [_run_one(j) for j in tqdm(items, desc=desc, unit="run")]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(_run_one, items), total=len(items), desc=desc, unit="run"))
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description="specbed main job: sweep, figures, report")
+    ap.add_argument("--out", default="runs/main", help="output folder (runs/ and report/)")
+    ap.add_argument("--rates", default="2,6,12", help="load levels in req/s, comma-separated")
+    ap.add_argument("--num-requests", type=int, default=200)
+    ap.add_argument("--shift-requests", type=int, default=400)
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated policy names to keep (default: all)")
+    ap.add_argument("--live", action="store_true", help="add the short live vLLM check")
+    ap.add_argument("overrides", nargs="*", help="hydra overrides applied to every sim run")
+    args = ap.parse_args(argv)
+
+    from analysis.report import build_report
+    from analysis.runs import load_runs
+    from analysis.tables import format_frame_table
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    root = out / "runs"
+    rates = [float(r) for r in args.rates.split(",")]
+    only = None if args.policies is None else set(args.policies.split(","))
+    sweep = run_all(sweep_overrides(rates, args.num_requests, args.overrides, only), root,
+                    args.jobs, "sweep")
+    shift = run_all(shift_overrides(min(rates), max(rates), args.shift_requests,
+                                    args.overrides, only), root, args.jobs, "load shift")
+    dirs = [s["run_dir"] for s in sweep]
+    compare = None
+    notes = [f"Simulator: {len(sweep)} runs, embedded trace, {args.num_requests} requests "
+             f"per run, Llama-2-7B + 68M draft on A100-80G, mixed SLOs."]
+    if args.live:
+        ok, why = live_available()
+        if ok:
+            live = run_all(live_overrides([]), root, 1, "live check")
+            compare = load_runs([s["run_dir"] for s in live])
+        else:
+            notes.append(why)
+            print(why)
+    frame = load_runs(dirs)
+    shift_runs = None
+    if shift:
+        shift_frame = load_runs([s["run_dir"] for s in shift])
+        shift_runs = dict(zip(shift_frame["policy"], shift_frame["run_dir"]))
+    report = build_report(frame, out / "report", title="specbed main job",
+                          baseline="none", shift_runs=shift_runs, compare=compare,
+                          notes=" ".join(notes))
+    print(format_frame_table(frame))
+    print(f"\n{len(sweep) + len(shift)} simulator runs in {time.perf_counter() - started:.0f} s "
+          f"({sum(s['skipped'] for s in sweep + shift)} reused)")
+    print(f"report: {report.resolve()}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
