@@ -116,6 +116,12 @@ class Policy:
 
     name = "base"
     needs_oracle = False  # True: the engine fills Observation.future_match_lens
+    # True declares that decide() depends only on the set of running requests and k_max (not
+    # on time, contexts, feedback or waiting requests), returns a plain chain (no confidence
+    # stop, verify budget or tree) and that observe() is a no-op. The simulator then runs
+    # stretches of pure-decode steps between batch events as one vectorized epoch
+    # (sim/epoch.py): one decide() call per epoch, no per-step observe() calls.
+    static_decisions = False
 
     def decide(self, obs: Observation) -> Decision:
         raise NotImplementedError

@@ -11,6 +11,8 @@ from policies.registry import register
 class NoSpeculation(Policy):
     """Plain autoregressive decoding: k = 0 for every request."""
 
+    static_decisions = True
+
     def decide(self, obs: Observation) -> Decision:
         return Decision(num_spec_tokens=np.zeros(obs.num_requests, np.int64))
 
@@ -18,6 +20,8 @@ class NoSpeculation(Policy):
 @register("fixed")
 class FixedK(Policy):
     """vLLM's static ``num_speculative_tokens``: every request drafts k tokens every step."""
+
+    static_decisions = True
 
     def __init__(self, k: int = 3):
         if k < 0:
@@ -39,6 +43,7 @@ class BatchSchedule(Policy):
     """
 
     DEFAULT = ((1, 4, 4), (5, 16, 3), (17, 32, 2), (33, 64, 1))
+    static_decisions = True
 
     def __init__(self, schedule=DEFAULT, default_k: int = 0):
         rows = [tuple(int(x) for x in row) for row in schedule]

@@ -33,6 +33,13 @@ class _Pool:
         self._pos += count
         return out
 
+    def give_back(self, count: int) -> None:
+        """Un-take the last ``count`` numbers (they were drawn for steps that never ran), so
+        the next ``take`` hands them out again: the sequence stays the per-step one."""
+        if not 0 <= count <= self._pos:
+            raise ValueError(f"cannot give back {count} draws, only {self._pos} taken")
+        self._pos -= count
+
 
 @dataclass(frozen=True)
 class StepDraw:
@@ -41,7 +48,8 @@ class StepDraw:
     match_len: np.ndarray         # int (n,), greedy match length m, 0..k_max
     confidences: np.ndarray       # float (n, k_max), draft prob of the token at each position
     uniforms: np.ndarray | None   # float (n, k_max): position p passes iff u_p < rate_p
-    rates: np.ndarray | None      # float (n, k_max): per-position acceptance probability
+    rates: np.ndarray | None      # float (n, k_max), or (n, 1) without position decay:
+    #                               per-position acceptance probability (broadcasts)
 
     def tree_accepted(self, widths: np.ndarray) -> np.ndarray:
         """Accepted depth of a token tree with ``widths[i, j]`` candidates at depth j.
@@ -61,8 +69,8 @@ class StepDraw:
 
 
 def _leading_true(ok: np.ndarray) -> np.ndarray:
-    """Number of leading True values per row."""
-    return np.logical_and.accumulate(ok, axis=1).sum(axis=1, dtype=np.int64)
+    """Number of leading True values along the last axis."""
+    return np.logical_and.accumulate(ok, axis=-1).sum(axis=-1, dtype=np.int64)
 
 
 class ParametricAcceptance:
@@ -110,18 +118,45 @@ class ParametricAcceptance:
             rate[idx] = self._rng_rate.beta(alpha, beta, idx.shape[0])
         self.rate = rate
 
-    def draw(self, rows: np.ndarray, positions: np.ndarray) -> StepDraw:
-        n, k = rows.shape[0], self.k_max
+    def _rates(self, rows: np.ndarray) -> np.ndarray:
         rates = self.rate[rows][:, None]
         if self.config.position_decay != 1.0:
             rates = rates * self._decay[None, :]
+        return rates
+
+    def draw(self, rows: np.ndarray, positions: np.ndarray) -> StepDraw:
+        n, k = rows.shape[0], self.k_max
+        rates = self._rates(rows)
         u = self._u.take(n * k).reshape(n, k)
         ok = u < rates
+        return StepDraw(_leading_true(ok), self._confidences(u, ok, rates), u, rates)
+
+    def _confidences(self, u, ok, rates):
         safe = np.minimum(np.maximum(rates, 1e-12), 1.0 - 1e-12)
         v = np.where(ok, u / safe, (u - safe) / (1.0 - safe))
         idx = np.minimum((v * _QUANTILES).astype(np.int64), _QUANTILES - 1)
-        conf = np.where(ok, self._q_hi[idx], self._q_lo[idx])
-        return StepDraw(_leading_true(ok), conf, u, np.broadcast_to(rates, (n, k)))
+        return np.where(ok, self._q_hi[idx], self._q_lo[idx])
+
+    # ---- multi-step epochs (sim/epoch.py) ---------------------------------------------------
+    def draw_block(self, rows: np.ndarray, num_steps: int, num_positions: int | None = None):
+        """Match lengths (num_steps, n) of ``num_steps`` consecutive steps of the same decoding
+        ``rows`` and their uniforms (num_steps, n, k_max): the very numbers ``num_steps``
+        calls of ``draw`` would take, in the same order (positions do not matter here).
+        Only the first ``num_positions`` positions are tested (the match length is capped
+        there: enough for ``min(k, m)`` with k <= num_positions)."""
+        n, k = rows.shape[0], self.k_max
+        p = k if num_positions is None else min(int(num_positions), k)
+        u = self._u.take(num_steps * n * k).reshape(num_steps, n, k)
+        return _leading_true(u[:, :, :p] < self._rates(rows)[:, :p]), u
+
+    def give_back(self, num_draws: int) -> None:
+        """Return the uniforms of block steps that did not run (see ``_Pool.give_back``)."""
+        self._u.give_back(num_draws)
+
+    def confidences(self, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """The (n, k_max) confidences ``draw`` would give for uniforms ``u`` of ``rows``."""
+        rates = self._rates(rows)
+        return self._confidences(u, u < rates, rates)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Policy ``fixed`` k=4, llama-2-7b + draft-68m on a100-80g. The last printed line is one JSON
 object; ``sim_tokens_per_s`` is simulated output tokens per wall-clock second at the trace's
-native arrival rate (``--rate-scale`` adds a heavier-load figure under extra keys).
+native arrival rate (``--rate-scale`` adds a heavier-load figure under extra keys;
+``--compare-slow`` also runs the per-step path, no multi-step epochs, in the same process
+under ``slow_*`` keys, with ``speedup_cpu``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from policies import make_policy
 from sim.config import SimConfig
-from sim.run import simulate
+from sim.run import simulate_with
 
 
 def bench_trace(num_requests: int, seed: int, rate_scale: float = 1.0):
@@ -24,11 +26,11 @@ def bench_trace(num_requests: int, seed: int, rate_scale: float = 1.0):
     return embedded_trace(num_requests=num_requests, seed=seed, rate_scale=rate_scale)
 
 
-def run_once(num_requests: int, seed: int, rate_scale: float) -> dict:
+def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool = True) -> dict:
     trace = bench_trace(num_requests, seed, rate_scale)
     config = SimConfig(model="llama-2-7b", draft="draft-68m", hardware="a100-80g", seed=seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    result = simulate(trace, make_policy("fixed", k=4), config)
+    result = simulate_with(trace, make_policy("fixed", k=4), config, multi_step=multi_step)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     req, steps = result.requests, result.steps
     out_tokens = int(req["num_output_tokens"].sum())
@@ -48,8 +50,17 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rate-scale", type=float, default=None,
                     help="also run at this multiple of the native arrival rate")
+    ap.add_argument("--compare-slow", action="store_true",
+                    help="also run the per-step path (multi_step=False) and report both")
     args = ap.parse_args(argv)
     out = run_once(args.requests, args.seed, 1.0)
+    if args.compare_slow:
+        slow = run_once(args.requests, args.seed, 1.0, multi_step=False)
+        if (slow["output_tokens"], slow["steps"]) != (out["output_tokens"], out["steps"]):
+            raise AssertionError(f"per-step and epoch paths disagree: {slow} vs {out}")
+        out.update({f"slow_{k}": slow[k] for k in ("wall_s", "cpu_s", "sim_tokens_per_s",
+                                                     "sim_tokens_per_cpu_s")})
+        out["speedup_cpu"] = round(slow["cpu_s"] / out["cpu_s"], 2)
     if args.rate_scale:
         heavy = run_once(args.requests, args.seed, args.rate_scale)
         out.update({f"x{args.rate_scale:g}_{k}": v for k, v in heavy.items()

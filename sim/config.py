@@ -17,6 +17,10 @@ class EngineConfig:
     chunked_prefill: bool = True
     max_model_len: int = 32768           # longer prompt+output requests fail with a reason
     accept_ewma_alpha: float = 0.3       # weight of the newest step in accept_rate_ewma
+    # "per_request": each request pays the draft passes it asked for; "vllm": vLLM V1's
+    # draft-model proposer (pass 0 over the whole target batch every step, then max(k) - 1
+    # passes for every sequence; sim/live_mirror.py). Use "vllm" to mirror a live run.
+    draft_passes: str = "per_request"
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from policies.interface import Decision, DraftState, Feedback, Observation, Policy
+from policies.interface import DraftState, Feedback, Observation, Policy
 from sim.acceptance import make_acceptance_model
 from sim.cost import make_cost_model
+from sim.epoch import epoch_eligible, run_epoch
 from sim.kv_cache import admission_errors, derive_num_kv_blocks
+from sim.live_mirror import DRAFT_PASS_MODES, vllm_draft_s
 from sim.results import StepRecorder
 from sim.scheduler import Scheduler
 from sim.state import FINISHED, WAITING, RequestTable
-from sim.step_plan import (draft_pass_costs, prefill_context, uniform_chain_draft_s,
-                            verify_context)
+from sim.step_plan import (checked_decision, draft_pass_costs, prefill_context,
+                            uniform_chain_draft_s, verify_context)
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -28,13 +30,17 @@ _EMPTY.setflags(write=False)          # shared, so never writable
 
 
 class Engine:
-    def __init__(self, trace, policy: Policy, config, cost_model=None, acceptance_model=None):
+    def __init__(self, trace, policy: Policy, config, cost_model=None, acceptance_model=None,
+                 multi_step: bool = True):
         eng = config.engine
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             if getattr(eng, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(eng, name)}")
         if eng.k_max < 0:
             raise ValueError(f"EngineConfig.k_max must be >= 0, got {eng.k_max}")
+        if eng.draft_passes not in DRAFT_PASS_MODES:
+            raise ValueError(f"EngineConfig.draft_passes must be one of {DRAFT_PASS_MODES}, "
+                             f"got {eng.draft_passes!r}")
         self.trace, self.policy, self.config = trace, policy, config
         self.k_max = int(eng.k_max) if config.draft else 0
         self.cost = cost_model if cost_model is not None else make_cost_model(config)
@@ -51,12 +57,22 @@ class Engine:
         self._default_drafting = type(policy).continue_drafting is Policy.continue_drafting
         self._default_verify = type(policy).select_verify is Policy.select_verify
         self._pos = np.arange(self.k_max)
+        # multi-step epochs (sim/epoch.py) need a static policy and block draws
+        self._epochs = bool(multi_step and policy.static_decisions and not policy.needs_oracle
+                            and self._default_drafting and self._default_verify
+                            and hasattr(self.acc, "draw_block")
+                            and eng.draft_passes == "per_request")  # epochs: per-request drafts
+        self.next_arrival_s: float | None = None
+        self.epoch_step_s = 0.0                     # last epoch's step time (its length guess)
+        self.num_epochs = self.num_epoch_steps = 0
+        self.epoch_ready = False                    # True while only epochs have run
         self.rejected = admission_errors(self.reqs, eng, self.sched.num_kv_blocks)
 
     # ---- simpy processes -------------------------------------------------------------------
     def arrivals(self, env: simpy.Environment):
         r, sched = self.reqs, self.sched
         for row in range(r.n):
+            self.next_arrival_s = float(r.arrival_s[row])
             dt = r.arrival_s[row] - env.now
             if dt > 0:
                 yield env.timeout(dt)
@@ -66,7 +82,7 @@ class Engine:
                 r.status[row] = WAITING
                 sched.waiting.append(row)
             self._wake()
-        self._all_arrived = True
+        self._all_arrived, self.next_arrival_s = True, None
         self._wake()
 
     def _wake(self) -> None:
@@ -83,6 +99,11 @@ class Engine:
                 self._idle = env.event()     # idle: jump to the next arrival
                 yield self._idle
                 continue
+            if epoch_eligible(self):
+                latency = run_epoch(self, env.now)
+                if latency is not None:
+                    yield env.timeout(latency)
+                    continue
             latency = self._begin_step(env.now)
             yield env.timeout(latency)
             self._end_step(env.now)
@@ -90,6 +111,7 @@ class Engine:
     # ---- one step --------------------------------------------------------------------------
     def _begin_step(self, now: float) -> float:
         r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
+        self.epoch_ready = False
         rows, tokens, is_dec = sched.plan_base()
         if rows.shape[0] == 0:
             raise RuntimeError(f"engine stalled at t={now:.6f}s: {sched.running.shape[0]} "
@@ -116,7 +138,7 @@ class Engine:
             num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx, cost=self.cost,
             future_match_lens=draw.match_len if self.policy.needs_oracle else None)
         decision = self.policy.decide(obs)
-        k, widths = self._checked(decision, n)
+        k, widths = checked_decision(decision, n, self.k_max, self.policy.name)
         spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
         budget = eng.max_num_batched_tokens - n_pre_tok - n
         fit = sched.fit_speculation(dec, spec, budget)
@@ -142,29 +164,14 @@ class Engine:
         n_tok = n_pre_tok + n + n_spec
         if n_tok > eng.max_num_batched_tokens or sched.free_blocks < 0:
             raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
-        verify_s = float(self.cost.target_step_s(
-            n_tok, int(rows.shape[0]), pre_ctx + verify_context(ctx, num_spec, n_spec)))
+        verify_ctx = pre_ctx + verify_context(ctx, num_spec, n_spec)
+        verify_s = float(self.cost.target_step_s(n_tok, int(rows.shape[0]), verify_ctx))
+        if kmax and eng.draft_passes == "vllm":      # charge what vLLM's drafter runs
+            draft_s = vllm_draft_s(self.cost, n_tok, int(rows.shape[0]), verify_ctx,
+                                   int(drafted.max(initial=0)), ctx + 1)
         self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
                          verify_s, len(waiting), n_pre_tok, n_spec)
         return draft_s + verify_s
-
-    def _checked(self, decision: Decision, n: int):
-        k = np.asarray(decision.num_spec_tokens)
-        if k.shape != (n,):
-            raise ValueError(f"policy {self.policy.name!r}: num_spec_tokens has shape {k.shape},"
-                             f" expected ({n},)")
-        if k.dtype != np.int64:
-            k = k.astype(np.int64)
-        if k.shape[0] and (k.min() < 0 or k.max() > self.k_max):
-            k = np.minimum(np.maximum(k, 0), self.k_max)
-        widths = decision.nodes_per_depth
-        if widths is not None:
-            widths = np.asarray(widths, np.int64)
-            if widths.shape != (n, self.k_max):
-                raise ValueError(f"policy {self.policy.name!r}: nodes_per_depth has shape "
-                                 f"{widths.shape}, expected ({n}, {self.k_max})")
-            widths = np.maximum(widths, 0)
-        return k, widths
 
     def _draft(self, obs, decision, k, widths, ctx, prefill, draw):
         """Draft passes; returns (num drafted, visible confidences, draft seconds)."""

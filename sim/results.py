@@ -12,29 +12,37 @@ _LISTS = [c for c, t in STEP_COLUMNS.items() if t == "object"]
 
 
 class StepRecorder:
-    """Per-step rows in preallocated, doubling numpy columns (no per-step dicts)."""
+    """Per-step rows in one Python list per column (appends and extends are the cheapest
+    per-step work; the frame converts each column once)."""
 
-    def __init__(self, enabled: bool, capacity: int = 4096):
+    def __init__(self, enabled: bool):
         self.enabled, self.n = enabled, 0
-        self._cols = {c: np.zeros(capacity, STEP_COLUMNS[c]) for c in _SCALARS}
+        self._cols = {c: [] for c in _SCALARS}
         self._lists = {c: [] for c in _LISTS}
 
     def add(self, scalars: tuple, lists: tuple) -> None:
         """``scalars`` in the order of the scalar STEP_COLUMNS, ``lists`` of the object ones."""
         if not self.enabled:
             return
-        if self.n == self._cols["step"].shape[0]:
-            for c, arr in self._cols.items():
-                self._cols[c] = np.concatenate([arr, np.zeros_like(arr)])
-        i = self.n
-        for c, v in zip(_SCALARS, scalars):
-            self._cols[c][i] = v
-        for c, v in zip(_LISTS, lists):
-            self._lists[c].append(v)
+        for col, v in zip(self._cols.values(), scalars):
+            col.append(v)
+        for col, v in zip(self._lists.values(), lists):
+            col.append(v)
         self.n += 1
 
+    def add_block(self, scalars: tuple, lists: tuple, count: int) -> None:
+        """``count`` rows at once: each scalar column is a sequence of ``count`` values or one
+        value for all rows; each object column a sequence of ``count`` arrays."""
+        if not self.enabled:
+            return
+        for col, v in zip(self._cols.values(), scalars):
+            col.extend(v if hasattr(v, "__len__") else [v] * count)
+        for col, v in zip(self._lists.values(), lists):
+            col.extend(v)
+        self.n += count
+
     def frame(self) -> pd.DataFrame:
-        data = {c: self._cols[c][:self.n] for c in _SCALARS}
+        data = {c: np.asarray(self._cols[c], STEP_COLUMNS[c]) for c in _SCALARS}
         for c in _LISTS:
             col = np.empty(self.n, dtype=object)
             col[:] = self._lists[c] if self.n else []

@@ -19,12 +19,14 @@ def simulate(trace, policy, config) -> RunResult:
     return simulate_with(trace, policy, config)
 
 
-def simulate_with(trace, policy, config, cost_model=None, acceptance_model=None) -> RunResult:
+def simulate_with(trace, policy, config, cost_model=None, acceptance_model=None,
+                  multi_step: bool = True) -> RunResult:
     """``simulate`` with an explicit cost or acceptance model (tests, custom studies)
-    instead of the ones ``config`` names."""
+    instead of the ones ``config`` names. ``multi_step=False`` forces the per-step path
+    (no multi-step epochs, sim/epoch.py) for comparisons."""
     t0 = time.perf_counter()
     engine = Engine(trace, policy, config, cost_model=cost_model,
-                    acceptance_model=acceptance_model)
+                    acceptance_model=acceptance_model, multi_step=multi_step)
     env = simpy.Environment()
     env.process(engine.arrivals(env))
     env.process(engine.run(env))
@@ -37,5 +39,6 @@ def simulate_with(trace, policy, config, cost_model=None, acceptance_model=None)
             "trace_meta": dict(trace.meta), "seed": config.seed,
             "config": dataclasses.asdict(config), "wall_s": wall,
             "num_kv_blocks": engine.sched.num_kv_blocks, "num_steps": engine.step_index,
+            "num_epochs": engine.num_epochs, "num_epoch_steps": engine.num_epoch_steps,
             "sim_end_s": float(env.now)}
     return RunResult(requests=requests, steps=steps, meta=meta)

@@ -62,3 +62,24 @@ def draft_pass_costs(drafted, widths, computed, n_pre_tok: int, pre_ctx: int, n_
         seqs[0] += n_pre_seqs
         ctx[0] += pre_ctx
     return tokens, seqs, ctx
+
+
+def checked_decision(decision, n: int, k_max: int, policy_name: str):
+    """(num_spec_tokens as int64 clipped to 0..k_max, nodes_per_depth or None); a wrong
+    shape is the policy's bug and raises naming it."""
+    k = np.asarray(decision.num_spec_tokens)
+    if k.shape != (n,):
+        raise ValueError(f"policy {policy_name!r}: num_spec_tokens has shape {k.shape},"
+                         f" expected ({n},)")
+    if k.dtype != np.int64:
+        k = k.astype(np.int64)
+    if k.shape[0] and (k.min() < 0 or k.max() > k_max):
+        k = np.minimum(np.maximum(k, 0), k_max)
+    widths = decision.nodes_per_depth
+    if widths is not None:
+        widths = np.asarray(widths, np.int64)
+        if widths.shape != (n, k_max):
+            raise ValueError(f"policy {policy_name!r}: nodes_per_depth has shape "
+                             f"{widths.shape}, expected ({n}, {k_max})")
+        widths = np.maximum(widths, 0)
+    return k, widths

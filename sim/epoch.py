@@ -1,0 +1,196 @@
+"""Multi-step epochs: a stretch of pure-decode steps simulated as one vectorized block.
+
+When the policy declares ``static_decisions`` (policies/interface.py), nobody waits and every
+running request is decoding, the batch and every request's k stay the same until the next
+batch event. So one ``decide`` call serves the whole stretch, and its steps are computed
+together: match lengths m for S steps x n requests in one draw (the same uniforms, in the
+same order, as S single steps would take; the unused ones are given back), ``num_accepted =
+min(k, m)``, contexts grow by the cumulative ``num_accepted + 1``, draft and verify costs are
+evaluated over all steps at once with the same integer inputs as the per-step path.
+
+The epoch ends (inclusive) at the first step in which a request finishes or the next request
+arrives, and (exclusive) before the first step whose KV blocks would not fit; the per-step
+path then takes over. No per-step ``observe`` calls are made (a no-op by the declaration).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.interface import Observation
+from sim.state import FINISHED
+from sim.step_plan import checked_decision
+
+MAX_EPOCH_STEPS = 32     # draws are cheap; most epochs end at an arrival or a finish first
+
+
+def epoch_eligible(engine) -> bool:
+    """Pure decode, nobody waiting, a static policy and block draws available."""
+    sched, r = engine.sched, engine.reqs
+    run = sched.running
+    if not engine._epochs or sched.waiting or run.shape[0] == 0:
+        return False
+    if engine.epoch_ready:          # an epoch just ran: its survivors all decode
+        return True
+    return bool(np.all(r.num_known[run] - r.num_computed[run] == 1)
+                and np.all(r.num_out[run] > 0))
+
+
+def run_epoch(engine, now: float):
+    """Simulate the epoch starting at ``now``; returns its total latency, or None (nothing
+    changed) when its first step needs the per-step path (KV or token budget would bind, or
+    the decision is not a plain chain)."""
+    r, sched, kmax, eng = engine.reqs, engine.sched, engine.k_max, engine.config.engine
+    run = sched.running
+    n = run.shape[0]
+    ctx0 = r.num_computed[run]
+    out = r.num_out[run]
+    obs = Observation(
+        now_s=now, step_index=engine.step_index, k_max=kmax, request_ids=r.request_ids[run],
+        context_lens=ctx0 + 1, num_output_tokens=out,
+        decode_elapsed_s=now - r.first_token_s[run], since_arrival_s=now - r.arrival_s[run],
+        tpot_slo_s=r.tpot_slo_s[run], accept_rate_ewma=r.accept_ewma[run],
+        last_confidences=r.last_conf[run], num_waiting=0, oldest_waiting_s=0.0,
+        num_prefill_tokens=0, sum_prefill_context_tokens=0, cost=engine.cost)
+    decision = engine.policy.decide(obs)
+    k, widths = checked_decision(decision, n, kmax, engine.policy.name)
+    n_spec = int(k.sum())
+    if (widths is not None or decision.draft_stop_confidence > 0.0
+            or decision.verify_token_budget is not None
+            or n_spec > eng.max_num_batched_tokens - n):
+        return None          # the per-step path decides again (static: the same answer)
+    left = r.num_target_out[run] - out
+    S = min(int(left.min()), MAX_EPOCH_STEPS)
+    arrival = engine.next_arrival_s
+    if arrival is not None and engine.epoch_step_s:
+        # steps until the next arrival at about the last epoch's step time (+ margin): a
+        # short guess only costs one more epoch, a long one wasted work
+        S = max(min(S, int((arrival - now) / (0.95 * engine.epoch_step_s)) + 2), 1)
+    K = int(k.max(initial=0))
+    m, u = engine.acc.draw_block(run, S, K)
+    acc = np.minimum(m, k)                                       # (S, n)
+    cum = np.cumsum(acc + 1, axis=0)                             # emitted through step s
+    comp = cum - acc                                             # KV entries before step s
+    comp += ctx0 - 1
+    # KV: a request holds max(held, blocks for its context + decode token + drafts)
+    bs = eng.block_size
+    held = r.num_blocks[run]
+    blocks = np.maximum((comp + (k + bs)) // bs, held)
+    extra = blocks.sum(axis=1) - int(held.sum())
+    fits = extra <= sched.free_blocks
+    done_at = (cum >= left).any(axis=1)
+    last = S - 1
+    if not fits.all():
+        last = int(np.argmin(fits)) - 1
+        if last < 0:
+            engine.acc.give_back(S * n * engine.acc.k_max)
+            return None
+    if done_at[:last + 1].any():
+        last = int(np.argmax(done_at))
+    # costs over steps: verify pass over n (k+1) tokens, draft pass j over requests with k > j
+    comp_sum = comp[:last + 1].sum(axis=1).tolist()
+    if n_spec == K * n:
+        times = _uniform_costs(engine.cost, n, K, comp_sum, now, arrival)
+    else:
+        times = _mixed_costs(engine.cost, n, k, comp[:last + 1], now, arrival)
+    starts, lat, draft_s, verify_s = times
+    S_used = len(starts)
+    engine.epoch_step_s = lat[-1]
+    engine.acc.give_back((S - S_used) * n * engine.acc.k_max)
+    _apply(engine, run, k, acc[:S_used], cum[:S_used], left, blocks[S_used - 1],
+           times, extra[:S_used].tolist(), n_spec)
+    return starts[-1] + lat[-1] - now
+
+
+def _uniform_costs(cost, n: int, K: int, comp_sum: list, now: float, arrival):
+    """Every request drafts K: per step the scalar cost calls of the per-step path (the same
+    integers, the same summation order), so the times are bit-identical to it. Stops after
+    the step during which ``arrival`` falls."""
+    tgt, drf = cost.target_step_s, cost.draft_step_s
+    n_tok, tri = n * (K + 1), n * ((K + 1) * (K + 2) // 2)
+    starts, lat, draft_s, verify_s = [], [], [], []
+    t = now
+    for c in comp_sum:
+        if starts and arrival is not None and t >= arrival:
+            break
+        v = float(tgt(n_tok, n, (K + 1) * c + tri))
+        d = 0.0
+        for j in range(1, K + 1):
+            d += float(drf(n, n, c + n * j))
+        starts.append(t)
+        lat.append(d + v)
+        draft_s.append(d)
+        verify_s.append(v)
+        t = t + (d + v)
+    return starts, lat, draft_s, verify_s
+
+
+def _mixed_costs(cost, n: int, k: np.ndarray, comp: np.ndarray, now: float, arrival):
+    """Requests draft different k: the per-step path's pass arrays, over all steps at once."""
+    S, K, t = comp.shape[0], int(k.max(initial=0)), k + 1
+    verify_ctx = comp @ t + int((t * (t + 1) // 2).sum())
+    verify_s = np.zeros(S) + cost.target_step_s(n + int(k.sum()), n, verify_ctx)
+    j1 = np.arange(1, K + 1)
+    active = (k[:, None] >= j1).astype(np.int64)              # (n, K): drafts in pass j1 - 1
+    tok = active.sum(axis=0)
+    per_pass = np.asarray(cost.draft_step_s(tok, tok, comp @ active + tok * j1))
+    per_pass = np.broadcast_to(per_pass, (S, K))              # a context-blind model: (K,)
+    draft_s = np.zeros(S)
+    for jj in range(K):                        # sequential, as the per-step path sums
+        draft_s = draft_s + per_pass[:, jj]
+    lat = (draft_s + verify_s).tolist()
+    starts, t = [], now
+    for x in lat:
+        if starts and arrival is not None and t >= arrival:
+            break
+        starts.append(t)
+        t = t + x
+    m = len(starts)
+    return starts, lat[:m], draft_s[:m].tolist(), verify_s[:m].tolist()
+
+
+def _apply(engine, run, k, acc, cum, left, blocks, times, extra: list, n_spec: int):
+    """Write the epoch's effect into the request table, scheduler and step recorder."""
+    r, sched = engine.reqs, engine.sched
+    S, n = acc.shape
+    total = cum[-1]                        # num_accepted + 1 summed over the epoch's steps
+    emitted = np.minimum(total, left)      # capped at the finish step
+    r.num_computed[run] += total
+    r.num_out[run] += emitted
+    r.num_known[run] += emitted
+    used0 = sched.num_kv_blocks - sched.free_blocks
+    sched.free_blocks -= extra[-1]
+    r.num_blocks[run] = blocks
+    step_acc = acc.sum(axis=1).tolist()
+    step_emit = [x + n for x in step_acc]
+    step_emit[-1] -= int((total - emitted).sum())
+    if n_spec:
+        r.num_drafted[run] += S * k
+        r.num_accepted[run] += total - S
+        if n_spec == n * int(k[0]):                 # everybody speculated
+            ids, rate = run, acc / k[0]
+        else:
+            spoke = k > 0
+            ids, rate = run[spoke], acc[:, spoke] / k[spoke]
+        a = engine.config.engine.accept_ewma_alpha
+        ew = r.accept_ewma[ids]
+        ew = np.where(np.isnan(ew), rate[0], ew)   # the first rate replaces an unset EWMA
+        # S EWMA updates in closed form: (1-a)^S ew + sum_s a (1-a)^(S-1-s) rate_s
+        r.accept_ewma[ids] = (1 - a) ** S * ew + (a * (1 - a) ** np.arange(S - 1, -1, -1)) @ rate
+        # last_confidences are left as they were: a static policy reads no confidences, and
+        # only static policies run epochs (the draws of the last step are still consumed)
+    starts, lat, draft_s, verify_s = times
+    fin = run[total >= left]
+    if fin.shape[0]:
+        r.status[fin] = FINISHED
+        r.finish_s[fin] = starts[-1] + lat[-1]
+        sched.release(fin)
+    first = engine.step_index
+    ids = r.request_ids[run]
+    engine.rec.add_block(
+        (range(first, first + S), starts, lat, draft_s, verify_s, n, n, 0, n + n_spec, n_spec,
+         step_acc, step_emit, 0, [used0 + e for e in extra]),
+        ([k] * S, list(acc), [ids] * S), S)
+    engine.step_index += S
+    engine.num_epochs += 1
+    engine.num_epoch_steps += S
+    engine.epoch_ready = True

@@ -1,0 +1,187 @@
+"""``python -m sim.fit_acceptance TRACES.parquet``: parametric acceptance model from m(p) traces.
+
+Fits the model of sim/acceptance.py ``ParametricAcceptance`` (AcceptanceConfig kind
+"parametric") to recorded greedy match lengths (exec/match_lengths.py, or any parquet with
+request_id, position, match_len, confidences and optionally dataset):
+
+* A record with match length m (capped at k_max, the largest m seen unless given) is a chain
+  of Bernoulli trials: draft positions j < m passed, position m failed when m < k_max.
+* Position j of request i passes with probability a_i * d**j. Given d, a_i is its maximum
+  likelihood estimate (bisection on the score); d maximises the profile likelihood over all
+  requests (a grid over (0.2, 1], refined), capped at 1.
+* Beta(alpha, beta) per dataset by the method of moments on the a_i, with each estimate's
+  sampling variance (inverse Fisher information) removed from their spread.
+* Confidence means: mean draft probability of passed positions and of the first failed one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+
+from sim.config import AcceptanceConfig
+
+MIN_CONCENTRATION, MAX_CONCENTRATION = 0.5, 1e4
+
+
+def chain_counts(match_len: np.ndarray, k_max: int,
+                 tokens_left: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(trials, passes) per record and position: arrays (rows, k_max). ``tokens_left``: output
+    tokens from the record's position to the request's end; a chain that reaches the end is
+    censored there (recorded m is capped by it), not failed."""
+    m = np.minimum(np.asarray(match_len, np.int64), k_max)[:, None]
+    j = np.arange(k_max)[None, :]
+    passes = j < m
+    trials = j <= m          # position m is tried (and fails) unless m == k_max
+    if tokens_left is not None:
+        trials &= j < np.asarray(tokens_left, np.int64)[:, None]
+    return trials.astype(np.float64), passes.astype(np.float64)
+
+
+def _loglik(s, t, a, decay) -> float:
+    q = np.clip(a[:, None] * decay[None, :], 1e-9, 1 - 1e-9)
+    return float((s * np.log(q) + (t - s) * np.log(1 - q)).sum())
+
+
+def fit_decay(s: np.ndarray, t: np.ndarray) -> float:
+    """Position decay d by profile likelihood: per-request rates re-fitted for every d on a
+    grid over (0.2, 1], then refined around the best (pooled per-position rates would be
+    biased: only requests that passed position j-1 are tried at j)."""
+    k = s.shape[1]
+    if k < 2 or t[:, 1:].sum() == 0:
+        return 1.0
+
+    def ll(d):
+        decay = d ** np.arange(k)
+        return _loglik(s, t, request_rates(s, t, decay)[0], decay)
+
+    grid = np.linspace(0.2, 1.0, 33)
+    best = grid[int(np.argmax([ll(d) for d in grid]))]
+    fine = np.linspace(max(best - 0.025, 0.2), min(best + 0.025, 1.0), 21)
+    return float(fine[int(np.argmax([ll(d) for d in fine]))])
+
+
+def request_rates(s: np.ndarray, t: np.ndarray, decay: np.ndarray) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+    """Per request MLE of a (passes ``s``, trials ``t``: arrays (requests, k) per position;
+    position j passes with probability a * decay[j]) by bisection on the score, and each
+    estimate's sampling variance (inverse Fisher information)."""
+    lo, hi = np.full(s.shape[0], 1e-6), np.full(s.shape[0], 1.0 - 1e-6)
+    for _ in range(50):
+        a = 0.5 * (lo + hi)
+        q = np.clip(a[:, None] * decay[None, :], 1e-9, 1 - 1e-9)
+        score = (s / a[:, None] - (t - s) * decay[None, :] / (1 - q)).sum(axis=1)
+        lo, hi = np.where(score > 0, a, lo), np.where(score > 0, hi, a)
+    a = 0.5 * (lo + hi)
+    q = np.clip(a[:, None] * decay[None, :], 1e-9, 1 - 1e-9)
+    info = (t * decay[None, :] ** 2 / (q * (1 - q))).sum(axis=1)
+    return a, 1.0 / np.maximum(info, 1e-12)
+
+
+def fit_beta(rates: np.ndarray, noise_var: np.ndarray) -> tuple[float, float]:
+    """Beta(alpha, beta) of per-request rates (method of moments); each rate's sampling
+    variance ``noise_var`` is removed from the observed spread."""
+    if rates.size == 0:
+        raise ValueError("no drafted positions to fit an acceptance rate from")
+    mean = float(np.clip(rates.mean(), 1e-4, 1 - 1e-4))
+    true_var = float(rates.var()) - float(noise_var.mean())
+    if true_var <= 0:
+        conc = MAX_CONCENTRATION
+    else:
+        conc = float(np.clip(mean * (1 - mean) / true_var - 1, MIN_CONCENTRATION,
+                             MAX_CONCENTRATION))
+    return mean * conc, (1 - mean) * conc
+
+
+def _confidence_means(df: pd.DataFrame, k_max: int) -> tuple[float, float]:
+    acc, rej = [], []
+    for m, conf in zip(df["match_len"].to_numpy(), df["confidences"]):
+        c = np.asarray(conf if conf is not None else [], np.float64)
+        m = min(int(m), k_max)
+        acc.extend(c[:m][~np.isnan(c[:m])].tolist())
+        if m < k_max and m < c.shape[0] and not np.isnan(c[m]):
+            rej.append(float(c[m]))
+    return (float(np.mean(acc)) if acc else float("nan"),
+            float(np.mean(rej)) if rej else float("nan"))
+
+
+def fit_acceptance(df: pd.DataFrame, k_max: int | None = None) -> dict:
+    """Fitted parameters: position_decay, per-dataset (alpha, beta), confidence means."""
+    missing = {"request_id", "position", "match_len"} - set(df.columns)
+    if missing:
+        raise ValueError(f"acceptance traces: missing columns {sorted(missing)}")
+    if len(df) == 0:
+        raise ValueError("acceptance traces: no records")
+    k = int(k_max if k_max is not None else df["match_len"].max())
+    if k < 1:
+        raise ValueError("acceptance traces: every match_len is 0 (nothing was ever accepted), "
+                         "give k_max to fit a zero rate")
+    last = df.groupby("request_id")["position"].transform("max").to_numpy()
+    trials, passes = chain_counts(df["match_len"].to_numpy(), k,
+                                  last + 1 - df["position"].to_numpy())
+    tags = df["dataset"].astype(str) if "dataset" in df.columns else pd.Series(
+        "default", index=df.index)
+    cols = [f"s{j}" for j in range(k)] + [f"t{j}" for j in range(k)]
+    per = pd.DataFrame(np.hstack([passes, trials]), columns=cols)
+    per["dataset"], per["request_id"] = tags.to_numpy(), df["request_id"].to_numpy()
+    per = per.groupby(["dataset", "request_id"], sort=True)[cols].sum()
+    d = fit_decay(per[cols[:k]].to_numpy(), per[cols[k:]].to_numpy())
+    decay = d ** np.arange(k)
+    datasets = {}
+    for tag, g in per.groupby(level=0, sort=True):
+        sj, tj = g[cols[:k]].to_numpy(), g[cols[k:]].to_numpy()
+        keep = tj.sum(axis=1) > 0
+        rates, noise = request_rates(sj[keep], tj[keep], decay)
+        alpha, beta = fit_beta(rates, noise)
+        datasets[str(tag)] = {"alpha": alpha, "beta": beta, "mean_rate": alpha / (alpha + beta),
+                              "num_requests": int(keep.sum())}
+    conf_acc, conf_rej = (_confidence_means(df, k) if "confidences" in df.columns
+                          else (float("nan"), float("nan")))
+    return {"k_max": k, "position_decay": d, "datasets": datasets,
+            "confidence_accept_mean": conf_acc, "confidence_reject_mean": conf_rej,
+            "num_records": int(len(df)),
+            "mean_match_len": float(np.minimum(df["match_len"], k).mean())}
+
+
+def to_acceptance_config(fit: dict, **overrides) -> AcceptanceConfig:
+    """The fitted parameters as a parametric AcceptanceConfig (first dataset is the default)."""
+    ds = fit["datasets"]
+    first = next(iter(ds.values()))
+    kw = dict(kind="parametric", default=(first["alpha"], first["beta"]),
+              per_dataset=tuple((t, v["alpha"], v["beta"]) for t, v in ds.items()),
+              position_decay=max(fit["position_decay"], 1e-6))
+    for name in ("confidence_accept_mean", "confidence_reject_mean"):
+        v = fit[name]
+        if np.isfinite(v):
+            kw[name] = float(np.clip(v, 0.01, 0.99))
+    kw.update(overrides)
+    return AcceptanceConfig(**kw)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("traces", nargs="+", help="acceptance parquet(s) (exec record_acceptance)")
+    ap.add_argument("--k-max", type=int, default=None)
+    args = ap.parse_args(argv)
+    frames = []
+    for i, path in enumerate(args.traces):
+        df = pd.read_parquet(path)
+        if len(args.traces) > 1:   # keep request ids of different files apart
+            df = df.assign(request_id=df["request_id"] + i * (1 << 32))
+        frames.append(df)
+    fit = fit_acceptance(pd.concat(frames, ignore_index=True), args.k_max)
+    for tag, v in fit["datasets"].items():
+        print(f"{tag}: Beta(alpha={v['alpha']:.3f}, beta={v['beta']:.3f}) mean rate "
+              f"{v['mean_rate']:.3f} over {v['num_requests']} requests")
+    print(f"position_decay={fit['position_decay']:.4f} k_max={fit['k_max']} "
+          f"mean match_len={fit['mean_match_len']:.3f} (drafts, bonus token not counted)")
+    print(f"confidence_accept_mean={fit['confidence_accept_mean']:.3f} "
+          f"confidence_reject_mean={fit['confidence_reject_mean']:.3f}")
+    print(json.dumps(fit))
+    return fit
+
+
+if __name__ == "__main__":
+    main()

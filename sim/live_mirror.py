@@ -1,0 +1,36 @@
+"""Draft-pass accounting of vLLM V1's draft-model proposer (``EngineConfig.draft_passes="vllm"``).
+
+The simulator's default charges each decoding request the draft passes it asked for (pass 0
+fused with this step's prompt chunks). vLLM 0.32's ``DraftModelProposer`` (what the live
+executor runs, exec/adapter.py) works differently, and a simulation that is compared with a
+live run must charge what it does:
+
+* pass 0 runs over every token of the target pass (prefill chunks, decode tokens and verified
+  drafts: it keeps the draft's KV cache in step with the target's), in every step, also when no
+  request speculates (policy ``none`` on an engine with a draft model still pays it);
+* then max(k) - 1 further passes of one token for every sequence in the batch (the batched
+  drafter has no per-request stop), where max(k) is the largest k drafted in the step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DRAFT_PASS_MODES = ("per_request", "vllm")
+
+
+def vllm_draft_s(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int, max_k: int,
+                 decode_ctx: np.ndarray) -> float:
+    """Seconds of one step's drafting as vLLM runs it (see the module doc).
+
+    ``num_tokens``/``num_seqs``/``sum_context_tokens``: the step's target pass;
+    ``decode_ctx``: KV entries of each decoding request after the step's decode token.
+    """
+    if num_tokens <= 0:
+        return 0.0
+    total = float(cost.draft_step_s(num_tokens, num_seqs, sum_context_tokens))
+    n = int(decode_ctx.shape[0])
+    if n and max_k > 1:
+        base = int(decode_ctx.sum())
+        for j in range(1, max_k):
+            total += float(cost.draft_step_s(num_seqs, num_seqs, base + n * (j + 1)))
+    return total
