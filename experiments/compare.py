@@ -1,0 +1,138 @@
+"""Policy comparison sweep in the simulator: every policy at >= 6 loads on a real trace.
+
+    python -m experiments.compare [--quick] [--out DIR] [--policies a,b,c] [--seed N]
+                                  [--workers 2] [--duration S] [--loads 2,4,8]
+
+Llama-2-7B + 68M draft on an A100-80G; the first 600 s of the Azure 2023 conversation trace
+(AdaSpec's window) with mixed tight/normal/loose TPOT SLO classes, rescaled to load levels
+placed around the saturation rate of `none` (measured first). Policies: none, fixed k=1..5
+(their per-load best is ``oracle_fixed``), batch_schedule, the adaptive policies and the
+per-step oracle. Writes summary.csv/.parquet, figures, findings.md and result.json into the
+output dir (default outputs/compare/<timestamp>), and prints as its LAST line the JSON of
+experiments.compare_ratios.compare_json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from experiments.compare_findings import findings_text
+from experiments.compare_ratios import compare_json, ratio_report, with_oracle_fixed
+from experiments.compare_setup import (CompareSetup, base_workload, load_levels, quick_setup,
+                                       num_requests_at, saturation_rate, select_specs,
+                                       sim_config, workload_at)
+from experiments.compare_sweep import Job, run_jobs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="few requests and 3 loads (CI)")
+    p.add_argument("--out", type=Path, default=None, help="output dir")
+    p.add_argument("--policies", default=None,
+                   help="comma list of labels/names (e.g. none,fixed,slo_goodput,oracle)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of arrivals per run (requests = rate x duration, clamped)")
+    p.add_argument("--loads", default=None, help="explicit req/s levels (skips saturation)")
+    p.add_argument("--trace", default=None, help="trace name (traces.catalog), default azure_conv")
+    return p.parse_args(argv)
+
+
+def make_setup(args) -> CompareSetup:
+    setup = CompareSetup(seed=args.seed)
+    if args.quick:
+        setup = quick_setup(setup)
+    if args.duration is not None:
+        if not args.duration > 0:
+            raise ValueError(f"--duration must be > 0 s, got {args.duration}")
+        setup = replace(setup, duration_s=args.duration)
+    if args.loads:
+        loads = tuple(sorted(float(x) for x in args.loads.split(",") if x.strip()))
+        if not loads or loads[0] <= 0:
+            raise ValueError(f"--loads must be positive req/s values, got {args.loads!r}")
+        setup = replace(setup, loads=loads)
+    if args.trace:
+        window_end = 600.0 if args.trace.startswith("azure_conv") else None
+        setup = replace(setup, trace_name=args.trace, window_end_s=window_end)
+    return setup
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_figures(table, out_dir: Path) -> list[Path]:
+    """Goodput, SLO attainment and p99 TPOT against load, one line per policy."""
+    from analysis import figures
+
+    sweep = table[table["policy"] != "oracle_fixed"]
+    made = [figures.save_figure(figures.fig_goodput_vs_load(sweep), out_dir, "goodput_vs_load"),
+            figures.save_figure(figures.fig_slo_vs_load(sweep), out_dir, "slo_vs_load"),
+            figures.save_figure(figures.fig_metrics_vs_load(sweep, ["tpot_p99"],
+                                                            title="p99 TPOT vs load"),
+                                out_dir, "tpot_p99_vs_load")]
+    return made
+
+
+def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2) -> dict:
+    """Measure saturation, run the grid, write every output; return the JSON object."""
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = base_workload(setup)
+    saturation = None
+    if setup.loads:
+        loads = list(setup.loads)
+    else:
+        saturation = saturation_rate(setup, base)
+        loads = load_levels(saturation["saturation_rate_req_s"], setup.load_factors)
+        _log(f"[compare] none saturates at {saturation['saturation_rate_req_s']:.2f} req/s; "
+             f"loads {loads}")
+    config = sim_config(setup)
+    jobs = [Job(spec, ld, workload_at(base, ld, num_requests_at(setup, ld)), config)
+            for ld in loads for spec in specs]
+
+    def progress(row, done, total):
+        _log(f"[compare] {done}/{total} {row['policy']:>22} @ {row['trace.rate']:g} req/s: "
+             f"goodput {row['goodput_req_s']:.3f} req/s, SLO {row['slo_attainment']:.3f} "
+             f"({row['wall_s']:.1f} s)")
+
+    table = run_jobs(jobs, workers=workers, progress=progress)
+    full = with_oracle_fixed(table)
+    full.to_csv(out_dir / "summary.csv", index=False)
+    full.to_parquet(out_dir / "summary.parquet", index=False)
+    figs = write_figures(full, out_dir)
+    report = ratio_report(table)
+    (out_dir / "findings.md").write_text(findings_text(table, report, saturation))
+    extra = {"out_dir": str(out_dir), "saturation": saturation, "seed": setup.seed,
+             "num_requests_per_run": [num_requests_at(setup, ld) for ld in loads],
+             "trace": setup.trace_name,
+             "window_s": [setup.window_start_s, setup.window_end_s],
+             "setup": f"{setup.model} + {setup.draft} on {setup.hardware}, k_max {setup.k_max}",
+             "figures": [str(p) for p in figs], "wall_s": round(time.perf_counter() - t0, 1)}
+    result = compare_json(table, extra=extra)
+    (out_dir / "result.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    return result
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup = make_setup(args)
+    specs = select_specs(args.policies)
+    out = args.out or REPO_ROOT / "outputs" / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    print(f"output dir: {out}", flush=True)
+    result = run_compare(setup, specs, Path(out), workers=args.workers)
+    print((Path(out) / "findings.md").read_text(), flush=True)
+    print(json.dumps(result, separators=(",", ":"), allow_nan=False), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""experiments.compare: ratio definitions on a hand-made table, and a --quick sweep end to end."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.compare_ratios import compare_json, ratio, ratio_report, with_oracle_fixed
+from experiments.compare_setup import (CompareSetup, default_policy_specs, load_levels,
+                                       num_requests_at, select_specs)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _table(rows):
+    return pd.DataFrame([{"policy": p, "trace.rate": ld, "goodput_req_s": g,
+                          "slo_attainment": a} for p, ld, g, a in rows])
+
+
+HAND = _table([
+    ("none", 1.0, 0.8, 0.9), ("none", 2.0, 0.5, 0.4),
+    ("fixed_k1", 1.0, 0.90, 0.95), ("fixed_k1", 2.0, 1.2, 0.70),
+    ("fixed_k2", 1.0, 0.95, 0.97), ("fixed_k2", 2.0, 1.0, 0.60),
+    ("oracle", 1.0, 1.00, 1.00), ("oracle", 2.0, 1.1, 0.65),
+    ("slo_goodput", 1.0, 0.97, 0.99), ("slo_goodput", 2.0, 1.32, 0.80),
+    ("adaspec", 1.0, 0.99, 1.00), ("adaspec", 2.0, 0.60, 0.30),
+])
+
+
+def test_best_fixed_is_picked_per_load_in_hindsight():
+    t = with_oracle_fixed(HAND)
+    best = t[t["policy"] == "oracle_fixed"].set_index("trace.rate")
+    assert best.loc[1.0, "oracle_fixed_k"] == 2 and best.loc[1.0, "goodput_req_s"] == 0.95
+    assert best.loc[2.0, "oracle_fixed_k"] == 1 and best.loc[2.0, "goodput_req_s"] == 1.2
+    # idempotent: an existing oracle_fixed row is replaced, not duplicated
+    assert len(with_oracle_fixed(t)) == len(t)
+
+
+def test_ratios_and_best_adaptive_by_hand():
+    rep = ratio_report(HAND)
+    assert rep["loads"] == [1.0, 2.0]
+    sg, ad = rep["ratios"]["slo_goodput"], rep["ratios"]["adaspec"]
+    assert sg["ratio_to_best_fixed"] == pytest.approx([0.97 / 0.95, 1.32 / 1.2])
+    assert sg["worst_ratio_to_best_fixed"] == pytest.approx(0.97 / 0.95)
+    assert sg["ratio_to_oracle"] == pytest.approx([0.97, 1.32 / 1.1])
+    assert sg["worst_ratio_to_oracle"] == pytest.approx(0.97)
+    # max(oracle, best fixed) is 1.0 at load 1 and 1.2 at load 2
+    assert sg["ratio_to_max_oracle_best_fixed"] == pytest.approx([0.97, 1.1])
+    assert ad["worst_ratio_to_best_fixed"] == pytest.approx(0.6 / 1.2)
+    assert ad["worst_load_vs_best_fixed"] == 2.0
+    assert rep["best_adaptive"] == "slo_goodput"
+    assert rep["best_adaptive_worst_ratio_to_oracle"] == pytest.approx(0.97)
+    assert rep["best_adaptive_worst_ratio_to_best_fixed"] == pytest.approx(0.97 / 0.95)
+    assert rep["best_fixed_k"] == [2, 1]
+    # the greedy oracle loses at load 2 (to slo_goodput 1.32 and fixed_k1 1.2): reported
+    assert rep["oracle_below_others"] == [{"load": 2.0, "oracle_goodput": 1.1,
+                                          "best_policy": "slo_goodput", "best_goodput": 1.32}]
+
+
+def test_zero_goodput_and_bad_tables():
+    assert ratio(0.0, 0.0) == 1.0 and math.isinf(ratio(1.0, 0.0)) and ratio(1.0, 4.0) == 0.25
+    with pytest.raises(KeyError, match="goodput_req_s"):
+        ratio_report(HAND.drop(columns="goodput_req_s"))
+    with pytest.raises(ValueError, match="duplicate"):
+        ratio_report(pd.concat([HAND, HAND.iloc[:1]]))
+
+
+def test_json_has_every_policy_and_key():
+    out = compare_json(HAND)
+    assert out["loads"] == [1.0, 2.0]
+    assert set(out["policies"]) == set(HAND["policy"]) | {"oracle_fixed"}
+    assert out["policies"]["oracle_fixed"]["goodput"] == [0.95, 1.2]
+    assert out["policies"]["adaspec"]["slo_attainment"] == [1.0, 0.3]
+    for key in ("best_adaptive", "best_adaptive_worst_ratio_to_oracle",
+                "best_adaptive_worst_ratio_to_best_fixed"):
+        assert key in out
+    json.dumps(out, allow_nan=False)
+
+
+def test_policy_selection_and_loads():
+    labels = [s.label for s in default_policy_specs()]
+    assert labels[:6] == ["none", "fixed_k1", "fixed_k2", "fixed_k3", "fixed_k4", "fixed_k5"]
+    assert {"batch_schedule", "oracle", "slo_goodput", "adaserve"} <= set(labels)
+    assert [s.label for s in select_specs("fixed,oracle")] == labels[1:6] + ["oracle"]
+    with pytest.raises(ValueError, match="unknown policies"):
+        select_specs("none,nope")
+    assert load_levels(5.79, (0.3, 1.0, 3.0)) == [1.7, 5.8, 17.0]
+    s = CompareSetup(duration_s=60, min_requests=100, max_requests=1500)  # explicit values
+    assert [num_requests_at(s, r) for r in (1.0, 5.0, 40.0)] == [100, 300, 1500]
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (Azure trace) is absent")
+def test_quick_sweep_prints_json_last(tmp_path):
+    """The CLI end to end: every policy, the saturation-placed loads, files and final JSON."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.compare", "--quick",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = {s.label for s in default_policy_specs()} | {"oracle_fixed"}
+    assert set(out["policies"]) == expected
+    assert len(out["loads"]) == 3 and out["saturation"]["saturation_rate_req_s"] > 0
+    for name, entry in out["policies"].items():
+        assert len(entry["goodput"]) == 3 and len(entry["slo_attainment"]) == 3, name
+        assert all(0.0 <= a <= 1.0 for a in entry["slo_attainment"]), name
+    assert out["best_adaptive"] in out["ratios"]
+    for key in ("best_adaptive_worst_ratio_to_oracle", "best_adaptive_worst_ratio_to_best_fixed",
+                "best_adaptive_worst_ratio_to_max_oracle_best_fixed", "oracle_below_others"):
+        assert key in out
+    table = pd.read_parquet(tmp_path / "summary.parquet")
+    assert (table["num_failed"] == 0).all()
+    assert (table["num_finished"] == table["num_requests"]).all()
+    for name in ("summary.csv", "findings.md", "result.json", "goodput_vs_load.png",
+                 "slo_vs_load.png", "tpot_p99_vs_load.png"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_same_seed_same_rows():
+    from experiments.compare_setup import PolicySpec, sim_config
+    from experiments.compare_sweep import Job, run_job
+    from traces.embedded import embedded_trace
+
+    trace = embedded_trace(num_requests=15, seed=3)
+    cfg = sim_config(CompareSetup(seed=5))
+    job = Job(PolicySpec("slo_goodput", "slo_goodput"), 4.0, trace, cfg)
+    a, b = run_job(job), run_job(job)
+    a.pop("wall_s"), b.pop("wall_s")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["num_finished"] == 15
