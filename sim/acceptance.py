@@ -46,7 +46,8 @@ class StepDraw:
     """One step's draws for the decoding requests (rows aligned with the observation)."""
 
     match_len: np.ndarray         # int (n,), greedy match length m, 0..k_max
-    confidences: np.ndarray       # float (n, k_max), draft prob of the token at each position
+    confidences: np.ndarray | None  # float (n, k_max), draft prob of the token at each
+    #                               position (None: not computed, see ParametricAcceptance.draw)
     uniforms: np.ndarray | None   # float (n, k_max): position p passes iff u_p < rate_p
     rates: np.ndarray | None      # float (n, k_max), or (n, 1) without position decay:
     #                               per-position acceptance probability (broadcasts)
@@ -69,8 +70,11 @@ class StepDraw:
 
 
 def _leading_true(ok: np.ndarray) -> np.ndarray:
-    """Number of leading True values along the last axis."""
-    return np.logical_and.accumulate(ok, axis=-1).sum(axis=-1, dtype=np.int64)
+    """Number of leading True values along the last axis: the first False of ``ok`` with a
+    False column appended (one argmin; an accumulate over many short rows costs far more)."""
+    pad = np.zeros(ok.shape[:-1] + (ok.shape[-1] + 1,), bool)
+    pad[..., :-1] = ok
+    return pad.argmin(axis=-1).astype(np.int64, copy=False)
 
 
 class ParametricAcceptance:
@@ -124,12 +128,16 @@ class ParametricAcceptance:
             rates = rates * self._decay[None, :]
         return rates
 
-    def draw(self, rows: np.ndarray, positions: np.ndarray) -> StepDraw:
+    def draw(self, rows: np.ndarray, positions: np.ndarray,
+             with_confidences: bool = True) -> StepDraw:
+        """``with_confidences=False`` leaves ``confidences`` None (the engine's static-policy
+        fast path; ``confidences(rows, draw.uniforms)`` gives them later if needed)."""
         n, k = rows.shape[0], self.k_max
         rates = self._rates(rows)
         u = self._u.take(n * k).reshape(n, k)
         ok = u < rates
-        return StepDraw(_leading_true(ok), self._confidences(u, ok, rates), u, rates)
+        conf = self._confidences(u, ok, rates) if with_confidences else None
+        return StepDraw(_leading_true(ok), conf, u, rates)
 
     def _confidences(self, u, ok, rates):
         safe = np.minimum(np.maximum(rates, 1e-12), 1.0 - 1e-12)
@@ -147,7 +155,9 @@ class ParametricAcceptance:
         n, k = rows.shape[0], self.k_max
         p = k if num_positions is None else min(int(num_positions), k)
         u = self._u.take(num_steps * n * k).reshape(num_steps, n, k)
-        return _leading_true(u[:, :, :p] < self._rates(rows)[:, :p]), u
+        ok = np.zeros((num_steps, n, p + 1), bool)           # the last column stays False
+        np.less(u[:, :, :p], self._rates(rows)[:, :p], out=ok[:, :, :p])
+        return ok.argmin(axis=-1).astype(np.int64, copy=False), u
 
     def give_back(self, num_draws: int) -> None:
         """Return the uniforms of block steps that did not run (see ``_Pool.give_back``)."""

@@ -63,6 +63,12 @@ class RooflineCostModel:
         memory = w_s + kv_s * c * s / np.maximum(t, 1.0)
         return np.where(t > 0, np.maximum(compute, memory) + fixed_s, 0.0)
 
+    def scalar_coefficients(self) -> tuple:
+        """(target, draft) coefficient tuples (s per token, s per context token, s to stream
+        weights, s per KV token read, fixed s) of ``_time``'s scalar expression, so a hot
+        loop (sim/epoch.py) can inline it and get the very floats of a scalar call."""
+        return self._target, self._draft
+
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
         return self._time(self._target, num_tokens, num_seqs, sum_context_tokens)
 

@@ -13,7 +13,7 @@ import numpy as np
 import simpy
 
 from policies.interface import DraftState, Feedback, Observation, Policy
-from sim.acceptance import make_acceptance_model
+from sim.acceptance import ParametricAcceptance, make_acceptance_model
 from sim.cost import make_cost_model
 from sim.epoch import epoch_eligible, run_epoch
 from sim.kv_cache import admission_errors, derive_num_kv_blocks
@@ -21,8 +21,8 @@ from sim.live_mirror import DRAFT_PASS_MODES, vllm_draft_s
 from sim.results import StepRecorder
 from sim.scheduler import Scheduler
 from sim.state import FINISHED, WAITING, RequestTable
-from sim.step_plan import (checked_decision, draft_pass_costs, prefill_context,
-                            uniform_chain_draft_s, verify_context)
+from sim.step_plan import (checked_decision, draft_pass_costs, ensure_confidences,
+                            prefill_context, uniform_chain_draft_s, verify_context)
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -57,11 +57,13 @@ class Engine:
         self._default_drafting = type(policy).continue_drafting is Policy.continue_drafting
         self._default_verify = type(policy).select_verify is Policy.select_verify
         self._pos = np.arange(self.k_max)
-        # multi-step epochs (sim/epoch.py) need a static policy and block draws
-        self._epochs = bool(multi_step and policy.static_decisions and not policy.needs_oracle
-                            and self._default_drafting and self._default_verify
-                            and hasattr(self.acc, "draw_block")
-                            and eng.draft_passes == "per_request")  # epochs: per-request drafts
+        static = bool(policy.static_decisions and not policy.needs_oracle
+                      and self._default_drafting and self._default_verify)
+        # multi-step epochs (sim/epoch.py) need a static policy, block draws, per-request drafts
+        self._epochs = bool(multi_step and static and hasattr(self.acc, "draw_block")
+                            and eng.draft_passes == "per_request")
+        # a static policy reads no confidences: draw them only when a decision needs them
+        self._lazy_conf = static and isinstance(self.acc, ParametricAcceptance)
         self.next_arrival_s: float | None = None
         self.epoch_step_s = 0.0                     # last epoch's step time (its length guess)
         self.num_epochs = self.num_epoch_steps = 0
@@ -126,7 +128,8 @@ class Engine:
         n = dec.shape[0]
         ctx = r.num_computed[dec]                        # KV entries before this step
         out = r.num_out[dec]
-        draw = self.acc.draw(dec, out)
+        draw = (self.acc.draw(dec, out, with_confidences=False) if self._lazy_conf
+                else self.acc.draw(dec, out))
         waiting = sched.waiting
         obs = Observation(
             now_s=now, step_index=self.step_index, k_max=kmax, request_ids=r.request_ids[dec],
@@ -139,9 +142,10 @@ class Engine:
             future_match_lens=draw.match_len if self.policy.needs_oracle else None)
         decision = self.policy.decide(obs)
         k, widths = checked_decision(decision, n, self.k_max, self.policy.name)
+        draw = ensure_confidences(self.acc, draw, dec, decision, widths)
         spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
         budget = eng.max_num_batched_tokens - n_pre_tok - n
-        fit = sched.fit_speculation(dec, spec, budget)
+        fit = sched.fit_speculation(dec, spec, budget, ctx)
         if widths is None:
             k = fit
         else:                       # a tree that does not fit whole is not speculated
@@ -170,7 +174,7 @@ class Engine:
             draft_s = vllm_draft_s(self.cost, n_tok, int(rows.shape[0]), verify_ctx,
                                    int(drafted.max(initial=0)), ctx + 1)
         self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
-                         verify_s, len(waiting), n_pre_tok, n_spec)
+                         verify_s, len(waiting), n_pre_tok, n_spec, (ctx, out, obs.request_ids))
         return draft_s + verify_s
 
     def _draft(self, obs, decision, k, widths, ctx, prefill, draw):
@@ -190,20 +194,20 @@ class Engine:
                 state = DraftState(obs, decision, drafted, conf, spent)
                 more = np.asarray(self.policy.continue_drafting(state), bool)
                 active = more & (drafted < k)
-        k0 = int(drafted[0])
+        k0, seen = int(drafted[0]), draw.confidences   # None: static policy, nobody reads them
         if widths is None and drafted.min() == k0 == drafted.max():
             draft_s = uniform_chain_draft_s(self.cost, k0, int(ctx.sum()), k.shape[0], prefill)
-            conf = draw.confidences.copy()
+            conf = np.full((k.shape[0], self.k_max), np.nan) if seen is None else seen.copy()
             conf[:, k0:] = np.nan
         else:
             tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
             draft_s = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
-            conf = np.where(self._pos < drafted[:, None], draw.confidences, np.nan)
+            conf = np.where(self._pos < drafted[:, None], np.nan if seen is None else seen, np.nan)
         return drafted, conf, draft_s
 
     def _end_step(self, end: float) -> None:
         (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
-         num_waiting, n_pre_tok, n_spec) = self._pending
+         num_waiting, n_pre_tok, n_spec, (ctx, out, dec_ids)) = self._pending
         r, sched = self.reqs, self.sched
         fin = _EMPTY
         if pre.shape[0]:
@@ -222,11 +226,11 @@ class Engine:
         n_acc = n_emit = 0
         if dec.shape[0]:
             # decoding requests: the decode token and the accepted drafts enter the KV cache
-            left = r.num_target_out[dec] - r.num_out[dec]
+            left = r.num_target_out[dec] - out       # ctx, out: as gathered in _begin_step
             emitted = np.minimum(accepted + 1, left)
-            r.num_computed[dec] += 1 + accepted
-            r.num_out[dec] += emitted
-            r.num_known[dec] += emitted
+            r.num_computed[dec] = ctx + 1 + accepted
+            r.num_out[dec] = out + emitted
+            r.num_known[dec] = ctx + 1 + emitted    # decoding: one known token not in KV
             n_emit = int(emitted.sum())
             if n_spec:
                 n_acc = int(accepted.sum())
@@ -240,7 +244,8 @@ class Engine:
                 old = r.accept_ewma[ids]
                 a = self.config.engine.accept_ewma_alpha
                 r.accept_ewma[ids] = np.where(np.isnan(old), rate, a * rate + (1 - a) * old)
-                r.last_conf[dec] = conf
+                if not self._lazy_conf:   # (as in epochs, static policies read none)
+                    r.last_conf[dec] = conf
             done_dec = emitted == left
             if done_dec.any():
                 fin = dec[done_dec] if not fin.shape[0] else np.concatenate([fin, dec[done_dec]])
@@ -249,7 +254,6 @@ class Engine:
             r.status[fin] = FINISHED
             r.finish_s[fin] = end
             sched.release(fin)
-        dec_ids = r.request_ids[dec]
         self.rec.add((self.step_index, start, draft_s + verify_s, draft_s, verify_s,
                       rows.shape[0], dec.shape[0], n_pre_tok, n_pre_tok + dec.shape[0] + n_spec,
                       n_spec, n_acc, n_emit + n_done, num_waiting, kv_used),

@@ -20,6 +20,7 @@ from policies.interface import Observation
 from sim.state import FINISHED
 from sim.step_plan import checked_decision
 
+_sum = np.add.reduce
 MAX_EPOCH_STEPS = 32     # draws are cheap; most epochs end at an arrival or a finish first
 
 
@@ -53,42 +54,41 @@ def run_epoch(engine, now: float):
         num_prefill_tokens=0, sum_prefill_context_tokens=0, cost=engine.cost)
     decision = engine.policy.decide(obs)
     k, widths = checked_decision(decision, n, kmax, engine.policy.name)
-    n_spec = int(k.sum())
+    n_spec = int(_sum(k))      # ufunc reduces: skip ndarray.sum's Python wrapper
     if (widths is not None or decision.draft_stop_confidence > 0.0
             or decision.verify_token_budget is not None
             or n_spec > eng.max_num_batched_tokens - n):
         return None          # the per-step path decides again (static: the same answer)
     left = r.num_target_out[run] - out
-    S = min(int(left.min()), MAX_EPOCH_STEPS)
+    S = min(int(np.minimum.reduce(left)), MAX_EPOCH_STEPS)
     arrival = engine.next_arrival_s
     if arrival is not None and engine.epoch_step_s:
         # steps until the next arrival at about the last epoch's step time (+ margin): a
         # short guess only costs one more epoch, a long one wasted work
         S = max(min(S, int((arrival - now) / (0.95 * engine.epoch_step_s)) + 2), 1)
-    K = int(k.max(initial=0))
-    m, u = engine.acc.draw_block(run, S, K)
-    acc = np.minimum(m, k)                                       # (S, n)
+    K = int(np.maximum.reduce(k))              # n >= 1: a running batch
+    uniform = n_spec == K * n
+    m = engine.acc.draw_block(run, S, K)[0]                      # m <= K already
+    acc = m if uniform else np.minimum(m, k)                     # (S, n)
     cum = np.cumsum(acc + 1, axis=0)                             # emitted through step s
     comp = cum - acc                                             # KV entries before step s
     comp += ctx0 - 1
-    # KV: a request holds max(held, blocks for its context + decode token + drafts)
+    # KV: a request holds max(held, blocks for its context + decode token + drafts); the
+    # blocks only grow over the steps, so the steps that fit are a prefix
     bs = eng.block_size
     held = r.num_blocks[run]
-    blocks = np.maximum((comp + (k + bs)) // bs, held)
-    extra = blocks.sum(axis=1) - int(held.sum())
-    fits = extra <= sched.free_blocks
-    done_at = (cum >= left).any(axis=1)
-    last = S - 1
-    if not fits.all():
-        last = int(np.argmin(fits)) - 1
-        if last < 0:
-            engine.acc.give_back(S * n * engine.acc.k_max)
-            return None
-    if done_at[:last + 1].any():
-        last = int(np.argmax(done_at))
+    blocks = np.maximum((comp + ((K if uniform else k) + bs)) // bs, held)
+    extra = _sum(blocks, 1) - int(_sum(held))
+    num_fit = int(np.searchsorted(extra, sched.free_blocks, side="right"))
+    if num_fit == 0:
+        engine.acc.give_back(S * n * engine.acc.k_max)
+        return None
+    done_at = (cum[:num_fit] >= left).any(axis=1)
+    # contexts only grow: once a request is done it stays done, so done_at is monotone
+    last = int(np.argmax(done_at)) if done_at[-1] else num_fit - 1
     # costs over steps: verify pass over n (k+1) tokens, draft pass j over requests with k > j
-    comp_sum = comp[:last + 1].sum(axis=1).tolist()
-    if n_spec == K * n:
+    if uniform:
+        comp_sum = _sum(comp[:last + 1], 1).tolist()
         times = _uniform_costs(engine.cost, n, K, comp_sum, now, arrival)
     else:
         times = _mixed_costs(engine.cost, n, k, comp[:last + 1], now, arrival)
@@ -97,16 +97,45 @@ def run_epoch(engine, now: float):
     engine.epoch_step_s = lat[-1]
     engine.acc.give_back((S - S_used) * n * engine.acc.k_max)
     _apply(engine, run, k, acc[:S_used], cum[:S_used], left, blocks[S_used - 1],
-           times, extra[:S_used].tolist(), n_spec)
+           times, extra[:S_used].tolist(), n_spec, (ctx0, out, obs.request_ids),
+           bool(done_at[S_used - 1]))
     return starts[-1] + lat[-1] - now
 
 
 def _uniform_costs(cost, n: int, K: int, comp_sum: list, now: float, arrival):
-    """Every request drafts K: per step the scalar cost calls of the per-step path (the same
-    integers, the same summation order), so the times are bit-identical to it. Stops after
-    the step during which ``arrival`` falls."""
-    tgt, drf = cost.target_step_s, cost.draft_step_s
+    """Every request drafts K: the per-step path's scalar cost inputs (the same integers;
+    draft passes summed in the same order), so the times are bit-identical to it. Stops
+    after the step during which ``arrival`` falls. A roofline (``scalar_coefficients``) is
+    evaluated inline: its scalar expression, operation for operation."""
     n_tok, tri = n * (K + 1), n * ((K + 1) * (K + 2) // 2)
+    coef = getattr(cost, "scalar_coefficients", None)
+    if coef is None or coef()[1] is None:
+        return _uniform_costs_calls(cost, n, K, n_tok, tri, comp_sum, now, arrival)
+    (t_tok, t_ctx, t_w, t_kv, t_fix), (d_tok, d_ctx, d_w, d_kv, d_fix) = coef()
+    passes = [n * j for j in range(1, K + 1)]
+    d_compute0 = d_tok * n
+    v_compute0 = t_tok * n_tok
+    starts, lat, draft_s, verify_s = [], [], [], []
+    t = now
+    for c in comp_sum:
+        if starts and arrival is not None and t >= arrival:
+            break
+        vc = (K + 1) * c + tri
+        v = max(v_compute0 + t_ctx * vc, t_w + t_kv * vc * n / n_tok) + t_fix
+        d = 0.0
+        for p in passes:
+            cc = c + p
+            d += max(d_compute0 + d_ctx * cc, d_w + d_kv * cc * n / n) + d_fix
+        starts.append(t)
+        lat.append(d + v)
+        draft_s.append(d)
+        verify_s.append(v)
+        t = t + (d + v)
+    return starts, lat, draft_s, verify_s
+
+
+def _uniform_costs_calls(cost, n, K, n_tok, tri, comp_sum: list, now, arrival):
+    tgt, drf = cost.target_step_s, cost.draft_step_s
     starts, lat, draft_s, verify_s = [], [], [], []
     t = now
     for c in comp_sum:
@@ -148,44 +177,50 @@ def _mixed_costs(cost, n: int, k: np.ndarray, comp: np.ndarray, now: float, arri
     return starts, lat[:m], draft_s[:m].tolist(), verify_s[:m].tolist()
 
 
-def _apply(engine, run, k, acc, cum, left, blocks, times, extra: list, n_spec: int):
-    """Write the epoch's effect into the request table, scheduler and step recorder."""
+def _apply(engine, run, k, acc, cum, left, blocks, times, extra: list, n_spec: int, before,
+           finishing: bool):
+    """Write the epoch's effect into the request table, scheduler and step recorder
+    (``before``: the rows' num_computed, num_out and request ids at the epoch's start;
+    ``finishing``: some request finishes in the last step)."""
     r, sched = engine.reqs, engine.sched
+    ctx0, out0, ids = before
     S, n = acc.shape
     total = cum[-1]                        # num_accepted + 1 summed over the epoch's steps
     emitted = np.minimum(total, left)      # capped at the finish step
-    r.num_computed[run] += total
-    r.num_out[run] += emitted
-    r.num_known[run] += emitted
+    r.num_computed[run] = ctx0 + total
+    out = out0 + emitted
+    r.num_out[run] = out
+    r.num_known[run] = ctx0 + 1 + emitted  # decoding: one known token not yet in KV
     used0 = sched.num_kv_blocks - sched.free_blocks
     sched.free_blocks -= extra[-1]
     r.num_blocks[run] = blocks
-    step_acc = acc.sum(axis=1).tolist()
+    step_acc = _sum(acc, 1).tolist()
     step_emit = [x + n for x in step_acc]
-    step_emit[-1] -= int((total - emitted).sum())
+    if finishing:
+        step_emit[-1] -= int((total - emitted).sum())
     if n_spec:
         r.num_drafted[run] += S * k
         r.num_accepted[run] += total - S
         if n_spec == n * int(k[0]):                 # everybody speculated
-            ids, rate = run, acc / k[0]
+            rows, rate = run, acc / k[0]
         else:
             spoke = k > 0
-            ids, rate = run[spoke], acc[:, spoke] / k[spoke]
+            rows, rate = run[spoke], acc[:, spoke] / k[spoke]
         a = engine.config.engine.accept_ewma_alpha
-        ew = r.accept_ewma[ids]
+        ew = r.accept_ewma[rows]
         ew = np.where(np.isnan(ew), rate[0], ew)   # the first rate replaces an unset EWMA
         # S EWMA updates in closed form: (1-a)^S ew + sum_s a (1-a)^(S-1-s) rate_s
-        r.accept_ewma[ids] = (1 - a) ** S * ew + (a * (1 - a) ** np.arange(S - 1, -1, -1)) @ rate
+        weights = _ewma_weights(engine, a)[MAX_EPOCH_STEPS - S:]
+        r.accept_ewma[rows] = (1 - a) ** S * ew + weights @ rate
         # last_confidences are left as they were: a static policy reads no confidences, and
         # only static policies run epochs (the draws of the last step are still consumed)
     starts, lat, draft_s, verify_s = times
-    fin = run[total >= left]
-    if fin.shape[0]:
+    if finishing:
+        fin = run[total >= left]
         r.status[fin] = FINISHED
         r.finish_s[fin] = starts[-1] + lat[-1]
         sched.release(fin)
     first = engine.step_index
-    ids = r.request_ids[run]
     engine.rec.add_block(
         (range(first, first + S), starts, lat, draft_s, verify_s, n, n, 0, n + n_spec, n_spec,
          step_acc, step_emit, 0, [used0 + e for e in extra]),
@@ -194,3 +229,12 @@ def _apply(engine, run, k, acc, cum, left, blocks, times, extra: list, n_spec: i
     engine.num_epochs += 1
     engine.num_epoch_steps += S
     engine.epoch_ready = True
+
+
+def _ewma_weights(engine, a: float) -> np.ndarray:
+    """a (1-a)^(MAX-1-s) for s < MAX_EPOCH_STEPS, computed once per engine."""
+    w = engine.__dict__.get("_epoch_ewma_weights")
+    if w is None:
+        w = a * (1 - a) ** np.arange(MAX_EPOCH_STEPS - 1, -1, -1)
+        engine._epoch_ewma_weights = w
+    return w

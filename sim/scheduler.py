@@ -43,6 +43,7 @@ class Scheduler:
         run = self.running
         preempted = False
         budget = cfg.max_num_batched_tokens
+        is_dec = None
         if run.shape[0]:
             comp = r.num_computed[run]
             need = r.num_known[run] - comp
@@ -58,12 +59,15 @@ class Scheduler:
                 r.num_blocks[run] = want
                 self.free_blocks -= extra
                 rows = run
+                # decoding: exactly one missing token (so scheduled whole), an output already
+                is_dec = (need == 1) & (comp >= r.num_prompt[run])
             else:
                 rows, tokens = self._plan_with_preemption(run, need)
                 preempted = True
             if not tokens.all():
                 keep = tokens > 0
                 rows, tokens = rows[keep], tokens[keep]
+                is_dec = None if is_dec is None else is_dec[keep]
             budget -= int(tokens.sum())
         else:
             rows = tokens = np.zeros(0, np.int64)
@@ -74,9 +78,11 @@ class Scheduler:
                 rows = np.concatenate([rows, new_rows])
                 tokens = np.concatenate([tokens, np.asarray(new_tokens, np.int64)])
                 self.running = np.concatenate([self.running, new_rows])
-        # decoding: exactly one missing token (so scheduled whole) and an output already
-        known = r.num_known[rows]
-        is_dec = (known - r.num_computed[rows] == 1) & (known > r.num_prompt[rows])
+                if is_dec is not None:      # admitted rows prefill (a fresh or recomputing
+                    is_dec = np.concatenate([is_dec, np.zeros(len(new_rows), bool)])  # prompt)
+        if is_dec is None:
+            known = r.num_known[rows]
+            is_dec = (known - r.num_computed[rows] == 1) & (known > r.num_prompt[rows])
         return rows, tokens, is_dec
 
     def _plan_with_preemption(self, run: np.ndarray, need: np.ndarray):
@@ -139,10 +145,11 @@ class Scheduler:
         return rows, tokens
 
     # ---- phase B ---------------------------------------------------------------------------
-    def fit_speculation(self, rows: np.ndarray, spec_tokens: np.ndarray, budget: int) -> np.ndarray:
+    def fit_speculation(self, rows: np.ndarray, spec_tokens: np.ndarray, budget: int,
+                        computed: np.ndarray | None = None) -> np.ndarray:
         """Trim per-request draft-token counts of decoding ``rows`` to the leftover token
         budget and free KV blocks, in running order; allocates the blocks. Returns the
-        counts that fit."""
+        counts that fit. ``computed``: the rows' num_computed, if the caller has them."""
         if rows.shape[0] == 0 or not spec_tokens.any():
             return spec_tokens
         r, bs = self.reqs, self.cfg.block_size
@@ -151,21 +158,25 @@ class Scheduler:
         else:
             before = np.cumsum(spec_tokens) - spec_tokens
             fit = np.minimum(np.maximum(budget - before, 0), spec_tokens)
-        ctx = r.num_computed[rows] + 1          # the decode token's KV is already allocated
-        extra = np.maximum((ctx + fit + (bs - 1)) // bs - r.num_blocks[rows], 0)
-        if int(extra.sum()) > self.free_blocks:
+        # the decode token's KV is already allocated
+        ctx = (r.num_computed[rows] if computed is None else computed) + 1
+        held = r.num_blocks[rows]
+        extra = np.maximum((ctx + fit + (bs - 1)) // bs - held, 0)
+        num_extra = int(extra.sum())
+        if num_extra > self.free_blocks:
             # in running order: requests take new blocks while they last; the first that
             # runs short gets what is left, later ones only the room in blocks they hold
             fit = fit.copy()
             cum = np.cumsum(extra)
             first = int(np.argmax(cum > self.free_blocks))
             left = self.free_blocks - (int(cum[first - 1]) if first else 0)
-            room = r.num_blocks[rows] * bs - ctx
+            room = held * bs - ctx
             fit[first] = max(min(fit[first], room[first] + left * bs), 0)
             fit[first + 1:] = np.maximum(np.minimum(fit[first + 1:], room[first + 1:]), 0)
-            extra = np.maximum((ctx + fit + (bs - 1)) // bs - r.num_blocks[rows], 0)
-        r.num_blocks[rows] += extra
-        self.free_blocks -= int(extra.sum())
+            extra = np.maximum((ctx + fit + (bs - 1)) // bs - held, 0)
+            num_extra = int(extra.sum())
+        r.num_blocks[rows] = held + extra
+        self.free_blocks -= num_extra
         return fit
 
     def release(self, rows: np.ndarray) -> None:

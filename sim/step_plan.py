@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 
@@ -31,6 +33,17 @@ def uniform_chain_draft_s(cost, k: int, computed_sum: int, n: int, prefill) -> f
     """Draft seconds when all ``n`` requests draft a chain of ``k`` tokens (scalar calls)."""
     n_pre_tok, pre_ctx, n_pre_seqs = prefill
     total = 0.0
+    coef = getattr(cost, "scalar_coefficients", None)
+    if coef is not None and coef()[1] is not None:
+        # a roofline's scalar expression inline (RooflineCostModel._time, operation for
+        # operation): the same floats without the calls
+        tok_s, ctx_s, w_s, kv_s, fixed_s = coef()[1]
+        for j in range(k):
+            tok, seqs, ctx = n, n, computed_sum + n * (1 + j)
+            if j == 0:
+                tok, seqs, ctx = tok + n_pre_tok, seqs + n_pre_seqs, ctx + pre_ctx
+            total += max(tok_s * tok + ctx_s * ctx, w_s + kv_s * ctx * seqs / tok) + fixed_s
+        return total
     for j in range(k):
         tok, seqs, ctx = n, n, computed_sum + n * (1 + j)
         if j == 0:
@@ -62,6 +75,15 @@ def draft_pass_costs(drafted, widths, computed, n_pre_tok: int, pre_ctx: int, n_
         seqs[0] += n_pre_seqs
         ctx[0] += pre_ctx
     return tokens, seqs, ctx
+
+
+def ensure_confidences(acc, draw, rows, decision, widths):
+    """A step drawn without confidences (a static policy's) gets them once its decision
+    reads them: a tree, a verify budget or a confidence stop."""
+    if draw.confidences is None and (widths is not None or decision.draft_stop_confidence > 0
+                                     or decision.verify_token_budget is not None):
+        return replace(draw, confidences=acc.confidences(rows, draw.uniforms))
+    return draw
 
 
 def checked_decision(decision, n: int, k_max: int, policy_name: str):
