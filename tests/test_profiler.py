@@ -1,0 +1,71 @@
+"""exec/profiler.py on a real in-process vLLM engine (tiny pair unless the trained one exists)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("vllm")
+
+from exec.config import ASSETS_PAIR  # noqa: E402
+from exec.profiler import QUICK_GRID, live_config_for, profile, step_rows  # noqa: E402
+from sim.fitted_cost import fit_profile_table  # noqa: E402
+from sim.profiles import PROFILE_COLUMNS, load_profile, save_profile  # noqa: E402
+
+
+def _pair(tmp_path_factory):
+    if (ASSETS_PAIR / "draft" / "config.json").exists():
+        return ASSETS_PAIR
+    from exec.tiny_pair import make_tiny_pair
+    return make_tiny_pair(tmp_path_factory.mktemp("pair"), noise=0.05)
+
+
+@pytest.mark.live
+def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
+    cfg = live_config_for(_pair(tmp_path_factory), max_num_seqs=4)
+    df = profile(cfg, ((1, 2), (16,), 4, (0, 2)), hardware="test-hw")
+    path = save_profile(df, tmp_path / "p.csv")
+    back = load_profile(path)
+    assert list(back.columns[:len(PROFILE_COLUMNS)]) == list(PROFILE_COLUMNS)
+    assert set(back["role"]) == {"target", "draft"}
+    assert {"prefill", "decode", "verify"} <= set(back[back.role == "target"]["phase"])
+    assert (back["hardware"] == "test-hw").all() and (back["latency_s"] > 0).all()
+    # prefill rows: B requests of 16 tokens -> B*16 tokens and B*16*17/2 context
+    pre = back[(back.role == "target") & (back.phase == "prefill")]
+    assert set(zip(pre.num_seqs, pre.num_tokens, pre.sum_context_tokens)) == {
+        (1, 16, 136), (2, 32, 272)}
+    fits = fit_profile_table(back)
+    assert set(fits) == {"target", "draft"}
+
+
+def test_step_rows_counts_context_and_draft_passes():
+    """Hand-made step table: 2 requests, prompt 10, k = 2, both accept 1 then finish."""
+    steps = pd.DataFrame([
+        {"step": 0, "latency_s": 0.05, "draft_s": 0.02, "num_prefill_tokens": 20,
+         "num_scheduled_tokens": 20, "num_seqs": 2, "num_decode_seqs": 0,
+         "spec_request_ids": [], "spec_k": [], "accepted": []},
+        {"step": 1, "latency_s": 0.04, "draft_s": 0.01, "num_prefill_tokens": 0,
+         "num_scheduled_tokens": 6, "num_seqs": 2, "num_decode_seqs": 2,
+         "spec_request_ids": [0, 1], "spec_k": [2, 2], "accepted": [1, 1]}])
+    passes = [[(20, 0.004), (2, 0.002)], [(6, 0.003), (2, 0.001)]]
+    rows = pd.DataFrame(step_rows(steps, passes, prompt=10, batch=2, k=2))
+    tgt = rows[rows.role == "target"].reset_index(drop=True)
+    assert tgt.loc[0, "sum_context_tokens"] == 2 * 55
+    assert tgt.loc[0, "latency_s"] == pytest.approx(0.03)
+    # decode step: each request has 10 in KV (+1 sampled), verifies 3 tokens: 3*10 + 6
+    assert tgt.loc[1, "phase"] == "verify" and tgt.loc[1, "sum_context_tokens"] == 2 * 36
+    dr = rows[rows.role == "draft"].reset_index(drop=True)
+    assert list(dr["num_tokens"]) == [20, 2, 6, 2]
+    # unhooked proposer time is spread over the step's passes
+    assert dr.loc[0, "latency_s"] == pytest.approx(0.004 + 0.007)
+    assert np.isclose(dr["latency_s"].sum(), 0.03)
+
+
+def test_aggregate_passes_means_per_shape():
+    from exec.profiler import aggregate_passes
+    base = dict(model="m", role="target", hardware="h", phase="decode", source="s")
+    rows = [(200, 0.01), (220, 0.03), (900, 0.05)]
+    df = pd.DataFrame([dict(base, num_seqs=2, num_tokens=2, sum_context_tokens=c, latency_s=t)
+                       for c, t in rows])
+    out = aggregate_passes(df).sort_values("sum_context_tokens").reset_index(drop=True)
+    assert len(out) == 2                               # 100-110 vs 450 tokens/token: two bands
+    assert out.loc[0, "latency_s"] == pytest.approx(0.02)
+    assert out.loc[0, "sum_context_tokens"] == 210
