@@ -192,7 +192,7 @@ def test_adaserve_slo_demand_eq3_capped():
 
 
 def test_queue_pressure_shrinks_slo_goodput():
-    p = make_policy("slo_goodput")
+    p = make_policy("slo_goodput", queue_weight=1.0)   # the default is 0 (best in compare)
     p.decide(make_obs(16, prefill=512))
     calm = p.planned_k.sum()
     p.decide(make_obs(16, prefill=512, waiting=200, oldest=50.0))
@@ -298,11 +298,16 @@ def test_smartspec_update_interval_holds_k_between_updates():
 
 def test_slo_goodput_step_cap_blocks_speculation_over_tight_slo():
     obs = make_obs(8, tpot=0.0145)        # 1.5 x SLO: T(0) ~ 0.0208 fits, T(b > 0) >= 0.0229 not
-    assert make_policy("slo_goodput").decide(obs).num_spec_tokens.sum() == 0
-    loose = make_policy("slo_goodput", slo_step_factor=100.0)
+    assert make_policy("slo_goodput", slo_guard="step").decide(obs).num_spec_tokens.sum() == 0
+    loose = make_policy("slo_goodput", slo_guard="step", slo_step_factor=100.0)
     assert loose.decide(obs).num_spec_tokens.sum() > 0
     overload = make_obs(8, tpot=0.01)      # T(0) > 1.5 x SLO: guard lifted, goodput decides
-    assert make_policy("slo_goodput").decide(overload).num_spec_tokens.sum() > 0
+    assert make_policy("slo_goodput", slo_guard="step").decide(overload).num_spec_tokens.sum() > 0
+    # the default per-token guard: a TPOT SLO bounds time per token, and speculation lowers it
+    # here (the longer step emits ~1 + a + a^2 + ... tokens per request), so it is not refused
+    assert make_policy("slo_goodput").decide(obs).num_spec_tokens.sum() > 0
+    with pytest.raises(ValueError, match="slo_guard"):
+        make_policy("slo_goodput", slo_guard="never")
 
 
 def test_tracker_bounds_memory_of_unfinished_requests():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.adaptive.request_state import AcceptanceTracker
+from policies.adaptive.slo_goodput_plan import draft_prefix_s, plan_widths
 from policies.adaptive.step_cost import same_step, uniform_step_s, verify_tokens_s
 from policies.interface import (Decision, DraftState, Feedback, Observation, Policy,
                                 cumulative_confidence)
@@ -20,6 +21,7 @@ class _Plan:
     accept: np.ndarray       # per-token acceptance estimate per request
     marginal: float          # value of the last planned slot (the shadow price of a slot)
     prefill_value: float     # w_p
+    width: int = 1           # token-tree candidates per depth (1 = chain)
 
 
 @register("slo_goodput")
@@ -35,35 +37,50 @@ class SloGoodput(Policy):
     slack give theirs up under load. With ``triage``, a request more than ``max_boost`` tokens
     behind sees its boost taper to 0 at 2 * ``max_boost`` (it is unlikely to be saved; slots
     go to requests that can still make their SLO). Slots are taken in descending value;
-    the prefix length b maximises (sum_i w_i + w_p + value of the b slots) / T(b), with T(b) the exact draft
-    passes + verify pass from the cost model. Queue awareness: a prefill chunk sharing the
+    the prefix length b maximises (sum_i w_i + w_p + value of the b slots) / T(b), with T(b)
+    the exact draft passes + verify pass from the cost model. Queue awareness: a prefill chunk sharing the
     step gains nothing from speculation but waits for the longer step, so it counts as
     w_p = ``queue_weight`` * (1 + oldest_wait / ``ttft_ref_s``) fixed progress per step (0
-    without prefill), which favours short steps while TTFTs grow. Requests that wait for
-    batch or KV room gain from speculation (it drains the batch faster), so they add nothing.
-    SLO guard: b > 0 is refused when T(b) > ``slo_step_factor`` * the tightest TPOT SLO --
-    unless T(0) already exceeds it (overload: the guarantee is lost anyway and speculation
-    lowers the time per token). b is also capped by ``max_step_tokens`` verified tokens, and
-    searched over every prefix or over ``num_budget_points`` evenly spaced ones.
+    without prefill), which favours short steps while TTFTs grow. Default ``queue_weight`` 0:
+    in the compare sweep w_p = 1 + wait lost 1-6% goodput from 7 req/s up (shorter steps
+    drain the KV-bound batch slower, so queued requests wait longer, not shorter). Requests
+    waiting for batch or KV room gain from speculation (it drains the batch), so add nothing.
+    SLO guard (``slo_guard``, ours): "per_token" (default) refuses b > 0 only when T(b) >
+    ``slo_step_factor`` * the tightest TPOT SLO *and* the batch's time per expected token is
+    no lower than at b = 0 (a TPOT SLO bounds time per token, not per step: the old "step"
+    rule switched speculation off for 32% of requests at 7 req/s and cost 6% goodput);
+    neither applies once T(0) exceeds the cap. b is also capped by ``max_step_tokens``
+    verified tokens, and searched over every prefix or ``num_budget_points`` evenly spaced.
+    Code: ``slo_goodput_plan.plan_widths``.
+
+    Trees (ours, after AdaServe's token trees, sec. 4): in pure-decode steps with an empty
+    queue and at most ``tree_max_requests`` requests the plan is also made for W =
+    2..``w_max`` candidates per depth, a depth passing w.p. q = 1 - (1 - a_i)^W (the
+    simulator's tree rule) at W tokens per slot; the best width wins unless it drops a
+    request the chain plan drafts for (starving them lost goodput at 7 req/s). ``chain_only`` (live vLLM verifies chains) disables trees.
 
     Stop (continue_drafting). Requests get ``extend_positions`` extra slots beyond the plan;
     after each pass request i drafts on only while w_i * c_is * a_i >= ``stop_margin`` *
     marginal, with c_is = (cumulative draft confidence)^cw * (a_i^s)^(1 - cw), cw =
-    ``confidence_weight`` (AdaSpec's marginal goodput of one more position).
+    ``confidence_weight`` (AdaSpec's marginal goodput of one more position). Trees get
+    ``tree_extend_positions`` (0) extra depths and a_i replaced by q; they verify all drafted.
 
     Verify (select_verify, ``confidence_verify``): of the drafted slots, the verified
     prefixes maximise weighted expected tokens per second given the drafting time spent.
     """
 
     def __init__(self, slo_weight: float = 1.0, max_boost: float = 2.0,
-                 slack_discount: float = 0.5, queue_weight: float = 1.0,
+                 slack_discount: float = 0.5, queue_weight: float = 0.0,
                  ttft_ref_s: float = 1.0, slo_step_factor: float = 1.5,
                  max_step_tokens: int | None = None, extend_positions: int = 8,
                  confidence_weight: float = 1.0, stop_margin: float = 0.5,
                  prior_rate: float = 0.7, accept_decay: float = 0.9,
                  global_decay: float = 0.98, step_time_ema: float = 0.2,
                  num_budget_points: int = 256, confidence_verify: bool = True,
-                 triage: bool = True,
+                 triage: bool = True, slo_guard: str = "per_token", w_max: int = 3,
+                 tree_min_gain: float = 0.0, tree_extend_positions: int = 0,
+                 tree_max_requests: int = 64,
+                 chain_only: bool = False,
                  k_max: int | None = None):
         if not 0.0 <= confidence_weight <= 1.0:
             raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
@@ -76,6 +93,16 @@ class SloGoodput(Policy):
         self.slack_discount = float(slack_discount)
         self.queue_weight, self.ttft_ref_s = float(queue_weight), float(ttft_ref_s)
         self.slo_step_factor = float(slo_step_factor)
+        if slo_guard not in ("per_token", "step", "off"):
+            raise ValueError("slo_goodput: slo_guard must be 'per_token', 'step' or 'off', "
+                             f"got {slo_guard!r}")
+        if w_max < 1 or tree_min_gain < 0:
+            raise ValueError(f"slo_goodput: need w_max >= 1 and tree_min_gain >= 0, got "
+                             f"{w_max}, {tree_min_gain}")
+        self.slo_guard, self.w_max = slo_guard, int(w_max)
+        self.tree_min_gain, self.chain_only = float(tree_min_gain), bool(chain_only)
+        self.tree_extend_positions = int(tree_extend_positions)
+        self.tree_max_requests = int(tree_max_requests)
         self.max_step_tokens = max_step_tokens
         self.extend_positions = int(extend_positions)
         self.confidence_weight, self.stop_margin = float(confidence_weight), float(stop_margin)
@@ -111,59 +138,44 @@ class SloGoodput(Policy):
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
         K = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        self._plan = None
         if n == 0 or K == 0:
-            self._plan = None
             return Decision(num_spec_tokens=np.zeros(n, np.int64))
         a = self.tracker.rate(obs.request_ids)
         t_step = self.t_step_s if self.t_step_s is not None else float(
             np.sum(uniform_step_s(obs, [0])))
         w = self.weights(obs, t_step)
-        j = np.arange(1, K + 1)
-        value = w[:, None] * a[:, None] ** j[None, :]
-        order = np.lexsort((np.tile(j, n), -value.ravel()))
-        req, pos = np.divmod(order, K)                       # slot -> (request, position-1)
-        M = order.size
-        b = np.arange(M + 1)
-        if M + 1 > self.num_budget_points:                   # coarse prefix grid, 0 and M kept
-            b = np.unique(np.linspace(0, M, self.num_budget_points).round().astype(np.int64))
-        L = obs.context_lens.astype(float)[req]
-        draft = self._draft_s(obs, pos, L, b, K)
-        cum_ctx = np.concatenate([[0.0], np.cumsum(L + pos + 1)])[b]
-        T = draft + verify_tokens_s(obs, b, cum_ctx)
         prefill_value = (self.queue_weight * (1 + obs.oldest_waiting_s / self.ttft_ref_s)
                          if obs.num_prefill_tokens > 0 else 0.0)
-        cum_v = np.concatenate([[0.0], np.cumsum(value.ravel()[order])])[b]
-        rate = (w.sum() + prefill_value + cum_v) / T
-        cap_s = self.slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
-        blocked = T > (cap_s if T[0] <= cap_s else np.inf)
-        if self.max_step_tokens is not None:
-            blocked |= obs.num_prefill_tokens + n + b > self.max_step_tokens
-        rate = np.where(blocked & (b > 0), -np.inf, rate)
-        best = int(b[int(np.argmax(rate))])
-        base = np.bincount(req[:best], minlength=n).astype(np.int64)
-        marginal = float(value.ravel()[order[best - 1]]) if best > 0 else np.inf
-        self._plan = _Plan(obs=obs, base_k=base, weight=w, accept=a, marginal=marginal,
-                           prefill_value=prefill_value)
-        k = np.where(base > 0, np.minimum(base + self.extend_positions, K), 0)
-        return Decision(num_spec_tokens=k.astype(np.int64))
+        # Trees only in pure-decode steps with nobody queued: beside a prefill chunk the token
+        # budget is mostly taken, a queue means KV room is short, and an engine drops a tree
+        # that does not fit whole (sim/engine.py) -- a chain is trimmed instead.
+        # Past ``tree_max_requests`` trees are not even scored (none won there in the compare
+        # sweep; it keeps decide() at the chain plan's cost for big batches).
+        tree = (not self.chain_only and obs.num_prefill_tokens == 0 and obs.num_waiting == 0
+                and n <= self.tree_max_requests)
+        widths = range(1, (self.w_max if tree else 1) + 1)
+        plans = plan_widths(obs, w, a, K, widths, prefill_value, self.slo_guard,
+                            self.slo_step_factor, self.max_step_tokens, self.num_budget_points)
+        best = chain = plans[0]
+        for plan in plans[1:]:
+            # a tree must not leave out a request the chain plan speculates for: starving
+            # requests of drafts to deepen others' trees lost goodput in the simulator
+            if (plan.rate > best.rate * (1.0 + self.tree_min_gain)
+                    and not ((plan.depth == 0) & (chain.depth > 0)).any()):
+                best = plan
+        base = best.depth
+        self._plan = _Plan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
+                           marginal=best.marginal, prefill_value=prefill_value,
+                           width=best.width)
+        extend = self.extend_positions if best.width == 1 else self.tree_extend_positions
+        k = np.where(base > 0, np.minimum(base + extend, K), 0).astype(np.int64)
+        if best.width == 1:
+            return Decision(num_spec_tokens=k)
+        widths = np.where(np.arange(obs.k_max)[None, :] < k[:, None], best.width, 0)
+        return Decision(num_spec_tokens=k, nodes_per_depth=widths.astype(np.int64))
 
-    @staticmethod
-    def _draft_s(obs: Observation, pos, L, b, K: int) -> np.ndarray:
-        """Drafting time when the first b[g] slots of the ranking are drafted, per g.
-
-        Pass j drafts for the requests holding a slot at position j among those b slots;
-        counts and their contexts come from one searchsorted over (position, rank) keys."""
-        M = pos.size
-        key = pos * (M + 1) + np.arange(M)                   # grouped by position, rank inside
-        srt = np.argsort(key, kind="stable")
-        key_s = key[srt]
-        cum_L = np.concatenate([[0.0], np.cumsum((L + pos)[srt])])  # draft j attends L + j - 1
-        start = np.searchsorted(key_s, np.arange(K) * (M + 1))
-        idx = np.searchsorted(key_s, np.arange(K)[:, None] * (M + 1) + b[None, :])
-        n_j = idx - start[:, None]
-        ctx_j = cum_L[idx] - cum_L[start][:, None]
-        t = np.broadcast_to(np.asarray(obs.cost.draft_step_s(n_j, n_j, ctx_j), float), n_j.shape)
-        return np.where(n_j > 0, t, 0.0).sum(axis=0)
+    _draft_s = staticmethod(draft_prefix_s)
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
         more = draft.num_drafted < draft.decision.num_spec_tokens
@@ -188,7 +200,8 @@ class SloGoodput(Policy):
         t_verify(b))."""
         drafted = super().select_verify(draft)
         plan = self._plan
-        if (not self.confidence_verify or plan is None or int(drafted.sum()) == 0
+        if (not self.confidence_verify or plan is None or plan.width > 1
+                or int(drafted.sum()) == 0
                 or not same_step(plan.obs, draft.obs)):
             return drafted
         obs = draft.obs
@@ -212,8 +225,16 @@ class SloGoodput(Policy):
         return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
 
     def observe(self, feedback: Feedback) -> None:
-        self.tracker.observe(feedback.request_ids, feedback.num_spec_tokens,
-                             feedback.num_accepted)
+        """Tree steps report num_spec_tokens = nodes (width x depth): the tracker gets the
+        verified depth and counts a rejected depth as ``width`` rejections."""
+        ids = np.asarray(feedback.request_ids, np.int64)
+        spec = np.asarray(feedback.num_spec_tokens, np.int64)
+        plan = self._plan
+        if plan is not None and plan.width > 1 and np.array_equal(ids, plan.obs.request_ids):
+            self.tracker.observe(ids, spec // plan.width, feedback.num_accepted,
+                                 np.full(ids.size, plan.width))
+        else:
+            self.tracker.observe(ids, spec, feedback.num_accepted)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
             self.t_step_s = step if self.t_step_s is None else (

@@ -1,0 +1,118 @@
+"""slo_goodput's step plan: the best prefix of a ranked list of draft slots, for one tree width.
+
+A slot (request i, depth j) is worth w_i q_i^j expected (SLO-weighted) tokens, where q_i is
+the chance that one depth passes: the per-token acceptance a_i for a chain, and under the
+simulator's tree rule 1 - (1 - a_i)^W for a token tree of W candidates per depth (digest of
+AdaServe sec. 4; the sim: depth j accepted w.p. 1 - (1 - a_j)^w_j). A W-wide depth costs W
+verified tokens and W draft tokens per pass (the root pass feeds one token), which is what
+``sim.step_plan`` charges. The prefix b of the slots (sorted by value) maximises
+(sum_i w_i + w_p + value of the b slots) / T(b) -- AdaSpec's goodput / SmartSpec's
+tokens-per-second objective with AdaServe-style SLO weights (the weighting is ours).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.adaptive.step_cost import verify_tokens_s
+from policies.interface import Observation
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    width: int               # candidates per depth (1 = chain)
+    depth: np.ndarray        # int (n,), planned depth per request
+    rate: float              # objective at the chosen prefix (-inf if none allowed)
+    marginal: float          # value of the last slot taken (inf when none)
+    depth_pass: np.ndarray   # q_i, probability that one depth passes
+
+
+def draft_prefix_s(obs: Observation, pos, L, b, K: int, width: int = 1) -> np.ndarray:
+    """Drafting time when the first b[g] slots of the ranking are drafted, per g.
+
+    Pass j drafts for the requests holding a slot at depth j among those b slots; counts and
+    their contexts come from one searchsorted over (position, rank) keys. Passes after the
+    first feed ``width`` tokens per request (a tree's beam)."""
+    M = pos.size
+    key = pos * (M + 1) + np.arange(M)                   # grouped by position, rank inside
+    srt = np.argsort(pos.astype(np.int16), kind="stable")  # = argsort(key); radix sort
+    key_s = key[srt]
+    cum_L = np.concatenate([[0.0], np.cumsum((L + pos)[srt])])  # draft j attends L + j - 1
+    start = np.searchsorted(key_s, np.arange(K) * (M + 1))
+    idx = np.searchsorted(key_s, np.arange(K)[:, None] * (M + 1) + b[None, :])
+    n_j = idx - start[:, None]
+    feed = np.where(np.arange(K) == 0, 1, width)[:, None]
+    ctx_j = (cum_L[idx] - cum_L[start][:, None]) * feed
+    t = np.broadcast_to(np.asarray(obs.cost.draft_step_s(n_j * feed, n_j, ctx_j), float),
+                        n_j.shape)
+    return np.where(n_j > 0, t, 0.0).sum(axis=0)
+
+
+def plan_prefix(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, width: int,
+                prefill_value: float, guard: str, slo_step_factor: float,
+                max_step_tokens: int | None, num_budget_points: int) -> PrefixPlan:
+    """Best prefix of the slot ranking for ``width`` candidates per depth (see plan_widths)."""
+    return plan_widths(obs, weight, accept, K, (width,), prefill_value, guard,
+                       slo_step_factor, max_step_tokens, num_budget_points)[0]
+
+
+def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, widths,
+                prefill_value: float, guard: str, slo_step_factor: float,
+                max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
+    """Best prefix of the slot ranking for each tree width in ``widths``, all at once.
+
+    ``guard``: "step" refuses b > 0 when T(b) > slo_step_factor x the tightest TPOT SLO
+    (unless T(0) exceeds it too); "per_token" refuses it only when, in addition, the batch's
+    time per expected token is no lower than without speculation (the TPOT SLO bounds time
+    per token, not per step; ours); "off" never refuses. Draft pass j's size for a prefix
+    comes from counts of the ranked slots per depth (one bincount + cumsum, no per-b loop)."""
+    n = obs.num_requests
+    W = np.asarray(widths, np.int64)[:, None]                          # (nw, 1)
+    q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
+    j = np.arange(1, K + 1)
+    tokens = (q[:, :, None] ** j).reshape(W.size, n * K)               # unweighted, per slot
+    value = tokens * np.repeat(weight, K)[None, :]
+    order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
+    req, pos = np.divmod(order, K)
+    M = n * K
+    b = np.arange(M + 1)
+    if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
+        b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
+    L = obs.context_lens.astype(float)[req]                            # (nw, M)
+    # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
+    first = np.searchsorted(b, np.arange(M), side="right")
+    cell = ((np.arange(W.size)[:, None] * b.size + first[None, :]) * K + pos).ravel()
+    size = W.size * b.size * K
+    n_j = np.bincount(cell, minlength=size).reshape(W.size, b.size, K).cumsum(axis=1)
+    ctx_j = np.bincount(cell, weights=(L + pos).ravel(),       # draft j attends L + j - 1
+                        minlength=size).reshape(W.size, b.size, K).cumsum(axis=1)
+    feed = np.where(np.arange(K) == 0, 1, W[:, :, None])               # (nw, 1, K)
+    t_j = np.asarray(obs.cost.draft_step_s(n_j * feed, n_j, ctx_j * feed), float)
+    draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
+    zero = np.zeros((W.size, 1))
+    cum_ctx = np.concatenate([zero, np.cumsum(L + pos + 1, axis=1)], axis=1)[:, b] * W
+    T = draft + verify_tokens_s(obs, b[None, :] * W, cum_ctx)
+    cum_v = np.concatenate([zero, np.cumsum(np.take_along_axis(value, order, 1), 1)], 1)[:, b]
+    rate = (weight.sum() + prefill_value + cum_v) / T
+    blocked = np.zeros(T.shape, bool)
+    cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
+    if guard != "off":
+        blocked = (T > cap_s) & (T[:, :1] <= cap_s)
+        if guard == "per_token":
+            cum_t = np.concatenate([zero, np.cumsum(np.take_along_axis(tokens, order, 1), 1)],
+                                   1)[:, b]
+            per_token_s = T / (n + cum_t)
+            blocked &= per_token_s >= per_token_s[:, :1]
+    if max_step_tokens is not None:
+        blocked |= obs.num_prefill_tokens + n + b[None, :] * W > max_step_tokens
+    rate = np.where(blocked & (b > 0)[None, :], -np.inf, rate)
+    g = np.argmax(rate, axis=1)
+    plans = []
+    for r in range(W.size):
+        best = int(b[g[r]])
+        depth = np.bincount(req[r, :best], minlength=n).astype(np.int64)
+        marginal = float(value[r, order[r, best - 1]]) if best > 0 else np.inf
+        plans.append(PrefixPlan(width=int(W[r, 0]), depth=depth, rate=float(rate[r, g[r]]),
+                                marginal=marginal, depth_pass=q[r]))
+    return plans

@@ -1,0 +1,96 @@
+"""slo_goodput: token trees, the per-token SLO guard, tree feedback, decide() speed."""
+import time
+
+import numpy as np
+import pytest
+
+from policies import make_policy
+from policies.adaptive.slo_goodput_plan import plan_prefix
+from test_policies_adaptive import LinearCost, feedback, make_obs
+
+
+def test_trees_in_light_pure_decode_steps_only():
+    obs = make_obs(4)                              # 4 requests, no prefill, nobody waiting
+    d = make_policy("slo_goodput").decide(obs)
+    assert d.nodes_per_depth is not None and d.nodes_per_depth.shape == (4, obs.k_max)
+    w = d.nodes_per_depth
+    assert w.max() > 1                             # wider than a chain
+    assert ((w > 0).sum(axis=1) == d.num_spec_tokens).all()
+    assert make_policy("slo_goodput", chain_only=True).decide(obs).nodes_per_depth is None
+    assert make_policy("slo_goodput").decide(make_obs(4, waiting=3)).nodes_per_depth is None
+    assert make_policy("slo_goodput").decide(make_obs(4, prefill=64)).nodes_per_depth is None
+
+
+def test_tree_plan_uses_tree_depth_pass_probability():
+    obs = make_obs(3)
+    w, a = np.ones(3), np.full(3, 0.6)
+    plan = plan_prefix(obs, w, a, obs.k_max, 3, 0.0, "off", 1.5, None, 256)
+    assert plan.depth_pass == pytest.approx(1 - 0.4 ** 3)
+    assert plan_prefix(obs, w, a, obs.k_max, 1, 0.0, "off", 1.5, None, 256).depth_pass == \
+        pytest.approx(0.6)
+
+
+def test_tree_never_starves_a_request_the_chain_plan_serves():
+    n = 24
+    tpot = np.where(np.arange(n) < 6, 0.03, 0.12)
+    elapsed = np.where(np.arange(n) < 6, 0.9, 0.2)   # six requests behind, the rest with slack
+    obs = make_obs(n, tpot=tpot, elapsed=elapsed)
+    chain = make_policy("slo_goodput", chain_only=True)
+    chain.decide(obs)
+    tree = make_policy("slo_goodput")
+    d = tree.decide(obs)
+    assert (tree.planned_k[chain.planned_k > 0] > 0).all()
+    assert ((d.num_spec_tokens > 0) >= (chain.planned_k > 0)).all()
+
+
+def test_tree_feedback_counts_depth_and_width_rejections():
+    p = make_policy("slo_goodput", prior_rate=0.5)
+    obs = make_obs(2)
+    d = p.decide(obs)
+    W = int(d.nodes_per_depth.max())
+    assert W > 1
+    k = d.num_spec_tokens
+    p.observe(feedback(obs, W * k, 1))          # depth 1 accepted, depth 2 rejected (W siblings)
+    ref = make_policy("slo_goodput", prior_rate=0.5)
+    ref.tracker.observe(obs.request_ids, k, np.ones(2), np.full(2, W))
+    assert p.tracker.rate(obs.request_ids) == pytest.approx(ref.tracker.rate(obs.request_ids))
+    chain = make_policy("slo_goodput", prior_rate=0.5)
+    chain.tracker.observe(obs.request_ids, W * k, np.ones(2))
+    assert (p.tracker.rate(obs.request_ids) < chain.tracker.rate(obs.request_ids)).all()
+
+
+def test_decide_is_fast_at_large_batch():
+    rng = np.random.default_rng(0)
+    p = make_policy("slo_goodput")
+    obs = make_obs(256, ctx=800, prefill=256, tpot=rng.choice([0.03, 0.06, 0.12], 256))
+    p.decide(obs)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        p.decide(obs)
+    per_call_ms = (time.perf_counter() - t0) / 20 * 1e3
+    assert per_call_ms < 25.0, f"decide took {per_call_ms:.2f} ms at 256 requests"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_rate_matches_step_cost_of_its_lengths(seed):
+    """The vectorized prefix search scores its choice with the exact chain step time."""
+    from policies.adaptive.step_cost import step_s
+    from policies.interface import Observation
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 12))
+    obs = make_obs(n, prefill=int(rng.integers(0, 300)))
+    obs = Observation(**{**obs.__dict__, "context_lens": rng.integers(10, 3000, n)})
+    w, a = rng.uniform(0.5, 3.0, n), rng.uniform(0.3, 0.95, n)
+    plan = plan_prefix(obs, w, a, obs.k_max, 1, 0.7, "off", 1.5, None, 10 ** 6)
+    j = np.arange(1, obs.k_max + 1)[None, :]
+    gained = (w[:, None] * a[:, None] ** j * (j <= plan.depth[:, None])).sum()
+    assert plan.rate == pytest.approx((w.sum() + 0.7 + gained) / step_s(obs, plan.depth))
+    for d in (np.zeros(n, np.int64),):          # b = 0 is one of the prefixes searched
+        g = (w[:, None] * a[:, None] ** j * (j <= d[:, None])).sum()
+        assert (w.sum() + 0.7 + g) / step_s(obs, d) <= plan.rate * (1 + 1e-9)
+
+
+def test_no_trees_past_tree_max_requests():
+    obs = make_obs(4)
+    assert make_policy("slo_goodput", tree_max_requests=4).decide(obs).nodes_per_depth is not None
+    assert make_policy("slo_goodput", tree_max_requests=3).decide(obs).nodes_per_depth is None
