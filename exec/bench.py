@@ -53,8 +53,8 @@ def _plain_run(engine, prompt_ids, max_tokens: int) -> tuple[float, dict]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=24)
-    ap.add_argument("--output-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--output-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
     from exec.engine import build_engine, vllm_version
     from exec.prompts import load_prompt_texts

@@ -43,6 +43,9 @@ class LiveController:
         self.step_index = -1
         self.pending = None                      # (obs, decision, ext ids, k)
         self.rows: list[dict] = []               # one per (step, verified request)
+        # vLLM verifies draft-model chains only: a token-tree decision (nodes_per_depth) runs
+        # live as its best chain, num_spec_tokens = tree depth. Counted for the run's meta.
+        self.num_tree_decisions_as_chain = 0
         self._step: dict | None = None
 
     # -- requests ---------------------------------------------------------------------------
@@ -91,6 +94,8 @@ class LiveController:
             raise ValueError(f"policy {self.policy.name!r} returned num_spec_tokens of shape "
                              f"{k.shape}, expected ({obs.num_requests},)")
         k = np.clip(k, 0, self.k_max)
+        if decision.nodes_per_depth is not None:
+            self.num_tree_decisions_as_chain += 1
         exts = [external_id_of(r) for r in next_ids]
         self.chosen_k = dict(zip(exts, k.tolist()))
         self.verify_k = {}

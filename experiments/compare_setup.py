@@ -133,7 +133,7 @@ def sim_config(setup: CompareSetup):
     from sim.config import AcceptanceConfig, EngineConfig, SimConfig
 
     return SimConfig(model=setup.model, draft=setup.draft, hardware=setup.hardware,
-                     engine=EngineConfig(k_max=setup.k_max),
+                     engine=EngineConfig(k_max=setup.k_max, compiled_epochs=True),  # sim-only process
                      acceptance=AcceptanceConfig(default=tuple(setup.acceptance)),
                      seed=_seeds(setup.seed)[1])
 

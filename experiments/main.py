@@ -2,12 +2,12 @@
 
 Policies none, fixed k=1..5, batch_schedule and every registered adaptive policy run at three
 load levels on the embedded trace (Llama-2-7B + 68M draft on an A100-80G), plus a load-shift
-run per adaptive policy for the k-over-time figure. ``--live`` adds a short live vLLM check
-(none / fixed k=3 on a few dozen requests with the embedded pair, and the same runs in the
-simulator) when exec/ and the trained pair are available. Runs are resumable: a second call
+run per adaptive policy for the k-over-time figure. Then a short live vLLM check (none, fixed
+k=3 and smartspec on a few dozen requests with the embedded pair, each beside its simulated
+twin) when exec/ and the trained pair are available; ``--no-live`` skips it. Runs are resumable: a second call
 reuses every finished run.
 
-    python -m experiments.main [--out runs/main] [--rates 2,6,12] [--jobs 2] [--live]
+    python -m experiments.main [--out runs/main] [--rates 2,6,12] [--jobs 2] [--no-live]
                                [override ...]    # extra hydra overrides for every run
 """
 from __future__ import annotations
@@ -24,8 +24,13 @@ STATIC = [["policy=none"]] + [["policy=fixed", f"policy.k={k}"] for k in range(1
 ADAPTIVE = ("smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
             "vllm_adaptive_verify", "slo_goodput", "oracle")
 SHIFT_POLICIES = ("batch_schedule", "smartspec", "adaspec", "slo_goodput")
+# The embedded pair's window is 1024 tokens (max_position_embeddings), so the live engine's too.
 LIVE_BASE = ["trace=embedded", "model=embedded_pair", "hardware=cpu", "engine=small",
-             "slo=none", "trace.num_requests=40", "trace.rate=2"]
+             "engine.max_model_len=1024", "engine.k_max=4", "slo=none",
+             "trace.num_requests=40", "trace.rate=2"]
+# Live policies: no speculation, vLLM's static k, and one adaptive policy (one k per step,
+# which vLLM's chain verifier runs exactly as chosen).
+LIVE_POLICIES = (["policy=none"], ["policy=fixed", "policy.k=3"], ["policy=smartspec"])
 
 
 def adaptive_policies() -> list[str]:
@@ -59,9 +64,9 @@ def shift_overrides(low: float, high: float, num_requests: int, extra,
 
 
 def live_overrides(extra) -> list[list[str]]:
-    """Live and simulated twins of none / fixed k=3 on the embedded pair."""
+    """Live and simulated twins of none / fixed k=3 / smartspec on the embedded pair."""
     runs = []
-    for pol in (["policy=none"], ["policy=fixed", "policy.k=3"]):
+    for pol in LIVE_POLICIES:
         for backend in ("live", "sim"):
             runs.append(LIVE_BASE + pol + [f"backend={backend}", *extra])
     return runs
@@ -120,7 +125,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--policies", default=None,
                     help="comma-separated policy names to keep (default: all)")
-    ap.add_argument("--live", action="store_true", help="add the short live vLLM check")
+    ap.add_argument("--live", action=argparse.BooleanOptionalAction, default=True,
+                    help="the short live vLLM check (on by default; --no-live skips it)")
     ap.add_argument("overrides", nargs="*", help="hydra overrides applied to every sim run")
     args = ap.parse_args(argv)
 

@@ -4,7 +4,10 @@ Policy ``fixed`` k=4, llama-2-7b + draft-68m on a100-80g. The last printed line 
 object; ``sim_tokens_per_s`` is simulated output tokens per wall-clock second at the trace's
 native arrival rate (``--rate-scale`` adds a heavier-load figure under extra keys;
 ``--compare-slow`` also runs the per-step path, no multi-step epochs, in the same process
-under ``slow_*`` keys, with ``speedup_cpu``).
+under ``slow_*`` keys, with ``speedup_cpu``). The headline figures use the compiled epoch
+kernel (``EngineConfig.compiled_epochs=True``, warmed first: ``jit_compile_s`` is compile or
+cache-load time, not in the timings); ``numpy_*`` keys give the default numpy epochs, same
+requests, same process.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import time
 import numpy as np
 
 from policies import make_policy
-from sim.config import SimConfig
+from sim.config import EngineConfig, SimConfig
 from sim.run import simulate_with
 
 
@@ -26,9 +29,11 @@ def bench_trace(num_requests: int, seed: int, rate_scale: float = 1.0):
     return embedded_trace(num_requests=num_requests, seed=seed, rate_scale=rate_scale)
 
 
-def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool = True) -> dict:
+def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool = True,
+             compiled: bool = True) -> dict:
     trace = bench_trace(num_requests, seed, rate_scale)
-    config = SimConfig(model="llama-2-7b", draft="draft-68m", hardware="a100-80g", seed=seed)
+    config = SimConfig(model="llama-2-7b", draft="draft-68m", hardware="a100-80g", seed=seed,
+                       engine=EngineConfig(compiled_epochs=compiled))
     t0, c0 = time.perf_counter(), time.process_time()
     result = simulate_with(trace, make_policy("fixed", k=4), config, multi_step=multi_step)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -53,7 +58,16 @@ def main(argv=None) -> None:
     ap.add_argument("--compare-slow", action="store_true",
                     help="also run the per-step path (multi_step=False) and report both")
     args = ap.parse_args(argv)
+    from sim.epoch_kernel import warm_up
+    jit_s = round(warm_up(), 3)       # compile (or cache-load) outside the timings
     out = run_once(args.requests, args.seed, 1.0)
+    out["jit_compile_s"] = jit_s
+    # the default engine (compiled_epochs=False: numpy epochs), same requests, same process
+    plain = run_once(args.requests, args.seed, 1.0, compiled=False)
+    if (plain["output_tokens"], plain["steps"]) != (out["output_tokens"], out["steps"]):
+        raise AssertionError(f"numpy and compiled epochs disagree: {plain} vs {out}")
+    out.update({f"numpy_{k}": plain[k] for k in ("wall_s", "cpu_s", "sim_tokens_per_s",
+                                                  "sim_tokens_per_cpu_s")})
     if args.compare_slow:
         slow = run_once(args.requests, args.seed, 1.0, multi_step=False)
         if (slow["output_tokens"], slow["steps"]) != (out["output_tokens"], out["steps"]):

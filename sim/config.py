@@ -21,6 +21,10 @@ class EngineConfig:
     # draft-model proposer (pass 0 over the whole target batch every step, then max(k) - 1
     # passes for every sequence; sim/live_mirror.py). Use "vllm" to mirror a live run.
     draft_passes: str = "per_request"
+    # Run static-policy epochs through the numba kernel (sim/epoch_kernel.py): ~1.5x faster,
+    # results identical. Off by default: numba in a process breaks vLLM engines started later
+    # in it (sim/epoch_compiled.py says why); pure-simulation processes turn it on.
+    compiled_epochs: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,14 @@ evaluated over all steps at once with the same integer inputs as the per-step pa
 The epoch ends (inclusive) at the first step in which a request finishes or the next request
 arrives, and (exclusive) before the first step whose KV blocks would not fit; the per-step
 path then takes over. No per-step ``observe`` calls are made (a no-op by the declaration).
+With numba and a roofline the steps run compiled (sim/epoch_compiled.py); else numpy below.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from policies.interface import Observation
+from sim.epoch_compiled import kernel_inputs, run_kernel_epochs
 from sim.state import FINISHED
 from sim.step_plan import checked_decision
 
@@ -39,15 +41,22 @@ def epoch_eligible(engine) -> bool:
 def run_epoch(engine, now: float):
     """Simulate the epoch starting at ``now``; returns its total latency, or None (nothing
     changed) when its first step needs the per-step path (KV or token budget would bind, or
-    the decision is not a plain chain)."""
+    the decision is not a plain chain). Compiled epochs chain (sim/epoch_compiled.py)."""
+    inputs = kernel_inputs(engine)
+    if inputs is not None:
+        return run_kernel_epochs(engine, now, _decide, inputs)
+    return _numpy_epoch(engine, now)
+
+
+def _decide(engine, now: float):
+    """(num_spec_tokens, their sum, Observation), or None: not a plain chain or no fit."""
     r, sched, kmax, eng = engine.reqs, engine.sched, engine.k_max, engine.config.engine
     run = sched.running
     n = run.shape[0]
     ctx0 = r.num_computed[run]
-    out = r.num_out[run]
     obs = Observation(
         now_s=now, step_index=engine.step_index, k_max=kmax, request_ids=r.request_ids[run],
-        context_lens=ctx0 + 1, num_output_tokens=out,
+        context_lens=ctx0 + 1, num_output_tokens=r.num_out[run],
         decode_elapsed_s=now - r.first_token_s[run], since_arrival_s=now - r.arrival_s[run],
         tpot_slo_s=r.tpot_slo_s[run], accept_rate_ewma=r.accept_ewma[run],
         last_confidences=r.last_conf[run], num_waiting=0, oldest_waiting_s=0.0,
@@ -59,6 +68,17 @@ def run_epoch(engine, now: float):
             or decision.verify_token_budget is not None
             or n_spec > eng.max_num_batched_tokens - n):
         return None          # the per-step path decides again (static: the same answer)
+    return k, n_spec, obs
+
+
+def _numpy_epoch(engine, now: float):
+    """``run_epoch`` without the compiled kernel: the steps as numpy blocks."""
+    got = _decide(engine, now)
+    if got is None:
+        return None
+    k, n_spec, obs = got
+    r, sched, eng, run = engine.reqs, engine.sched, engine.config.engine, engine.sched.running
+    n, ctx0, out = run.shape[0], obs.context_lens - 1, obs.num_output_tokens
     left = r.num_target_out[run] - out
     S = min(int(np.minimum.reduce(left)), MAX_EPOCH_STEPS)
     arrival = engine.next_arrival_s
@@ -163,9 +183,8 @@ def _mixed_costs(cost, n: int, k: np.ndarray, comp: np.ndarray, now: float, arri
     tok = active.sum(axis=0)
     per_pass = np.asarray(cost.draft_step_s(tok, tok, comp @ active + tok * j1))
     per_pass = np.broadcast_to(per_pass, (S, K))              # a context-blind model: (K,)
-    draft_s = np.zeros(S)
-    for jj in range(K):                        # sequential, as the per-step path sums
-        draft_s = draft_s + per_pass[:, jj]
+    # np.sum per step, as the per-step path sums (numpy's pairwise order from 8 passes)
+    draft_s = np.add.reduce(np.ascontiguousarray(per_pass), axis=1) if K else np.zeros(S)
     lat = (draft_s + verify_s).tolist()
     starts, t = [], now
     for x in lat:

@@ -181,7 +181,7 @@ def test_main_job_small(tmp_path):
 
     report = main(["--out", str(tmp_path), "--rates", "2,8", "--num-requests", "20",
                    "--shift-requests", "60", "--jobs", "1", "--policies",
-                   "none,fixed,batch_schedule"])
+                   "none,fixed,batch_schedule", "--no-live"])
     assert report.is_file()
     assert len(complete_runs(tmp_path / "runs")) == 2 * 7 + 1  # none, k=1..5, batch; shift
     for name in ("latency_vs_load", "slo_vs_load", "speedup", "load_shift"):

@@ -41,9 +41,9 @@ def _both(trace, policy_factory, cfg):
 
 
 def _assert_same(fast, slow):
-    pd.testing.assert_frame_equal(fast.requests, slow.requests)
+    pd.testing.assert_frame_equal(fast.requests, slow.requests, check_exact=True)
     pd.testing.assert_frame_equal(fast.steps.drop(columns=_LISTS),
-                                  slow.steps.drop(columns=_LISTS))
+                                  slow.steps.drop(columns=_LISTS), check_exact=True)
     for c in _LISTS:
         for a, b in zip(fast.steps[c], slow.steps[c]):
             assert np.array_equal(a, b), c

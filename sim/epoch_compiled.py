@@ -1,0 +1,106 @@
+"""Epochs through the compiled kernel (sim/epoch_kernel.py): its inputs from the engine,
+chained epochs, and the scheduler and step-recorder bookkeeping after each."""
+from __future__ import annotations
+
+import numpy as np
+
+from sim.state import FINISHED
+
+MAX_KERNEL_STEPS = 128   # compiled steps are cheap: an epoch mostly ends at an event first
+
+
+def compiled_enabled(engine) -> bool:
+    """Opt-in (EngineConfig.compiled_epochs): numba loads llvmlite, whose ``ffi.lib`` object
+    breaks vLLM 0.32's CPU kernel registration (it scans every module's attributes) for any
+    vLLM engine started later in the same process. Pure simulator processes (sim.bench,
+    experiments.compare workers) turn it on; processes that also run live engines must not."""
+    return bool(engine.config.engine.compiled_epochs)
+
+
+def kernel_inputs(engine):
+    """(target coefficients, draft coefficients, position decay) as float64 arrays when the
+    kernel can run this engine (numba, a roofline cost model, parametric acceptance), else
+    None; computed once per engine."""
+    got = engine.__dict__.get("_epoch_kernel_inputs", False)
+    if got is not False:
+        return got
+    got = None
+    if not compiled_enabled(engine):
+        engine._epoch_kernel_inputs = None
+        return None
+    from sim import epoch_kernel as ek   # imports numba: only when asked for (see below)
+    coef = getattr(engine.cost, "scalar_coefficients", None)
+    acc = engine.acc
+    # parametric acceptance (its uniform pool, rates and decay); k_max within _numpy_sum's
+    if (ek.EPOCH_KERNEL is not None and coef is not None and engine.k_max <= 128
+            and hasattr(acc, "_u") and hasattr(acc, "_decay") and hasattr(acc, "rate")):
+        tgt, drf = coef()
+        got = (np.asarray(tgt, np.float64),
+               np.asarray(drf if drf is not None else (0.0,) * 5, np.float64),
+               np.ascontiguousarray(acc._decay, np.float64))
+    engine._epoch_kernel_inputs = got
+    return got
+
+
+def run_kernel_epochs(engine, now: float, decide, inputs):
+    """Epochs from ``now``; returns their total latency or None (nothing ran). One that ends
+    at a finish before the next arrival is followed by the next at once, as the engine would
+    (``decide(engine, t)``: sim/epoch.py's (k, sum of k, Observation) or None)."""
+    t, ran = now, False
+    while True:
+        got = decide(engine, t)
+        if got is None:
+            break
+        k, n_spec, obs = got
+        end, more = run_kernel_epoch(engine, t, engine.sched.running,
+                                     np.ascontiguousarray(k), n_spec, obs.request_ids, inputs)
+        if end is None:
+            break
+        t, ran = end, True
+        if not more:
+            break
+    return t - now if ran else None
+
+
+def run_kernel_epoch(engine, now: float, run, k, n_spec: int, ids, inputs):
+    """One epoch through the compiled kernel: (its end time, whether the engine's next move
+    is another epoch), or (None, False) when its first step does not fit (nothing changed,
+    draws given back). ``ids``: the rows' request ids."""
+    r, sched, acc, eng = engine.reqs, engine.sched, engine.acc, engine.config.engine
+    n, kmax = run.shape[0], acc.k_max
+    # at most MAX_KERNEL_STEPS: the kernel stops at the first finish; unused draws go back
+    u = acc._u.take(MAX_KERNEL_STEPS * n * kmax)
+    arrival = engine.next_arrival_s
+    arrival = np.inf if arrival is None else float(arrival)
+    tcoef, dcoef, decay = inputs
+    used0 = sched.num_kv_blocks - sched.free_blocks
+    from sim import epoch_kernel as ek
+    S, times, counts, accepted, fin = ek.EPOCH_KERNEL(     # scalars typed as in warm_up
+        u, kmax, acc.rate, decay, run, k, MAX_KERNEL_STEPS, sched.free_blocks, used0,
+        eng.block_size, tcoef, dcoef, float(now), float(arrival),
+        float(eng.accept_ewma_alpha), FINISHED,
+        r.num_computed, r.num_out, r.num_known, r.num_blocks, r.num_target_out,
+        r.num_drafted, r.num_accepted, r.accept_ewma, r.status, r.finish_s)
+    acc.give_back((MAX_KERNEL_STEPS - S) * n * kmax)
+    if S == 0:
+        return None, False
+    times = times.tolist()
+    starts, lat = times[0], times[1]
+    counts = counts.tolist()
+    sched.free_blocks -= counts[2][-1] - used0
+    if fin.shape[0]:
+        sched.release(fin)
+    first = engine.step_index
+    engine.rec.add_block(
+        (range(first, first + S), starts, lat, times[2], times[3], n, n, 0, n + n_spec,
+         n_spec, counts[0], counts[1], 0, counts[2]), ([k] * S, accepted, [ids] * S), S)
+    engine.step_index = first + S
+    engine.num_epochs += 1
+    engine.num_epoch_steps += S
+    engine.epoch_ready = True
+    end = starts[-1] + lat[-1]
+    # the engine would run another epoch next when this one ended at a finish (or its step
+    # cap), the batch is not empty and no request arrives before it ends
+    more = ((fin.shape[0] > 0 or S == MAX_KERNEL_STEPS) and end < arrival
+            and sched.running.shape[0] > 0)
+    return end, more

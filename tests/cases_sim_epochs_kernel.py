@@ -1,0 +1,149 @@
+"""Run by tests/test_sim_epochs_kernel.py in a subprocess (numba must not load into the
+process that runs the live vLLM tests). The compiled epoch kernel (sim/epoch_kernel.py, sim/epoch_compiled.py): exact against the per-step path and the
+numpy epoch fallback, chained epochs, in-place EWMA, fallbacks, and the bench's JIT warm-up."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import simpy
+
+import sim.engine
+import sim.epoch_kernel as ek
+from sim.epoch_compiled import kernel_inputs
+from policies import make_policy
+from policies.interface import Decision, Policy
+from sim import simulate_with
+from sim.config import AcceptanceConfig
+from sim.cost import ConstantCostModel, make_cost_model
+from sim.engine import Engine
+from tests.test_sim_epochs import CASES, _assert_same, _both
+from tests.test_sim_helpers import config, poisson_trace
+
+needs_numba = pytest.mark.skipif(ek.EPOCH_KERNEL is None, reason="numba is not importable")
+
+
+@pytest.fixture(autouse=True)
+def compiled_epochs_on(monkeypatch):
+    """These cases exercise the kernel: turn the opt-in (EngineConfig.compiled_epochs) on."""
+    import sim.epoch_compiled
+    monkeypatch.setattr(sim.epoch_compiled, "compiled_enabled", lambda engine: True)
+
+
+class EightOrOdd(Policy):
+    """Static, mixed k up to 8: the per-step path sums 8 draft passes with np.sum's pairwise
+    order, not a plain loop; the epochs must too."""
+
+    name = "test-eight-or-odd"
+    static_decisions = True
+
+    def decide(self, obs):
+        ids = obs.request_ids
+        return Decision(num_spec_tokens=np.where(ids % 2 == 0, 8, ids % 8))
+
+
+def _engine(trace, policy, cfg, multi_step=True, cost_model=None):
+    eng = Engine(trace, policy, cfg, multi_step=multi_step, cost_model=cost_model)
+    env = simpy.Environment()
+    env.process(eng.arrivals(env))
+    env.process(eng.run(env))
+    env.run()
+    return eng
+
+
+@needs_numba
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numpy_fallback_still_matches_the_per_step_path(case, monkeypatch):
+    """Without numba the numpy epochs run, and they too reproduce the per-step tables."""
+    monkeypatch.setattr(ek, "EPOCH_KERNEL", None)
+    factory, trace, cfg = CASES[case]
+    fast, slow = _both(trace, factory, cfg)
+    assert fast.meta["num_epochs"] > 0
+    _assert_same(fast, slow)
+
+
+@needs_numba
+def test_kernel_runs_chains_epochs_and_keeps_the_step_ewma_exactly(monkeypatch):
+    calls = []
+    real = sim.engine.run_epoch
+    monkeypatch.setattr(sim.engine, "run_epoch", lambda e, now: calls.append(now) or real(e, now))
+    trace = poisson_trace(n=200, rate=8.0, out_med=120)
+    cfg = config(seed=5, acceptance=AcceptanceConfig(position_decay=0.85))
+    fast = _engine(trace, make_policy("fixed", k=5), cfg)
+    slow = _engine(trace, make_policy("fixed", k=5), cfg, multi_step=False)
+    assert kernel_inputs(fast) is not None and kernel_inputs(slow) is not None
+    assert fast.num_epochs > len(calls) > 0          # some engine calls ran several epochs
+    assert fast.num_epoch_steps > 0.5 * fast.step_index
+    r, q = fast.reqs, slow.reqs
+    for name in ("num_computed", "num_out", "num_known", "num_blocks", "num_drafted",
+                 "num_accepted", "status", "finish_s", "first_token_s"):
+        np.testing.assert_array_equal(getattr(r, name), getattr(q, name), err_msg=name)
+    # the kernel updates the accept-rate EWMA step by step, as _end_step does: bit-equal
+    np.testing.assert_array_equal(r.accept_ewma, q.accept_ewma)
+    assert np.isfinite(r.accept_ewma).all()
+    assert fast.sched.free_blocks == slow.sched.free_blocks == fast.sched.num_kv_blocks
+
+
+@needs_numba
+def test_kernel_without_a_draft_model_and_with_tensor_parallel():
+    trace = poisson_trace(n=120, rate=15.0)
+    for cfg, policy in ((dataclasses.replace(config(seed=4), draft=""), "none"),
+                        (dataclasses.replace(config(seed=6), tensor_parallel=2), "fixed")):
+        fast, slow = _both(trace, lambda: make_policy(policy), cfg)
+        assert fast.meta["num_epochs"] > 0
+        _assert_same(fast, slow)
+
+
+def test_cost_model_without_scalar_coefficients_uses_the_numpy_epochs():
+    trace = poisson_trace(n=100, rate=20.0)
+    cost = ConstantCostModel(0.02, 0.001)
+    eng = _engine(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
+    assert kernel_inputs(eng) is None and eng.num_epochs > 0
+    fast = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
+    slow = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost,
+                         multi_step=False)
+    _assert_same(fast, slow)
+
+
+def test_bench_reports_the_jit_warm_up_apart(capsys, monkeypatch):
+    from sim.bench import main
+    runs = []
+    for kernel in (ek.EPOCH_KERNEL, None):
+        monkeypatch.setattr(ek, "EPOCH_KERNEL", kernel)
+        main(["--requests", "150", "--compare-slow"])
+        runs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    (fast, plain) = runs
+    assert fast["finished"] == fast["requests"] == 150 and fast["cpu_s"] > 0
+    assert fast["jit_compile_s"] >= 0.0 and plain["jit_compile_s"] == 0.0
+    for key in ("output_tokens", "steps", "sim_span_s", "mean_batch"):
+        assert fast[key] == plain[key], key          # kernel and numpy epochs agree
+
+
+@needs_numba
+def test_warm_up_compiles_the_signature_the_engine_calls():
+    """The bench times nothing but the run: after warm_up a simulation adds no signature
+    (it would recompile, seconds, inside the timing)."""
+    assert ek.warm_up() > 0.0
+    before = set(ek.EPOCH_KERNEL.signatures)
+    trace = poisson_trace(n=80, rate=10.0)
+    res = simulate_with(trace, make_policy("fixed", k=4), config(seed=2))
+    assert res.meta["num_epochs"] > 0
+    assert set(ek.EPOCH_KERNEL.signatures) == before
+
+
+@pytest.mark.parametrize("kernel", ["numba", "numpy"])
+def test_mixed_k_of_eight_sums_draft_passes_in_numpys_order(kernel, monkeypatch):
+    if kernel == "numpy":
+        monkeypatch.setattr(ek, "EPOCH_KERNEL", None)
+    elif ek.EPOCH_KERNEL is None:
+        pytest.skip("numba is not importable")
+    cfg = config(seed=2)
+    cost = make_cost_model(cfg)
+    # coefficients with full mantissas: summation order shows in the last bits
+    cost._draft = (1.2345678e-5, 3.14159e-9, 1.0987654e-4, 2.7182818e-9, 1.3579e-4)
+    trace = poisson_trace(n=150, rate=20.0)
+    fast = simulate_with(trace, EightOrOdd(), cfg, cost_model=cost)
+    slow = simulate_with(trace, EightOrOdd(), cfg, cost_model=cost, multi_step=False)
+    assert fast.meta["num_epochs"] > 0
+    assert max(int(k.max(initial=0)) for k in fast.steps["spec_k"]) == 8
+    _assert_same(fast, slow)
