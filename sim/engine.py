@@ -170,9 +170,10 @@ class Engine:
             raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
         verify_ctx = pre_ctx + verify_context(ctx, num_spec, n_spec)
         verify_s = float(self.cost.target_step_s(n_tok, int(rows.shape[0]), verify_ctx))
-        if kmax and eng.draft_passes == "vllm":      # charge what vLLM's drafter runs
+        if kmax and eng.draft_passes == "vllm":      # charge what vLLM's drafter runs:
+            # max(k) of the decision, not what continue_drafting kept (no early stop in vLLM)
             draft_s = vllm_draft_s(self.cost, n_tok, int(rows.shape[0]), verify_ctx,
-                                   int(drafted.max(initial=0)), ctx + 1)
+                                   int(k.max(initial=0)), ctx + 1)
         self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
                          verify_s, len(waiting), n_pre_tok, n_spec, (ctx, out, obs.request_ids))
         return draft_s + verify_s
