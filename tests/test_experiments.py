@@ -194,8 +194,11 @@ def test_live_hook_reports_why_it_cannot_run():
     from experiments.main import live_available, live_overrides
 
     jobs = live_overrides([])
+    # none, fixed k=3 and smartspec, each live and as its simulated twin
     assert sorted(o for j in jobs for o in j if o.startswith("backend=")) == \
-        ["backend=live", "backend=live", "backend=sim", "backend=sim"]
+        ["backend=live"] * 3 + ["backend=sim"] * 3
+    assert {o for j in jobs for o in j if o.startswith("policy=")} == \
+        {"policy=none", "policy=fixed", "policy=smartspec"}
     ok, why = live_available()
     pair = Path(REPO / "exec" / "assets" / "pair" / "target" / "config.json")
     if not pair.exists():
