@@ -30,7 +30,7 @@ def policy_styles(labels) -> dict:
             for i, name in enumerate(names)}
 
 
-def _legend_right(fig, axes) -> None:
+def _legend_right(fig, axes, title: str = "policy") -> None:
     handles, labels = {}, []
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -39,7 +39,7 @@ def _legend_right(fig, axes) -> None:
                 labels.append(lab)
     if labels:
         fig.legend([handles[lab] for lab in labels], labels, loc="center left",
-                   bbox_to_anchor=(1.0, 0.5), frameon=False, title="policy")
+                   bbox_to_anchor=(1.0, 0.5), frameon=False, title=title)
 
 
 def fig_metrics_vs_load(frame: pd.DataFrame, metrics, *, title: str = "",
@@ -190,7 +190,7 @@ def fig_sim_vs_live(frame, metrics=("tpot_mean", "ttft_mean", "accepted_len")):
         ax.set_ylabel(metric_label(name))
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_title("Simulated vs live")
-    _legend_right(fig, axes)
+    _legend_right(fig, axes, title="backend")
     return fig
 
 
