@@ -8,8 +8,9 @@ attention context of each pass is known exactly. Each measured engine step becom
 rows in the schema of sim/profiles.py:
 
 * target: one row per step, latency = the step's wall time minus its drafting time (target
-  pass plus everything vLLM does around it: scheduling, sampling, output processing); this is
-  the per-step overhead the simulator must charge, so it belongs in the target rows.
+  pass plus everything vLLM does around it: scheduling, sampling, output processing) plus the
+  gap to the next step (the runner loop, step_gaps_s); this is the per-step overhead the
+  simulator must charge, so it belongs in the target rows.
 * draft: one row per draft forward pass, timed by forward hooks on the drafter's model; the
   proposer's own overhead (time in ``propose`` outside the forward passes) is spread evenly
   over the step's passes. vLLM's draft-model proposer runs pass 0 over every token the target
@@ -33,6 +34,7 @@ from exec.config import LiveConfig
 # (batch sizes, prompt lengths, output tokens, speculative lengths)
 DEFAULT_GRID = ((1, 4, 8, 16), (32, 128, 384), 12, (0, 1, 3))
 QUICK_GRID = ((1, 4), (32,), 6, (0, 2))
+MAX_STEP_GAP_S = 0.005   # a longer gap is idling (a profile workload never waits), not overhead
 MIN_AGGREGATED_ROWS = 16  # per role; the fitted cost model needs a dozen shapes or more
 
 
@@ -75,6 +77,22 @@ def _context_sum(ctx: np.ndarray, tokens: np.ndarray) -> int:
     return int((tokens * ctx + tokens * (tokens + 1) // 2).sum())
 
 
+def step_gaps_s(steps: pd.DataFrame) -> np.ndarray:
+    """Seconds between the end of each step and the start of the next (the runner loop:
+    output processing, arrivals, scheduling before the controller's clock starts).
+
+    Why: live TPOT is measured between token timestamps, so this gap is part of every step;
+    the simulator has no gap, so the target rows carry it. The last step takes the median.
+    """
+    n = len(steps)
+    if n == 0 or "start_s" not in steps:   # a hand-made table without times: no gaps known
+        return np.zeros(n)
+    start = steps["start_s"].to_numpy(np.float64)
+    gap = start[1:] - (start[:-1] + steps["latency_s"].to_numpy(np.float64)[:-1])
+    gap = np.clip(gap, 0.0, MAX_STEP_GAP_S)
+    return np.append(gap, np.median(gap) if gap.size else 0.0)
+
+
 def step_rows(steps: pd.DataFrame, passes_per_step: list, prompt: int, batch: int, k: int,
               model_names=("embedded-target", "embedded-draft"), hardware: str = "cpu",
               source: str = "exec.profiler") -> list[dict]:
@@ -82,7 +100,8 @@ def step_rows(steps: pd.DataFrame, passes_per_step: list, prompt: int, batch: in
     rows = []
     out = {}  # request_id -> output tokens before the step
     base = dict(hardware=hardware, source=source)
-    for (_, st), passes in zip(steps.iterrows(), passes_per_step):
+    gaps = step_gaps_s(steps)
+    for (_, st), passes, gap_s in zip(steps.iterrows(), passes_per_step, gaps):
         ids = np.asarray(st["spec_request_ids"], np.int64)
         spec = np.asarray(st["spec_k"], np.int64)
         acc = np.asarray(st["accepted"], np.int64)
@@ -100,7 +119,7 @@ def step_rows(steps: pd.DataFrame, passes_per_step: list, prompt: int, batch: in
             ctx_sum = _context_sum(ctx, spec + 1)
             phase = "verify" if spec.sum() else "decode"
             dec_ctx = ctx + 1 + acc   # KV after the step, drafting starts from here
-        target_s = float(st["latency_s"] - st["draft_s"])
+        target_s = float(st["latency_s"] - st["draft_s"]) + gap_s
         if target_s > 0:
             rows.append(dict(base, model=model_names[0], role="target", phase=phase,
                              num_seqs=n_seqs, num_tokens=n_tok, sum_context_tokens=ctx_sum,

@@ -36,6 +36,9 @@ def _args(argv):
     ap.add_argument("--max-prompt", type=int, default=256)
     ap.add_argument("--max-output", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile-repeats", type=int, default=3,
+                    help="profile grid passes, interleaved in time: one pass takes seconds and "
+                         "a transient slowdown of the shared machine skews its shapes")
     ap.add_argument("--no-noise-floor", action="store_true",
                     help="skip the repeated live run of each load's first policy")
     ap.add_argument("--quick", action="store_true",
@@ -106,7 +109,7 @@ def main(argv=None) -> dict:
     else:
         t0 = time.perf_counter()
         df = profile(live_cfg, QUICK_GRID if args.quick else DEFAULT_GRID, engine=engine,
-                     hardware=hardware)
+                     hardware=hardware, repeats=1 if args.quick else args.profile_repeats)
         profile_csv = str(save_profile(df, out / f"profile_{hardware}.csv").resolve())
         print(f"profiled {len(df)} passes in {time.perf_counter() - t0:.0f} s -> {profile_csv}",
               flush=True)

@@ -52,6 +52,7 @@ class Engine:
         self.sched = Scheduler(self.reqs, eng, derive_num_kv_blocks(config))
         self.rec = StepRecorder(config.record_steps)
         self.step_index = 0
+        self._vllm_max_k = 0                        # last decision's max k (vLLM mode)
         self._idle: simpy.Event | None = None
         self._all_arrived = False
         self._default_drafting = type(policy).continue_drafting is Policy.continue_drafting
@@ -171,9 +172,15 @@ class Engine:
         verify_ctx = pre_ctx + verify_context(ctx, num_spec, n_spec)
         verify_s = float(self.cost.target_step_s(n_tok, int(rows.shape[0]), verify_ctx))
         if kmax and eng.draft_passes == "vllm":      # charge what vLLM's drafter runs:
-            # max(k) of the decision, not what continue_drafting kept (no early stop in vLLM)
+            # max(k) of the decision, not what continue_drafting kept (no early stop in vLLM);
+            # vLLM also drafts for requests whose prefill ends now (its decision covers them):
+            # a step without decoding requests has no decision here, so the last one's max k
+            if n:
+                self._vllm_max_k = int(k.max(initial=0))
+            draft_ctx = ctx + 1 if not pre.shape[0] else np.concatenate(
+                [ctx + 1, r.num_computed[pre] + pre_tok])
             draft_s = vllm_draft_s(self.cost, n_tok, int(rows.shape[0]), verify_ctx,
-                                   int(k.max(initial=0)), ctx + 1)
+                                   self._vllm_max_k, draft_ctx)
         self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
                          verify_s, len(waiting), n_pre_tok, n_spec, (ctx, out, obs.request_ids))
         return draft_s + verify_s

@@ -9,7 +9,10 @@ live run must charge what it does:
   drafts: it keeps the draft's KV cache in step with the target's), in every step, also when no
   request speculates (policy ``none`` on an engine with a draft model still pays it);
 * then max(k) - 1 further passes of one token for every sequence in the batch (the batched
-  drafter has no per-request stop), where max(k) is the largest k drafted in the step.
+  drafter has no per-request stop), where max(k) is the largest k drafted in the step. The
+  batch includes requests whose prefill ends in the step: vLLM's decision already covers them,
+  so a step of prefills only also drafts (the simulator, which decides only for decoding
+  requests, charges the last decision's max k there).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ def vllm_draft_s(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int, 
     """Seconds of one step's drafting as vLLM runs it (see the module doc).
 
     ``num_tokens``/``num_seqs``/``sum_context_tokens``: the step's target pass;
-    ``decode_ctx``: KV entries of each decoding request after the step's decode token.
+    ``decode_ctx``: KV entries of each drafting request after the step (decoding requests after
+    their decode token, prefilling ones after their chunk).
     """
     if num_tokens <= 0:
         return 0.0

@@ -69,3 +69,20 @@ def test_aggregate_passes_means_per_shape():
     assert len(out) == 2                               # 100-110 vs 450 tokens/token: two bands
     assert out.loc[0, "latency_s"] == pytest.approx(0.02)
     assert out.loc[0, "sum_context_tokens"] == 210
+
+
+def test_target_rows_carry_the_gap_to_the_next_step():
+    """The runner loop's gap between steps is charged to the step before it (last: median)."""
+    from exec.profiler import step_gaps_s
+    def st(i, start, lat):
+        return {"step": i, "start_s": start, "latency_s": lat, "draft_s": 0.001,
+                "num_prefill_tokens": 0, "num_scheduled_tokens": 1, "num_seqs": 1,
+                "num_decode_seqs": 1, "spec_request_ids": [0], "spec_k": [0], "accepted": [0]}
+    steps = pd.DataFrame([st(0, 0.0, 0.010), st(1, 0.0103, 0.010), st(2, 0.0207, 0.010),
+                          st(3, 1.0, 0.010)])   # 0.97 s idle before step 3: capped
+    gaps = step_gaps_s(steps)
+    assert gaps[:2] == pytest.approx([0.0003, 0.0004])
+    assert gaps[2] == pytest.approx(0.005) and gaps[3] == pytest.approx(0.0004)
+    rows = pd.DataFrame(step_rows(steps, [[]] * 4, prompt=10, batch=1, k=0))
+    tgt = rows[rows.role == "target"].reset_index(drop=True)
+    assert list(tgt["latency_s"]) == pytest.approx([0.009 + g for g in gaps])
