@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.interface import DraftState, Feedback, Observation, Policy
+from policies.interface import (DraftState, Feedback, Observation, Policy,
+                                checked_num_spec_tokens)
 
 EWMA_ALPHA = 0.3  # weight of the newest step in the per-request acceptance-rate EWMA
 
@@ -89,11 +90,7 @@ class LiveController:
         next_ids = [r for r in sched_tokens if not sched.requests[r].is_prefill_chunk]
         obs = self._observation(sched, next_ids, now)
         decision = self.policy.decide(obs)
-        k = np.asarray(decision.num_spec_tokens, np.int64)
-        if k.shape != (obs.num_requests,):
-            raise ValueError(f"policy {self.policy.name!r} returned num_spec_tokens of shape "
-                             f"{k.shape}, expected ({obs.num_requests},)")
-        k = np.clip(k, 0, self.k_max)
+        k = checked_num_spec_tokens(decision, obs.num_requests, self.k_max, self.policy.name)
         if decision.nodes_per_depth is not None:
             self.num_tree_decisions_as_chain += 1
         exts = [external_id_of(r) for r in next_ids]

@@ -106,6 +106,21 @@ class Feedback:
     finished_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
+def checked_num_spec_tokens(decision: Decision, n: int, k_max: int,
+                            policy_name: str) -> np.ndarray:
+    """``num_spec_tokens`` as int64 clipped to 0..k_max, the check both engines apply to a
+    decision; a wrong shape is the policy's bug and raises naming it."""
+    k = np.asarray(decision.num_spec_tokens)
+    if k.shape != (n,):
+        raise ValueError(f"policy {policy_name!r}: num_spec_tokens has shape {k.shape},"
+                         f" expected ({n},)")
+    if k.dtype != np.int64:
+        k = k.astype(np.int64)
+    if k.shape[0] and (k.min() < 0 or k.max() > k_max):
+        k = np.minimum(np.maximum(k, 0), k_max)
+    return k
+
+
 def cumulative_confidence(confidences: np.ndarray) -> np.ndarray:
     """c_ij = prod_{m<=j} p_im (AdaSpec sec. 1.4): the chance the first j drafts all pass."""
     return np.cumprod(np.nan_to_num(confidences, nan=0.0), axis=1)

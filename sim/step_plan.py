@@ -9,6 +9,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from policies.interface import checked_num_spec_tokens
+
 
 def prefill_context(computed: np.ndarray, chunk: np.ndarray) -> int:
     """Chunk tokens c = 1..L of a request with ``computed`` tokens in KV attend to computed + c."""
@@ -89,14 +91,7 @@ def ensure_confidences(acc, draw, rows, decision, widths):
 def checked_decision(decision, n: int, k_max: int, policy_name: str):
     """(num_spec_tokens as int64 clipped to 0..k_max, nodes_per_depth or None); a wrong
     shape is the policy's bug and raises naming it."""
-    k = np.asarray(decision.num_spec_tokens)
-    if k.shape != (n,):
-        raise ValueError(f"policy {policy_name!r}: num_spec_tokens has shape {k.shape},"
-                         f" expected ({n},)")
-    if k.dtype != np.int64:
-        k = k.astype(np.int64)
-    if k.shape[0] and (k.min() < 0 or k.max() > k_max):
-        k = np.minimum(np.maximum(k, 0), k_max)
+    k = checked_num_spec_tokens(decision, n, k_max, policy_name)
     widths = decision.nodes_per_depth
     if widths is not None:
         widths = np.asarray(widths, np.int64)
