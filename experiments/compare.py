@@ -1,7 +1,7 @@
 """Policy comparison sweep in the simulator: every policy at >= 6 loads on a real trace.
 
     python -m experiments.compare [--quick] [--out DIR] [--policies a,b,c] [--seed N]
-                                  [--workers 2] [--duration S] [--loads 2,4,8]
+                                  [--seeds 3] [--workers 2] [--duration S] [--loads 2,4,8]
 
 Llama-2-7B + 68M draft on an A100-80G; the first 600 s of the Azure 2023 conversation trace
 (AdaSpec's window) with mixed tight/normal/loose TPOT SLO classes, rescaled to load levels
@@ -10,6 +10,11 @@ placed around the saturation rate of `none` (measured first). Policies: none, fi
 per-step oracle. Writes summary.csv/.parquet, figures, findings.md and result.json into the
 output dir (default outputs/compare/<timestamp>), and prints as its LAST line the JSON of
 experiments.compare_ratios.compare_json.
+
+Every cell runs under ``--seeds`` seeds (seed, seed + 1, ...: each draws its own SLO classes,
+acceptance rates and draws); goodput is averaged over them before ratios are taken, because
+near saturation one run's goodput moves by several percent with the seed alone (the last
+seconds' queue decides it). ``per_seed`` in the JSON gives each seed's own worst ratios.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from experiments.compare_ratios import compare_json, ratio_report, with_oracle_f
 from experiments.compare_setup import (CompareSetup, base_workload, load_levels, quick_setup,
                                        num_requests_at, saturation_rate, select_specs,
                                        sim_config, workload_at)
-from experiments.compare_sweep import Job, run_jobs
+from experiments.compare_sweep import Job, mean_over_seeds, run_jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--policies", default=None,
                    help="comma list of labels/names (e.g. none,fixed,slo_goodput,oracle)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per cell, averaged (default 8; 1 with --quick)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of arrivals per run (requests = rate x duration, clamped)")
@@ -82,8 +89,25 @@ def write_figures(table, out_dir: Path) -> list[Path]:
     return made
 
 
-def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2) -> dict:
-    """Measure saturation, run the grid, write every output; return the JSON object."""
+def per_seed_ratios(by_seed, policy: str | None) -> dict:
+    """``policy``'s worst ratios to the oracle and to the best fixed k, seed by seed."""
+    if policy is None:
+        return {}
+    out = {"seeds": [], "worst_ratio_to_oracle": [], "worst_ratio_to_best_fixed": []}
+    for seed, rows in by_seed.groupby("sweep_seed", sort=True):
+        entry = ratio_report(rows.drop(columns="sweep_seed"))["ratios"].get(policy, {})
+        out["seeds"].append(int(seed))
+        for key in ("worst_ratio_to_oracle", "worst_ratio_to_best_fixed"):
+            out[key].append(entry.get(key))
+    return {policy: out}
+
+
+def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
+                num_seeds: int = 1) -> dict:
+    """Measure saturation, run the grid (``num_seeds`` seeds per cell), write every output;
+    return the JSON object."""
+    if num_seeds < 1:
+        raise ValueError(f"need at least one seed per cell, got {num_seeds}")
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     base = base_workload(setup)
@@ -95,16 +119,22 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2) -> 
         loads = load_levels(saturation["saturation_rate_req_s"], setup.load_factors)
         _log(f"[compare] none saturates at {saturation['saturation_rate_req_s']:.2f} req/s; "
              f"loads {loads}")
-    config = sim_config(setup)
-    jobs = [Job(spec, ld, workload_at(base, ld, num_requests_at(setup, ld)), config)
-            for ld in loads for spec in specs]
+    seeds = [setup.seed + i for i in range(num_seeds)]
+    jobs = []
+    for seed in seeds:
+        seeded = replace(setup, seed=seed)
+        seed_base, config = base_workload(seeded), sim_config(seeded)
+        jobs += [Job(spec, ld, workload_at(seed_base, ld, num_requests_at(setup, ld)), config,
+                     sweep_seed=seed) for ld in loads for spec in specs]
 
     def progress(row, done, total):
         _log(f"[compare] {done}/{total} {row['policy']:>22} @ {row['trace.rate']:g} req/s: "
              f"goodput {row['goodput_req_s']:.3f} req/s, SLO {row['slo_attainment']:.3f} "
              f"({row['wall_s']:.1f} s)")
 
-    table = run_jobs(jobs, workers=workers, progress=progress)
+    by_seed = run_jobs(jobs, workers=workers, progress=progress)
+    by_seed.to_csv(out_dir / "summary_by_seed.csv", index=False)
+    table = mean_over_seeds(by_seed)
     full = with_oracle_fixed(table)
     full.to_csv(out_dir / "summary.csv", index=False)
     full.to_parquet(out_dir / "summary.parquet", index=False)
@@ -112,6 +142,8 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2) -> 
     report = ratio_report(table)
     (out_dir / "findings.md").write_text(findings_text(table, report, saturation))
     extra = {"out_dir": str(out_dir), "saturation": saturation, "seed": setup.seed,
+             "seeds": seeds,
+             "per_seed": per_seed_ratios(by_seed, report.get("best_adaptive")),
              "num_requests_per_run": [num_requests_at(setup, ld) for ld in loads],
              "trace": setup.trace_name,
              "window_s": [setup.window_start_s, setup.window_end_s],
@@ -128,7 +160,8 @@ def main(argv=None) -> dict:
     specs = select_specs(args.policies)
     out = args.out or REPO_ROOT / "outputs" / "compare" / time.strftime("%Y%m%d-%H%M%S")
     print(f"output dir: {out}", flush=True)
-    result = run_compare(setup, specs, Path(out), workers=args.workers)
+    result = run_compare(setup, specs, Path(out), workers=args.workers,
+                         num_seeds=args.seeds or (1 if args.quick else 8))
     print((Path(out) / "findings.md").read_text(), flush=True)
     print(json.dumps(result, separators=(",", ":"), allow_nan=False), flush=True)
     return result

@@ -28,6 +28,7 @@ class Job:
     load: float                      # offered req/s
     trace: object                    # traces.schema.Trace at that load
     config: object                   # sim.config.SimConfig
+    sweep_seed: int = 0              # the sweep's seed this job's workload and engine come from
 
 
 def k_stats(steps: pd.DataFrame, k_max: int) -> dict:
@@ -51,7 +52,7 @@ def run_job(job: Job) -> dict:
     result = simulate(job.trace, job.spec.build(), job.config)
     row = {"policy": job.spec.label, "policy.name": job.spec.name,
            "policy.params": json.dumps(dict(job.spec.params)), LOAD_COLUMN: float(job.load),
-           "backend": "sim", "seed": job.config.seed}
+           "backend": "sim", "seed": job.config.seed, "sweep_seed": job.sweep_seed}
     summary = summarize(result)
     summary["accepted_hist"] = json.dumps(summary.get("accepted_hist", []))
     row.update(summary)
@@ -83,4 +84,20 @@ def run_jobs(jobs, workers: int = 2, progress=None) -> pd.DataFrame:
                 if progress:
                     progress(rows[-1], len(rows), len(order))
     frame = pd.DataFrame(rows)
-    return frame.sort_values([LOAD_COLUMN, "policy"], kind="stable").reset_index(drop=True)
+    return frame.sort_values([LOAD_COLUMN, "policy", "sweep_seed"],
+                             kind="stable").reset_index(drop=True)
+
+
+def mean_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (policy, load): numeric columns averaged over ``sweep_seed``, the others
+    from the first seed's row; ``num_seeds`` says how many rows went in."""
+    keys = ["policy", LOAD_COLUMN]
+    numeric = [c for c in table.columns
+               if c not in keys and pd.api.types.is_numeric_dtype(table[c])]
+    grouped = table.groupby(keys, sort=True)
+    out = grouped[numeric].mean()
+    other = [c for c in table.columns if c not in keys and c not in numeric]
+    if other:
+        out = out.join(grouped[other].first())
+    out["num_seeds"] = grouped.size()
+    return out.reset_index()

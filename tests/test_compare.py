@@ -133,3 +133,39 @@ def test_same_seed_same_rows():
     a.pop("wall_s"), b.pop("wall_s")
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     assert a["num_finished"] == 15
+
+
+def test_seeds_are_averaged_before_ratios_and_reported_one_by_one(tmp_path):
+    from experiments.compare import per_seed_ratios
+    from experiments.compare_sweep import mean_over_seeds
+
+    seeded = pd.concat([HAND.assign(sweep_seed=0, k_hist="[1]"),
+                        HAND.assign(sweep_seed=1, k_hist="[2]",
+                                    goodput_req_s=HAND["goodput_req_s"] * 0.5)])
+    mean = mean_over_seeds(seeded)
+    assert len(mean) == len(HAND) and (mean["num_seeds"] == 2).all()
+    row = mean[(mean["policy"] == "oracle") & (mean["trace.rate"] == 2.0)].iloc[0]
+    assert row["goodput_req_s"] == pytest.approx(0.75 * 1.1)
+    assert row["k_hist"] == "[1]"                       # non-numeric: first seed's
+    per = per_seed_ratios(seeded, "slo_goodput")["slo_goodput"]
+    assert per["seeds"] == [0, 1]
+    assert per["worst_ratio_to_oracle"] == pytest.approx([0.97, 0.97])
+    assert per_seed_ratios(seeded, None) == {}
+
+
+def test_two_seeds_end_to_end(tmp_path):
+    from experiments.compare import run_compare
+    from experiments.compare_setup import quick_setup
+
+    setup = quick_setup(CompareSetup(loads=(2.0, 4.0)))
+    out = run_compare(setup, select_specs("fixed,oracle,slo_goodput"), tmp_path, workers=1,
+                      num_seeds=2)
+    assert out["seeds"] == [0, 1]
+    assert len(out["per_seed"]["slo_goodput"]["worst_ratio_to_oracle"]) == 2
+    by_seed = pd.read_csv(tmp_path / "summary_by_seed.csv")
+    assert sorted(by_seed["sweep_seed"].unique()) == [0, 1]
+    mean = by_seed.groupby(["policy", "trace.rate"])["goodput_req_s"].mean()
+    assert out["policies"]["oracle"]["goodput"] == pytest.approx(
+        [mean[("oracle", 2.0)], mean[("oracle", 4.0)]])
+    with pytest.raises(ValueError, match="at least one seed"):
+        run_compare(setup, select_specs("oracle"), tmp_path, num_seeds=0)

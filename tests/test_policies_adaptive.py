@@ -168,7 +168,7 @@ def test_request_behind_slo_gets_more_speculation():
     elapsed[:4] = 0.62                       # four ~1.5 tokens behind (A ~ 2.5) ...
     elapsed[4] = 2.0                         # ... one hopelessly behind (A ~ 48)
     obs = make_obs(n, tpot=tpot, elapsed=elapsed)
-    p = make_policy("slo_goodput")
+    p = make_policy("slo_goodput", calibrate=False)   # raw confidences: 0.5 means 0.5
     p.decide(obs)
     assert p.planned_k[:4].min() > p.planned_k[5:].max()
     more = p.continue_drafting(draft_state(obs, p.decide(obs), 2, 0.5))

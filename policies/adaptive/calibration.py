@@ -1,0 +1,97 @@
+"""Online calibration of draft confidences into acceptance probabilities.
+
+A drafter's probability for its own token is not the chance the target accepts it: a
+well-trained pair accepts most tokens drafted at 0.6 confidence, an under-trained one few
+drafted at 0.9, and a flat drafter's confidences say nothing at all. Taking the raw
+confidence as that chance (AdaSpec's c_ij, sec. 1.4) over- or under-states survival by the
+same factor at every position, and the error compounds along the chain.
+
+``ConfidenceCalibrator`` learns the map from verification outcomes, which every step already
+reports: under chain verification, draft position j of a request was accepted iff
+j < num_accepted, and positions after the first rejection say nothing (they were never
+compared). Confidences are binned; per bin it keeps decayed (accepted, rejected) counts, and
+the evidence of a confidence c is its likelihood ratio
+
+    LR(c) = odds(accept | bin of c) / odds(accept over all bins),
+
+so a request whose own per-token rate is a_i (its prior) gets the posterior odds
+a_i / (1 - a_i) * LR(c) for a draft token of confidence c (Bayes' rule with the bin as the
+observation). Bins are shrunk toward the fleet rate with ``prior_weight`` pseudo-counts, so
+an unseen bin, or an uninformative drafter, has LR = 1 and the posterior is the request's
+rate: the estimate never assumes more signal than the outcomes have shown. Until
+``min_observations`` compared draft tokens have been seen, the posterior is the raw
+confidence itself (AdaSpec's reading), so a fresh policy behaves like the uncalibrated one. Ours; in the
+spirit of SpecDec++'s learned acceptance head (arXiv 2405.19715), without training a head.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ConfidenceCalibrator:
+    """Decayed per-bin acceptance counts over draft confidence in [0, 1]."""
+
+    def __init__(self, num_bins: int = 20, decay: float = 0.999, prior_weight: float = 8.0,
+                 min_observations: float = 64.0):
+        if num_bins < 1:
+            raise ValueError(f"calibration: num_bins must be >= 1, got {num_bins}")
+        if not 0.0 < decay <= 1.0 or prior_weight <= 0.0:
+            raise ValueError("calibration: need 0 < decay <= 1 and prior_weight > 0, got "
+                             f"{decay}, {prior_weight}")
+        self.num_bins, self.decay = int(num_bins), float(decay)
+        self.prior_weight = float(prior_weight)
+        self.min_observations = float(min_observations)
+        self.accepted = np.zeros(self.num_bins)   # decayed accepted draft tokens per bin
+        self.rejected = np.zeros(self.num_bins)   # decayed rejected (compared) draft tokens
+
+    def _bin(self, confidences: np.ndarray) -> np.ndarray:
+        c = np.nan_to_num(np.asarray(confidences, float), nan=0.0)
+        return np.clip((c * self.num_bins).astype(np.int64), 0, self.num_bins - 1)
+
+    def observe(self, confidences: np.ndarray, num_verified: np.ndarray,
+                num_accepted: np.ndarray) -> None:
+        """One chain-verification step: rows (n, >= max verified) of the drafted tokens'
+        confidences, how many of each row were verified and how many accepted."""
+        v = np.asarray(num_verified, np.int64)
+        m = np.asarray(num_accepted, np.int64)
+        K = int(v.max(initial=0))
+        self.accepted *= self.decay
+        self.rejected *= self.decay
+        if K == 0:
+            return
+        conf = np.asarray(confidences, float)[:, :K]
+        j = np.arange(K)[None, :]
+        passed = j < m[:, None]
+        failed = (j == m[:, None]) & (j < v[:, None])
+        ok = ~np.isnan(conf)
+        bins = self._bin(conf)
+        self.accepted += np.bincount(bins[passed & ok], minlength=self.num_bins)
+        self.rejected += np.bincount(bins[failed & ok], minlength=self.num_bins)
+
+    def likelihood_ratio(self, confidences: np.ndarray) -> np.ndarray:
+        """LR(c) per entry (1 where nothing has been learned; nan confidences give 1)."""
+        s, f = self.accepted, self.rejected
+        total = s.sum() + f.sum()
+        if total <= 0:
+            return np.ones(np.shape(confidences))
+        rate = np.clip(s.sum() / total, 1e-3, 1 - 1e-3)
+        k = self.prior_weight
+        p = np.clip((s + k * rate) / (s + f + k), 1e-4, 1 - 1e-4)
+        lr = (p / (1 - p)) / (rate / (1 - rate))
+        out = lr[self._bin(confidences)]
+        return np.where(np.isnan(np.asarray(confidences, float)), 1.0, out)
+
+    @property
+    def num_observations(self) -> float:
+        """Decayed count of compared draft tokens seen so far."""
+        return float(self.accepted.sum() + self.rejected.sum())
+
+    def posterior(self, confidences: np.ndarray, rate: np.ndarray) -> np.ndarray:
+        """P(accept) per drafted token given its confidence and its request's rate (n,);
+        the raw confidence (nan: the rate) before ``min_observations``."""
+        if self.num_observations < self.min_observations:
+            c = np.asarray(confidences, float)
+            return np.where(np.isnan(c), np.asarray(rate, float)[:, None], c)
+        a = np.clip(np.asarray(rate, float), 1e-4, 1 - 1e-4)[:, None]
+        odds = a / (1 - a) * self.likelihood_ratio(confidences)
+        return odds / (1 + odds)
