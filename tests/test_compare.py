@@ -158,8 +158,11 @@ def test_two_seeds_end_to_end(tmp_path):
     from experiments.compare_setup import quick_setup
 
     setup = quick_setup(CompareSetup(loads=(2.0, 4.0)))
-    out = run_compare(setup, select_specs("fixed,oracle,slo_goodput"), tmp_path, workers=1,
+    # workers=2: the sweep's compiled epochs load numba in the worker processes only; numba in
+    # the pytest process would break vLLM engines that later tests start (sim/epoch_compiled.py)
+    out = run_compare(setup, select_specs("fixed,oracle,slo_goodput"), tmp_path, workers=2,
                       num_seeds=2)
+    assert "numba" not in sys.modules
     assert out["seeds"] == [0, 1]
     assert len(out["per_seed"]["slo_goodput"]["worst_ratio_to_oracle"]) == 2
     by_seed = pd.read_csv(tmp_path / "summary_by_seed.csv")
