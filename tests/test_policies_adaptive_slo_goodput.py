@@ -94,3 +94,31 @@ def test_no_trees_past_tree_max_requests():
     obs = make_obs(4)
     assert make_policy("slo_goodput", tree_max_requests=4).decide(obs).nodes_per_depth is not None
     assert make_policy("slo_goodput", tree_max_requests=3).decide(obs).nodes_per_depth is None
+
+
+def test_per_request_tree_widths_go_to_low_acceptance_requests():
+    """A low-acceptance request needs more candidates per depth for the same pass chance:
+    with per-request shapes the plan gives it a wider tree than a high-acceptance one."""
+    obs = make_obs(4)
+    p = make_policy("slo_goodput", prior_rate=0.5)
+    ids = obs.request_ids
+    for _ in range(30):     # requests 0, 1 accept almost everything; 2, 3 about a third
+        p.tracker.observe(ids, np.full(4, 4), np.array([4, 4, 1, 1]))
+    d = p.decide(obs)
+    w = d.nodes_per_depth
+    assert w is not None
+    first = w[:, 0]
+    assert first[2:].min() > first[:2].max()          # wider where acceptance is low
+    assert ((w > 0).sum(axis=1) == d.num_spec_tokens).all()
+    uniform = make_policy("slo_goodput", prior_rate=0.5, tree_pass_targets=())
+    for _ in range(30):
+        uniform.tracker.observe(ids, np.full(4, 4), np.array([4, 4, 1, 1]))
+    wu = uniform.decide(obs).nodes_per_depth
+    assert wu is None or len(set(wu[wu > 0].tolist())) == 1   # one width for the whole step
+    # feedback of a mixed-width tree: each request's rejected depth counts its own width
+    before = p.tracker.rate(ids)
+    p.observe(feedback(obs, d.num_spec_tokens * 0 + first * 2, 1))
+    after = p.tracker.rate(ids)
+    assert (after < before).all()
+    with pytest.raises(ValueError, match="tree_pass_targets"):
+        make_policy("slo_goodput", tree_pass_targets=(0.5, 1.2))

@@ -21,11 +21,12 @@ from policies.interface import Observation
 
 @dataclass(frozen=True)
 class PrefixPlan:
-    width: int               # candidates per depth (1 = chain)
+    width: int               # widest tree in the plan (1 = every request drafts a chain)
     depth: np.ndarray        # int (n,), planned depth per request
     rate: float              # objective at the chosen prefix (-inf if none allowed)
     marginal: float          # value of the last slot taken (inf when none)
     depth_pass: np.ndarray   # q_i, probability that one depth passes
+    widths: np.ndarray | None = None   # int (n,), candidates per depth per request
 
 
 def draft_prefix_s(obs: Observation, pos, L, b, K: int, width: int = 1) -> np.ndarray:
@@ -60,21 +61,25 @@ def plan_prefix(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
 def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, widths,
                 prefill_value: float, guard: str, slo_step_factor: float,
                 max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
-    """Best prefix of the slot ranking for each tree width in ``widths``, all at once.
+    """Best prefix of the slot ranking for each tree shape in ``widths``, all at once.
 
-    ``guard``: "step" refuses b > 0 when T(b) > slo_step_factor x the tightest TPOT SLO
-    (unless T(0) exceeds it too); "per_token" refuses it only when, in addition, the batch's
-    time per expected token is no lower than without speculation (the TPOT SLO bounds time
-    per token, not per step; ours); "off" never refuses. Draft pass j's size for a prefix
-    comes from counts of the ranked slots per depth (one bincount + cumsum, no per-b loop)."""
+    A shape is a width for every request (an int) or one per request (an (n,) int array; a
+    request's slots then cost its own width). ``guard``: "step" refuses b > 0 when T(b) >
+    slo_step_factor x the tightest TPOT SLO (unless T(0) exceeds it too); "per_token" refuses
+    it only when, in addition, the batch's time per expected token is no lower than without
+    speculation (the TPOT SLO bounds time per token, not per step; ours); "off" never
+    refuses. Draft pass j's size for a prefix comes from counts of the ranked slots per depth
+    (one bincount + cumsum, no per-b loop)."""
     n = obs.num_requests
-    W = np.asarray(widths, np.int64)[:, None]                          # (nw, 1)
+    W = np.stack([np.broadcast_to(np.asarray(x, np.int64), (n,)) for x in widths])  # (nw, n)
+    nw = W.shape[0]
     q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
     j = np.arange(1, K + 1)
-    tokens = (q[:, :, None] ** j).reshape(W.size, n * K)               # unweighted, per slot
+    tokens = (q[:, :, None] ** j).reshape(nw, n * K)                   # unweighted, per slot
     value = tokens * np.repeat(weight, K)[None, :]
     order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
     req, pos = np.divmod(order, K)
+    Ws = np.take_along_axis(W, req, axis=1).astype(float)              # width of each slot
     M = n * K
     b = np.arange(M + 1)
     if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
@@ -82,39 +87,44 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
     L = obs.context_lens.astype(float)[req]                            # (nw, M)
     # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
     first = np.searchsorted(b, np.arange(M), side="right")
-    cell = ((np.arange(W.size)[:, None] * b.size + first[None, :]) * K + pos).ravel()
-    size = W.size * b.size * K
-    n_j = np.bincount(cell, minlength=size).reshape(W.size, b.size, K).cumsum(axis=1)
-    ctx_j = np.bincount(cell, weights=(L + pos).ravel(),       # draft j attends L + j - 1
-                        minlength=size).reshape(W.size, b.size, K).cumsum(axis=1)
-    feed = np.where(np.arange(K) == 0, 1, W[:, :, None])               # (nw, 1, K)
-    t_j = np.asarray(obs.cost.draft_step_s(n_j * feed, n_j, ctx_j * feed), float)
+    cell = ((np.arange(nw)[:, None] * b.size + first[None, :]) * K + pos).ravel()
+    size = nw * b.size * K
+
+    def per_depth(weights):
+        return np.bincount(cell, weights=weights, minlength=size).reshape(
+            nw, b.size, K).cumsum(axis=1)
+    n_j = per_depth(None)
+    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
+    t_j = np.asarray(obs.cost.draft_step_s(per_depth(feed.ravel()), n_j,    # draft j attends
+                                           per_depth(((L + pos) * feed).ravel())), float)
     draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
-    zero = np.zeros((W.size, 1))
-    cum_ctx = np.concatenate([zero, np.cumsum(L + pos + 1, axis=1)], axis=1)[:, b] * W
-    T = draft + verify_tokens_s(obs, b[None, :] * W, cum_ctx)
-    cum_v = np.concatenate([zero, np.cumsum(np.take_along_axis(value, order, 1), 1)], 1)[:, b]
+    zero = np.zeros((nw, 1))
+
+    def prefix_sum(x):
+        return np.concatenate([zero, np.cumsum(x, axis=1)], axis=1)[:, b]
+    verified = prefix_sum(Ws)
+    T = draft + verify_tokens_s(obs, verified, prefix_sum((L + pos + 1) * Ws))
+    cum_v = prefix_sum(np.take_along_axis(value, order, 1))
     rate = (weight.sum() + prefill_value + cum_v) / T
     blocked = np.zeros(T.shape, bool)
     cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
     if guard != "off":
         blocked = (T > cap_s) & (T[:, :1] <= cap_s)
         if guard == "per_token":
-            cum_t = np.concatenate([zero, np.cumsum(np.take_along_axis(tokens, order, 1), 1)],
-                                   1)[:, b]
-            per_token_s = T / (n + cum_t)
+            per_token_s = T / (n + prefix_sum(np.take_along_axis(tokens, order, 1)))
             blocked &= per_token_s >= per_token_s[:, :1]
     if max_step_tokens is not None:
-        blocked |= obs.num_prefill_tokens + n + b[None, :] * W > max_step_tokens
+        blocked |= obs.num_prefill_tokens + n + verified > max_step_tokens
     rate = np.where(blocked & (b > 0)[None, :], -np.inf, rate)
     g = np.argmax(rate, axis=1)
     plans = []
-    for r in range(W.size):
+    for r in range(nw):
         best = int(b[g[r]])
         depth = np.bincount(req[r, :best], minlength=n).astype(np.int64)
         marginal = float(value[r, order[r, best - 1]]) if best > 0 else np.inf
-        plans.append(PrefixPlan(width=int(W[r, 0]), depth=depth, rate=float(rate[r, g[r]]),
-                                marginal=marginal, depth_pass=q[r]))
+        plans.append(PrefixPlan(width=int(W[r].max(initial=1)), depth=depth,
+                                rate=float(rate[r, g[r]]), marginal=marginal,
+                                depth_pass=q[r], widths=W[r]))
     return plans
 
 
