@@ -109,6 +109,7 @@ class ParametricAcceptance:
         self._q_lo = np.quantile(rng_conf.beta(s * lo, s * (1 - lo), 1 << 17), q)
         self._decay = config.position_decay ** np.arange(self.k_max, dtype=np.float64)
         self.rate = np.zeros(0)
+        self._rate_table: np.ndarray | None = None     # set by prepare
 
     def prepare(self, trace) -> None:
         """Draw every request's acceptance rate (one Beta draw per request, by dataset tag)."""
@@ -121,12 +122,14 @@ class ParametricAcceptance:
             idx = np.flatnonzero(inverse == j)
             rate[idx] = self._rng_rate.beta(alpha, beta, idx.shape[0])
         self.rate = rate
+        # each request's per-position rates once (the products a step formed): steps gather
+        self._rate_table = (rate[:, None] * self._decay[None, :]
+                            if self.config.position_decay != 1.0 else rate[:, None])
 
     def _rates(self, rows: np.ndarray) -> np.ndarray:
-        rates = self.rate[rows][:, None]
-        if self.config.position_decay != 1.0:
-            rates = rates * self._decay[None, :]
-        return rates
+        if self._rate_table is None or self._rate_table.shape[0] != self.rate.shape[0]:
+            raise RuntimeError("ParametricAcceptance.prepare(trace) must run before draws")
+        return self._rate_table.take(rows, axis=0)
 
     def draw(self, rows: np.ndarray, positions: np.ndarray,
              with_confidences: bool = True) -> StepDraw:
@@ -135,9 +138,11 @@ class ParametricAcceptance:
         n, k = rows.shape[0], self.k_max
         rates = self._rates(rows)
         u = self._u.take(n * k).reshape(n, k)
-        ok = u < rates
+        pad = np.zeros((n, k + 1), bool)    # _leading_true's padding, filled in place
+        ok = pad[:, :k]
+        np.less(u, rates, out=ok)
         conf = self._confidences(u, ok, rates) if with_confidences else None
-        return StepDraw(_leading_true(ok), conf, u, rates)
+        return StepDraw(pad.argmin(axis=-1).astype(np.int64, copy=False), conf, u, rates)
 
     def _confidences(self, u, ok, rates):
         safe = np.minimum(np.maximum(rates, 1e-12), 1.0 - 1e-12)

@@ -5,14 +5,15 @@ length m (sim/acceptance.py), ``policy.decide``, fit the draft tokens into what 
 draft passes with ``policy.continue_drafting`` after each, ``policy.select_verify``, one target
 verify pass, ``num_accepted = min(k, m)``, emit ``num_accepted + 1`` tokens per decoding
 request (capped by the trace's output length; all tokens of a step carry the step's end
-time), ``policy.observe``. All per-step work is numpy over the batch (struct of arrays).
+time), ``policy.observe``. All per-step work is numpy over the batch (struct of arrays);
+with compiled epochs on, a static policy's steps run compiled (sim/step_compiled.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import simpy
 
-from policies.interface import DraftState, Feedback, Observation, Policy
+from policies.interface import DraftState, Observation, Policy
 from sim.acceptance import ParametricAcceptance, make_acceptance_model
 from sim.cost import make_cost_model
 from sim.epoch import epoch_eligible, run_epoch
@@ -20,7 +21,10 @@ from sim.kv_cache import admission_errors, derive_num_kv_blocks
 from sim.live_mirror import DRAFT_PASS_MODES, vllm_draft_s
 from sim.results import StepRecorder
 from sim.scheduler import Scheduler
-from sim.state import FINISHED, WAITING, RequestTable
+from sim.small_arrays import iall, iany, imin_imax, isum
+from sim.state import WAITING, RequestTable
+from sim.step_compiled import compiled_plan, compiled_step, step_kernel_inputs
+from sim.step_end import end_step
 from sim.step_plan import (checked_decision, draft_pass_costs, ensure_confidences,
                             prefill_context, uniform_chain_draft_s, verify_context)
 
@@ -57,6 +61,7 @@ class Engine:
         self._all_arrived = False
         self._default_drafting = type(policy).continue_drafting is Policy.continue_drafting
         self._default_verify = type(policy).select_verify is Policy.select_verify
+        self._observes = type(policy).observe is not Policy.observe   # else skip Feedback
         self._pos = np.arange(self.k_max)
         static = bool(policy.static_decisions and not policy.needs_oracle
                       and self._default_drafting and self._default_verify)
@@ -65,11 +70,15 @@ class Engine:
                             and eng.draft_passes == "per_request")
         # a static policy reads no confidences: draw them only when a decision needs them
         self._lazy_conf = static and isinstance(self.acc, ParametricAcceptance)
+        # ... and then nobody reads a step's confidences unless a verify budget or observe()
+        self._conf_unused = self._lazy_conf and not self._observes
         self.next_arrival_s: float | None = None
         self.epoch_step_s = 0.0                     # last epoch's step time (its length guess)
         self.num_epochs = self.num_epoch_steps = 0
         self.epoch_ready = False                    # True while only epochs have run
         self.rejected = admission_errors(self.reqs, eng, self.sched.num_kv_blocks)
+        self._pending = None
+        self._step_inputs = step_kernel_inputs(self)     # compiled steps (opt-in), or None
 
     # ---- simpy processes -------------------------------------------------------------------
     def arrivals(self, env: simpy.Environment):
@@ -115,22 +124,22 @@ class Engine:
     def _begin_step(self, now: float) -> float:
         r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
         self.epoch_ready = False
-        rows, tokens, is_dec = sched.plan_base()
+        fast = self._step_inputs is not None      # compiled plan and step (opt-in)
+        rows, tokens, is_dec = compiled_plan(self) if fast else sched.plan_base()
         if rows.shape[0] == 0:
             raise RuntimeError(f"engine stalled at t={now:.6f}s: {sched.running.shape[0]} "
                                f"running, {len(sched.waiting)} waiting, nothing schedulable")
-        if is_dec.all():                                 # pure decode step (the common case)
+        if iall(is_dec):                                 # pure decode step (the common case)
             dec, pre, pre_tok = rows, _EMPTY, _EMPTY
             n_pre_tok = pre_ctx = 0
         else:
             dec, pre, pre_tok = rows[is_dec], rows[~is_dec], tokens[~is_dec]
-            n_pre_tok = int(pre_tok.sum())
+            n_pre_tok = isum(pre_tok)
             pre_ctx = prefill_context(r.num_computed[pre], pre_tok)
         n = dec.shape[0]
         ctx = r.num_computed[dec]                        # KV entries before this step
         out = r.num_out[dec]
-        draw = (self.acc.draw(dec, out, with_confidences=False) if self._lazy_conf
-                else self.acc.draw(dec, out))
+        draw = None if fast else self._draw(dec, out)   # fast: after the decision, same order
         waiting = sched.waiting
         obs = Observation(
             now_s=now, step_index=self.step_index, k_max=kmax, request_ids=r.request_ids[dec],
@@ -143,6 +152,12 @@ class Engine:
             future_match_lens=draw.match_len if self.policy.needs_oracle else None)
         decision = self.policy.decide(obs)
         k, widths = checked_decision(decision, n, self.k_max, self.policy.name)
+        if fast:
+            if (widths is None and decision.draft_stop_confidence <= 0.0
+                    and decision.verify_token_budget is None):
+                return compiled_step(self, now, rows, dec, pre, pre_tok, k, n_pre_tok,
+                                     pre_ctx, len(waiting), obs.request_ids)
+            draw = self._draw(dec, out)
         draw = ensure_confidences(self.acc, draw, dec, decision, widths)
         spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
         budget = eng.max_num_batched_tokens - n_pre_tok - n
@@ -165,7 +180,7 @@ class Engine:
             w = np.where(self._pos < verified[:, None], widths, 0)
             num_spec = w.sum(axis=1)
             accepted = np.minimum(draw.tree_accepted(w), verified)
-        n_spec = int(num_spec.sum())
+        n_spec = isum(num_spec)
         n_tok = n_pre_tok + n + n_spec
         if n_tok > eng.max_num_batched_tokens or sched.free_blocks < 0:
             raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
@@ -185,9 +200,14 @@ class Engine:
                          verify_s, len(waiting), n_pre_tok, n_spec, (ctx, out, obs.request_ids))
         return draft_s + verify_s
 
+    def _draw(self, dec, out):
+        if self._lazy_conf:
+            return self.acc.draw(dec, out, with_confidences=False)
+        return self.acc.draw(dec, out)
+
     def _draft(self, obs, decision, k, widths, ctx, prefill, draw):
         """Draft passes; returns (num drafted, visible confidences, draft seconds)."""
-        if k.shape[0] == 0 or not k.any():
+        if k.shape[0] == 0 or not iany(k):
             return k, np.full((k.shape[0], self.k_max), np.nan), 0.0
         if self._default_drafting and decision.draft_stop_confidence <= 0.0:
             drafted = k          # the default rule drafts exactly k: skip the per-pass calls
@@ -202,9 +222,11 @@ class Engine:
                 state = DraftState(obs, decision, drafted, conf, spent)
                 more = np.asarray(self.policy.continue_drafting(state), bool)
                 active = more & (drafted < k)
-        k0, seen = int(drafted[0]), draw.confidences   # None: static policy, nobody reads them
-        if widths is None and drafted.min() == k0 == drafted.max():
-            draft_s = uniform_chain_draft_s(self.cost, k0, int(ctx.sum()), k.shape[0], prefill)
+        k0, seen = drafted.item(0), draw.confidences   # None: static policy, nobody reads them
+        if widths is None and imin_imax(drafted) == (k0, k0):
+            draft_s = uniform_chain_draft_s(self.cost, k0, isum(ctx), k.shape[0], prefill)
+            if seen is None and self._conf_unused and decision.verify_token_budget is None:
+                return drafted, None, draft_s        # no select_verify, Feedback or last_conf
             conf = np.full((k.shape[0], self.k_max), np.nan) if seen is None else seen.copy()
             conf[:, k0:] = np.nan
         else:
@@ -214,60 +236,5 @@ class Engine:
         return drafted, conf, draft_s
 
     def _end_step(self, end: float) -> None:
-        (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
-         num_waiting, n_pre_tok, n_spec, (ctx, out, dec_ids)) = self._pending
-        r, sched = self.reqs, self.sched
-        fin = _EMPTY
-        if pre.shape[0]:
-            # prefill chunks: the chunk that completes the known tokens samples one token
-            r.num_computed[pre] += pre_tok
-            done = pre[r.num_computed[pre] == r.num_known[pre]]
-            r.num_out[done] += 1
-            r.num_known[done] += 1
-            first = r.first_token_s[done]
-            r.first_token_s[done] = np.where(np.isnan(first), end, first)
-            n_done = done.shape[0]
-            if n_done:
-                fin = done[r.num_out[done] >= r.num_target_out[done]]
-        else:
-            n_done = 0
-        n_acc = n_emit = 0
-        if dec.shape[0]:
-            # decoding requests: the decode token and the accepted drafts enter the KV cache
-            left = r.num_target_out[dec] - out       # ctx, out: as gathered in _begin_step
-            emitted = np.minimum(accepted + 1, left)
-            r.num_computed[dec] = ctx + 1 + accepted
-            r.num_out[dec] = out + emitted
-            r.num_known[dec] = ctx + 1 + emitted    # decoding: one known token not in KV
-            n_emit = int(emitted.sum())
-            if n_spec:
-                n_acc = int(accepted.sum())
-                r.num_drafted[dec] += num_spec
-                r.num_accepted[dec] += accepted
-                if num_spec.all():
-                    ids, rate = dec, accepted / num_spec
-                else:
-                    spoke = num_spec > 0
-                    ids, rate = dec[spoke], accepted[spoke] / num_spec[spoke]
-                old = r.accept_ewma[ids]
-                a = self.config.engine.accept_ewma_alpha
-                r.accept_ewma[ids] = np.where(np.isnan(old), rate, a * rate + (1 - a) * old)
-                if not self._lazy_conf:   # (as in epochs, static policies read none)
-                    r.last_conf[dec] = conf
-            done_dec = emitted == left
-            if done_dec.any():
-                fin = dec[done_dec] if not fin.shape[0] else np.concatenate([fin, dec[done_dec]])
-        kv_used = sched.kv_blocks_used
-        if fin.shape[0]:
-            r.status[fin] = FINISHED
-            r.finish_s[fin] = end
-            sched.release(fin)
-        self.rec.add((self.step_index, start, draft_s + verify_s, draft_s, verify_s,
-                      rows.shape[0], dec.shape[0], n_pre_tok, n_pre_tok + dec.shape[0] + n_spec,
-                      n_spec, n_acc, n_emit + n_done, num_waiting, kv_used),
-                     (num_spec, accepted, dec_ids))
-        self.policy.observe(Feedback(
-            now_s=end, request_ids=dec_ids, num_spec_tokens=num_spec,
-            num_accepted=accepted, confidences=conf, draft_time_s=draft_s,
-            verify_time_s=verify_s, finished_ids=r.request_ids[fin]))
-        self.step_index += 1
+        if self._pending is not None:     # (None: a compiled step applied it already)
+            end_step(self, end)           # sim/step_end.py

@@ -19,6 +19,7 @@ import numpy as np
 
 from policies.interface import Observation
 from sim.epoch_compiled import kernel_inputs, run_kernel_epochs
+from sim.small_arrays import iall
 from sim.state import FINISHED
 from sim.step_plan import checked_decision
 
@@ -34,8 +35,7 @@ def epoch_eligible(engine) -> bool:
         return False
     if engine.epoch_ready:          # an epoch just ran: its survivors all decode
         return True
-    return bool(np.all(r.num_known[run] - r.num_computed[run] == 1)
-                and np.all(r.num_out[run] > 0))
+    return iall(r.num_known[run] - r.num_computed[run] == 1) and iall(r.num_out[run] > 0)
 
 
 def run_epoch(engine, now: float):

@@ -182,7 +182,8 @@ else:
 
 def warm_up() -> float:
     """Compile the kernel (or load it from numba's on-disk cache) with the argument types
-    the engine passes; returns the seconds it took (0.0 without numba)."""
+    the engine passes, and the per-step kernel too; returns the seconds it took (0.0 without
+    numba)."""
     if EPOCH_KERNEL is None:
         return 0.0
     t0 = time.perf_counter()
@@ -193,4 +194,6 @@ def warm_up() -> float:
                  0, 16, coef + 1e-3, coef + 1e-4, 0.0, np.inf, 0.5, FINISHED, i64.copy(),
                  i64.copy(), i64 + 1, i64.copy(), i64 + 3, i64.copy(), i64.copy(),
                  np.full(2, np.nan), np.zeros(2, np.int8), np.full(2, np.nan))
+    from sim.step_compiled import warm_up_step    # the per-step kernel (sim/step_kernel.py)
+    warm_up_step()
     return time.perf_counter() - t0

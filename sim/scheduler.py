@@ -20,7 +20,12 @@ from collections import deque
 
 import numpy as np
 
+from sim.small_arrays import iany, iall, isum
 from sim.state import RUNNING, WAITING, RequestTable
+
+
+_FALSE = np.zeros(64, bool)
+_FALSE.setflags(write=False)          # shared, so never writable
 
 
 def blocks_for(tokens, block_size: int):
@@ -46,15 +51,19 @@ class Scheduler:
         is_dec = None
         if run.shape[0]:
             comp = r.num_computed[run]
-            need = r.num_known[run] - comp
-            if int(need.sum()) <= budget:
-                tokens = need                   # common case: everybody fits
+            known = r.num_known[run]
+            need = known - comp
+            total = isum(need)
+            if total <= budget:
+                tokens, end = need, known       # common case: everybody fits
             else:
+                total = None
                 before = np.cumsum(need) - need
                 tokens = np.minimum(np.maximum(budget - before, 0), need)
+                end = comp + tokens
             held = r.num_blocks[run]
-            want = np.maximum((comp + tokens + (cfg.block_size - 1)) // cfg.block_size, held)
-            extra = int((want - held).sum())
+            want = np.maximum((end + (cfg.block_size - 1)) // cfg.block_size, held)
+            extra = isum(want - held)
             if extra <= self.free_blocks:
                 r.num_blocks[run] = want
                 self.free_blocks -= extra
@@ -63,23 +72,25 @@ class Scheduler:
                 is_dec = (need == 1) & (comp >= r.num_prompt[run])
             else:
                 rows, tokens = self._plan_with_preemption(run, need)
-                preempted = True
-            if not tokens.all():
+                preempted, total = True, None
+            if not iall(tokens):
                 keep = tokens > 0
                 rows, tokens = rows[keep], tokens[keep]
                 is_dec = None if is_dec is None else is_dec[keep]
-            budget -= int(tokens.sum())
+            budget -= isum(tokens) if total is None else total   # (zeros add nothing)
         else:
             rows = tokens = np.zeros(0, np.int64)
         if not preempted and self.waiting and budget > 0:
             new_rows, new_tokens = self._admit(budget, self.running.shape[0])
             if new_rows:
-                new_rows = np.asarray(new_rows, np.int64)
-                rows = np.concatenate([rows, new_rows])
-                tokens = np.concatenate([tokens, np.asarray(new_tokens, np.int64)])
-                self.running = np.concatenate([self.running, new_rows])
+                num_new = len(new_rows)
+                new_rows = np.array(new_rows, np.int64)
+                rows = np.concatenate((rows, new_rows))
+                tokens = np.concatenate((tokens, np.array(new_tokens, np.int64)))
+                self.running = np.concatenate((self.running, new_rows))
                 if is_dec is not None:      # admitted rows prefill (a fresh or recomputing
-                    is_dec = np.concatenate([is_dec, np.zeros(len(new_rows), bool)])  # prompt)
+                    is_dec = np.concatenate((is_dec, _FALSE[:num_new] if num_new <= 64
+                                             else np.zeros(num_new, bool)))  # prompt)
         if is_dec is None:
             known = r.num_known[rows]
             is_dec = (known - r.num_computed[rows] == 1) & (known > r.num_prompt[rows])
@@ -128,11 +139,12 @@ class Scheduler:
         rows, tokens = [], []
         while self.waiting and budget > 0 and num_running + len(rows) < cfg.max_num_seqs:
             row = self.waiting[0]
-            need = int(r.num_known[row] - r.num_computed[row])
+            computed = r.num_computed.item(row)
+            need = r.num_known.item(row) - computed
             if need > budget and not cfg.chunked_prefill:
                 break
             t = min(need, budget)
-            extra = blocks_for(int(r.num_computed[row]) + t, cfg.block_size) - int(r.num_blocks[row])
+            extra = blocks_for(computed + t, cfg.block_size) - r.num_blocks.item(row)
             if extra > self.free_blocks:
                 break
             self.waiting.popleft()
@@ -150,10 +162,10 @@ class Scheduler:
         """Trim per-request draft-token counts of decoding ``rows`` to the leftover token
         budget and free KV blocks, in running order; allocates the blocks. Returns the
         counts that fit. ``computed``: the rows' num_computed, if the caller has them."""
-        if rows.shape[0] == 0 or not spec_tokens.any():
+        if rows.shape[0] == 0 or not iany(spec_tokens):
             return spec_tokens
         r, bs = self.reqs, self.cfg.block_size
-        if int(spec_tokens.sum()) <= budget:
+        if isum(spec_tokens) <= budget:
             fit = spec_tokens
         else:
             before = np.cumsum(spec_tokens) - spec_tokens
@@ -162,7 +174,7 @@ class Scheduler:
         ctx = (r.num_computed[rows] if computed is None else computed) + 1
         held = r.num_blocks[rows]
         extra = np.maximum((ctx + fit + (bs - 1)) // bs - held, 0)
-        num_extra = int(extra.sum())
+        num_extra = isum(extra)
         if num_extra > self.free_blocks:
             # in running order: requests take new blocks while they last; the first that
             # runs short gets what is left, later ones only the room in blocks they hold
@@ -183,7 +195,7 @@ class Scheduler:
         """Free the KV blocks of finished rows and drop them from the running list."""
         if rows.shape[0] == 0:
             return
-        self.free_blocks += int(self.reqs.num_blocks[rows].sum())
+        self.free_blocks += isum(self.reqs.num_blocks[rows])
         self.reqs.num_blocks[rows] = 0
         self.running = self.running[self.reqs.status[self.running] == RUNNING]
 

@@ -10,10 +10,13 @@ from dataclasses import replace
 import numpy as np
 
 from policies.interface import checked_num_spec_tokens
+from sim.small_arrays import SMALL, imin_imax, isum
 
 
 def prefill_context(computed: np.ndarray, chunk: np.ndarray) -> int:
     """Chunk tokens c = 1..L of a request with ``computed`` tokens in KV attend to computed + c."""
+    if chunk.shape[0] <= SMALL:     # a step has few prefill chunks: exact Python ints
+        return sum(c * k + c * (c + 1) // 2 for c, k in zip(chunk.tolist(), computed.tolist()))
     return int((chunk * computed + chunk * (chunk + 1) // 2).sum())
 
 
@@ -23,10 +26,11 @@ def verify_context(computed: np.ndarray, num_spec: np.ndarray, total_spec: int) 
     n = computed.shape[0]
     if n == 0:
         return 0
-    if total_spec == n * int(num_spec[0]):       # every request verifies the same count
-        t = int(num_spec[0]) + 1
-        if total_spec == 0 or num_spec.min() == num_spec.max():
-            return t * int(computed.sum()) + n * (t * (t + 1) // 2)
+    first = num_spec.item(0)
+    if total_spec == n * first:                  # every request verifies the same count
+        t = first + 1
+        if total_spec == 0 or imin_imax(num_spec)[0] == first:
+            return t * isum(computed) + n * (t * (t + 1) // 2)
     t = num_spec + 1
     return int((t * computed + t * (t + 1) // 2).sum())
 

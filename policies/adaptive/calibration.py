@@ -20,8 +20,9 @@ observation). Bins are shrunk toward the fleet rate with ``prior_weight`` pseudo
 an unseen bin, or an uninformative drafter, has LR = 1 and the posterior is the request's
 rate: the estimate never assumes more signal than the outcomes have shown. Until
 ``min_observations`` compared draft tokens have been seen, the posterior is the raw
-confidence itself (AdaSpec's reading), so a fresh policy behaves like the uncalibrated one. Ours; in the
-spirit of SpecDec++'s learned acceptance head (arXiv 2405.19715), without training a head.
+confidence itself (AdaSpec's reading), so a fresh policy behaves like the uncalibrated one.
+Ours; in the spirit of SpecDec++'s learned acceptance head (arXiv 2405.19715), without
+training a head.
 """
 from __future__ import annotations
 

@@ -1,0 +1,101 @@
+"""The engine's side of the compiled per-step kernel (sim/step_kernel.py): when it applies,
+its inputs, and the scheduler and step-recorder bookkeeping after it.
+
+It applies under the same opt-in and conditions as compiled epochs (sim/epoch_compiled.py:
+numba, a roofline, parametric acceptance, ``EngineConfig.compiled_epochs``) to engines that
+run epochs (a static policy, ``multi_step``) and read no step confidences (no ``observe``).
+``multi_step=False`` keeps the numpy per-step path: the reference the tests compare against.
+"""
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+
+from sim.epoch_compiled import kernel_inputs
+from sim.state import FINISHED, RUNNING
+
+
+def step_kernel_inputs(engine):
+    """(target coefficients, draft coefficients, position decay, step kernel, plan kernel)
+    when compiled steps apply to ``engine``, else None (decides once whether numba loads)."""
+    if not (engine._epochs and engine._conf_unused):
+        return None
+    inputs = kernel_inputs(engine)
+    if inputs is None:
+        return None
+    from sim.plan_kernel import PLAN_KERNEL
+    from sim.step_kernel import STEP_KERNEL
+    return (*inputs, STEP_KERNEL, PLAN_KERNEL) if STEP_KERNEL is not None else None
+
+
+def compiled_plan(engine):
+    """``Scheduler.plan_base`` through sim/plan_kernel.py; the Python plan when running
+    requests must be preempted (the kernel then wrote nothing)."""
+    sched, r, cfg = engine.sched, engine.reqs, engine.config.engine
+    run, waiting = sched.running, sched.waiting
+    m = min(len(waiting), cfg.max_num_seqs - run.shape[0])
+    head = np.array(list(islice(waiting, m)) if m > 0 else [], np.int64)
+    fits, rows, tokens, is_dec, admitted, free_blocks = engine._step_inputs[4](
+        run, head, cfg.max_num_batched_tokens, cfg.max_num_seqs, bool(cfg.chunked_prefill),
+        sched.free_blocks, cfg.block_size, RUNNING, r.num_computed, r.num_known,
+        r.num_blocks, r.num_prompt, r.status)
+    if not fits:
+        return sched.plan_base()
+    sched.free_blocks = free_blocks
+    if admitted:
+        for _ in range(admitted):
+            waiting.popleft()
+        sched.running = np.concatenate((run, rows[rows.shape[0] - admitted:]))
+    return rows, tokens, is_dec
+
+
+def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int,
+                  pre_ctx: int, num_waiting: int, ids) -> float:
+    """The rest of a step whose decision is a plain chain ``k`` (after ``decide``), applied
+    now; returns its latency (the engine then skips ``_end_step``)."""
+    r, sched, acc, eng = engine.reqs, engine.sched, engine.acc, engine.config.engine
+    tcoef, dcoef, decay, kernel, _ = engine._step_inputs
+    n, kmax = dec.shape[0], acc.k_max
+    u = acc._u.take(n * kmax)             # the draws ParametricAcceptance.draw would take
+    if not pre.shape[0]:
+        pre = pre_tok = np.zeros(0, np.int64)   # (writable: one compiled signature)
+    floats, ints, num_spec, accepted, fin = kernel(
+        u, kmax, acc.rate, decay, dec, k, pre, pre_tok,
+        eng.max_num_batched_tokens - n_pre_tok - n, eng.max_num_batched_tokens,
+        sched.free_blocks, eng.block_size, n_pre_tok, pre_ctx, rows.shape[0], tcoef, dcoef,
+        float(now), float(eng.accept_ewma_alpha), FINISHED,
+        r.num_computed, r.num_out, r.num_known, r.num_blocks, r.num_target_out,
+        r.num_drafted, r.num_accepted, r.accept_ewma, r.status, r.first_token_s, r.finish_s)
+    draft_s, verify_s, _ = floats.tolist()
+    n_spec, n_acc, n_emit, free_blocks, bad = ints.tolist()
+    sched.free_blocks = free_blocks
+    if bad:
+        raise AssertionError(f"step {engine.step_index}: token budget or KV capacity exceeded")
+    kv_used = sched.num_kv_blocks - free_blocks
+    if fin.shape[0]:
+        sched.release(fin)
+    engine.rec.add((engine.step_index, now, draft_s + verify_s, draft_s, verify_s,
+                    rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
+                    n_emit, num_waiting, kv_used), (num_spec, accepted, ids))
+    engine.step_index += 1
+    engine._pending = None
+    return draft_s + verify_s
+
+
+def warm_up_step() -> None:
+    """Compile (or cache-load) the step kernel with the engine's argument types."""
+    from sim.plan_kernel import PLAN_KERNEL
+    from sim.step_kernel import STEP_KERNEL
+    if STEP_KERNEL is None:
+        return
+    i64 = np.zeros(2, np.int64)
+    rows = np.arange(1, dtype=np.int64)
+    coef = np.zeros(5)
+    STEP_KERNEL(np.full(8, 0.5)[:2], 2, np.full(2, 0.5), np.ones(2), rows, rows + 1,
+                rows + 1, rows + 1, 10, 20, 100, 16, 1, 1, 2, coef + 1e-3, coef + 1e-4, 0.0,
+                0.5, FINISHED, i64 + 1, i64 + 1, i64 + 2, i64.copy(), i64 + 3, i64.copy(),
+                i64.copy(), np.full(2, np.nan), np.zeros(2, np.int8), np.full(2, np.nan),
+                np.full(2, np.nan))
+    PLAN_KERNEL(rows, rows + 1, 100, 4, True, 100, 16, RUNNING, i64 + 1, i64 + 2, i64.copy(),
+                i64 + 1, np.zeros(2, np.int8))

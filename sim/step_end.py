@@ -1,0 +1,91 @@
+"""The end of one per-step step (sim/engine.py): its tokens enter the request table, finished
+requests leave the scheduler, the step is recorded and the policy observes it.
+
+Moved out of the engine to keep it short; the work is the same, with the scalar shortcuts of
+sim/small_arrays.py where a step's arrays are small."""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.interface import Feedback
+from sim.small_arrays import SMALL, iall, iany, isum
+from sim.state import FINISHED
+
+_EMPTY = np.zeros(0, np.int64)
+_EMPTY.setflags(write=False)          # shared, so never writable
+
+
+def end_step(engine, end: float) -> None:
+    (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
+     num_waiting, n_pre_tok, n_spec, (ctx, out, dec_ids)) = engine._pending
+    r, sched = engine.reqs, engine.sched
+    fin = _EMPTY
+    n_done = 0
+    if pre.shape[0]:
+        fin, n_done = _end_prefill(r, pre, pre_tok, end)
+    n_acc = n_emit = 0
+    n = dec.shape[0]
+    if n:
+        # decoding requests: the decode token and the accepted drafts enter the KV cache
+        left = r.num_target_out[dec] - out       # ctx, out: as gathered in _begin_step
+        emitted = np.minimum(accepted + 1, left)
+        ctx1 = ctx + 1
+        r.num_computed[dec] = ctx1 + accepted
+        r.num_out[dec] = out + emitted
+        r.num_known[dec] = ctx1 + emitted        # decoding: one known token not in KV
+        n_emit = isum(emitted)
+        if n_spec:
+            n_acc = isum(accepted)
+            r.num_drafted[dec] += num_spec
+            r.num_accepted[dec] += accepted
+            if iall(num_spec):
+                ids, rate = dec, accepted / num_spec
+            else:
+                spoke = num_spec > 0
+                ids, rate = dec[spoke], accepted[spoke] / num_spec[spoke]
+            old = r.accept_ewma[ids]
+            a = engine.config.engine.accept_ewma_alpha
+            r.accept_ewma[ids] = np.where(np.isnan(old), rate, a * rate + (1 - a) * old)
+            if not engine._lazy_conf:   # (as in epochs, static policies read none)
+                r.last_conf[dec] = conf
+        done_dec = emitted == left
+        if iany(done_dec):
+            fin = dec[done_dec] if not fin.shape[0] else np.concatenate([fin, dec[done_dec]])
+    kv_used = sched.num_kv_blocks - sched.free_blocks
+    if fin.shape[0]:
+        r.status[fin] = FINISHED
+        r.finish_s[fin] = end
+        sched.release(fin)
+    engine.rec.add((engine.step_index, start, draft_s + verify_s, draft_s, verify_s,
+                    rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec,
+                    n_spec, n_acc, n_emit + n_done, num_waiting, kv_used),
+                   (num_spec, accepted, dec_ids))
+    if engine._observes:
+        engine.policy.observe(Feedback(
+            now_s=end, request_ids=dec_ids, num_spec_tokens=num_spec,
+            num_accepted=accepted, confidences=conf, draft_time_s=draft_s,
+            verify_time_s=verify_s, finished_ids=r.request_ids[fin]))
+    engine.step_index += 1
+
+
+def _end_prefill(r, pre, pre_tok, end: float):
+    """Prefill chunks: the chunk that completes the known tokens samples one token. Returns
+    (rows that finish with it, number of such first/recomputed tokens)."""
+    computed = r.num_computed[pre] + pre_tok
+    r.num_computed[pre] = computed
+    done = pre[computed == r.num_known[pre]]
+    n_done = done.shape[0]
+    if not n_done:
+        return _EMPTY, 0
+    r.num_out[done] += 1
+    r.num_known[done] += 1
+    first = r.first_token_s
+    if n_done <= SMALL:
+        for row in done.tolist():       # a recomputing request keeps its first token time
+            if first.item(row) != first.item(row):       # nan: not set yet
+                first[row] = end
+    else:
+        f = first[done]
+        first[done] = np.where(np.isnan(f), end, f)
+    fin = done[r.num_out[done] >= r.num_target_out[done]]
+    return fin, n_done

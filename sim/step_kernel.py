@@ -1,0 +1,160 @@
+"""One per-step step of a static policy (sim/engine.py) as one compiled call (numba).
+
+For the steps that carry prefill chunks (or follow a batch event) under a static policy with
+compiled epochs on: after ``decide`` (Python, a plain chain), the kernel does what
+``ParametricAcceptance.draw``, ``Scheduler.fit_speculation``, ``Engine._draft``,
+``verify_context``, the roofline cost calls and sim/step_end.py do, operation for operation
+on the same integers (so the floats are bit-identical), and applies the step's effect at
+once. That is the epochs' convention too: between a step's start and end only arrivals run,
+and they touch none of what the step writes. The per-step numpy path stays the reference
+(tests compare the two).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sim.epoch_kernel import _loop_sum, _numpy_sum, _roofline_s, numba
+
+
+def _static_step(u, kmax, rate, decay, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
+                 block_size, n_pre_tok, pre_ctx, num_rows, tcoef, dcoef, now, alpha,
+                 finished_code, num_computed, num_out, num_known, num_blocks, num_target_out,
+                 num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
+    """Returns (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit incl. first
+    tokens, free blocks after the step's allocation, 1 if budget or KV was exceeded],
+    num_spec (n,), num_accepted (n,), finished rows)."""
+    n = dec.shape[0]
+    bs = block_size
+    ctx = np.empty(n, np.int64)
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        ctx[i] = num_computed[dec[i]]
+        out[i] = num_out[dec[i]]
+    # Scheduler.fit_speculation
+    fit = k.copy()
+    ksum = 0
+    for i in range(n):
+        ksum += k[i]
+    if n > 0 and ksum != 0:              # k >= 0: any(k) iff sum(k) != 0
+        if ksum > budget:
+            before = 0
+            for i in range(n):
+                fit[i] = min(max(budget - before, 0), k[i])
+                before += k[i]
+        extra = np.empty(n, np.int64)
+        num_extra = 0
+        for i in range(n):
+            e = (ctx[i] + 1 + fit[i] + (bs - 1)) // bs - num_blocks[dec[i]]
+            extra[i] = max(e, 0)
+            num_extra += extra[i]
+        if num_extra > free_blocks:      # in running order, while blocks last
+            cum = 0
+            first = 0
+            for i in range(n):
+                if cum + extra[i] > free_blocks:
+                    first = i
+                    break
+                cum += extra[i]
+            left = free_blocks - cum
+            for i in range(first, n):
+                room = num_blocks[dec[i]] * bs - (ctx[i] + 1)
+                cap = room + left * bs if i == first else room
+                fit[i] = max(min(fit[i], cap), 0)
+            num_extra = 0
+            for i in range(n):
+                e = (ctx[i] + 1 + fit[i] + (bs - 1)) // bs - num_blocks[dec[i]]
+                extra[i] = max(e, 0)
+                num_extra += extra[i]
+        for i in range(n):
+            num_blocks[dec[i]] += extra[i]
+        free_blocks -= num_extra
+    # Engine._draft (default drafting: exactly k), chain draft passes
+    n_spec = K = csum = 0
+    uniform = True
+    for i in range(n):
+        n_spec += fit[i]
+        K = max(K, fit[i])
+        csum += ctx[i]
+        if fit[i] != fit[0]:
+            uniform = False
+    draft_s = 0.0
+    if n_spec > 0 and uniform:           # uniform_chain_draft_s
+        for j in range(K):
+            tok, seqs, cc = n, n, csum + n * (1 + j)
+            if j == 0:
+                tok, seqs, cc = tok + n_pre_tok, seqs + pre.shape[0], cc + pre_ctx
+            draft_s += _roofline_s(dcoef, tok, seqs, cc)
+    elif n_spec > 0:                     # draft_pass_costs, summed by np.sum's order
+        passes = np.empty(K)
+        for j in range(K):
+            tok = cc = 0
+            for i in range(n):
+                if fit[i] > j:
+                    tok += 1
+                    cc += ctx[i] + 1 + j
+            seqs = tok
+            if j == 0:
+                tok, seqs, cc = tok + n_pre_tok, seqs + pre.shape[0], cc + pre_ctx
+            passes[j] = _roofline_s(dcoef, tok, seqs, cc)
+        draft_s = _numpy_sum(passes, K)
+    # verify: num_accepted = min(k, m), m the leading positions with u < rate * decay
+    acc = np.zeros(n, np.int64)
+    verify_ctx = pre_ctx
+    for i in range(n):
+        a = 0
+        r = rate[dec[i]]
+        while a < fit[i] and u[i * kmax + a] < r * decay[a]:
+            a += 1
+        acc[i] = a
+        t = fit[i] + 1
+        verify_ctx += t * ctx[i] + t * (t + 1) // 2
+    n_tok = n_pre_tok + n + n_spec
+    bad = 1 if (n_tok > max_tokens or free_blocks < 0) else 0
+    verify_s = _roofline_s(tcoef, n_tok, num_rows, verify_ctx)
+    end = now + (draft_s + verify_s)
+    # sim/step_end.py: prefill chunks, then decoding requests
+    fin = np.empty(pre.shape[0] + n, np.int64)
+    num_fin = n_done = 0
+    for p in range(pre.shape[0]):
+        row = pre[p]
+        num_computed[row] += pre_tok[p]
+        if num_computed[row] == num_known[row]:
+            n_done += 1
+            num_out[row] += 1
+            num_known[row] += 1
+            if math.isnan(first_token_s[row]):
+                first_token_s[row] = end
+            if num_out[row] >= num_target_out[row]:
+                fin[num_fin] = row
+                num_fin += 1
+    n_acc = n_emit = 0
+    for i in range(n):
+        row = dec[i]
+        left = num_target_out[row] - out[i]
+        e = min(acc[i] + 1, left)
+        num_computed[row] = ctx[i] + 1 + acc[i]
+        num_out[row] = out[i] + e
+        num_known[row] = ctx[i] + 1 + e
+        n_emit += e
+        if n_spec:
+            n_acc += acc[i]
+            num_drafted[row] += fit[i]
+            num_accepted[row] += acc[i]
+            if fit[i] > 0:
+                x = acc[i] / fit[i]
+                old = accept_ewma[row]
+                accept_ewma[row] = x if math.isnan(old) else alpha * x + (1 - alpha) * old
+        if e == left:
+            fin[num_fin] = row
+            num_fin += 1
+    for f in range(num_fin):
+        status[fin[f]] = finished_code
+        finish_s[fin[f]] = end
+    floats = np.array([draft_s, verify_s, end])
+    ints = np.array([n_spec, n_acc, n_emit + n_done, free_blocks, bad], np.int64)
+    return floats, ints, fit, acc, fin[:num_fin].copy()
+
+
+STEP_KERNEL = numba.njit(cache=True)(_static_step) if numba is not None else None

@@ -1,0 +1,103 @@
+"""The compiled per-step kernels (sim/step_kernel.py, sim/plan_kernel.py, sim/step_compiled.py):
+the steps that carry prefill chunks under a static policy with compiled epochs on must give
+the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
+trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay. Runs in a child process: numba must not load
+into the process that runs the live vLLM tests (see tests/test_sim_epochs_kernel.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = r'''
+import dataclasses
+import numpy as np
+import sim.engine, sim.plan_kernel as pk, sim.step_kernel as sk
+from policies import make_policy
+from sim import simulate_with
+from sim.config import AcceptanceConfig
+from tests.cases_sim_epochs_kernel import EightOrOdd
+from tests.test_sim_epochs import _assert_same
+from tests.test_sim_helpers import config, poisson_trace
+
+if sk.STEP_KERNEL is None:
+    print("SKIP numba is not importable"); raise SystemExit(0)
+calls = {"steps": 0, "trimmed": 0, "prefill": 0, "plans": 0, "preempting": 0, "admitted": 0}
+kernel, step, plan = sk.STEP_KERNEL, sim.engine.compiled_step, pk.PLAN_KERNEL
+
+def counting_plan(*args):
+    got = plan(*args)
+    calls["plans"] += 1
+    calls["preempting"] += int(not got[0])      # the Python plan takes over
+    calls["admitted"] += int(got[4] > 0)
+    return got
+
+def counting_kernel(*args):
+    got = kernel(*args)
+    calls["trimmed"] += int(not np.array_equal(got[2], args[5]))   # fit < decided k
+    calls["prefill"] += int(args[6].shape[0] > 0)
+    return got
+
+def counting_step(*args, **kw):
+    calls["steps"] += 1
+    return step(*args, **kw)
+
+sk.STEP_KERNEL, sim.engine.compiled_step, pk.PLAN_KERNEL = (counting_kernel, counting_step,
+                                                             counting_plan)
+decay = AcceptanceConfig(position_decay=0.9)
+cases = {
+    "fixed-tight": (lambda: make_policy("fixed", k=4), poisson_trace(n=300, rate=40.0),
+                    dict(max_num_batched_tokens=512, num_kv_blocks=600, max_num_seqs=32)),
+    "kv-short": (lambda: make_policy("fixed", k=7), poisson_trace(n=200, rate=60.0),
+                 dict(num_kv_blocks=260, block_size=4, max_num_batched_tokens=1024)),
+    "preempting": (lambda: make_policy("fixed", k=2),
+                   poisson_trace(n=60, rate=200.0, prompt_med=200, out_med=150),
+                   dict(num_kv_blocks=120, block_size=16)),
+    "mixed-k": (EightOrOdd, poisson_trace(n=150, rate=30.0), dict(max_num_batched_tokens=300)),
+    # seed 0: with seed 2 an epoch ending at t > 2 * its start lands simpy at now + (t - now)
+    # != t (a last-bit difference the epoch path had before the compiled steps existed)
+    "batch-decay": (lambda: make_policy("batch_schedule"), poisson_trace(n=200, rate=30.0),
+                    dict(acceptance=decay, seed=0)),
+    "none": (lambda: make_policy("none"), poisson_trace(n=100, rate=15.0), {}),
+    "no-chunk": (lambda: make_policy("fixed", k=3), poisson_trace(n=150, rate=40.0),
+                 dict(chunked_prefill=False, max_num_batched_tokens=700)),
+}
+for name, (factory, trace, kw) in cases.items():
+    before = dict(calls)
+    kw = {"seed": 2, **kw}
+    fast = simulate_with(trace, factory(), config(compiled_epochs=True, **kw))
+    slow = simulate_with(trace, factory(), config(**kw), multi_step=False)
+    assert calls["steps"] > before["steps"], f"{name}: no compiled step ran"
+    assert calls["prefill"] > before["prefill"], f"{name}: no compiled prefill step"
+    assert fast.meta["num_epochs"] > 0 and slow.meta["num_epochs"] == 0, name
+    assert (fast.requests["status"] == "finished").any(), name
+    _assert_same(fast, slow)
+    print(name, calls["steps"] - before["steps"], calls["trimmed"] - before["trimmed"])
+assert calls["trimmed"] > 0, "no compiled step trimmed its drafts (budget or KV)"
+assert calls["preempting"] > 0 and calls["admitted"] > 0, calls
+print("OK", calls)
+'''
+
+
+def test_compiled_steps_reproduce_the_per_step_path_exactly():
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, tail
+    last = proc.stdout.strip().splitlines()[-1]
+    if last.startswith("SKIP"):
+        import pytest
+        pytest.skip(last)
+    assert last.startswith("OK"), tail
+
+
+def test_default_engine_does_not_take_the_compiled_step():
+    """Without the opt-in the engine keeps the numpy per-step path (and never loads numba)."""
+    code = ("import sys; from sim.engine import Engine; from sim.config import SimConfig; "
+            "from policies import make_policy; from traces.embedded import embedded_trace; "
+            "e = Engine(embedded_trace(num_requests=20, seed=0), make_policy('fixed', k=3), "
+            "SimConfig()); print(e._step_inputs is None, 'numba' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True False"
