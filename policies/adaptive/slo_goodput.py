@@ -23,8 +23,12 @@ class _Plan:
     accept: np.ndarray       # per-token acceptance estimate per request
     marginal: float          # value of the last planned slot (the shadow price of a slot)
     prefill_value: float     # w_p
-    width: int = 1           # widest token tree in the plan (1 = all chains)
-    widths: np.ndarray | None = None  # candidates per depth per request
+    widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
+
+    @property
+    def width(self) -> int:
+        """The widest tree in the plan (1: all chains)."""
+        return int(self.widths.max(initial=1))
 
 
 @register("slo_goodput")
@@ -175,9 +179,9 @@ class SloGoodput(Policy):
             np.sum(uniform_step_s(obs, [0])))
         w = self.weights(obs, t_step)
         prefill_value = self.prefill_value(obs)
-        # Trees only in pure-decode steps with nobody queued: beside a prefill chunk the token
-        # budget is mostly taken, a queue means KV room is short, and an engine drops a tree
-        # that does not fit whole (sim/engine.py) -- a chain is trimmed instead.
+        # Trees by default ("decode") only in pure-decode steps with nobody queued: beside a
+        # prefill chunk the token budget is mostly taken, a queue means KV room is short, and
+        # an engine drops a tree that does not fit whole (sim/engine.py) -- a chain is trimmed.
         # Past ``tree_max_requests`` trees are not even scored (none won there in the compare
         # sweep; it keeps decide() at the chain plan's cost for big batches).
         tree = (not self.chain_only and n <= self.tree_max_requests
@@ -204,7 +208,7 @@ class SloGoodput(Policy):
         base = best.depth
         self._plan = _Plan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
                            marginal=best.marginal, prefill_value=prefill_value,
-                           width=best.width, widths=best.widths)
+                           widths=best.widths)
         extend = self.extend_positions if best.width == 1 else self.tree_extend_positions
         k = np.where(base > 0, np.minimum(base + extend, K), 0).astype(np.int64)
         if best.width == 1:

@@ -21,12 +21,16 @@ from policies.interface import Observation
 
 @dataclass(frozen=True)
 class PrefixPlan:
-    width: int               # widest tree in the plan (1 = every request drafts a chain)
     depth: np.ndarray        # int (n,), planned depth per request
     rate: float              # objective at the chosen prefix (-inf if none allowed)
     marginal: float          # value of the last slot taken (inf when none)
     depth_pass: np.ndarray   # q_i, probability that one depth passes
-    widths: np.ndarray | None = None   # int (n,), candidates per depth per request
+    widths: np.ndarray       # int (n,), candidates per depth per request (1 = chain)
+
+    @property
+    def width(self) -> int:
+        """The widest tree in the plan (1: every request drafts a chain)."""
+        return int(self.widths.max(initial=1))
 
 
 def draft_prefix_s(obs: Observation, pos, L, b, K: int, width: int = 1) -> np.ndarray:
@@ -122,8 +126,7 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
         best = int(b[g[r]])
         depth = np.bincount(req[r, :best], minlength=n).astype(np.int64)
         marginal = float(value[r, order[r, best - 1]]) if best > 0 else np.inf
-        plans.append(PrefixPlan(width=int(W[r].max(initial=1)), depth=depth,
-                                rate=float(rate[r, g[r]]), marginal=marginal,
+        plans.append(PrefixPlan(depth=depth, rate=float(rate[r, g[r]]), marginal=marginal,
                                 depth_pass=q[r], widths=W[r]))
     return plans
 
