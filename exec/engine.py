@@ -27,11 +27,7 @@ def build_engine(config: LiveConfig, *, adapter: bool = True, k: int | None = No
 
     from exec.adapter import AdaptiveScheduler, check_vllm_version
     check_vllm_version()
-    num_spec = config.k_max if k is None else int(k)
-    spec = None
-    if config.draft_model is not None and num_spec > 0:
-        spec = {"method": "draft_model", "model": config.draft_model,
-                "num_speculative_tokens": num_spec}
+    spec = config.speculative_config(k)
     kwargs = dict(model=config.target_model, tokenizer=config.tokenizer or config.target_model,
                   seed=config.seed, dtype=config.dtype, max_model_len=config.max_model_len,
                   max_num_seqs=config.max_num_seqs,

@@ -33,6 +33,7 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
 
     if isinstance(policy, str):
         policy = make_policy(policy)
+    check_policy_fits_drafter(policy, config)
     if config.max_requests is not None and len(trace) > config.max_requests:
         trace = trace.select(np.arange(config.max_requests))
     texts = prompts if prompts is not None else trace.prompts
@@ -109,10 +110,22 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
             "seed": config.seed, "wall_s": clock(),
             "num_tree_decisions_as_chain": ctl.num_tree_decisions_as_chain}
     acceptance = None
-    if config.record_acceptance and config.draft_model is not None:
+    if config.record_acceptance and config.draft_method == "draft_model" and config.draft_model:
         from exec.match_lengths import acceptance_traces
         acceptance = acceptance_traces(config.draft_model, outputs, config.k_max)
     return build_result(request_rows, step_rows, ctl.rows, outputs, meta, acceptance)
+
+
+def check_policy_fits_drafter(policy: Policy, config: LiveConfig) -> None:
+    """A policy that reads draft confidences needs a model drafter: say so before starting."""
+    if policy.needs_draft_confidences and config.speculative and not config.has_draft_confidences:
+        from policies.registry import known_policies
+        usable = [n for n in known_policies()
+                  if not getattr(make_policy(n), "needs_draft_confidences", False)]
+        raise ValueError(f"policy {policy.name!r} needs draft confidences, which only a draft "
+                         f"model gives; draft_method={config.draft_method!r} has none: use "
+                         f"draft_method 'eagle' or 'draft_model' (e.g. model=smollm2_135m), or "
+                         f"one of {', '.join(usable)}")
 
 
 def _add(engine, ctl, trace, i, due_s, texts, token_prompts, SamplingParams, TokensPrompt):

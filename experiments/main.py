@@ -3,9 +3,9 @@
 Policies none, fixed k=1..5, batch_schedule and every registered adaptive policy run at three
 load levels on the embedded trace (Llama-2-7B + 68M draft on an A100-80G), plus a load-shift
 run per adaptive policy for the k-over-time figure. Then a short live vLLM check (none, fixed
-k=3 and smartspec on a few dozen requests with the embedded pair, each beside its simulated
-twin) when exec/ and the trained pair are available; ``--no-live`` skips it. Runs are resumable: a second call
-reuses every finished run.
+k=3 and smartspec on a few dozen requests with the realistic pair, SmolLM2-135M-Instruct and
+its EAGLE head, each beside its simulated twin) when exec/, vLLM and the pair are available;
+``--no-live`` skips it. Runs are resumable: a second call reuses every finished run.
 
     python -m experiments.main [--out runs/main] [--rates 2,6,12] [--jobs 2] [--no-live]
                                [override ...]    # extra hydra overrides for every run
@@ -24,10 +24,13 @@ STATIC = [["policy=none"]] + [["policy=fixed", f"policy.k={k}"] for k in range(1
 ADAPTIVE = ("smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
             "vllm_adaptive_verify", "slo_goodput", "oracle")
 SHIFT_POLICIES = ("batch_schedule", "smartspec", "adaspec", "slo_goodput")
-# The embedded pair's window is 1024 tokens (max_position_embeddings), so the live engine's too.
-LIVE_BASE = ["trace=embedded", "model=embedded_pair", "hardware=cpu", "engine=small",
+# The realistic pair on this CPU (exec.bench --pair smollm2_135m): a plain decode step costs
+# ~60 ms, so prompts are capped at 128 tokens and outputs at 48 (both twins get the same
+# capped requests), and 24 requests at 1 req/s keep a few in flight (where speculation pays).
+LIVE_BASE = ["trace=embedded", "model=smollm2_135m", "hardware=cpu", "engine=small",
              "engine.max_model_len=1024", "engine.k_max=4", "slo=none",
-             "trace.num_requests=40", "trace.rate=2"]
+             "trace.num_requests=24", "trace.rate=1", "trace.max_prompt_tokens=128",
+             "trace.max_output_tokens=48"]
 # Live policies: no speculation, vLLM's static k, and one adaptive policy (one k per step,
 # which vLLM's chain verifier runs exactly as chosen).
 LIVE_POLICIES = (["policy=none"], ["policy=fixed", "policy.k=3"], ["policy=smartspec"])
@@ -64,7 +67,7 @@ def shift_overrides(low: float, high: float, num_requests: int, extra,
 
 
 def live_overrides(extra) -> list[list[str]]:
-    """Live and simulated twins of none / fixed k=3 / smartspec on the embedded pair."""
+    """Live and simulated twins of none / fixed k=3 / smartspec on the realistic pair."""
     runs = []
     for pol in LIVE_POLICIES:
         for backend in ("live", "sim"):

@@ -131,6 +131,9 @@ class Policy:
 
     name = "base"
     needs_oracle = False  # True: the engine fills Observation.future_match_lens
+    # True: decisions read draft confidences (DraftState/Feedback.confidences), which only a
+    # model drafter gives; live, a model-free drafter (vLLM's n-gram lookup) is refused.
+    needs_draft_confidences = False
     # True declares that decide() depends only on the set of running requests and k_max (not
     # on time, contexts, feedback or waiting requests), returns a plain chain (no confidence
     # stop, verify budget or tree) and that observe() is a no-op. The simulator then runs

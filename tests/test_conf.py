@@ -31,7 +31,8 @@ def test_required_option_files_exist():
                        "slo_goodput"},
             "trace": {"embedded", "azure_conv", "azure_code", "mooncake_conv"},
             "model": {"llama2_7b_68m", "vicuna7b_68m", "vicuna33b_160m", "llama70b_1b",
-                      "llama31_70b_1b", "qwen25_32b_05b", "embedded_pair"},
+                      "llama31_70b_1b", "qwen25_32b_05b", "embedded_pair", "smollm2_135m",
+                      "smollm2_135m_ngram"},
             "hardware": {"a100_80g", "h100", "l40", "cpu"},
             "slo": {"none", "mixed", "adaserve"}, "backend": {"sim", "live"}}
     for group, names in want.items():

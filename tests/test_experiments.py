@@ -165,6 +165,38 @@ def test_live_config_mapping():
     bad = compose_run(["backend=live", "+backend.extra.not_a_field=1"])
     with pytest.raises(ValueError, match="not_a_field"):
         build_live_config(bad)
+    ngram = build_live_config(compose_run(["backend=live", "model=smollm2_135m_ngram",
+                                           "policy=fixed"]))
+    assert ngram.draft_method == "ngram" and ngram.draft_model is None and ngram.speculative
+    plain = build_live_config(compose_run(["backend=live", "model=smollm2_135m_ngram"]))
+    assert not plain.speculative  # policy none: plain vLLM, not the n-gram engine at k=0
+    with pytest.raises(Exception, match="draft_method"):
+        compose_run(["backend=live", "model=smollm2_135m", "model.draft_method=medusa"])
+
+
+def test_live_config_smollm2_eagle():
+    from experiments.build import build_live_config
+    pytest.importorskip("gguf")
+    from exec.smollm2 import gguf_path
+    try:
+        gguf_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    live = build_live_config(compose_run(["backend=live", "model=smollm2_135m",
+                                          "policy=fixed"]))
+    assert live.draft_method == "eagle" and live.draft_model.endswith("smollm2_eagle")
+    assert (Path(live.target_model) / "config.json").is_file()  # the converted checkpoint
+
+
+def test_trace_caps_reach_both_twins():
+    from experiments.build import build_trace
+    cfg = compose_run(["trace.num_requests=50", "trace.max_prompt_tokens=128",
+                       "trace.max_output_tokens=48"])
+    trace = build_trace(cfg)
+    assert trace.num_prompt_tokens.max() == 128 and trace.num_output_tokens.max() <= 48
+    assert len(trace) == 50
+    with pytest.raises(Exception, match="max_prompt_tokens"):
+        compose_run(["trace.max_prompt_tokens=0"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
@@ -199,9 +231,10 @@ def test_live_hook_reports_why_it_cannot_run():
         ["backend=live"] * 3 + ["backend=sim"] * 3
     assert {o for j in jobs for o in j if o.startswith("policy=")} == \
         {"policy=none", "policy=fixed", "policy=smartspec"}
+    assert all("model=smollm2_135m" in j for j in jobs)  # the realistic pair, both twins
     ok, why = live_available()
-    pair = Path(REPO / "exec" / "assets" / "pair" / "target" / "config.json")
-    if not pair.exists():
-        assert not ok and ("train_pair" in why or "vllm" in why)
+    head = Path(REPO / "exec" / "assets" / "smollm2_eagle" / "config.json")
+    if importlib.util.find_spec("vllm") is not None and head.exists():
+        assert ok, why
     else:
-        assert ok or why.startswith("live check skipped")
+        assert not ok and why.startswith("live check skipped")

@@ -57,6 +57,8 @@ class AdaSpec(Policy):
       k = 0 is exempt. The released code has this check commented out; this is its intent.
     """
 
+    needs_draft_confidences = True
+
     def __init__(self, adaptive_drafter: bool = True, confidence_verifier: bool = True,
                  slo_aware: bool = True, prior_confidence: float = 0.6,
                  prior_count: float = 0.0, step_budget_s: float | None = None,
@@ -171,6 +173,8 @@ class ThresholdDrafting(Policy):
     probability of that pass is below ``threshold`` (default 0.6). The low-confidence token
     just drafted is kept and verified.
     """
+
+    needs_draft_confidences = True
 
     def __init__(self, threshold: float = 0.6, k_max: int | None = None):
         if not 0.0 <= threshold <= 1.0:

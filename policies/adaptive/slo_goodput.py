@@ -90,6 +90,8 @@ class SloGoodput(Policy):
     (``w_max`` 8) and per-request widths by ~2% at 3.5-5.3 req/s.
     """
 
+    needs_draft_confidences = True
+
     def __init__(self, slo_weight: float = 1.0, max_boost: float = 2.0,
                  slack_discount: float = 0.5, queue_weight: float = 0.0,
                  ttft_ref_s: float = 1.0, slo_step_factor: float = 1.5,

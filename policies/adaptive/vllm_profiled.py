@@ -76,6 +76,8 @@ class VllmAdaptiveVerify(Policy):
     Deviation: vLLM smooths per-position confidences with an EMA (0.8); we use this step's.
     """
 
+    needs_draft_confidences = True
+
     def __init__(self, k: int | None = None):
         if k is not None and k < 0:
             raise ValueError(f"vllm_adaptive_verify: k must be >= 0, got {k}")

@@ -1,0 +1,408 @@
+"""Train the SmolLM2-135M EAGLE draft head by distillation on the target's own greedy code.
+
+The head is vLLM's ``EagleLlamaForCausalLM``: ``fc(cat(embed(x_{t+1}), f_t))`` into one Llama
+decoder layer without input norm; its output is both the next feature and, through the
+target's (shared) LM head, the draft logits. ``f_t`` is the target's final (post-norm) hidden
+state. Data is what the draft meets live: the target's greedy continuations of code cut from
+the CPython standard library's training files (the held-out files give the live prompts,
+``exec/assets/pair/prompts.jsonl``).
+
+Stages, each cached under ``--work`` and resumed when re-run (fixed seed throughout):
+1. ``generate``: greedy continuations in batches, with each sequence's final hidden states
+   and the target's top-8 next-token ids (teacher outputs are computed once, reused every
+   epoch).
+2. ``train``: feature regression (smooth L1) plus cross-entropy to the target's greedy token
+   over a sampled vocabulary (the target's top-4 of the batch plus random negatives), unrolled
+   ``depth`` draft passes where pass j > 1 reads the head's own features (the keys of earlier
+   positions stay the target's, as in vLLM's drafting). Checkpoints every ``--save-every``
+   steps and resumes from the last one.
+3. ``export``: ``config.json`` + ``model.safetensors`` (fc and layer only: vLLM shares the
+   target's embedding and LM head) into ``--out``, and ``train_log.json``.
+
+Usage: ``python -m exec.train_eagle --work ~/.cache/specbed/eagle-work --out
+exec/assets/smollm2_eagle``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exec.train_pair import corpus_files, read_text, split_files
+
+TOP_K = 8
+
+
+@dataclass(frozen=True)
+class EagleTrainConfig:
+    seed: int = 0
+    num_sequences: int = 128
+    gen_batch: int = 32
+    min_prompt_tokens: int = 48
+    max_prompt_tokens: int = 160
+    new_tokens: int = 128
+    num_chunks: int = 160        # teacher-forced stdlib chunks (besides the greedy data)
+    chunk_tokens: int = 384
+    chunk_batch: int = 8
+    steps: int = 600
+    batch_sequences: int = 8
+    depth: int = 3
+    lr: float = 1e-3
+    warmup_steps: int = 40
+    ce_weight: float = 0.5
+    num_hard: int = 4            # the target's top-4 per position are the hard negatives
+    num_negatives: int = 1024
+    depth_decay: float = 0.8   # weight of unrolled pass j is depth_decay ** (j - 1)
+
+
+# -- stage 1: data ---------------------------------------------------------------------------
+def cut_train_prompts(tok, cfg: EagleTrainConfig, rng: np.random.Generator) -> list[list[int]]:
+    """Whole-line code prompts from the training (not held-out) stdlib files."""
+    train_files, _ = split_files(corpus_files())
+    files = [read_text(f).splitlines(keepends=True) for f in train_files]
+    files = [lines for lines in files if len(lines) > 40]
+    out = []
+    while len(out) < cfg.num_sequences:
+        lines = files[int(rng.integers(len(files)))]
+        start = int(rng.integers(len(lines) - 20))
+        want = int(rng.integers(cfg.min_prompt_tokens, cfg.max_prompt_tokens + 1))
+        ids = tok.encode("".join(lines[start:start + 60]), add_special_tokens=False)[:want]
+        if len(ids) >= cfg.min_prompt_tokens:
+            out.append(ids)
+    return out
+
+
+@torch.no_grad()
+def generate_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
+    """Greedy continuations + final hidden states + teacher top-k, one file per batch."""
+    rng = np.random.default_rng(cfg.seed)
+    prompts = cut_train_prompts(tok, cfg, rng)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for b in range(0, len(prompts), cfg.gen_batch):
+        path = work / f"data_{b // cfg.gen_batch:04d}.pt"
+        if path.exists():
+            continue
+        t0 = time.perf_counter()
+        batch = prompts[b:b + cfg.gen_batch]
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in batch])[:, None]).long()
+        out = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.new_tokens,
+                              min_new_tokens=cfg.new_tokens, do_sample=False, pad_token_id=pad)
+        full_mask = torch.cat([mask, torch.ones(len(batch), cfg.new_tokens, dtype=torch.long)], 1)
+        positions = (full_mask.cumsum(1) - 1).clamp(min=0)
+        hidden = target.model(input_ids=out, attention_mask=full_mask,
+                              position_ids=positions).last_hidden_state
+        top = target.lm_head(hidden).topk(TOP_K, dim=-1).indices
+        seqs = []
+        for i, p in enumerate(batch):
+            s = width - len(p)
+            seqs.append({"ids": out[i, s:].clone(), "hidden": hidden[i, s:].half().clone(),
+                         "top": top[i, s:].int().clone(), "num_prompt": len(p)})
+        tmp = path.with_suffix(".tmp")
+        torch.save(seqs, tmp)
+        tmp.rename(path)
+        print(f"data batch {b // cfg.gen_batch}: {len(batch)} seqs x {out.shape[1] - width} new "
+              f"tokens in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+@torch.no_grad()
+def teacher_forced_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
+    """Final hidden states and teacher top-k over training-file code itself (3x cheaper per
+    token on CPU than greedy generation; the draft meets real-code prompts live too)."""
+    rng = np.random.default_rng(cfg.seed + 7)
+    train_files, _ = split_files(corpus_files())
+    stream = []
+    for f in train_files:
+        stream.extend(tok.encode(read_text(f), add_special_tokens=False))
+    stream = np.asarray(stream)
+    starts = rng.integers(0, len(stream) - cfg.chunk_tokens, cfg.num_chunks)
+    for b in range(0, cfg.num_chunks, cfg.chunk_batch):
+        path = work / f"data_tf_{b // cfg.chunk_batch:04d}.pt"
+        if path.exists():
+            continue
+        t0 = time.perf_counter()
+        ids = torch.from_numpy(np.stack([stream[s:s + cfg.chunk_tokens]
+                                         for s in starts[b:b + cfg.chunk_batch]])).long()
+        hidden = target.model(input_ids=ids).last_hidden_state
+        top = target.lm_head(hidden).topk(TOP_K, dim=-1).indices
+        seqs = [{"ids": ids[i].clone(), "hidden": hidden[i].half().clone(),
+                 "top": top[i].int().clone(), "num_prompt": ids.shape[1]}
+                for i in range(ids.shape[0])]
+        tmp = path.with_suffix(".tmp")
+        torch.save(seqs, tmp)
+        tmp.rename(path)
+        print(f"teacher batch {b // cfg.chunk_batch}: {ids.numel()} tokens in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def load_data(work: Path) -> list[dict]:
+    seqs = []
+    for path in sorted(work.glob("data_*.pt")):
+        seqs.extend(torch.load(path))
+    return seqs
+
+
+# -- the head (vLLM's EagleLlamaForCausalLM, written out for training) ---------------------
+def rms_norm(x, weight, eps):
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class EagleHead(torch.nn.Module):
+    """fc + one Llama decoder layer (no input norm); names follow the HF checkpoint layout."""
+
+    def __init__(self, tcfg):
+        super().__init__()
+        h, i = tcfg.hidden_size, tcfg.intermediate_size
+        self.num_heads, self.num_kv = tcfg.num_attention_heads, tcfg.num_key_value_heads
+        self.head_dim = getattr(tcfg, "head_dim", None) or h // self.num_heads
+        self.eps = tcfg.rms_norm_eps
+        theta = (tcfg.rope_parameters or {}).get("rope_theta", 10000.0) if hasattr(
+            tcfg, "rope_parameters") else tcfg.rope_theta
+        self.register_buffer("inv_freq", 1.0 / theta ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
+            persistent=False)
+        lin = lambda a, b: torch.nn.Linear(a, b, bias=False)  # noqa: E731
+        self.fc = lin(2 * h, h)
+        self.q_proj, self.k_proj = lin(h, self.num_heads * self.head_dim), lin(h, self.num_kv * self.head_dim)
+        self.v_proj, self.o_proj = lin(h, self.num_kv * self.head_dim), lin(self.num_heads * self.head_dim, h)
+        self.gate_proj, self.up_proj, self.down_proj = lin(h, i), lin(h, i), lin(i, h)
+        self.post_norm = torch.nn.Parameter(torch.ones(h))
+
+    def init_from_target(self, target, layer: int) -> None:
+        src = target.model.layers[layer]
+        with torch.no_grad():
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(self, name).weight.copy_(getattr(src.self_attn, name).weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(self, name).weight.copy_(getattr(src.mlp, name).weight)
+            self.post_norm.copy_(src.post_attention_layernorm.weight)
+            # Residual branches start closed (the layer is the identity), so the first
+            # passes neither explode nor lose the target's feature: out = f_t + e(x_{t+1}).
+            self.o_proj.weight.zero_()
+            self.down_proj.weight.zero_()
+            h = self.fc.weight.shape[0]
+            self.fc.weight.zero_()
+            self.fc.weight[:, h:] = torch.eye(h)
+            self.fc.weight[:, :h] = torch.eye(h)
+
+    def rope(self, x, pos):
+        ang = pos[..., None].float() * self.inv_freq            # (B, T, D/2)
+        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+        return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+    def qkv(self, x, pos):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
+        rep = self.num_heads // self.num_kv
+        return (self.rope(q, pos), self.rope(k, pos).repeat_interleave(rep, 1),
+                v.repeat_interleave(rep, 1))
+
+    def forward(self, emb, feat, pos, past_k=None, past_v=None, key_mask=None):
+        """One draft pass over (B, T) positions; earlier passes' keys/values may be given.
+
+        ``past_k/past_v``: (B, H, T, D) keys of the first pass (computed from the target's
+        features); position i of an unrolled pass attends to past positions < i - j + 1 ... via
+        ``key_mask`` (True = may attend) built by the caller, and always to itself.
+        """
+        x = self.fc(torch.cat([emb, feat], -1))
+        q, k, v = self.qkv(x, pos)
+        if past_k is None:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        else:
+            keys, vals = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+            attn = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_mask)
+        b, _, t, _ = attn.shape
+        h = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+        n = rms_norm(h, self.post_norm, self.eps)
+        out = h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+        return out, k, v
+
+    def state_for_vllm(self) -> dict[str, torch.Tensor]:
+        sd = {"fc.weight": self.fc.weight}
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            sd[f"layers.0.self_attn.{name}.weight"] = getattr(self, name).weight
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            sd[f"layers.0.mlp.{name}.weight"] = getattr(self, name).weight
+        sd["layers.0.post_attention_layernorm.weight"] = self.post_norm
+        return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
+
+
+# -- stage 2: training -----------------------------------------------------------------------
+def make_batch(seqs, idx, pad_id: int):
+    """Padded (B, T) tensors of one batch; position t holds f_t, x_{t+1} and labels for t+2."""
+    lens = [len(seqs[i]["ids"]) - 2 for i in idx]
+    t = max(lens)
+    b = len(idx)
+    ids_next = torch.full((b, t), pad_id, dtype=torch.long)
+    feat = torch.zeros(b, t, seqs[idx[0]]["hidden"].shape[-1])
+    feat_next = torch.zeros_like(feat)
+    label = torch.full((b, t), -1, dtype=torch.long)
+    top = torch.zeros(b, t, TOP_K, dtype=torch.long)
+    valid = torch.zeros(b, t, dtype=torch.bool)
+    for r, i in enumerate(idx):
+        s, n = seqs[i], lens[r]
+        ids, hid = s["ids"], s["hidden"].float()
+        ids_next[r, :n] = ids[1:n + 1]
+        feat[r, :n] = hid[:n]
+        feat_next[r, :n] = hid[1:n + 1]
+        top[r, :n] = s["top"][1:n + 1].long()
+        label[r, :n] = s["top"][1:n + 1, 0].long()              # the target's greedy token
+        valid[r, :n] = True
+    return ids_next, feat, feat_next, label, top, valid
+
+
+def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int) -> list[dict]:
+    ckpt = work / "head_ckpt.pt"
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
+    log, step = [], 0
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        log, step = state["log"], state["step"]
+        print(f"resumed at step {step}", flush=True)
+    embed = target.model.embed_tokens.weight.detach()
+    lm_head = target.lm_head.weight.detach()
+    vocab = lm_head.shape[0]
+    pad_id = 0
+    rng = np.random.default_rng(cfg.seed + 1 + step)
+    gen = torch.Generator().manual_seed(cfg.seed + 2 + step)
+    t0 = time.perf_counter()
+    while step < cfg.steps:
+        idx = rng.choice(len(seqs), size=cfg.batch_sequences, replace=False)
+        ids_next, feat, feat_next, label, top, valid = make_batch(seqs, idx, pad_id)
+        b, t = ids_next.shape
+        pos = torch.arange(t)[None, :].expand(b, t)
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (
+            1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        cand = torch.unique(torch.cat([top[valid][:, :cfg.num_hard].flatten(), torch.randint(
+            vocab, (cfg.num_negatives,), generator=gen)]))
+        remap = torch.full((vocab,), -1, dtype=torch.long)
+        remap[cand] = torch.arange(len(cand))
+        w_cand = lm_head[cand]
+        loss_total, stats = 0.0, {}
+        out, k1, v1 = head(embed[ids_next], feat, pos, key_mask=causal)
+        prev_out = out
+        for j in range(1, cfg.depth + 1):
+            if j > 1:
+                # pass j at position i: input = own output of pass j-1 at i - 1, token x_{i+1}
+                # (shifted one step on), keys of positions <= i - j + 1 from pass 1, itself.
+                shift = j - 1
+                feat_j = torch.cat([torch.zeros_like(prev_out[:, :1]), prev_out[:, :-1]], 1)
+                ids_j = ids_next
+                mask = torch.cat([torch.ones(t, t, dtype=torch.bool).tril(-shift),
+                                  torch.eye(t, dtype=torch.bool)], 1)
+                out, _, _ = head(embed[ids_j], feat_j, pos, past_k=k1, past_v=v1, key_mask=mask)
+                prev_out = out
+            m = valid.clone()
+            if j > 1:
+                m[:, :j - 1] = False
+            reg = F.smooth_l1_loss(out[m], feat_next[m])
+            logits = out[m] @ w_cand.T
+            ce = F.cross_entropy(logits, remap[label[m]])
+            with torch.no_grad():
+                acc = (cand[logits.argmax(-1)] == label[m]).float().mean().item()
+            weight = cfg.depth_decay ** (j - 1)
+            loss_total = loss_total + weight * (reg + cfg.ce_weight * ce)
+            stats[f"acc{j}"], stats[f"ce{j}"], stats[f"reg{j}"] = acc, ce.item(), reg.item()
+        opt.zero_grad()
+        loss_total.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0 or step == cfg.steps:
+            row = {"step": step, "lr": lr, "elapsed_s": round(time.perf_counter() - t0, 1),
+                   **{k: round(v, 4) for k, v in stats.items()}}
+            log.append(row)
+            print(json.dumps(row), flush=True)
+        if step % save_every == 0 or step == cfg.steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "log": log,
+                        "step": step}, tmp)
+            tmp.rename(ckpt)
+    return log
+
+
+# -- stage 3: export -------------------------------------------------------------------------
+def export(head, target_dir: Path, out: Path, log: list[dict], cfg: EagleTrainConfig,
+           extra: dict) -> None:
+    from safetensors.torch import save_file
+    tcfg = json.loads((target_dir / "config.json").read_text())
+    cfg_out = {k: v for k, v in tcfg.items() if k not in ("architectures", "num_hidden_layers")}
+    cfg_out.update({"architectures": ["EagleLlamaForCausalLM"], "num_hidden_layers": 1,
+                    "model_type": "llama"})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg_out, indent=1))
+    save_file(head.state_for_vllm(), str(out / "model.safetensors"))
+    (out / "train_log.json").write_text(json.dumps(
+        {"config": asdict(cfg), "log": log, **extra}, indent=1))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "smollm2_eagle")
+    ap.add_argument("--stage", choices=["all", "generate", "teacher", "train", "export"],
+                    default="all")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--num-sequences", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=50)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = EagleTrainConfig()
+    if args.steps is not None or args.num_sequences is not None:
+        from dataclasses import replace
+        cfg = replace(cfg, **{k: v for k, v in (("steps", args.steps),
+                                                 ("num_sequences", args.num_sequences)) if v})
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from exec.smollm2 import ensure_target
+    target_dir = ensure_target()
+    tok = AutoTokenizer.from_pretrained(target_dir)
+    target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if args.stage in ("all", "generate"):
+        generate_data(target, tok, cfg, args.work)
+    if args.stage in ("all", "teacher"):
+        teacher_forced_data(target, tok, cfg, args.work)
+    if args.stage in ("generate", "teacher"):
+        return
+    seqs = load_data(args.work)
+    head = EagleHead(target.config)
+    head.init_from_target(target, layer=target.config.num_hidden_layers - 1)
+    log = train(head, target, seqs, cfg, args.work, args.save_every) if args.stage != "export" \
+        else torch.load(args.work / "head_ckpt.pt")["log"]
+    if args.stage == "export":
+        head.load_state_dict(torch.load(args.work / "head_ckpt.pt")["head"])
+    export(head, target_dir, args.out, log, cfg,
+           {"num_sequences": len(seqs), "num_tokens": int(sum(len(s["ids"]) for s in seqs)),
+            "wall_s_this_run": round(time.perf_counter() - started, 1),
+            "target": str(target_dir.parent.name)})
+    print(f"exported {args.out}")
+
+
+if __name__ == "__main__":
+    main()
