@@ -103,8 +103,9 @@ def save_profile(df: pd.DataFrame, path) -> Path:
     """Validate and write a profile CSV (schema columns first, rows in a stable order)."""
     p = Path(path)
     out = validate_profile(df, str(p))[list(PROFILE_COLUMNS)]
-    out = out.sort_values(["role", "phase", "num_tokens", "num_seqs", "sum_context_tokens"],
-                          kind="mergesort").reset_index(drop=True)
+    # latency last: duplicate shapes (Vidur repeats some) get one order on every pandas
+    out = out.sort_values(["role", "phase", "num_tokens", "num_seqs", "sum_context_tokens",
+                           "latency_s"], kind="mergesort").reset_index(drop=True)
     p.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(p, index=False, float_format="%.9g")
     return p
