@@ -7,6 +7,9 @@ adapter_overhead_frac = (adapter wall - plain wall) / plain wall over all repeat
 greedy outputs of ``none`` vs ``fixed`` k=3 through the adapter, token for token. Mean
 accepted length at k=4 (num_accepted + 1, the bonus/recovered token counted) from ``fixed``
 k=4 through the adapter. The last line printed is one JSON object.
+
+``--pair smollm2_135m`` (or ``smollm2_135m_ngram``) instead runs the realistic pair's sweep over
+concurrency and fixed k (exec/bench_realistic.py), with its own headline keys.
 """
 from __future__ import annotations
 

@@ -48,13 +48,14 @@ class EagleTrainConfig:
     min_prompt_tokens: int = 48
     max_prompt_tokens: int = 160
     new_tokens: int = 128
-    num_chunks: int = 160        # teacher-forced stdlib chunks (besides the greedy data)
+    num_chunks: int = 1200       # teacher-forced stdlib chunks (besides the greedy data)
     chunk_tokens: int = 384
     chunk_batch: int = 8
-    steps: int = 600
+    steps: int = 500
     batch_sequences: int = 8
     depth: int = 3
     lr: float = 1e-3
+    weight_decay: float = 0.01
     warmup_steps: int = 40
     ce_weight: float = 0.5
     num_hard: int = 4            # the target's top-4 per position are the hard negatives
@@ -268,7 +269,7 @@ def make_batch(seqs, idx, pad_id: int):
 
 def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int) -> list[dict]:
     ckpt = work / "head_ckpt.pt"
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     log, step = [], 0
     if ckpt.exists():
         state = torch.load(ckpt)

@@ -114,6 +114,7 @@ def main(argv=None) -> dict:
         print(f"profiled {len(df)} passes in {time.perf_counter() - t0:.0f} s -> {profile_csv}",
               flush=True)
     limits = engine_limits(engine)
+    plain = None  # "none" runs plain vLLM (no drafter), built when first needed
     cells = []
     for load in loads:
         trace = validation_trace(args.requests, load, args.max_prompt, args.max_output,
@@ -121,7 +122,14 @@ def main(argv=None) -> dict:
         for name, params in policies:
             label = name + (f":{params['k']}" if "k" in params else "")
             cell_dir = out / "cells" / f"load{load:g}_{label.replace(':', '')}"
-            res = run_cell(trace, name, params, live_cfg, engine, limits, profile_csv,
+            cell_cfg, cell_engine = live_cfg, engine
+            if name == "none":
+                cell_cfg = live_cfg.without_speculation()
+                plain = plain if plain is not None else build_engine(cell_cfg)
+                cell_engine = plain
+            res = run_cell(trace, name, params, cell_cfg, cell_engine,
+                           limits if cell_engine is engine else engine_limits(cell_engine),
+                           profile_csv,
                            cell_dir, hardware,
                            repeat_live=not args.no_noise_floor and (name, params) == policies[0])
             res.update(load=load, policy=label)
