@@ -85,7 +85,9 @@ def run_cell(trace, name, params, live_cfg, engine, limits, profile_csv, out: Pa
             "live_wall_s": float(live.meta["wall_s"]),
             "failed_reasons": sorted(set(live.requests.loc[
                 live.requests["status"] != "finished", "fail_reason"])),
-            "acceptance": "replay" if replay else "parametric (no live m(p) traces)",
+            "acceptance": "replay" if replay else (
+                "none needed (plain vLLM, no drafter)" if not live_cfg.speculative
+                else "parametric (no live m(p) traces)"),
             "live_vs_live_noise": noise}
 
 
