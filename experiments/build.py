@@ -168,7 +168,7 @@ def build_live_config(cfg):
             raise ValueError(f"model {cfg.model.name!r} has no draft_path for a live run with "
                              f"policy {cfg.policy.name!r}")
     wanted = dict(target_model=_repo_path(cfg.model.target_path), draft_model=draft,
-                  draft_method=method,
+                  draft_method=method, prompts_path=_repo_path(cfg.model.prompts_path),
                   tensor_parallel_size=int(cfg.hardware.tensor_parallel_size),
                   max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
                   gpu_memory_utilization=e.gpu_memory_utilization, k_max=e.k_max,

@@ -186,6 +186,7 @@ def test_live_config_smollm2_eagle():
                                           "policy=fixed"]))
     assert live.draft_method == "eagle" and live.draft_model.endswith("smollm2_eagle")
     assert (Path(live.target_model) / "config.json").is_file()  # the converted checkpoint
+    assert live.default_prompts_path().is_file()  # held-out code prompts, not beside the target
 
 
 def test_trace_caps_reach_both_twins():
