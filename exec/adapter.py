@@ -19,6 +19,7 @@ own dynamic-speculation knob). Three hooks, all subclasses, no copied vLLM code:
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -117,6 +118,7 @@ class AdaptiveEagleProposer(_ModelProposerHooks, EagleProposer):
     """vLLM's EAGLE proposer (one head on the target's hidden states), same hooks."""
 
 
+@functools.cache
 def _ngram_hooks() -> tuple[type, type]:
     """(vLLM's NgramProposer, our timed subclass), built on first use.
 
@@ -124,34 +126,28 @@ def _ngram_hooks() -> tuple[type, type]:
     for every engine started later in the process: import it only once vLLM itself has (an
     n-gram engine exists), never at module import.
     """
-    global _NGRAM
-    if _NGRAM is None:
-        from vllm.v1.spec_decode.ngram_proposer import NgramProposer
+    from vllm.v1.spec_decode.ngram_proposer import NgramProposer
 
-        class AdaptiveNgramProposer(NgramProposer):
-            """vLLM's n-gram (prompt-lookup) proposer, timed; it has no draft confidences."""
+    class AdaptiveNgramProposer(NgramProposer):
+        """vLLM's n-gram (prompt-lookup) proposer, timed; it has no draft confidences."""
 
-            specbed_controller = None
-            specbed_runner = None
+        specbed_controller = None
+        specbed_runner = None
 
-            def propose(self, num_speculative_tokens, sampled_token_ids, *args, **kwargs):
-                ctl = self.specbed_controller
-                t0 = time.perf_counter()
-                drafts = super().propose(num_speculative_tokens, sampled_token_ids, *args,
-                                         **kwargs)
-                if ctl is None:
-                    return drafts
-                n = len(drafts)
-                req_ids = [external_id(r) for r in self.specbed_runner.input_batch.req_ids[:n]]
-                ctl.after_draft(req_ids, int(num_speculative_tokens), None,
-                                time.perf_counter() - t0)
+        def propose(self, num_speculative_tokens, sampled_token_ids, *args, **kwargs):
+            ctl = self.specbed_controller
+            t0 = time.perf_counter()
+            drafts = super().propose(num_speculative_tokens, sampled_token_ids, *args, **kwargs)
+            if ctl is None:
                 return drafts
+            n = len(drafts)
+            req_ids = [external_id(r) for r in self.specbed_runner.input_batch.req_ids[:n]]
+            ctl.after_draft(req_ids, int(num_speculative_tokens), None, time.perf_counter() - t0)
+            return drafts
 
-        _NGRAM = (NgramProposer, AdaptiveNgramProposer)
-    return _NGRAM
+    return NgramProposer, AdaptiveNgramProposer
 
 
-_NGRAM: tuple[type, type] | None = None
 # vLLM proposer class -> the subclass that adds our hooks (and no state of its own).
 HOOKED_PROPOSERS = {DraftModelProposer: AdaptiveDraftProposer,
                     EagleProposer: AdaptiveEagleProposer}
