@@ -55,10 +55,8 @@ def _check_trace(t, bad: list[str]) -> None:
                    f"{t.rate_shift_from}, {t.rate_shift_to}")
 
 
-DRAFT_METHODS = ("draft_model", "eagle", "ngram")  # exec.config.DRAFT_METHODS (no vLLM here)
-
-
 def _check_model(m, bad: list[str]) -> None:
+    from exec.config import DRAFT_METHODS  # plain dataclasses: imports no vLLM or torch
     if m.draft_method not in DRAFT_METHODS:
         bad.append(f"model.draft_method: {m.draft_method!r} not one of {', '.join(DRAFT_METHODS)}")
     a = m.acceptance

@@ -38,21 +38,6 @@ def _pair_config(args) -> tuple[LiveConfig, str]:
     return cfg, kind
 
 
-def _plain_run(engine, prompt_ids, max_tokens: int) -> tuple[float, dict]:
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-    t0 = time.perf_counter()
-    for i, ids in enumerate(prompt_ids):
-        engine.add_request(f"p{i}", TokensPrompt(prompt_token_ids=ids),
-                           SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
-    outs = {}
-    while engine.has_unfinished_requests():
-        for o in engine.step():
-            if o.finished:
-                outs[int(o.request_id[1:])] = list(o.outputs[0].token_ids)
-    return time.perf_counter() - t0, outs
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=24)
@@ -76,6 +61,7 @@ def main(argv=None) -> dict:
         print(json.dumps(result))
         return result
     args.repeats = 10 if args.repeats is None else args.repeats
+    from exec.bench_realistic import timed_plain
     from exec.engine import build_engine, vllm_version
     from exec.prompts import load_prompt_texts
     from exec.runner import _warmup, run_live
@@ -103,14 +89,14 @@ def main(argv=None) -> dict:
                        engine=adapted)
         return res.meta["wall_s"], res
 
-    _plain_run(plain, prompt_ids, args.output_tokens)  # untimed round: first-shape costs
+    timed_plain(plain, prompt_ids, args.output_tokens)  # untimed round: first-shape costs
     adapter_run(make_policy("fixed", k=3))
     plain_wall, adapter_wall = [], []
     for r in range(args.repeats):
         order = ("plain", "adapter") if r % 2 == 0 else ("adapter", "plain")
         for which in order:
             if which == "plain":
-                wall, plain_out = _plain_run(plain, prompt_ids, args.output_tokens)
+                wall, plain_out, _ = timed_plain(plain, prompt_ids, args.output_tokens)
                 plain_wall.append(wall)
             else:
                 wall, fixed3 = adapter_run(make_policy("fixed", k=3))

@@ -119,9 +119,8 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
 def check_policy_fits_drafter(policy: Policy, config: LiveConfig) -> None:
     """A policy that reads draft confidences needs a model drafter: say so before starting."""
     if policy.needs_draft_confidences and config.speculative and not config.has_draft_confidences:
-        from policies.registry import known_policies
-        usable = [n for n in known_policies()
-                  if not getattr(make_policy(n), "needs_draft_confidences", False)]
+        from policies.registry import known_policies, policy_class
+        usable = [n for n in known_policies() if not policy_class(n).needs_draft_confidences]
         raise ValueError(f"policy {policy.name!r} needs draft confidences, which only a draft "
                          f"model gives; draft_method={config.draft_method!r} has none: use "
                          f"draft_method 'eagle' or 'draft_model' (e.g. model=smollm2_135m), or "
