@@ -8,11 +8,18 @@ as drafts 0..j-1 matched, so one teacher-forced forward pass over x + y gives ev
 (and at the tokens left). Under greedy decoding a request verifying k drafts at position p
 accepts min(k, m(p)) of them (the DESIGN's replay rule).
 
+``An EAGLE head drafts from the target's features instead (``eagle_acceptance_traces``): pass 1
+reads the target's final hidden state, pass j > 1 the head's own output of pass j - 1, exactly
+as vLLM's EagleProposer chains them; the same teacher-forcing argument gives every m(p) from
+one target pass and k_max batched head passes.
+
 ``confidences`` (length k_max) is the draft's probability of each proposed token: known for
 the m(p) matching drafts and the first mismatching one; nan after it (the draft would go on
 from its own wrong token, which teacher forcing does not see).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +72,88 @@ def acceptance_traces(draft_model_path: str, outputs: list[dict], k_max: int,
             probs = torch.softmax(logits.float(), dim=-1)
             prob, pred = probs.max(dim=-1)
             m, conf = request_trace(pred.numpy(), prob.numpy(), y, k_max)
+            rows["request_id"].extend([int(item["request_id"])] * len(y))
+            rows["position"].extend(range(len(y)))
+            rows["match_len"].extend(m.tolist())
+            rows["confidences"].extend([list(map(float, c)) for c in conf])
+    df = pd.DataFrame(rows)
+    return df.astype({"request_id": "int64", "position": "int64", "match_len": "int64"})
+
+
+def eagle_chain_hits(head, embed, lm_head, feats, ids, k_max: int):
+    """Per chain start i (0 <= i < T - 1) and pass j: the head's argmax == ids[i + j + 1]
+    (``hit``, (T - 1, k_max) bool) and its probability (``prob``).
+
+    vLLM's chain from start i: pass 1 at position i reads (token ids[i + 1], target feature
+    f_i); pass j at position i + j - 1 reads (draft j - 1, the head's pass-(j-1) output) and
+    attends to pass-1 keys at positions <= i plus the chain's own keys of passes 2..j. While
+    drafts match, draft j - 1 is ids[i + j], so feeding true tokens gives the same chain.
+    """
+    import torch
+    n = ids.shape[0] - 1                       # chain starts 0..T-2
+    t = torch.arange(n)
+    pad = torch.cat([ids, ids.new_full((k_max + 1,), 0)])
+    eye = torch.eye(n, dtype=torch.bool)
+    hit = torch.zeros(n, k_max, dtype=torch.bool)
+    prob = torch.zeros(n, k_max)
+    out, k1, v1 = head(embed[pad[1:n + 1]][None], feats[:n][None], t[None],
+                       key_mask=torch.ones(n, n, dtype=torch.bool).tril())
+    keys, vals, mask = [k1], [v1], [torch.ones(n, n, dtype=torch.bool).tril()]
+    for j in range(1, k_max + 1):
+        if j > 1:
+            past_k, past_v = torch.cat(keys, 2), torch.cat(vals, 2)
+            out, kj, vj = head(embed[pad[t + j]][None], out, (t + j - 1)[None], past_k=past_k,
+                               past_v=past_v, key_mask=torch.cat(mask + [eye], 1))
+            keys.append(kj)
+            vals.append(vj)
+            mask.append(eye)
+        p = torch.softmax(out[0] @ lm_head.T, dim=-1).max(dim=-1)
+        hit[:, j - 1] = p.indices == pad[t + j + 1]
+        prob[:, j - 1] = p.values
+    return hit.numpy(), prob.numpy()
+
+
+def eagle_acceptance_traces(target_path: str, head_path: str, outputs: list[dict],
+                            k_max: int) -> pd.DataFrame:
+    """``acceptance_traces`` for an EAGLE head (vLLM method ``eagle``) on its target.
+
+    Output position p (p tokens generated) starts the chain at i = len(prompt) + p - 2: the
+    target has computed features up to the token before the newest one, which the first
+    pass reads as its input token.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from exec.train_eagle import EagleHead
+
+    target = LlamaForCausalLM.from_pretrained(target_path, dtype=torch.float32).eval()
+    head = EagleHead(target.config)
+    head.load_vllm_state(load_file(str(Path(head_path) / "model.safetensors")))
+    head.eval()
+    embed = target.model.embed_tokens.weight
+    lm_head = target.lm_head.weight
+    rows = {c: [] for c in ACCEPTANCE_COLUMNS}
+    with torch.inference_mode():
+        for item in outputs:
+            x, y = list(item["prompt_token_ids"]), list(item["output_token_ids"])
+            if len(x) < 2 or not y:
+                continue
+            ids = torch.tensor(x + y)
+            feats = target.model(input_ids=ids[None, :-1]).last_hidden_state[0]
+            hit, prob = eagle_chain_hits(head, embed, lm_head, feats, ids, k_max)
+            start = len(x) - 2
+            m = np.zeros(len(y), np.int64)
+            conf = np.full((len(y), k_max), np.nan)
+            for p in range(len(y)):
+                i = start + p
+                if i < 0 or i >= hit.shape[0]:
+                    continue
+                room = min(k_max, len(y) - p)          # drafts past the output are not verified
+                run = int(np.argmin(np.append(hit[i, :room], False)))
+                m[p] = run
+                seen = min(run + 1, room)
+                conf[p, :seen] = prob[i, :seen]
             rows["request_id"].extend([int(item["request_id"])] * len(y))
             rows["position"].extend(range(len(y)))
             rows["match_len"].extend(m.tolist())

@@ -110,9 +110,12 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
             "seed": config.seed, "wall_s": clock(),
             "num_tree_decisions_as_chain": ctl.num_tree_decisions_as_chain}
     acceptance = None
-    if config.record_acceptance and config.draft_method == "draft_model" and config.draft_model:
-        from exec.match_lengths import acceptance_traces
-        acceptance = acceptance_traces(config.draft_model, outputs, config.k_max)
+    if config.record_acceptance and config.draft_model:
+        from exec.match_lengths import acceptance_traces, eagle_acceptance_traces
+        acceptance = (eagle_acceptance_traces(config.target_model, config.draft_model, outputs,
+                                              config.k_max)
+                      if config.draft_method == "eagle"
+                      else acceptance_traces(config.draft_model, outputs, config.k_max))
     return build_result(request_rows, step_rows, ctl.rows, outputs, meta, acceptance)
 
 

@@ -233,6 +233,16 @@ class EagleHead(torch.nn.Module):
         out = h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
         return out, k, v
 
+    def load_vllm_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of ``state_for_vllm`` (an exported head folder's safetensors)."""
+        with torch.no_grad():
+            self.fc.weight.copy_(state["fc.weight"])
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(self, name).weight.copy_(state[f"layers.0.self_attn.{name}.weight"])
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(self, name).weight.copy_(state[f"layers.0.mlp.{name}.weight"])
+            self.post_norm.copy_(state["layers.0.post_attention_layernorm.weight"])
+
     def state_for_vllm(self) -> dict[str, torch.Tensor]:
         sd = {"fc.weight": self.fc.weight}
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
