@@ -54,15 +54,16 @@ class AdaptiveScheduler(Scheduler):
         ctl = self.specbed_controller
         if ctl is None:
             return super().schedule(*args, **kwargs)
-        decoding = {}
+        decoding, computed = {}, {}
         for req in self.running:
+            computed[req.request_id] = req.num_computed_tokens
             if req.spec_token_ids:
                 k = ctl.verify_len(external_id(req.request_id))
                 if len(req.spec_token_ids) > k:
                     req.spec_token_ids = req.spec_token_ids[:k]
             decoding[req.request_id] = req.num_computed_tokens >= req.num_prompt_tokens
         out = super().schedule(*args, **kwargs)
-        out.num_spec_tokens_to_schedule = ctl.after_schedule(self, out, decoding)
+        out.num_spec_tokens_to_schedule = ctl.after_schedule(self, out, decoding, computed)
         return out
 
     def update_from_output(self, scheduler_output, model_runner_output):

@@ -32,22 +32,10 @@ PROMPT_TOKENS = 128  # the last 128 tokens of each held-out prompt: short prefil
 
 
 def pair_config(name: str):
-    from exec.config import ASSETS_PAIR, LiveConfig
-    from exec.smollm2 import ensure_target
+    from exec.pairs import pair_config as named
     if name not in PAIRS:
         raise ValueError(f"unknown --pair {name!r}; known: {', '.join(PAIRS)}")
-    draft, method = ASSETS_PAIR.parent / "smollm2_eagle", "eagle"
-    if name.endswith("_ngram"):
-        draft, method = None, "ngram"
-    elif not (draft / "config.json").exists():
-        raise FileNotFoundError(f"no EAGLE head at {draft}: train it with `python -m "
-                                f"exec.train_eagle --work <dir> --out {draft}`")
-    return LiveConfig(target_model=str(ensure_target(verbose=False)),
-                      draft_model=None if draft is None else str(draft),
-                      draft_method=method, k_max=4, max_num_seqs=16,
-                      max_num_batched_tokens=2048, max_model_len=1024, time_scale=0.0,
-                      warmup_requests=0, seed=0, kv_cache_gib=2.0,
-                      prompts_path=str(ASSETS_PAIR / "prompts.jsonl"))
+    return named(name, time_scale=0.0, warmup_requests=0, seed=0)
 
 
 def timed_plain(engine, prompt_ids, max_tokens: int) -> tuple[float, dict, np.ndarray]:

@@ -18,6 +18,15 @@ import numpy as np
 from policies.interface import (DraftState, Feedback, Observation, Policy,
                                 checked_num_spec_tokens)
 
+# Live-only step columns (exec/results.py keeps them beside analysis/schema.py's STEP_COLUMNS):
+# the shape of the step's passes, from which a fitted cost model predicts its latency.
+LIVE_STEP_COLUMNS = {
+    "sum_context_tokens": "int64",  # target pass: sum over its tokens of the KV each attends to
+    "draft_passes": "int64",        # drafter passes after the target pass (vLLM's max k)
+    "draft_seqs": "int64",          # sequences in those passes
+    "draft_ctx_sum": "int64",       # KV tokens after the step of the requests that draft next
+    "num_next_seqs": "int64",       # requests that decode (and may draft) next step
+}
 EWMA_ALPHA = 0.3  # weight of the newest step in the per-request acceptance-rate EWMA
 
 
@@ -57,7 +66,8 @@ class LiveController:
         return self.verify_k.get(ext, 0)
 
     # -- hooks ------------------------------------------------------------------------------
-    def after_schedule(self, sched, out, decoding: dict) -> int:
+    def after_schedule(self, sched, out, decoding: dict, computed: dict | None = None) -> int:
+        """``computed``: KV tokens of each running request before this step (0 for new ones)."""
         self.step_index += 1
         now = self.clock()
         spec = out.scheduled_spec_decode_tokens
@@ -66,8 +76,16 @@ class LiveController:
         ids = [r for r in sched_tokens if external_id_of(r) in self.chosen_k or r in spec]
         decode_ids = [r for r in sched_tokens if decoding.get(r, False)]
         kv = sched.kv_cache_manager.block_pool
+        before = computed or {}
+        ctx_before = {r: int(before.get(r, 0)) for r in sched_tokens}
+        next_ids = [r for r in sched_tokens if not sched.requests[r].is_prefill_chunk]
         self._step = {
             "step": self.step_index, "start_s": now, "num_seqs": len(sched_tokens),
+            # the pass's shape as the cost model reads it (sim/profiles.py's columns)
+            "sum_context_tokens": int(sum(t * ctx_before[r] + t * (t + 1) // 2
+                                          for r, t in sched_tokens.items())),
+            "draft_ctx_sum": int(sum(ctx_before[r] + sched_tokens[r] for r in next_ids)),
+            "num_next_seqs": len(next_ids),
             "num_decode_seqs": len(decode_ids),
             "num_prefill_tokens": int(out.total_num_scheduled_tokens
                                       - sum(sched_tokens[r] for r in decode_ids)),
@@ -87,7 +105,6 @@ class LiveController:
              "position": int(sched.requests[r].num_output_tokens),
              "room": int(sched.requests[r].max_tokens - sched.requests[r].num_output_tokens)}
             for r, (e, k) in zip(ids, self._step["verified"])]
-        next_ids = [r for r in sched_tokens if not sched.requests[r].is_prefill_chunk]
         obs = self._observation(sched, next_ids, now)
         decision = self.policy.decide(obs)
         k = checked_num_spec_tokens(decision, obs.num_requests, self.k_max, self.policy.name)
@@ -178,7 +195,8 @@ class LiveController:
                 "num_spec_tokens": int(ks.sum()), "num_accepted": int(acc.sum()),
                 "num_emitted": int(sum(st["emitted"].values())),
                 "num_waiting": st["num_waiting"], "kv_blocks_used": st["kv_blocks_used"],
-                "spec_k": ks.tolist(), "accepted": acc.tolist(), "spec_request_ids": ids.tolist()}
+                "spec_k": ks.tolist(), "accepted": acc.tolist(), "spec_request_ids": ids.tolist(),
+                **{key: st[key] for key in LIVE_STEP_COLUMNS}}
 
     # -- observation ------------------------------------------------------------------------
     def _observation(self, sched, next_ids: list[str], now: float) -> Observation:

@@ -52,3 +52,10 @@ def engine_core(engine):
 def vllm_version() -> str:
     import vllm
     return vllm.__version__
+
+
+def engine_limits(engine) -> dict:
+    """KV block size and count of a live engine (a simulated twin mirrors them)."""
+    core = engine_core(engine)
+    return {"block_size": int(core.vllm_config.cache_config.block_size),
+            "num_kv_blocks": int(core.scheduler.kv_cache_manager.block_pool.num_gpu_blocks)}

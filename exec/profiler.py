@@ -169,7 +169,8 @@ def aggregate_passes(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | None = None,
-            repeats: int = 1, aggregate: bool = True) -> pd.DataFrame:
+            repeats: int = 1, aggregate: bool = True,
+            model_names=("embedded-target", "embedded-draft")) -> pd.DataFrame:
     """Run the grid's workloads on ``config``'s engine; returns the profile table (one row per
     pass shape at its mean latency, or every measured pass with ``aggregate=False``)."""
     from exec.engine import build_engine, engine_core
@@ -205,7 +206,7 @@ def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | 
                            cost=ctl_hook)
             ctl_hook.flush()
             per_step = per_step[:len(res.steps)]
-            rows += step_rows(res.steps, per_step, p, b, k, hardware=hardware,
+            rows += step_rows(res.steps, per_step, p, b, k, model_names, hardware=hardware,
                               source=f"exec.profiler b={b} p={p} k={k}")
     finally:
         for h in handles:
@@ -244,22 +245,22 @@ class _StepPasses:
 
 
 def main(argv=None) -> Path:
-    from exec.config import ASSETS_PAIR
+    from exec.pairs import PAIRS, pair_config, sim_names
     from sim.profiles import save_profile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="profile CSV to write")
-    ap.add_argument("--pair", default=str(ASSETS_PAIR), help="folder with target/ and draft/")
+    ap.add_argument("--pair", default="smollm2_135m",
+                    help=f"a named pair ({', '.join(PAIRS)}) or a folder with target/ and draft/")
     ap.add_argument("--quick", action="store_true", help="tiny grid (tests)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--hardware", default=None, help="hardware name (default: detected)")
     ap.add_argument("--raw", action="store_true", help="every pass, not per-shape means")
     args = ap.parse_args(argv)
-    pair = Path(args.pair)
-    cfg = live_config_for(pair)
+    cfg = pair_config(args.pair)
     t0 = time.perf_counter()
     df = profile(cfg, QUICK_GRID if args.quick else DEFAULT_GRID, hardware=args.hardware,
-                 repeats=args.repeats, aggregate=not args.raw)
+                 repeats=args.repeats, aggregate=not args.raw, model_names=sim_names(args.pair))
     path = save_profile(df, args.out)
     print(f"wrote {len(df)} rows ({(df.role == 'target').sum()} target, "
           f"{(df.role == 'draft').sum()} draft) to {path} in {time.perf_counter() - t0:.0f} s "

@@ -76,7 +76,8 @@ def request_row(rid: int, trace, i: int, arrival_s: float, num_prompt_tokens: in
 def build_result(request_rows, step_rows, decision_rows, outputs, meta,
                  acceptance=None) -> LiveRunResult:
     requests = typed_frame(sorted(request_rows, key=lambda r: r["request_id"]), REQUEST_COLUMNS)
-    steps = typed_frame(step_rows, STEP_COLUMNS)
+    from exec.controller import LIVE_STEP_COLUMNS
+    steps = typed_frame(step_rows, {**STEP_COLUMNS, **LIVE_STEP_COLUMNS})
     for r in decision_rows:
         c = r.get("confidences")
         r["confidences"] = [] if c is None else [float(x) for x in c]

@@ -102,7 +102,12 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
             len(tokens), info))
         outputs.append({"request_id": int(trace.request_ids[s["i"]]),
                         "prompt_token_ids": s.get("prompt_ids", []), "output_token_ids": tokens})
+    from exec.engine import engine_limits
     meta = {"backend": "live", "vllm_version": vllm_version(), "policy": policy.name,
+            # what a simulated twin needs beyond the requests table (experiments/twin.py)
+            "engine_limits": engine_limits(engine),
+            "request_ids": [int(x) for x in trace.request_ids],
+            "requested_output_tokens": [int(x) for x in trace.num_output_tokens],
             "policy_params": {k: v for k, v in vars(policy).items() if _plain(v)},
             "config": dataclasses.asdict(config), "trace": trace.name,
             "trace_meta": trace.meta, "num_requests": n, "num_prompts_clamped": num_clamped,

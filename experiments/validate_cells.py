@@ -31,32 +31,6 @@ def validation_trace(num_requests: int, rate_per_s: float, max_prompt: int, max_
     return scale_to_rate(trace, rate_per_s)
 
 
-def engine_limits(engine) -> dict:
-    """KV block size and count of a live engine (the simulator mirrors them)."""
-    from exec.engine import engine_core
-    core = engine_core(engine)
-    return {"block_size": int(core.vllm_config.cache_config.block_size),
-            "num_kv_blocks": int(core.scheduler.kv_cache_manager.block_pool.num_gpu_blocks)}
-
-
-def mirrored_sim_config(live_cfg, limits: dict, profile_csv: str, replay_path: str | None,
-                        hardware: str = "cpu-2core", seed: int = 0):
-    """A SimConfig with the live engine's limits, the fitted profile and replayed acceptance."""
-    from sim.config import AcceptanceConfig, EngineConfig, SimConfig
-    eng = EngineConfig(max_num_seqs=live_cfg.max_num_seqs,
-                       max_num_batched_tokens=live_cfg.max_num_batched_tokens,
-                       block_size=limits["block_size"], num_kv_blocks=limits["num_kv_blocks"],
-                       k_max=live_cfg.k_max if live_cfg.speculative else 0,
-                       max_model_len=live_cfg.max_model_len, chunked_prefill=True,
-                       draft_passes="vllm")
-    acc = (AcceptanceConfig(kind="replay", replay_path=str(replay_path)) if replay_path
-           else AcceptanceConfig())
-    return SimConfig(model="embedded-target",
-                     draft="embedded-draft" if live_cfg.speculative else "",
-                     hardware=hardware, cost_model=f"fitted:{profile_csv}", engine=eng,
-                     acceptance=acc, seed=seed)
-
-
 def run_metrics(requests: pd.DataFrame) -> dict:
     """Mean TTFT, mean and p99 TPOT over finished requests (seconds), failures counted."""
     fin = requests[requests["status"] == "finished"]
@@ -89,27 +63,27 @@ def step_summary(steps: pd.DataFrame) -> dict:
 
 
 def error_table(cells: list[dict]) -> str:
-    """Markdown table: one row per (load, policy) cell."""
+    """Markdown table: one row per (load, policy) cell, live as mean [min, max] of repeats."""
     head = ("| load (req/s) | policy | live mean TTFT (s) | sim | err | live mean TPOT (ms) | "
-            "sim | err | live p99 TPOT (ms) | sim | err | live/sim steps |")
-    lines = [head, "|" + "---|" * 12]
+            "sim | err | live p99 TPOT (ms) | sim | err | step err (median) | live/sim steps |")
+    lines = [head, "|" + "---|" * 13]
+
+    def band(c, key, scale, fmt):
+        reps = [r[key] * scale for r in c.get("live_repeats", [c["live"]])]
+        return (f"{c['live'][key] * scale:{fmt}} [{min(reps):{fmt}}, {max(reps):{fmt}}]"
+                if len(reps) > 1 else f"{c['live'][key] * scale:{fmt}}")
+
     for c in cells:
-        lv, sm, er = c["live"], c["sim"], c["errors"]
+        sm, er = c["sim"], c["errors"]
+        inside = c.get("sim_in_live_range", {})
+        mark = lambda k: " (in range)" if inside.get(k) else ""  # noqa: E731
+        step = c.get("step_errors", {}).get("step", {}).get("median", float("nan"))
         lines.append(
-            f"| {c['load']:g} | {c['policy']} | {lv['mean_ttft']:.3f} | {sm['mean_ttft']:.3f} | "
-            f"{er['mean_ttft_err']:.1%} | {1e3 * lv['mean_tpot']:.1f} | "
-            f"{1e3 * sm['mean_tpot']:.1f} | {er['mean_tpot_err']:.1%} | "
-            f"{1e3 * lv['p99_tpot']:.1f} | {1e3 * sm['p99_tpot']:.1f} | "
-            f"{er['p99_tpot_err']:.1%} | {c['live_steps']['num_steps']}/"
+            f"| {c['load']:g} | {c['policy']} | {band(c, 'mean_ttft', 1, '.3f')} | "
+            f"{sm['mean_ttft']:.3f}{mark('mean_ttft')} | {er['mean_ttft_err']:.1%} | "
+            f"{band(c, 'mean_tpot', 1e3, '.1f')} | {1e3 * sm['mean_tpot']:.1f}"
+            f"{mark('mean_tpot')} | {er['mean_tpot_err']:.1%} | "
+            f"{band(c, 'p99_tpot', 1e3, '.1f')} | {1e3 * sm['p99_tpot']:.1f}{mark('p99_tpot')}"
+            f" | {er['p99_tpot_err']:.1%} | {step:.1%} | {c['live_steps']['num_steps']}/"
             f"{c['sim_steps']['num_steps']} |")
-    noisy = [c for c in cells if c.get("live_vs_live_noise")]
-    if noisy:
-        lines += ["", "Noise floor: the same cell run live twice "
-                      "(relative difference of the two live runs).", "",
-                  "| load (req/s) | policy | mean TTFT | mean TPOT | p99 TPOT |",
-                  "|---|---|---|---|---|"]
-        for c in noisy:
-            n = c["live_vs_live_noise"]
-            lines.append(f"| {c['load']:g} | {c['policy']} | {n['mean_ttft_err']:.1%} | "
-                         f"{n['mean_tpot_err']:.1%} | {n['p99_tpot_err']:.1%} |")
     return "\n".join(lines)

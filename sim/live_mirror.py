@@ -29,12 +29,18 @@ def vllm_draft_s(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int, 
     ``decode_ctx``: KV entries of each drafting request after the step (decoding requests after
     their decode token, prefilling ones after their chunk).
     """
+    return vllm_draft_s_of_sums(cost, num_tokens, num_seqs, sum_context_tokens, max_k,
+                                int(decode_ctx.shape[0]), int(decode_ctx.sum()))
+
+
+def vllm_draft_s_of_sums(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int,
+                         max_k: int, num_drafting: int, drafting_ctx_sum: int) -> float:
+    """``vllm_draft_s`` from the drafting requests' count and KV sum (a live step's record)."""
     if num_tokens <= 0:
         return 0.0
     total = float(cost.draft_step_s(num_tokens, num_seqs, sum_context_tokens))
-    n = int(decode_ctx.shape[0])
+    n = num_drafting
     if n and max_k > 1:
-        base = int(decode_ctx.sum())
         for j in range(1, max_k):
-            total += float(cost.draft_step_s(num_seqs, num_seqs, base + n * (j + 1)))
+            total += float(cost.draft_step_s(num_seqs, num_seqs, drafting_ctx_sum + n * (j + 1)))
     return total

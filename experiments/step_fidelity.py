@@ -1,0 +1,56 @@
+"""Step-level fidelity: every live step's latency predicted from its recorded shape.
+
+A live step (exec/controller.py) records the shape of its passes: sequences, scheduled and
+prefill tokens, the attention context of the target pass, the drafter's passes and the KV of
+the requests that draft. The fitted cost model (sim/fitted_cost.py) predicts, per step, the
+target phase (target pass plus vLLM's work around it and the gap to the next step, as the
+profiler's target rows measure it) and the draft phase (vLLM's pass accounting,
+sim/live_mirror.py). Errors are |predicted - live| / live per step; their median and 90th
+percentile per phase say whether the simulator's clock ticks like the live engine's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+PHASES = ("target", "draft", "step")
+
+
+def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
+    """Per live step: live and predicted seconds of the target phase, draft phase and whole
+    step. ``speculative``: the engine had a drafter (plain vLLM has no draft phase)."""
+    from exec.profiler import step_gaps_s
+    from sim.live_mirror import vllm_draft_s_of_sums
+
+    gap = step_gaps_s(steps)
+    live_target = steps["latency_s"].to_numpy() - steps["draft_s"].to_numpy() + gap
+    target = np.asarray(cost.target_step_s(steps["num_scheduled_tokens"].to_numpy(np.float64),
+                                           steps["num_seqs"].to_numpy(np.float64),
+                                           steps["sum_context_tokens"].to_numpy(np.float64)),
+                        np.float64)
+    if speculative:
+        draft = np.array([vllm_draft_s_of_sums(cost, int(r.num_scheduled_tokens),
+                                               int(r.num_seqs), int(r.sum_context_tokens),
+                                               int(r.draft_passes), int(r.num_next_seqs),
+                                               int(r.draft_ctx_sum))
+                          for r in steps.itertuples()])
+    else:
+        draft = np.zeros(len(steps))
+    return pd.DataFrame({"step": steps["step"].to_numpy(),
+                         "live_target_s": live_target, "pred_target_s": target,
+                         "live_draft_s": steps["draft_s"].to_numpy(), "pred_draft_s": draft,
+                         "live_step_s": live_target + steps["draft_s"].to_numpy(),
+                         "pred_step_s": target + draft})
+
+
+def step_errors(pred: pd.DataFrame) -> dict:
+    """Median and p90 relative error per phase (steps whose live phase took time)."""
+    out = {}
+    for phase in PHASES:
+        live, p = pred[f"live_{phase}_s"].to_numpy(), pred[f"pred_{phase}_s"].to_numpy()
+        ok = live > 1e-4
+        err = np.abs(p[ok] - live[ok]) / live[ok]
+        out[phase] = ({"median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
+                       "mean_signed": float(np.mean((p[ok] - live[ok]) / live[ok])),
+                       "num_steps": int(ok.sum())} if ok.any() else {"num_steps": 0})
+    return out
