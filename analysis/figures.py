@@ -172,24 +172,64 @@ def fig_load_shift(runs: dict, bin_s: float = 5.0):
     return fig
 
 
+def check_twins(frame) -> None:
+    """Each policy's simulated runs must have served its live runs' requests (a live run and
+    its twin); raises ValueError naming the policy otherwise. Rows without run folders (made by
+    hand) are not checked."""
+    from analysis.workload import check_same_workload
+    if "run_dir" not in frame.columns:
+        return
+    for lab, g in frame.groupby("policy"):
+        dirs = {b: [Path(d) for d in g.loc[g["backend.name"] == b, "run_dir"]]
+                for b in ("live", "sim")}
+        if not dirs["live"] or not dirs["sim"]:
+            continue
+        live = pd.read_parquet(dirs["live"][0] / "requests.parquet")
+        for d in dirs["live"][1:] + dirs["sim"]:
+            try:
+                check_same_workload(live, pd.read_parquet(d / "requests.parquet"),
+                                    ("live", "sim" if d in dirs["sim"] else "live"))
+            except ValueError as err:
+                raise ValueError(f"sim-vs-live figure, policy {lab!r}: {err}") from None
+
+
 def fig_sim_vs_live(frame, metrics=("tpot_mean", "ttft_mean", "accepted_len")):
-    """Per policy: the simulator's value next to the live engine's, one panel per metric."""
+    """Per policy: the simulator's value next to the live engine's, one panel per metric.
+
+    Live bars are the mean over live runs with their range (min to max) as error bars; each
+    simulated bar states its error against the live mean. Refuses (ValueError) runs whose
+    workloads differ (``check_twins``).
+    """
     fr = frame[frame["backend.name"].isin(["sim", "live"])]
+    check_twins(fr)
     labels = sorted(set(fr.loc[fr["backend.name"] == "live", "policy"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False,
                              constrained_layout=True)
+    x = np.arange(len(labels))
     for ax, name in zip(axes.ravel(), metrics):
         values = metric_values(fr, name) if METRICS[name][0] in fr.columns else None
-        for j, backend in enumerate(("sim", "live")):
+        stats = {}
+        for backend in ("sim", "live"):
             sel = fr["backend.name"] == backend
-            ys = [values[sel & (fr["policy"] == lab)].mean() if values is not None else np.nan
-                  for lab in labels]
-            ax.bar(np.arange(len(labels)) + (j - 0.5) * 0.38, ys, 0.38, label=backend,
-                   color=("tab:blue", "tab:orange")[j])
-        ax.set_xticks(np.arange(len(labels)), labels, rotation=20, ha="right")
+            per = [values[sel & (fr["policy"] == lab)].to_numpy(np.float64)
+                   if values is not None else np.array([np.nan]) for lab in labels]
+            stats[backend] = per
+        live_mean = np.array([v.mean() if v.size else np.nan for v in stats["live"]])
+        live_lo = np.array([v.min() if v.size else np.nan for v in stats["live"]])
+        live_hi = np.array([v.max() if v.size else np.nan for v in stats["live"]])
+        sim = np.array([v.mean() if v.size else np.nan for v in stats["sim"]])
+        ax.bar(x - 0.19, sim, 0.38, label="sim (twin)", color="tab:blue")
+        ax.bar(x + 0.19, live_mean, 0.38, label="live (mean, range)", color="tab:orange",
+               yerr=np.vstack([live_mean - live_lo, live_hi - live_mean]), capsize=3)
+        for i in range(len(labels)):
+            if np.isfinite(sim[i]) and np.isfinite(live_mean[i]) and live_mean[i]:
+                err = (sim[i] - live_mean[i]) / live_mean[i]
+                ax.annotate(f"{err:+.0%}", (x[i] - 0.19, sim[i]), ha="center", va="bottom",
+                            fontsize=7)
+        ax.set_xticks(x, labels, rotation=20, ha="right")
         ax.set_ylabel(metric_label(name))
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_title("Simulated vs live")
+    axes[0, 0].set_title("Simulated twin vs live")
     _legend_right(fig, axes, title="backend")
     return fig
 

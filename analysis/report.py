@@ -65,7 +65,10 @@ def make_figures(frame: pd.DataFrame, out_dir, *, baseline: str = "none",
     if compare is not None and {"sim", "live"} <= set(compare["backend.name"]):
         out.append((figures.save_figure(figures.fig_sim_vs_live(compare), out_dir,
                                         "sim_vs_live"),
-                    "The same policies and trace in the simulator and on the live engine."))
+                    "Each live run beside its simulated twin (the same requests, engine "
+                    "limits and drafter, the fitted profile of this machine, the live "
+                    "acceptance replayed); error bars: range of the live runs; labels: the "
+                    "twin's error against the live mean."))
     return out
 
 

@@ -67,12 +67,49 @@ def shift_overrides(low: float, high: float, num_requests: int, extra,
 
 
 def live_overrides(extra) -> list[list[str]]:
-    """Live and simulated twins of none / fixed k=3 / smartspec on the realistic pair."""
-    runs = []
-    for pol in LIVE_POLICIES:
-        for backend in ("live", "sim"):
-            runs.append(LIVE_BASE + pol + [f"backend={backend}", *extra])
-    return runs
+    """Live runs of none / fixed k=3 / smartspec on the realistic pair (each gets its twin)."""
+    return [LIVE_BASE + pol + ["backend=live", *extra] for pol in LIVE_POLICIES]
+
+
+def twin_profile(model: str, reprofile: bool, out: Path) -> str:
+    """The step-cost profile of the live pair on this machine kind: the committed
+    ``<hardware>_<model>`` (any CPU kind's when this one has none, said on the terminal), or a
+    fresh one with ``reprofile``."""
+    from exec.pairs import pair_config, sim_names
+    from exec.profiler import DEFAULT_GRID, hardware_name, profile
+    from sim.profiles import PROFILES_DIR, save_profile
+    hardware = hardware_name()
+    path = PROFILES_DIR / f"{hardware}_{model}.csv"
+    if reprofile or not path.is_file():
+        others = sorted(PROFILES_DIR.glob(f"cpu-*_{model}.csv"))
+        if others and not reprofile:
+            print(f"twins: no committed profile of {model} on {hardware}; using {others[0].name} "
+                  "(another CPU kind; --reprofile profiles this machine, ~10 min)")
+            return str(others[0])
+        df = profile(pair_config(model), DEFAULT_GRID, hardware=hardware, repeats=2,
+                     model_names=sim_names(model))
+        return str(save_profile(df, out / f"{hardware}_{model}.csv"))
+    return str(path)
+
+
+def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path) -> list[str]:
+    """The simulated twin of every live run (experiments/twin.py), resumable."""
+    from conf import compose_run
+    from experiments import store
+    from experiments.build import build_policy
+    from experiments.twin import simulate_twin
+
+    dirs, profile = [], None
+    for s in live:
+        live_dir = Path(s["run_dir"])
+        twin_dir = root / "twins" / live_dir.name
+        if not (twin_dir / store.SUMMARY_FILE).is_file():
+            cfg = compose_run(s["overrides"])
+            profile = profile or twin_profile(cfg.model.name, reprofile, out)
+            simulate_twin(live_dir, build_policy(cfg), profile, cfg.model.target,
+                          cfg.model.draft, twin_dir)
+        dirs.append(str(twin_dir))
+    return dirs
 
 
 def live_available() -> tuple[bool, str]:
@@ -130,6 +167,9 @@ def main(argv=None) -> Path:
                     help="comma-separated policy names to keep (default: all)")
     ap.add_argument("--live", action=argparse.BooleanOptionalAction, default=True,
                     help="the short live vLLM check (on by default; --no-live skips it)")
+    ap.add_argument("--reprofile", action="store_true",
+                    help="profile the live pair on this machine for the twins (~10 min) "
+                         "instead of using the committed profile")
     ap.add_argument("overrides", nargs="*", help="hydra overrides applied to every sim run")
     args = ap.parse_args(argv)
 
@@ -153,8 +193,12 @@ def main(argv=None) -> Path:
     if args.live:
         ok, why = live_available()
         if ok:
-            live = run_all(live_overrides([]), root, 1, "live check")
-            compare = load_runs([s["run_dir"] for s in live])
+            jobs = live_overrides([])
+            live = run_all(jobs, root, 1, "live check")
+            for s, overrides in zip(live, jobs):
+                s["overrides"] = overrides
+            twins = run_twins(live, root, args.reprofile, out)
+            compare = load_runs([s["run_dir"] for s in live] + twins)
         else:
             notes.append(why)
             print(why)

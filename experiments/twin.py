@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-WORKLOAD_COLUMNS = ("request_id", "arrival_s", "num_prompt_tokens", "num_output_tokens",
-                    "status")
+from analysis.workload import check_same_workload, workload  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -135,30 +134,3 @@ def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_di
                         ("live", "twin"))
     store.write_json_atomic(out / store.SUMMARY_FILE, {**summarize(res), "backend": "sim"})
     return res
-
-
-def workload(requests: pd.DataFrame) -> pd.DataFrame:
-    """The request list a run served: id, arrival, prompt and output lengths, finished or not
-    (sorted by id; arrivals to the microsecond)."""
-    w = requests.loc[:, list(WORKLOAD_COLUMNS)].sort_values("request_id").reset_index(drop=True)
-    w["arrival_s"] = w["arrival_s"].round(6)
-    w["status"] = w["status"].astype(str)
-    return w.astype({"request_id": "int64", "num_prompt_tokens": "int64",
-                     "num_output_tokens": "int64"})
-
-
-def check_same_workload(a: pd.DataFrame, b: pd.DataFrame, labels=("live", "sim")) -> None:
-    """Raise ValueError naming the first difference when two runs' request lists differ."""
-    wa, wb = workload(a), workload(b)
-    if len(wa) != len(wb) or not (wa["request_id"].to_numpy() == wb["request_id"].to_numpy()).all():
-        raise ValueError(f"{labels[0]} and {labels[1]} runs served different requests "
-                         f"({len(wa)} vs {len(wb)}); compare only a live run with its twin "
-                         "(experiments/twin.py)")
-    for col in WORKLOAD_COLUMNS[1:]:
-        diff = np.flatnonzero(wa[col].to_numpy() != wb[col].to_numpy())
-        if diff.size:
-            i = int(diff[0])
-            raise ValueError(
-                f"{labels[0]} and {labels[1]} runs differ in {col} for {diff.size} requests "
-                f"(request {int(wa['request_id'][i])}: {wa[col][i]!r} vs {wb[col][i]!r}); "
-                "compare only a live run with its twin (experiments/twin.py)")

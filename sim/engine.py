@@ -18,7 +18,7 @@ from sim.acceptance import ParametricAcceptance, make_acceptance_model
 from sim.cost import make_cost_model
 from sim.epoch import epoch_eligible, run_epoch
 from sim.kv_cache import admission_errors, derive_num_kv_blocks
-from sim.live_mirror import DRAFT_PASS_MODES, vllm_draft_s
+from sim.live_mirror import DRAFT_PASS_MODES, drafter_window_full, vllm_draft_s
 from sim.results import StepRecorder
 from sim.scheduler import Scheduler
 from sim.small_arrays import iall, iany, imin_imax, isum
@@ -166,6 +166,10 @@ class Engine:
             k = fit
         else:                       # a tree that does not fit whole is not speculated
             k = np.where(fit == spec, k, 0)
+        no_drafter = kmax and eng.draft_passes == "vllm" and drafter_window_full(
+            r.num_computed[rows] + tokens, kmax, eng.max_model_len)
+        if no_drafter:
+            k = np.zeros_like(k)
         prefill = (n_pre_tok, pre_ctx, pre.shape[0])
         drafted, conf, draft_s = self._draft(obs, decision, k, widths, ctx, prefill, draw)
         verified = drafted
@@ -194,8 +198,8 @@ class Engine:
                 self._vllm_max_k = int(k.max(initial=0))
             draft_ctx = ctx + 1 if not pre.shape[0] else np.concatenate(
                 [ctx + 1, r.num_computed[pre] + pre_tok])
-            draft_s = vllm_draft_s(self.cost, n_tok, int(rows.shape[0]), verify_ctx,
-                                   self._vllm_max_k, draft_ctx)
+            draft_s = 0.0 if no_drafter else vllm_draft_s(
+                self.cost, n_tok, int(rows.shape[0]), verify_ctx, self._vllm_max_k, draft_ctx)
         self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
                          verify_s, len(waiting), n_pre_tok, n_spec, (ctx, out, obs.request_ids))
         return draft_s + verify_s

@@ -13,6 +13,11 @@ live run must charge what it does:
   batch includes requests whose prefill ends in the step: vLLM's decision already covers them,
   so a step of prefills only also drafts (the simulator, which decides only for decoding
   requests, charges the last decision's max k there).
+* no drafting at all in a step whose longest sequence (KV before the step plus its scheduled
+  tokens) leaves fewer than k_max (``num_speculative_tokens``) positions before max_model_len:
+  vLLM's model runner checks the whole batch (``_input_fits_in_drafter``) and zeroes every
+  request's drafts, pass 0 included. Prompts clamped to the window end there, so a live run
+  with long prompts stops speculating for whole stretches (drafter_window_full).
 """
 from __future__ import annotations
 
@@ -44,3 +49,8 @@ def vllm_draft_s_of_sums(cost, num_tokens: int, num_seqs: int, sum_context_token
         for j in range(1, max_k):
             total += float(cost.draft_step_s(num_seqs, num_seqs, drafting_ctx_sum + n * (j + 1)))
     return total
+
+
+def drafter_window_full(seq_lens: np.ndarray, k_max: int, max_model_len: int) -> bool:
+    """vLLM skips the step's drafting when max(seq_lens) + k_max > max_model_len."""
+    return bool(seq_lens.shape[0]) and int(seq_lens.max()) + k_max > max_model_len

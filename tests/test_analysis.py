@@ -112,14 +112,25 @@ def test_figures_and_report_written(sim_root, tmp_path):
     assert len(pd.read_csv(tmp_path / "summary.csv")) == 6
 
 
-def test_sim_vs_live_figure_from_backend_column(sim_root, tmp_path):
-    # A 'live' twin is the same rows relabelled: checks the figure's pairing, not vLLM.
+def test_sim_vs_live_figure_pairs_and_states_errors(sim_root, tmp_path):
+    # The figure's pairing and labels (live twins made with vLLM: tests/test_realistic_pair.py).
     frame = load_runs(sim_root)
-    twin = frame.copy()
-    twin["backend.name"] = "live"
-    both = pd.concat([frame, twin], ignore_index=True)
-    fig = figures.fig_sim_vs_live(both)
+    one = frame[frame["trace.rate"] == 2]
+    live = one.copy()
+    live["backend.name"] = "live"
+    fig = figures.fig_sim_vs_live(pd.concat([one, live], ignore_index=True))
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]
     assert len(heights) == 2 * 3 and heights[:3] == heights[3:]
+    assert [t.get_text() for t in ax.texts] == ["+0%"] * 3   # each twin's error is stated
     assert figures.save_figure(fig, tmp_path, "svl").is_file()
+
+
+def test_sim_vs_live_figure_refuses_unlike_workloads(sim_root):
+    # "live" at 2 req/s against "sim" at 8 req/s: different arrivals, not a twin
+    frame = load_runs(sim_root)
+    live = frame[frame["trace.rate"] == 2].copy()
+    live["backend.name"] = "live"
+    sim = frame[frame["trace.rate"] == 8]
+    with pytest.raises(ValueError, match=r"policy '.*': live and sim runs differ in arrival_s"):
+        figures.fig_sim_vs_live(pd.concat([sim, live], ignore_index=True))

@@ -31,7 +31,10 @@ def test_vidur_a100_llama2_7b_heldout_error(tmp_path):
 @needs_shared
 def test_import_regenerates_committed_files(tmp_path):
     written = import_all(SHARED, tmp_path)
-    assert {p.stem for p in written} == set(known_profiles())
+    # every committed profile is imported, except those measured here by exec.profiler
+    measured = {name for name, path in known_profiles().items()
+                if load_profile(path)["source"].str.startswith("exec.profiler").all()}
+    assert measured and {p.stem for p in written} == set(known_profiles()) - measured
     for p in written:
         assert p.stat().st_size < 1 << 20, p
         assert p.read_bytes() == (PROFILES_DIR / p.name).read_bytes(), p.name

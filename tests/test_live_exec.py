@@ -6,6 +6,7 @@ written to a temp folder (exec/tiny_pair.py), so CI never depends on the trainin
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("vllm")
@@ -98,13 +99,15 @@ def test_embedded_trace_tables_roundtrip(config, engine, tmp_path):
                     num_output_tokens=np.minimum(trace.num_output_tokens, 24))
     cfg = replace(config, time_scale=0.05)
     res = run(trace, make_policy("batch_schedule"), cfg, engine)
-    for table, schema in ((res.requests, REQUEST_COLUMNS), (res.steps, STEP_COLUMNS)):
+    from exec.controller import LIVE_STEP_COLUMNS
+    live_steps = {**STEP_COLUMNS, **LIVE_STEP_COLUMNS}   # the sim's columns, then live extras
+    for table, schema in ((res.requests, REQUEST_COLUMNS), (res.steps, live_steps)):
         assert list(table.columns) == list(schema)
         for col, dtype in schema.items():
             assert str(table[col].dtype) == dtype, (col, table[col].dtype)
     res.save(tmp_path)
     back = RunResult.load(tmp_path)
-    for table, schema in ((back.requests, REQUEST_COLUMNS), (back.steps, STEP_COLUMNS)):
+    for table, schema in ((back.requests, REQUEST_COLUMNS), (back.steps, live_steps)):
         assert list(table.columns) == list(schema)
         for col, dtype in schema.items():  # pandas >= 3 reads parquet strings back as 'str'
             want = ("object", "str") if dtype == "object" else (dtype,)
@@ -149,3 +152,40 @@ def test_version_pin():
     from exec.adapter import check_vllm_version
     with pytest.raises(RuntimeError, match="supports vLLM 0.32"):
         check_vllm_version("0.33.1")
+
+
+def test_twin_serves_exactly_the_live_requests(config, engine, tmp_path):
+    """experiments/twin.py: the simulated twin's request table is the live one (prompts as
+    clamped to the window, outputs, arrivals, all finished), with the engine's limits."""
+    from exec.engine import engine_limits
+    from experiments.twin import simulate_twin, twin_of, workload
+    from sim.profiles import PROFILES_DIR
+
+    rng = np.random.default_rng(5)
+    n = 10
+    trace = Trace.from_columns(np.arange(n) * 0.05, rng.integers(300, 900, n),
+                               rng.integers(8, 24, n), dataset="test", name="long-prompts")
+    cfg = replace(config, time_scale=1.0, record_acceptance=True)
+    live = run(trace, make_policy("fixed", k=3), cfg, engine)
+    assert live.meta["num_prompts_clamped"] > 0      # prompts over the window were shortened
+    live.save(tmp_path / "live")
+    profile = str(sorted(PROFILES_DIR.glob("cpu-*_embedded.csv"))[0])
+    twin = twin_of(tmp_path / "live", profile, "embedded-target", "embedded-draft")
+    assert twin.acceptance == "replay"
+    got = twin.trace.to_frame().set_index("request_id")
+    want = live.requests.set_index("request_id")
+    assert (got["num_prompt_tokens"] == want["num_prompt_tokens"]).all()
+    assert (got["num_prompt_tokens"] + got["num_output_tokens"] <= cfg.max_model_len).all()
+    eng = twin.config.engine
+    assert (eng.max_num_seqs, eng.max_num_batched_tokens, eng.k_max, eng.max_model_len) == (
+        cfg.max_num_seqs, cfg.max_num_batched_tokens, cfg.k_max, cfg.max_model_len)
+    assert {"block_size": eng.block_size, "num_kv_blocks": eng.num_kv_blocks} == \
+        engine_limits(engine)
+    sim = simulate_twin(tmp_path / "live", make_policy("fixed", k=3), profile,
+                        "embedded-target", "embedded-draft", tmp_path / "twin")
+    assert (live.requests["status"] == "finished").all()
+    pd.testing.assert_frame_equal(workload(live.requests), workload(sim.requests))
+    # near the window vLLM drafts for no one (sim/live_mirror.py drafter_window_full): both
+    # engines have stretches of steps without drafts although fixed k=3 asks for them
+    assert (live.steps["draft_passes"] == 0).any()
+    assert (sim.steps["num_spec_tokens"] == 0).sum() > 2

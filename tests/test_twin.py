@@ -1,0 +1,49 @@
+"""Twin inputs that need no engine: prompt clamping to the model window, workload checks."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.workload import check_same_workload, workload
+from exec.config import ASSETS_PAIR
+from exec.prompts import fit_prompt_token_ids
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(ASSETS_PAIR / "target")
+
+
+def test_fit_prompt_token_ids_lengths_and_clamping(tokenizer):
+    texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n"]
+    want = np.array([5, 40, 300, 900, 10])
+    out_tokens = np.array([10, 10, 100, 200, 2000])   # the last alone exceeds the window
+    ids, clamped = fit_prompt_token_ids(texts, tokenizer, want, out_tokens, max_model_len=512)
+    assert [len(x) for x in ids] == [5, 40, 300, 312, 10]
+    assert clamped == 1                      # 900 + 200 > 512 -> 512 - 200 prompt tokens
+    assert all(len(x) + o <= 512 for x, o in zip(ids[:4], out_tokens[:4]))
+    # texts cycle from text i mod N: request 1 starts with text 1's tokens
+    first = tokenizer.encode(texts[1], add_special_tokens=False)
+    assert ids[1][:len(first)] == first
+    with pytest.raises(ValueError, match="no prompt text"):
+        fit_prompt_token_ids([], tokenizer, [4], [4], 64)
+
+
+def _requests(**change):
+    df = pd.DataFrame({"request_id": [0, 1, 2], "arrival_s": [0.0, 0.5, 1.0],
+                       "num_prompt_tokens": [10, 20, 30], "num_output_tokens": [4, 5, 6],
+                       "status": ["finished"] * 3})
+    for col, (i, v) in change.items():
+        df.loc[i, col] = v
+    return df
+
+
+def test_workload_check_names_the_difference():
+    check_same_workload(_requests(), _requests().iloc[::-1])      # order does not matter
+    assert workload(_requests()).equals(workload(_requests().iloc[::-1]))
+    with pytest.raises(ValueError, match="num_prompt_tokens for 1 requests .request 2: 30 vs 31"):
+        check_same_workload(_requests(), _requests(num_prompt_tokens=(2, 31)))
+    with pytest.raises(ValueError, match="differ in status"):
+        check_same_workload(_requests(), _requests(status=(0, "failed")))
+    with pytest.raises(ValueError, match="different requests"):
+        check_same_workload(_requests(), _requests().iloc[:2])
