@@ -160,3 +160,16 @@ def eagle_acceptance_traces(target_path: str, head_path: str, outputs: list[dict
             rows["confidences"].extend([list(map(float, c)) for c in conf])
     df = pd.DataFrame(rows)
     return df.astype({"request_id": "int64", "position": "int64", "match_len": "int64"})
+
+
+def replay_agreement(decisions: pd.DataFrame, acceptance: pd.DataFrame | None) -> dict:
+    """How often a live verify accepted exactly min(k, m(p)) of the recorded traces (the
+    simulator's replay rule): ``num_verifies`` with k > 0 and the share that agree."""
+    if acceptance is None or not len(acceptance):
+        return {"num_verifies": 0}
+    m = acceptance.set_index(["request_id", "position"])["match_len"]
+    d = decisions[decisions["vllm_k"] > 0]
+    pred = np.array([min(k, m.get((r, p), -1)) for r, p, k in
+                     zip(d["request_id"], d["position"], d["vllm_k"])], np.int64)
+    return {"num_verifies": int(len(d)),
+            "agreement": float((pred == d["accepted"].to_numpy()).mean()) if len(d) else 1.0}

@@ -135,21 +135,10 @@ def _k_distribution(live_decisions: pd.DataFrame, sim_steps: pd.DataFrame, k_max
             "total_variation": float(0.5 * np.abs(hl - hs).sum())}
 
 
-def _replay_agreement(live) -> dict:
-    """Live accepted counts against min(k, m(p)) of the recorded traces."""
-    if live.acceptance is None or not len(live.acceptance):
-        return {"num_verifies": 0}
-    m = live.acceptance.set_index(["request_id", "position"])["match_len"]
-    d = live.decisions[live.decisions["vllm_k"] > 0]
-    pred = np.array([min(k, m.get((r, p), -1)) for r, p, k in
-                     zip(d["request_id"], d["position"], d["vllm_k"])])
-    return {"num_verifies": int(len(d)),
-            "agreement": float((pred == d["accepted"].to_numpy()).mean()) if len(d) else 1.0}
-
-
 def main(argv=None) -> dict:
     args = _args(argv)
     from exec.engine import build_engine
+    from exec.match_lengths import replay_agreement
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
     from exec.runner import run_live
@@ -243,7 +232,7 @@ def main(argv=None) -> dict:
             "decision_replay": {"num_calls": len(cell["calls"]), "num_differ": len(differ)},
             "k_distribution": _k_distribution(runs[0].decisions, sim.steps,
                                               live_cfg.k_max if cell["speculative"] else 0),
-            "acceptance_replay": _replay_agreement(runs[0]),
+            "acceptance_replay": replay_agreement(runs[0].decisions, runs[0].acceptance),
             "acceptance": sim.meta.get("acceptance"),
             "failed_reasons": sorted(set(runs[0].requests.loc[
                 runs[0].requests["status"] != "finished", "fail_reason"])),

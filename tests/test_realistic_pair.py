@@ -185,9 +185,19 @@ def test_realistic_pair_lossless_and_within_limits(pair_config):
         assert res.decisions["vllm_k"].max() >= 1        # it really speculated
     assert outs["fixed"] == none.output_token_ids(), "fixed k=3 differs from plain vLLM"
     assert outs["smartspec"] == none.output_token_ids(), "smartspec differs from plain vLLM"
-    fixed = run_live(trace, make_policy("fixed", k=4), pair_config, engine=spec)
+    from dataclasses import replace
+
+    from exec.match_lengths import replay_agreement
+    fixed = run_live(trace, make_policy("fixed", k=4), replace(pair_config,
+                                                               record_acceptance=True),
+                     engine=spec)
     conf = np.vstack(fixed.decisions["confidences"].to_numpy())
     assert np.isfinite(conf[:, 0]).all() and (conf[:, 0] > 0).all()  # EAGLE confidences seen
+    # the EAGLE chain's m(p), computed offline (exec/match_lengths.py), gives every live
+    # accepted count but where the head's top two tokens nearly tie and vLLM's CPU kernels
+    # round differently from transformers' (1 of 74 verifies here)
+    agree = replay_agreement(fixed.decisions, fixed.acceptance)
+    assert agree["num_verifies"] > 50 and agree["agreement"] >= 0.95, agree
 
 
 def test_confidence_policy_refuses_the_ngram_drafter(tmp_path):

@@ -1,4 +1,6 @@
 """EngineConfig.draft_passes="vllm": the simulator charges draft passes as vLLM's drafter runs."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,24 @@ def test_vllm_mode_drafts_for_requests_whose_prefill_ends():
     assert len(pre) == 2
     assert pre[0] == pytest.approx(0.001)   # no decision yet: pass 0 only
     assert pre[1] == pytest.approx(0.003)   # request 1's prefill: pass 0 + 2 passes
+
+
+def test_vllm_mode_stops_drafting_near_the_window():
+    # prompt 236 + 20 outputs = max_model_len 256: once a sequence is within k_max=4 of the
+    # window, vLLM drafts for nobody in the step (whole batch, pass 0 included)
+    trace = Trace.from_columns(np.zeros(2), np.array([236, 20]), np.array([20, 60]), dataset="t")
+    cfg = SimConfig(model="embedded-target", draft="embedded-draft",
+                    engine=EngineConfig(k_max=4, num_kv_blocks=500, max_model_len=256,
+                                        draft_passes="vllm"))
+    for mode, expect_gap in (("vllm", True), ("per_request", False)):
+        eng = replace(cfg.engine, draft_passes=mode)
+        steps = simulate_with(trace, make_policy("fixed", k=1), replace(cfg, engine=eng),
+                              cost_model=ConstantCostModel(0.01, 0.001)).steps
+        both = steps[steps["num_decode_seqs"] == 2]
+        silent = both[both["num_spec_tokens"] == 0]
+        assert (len(silent) > 0) == expect_gap, mode
+        if mode == "vllm":
+            assert (silent["draft_s"] == 0).all()
+            # once request 0 (the long one) finishes, request 1 drafts again
+            alone = steps[(steps["num_decode_seqs"] == 1) & (steps["step"] > both["step"].max())]
+            assert (alone["num_spec_tokens"] == 1).all() and len(alone) > 5
