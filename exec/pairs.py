@@ -49,3 +49,12 @@ def pair_config(name: str, **overrides) -> LiveConfig:
 def sim_names(name: str) -> tuple[str, str]:
     """(target, draft) shape names in sim/models.py of a named pair (a folder: embedded's)."""
     return SIM_NAMES.get(name, SIM_NAMES["embedded"])
+
+
+def pair_key(name_or_folder: str) -> str:
+    """The name profiles are filed under: a named pair's name, ``embedded`` for the embedded
+    pair's folder, else the folder's name."""
+    if name_or_folder in PAIRS:
+        return name_or_folder
+    folder = Path(name_or_folder)
+    return "embedded" if folder.resolve() == ASSETS_PAIR.resolve() else folder.name

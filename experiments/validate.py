@@ -67,26 +67,24 @@ def _args(argv):
         args.loads, args.policies, args.requests = "2", "none,fixed:3", 8
         args.repeats = min(args.repeats, 2)
         args.max_prompt, args.max_output = min(args.max_prompt, 64), min(args.max_output, 16)
-        if args.profile is None:
-            args.reprofile = True
     return args
 
 
 def _profile(args, live_cfg, engine, hardware: str, out: Path) -> str:
-    from exec.pairs import sim_names
+    from exec.pairs import pair_key, sim_names
     from exec.profiler import DEFAULT_GRID, QUICK_GRID, profile
     from sim.profiles import PROFILES_DIR, save_profile
     if args.profile:
         p = Path(args.profile)
         return str(p.resolve()) if p.suffix == ".csv" else args.profile
-    committed = PROFILES_DIR / f"{hardware}_{Path(args.pair).name}.csv"
+    committed = PROFILES_DIR / f"{hardware}_{pair_key(args.pair)}.csv"
     if committed.is_file() and not args.reprofile:
         return str(committed)
     t0 = time.perf_counter()
     df = profile(live_cfg, QUICK_GRID if args.quick else DEFAULT_GRID, engine=engine,
                  hardware=hardware, repeats=1 if args.quick else args.profile_repeats,
                  model_names=sim_names(args.pair))
-    path = save_profile(df, out / f"{hardware}_{Path(args.pair).name}.csv").resolve()
+    path = save_profile(df, out / f"{hardware}_{pair_key(args.pair)}.csv").resolve()
     print(f"profiled {len(df)} pass shapes in {time.perf_counter() - t0:.0f} s -> {path}",
           flush=True)
     return str(path)

@@ -227,12 +227,11 @@ def test_live_hook_reports_why_it_cannot_run():
     from experiments.main import live_available, live_overrides
 
     jobs = live_overrides([])
-    # none, fixed k=3 and smartspec, each live and as its simulated twin
-    assert sorted(o for j in jobs for o in j if o.startswith("backend=")) == \
-        ["backend=live"] * 3 + ["backend=sim"] * 3
+    # none, fixed k=3 and smartspec live; each twin is made from its live run (run_twins)
+    assert sorted(o for j in jobs for o in j if o.startswith("backend=")) == ["backend=live"] * 3
     assert {o for j in jobs for o in j if o.startswith("policy=")} == \
         {"policy=none", "policy=fixed", "policy=smartspec"}
-    assert all("model=smollm2_135m" in j for j in jobs)  # the realistic pair, both twins
+    assert all("model=smollm2_135m" in j for j in jobs)  # the realistic pair
     ok, why = live_available()
     head = Path(REPO / "exec" / "assets" / "smollm2_eagle" / "config.json")
     if importlib.util.find_spec("vllm") is not None and head.exists():

@@ -1,6 +1,8 @@
-"""``python -m experiments.validate --quick`` end to end (profile + live + sim)."""
+"""``python -m experiments.validate --quick`` end to end (live repeats, twins, fidelity)."""
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("vllm")
@@ -10,7 +12,8 @@ from exec.config import ASSETS_PAIR  # noqa: E402
 
 @pytest.mark.live
 @pytest.mark.slow
-def test_validate_quick_prints_json(tmp_path_factory, tmp_path, capsys):
+def test_validate_quick_bounds_its_errors(tmp_path_factory, tmp_path, capsys):
+    from analysis.workload import workload
     from experiments.validate import main
     pair = ASSETS_PAIR
     if not (pair / "draft" / "config.json").exists():
@@ -19,14 +22,30 @@ def test_validate_quick_prints_json(tmp_path_factory, tmp_path, capsys):
     main(["--quick", "--pair", str(pair), "--out", str(tmp_path)])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     res = json.loads(last)
-    for key in ("cells", "max_mean_ttft_err", "max_mean_tpot_err", "max_p99_tpot_err"):
-        assert key in res
-    assert len(res["cells"]) == 2 and len(res["details"]) == 2
+    assert len(res["cells"]) == 2 and len(res["details"]) == 2 and res["repeats"] == 2
     for cell in res["details"]:
         assert cell["live"]["num_failed"] == 0 and cell["sim"]["num_failed"] == 0
         # `none` runs plain vLLM (no drafter, nothing to replay); speculative cells replay
         assert cell["acceptance"] == ("none needed (plain vLLM, no drafter)"
                                       if cell["policy"] == "none" else "replay")
-        assert cell["live"]["mean_tpot"] > 0 and cell["sim"]["mean_tpot"] > 0
-    assert (tmp_path / "validate_table.md").read_text().startswith("| load")
-    assert (tmp_path / "cells").is_dir()
+        assert len(cell["live_repeats"]) == 2
+        # every live repeat and the twin served the same request list
+        d = tmp_path / "cells" / f"load2_{cell['policy'].replace(':', '')}"
+        ref = workload(pd.read_parquet(d / "live_r0" / "requests.parquet"))
+        for other in ("live_r1", "sim"):
+            assert ref.equals(workload(pd.read_parquet(d / other / "requests.parquet"))), other
+    fixed = next(c for c in res["details"] if c["policy"] == "fixed:3")
+    assert fixed["acceptance_replay"]["num_verifies"] > 10
+    assert fixed["acceptance_replay"]["agreement"] >= 0.95    # exact m(p) of the draft model
+    assert fixed["k_distribution"]["live"][3] > 0.5           # it really verified k = 3
+    # Bounds, not goals (goals: README): a shared 2-core CI machine varies 10-20 % between
+    # repeats of these 8-request cells; a twin that lost the plot (wrong limits, wrong
+    # acceptance, a twin failing requests) lands far outside them.
+    assert res["max_mean_tpot_err"] < 0.5
+    assert res["step_latency"]["target"]["median"] < 0.5
+    assert res["step_latency"]["draft"]["num_steps"] > 10
+    assert res["ranking_tau_min"] == 1.0     # none (5-6 ms) beats fixed k=3 (9-11 ms) in both
+    assert res["decision_replay_identical"] is True
+    assert all(np.isfinite(v) for v in res["live_noise"].values())
+    table = (tmp_path / "validate_table.md").read_text()
+    assert table.startswith("| load") and "[" in table     # live means with their ranges
