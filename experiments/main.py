@@ -71,25 +71,30 @@ def live_overrides(extra) -> list[list[str]]:
     return [LIVE_BASE + pol + ["backend=live", *extra] for pol in LIVE_POLICIES]
 
 
-def twin_profile(model: str, reprofile: bool, out: Path) -> str:
-    """The step-cost profile of the live pair on this machine kind: the committed
-    ``<hardware>_<model>`` (any CPU kind's when this one has none, said on the terminal), or a
-    fresh one with ``reprofile``."""
+def twin_profile(model: str, reprofile: bool, out: Path) -> tuple[str, str | None]:
+    """The step-cost profiles (speculative engine, plain vLLM) of the live pair on this machine
+    kind: the committed ``<hardware>_<model>[-plain]`` (any CPU kind's when this one has none,
+    said on the terminal), or fresh ones with ``reprofile``."""
     from exec.pairs import pair_config, sim_names
-    from exec.profiler import DEFAULT_GRID, hardware_name, profile
+    from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile
     from sim.profiles import PROFILES_DIR, save_profile
     hardware = hardware_name()
     path = PROFILES_DIR / f"{hardware}_{model}.csv"
-    if reprofile or not path.is_file():
+    if not reprofile and not path.is_file():
         others = sorted(PROFILES_DIR.glob(f"cpu-*_{model}.csv"))
-        if others and not reprofile:
+        if others:
             print(f"twins: no committed profile of {model} on {hardware}; using {others[0].name} "
-                  "(another CPU kind; --reprofile profiles this machine, ~10 min)")
-            return str(others[0])
-        df = profile(pair_config(model), DEFAULT_GRID, hardware=hardware, repeats=2,
-                     model_names=sim_names(model))
-        return str(save_profile(df, out / f"{hardware}_{model}.csv"))
-    return str(path)
+                  "(another CPU kind; --reprofile profiles this machine, ~5 min)")
+            path = others[0]
+    if reprofile or not path.is_file():
+        path = out / f"{hardware}_{model}.csv"
+        cfg = pair_config(model)
+        for engine_cfg, dest in ((cfg, path), (cfg.without_speculation(),
+                                               plain_profile_path(path))):
+            save_profile(profile(engine_cfg, DEFAULT_GRID, hardware=hardware, repeats=2,
+                                 model_names=sim_names(model)), dest)
+    plain = plain_profile_path(path)
+    return str(path), str(plain) if plain.is_file() else None
 
 
 def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path) -> list[str]:
@@ -106,8 +111,8 @@ def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path) -> list[
         if not (twin_dir / store.SUMMARY_FILE).is_file():
             cfg = compose_run(s["overrides"])
             profile = profile or twin_profile(cfg.model.name, reprofile, out)
-            simulate_twin(live_dir, build_policy(cfg), profile, cfg.model.target,
-                          cfg.model.draft, twin_dir)
+            simulate_twin(live_dir, build_policy(cfg), profile[0], cfg.model.target,
+                          cfg.model.draft, twin_dir, plain_profile=profile[1])
         dirs.append(str(twin_dir))
     return dirs
 

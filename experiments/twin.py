@@ -74,11 +74,14 @@ def twin_trace(requests: pd.DataFrame, meta: dict, name: str = "live-twin"):
                  meta={"twin_of": meta.get("run_key", "")})
 
 
-def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu-2core") -> Twin:
+def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu-2core",
+            plain_profile: str | None = None) -> Twin:
     """The twin of the live run saved in ``live_dir``.
 
-    ``profile``: a fitted-cost profile name or CSV (sim/profiles.py); ``model``/``draft``: the
-    pair's shape names in sim/models.py (exec/pairs.py ``sim_names``).
+    ``profile``: a fitted-cost profile name or CSV (sim/profiles.py) of the speculative engine;
+    ``plain_profile``: the same pair on plain vLLM (exec.profiler writes both), used for a run
+    without a drafter when given; ``model``/``draft``: the pair's shape names in sim/models.py
+    (exec/pairs.py ``sim_names``).
     """
     from sim.config import AcceptanceConfig, EngineConfig, SimConfig
 
@@ -101,6 +104,8 @@ def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu
         acc = AcceptanceConfig()
         how = ("none needed (plain vLLM, no drafter)" if not speculative
                else "parametric (the live run recorded no m(p) traces)")
+    if not speculative and plain_profile:
+        profile = plain_profile
     sim_cfg = SimConfig(model=model, draft=draft if speculative else "", hardware=hardware,
                         cost_model=f"fitted:{profile}", engine=eng, acceptance=acc,
                         seed=int(meta.get("seed", 0)))
@@ -108,7 +113,7 @@ def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu
 
 
 def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_dir,
-                  hardware: str = "cpu-2core"):
+                  hardware: str = "cpu-2core", plain_profile: str | None = None):
     """Simulate the twin of ``live_dir`` with ``policy`` (a fresh instance of the live run's
     policy) and save it in ``out_dir`` as a run folder (summary.json included) whose config is
     the live run's with ``backend.name = sim``."""
@@ -118,7 +123,7 @@ def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_di
     from experiments import store
     from sim import simulate
 
-    twin = twin_of(live_dir, profile, model, draft, hardware)
+    twin = twin_of(live_dir, profile, model, draft, hardware, plain_profile)
     res = simulate(twin.trace, policy, twin.config)
     live_meta = json.loads((Path(live_dir) / "meta.json").read_text())
     run_config = json.loads(json.dumps(live_meta.get("run_config", {"policy": {
@@ -126,6 +131,7 @@ def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_di
     run_config.setdefault("backend", {})["name"] = "sim"
     meta = {**res.meta, "backend": "sim", "twin_of": str(Path(live_dir).resolve()),
             "acceptance": twin.acceptance, "run_config": run_config,
+            "cost_model": twin.config.cost_model,
             "policy": live_meta.get("policy", policy.name)}
     res = replace(res, meta=meta)
     out = Path(out_dir)

@@ -70,24 +70,35 @@ def _args(argv):
     return args
 
 
-def _profile(args, live_cfg, engine, hardware: str, out: Path) -> str:
+def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, str | None]:
+    """(speculative-engine profile, plain-vLLM profile or None): given, committed, or measured
+    now on ``engines`` (speculative, plain)."""
     from exec.pairs import pair_key, sim_names
-    from exec.profiler import DEFAULT_GRID, QUICK_GRID, profile
+    from exec.profiler import DEFAULT_GRID, QUICK_GRID, plain_profile_path, profile
     from sim.profiles import PROFILES_DIR, save_profile
+
+    def with_plain(path: Path) -> tuple[str, str | None]:
+        plain = plain_profile_path(path)
+        return str(path), str(plain) if plain.is_file() else None
+
     if args.profile:
         p = Path(args.profile)
-        return str(p.resolve()) if p.suffix == ".csv" else args.profile
+        return with_plain(p.resolve()) if p.suffix == ".csv" else (args.profile, None)
     committed = PROFILES_DIR / f"{hardware}_{pair_key(args.pair)}.csv"
     if committed.is_file() and not args.reprofile:
-        return str(committed)
-    t0 = time.perf_counter()
-    df = profile(live_cfg, QUICK_GRID if args.quick else DEFAULT_GRID, engine=engine,
-                 hardware=hardware, repeats=1 if args.quick else args.profile_repeats,
-                 model_names=sim_names(args.pair))
-    path = save_profile(df, out / f"{hardware}_{pair_key(args.pair)}.csv").resolve()
-    print(f"profiled {len(df)} pass shapes in {time.perf_counter() - t0:.0f} s -> {path}",
-          flush=True)
-    return str(path)
+        return with_plain(committed)
+    path = out / f"{hardware}_{pair_key(args.pair)}.csv"
+    for cfg, engine, dest in ((live_cfg, engines[0], path),
+                              (live_cfg.without_speculation(), engines[1],
+                               plain_profile_path(path))):
+        t0 = time.perf_counter()
+        df = profile(cfg, QUICK_GRID if args.quick else DEFAULT_GRID, engine=engine,
+                     hardware=hardware, repeats=1 if args.quick else args.profile_repeats,
+                     model_names=sim_names(args.pair))
+        save_profile(df, dest)
+        print(f"profiled {len(df)} pass shapes in {time.perf_counter() - t0:.0f} s -> {dest}",
+              flush=True)
+    return str(path.resolve()), str(plain_profile_path(path).resolve())
 
 
 def _goodput(requests: pd.DataFrame) -> float:
@@ -156,10 +167,11 @@ def main(argv=None) -> dict:
     live_cfg = pair_config(args.pair, record_acceptance=True, time_scale=1.0, seed=args.seed,
                            max_wall_s=300.0)
     engine = build_engine(live_cfg)
-    plain = None   # "none" runs plain vLLM (no drafter), built when first needed
+    plain = build_engine(live_cfg.without_speculation())   # "none" runs plain vLLM
     hardware = hardware_name()
-    profile = _profile(args, live_cfg, engine, hardware, out)
+    profile, plain_profile = _profile(args, live_cfg, (engine, plain), hardware, out)
     cost = load_fitted_cost_model(profile)
+    plain_cost = load_fitted_cost_model(plain_profile) if plain_profile else cost
     model, draft = sim_names(args.pair)
 
     cells: dict[tuple, dict] = {}
@@ -179,9 +191,7 @@ def main(argv=None) -> dict:
                     "live_runs": [], "live_dirs": []})
                 cfg, eng = live_cfg, engine
                 if name == "none":
-                    cfg = live_cfg.without_speculation()
-                    plain = plain if plain is not None else build_engine(cfg)
-                    eng = plain
+                    cfg, eng = live_cfg.without_speculation(), plain
                 recorder = PolicyRecorder(make_policy(name, **params))
                 res = run_live(trace, recorder, replace(cfg, record_acceptance=rep == 0
                                                         and cfg.record_acceptance),
@@ -205,13 +215,14 @@ def main(argv=None) -> dict:
             check_same_workload(runs[0].requests, other.requests, ("live repeat 0",
                                                                    f"live repeat {r}"))
         sim = simulate_twin(cell["live_dirs"][0], make_policy(cell["name"], **cell["params"]),
-                            profile, model, draft, cell["dir"] / "sim", hardware)
+                            profile, model, draft, cell["dir"] / "sim", hardware, plain_profile)
         per_rep = [run_metrics(x.requests) for x in runs]
         live_mean = {k: float(np.mean([m[k] for m in per_rep])) for k in KEYS}
         lo = {k: float(np.min([m[k] for m in per_rep])) for k in KEYS}
         hi = {k: float(np.max([m[k] for m in per_rep])) for k in KEYS}
         sm = run_metrics(sim.requests)
-        pred = pd.concat([predict_steps(x.steps, cost, cell["speculative"]).assign(
+        cell_cost = cost if cell["speculative"] else plain_cost
+        pred = pd.concat([predict_steps(x.steps, cell_cost, cell["speculative"]).assign(
             load=load, policy=label, repeat=i) for i, x in enumerate(runs)])
         all_pred.append(pred)
         differ = replay(make_policy(cell["name"], **cell["params"]), cell["calls"])
@@ -267,7 +278,8 @@ def main(argv=None) -> dict:
         "acceptance_replay_agreement_min": min(
             (c["acceptance_replay"]["agreement"] for c in rows
              if c["acceptance_replay"]["num_verifies"]), default=float("nan")),
-        "goal": GOALS, "pair": args.pair, "profile": profile, "hardware": hardware,
+        "goal": GOALS, "pair": args.pair, "profile": profile, "plain_profile": plain_profile,
+        "hardware": hardware,
         "repeats": args.repeats, "requests_per_cell": args.requests, "loads": loads,
         "total_s": time.perf_counter() - started, "details": rows}
     (out / "validate.json").write_text(json.dumps(summary, indent=2, default=float))
