@@ -189,3 +189,23 @@ def test_twin_serves_exactly_the_live_requests(config, engine, tmp_path):
     # engines have stretches of steps without drafts although fixed k=3 asks for them
     assert (live.steps["draft_passes"] == 0).any()
     assert (sim.steps["num_spec_tokens"] == 0).sum() > 2
+
+
+@pytest.mark.parametrize("name", ["smartspec", "adaspec"])
+def test_live_decisions_replay_identically(config, engine, name):
+    """Decision fidelity: the hook calls an adaptive policy received live (observations,
+    drafting states, feedback) give the same answers when replayed on a fresh instance, so a
+    simulated twin that shows it the same inputs gets the same decisions."""
+    from policies.recording import PolicyRecorder, chosen_k, replay
+    from sim.fitted_cost import load_fitted_cost_model
+    from sim.profiles import PROFILES_DIR
+
+    cost = load_fitted_cost_model(sorted(PROFILES_DIR.glob("cpu-*_embedded.csv"))[0])
+    rec = PolicyRecorder(make_policy(name))
+    res = run(small_trace(12, seed=4), rec, config, engine, cost=cost)
+    assert (res.requests["status"] == "finished").all()
+    assert sum(c.hook == "decide" for c in rec.calls) >= len(res.steps) - 1
+    assert sum(c.hook == "observe" for c in rec.calls) > 10
+    assert replay(make_policy(name), rec.calls) == []
+    k = chosen_k(rec.calls)
+    assert k.size > 50
