@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 PHASES = ("target", "draft", "step")
+SHAPE_COLUMNS = ("num_seqs", "num_scheduled_tokens", "num_prefill_tokens", "draft_passes",
+                 "sum_context_tokens")
+MIN_SHAPE_STEPS = 5
 
 
 def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
@@ -36,7 +39,8 @@ def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
                           for r in steps.itertuples()])
     else:
         draft = np.zeros(len(steps))
-    return pd.DataFrame({"step": steps["step"].to_numpy(),
+    shape = {c: steps[c].to_numpy() for c in SHAPE_COLUMNS}
+    return pd.DataFrame({"step": steps["step"].to_numpy(), **shape,
                          "live_target_s": live_target, "pred_target_s": target,
                          "live_draft_s": steps["draft_s"].to_numpy(), "pred_draft_s": draft,
                          "live_step_s": live_target + steps["draft_s"].to_numpy(),
@@ -54,3 +58,25 @@ def step_errors(pred: pd.DataFrame) -> dict:
                        "mean_signed": float(np.mean((p[ok] - live[ok]) / live[ok])),
                        "num_steps": int(ok.sum())} if ok.any() else {"num_steps": 0})
     return out
+
+
+def shape_noise_floor(pred: pd.DataFrame, by=("policy",)) -> dict:
+    """How much live steps of one shape differ among themselves: the median (and p90) of
+    |step - median of its shape| / median over steps whose shape (the columns above, context
+    per token within a factor of sqrt 2) occurs >= 5 times. No cost model of shapes can have a
+    smaller median step error than this on the same steps; ``model_median`` is the model's on
+    those steps."""
+    per_tok = pred["sum_context_tokens"] / pred["num_scheduled_tokens"].clip(lower=1)
+    band = np.floor(2 * np.log2(per_tok.clip(lower=1)))
+    keys = [*(k for k in by if k in pred.columns), "num_seqs", "num_scheduled_tokens",
+            "num_prefill_tokens", "draft_passes"]
+    g = pred.assign(_band=band).groupby(keys + ["_band"])["live_step_s"]
+    med, count = g.transform("median"), g.transform("size")
+    ok = (count >= MIN_SHAPE_STEPS).to_numpy()
+    if not ok.any():
+        return {"num_steps": 0}
+    live = pred["live_step_s"].to_numpy()[ok]
+    dev = np.abs(live - med.to_numpy()[ok]) / med.to_numpy()[ok]
+    err = np.abs(pred["pred_step_s"].to_numpy()[ok] - live) / live
+    return {"median": float(np.median(dev)), "p90": float(np.percentile(dev, 90)),
+            "model_median": float(np.median(err)), "num_steps": int(ok.sum())}

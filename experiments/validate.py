@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
     from exec.runner import run_live
-    from experiments.step_fidelity import predict_steps, step_errors
+    from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
     from experiments.twin import check_same_workload, simulate_twin
     from policies.recording import PolicyRecorder, replay
     from policies.registry import make_policy
@@ -252,6 +252,7 @@ def main(argv=None) -> dict:
     pred = pd.concat(all_pred)
     pred.to_parquet(out / "step_predictions.parquet", index=False)
     steps_all = step_errors(pred)
+    steps_all["noise_floor"] = shape_noise_floor(pred)
     ranking = [_ranking(rows, load) for load in loads]
     table = error_table(rows)
     (out / "validate_table.md").write_text(table + "\n")
@@ -270,6 +271,7 @@ def main(argv=None) -> dict:
         "live_noise": {k: worst(f"{k}_spread", "live_noise") for k in KEYS},
         "step_latency_median_err": steps_all["step"].get("median", float("nan")),
         "step_latency": steps_all,
+        "step_latency_noise_floor": steps_all["noise_floor"].get("median", float("nan")),
         "ranking_tau_min": float(min(taus)) if taus else float("nan"),
         "ranking": ranking,
         "decision_replay_identical": all(c["decision_replay"]["num_differ"] == 0

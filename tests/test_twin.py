@@ -47,3 +47,34 @@ def test_workload_check_names_the_difference():
         check_same_workload(_requests(), _requests(status=(0, "failed")))
     with pytest.raises(ValueError, match="different requests"):
         check_same_workload(_requests(), _requests().iloc[:2])
+
+
+def _steps(latency_s, draft_s, draft_passes=1):
+    n = len(latency_s)
+    start = np.cumsum(np.concatenate([[0.0], np.asarray(latency_s)[:-1] + 0.001]))
+    return pd.DataFrame({"step": np.arange(n), "start_s": start, "latency_s": latency_s,
+                         "draft_s": draft_s, "num_seqs": 2, "num_scheduled_tokens": 2,
+                         "num_prefill_tokens": 0, "sum_context_tokens": 200,
+                         "draft_passes": draft_passes, "num_next_seqs": 2,
+                         "draft_ctx_sum": 200})
+
+
+def test_step_fidelity_predicts_each_phase_and_its_noise_floor():
+    from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
+    from sim.cost import ConstantCostModel
+    cost = ConstantCostModel(0.010, 0.002)        # target pass 10 ms, any draft pass 2 ms
+    # three draft passes (pass 0 + 2 more) and a 1 ms gap between steps (the runner's loop)
+    exact = _steps(np.full(20, 0.015), np.full(20, 0.006), draft_passes=3)
+    pred = predict_steps(exact, cost, speculative=True)
+    assert np.allclose(pred["pred_draft_s"], 0.006) and np.allclose(pred["live_draft_s"], 0.006)
+    assert np.allclose(pred["live_target_s"], 0.010)          # 15 - 6 + 1 ms
+    err = step_errors(pred)
+    assert err["step"]["median"] < 1e-9 and err["draft"]["num_steps"] == 20
+    # +-10 % jitter around the same shape: the floor is ~10 %, the model error no smaller
+    jitter = 1 + 0.1 * np.where(np.arange(20) % 2, 1.0, -1.0)
+    noisy = _steps(0.006 + 0.009 * jitter, np.full(20, 0.006), draft_passes=3)
+    floor = shape_noise_floor(predict_steps(noisy, cost, speculative=True), by=())
+    assert floor["num_steps"] == 20 and 0.04 < floor["median"] < 0.07
+    assert floor["model_median"] >= floor["median"] - 1e-9
+    plain = predict_steps(exact.assign(draft_s=0.0), cost, speculative=False)
+    assert (plain["pred_draft_s"] == 0).all()
