@@ -173,7 +173,10 @@ def build_live_config(cfg):
                   max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
                   gpu_memory_utilization=e.gpu_memory_utilization, k_max=e.k_max,
                   max_model_len=e.max_model_len, max_wall_s=cfg.backend.max_wall_s,
-                  seed=component_seed(cfg.seed, ENGINE_SEED))
+                  seed=component_seed(cfg.seed, ENGINE_SEED),
+                  # a model drafter's m(p) traces make the run's simulated twin exact
+                  # (experiments/twin.py); backend.extra can switch them off
+                  record_acceptance=draft is not None)
     if wanted["target_model"] is None:
         raise ValueError(f"model {cfg.model.name!r} has no target_path for a live run")
     wanted = {k: v for k, v in wanted.items() if v is not None or k == "draft_model"}

@@ -111,8 +111,10 @@ def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path) -> list[
         if not (twin_dir / store.SUMMARY_FILE).is_file():
             cfg = compose_run(s["overrides"])
             profile = profile or twin_profile(cfg.model.name, reprofile, out)
-            simulate_twin(live_dir, build_policy(cfg), profile[0], cfg.model.target,
-                          cfg.model.draft, twin_dir, plain_profile=profile[1])
+            res = simulate_twin(live_dir, build_policy(cfg), profile[0], cfg.model.target,
+                                cfg.model.draft, twin_dir, plain_profile=profile[1])
+            print(f"twin of {cfg.policy.name}: acceptance {res.meta['acceptance']}, "
+                  f"cost {res.meta['cost_model'].rsplit('/', 1)[-1]}")
         dirs.append(str(twin_dir))
     return dirs
 

@@ -185,6 +185,9 @@ def test_live_config_smollm2_eagle():
     live = build_live_config(compose_run(["backend=live", "model=smollm2_135m",
                                           "policy=fixed"]))
     assert live.draft_method == "eagle" and live.draft_model.endswith("smollm2_eagle")
+    assert live.record_acceptance          # m(p) traces for the run's twin (experiments/twin.py)
+    plain = build_live_config(compose_run(["backend=live", "model=smollm2_135m", "policy=none"]))
+    assert plain.draft_model is None and not plain.record_acceptance
     assert (Path(live.target_model) / "config.json").is_file()  # the converted checkpoint
     assert live.default_prompts_path().is_file()  # held-out code prompts, not beside the target
 
