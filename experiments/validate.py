@@ -2,9 +2,10 @@
 noise band.
 
 1. The pair (default the realistic one, SmolLM2-135M + EAGLE head, exec/pairs.py) and its
-   step-cost profile: the committed one of this machine kind (sim/profiles_data/
-   ``<hardware>_<pair>.csv``, refreshed by ``python -m exec.profiler``), or a fresh profile
-   with ``--reprofile`` (or when none is committed for this machine).
+   step-cost profiles (speculative engine, plain vLLM): measured now by default (this machine
+   drifts 15-20 % within an hour), or with ``--no-reprofile`` the committed ones of this
+   machine kind (sim/profiles_data/``<hardware>_<pair>[-plain].csv``, refreshed by
+   ``python -m exec.profiler``), or ``--profile``.
 2. Live: every load x policy cell ``--repeats`` times, repeats interleaved in time (repeat r of
    every cell runs before repeat r + 1 of any), ``none`` on plain vLLM (no drafter), the other
    policies on the speculative engine. The first repeat records the m(p) traces and every hook
@@ -46,7 +47,9 @@ def _args(argv):
                     help="a named pair (exec/pairs.py) or a folder with target/ and draft/")
     ap.add_argument("--profile", default=None,
                     help="profile name or CSV (default: the committed <hardware>_<pair>)")
-    ap.add_argument("--reprofile", action="store_true", help="profile this machine now")
+    ap.add_argument("--reprofile", action=argparse.BooleanOptionalAction, default=None,
+                    help="profile this machine now (default, ~4 min: a profile an hour old "
+                         "was 15-20 %% off here); --no-reprofile uses the committed one")
     ap.add_argument("--loads", default="0.5,1.5,4", help="request rates per second")
     ap.add_argument("--policies", default="none,fixed:3,smartspec")
     ap.add_argument("--requests", type=int, default=16, help="requests per cell")
@@ -61,6 +64,8 @@ def _args(argv):
     ap.add_argument("--quick", action="store_true",
                     help="embedded toy pair, 1 load x 2 policies, 8 requests, 2 repeats (CI)")
     args = ap.parse_args(argv)
+    if args.reprofile is None:     # quick (CI): the committed toy-pair profile
+        args.reprofile = not args.quick and args.profile is None
     if args.quick:
         if args.pair == "smollm2_135m":
             args.pair = "embedded"
