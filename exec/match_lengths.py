@@ -48,6 +48,19 @@ def request_trace(pred: np.ndarray, prob: np.ndarray, output_ids, k_max: int):
     return m, conf
 
 
+def _add_rows(rows: dict, request_id: int, match_len: np.ndarray, conf: np.ndarray) -> None:
+    """One request's m(p) and confidences, one row per output position."""
+    rows["request_id"].extend([request_id] * len(match_len))
+    rows["position"].extend(range(len(match_len)))
+    rows["match_len"].extend(match_len.tolist())
+    rows["confidences"].extend([list(map(float, c)) for c in conf])
+
+
+def _frame(rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(rows).astype({"request_id": "int64", "position": "int64",
+                                      "match_len": "int64"})
+
+
 def acceptance_traces(draft_model_path: str, outputs: list[dict], k_max: int,
                       batch_tokens: int = 8192) -> pd.DataFrame:
     """One row per (finished request, output position): request_id, position, match_len,
@@ -72,12 +85,8 @@ def acceptance_traces(draft_model_path: str, outputs: list[dict], k_max: int,
             probs = torch.softmax(logits.float(), dim=-1)
             prob, pred = probs.max(dim=-1)
             m, conf = request_trace(pred.numpy(), prob.numpy(), y, k_max)
-            rows["request_id"].extend([int(item["request_id"])] * len(y))
-            rows["position"].extend(range(len(y)))
-            rows["match_len"].extend(m.tolist())
-            rows["confidences"].extend([list(map(float, c)) for c in conf])
-    df = pd.DataFrame(rows)
-    return df.astype({"request_id": "int64", "position": "int64", "match_len": "int64"})
+            _add_rows(rows, int(item["request_id"]), m, conf)
+    return _frame(rows)
 
 
 def eagle_chain_hits(head, embed, lm_head, feats, ids, k_max: int):
@@ -154,12 +163,8 @@ def eagle_acceptance_traces(target_path: str, head_path: str, outputs: list[dict
                 m[p] = run
                 seen = min(run + 1, room)
                 conf[p, :seen] = prob[i, :seen]
-            rows["request_id"].extend([int(item["request_id"])] * len(y))
-            rows["position"].extend(range(len(y)))
-            rows["match_len"].extend(m.tolist())
-            rows["confidences"].extend([list(map(float, c)) for c in conf])
-    df = pd.DataFrame(rows)
-    return df.astype({"request_id": "int64", "position": "int64", "match_len": "int64"})
+            _add_rows(rows, int(item["request_id"]), m, conf)
+    return _frame(rows)
 
 
 def replay_agreement(decisions: pd.DataFrame, acceptance: pd.DataFrame | None) -> dict:

@@ -8,7 +8,6 @@ trained elsewhere, drafting with method draft_model).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from exec.config import ASSETS_PAIR, LiveConfig
@@ -43,7 +42,7 @@ def pair_config(name: str, **overrides) -> LiveConfig:
                                     f"exec.train_eagle --work <dir> --out {draft}`")
         base.update(target_model=str(ensure_target(verbose=False)),
                     draft_model=None if draft is None else str(draft), draft_method=method)
-    return replace(LiveConfig(**base), **overrides) if overrides else LiveConfig(**base)
+    return LiveConfig(**{**base, **overrides})
 
 
 def sim_names(name: str) -> tuple[str, str]:

@@ -246,7 +246,7 @@ class _StepPasses:
 
 def main(argv=None) -> Path:
     from exec.pairs import PAIRS, pair_config, pair_key, sim_names
-    from sim.profiles import PROFILES_DIR, save_profile
+    from sim.profiles import PROFILES_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None,
@@ -264,15 +264,27 @@ def main(argv=None) -> Path:
     hardware = args.hardware or hardware_name()
     out = Path(args.out) if args.out else PROFILES_DIR / f"{hardware}_{pair_key(args.pair)}.csv"
     grid = QUICK_GRID if args.quick else DEFAULT_GRID
-    for engine_cfg, path in ((cfg, out), (cfg.without_speculation(), plain_profile_path(out))):
-        t0 = time.perf_counter()
-        df = profile(engine_cfg, grid, hardware=hardware, repeats=args.repeats,
-                     aggregate=not args.raw, model_names=sim_names(args.pair))
-        save_profile(df, path)
-        print(f"wrote {len(df)} rows ({(df.role == 'target').sum()} target, "
-              f"{(df.role == 'draft').sum()} draft) to {path} in {time.perf_counter() - t0:.0f} s"
-              f" on {hardware} ({platform.processor() or platform.machine()})", flush=True)
+    profile_pair(cfg, grid, out, hardware=hardware, repeats=args.repeats,
+                 model_names=sim_names(args.pair), aggregate=not args.raw)
     return out
+
+
+def profile_pair(config: LiveConfig, grid, path, *, hardware: str, repeats: int, model_names,
+                 engines=(None, None), aggregate: bool = True) -> tuple[Path, Path]:
+    """Profile ``config``'s speculative engine into ``path`` and plain vLLM (the same limits,
+    no drafter) into ``plain_profile_path(path)``; ``engines``: already built (speculative,
+    plain) engines to reuse. Returns both paths."""
+    from sim.profiles import save_profile
+    paths = (Path(path), plain_profile_path(path))
+    for cfg, engine, dest in zip((config, config.without_speculation()), engines, paths):
+        t0 = time.perf_counter()
+        df = profile(cfg, grid, engine=engine, hardware=hardware, repeats=repeats,
+                     aggregate=aggregate, model_names=model_names)
+        save_profile(df, dest)
+        print(f"wrote {len(df)} rows ({(df.role == 'target').sum()} target, "
+              f"{(df.role == 'draft').sum()} draft) to {dest} in {time.perf_counter() - t0:.0f} s"
+              f" on {hardware} ({platform.processor() or platform.machine()})", flush=True)
+    return paths
 
 
 def plain_profile_path(profile_path) -> Path:

@@ -76,8 +76,8 @@ def twin_profile(model: str, reprofile: bool, out: Path) -> tuple[str, str | Non
     kind: the committed ``<hardware>_<model>[-plain]`` (any CPU kind's when this one has none,
     said on the terminal), or fresh ones with ``reprofile``."""
     from exec.pairs import pair_config, sim_names
-    from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile
-    from sim.profiles import PROFILES_DIR, save_profile
+    from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile_pair
+    from sim.profiles import PROFILES_DIR
     hardware = hardware_name()
     path = PROFILES_DIR / f"{hardware}_{model}.csv"
     if not reprofile and not path.is_file():
@@ -87,12 +87,8 @@ def twin_profile(model: str, reprofile: bool, out: Path) -> tuple[str, str | Non
                   "(another CPU kind; --reprofile profiles this machine, ~5 min)")
             path = others[0]
     if reprofile or not path.is_file():
-        path = out / f"{hardware}_{model}.csv"
-        cfg = pair_config(model)
-        for engine_cfg, dest in ((cfg, path), (cfg.without_speculation(),
-                                               plain_profile_path(path))):
-            save_profile(profile(engine_cfg, DEFAULT_GRID, hardware=hardware, repeats=2,
-                                 model_names=sim_names(model)), dest)
+        path, _ = profile_pair(pair_config(model), DEFAULT_GRID, out / f"{hardware}_{model}.csv",
+                               hardware=hardware, repeats=2, model_names=sim_names(model))
     plain = plain_profile_path(path)
     return str(path), str(plain) if plain.is_file() else None
 

@@ -79,8 +79,8 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     """(speculative-engine profile, plain-vLLM profile or None): given, committed, or measured
     now on ``engines`` (speculative, plain)."""
     from exec.pairs import pair_key, sim_names
-    from exec.profiler import DEFAULT_GRID, QUICK_GRID, plain_profile_path, profile
-    from sim.profiles import PROFILES_DIR, save_profile
+    from exec.profiler import DEFAULT_GRID, QUICK_GRID, plain_profile_path, profile_pair
+    from sim.profiles import PROFILES_DIR
 
     def with_plain(path: Path) -> tuple[str, str | None]:
         plain = plain_profile_path(path)
@@ -92,18 +92,11 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     committed = PROFILES_DIR / f"{hardware}_{pair_key(args.pair)}.csv"
     if committed.is_file() and not args.reprofile:
         return with_plain(committed)
-    path = out / f"{hardware}_{pair_key(args.pair)}.csv"
-    for cfg, engine, dest in ((live_cfg, engines[0], path),
-                              (live_cfg.without_speculation(), engines[1],
-                               plain_profile_path(path))):
-        t0 = time.perf_counter()
-        df = profile(cfg, QUICK_GRID if args.quick else DEFAULT_GRID, engine=engine,
-                     hardware=hardware, repeats=1 if args.quick else args.profile_repeats,
-                     model_names=sim_names(args.pair))
-        save_profile(df, dest)
-        print(f"profiled {len(df)} pass shapes in {time.perf_counter() - t0:.0f} s -> {dest}",
-              flush=True)
-    return str(path.resolve()), str(plain_profile_path(path).resolve())
+    path, plain = profile_pair(live_cfg, QUICK_GRID if args.quick else DEFAULT_GRID,
+                               out / f"{hardware}_{pair_key(args.pair)}.csv", hardware=hardware,
+                               repeats=1 if args.quick else args.profile_repeats,
+                               model_names=sim_names(args.pair), engines=engines)
+    return str(path.resolve()), str(plain.resolve())
 
 
 def _goodput(requests: pd.DataFrame) -> int:
