@@ -377,14 +377,19 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--num-sequences", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from an exported head (fine-tune) instead of the target's "
+                         "last layer")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = EagleTrainConfig()
-    if args.steps is not None or args.num_sequences is not None:
+    overrides = {k: v for k, v in (("steps", args.steps), ("num_sequences", args.num_sequences),
+                                   ("lr", args.lr)) if v is not None}
+    if overrides:
         from dataclasses import replace
-        cfg = replace(cfg, **{k: v for k, v in (("steps", args.steps),
-                                                 ("num_sequences", args.num_sequences)) if v})
+        cfg = replace(cfg, **overrides)
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from exec.smollm2 import ensure_target
@@ -403,7 +408,11 @@ def main(argv=None) -> None:
         return
     seqs = load_data(args.work)
     head = EagleHead(target.config)
-    head.init_from_target(target, layer=target.config.num_hidden_layers - 1)
+    if args.init_from is not None:
+        from safetensors.torch import load_file
+        head.load_vllm_state(load_file(str(args.init_from / "model.safetensors")))
+    else:
+        head.init_from_target(target, layer=target.config.num_hidden_layers - 1)
     log = train(head, target, seqs, cfg, args.work, args.save_every) if args.stage != "export" \
         else torch.load(args.work / "head_ckpt.pt")["log"]
     if args.stage == "export":
