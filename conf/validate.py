@@ -126,8 +126,8 @@ def _check_names(cfg, bad: list[str]) -> None:
         bad.append(f"trace.name: unknown trace {name!r}; known: {', '.join(known_names())}")
     if cfg.backend.name != "sim":
         return
-    from sim.hardware import known_hardware
-    from sim.models import known_models
+    from sim.models.hardware import known_hardware
+    from sim.models.shapes import known_models
 
     for key in ("target", "draft"):
         value = cfg.model[key]

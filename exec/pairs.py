@@ -13,7 +13,7 @@ from pathlib import Path
 from exec.config import ASSETS_PAIR, LiveConfig
 
 PAIRS = ("embedded", "smollm2_135m", "smollm2_135m_ngram")
-# sim/models.py's names of each pair's target and drafter shapes ("" = no draft model)
+# sim/models/shapes.py's names of each pair's target and drafter shapes ("" = no draft model)
 SIM_NAMES = {"embedded": ("embedded-target", "embedded-draft"),
              "smollm2_135m": ("smollm2-135m", "smollm2-135m-eagle"),
              "smollm2_135m_ngram": ("smollm2-135m", "")}
@@ -46,7 +46,7 @@ def pair_config(name: str, **overrides) -> LiveConfig:
 
 
 def sim_names(name: str) -> tuple[str, str]:
-    """(target, draft) shape names in sim/models.py of a named pair (a folder: embedded's)."""
+    """(target, draft) shape names in sim/models/shapes.py of a named pair (a folder: embedded's)."""
     return SIM_NAMES.get(name, SIM_NAMES["embedded"])
 
 

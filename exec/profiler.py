@@ -5,7 +5,7 @@ on GPU vLLM): B requests with identical prompts of P tokens arrive together and 
 with a fixed speculative length k (k = 0: policy ``none``). Identical prompts give identical
 greedy outputs, so every request of a workload has the same context at every step and the
 attention context of each pass is known exactly. Each measured engine step becomes profile
-rows in the schema of sim/profiles.py:
+rows in the schema of profiles/:
 
 * target: one row per step, latency = the step's wall time minus its drafting time (target
   pass plus everything vLLM does around it: scheduling, sampling, output processing) plus the
@@ -15,7 +15,7 @@ rows in the schema of sim/profiles.py:
   proposer's own overhead (time in ``propose`` outside the forward passes) is spread evenly
   over the step's passes. vLLM's draft-model proposer runs pass 0 over every token the target
   pass ran (it keeps the draft's KV in step), even when k = 0, then k - 1 passes of one token
-  per request: the rows say so (sim/live_mirror.py charges passes the same way).
+  per request: the rows say so (sim/core/live_mirror.py charges passes the same way).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class _PassTimer:
 
 
 def hardware_name() -> str:
-    """``cpu-<cores>core`` on CPU (sim/hardware.py's naming), else the GPU's name."""
+    """``cpu-<cores>core`` on CPU (sim/models/hardware.py's naming), else the GPU's name."""
     try:
         import torch
         if torch.cuda.is_available():
@@ -176,7 +176,7 @@ def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | 
     from exec.engine import build_engine, engine_core
     from exec.runner import run_live
     from policies.registry import make_policy
-    from sim.profiles import validate_profile
+    from profiles import validate_profile
 
     batches, prompts, output, ks = grid
     hardware = hardware or hardware_name()
@@ -246,11 +246,11 @@ class _StepPasses:
 
 def main(argv=None) -> Path:
     from exec.pairs import PAIRS, pair_config, pair_key, sim_names
-    from sim.profiles import PROFILES_DIR
+    from profiles import PROFILES_DIR
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None,
-                    help="profile CSV to write (default: sim/profiles_data/<hardware>_<pair>.csv, "
+                    help="profile CSV to write (default: profiles/data/<hardware>_<pair>.csv, "
                          "the committed profile the twins use) and, beside it, the plain-vLLM "
                          "profile <...>-plain.csv")
     ap.add_argument("--pair", default="smollm2_135m",
@@ -274,7 +274,7 @@ def profile_pair(config: LiveConfig, grid, path, *, hardware: str, repeats: int,
     """Profile ``config``'s speculative engine into ``path`` and plain vLLM (the same limits,
     no drafter) into ``plain_profile_path(path)``; ``engines``: already built (speculative,
     plain) engines to reuse. Returns both paths."""
-    from sim.profiles import save_profile
+    from profiles import save_profile
     paths = (Path(path), plain_profile_path(path))
     for cfg, engine, dest in zip((config, config.without_speculation()), engines, paths):
         t0 = time.perf_counter()

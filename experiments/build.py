@@ -53,7 +53,7 @@ def _load_source(t, seed: int) -> Trace:
 def baseline_tpot_s(cfg, context_tokens: float) -> float:
     """No-load, no-speculation TPOT of the target on the hardware (one decode step, batch 1,
     mean context); the unit of AdaServe's relative TPOT SLOs."""
-    from sim.cost import make_cost_model
+    from sim.models.cost import make_cost_model
 
     cost = make_cost_model(build_sim_config(cfg))
     return float(cost.target_step_s(1, 1, context_tokens))
@@ -110,8 +110,8 @@ def build_policy(cfg):
 
 
 def build_sim_config(cfg):
-    """sim.config.SimConfig from the model, hardware, engine groups."""
-    from sim.config import AcceptanceConfig, EngineConfig, SimConfig
+    """sim.core.config.SimConfig from the model, hardware, engine groups."""
+    from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 
     a = cfg.model.acceptance
     acceptance = AcceptanceConfig(

@@ -37,7 +37,7 @@ def policy_spec(label: str, k_max: int) -> PolicySpec:
 
 
 def sim_config(cfg, seed: int):
-    from sim.config import AcceptanceConfig, EngineConfig, SimConfig
+    from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
     from experiments.compare_specbench import category_betas
 
     acc = cfg.acceptance
@@ -78,7 +78,7 @@ def category_trace(arrivals: Trace, categories, seed: int) -> Trace:
 def slo_classes(cfg, trace: Trace, config) -> list:
     """SloClass objects; ``tpot_x_baseline`` multiplies the no-load TPOT (one decode step at
     batch 1 and the workload's mean context, AdaServe's 'baseline latency')."""
-    from sim.cost import make_cost_model
+    from sim.models.cost import make_cost_model
     from traces.slo import SloClass
 
     ctx = float(np.mean(trace.num_prompt_tokens + trace.num_output_tokens / 2))

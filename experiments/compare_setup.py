@@ -130,7 +130,7 @@ def workload_at(base: Trace, rate_per_s: float, num_requests: int) -> Trace:
 
 
 def sim_config(setup: CompareSetup):
-    from sim.config import AcceptanceConfig, EngineConfig, SimConfig
+    from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 
     return SimConfig(model=setup.model, draft=setup.draft, hardware=setup.hardware,
                      engine=EngineConfig(k_max=setup.k_max, compiled_epochs=True),  # sim-only process

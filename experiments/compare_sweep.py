@@ -27,7 +27,7 @@ class Job:
     spec: object                     # compare_setup.PolicySpec
     load: float                      # offered req/s
     trace: object                    # traces.schema.Trace at that load
-    config: object                   # sim.config.SimConfig
+    config: object                   # sim.core.config.SimConfig
     sweep_seed: int = 0              # the sweep's seed this job's workload and engine come from
 
 

@@ -77,7 +77,7 @@ def twin_profile(model: str, reprofile: bool, out: Path) -> tuple[str, str | Non
     said on the terminal), or fresh ones with ``reprofile``."""
     from exec.pairs import pair_config, sim_names
     from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile_pair
-    from sim.profiles import PROFILES_DIR
+    from profiles import PROFILES_DIR
     hardware = hardware_name()
     path = PROFILES_DIR / f"{hardware}_{model}.csv"
     if not reprofile and not path.is_file():

@@ -2,10 +2,10 @@
 
 A live step (exec/controller.py) records the shape of its passes: sequences, scheduled and
 prefill tokens, the attention context of the target pass, the drafter's passes and the KV of
-the requests that draft. The fitted cost model (sim/fitted_cost.py) predicts, per step, the
+the requests that draft. The fitted cost model (sim/models/fitted_cost.py) predicts, per step, the
 target phase (target pass plus vLLM's work around it and the gap to the next step, as the
 profiler's target rows measure it) and the draft phase (vLLM's pass accounting,
-sim/live_mirror.py). Errors are |predicted - live| / live per step; their median and 90th
+sim/core/live_mirror.py). Errors are |predicted - live| / live per step; their median and 90th
 percentile per phase say whether the simulator's clock ticks like the live engine's.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
     """Per live step: live and predicted seconds of the target phase, draft phase and whole
     step. ``speculative``: the engine had a drafter (plain vLLM has no draft phase)."""
     from exec.profiler import step_gaps_s
-    from sim.live_mirror import vllm_draft_s_of_sums
+    from sim.core.live_mirror import vllm_draft_s_of_sums
 
     gap = step_gaps_s(steps)
     live_target = steps["latency_s"].to_numpy() - steps["draft_s"].to_numpy() + gap

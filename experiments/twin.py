@@ -7,7 +7,7 @@ A twin runs exactly the live run's workload on the simulator:
   window (exec/prompts.py ``fit_prompt_token_ids``), requested output lengths, SLOs;
 * the live engine's limits: max_num_seqs, max_num_batched_tokens, k_max (0 on plain vLLM),
   max_model_len, the KV block size and count vLLM allocated, vLLM's draft-pass accounting;
-* the step costs fitted to a profile of this machine and this pair (sim/profiles_data/);
+* the step costs fitted to a profile of this machine and this pair (profiles/data/);
 * the acceptance the live run met: its m(p) traces replayed (min(k, m(p)) per verify), which
   reproduce every live accepted count under greedy decoding.
 
@@ -31,7 +31,7 @@ class Twin:
     """What the simulator needs to replay a live run (``trace``, ``config``) and where from."""
 
     trace: object        # traces.schema.Trace, the live run's requests
-    config: object       # sim.config.SimConfig
+    config: object       # sim.core.config.SimConfig
     live_dir: str
     acceptance: str      # "replay" | "parametric (...)"
 
@@ -78,12 +78,12 @@ def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu
             plain_profile: str | None = None) -> Twin:
     """The twin of the live run saved in ``live_dir``.
 
-    ``profile``: a fitted-cost profile name or CSV (sim/profiles.py) of the speculative engine;
+    ``profile``: a fitted-cost profile name or CSV (profiles/) of the speculative engine;
     ``plain_profile``: the same pair on plain vLLM (exec.profiler writes both), used for a run
-    without a drafter when given; ``model``/``draft``: the pair's shape names in sim/models.py
+    without a drafter when given; ``model``/``draft``: the pair's shape names in sim/models/shapes.py
     (exec/pairs.py ``sim_names``).
     """
-    from sim.config import AcceptanceConfig, EngineConfig, SimConfig
+    from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 
     live_dir = Path(live_dir)
     meta = _live_meta(live_dir)

@@ -4,7 +4,7 @@ noise band.
 1. The pair (default the realistic one, SmolLM2-135M + EAGLE head, exec/pairs.py) and its
    step-cost profiles (speculative engine, plain vLLM): measured now by default (this machine
    drifts 15-20 % within an hour), or with ``--no-reprofile`` the committed ones of this
-   machine kind (sim/profiles_data/``<hardware>_<pair>[-plain].csv``, refreshed by
+   machine kind (profiles/data/``<hardware>_<pair>[-plain].csv``, refreshed by
    ``python -m exec.profiler``), or ``--profile``.
 2. Live: every load x policy cell ``--repeats`` times, repeats interleaved in time (repeat r of
    every cell runs before repeat r + 1 of any), ``none`` on plain vLLM (no drafter), the other
@@ -80,7 +80,7 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     now on ``engines`` (speculative, plain)."""
     from exec.pairs import pair_key, sim_names
     from exec.profiler import DEFAULT_GRID, QUICK_GRID, plain_profile_path, profile_pair
-    from sim.profiles import PROFILES_DIR
+    from profiles import PROFILES_DIR
 
     def with_plain(path: Path) -> tuple[str, str | None]:
         plain = plain_profile_path(path)
@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
     from experiments.twin import check_same_workload, simulate_twin
     from policies.recording import PolicyRecorder, replay
     from policies.registry import make_policy
-    from sim.fitted_cost import load_fitted_cost_model
+    from sim.models.fitted_cost import load_fitted_cost_model
 
     started = time.perf_counter()
     out = Path(args.out)

@@ -138,7 +138,7 @@ class Policy:
     # on time, contexts, feedback or waiting requests), returns a plain chain (no confidence
     # stop, verify budget or tree) and that observe() is a no-op. The simulator then runs
     # stretches of pure-decode steps between batch events as one vectorized epoch
-    # (sim/epoch.py): one decide() call per epoch, no per-step observe() calls.
+    # (sim/fast/epoch.py): one decide() call per epoch, no per-step observe() calls.
     static_decisions = False
 
     def decide(self, obs: Observation) -> Decision:

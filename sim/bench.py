@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from policies import make_policy
-from sim.config import EngineConfig, SimConfig
-from sim.run import simulate_with
+from sim.core.config import EngineConfig, SimConfig
+from sim.core.run import simulate_with
 
 
 def bench_trace(num_requests: int, seed: int, rate_scale: float = 1.0):
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     ap.add_argument("--compare-slow", action="store_true",
                     help="also run the per-step path (multi_step=False) and report both")
     args = ap.parse_args(argv)
-    from sim.epoch_kernel import warm_up
+    from sim.fast.epoch_kernel import warm_up
     jit_s = round(warm_up(), 3)       # compile (or cache-load) outside the timings
     out = run_once(args.requests, args.seed, 1.0)
     out["jit_compile_s"] = jit_s

@@ -1,5 +1,5 @@
 """Run by tests/test_sim_epochs_kernel.py in a subprocess (numba must not load into the
-process that runs the live vLLM tests). The compiled epoch kernel (sim/epoch_kernel.py, sim/epoch_compiled.py): exact against the per-step path and the
+process that runs the live vLLM tests). The compiled epoch kernel (sim/fast/epoch_kernel.py, sim/fast/epoch_compiled.py): exact against the per-step path and the
 numpy epoch fallback, chained epochs, in-place EWMA, fallbacks, and the bench's JIT warm-up."""
 import dataclasses
 import json
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import simpy
 
-import sim.engine
-import sim.epoch_kernel as ek
-from sim.epoch_compiled import kernel_inputs
+import sim.core.engine
+import sim.fast.epoch_kernel as ek
+from sim.fast.epoch_compiled import kernel_inputs
 from policies import make_policy
 from policies.interface import Decision, Policy
 from sim import simulate_with
-from sim.config import AcceptanceConfig
-from sim.cost import ConstantCostModel, make_cost_model
-from sim.engine import Engine
+from sim.core.config import AcceptanceConfig
+from sim.models.cost import ConstantCostModel, make_cost_model
+from sim.core.engine import Engine
 from tests.test_sim_epochs import CASES, _assert_same, _both
 from tests.test_sim_helpers import config, poisson_trace
 
@@ -26,8 +26,8 @@ needs_numba = pytest.mark.skipif(ek.EPOCH_KERNEL is None, reason="numba is not i
 @pytest.fixture(autouse=True)
 def compiled_epochs_on(monkeypatch):
     """These cases exercise the kernel: turn the opt-in (EngineConfig.compiled_epochs) on."""
-    import sim.epoch_compiled
-    monkeypatch.setattr(sim.epoch_compiled, "compiled_enabled", lambda engine: True)
+    import sim.fast.epoch_compiled
+    monkeypatch.setattr(sim.fast.epoch_compiled, "compiled_enabled", lambda engine: True)
 
 
 class EightOrOdd(Policy):
@@ -65,8 +65,8 @@ def test_numpy_fallback_still_matches_the_per_step_path(case, monkeypatch):
 @needs_numba
 def test_kernel_runs_chains_epochs_and_keeps_the_step_ewma_exactly(monkeypatch):
     calls = []
-    real = sim.engine.run_epoch
-    monkeypatch.setattr(sim.engine, "run_epoch", lambda e, now: calls.append(now) or real(e, now))
+    real = sim.core.engine.run_epoch
+    monkeypatch.setattr(sim.core.engine, "run_epoch", lambda e, now: calls.append(now) or real(e, now))
     trace = poisson_trace(n=200, rate=8.0, out_med=120)
     cfg = config(seed=5, acceptance=AcceptanceConfig(position_decay=0.85))
     fast = _engine(trace, make_policy("fixed", k=5), cfg)

@@ -46,8 +46,8 @@ def fingerprints() -> dict[str, str]:
     from experiments.compare_setup import (CompareSetup, base_workload, default_policy_specs,
                                            quick_setup, sim_config, workload_at)
     from policies import make_policy
-    from sim.config import EngineConfig, SimConfig
-    from sim.run import simulate_with
+    from sim.core.config import EngineConfig, SimConfig
+    from sim.core.run import simulate_with
     from traces.embedded import embedded_trace
 
     out = {}

@@ -159,7 +159,7 @@ def test_two_seeds_end_to_end(tmp_path):
 
     setup = quick_setup(CompareSetup(loads=(2.0, 4.0)))
     # workers=2: the sweep's compiled epochs load numba in the worker processes only; numba in
-    # the pytest process would break vLLM engines that later tests start (sim/epoch_compiled.py)
+    # the pytest process would break vLLM engines that later tests start (sim/fast/epoch_compiled.py)
     out = run_compare(setup, select_specs("fixed,oracle,slo_goodput"), tmp_path, workers=2,
                       num_seeds=2)
     assert "numba" not in sys.modules

@@ -83,7 +83,7 @@ def test_leaderboard_categories():
 @needs_shared
 def test_adaserve_slos_follow_the_category():
     from experiments.compare_repro import build_workload, sim_config
-    from sim.cost import make_cost_model
+    from sim.models.cost import make_cost_model
 
     cfg = load_repro("adaserve_llama70b")
     config = sim_config(cfg, seed=0)

@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.fitted_cost import FittedCostModel, fit_profile_table, fit_step, load_fitted_cost_model
-from sim.nnls import nnls
-from sim.profiles import PROFILE_COLUMNS, ProfileError, load_profile, resolve_profile, save_profile
+from sim.models.fitted_cost import FittedCostModel, fit_profile_table, fit_step, load_fitted_cost_model
+from profiles import PROFILE_COLUMNS, ProfileError, load_profile, resolve_profile, save_profile
 
 TRUE = dict(base_s=2e-3, slope_s=3e-6, per_context_token_s=4e-10, per_kv_token_s=2e-8,
             per_seq_s=5e-6)
@@ -133,12 +132,3 @@ def test_draft_rows_fallback_and_errors(tmp_path):
         model.draft_step_s(1, 1, 10)
     with pytest.raises(ProfileError, match="unknown profile 'nope'; known profiles: hw_m, hw_t"):
         resolve_profile("nope", tmp_path)
-
-
-def test_nnls_kkt():
-    rng = np.random.default_rng(6)
-    for _ in range(50):
-        a, y = rng.normal(size=(30, 6)), rng.normal(size=30)
-        x = nnls(a, y)
-        g = a.T @ (y - a @ x)
-        assert (x >= 0).all() and (g <= 1e-9).all() and np.allclose(g[x > 0], 0, atol=1e-9)

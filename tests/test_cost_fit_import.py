@@ -6,14 +6,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sim.fitted_cost_report import heldout_errors, main as report_main
-from sim.profile_import import import_all, import_vidur
-from sim.profiles import PROFILES_DIR, known_profiles, load_profile, save_profile
+from sim.tools.fitted_cost_report import heldout_errors, main as report_main
+from sim.tools.profile_import import import_all, import_vidur
+from profiles import PROFILES_DIR, known_profiles, load_profile, save_profile
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "profiles").is_dir(),
                                   reason=f"public profiles not found at {SHARED}/profiles")
-# Measured with `python -m sim.fitted_cost --report`: mean 0.022, max 0.180 (every 5th held out)
+# Measured with `python -m sim.models.fitted_cost --report`: mean 0.022, max 0.180 (every 5th held out)
 VIDUR_A100_7B_MEAN, VIDUR_A100_7B_MAX = 0.04, 0.25
 
 
@@ -78,8 +78,8 @@ def test_heldout_split_is_deterministic():
 
 
 def test_build_fitted_from_sim_config_uses_roofline_draft():
-    from sim.config import SimConfig
-    from sim.fitted_cost import build_fitted
+    from sim.core.config import SimConfig
+    from sim.models.fitted_cost import build_fitted
 
     model = build_fitted(SimConfig(cost_model="fitted:a100-80g_llama-2-7b", draft="draft-68m"))
     target = model.target_step_s(32, 32, 32 * 1024)

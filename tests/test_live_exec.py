@@ -159,7 +159,7 @@ def test_twin_serves_exactly_the_live_requests(config, engine, tmp_path):
     clamped to the window, outputs, arrivals, all finished), with the engine's limits."""
     from exec.engine import engine_limits
     from experiments.twin import simulate_twin, twin_of, workload
-    from sim.profiles import PROFILES_DIR
+    from profiles import PROFILES_DIR
 
     rng = np.random.default_rng(5)
     n = 10
@@ -185,7 +185,7 @@ def test_twin_serves_exactly_the_live_requests(config, engine, tmp_path):
                         "embedded-target", "embedded-draft", tmp_path / "twin")
     assert (live.requests["status"] == "finished").all()
     pd.testing.assert_frame_equal(workload(live.requests), workload(sim.requests))
-    # near the window vLLM drafts for no one (sim/live_mirror.py drafter_window_full): both
+    # near the window vLLM drafts for no one (sim/core/live_mirror.py drafter_window_full): both
     # engines have stretches of steps without drafts although fixed k=3 asks for them
     assert (live.steps["draft_passes"] == 0).any()
     assert (sim.steps["num_spec_tokens"] == 0).sum() > 2
@@ -197,8 +197,8 @@ def test_live_decisions_replay_identically(config, engine, name):
     drafting states, feedback) give the same answers when replayed on a fresh instance, so a
     simulated twin that shows it the same inputs gets the same decisions."""
     from policies.recording import PolicyRecorder, chosen_k, replay
-    from sim.fitted_cost import load_fitted_cost_model
-    from sim.profiles import PROFILES_DIR
+    from sim.models.fitted_cost import load_fitted_cost_model
+    from profiles import PROFILES_DIR
 
     cost = load_fitted_cost_model(sorted(PROFILES_DIR.glob("cpu-*_embedded.csv"))[0])
     rec = PolicyRecorder(make_policy(name))

@@ -7,8 +7,8 @@ pytest.importorskip("vllm")
 
 from exec.config import ASSETS_PAIR  # noqa: E402
 from exec.profiler import QUICK_GRID, live_config_for, profile, step_rows  # noqa: E402
-from sim.fitted_cost import fit_profile_table  # noqa: E402
-from sim.profiles import PROFILE_COLUMNS, load_profile, save_profile  # noqa: E402
+from sim.models.fitted_cost import fit_profile_table  # noqa: E402
+from profiles import PROFILE_COLUMNS, load_profile, save_profile  # noqa: E402
 
 
 def _pair(tmp_path_factory):

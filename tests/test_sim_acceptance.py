@@ -3,10 +3,10 @@ import pytest
 
 from policies import make_policy
 from sim import simulate_with
-from sim.acceptance import (AcceptanceTraces, ParametricAcceptance, load_acceptance_traces,
+from sim.models.acceptance import (AcceptanceTraces, ParametricAcceptance, load_acceptance_traces,
                             make_acceptance_model)
-from sim.config import AcceptanceConfig
-from sim.cost import ConstantCostModel
+from sim.core.config import AcceptanceConfig
+from sim.models.cost import ConstantCostModel
 from tests.test_sim_helpers import config
 from traces.schema import Trace
 

@@ -6,8 +6,8 @@ from analysis.schema import REQUEST_COLUMNS, STEP_COLUMNS
 from policies import make_policy
 from policies.interface import Decision, Policy
 from sim import simulate, simulate_with
-from sim.config import SimConfig
-from sim.cost import ConstantCostModel, make_cost_model
+from sim.core.config import SimConfig
+from sim.models.cost import ConstantCostModel, make_cost_model
 from tests.test_sim_helpers import config, fixed_rate, poisson_trace
 from traces.schema import Trace
 

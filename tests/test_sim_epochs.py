@@ -1,4 +1,4 @@
-"""Multi-step epochs (sim/epoch.py) against the per-step path: same draws, same tables."""
+"""Multi-step epochs (sim/fast/epoch.py) against the per-step path: same draws, same tables."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,8 +6,8 @@ import pytest
 from policies import make_policy
 from policies.interface import Decision, Policy
 from sim import simulate_with
-from sim.acceptance import ParametricAcceptance, _Pool
-from sim.config import AcceptanceConfig
+from sim.models.acceptance import ParametricAcceptance, _Pool
+from sim.core.config import AcceptanceConfig
 from tests.test_sim_helpers import config, poisson_trace
 
 _LISTS = ["spec_k", "accepted", "spec_request_ids"]

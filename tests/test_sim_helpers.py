@@ -1,7 +1,7 @@
 """Small traces and configs shared by the simulator tests."""
 import numpy as np
 
-from sim.config import AcceptanceConfig, EngineConfig, SimConfig
+from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 from traces.schema import Trace
 
 

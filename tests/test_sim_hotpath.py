@@ -1,11 +1,11 @@
 """Hot-path shortcuts of the simulator give exactly what the plain code gives."""
 import numpy as np
 
-from sim.acceptance import ParametricAcceptance, _leading_true
-from sim.config import AcceptanceConfig, SimConfig
-from sim.cost import ConstantCostModel, make_cost_model
-from sim.epoch import _uniform_costs, _uniform_costs_calls
-from sim.step_plan import uniform_chain_draft_s
+from sim.models.acceptance import ParametricAcceptance, _leading_true
+from sim.core.config import AcceptanceConfig, SimConfig
+from sim.models.cost import ConstantCostModel, make_cost_model
+from sim.fast.epoch import _uniform_costs, _uniform_costs_calls
+from sim.core.step_plan import uniform_chain_draft_s
 from tests.test_sim_helpers import poisson_trace
 
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from sim.config import EngineConfig, SimConfig
-from sim.cost import RooflineCostModel, make_cost_model
-from sim.hardware import get_hardware, known_hardware
-from sim.kv_cache import derive_num_kv_blocks
-from sim.models import get_model, known_models
+from sim.core.config import EngineConfig, SimConfig
+from sim.models.cost import RooflineCostModel, make_cost_model
+from sim.models.hardware import get_hardware, known_hardware
+from sim.core.kv_cache import derive_num_kv_blocks
+from sim.models.shapes import get_model, known_models
 
 REQUIRED_MODELS = ["llama-2-7b", "llama-2-13b", "llama-2-70b", "vicuna-7b", "vicuna-33b",
                    "llama-3.1-8b", "llama-3.1-70b", "llama-3.2-1b", "qwen2.5-32b",
@@ -87,7 +87,7 @@ def test_derived_kv_capacity():
 
 def test_embedded_pair_reads_trained_config(tmp_path, monkeypatch):
     import json
-    import sim.models as models
+    import sim.models.shapes as models
     placeholder = get_model("embedded-target")
     assert placeholder.vocab_size > 0 and placeholder.num_layers >= 1
     (tmp_path / "target").mkdir()

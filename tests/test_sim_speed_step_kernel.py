@@ -1,4 +1,4 @@
-"""The compiled per-step kernels (sim/step_kernel.py, sim/plan_kernel.py, sim/step_compiled.py):
+"""The compiled per-step kernels (sim/fast/step_kernel.py, sim/fast/plan_kernel.py, sim/fast/step_compiled.py):
 the steps that carry prefill chunks under a static policy with compiled epochs on must give
 the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
 trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay. Runs in a child process: numba must not load
@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = r'''
 import dataclasses
 import numpy as np
-import sim.engine, sim.plan_kernel as pk, sim.step_kernel as sk
+import sim.core.engine, sim.fast.plan_kernel as pk, sim.fast.step_kernel as sk
 from policies import make_policy
 from sim import simulate_with
-from sim.config import AcceptanceConfig
+from sim.core.config import AcceptanceConfig
 from tests.cases_sim_epochs_kernel import EightOrOdd
 from tests.test_sim_epochs import _assert_same
 from tests.test_sim_helpers import config, poisson_trace
@@ -23,7 +23,7 @@ from tests.test_sim_helpers import config, poisson_trace
 if sk.STEP_KERNEL is None:
     print("SKIP numba is not importable"); raise SystemExit(0)
 calls = {"steps": 0, "trimmed": 0, "prefill": 0, "plans": 0, "preempting": 0, "admitted": 0}
-kernel, step, plan = sk.STEP_KERNEL, sim.engine.compiled_step, pk.PLAN_KERNEL
+kernel, step, plan = sk.STEP_KERNEL, sim.core.engine.compiled_step, pk.PLAN_KERNEL
 
 def counting_plan(*args):
     got = plan(*args)
@@ -42,7 +42,7 @@ def counting_step(*args, **kw):
     calls["steps"] += 1
     return step(*args, **kw)
 
-sk.STEP_KERNEL, sim.engine.compiled_step, pk.PLAN_KERNEL = (counting_kernel, counting_step,
+sk.STEP_KERNEL, sim.core.engine.compiled_step, pk.PLAN_KERNEL = (counting_kernel, counting_step,
                                                              counting_plan)
 decay = AcceptanceConfig(position_decay=0.9)
 cases = {
@@ -93,7 +93,7 @@ def test_compiled_steps_reproduce_the_per_step_path_exactly():
 
 def test_default_engine_does_not_take_the_compiled_step():
     """Without the opt-in the engine keeps the numpy per-step path (and never loads numba)."""
-    code = ("import sys; from sim.engine import Engine; from sim.config import SimConfig; "
+    code = ("import sys; from sim.core.engine import Engine; from sim.core.config import SimConfig; "
             "from policies import make_policy; from traces.embedded import embedded_trace; "
             "e = Engine(embedded_trace(num_requests=20, seed=0), make_policy('fixed', k=3), "
             "SimConfig()); print(e._step_inputs is None, 'numba' in sys.modules)")

@@ -61,7 +61,7 @@ def _steps(latency_s, draft_s, draft_passes=1):
 
 def test_step_fidelity_predicts_each_phase_and_its_noise_floor():
     from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
-    from sim.cost import ConstantCostModel
+    from sim.models.cost import ConstantCostModel
     cost = ConstantCostModel(0.010, 0.002)        # target pass 10 ms, any draft pass 2 ms
     # three draft passes (pass 0 + 2 more) and a 1 ms gap between steps (the runner's loop)
     exact = _steps(np.full(20, 0.015), np.full(20, 0.006), draft_passes=3)

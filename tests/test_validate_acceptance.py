@@ -1,13 +1,13 @@
-"""Acceptance replay and fitting: sim/fit_acceptance.py and AcceptanceConfig(kind="replay")."""
+"""Acceptance replay and fitting: sim/tools/fit_acceptance.py and AcceptanceConfig(kind="replay")."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from policies.interface import Decision, Policy
 from sim import AcceptanceConfig, EngineConfig, SimConfig, simulate_with
-from sim.acceptance import ParametricAcceptance
-from sim.cost import ConstantCostModel
-from sim.fit_acceptance import fit_acceptance, main as fit_main, to_acceptance_config
+from sim.models.acceptance import ParametricAcceptance
+from sim.models.cost import ConstantCostModel
+from sim.tools.fit_acceptance import fit_acceptance, main as fit_main, to_acceptance_config
 from traces.schema import Trace
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from policies.registry import make_policy
 from sim import EngineConfig, SimConfig, simulate_with
-from sim.cost import ConstantCostModel
+from sim.models.cost import ConstantCostModel
 from traces.schema import Trace
 
 

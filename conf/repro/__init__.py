@@ -71,7 +71,7 @@ class ReproConfig:
     name: str = ""
     paper: str = ""                            # citation + section of the digest
     notes: str = ""                            # deviations, missing models, assumptions
-    target: str = "llama-2-7b"                 # sim/models.py names
+    target: str = "llama-2-7b"                 # sim/models/shapes.py names
     draft: str = "draft-68m"
     hardware: str = "a100-80g"
     tensor_parallel: int = 1

@@ -183,7 +183,7 @@ class SloGoodput(Policy):
         prefill_value = self.prefill_value(obs)
         # Trees by default ("decode") only in pure-decode steps with nobody queued: beside a
         # prefill chunk the token budget is mostly taken, a queue means KV room is short, and
-        # an engine drops a tree that does not fit whole (sim/engine.py) -- a chain is trimmed.
+        # an engine drops a tree that does not fit whole (sim/core/engine.py) -- a chain is trimmed.
         # Past ``tree_max_requests`` trees are not even scored (none won there in the compare
         # sweep; it keeps decide() at the chain plan's cost for big batches).
         tree = (not self.chain_only and n <= self.tree_max_requests

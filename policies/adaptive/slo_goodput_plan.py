@@ -5,7 +5,7 @@ the chance that one depth passes: the per-token acceptance a_i for a chain, and 
 simulator's tree rule 1 - (1 - a_i)^W for a token tree of W candidates per depth (digest of
 AdaServe sec. 4; the sim: depth j accepted w.p. 1 - (1 - a_j)^w_j). A W-wide depth costs W
 verified tokens and W draft tokens per pass (the root pass feeds one token), which is what
-``sim.step_plan`` charges. The prefix b of the slots (sorted by value) maximises
+``sim.core.step_plan`` charges. The prefix b of the slots (sorted by value) maximises
 (sum_i w_i + w_p + value of the b slots) / T(b) -- AdaSpec's goodput / SmartSpec's
 tokens-per-second objective with AdaServe-style SLO weights (the weighting is ours).
 """

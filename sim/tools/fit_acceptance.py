@@ -1,6 +1,6 @@
-"""``python -m sim.fit_acceptance TRACES.parquet``: parametric acceptance model from m(p) traces.
+"""``python -m sim.tools.fit_acceptance TRACES.parquet``: parametric acceptance model from m(p) traces.
 
-Fits the model of sim/acceptance.py ``ParametricAcceptance`` (AcceptanceConfig kind
+Fits the model of sim/models/acceptance.py ``ParametricAcceptance`` (AcceptanceConfig kind
 "parametric") to recorded greedy match lengths (exec/match_lengths.py, or any parquet with
 request_id, position, match_len, confidences and optionally dataset):
 
@@ -21,7 +21,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from sim.config import AcceptanceConfig
+from sim.core.config import AcceptanceConfig
 
 MIN_CONCENTRATION, MAX_CONCENTRATION = 0.5, 1e4
 

@@ -7,7 +7,7 @@ column                 type    meaning
 =====================  ======  ================================================================
 model                  str     model name, ``-tpN`` suffix when tensor parallel over N devices
 role                   str     ``target`` | ``draft`` (which side of speculation ran the pass)
-hardware               str     hardware name, as sim/hardware.py names it (``a100-80g``, ``h100``)
+hardware               str     hardware name, as sim/models/hardware.py names it (``a100-80g``, ``h100``)
 phase                  str     ``prefill`` | ``decode`` | ``verify`` | ``mixed``
 num_seqs               int     sequences in the pass
 num_tokens             int     tokens processed in the pass (prefill chunks + decode/verify)
@@ -17,9 +17,9 @@ latency_s              float   wall time of the pass in seconds
 source                 str     where the row comes from (profiler run, public data set + method)
 =====================  ======  ================================================================
 
-The live executor's profiler (exec/) writes this schema; ``python -m sim.profile_import``
-converts the public GPU profiles under ../shared/profiles into it (``sim/profiles_data/``).
-A named profile is ``<hardware>_<model>``, the file stem in ``sim/profiles_data/``.
+The live executor's profiler (exec/) writes this schema; ``python -m sim.tools.profile_import``
+converts the public GPU profiles under ../shared/profiles into it (``profiles/data/``).
+A named profile is ``<hardware>_<model>``, the file stem in ``profiles/data/``.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ PROFILE_COLUMNS = {
 }
 ROLES = ("target", "draft")
 PHASES = ("prefill", "decode", "verify", "mixed")
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles_data"
+PROFILES_DIR = Path(__file__).resolve().parent / "data"
 
 
 class ProfileError(ValueError):
@@ -128,4 +128,4 @@ def resolve_profile(name_or_path, directory=None) -> Path:
     if p.suffix == ".csv" and p.is_file():
         return p
     raise ProfileError(f"unknown profile {name_or_path!r}; known profiles: "
-                       f"{', '.join(known) or '(none: run python -m sim.profile_import)'}")
+                       f"{', '.join(known) or '(none: run python -m sim.tools.profile_import)'}")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.schema import REQUEST_COLUMNS, STEP_COLUMNS
-from sim.state import FAILED, FINISHED, RequestTable
+from sim.core.state import FAILED, FINISHED, RequestTable
 
 _SCALARS = [c for c, t in STEP_COLUMNS.items() if t != "object"]
 _LISTS = [c for c, t in STEP_COLUMNS.items() if t == "object"]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.hardware import GIB, get_hardware
-from sim.models import get_model
+from sim.models.hardware import GIB, get_hardware
+from sim.models.shapes import get_model
 
 
 def derive_num_kv_blocks(config) -> int:

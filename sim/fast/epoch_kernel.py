@@ -1,4 +1,4 @@
-"""A multi-step epoch (sim/epoch.py) as one compiled loop (numba), writing the request table.
+"""A multi-step epoch (sim/fast/epoch.py) as one compiled loop (numba), writing the request table.
 
 Given the epoch's uniforms (taken from the acceptance model's pool in numpy, so the random
 sequence is the per-step path's), the kernel walks steps x requests: match length against the
@@ -9,8 +9,8 @@ the floats are bit-identical), and stops *after* the step in which a request fin
 during which the next request arrives. Then it writes the request rows in place and does the
 accept-rate EWMA step by step exactly as ``Engine._end_step`` (no closed form).
 
-``EPOCH_KERNEL`` is None when numba is not importable; sim/epoch.py then runs its numpy code.
-sim/epoch_compiled.py feeds it from the engine and records its steps.
+``EPOCH_KERNEL`` is None when numba is not importable; sim/fast/epoch.py then runs its numpy code.
+sim/fast/epoch_compiled.py feeds it from the engine and records its steps.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-from sim.state import FINISHED
+from sim.core.state import FINISHED
 
 try:
     import numba
-except ImportError:          # the numpy epoch path in sim/epoch.py still runs
+except ImportError:          # the numpy epoch path in sim/fast/epoch.py still runs
     numba = None
 
 
@@ -194,6 +194,6 @@ def warm_up() -> float:
                  0, 16, coef + 1e-3, coef + 1e-4, 0.0, np.inf, 0.5, FINISHED, i64.copy(),
                  i64.copy(), i64 + 1, i64.copy(), i64 + 3, i64.copy(), i64.copy(),
                  np.full(2, np.nan), np.zeros(2, np.int8), np.full(2, np.nan))
-    from sim.step_compiled import warm_up_step    # the per-step kernel (sim/step_kernel.py)
+    from sim.fast.step_compiled import warm_up_step    # the per-step kernel (sim/fast/step_kernel.py)
     warm_up_step()
     return time.perf_counter() - t0

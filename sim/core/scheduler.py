@@ -20,8 +20,8 @@ from collections import deque
 
 import numpy as np
 
-from sim.small_arrays import iany, iall, isum
-from sim.state import RUNNING, WAITING, RequestTable
+from sim.core.small_arrays import iany, iall, isum
+from sim.core.state import RUNNING, WAITING, RequestTable
 
 
 _FALSE = np.zeros(64, bool)

@@ -1,9 +1,9 @@
-"""One per-step step of a static policy (sim/engine.py) as one compiled call (numba).
+"""One per-step step of a static policy (sim/core/engine.py) as one compiled call (numba).
 
 For the steps that carry prefill chunks (or follow a batch event) under a static policy with
 compiled epochs on: after ``decide`` (Python, a plain chain), the kernel does what
 ``ParametricAcceptance.draw``, ``Scheduler.fit_speculation``, ``Engine._draft``,
-``verify_context``, the roofline cost calls and sim/step_end.py do, operation for operation
+``verify_context``, the roofline cost calls and sim/core/step_end.py do, operation for operation
 on the same integers (so the floats are bit-identical), and applies the step's effect at
 once. That is the epochs' convention too: between a step's start and end only arrivals run,
 and they touch none of what the step writes. The per-step numpy path stays the reference
@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from sim.epoch_kernel import _loop_sum, _numpy_sum, _roofline_s, numba
+from sim.fast.epoch_kernel import _loop_sum, _numpy_sum, _roofline_s, numba
 
 
 def _static_step(u, kmax, rate, decay, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
@@ -114,7 +114,7 @@ def _static_step(u, kmax, rate, decay, dec, k, pre, pre_tok, budget, max_tokens,
     bad = 1 if (n_tok > max_tokens or free_blocks < 0) else 0
     verify_s = _roofline_s(tcoef, n_tok, num_rows, verify_ctx)
     end = now + (draft_s + verify_s)
-    # sim/step_end.py: prefill chunks, then decoding requests
+    # sim/core/step_end.py: prefill chunks, then decoding requests
     fin = np.empty(pre.shape[0] + n, np.int64)
     num_fin = n_done = 0
     for p in range(pre.shape[0]):

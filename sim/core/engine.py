@@ -1,12 +1,12 @@
 """One simulated vLLM V1 engine replica on simpy: the per-step speculate-verify loop.
 
-Per step: plan the batch (sim/scheduler.py), draw every decoding request's greedy match
-length m (sim/acceptance.py), ``policy.decide``, fit the draft tokens into what the batch left,
+Per step: plan the batch (sim/core/scheduler.py), draw every decoding request's greedy match
+length m (sim/models/acceptance.py), ``policy.decide``, fit the draft tokens into what the batch left,
 draft passes with ``policy.continue_drafting`` after each, ``policy.select_verify``, one target
 verify pass, ``num_accepted = min(k, m)``, emit ``num_accepted + 1`` tokens per decoding
 request (capped by the trace's output length; all tokens of a step carry the step's end
 time), ``policy.observe``. All per-step work is numpy over the batch (struct of arrays);
-with compiled epochs on, a static policy's steps run compiled (sim/step_compiled.py).
+with compiled epochs on, a static policy's steps run compiled (sim/fast/step_compiled.py).
 """
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ import numpy as np
 import simpy
 
 from policies.interface import DraftState, Observation, Policy
-from sim.acceptance import ParametricAcceptance, make_acceptance_model
-from sim.cost import make_cost_model
-from sim.epoch import epoch_eligible, run_epoch
-from sim.kv_cache import admission_errors, derive_num_kv_blocks
-from sim.live_mirror import DRAFT_PASS_MODES, drafter_window_full, vllm_draft_s
-from sim.results import StepRecorder
-from sim.scheduler import Scheduler
-from sim.small_arrays import iall, iany, imin_imax, isum
-from sim.state import WAITING, RequestTable
-from sim.step_compiled import compiled_plan, compiled_step, step_kernel_inputs
-from sim.step_end import end_step
-from sim.step_plan import (checked_decision, draft_pass_costs, ensure_confidences,
+from sim.models.acceptance import ParametricAcceptance, make_acceptance_model
+from sim.models.cost import make_cost_model
+from sim.fast.epoch import epoch_eligible, run_epoch
+from sim.core.kv_cache import admission_errors, derive_num_kv_blocks
+from sim.core.live_mirror import DRAFT_PASS_MODES, drafter_window_full, vllm_draft_s
+from sim.core.results import StepRecorder
+from sim.core.scheduler import Scheduler
+from sim.core.small_arrays import iall, iany, imin_imax, isum
+from sim.core.state import WAITING, RequestTable
+from sim.fast.step_compiled import compiled_plan, compiled_step, step_kernel_inputs
+from sim.core.step_end import end_step
+from sim.core.step_plan import (checked_decision, draft_pass_costs, ensure_confidences,
                             prefill_context, uniform_chain_draft_s, verify_context)
 
 
@@ -65,7 +65,7 @@ class Engine:
         self._pos = np.arange(self.k_max)
         static = bool(policy.static_decisions and not policy.needs_oracle
                       and self._default_drafting and self._default_verify)
-        # multi-step epochs (sim/epoch.py) need a static policy, block draws, per-request drafts
+        # multi-step epochs (sim/fast/epoch.py) need a static policy, block draws, per-request drafts
         self._epochs = bool(multi_step and static and hasattr(self.acc, "draw_block")
                             and eng.draft_passes == "per_request")
         # a static policy reads no confidences: draw them only when a decision needs them
@@ -241,4 +241,4 @@ class Engine:
 
     def _end_step(self, end: float) -> None:
         if self._pending is not None:     # (None: a compiled step applied it already)
-            end_step(self, end)           # sim/step_end.py
+            end_step(self, end)           # sim/core/step_end.py

@@ -19,11 +19,11 @@ class EngineConfig:
     accept_ewma_alpha: float = 0.3       # weight of the newest step in accept_rate_ewma
     # "per_request": each request pays the draft passes it asked for; "vllm": vLLM V1's
     # draft-model proposer (pass 0 over the whole target batch every step, then max(k) - 1
-    # passes for every sequence; sim/live_mirror.py). Use "vllm" to mirror a live run.
+    # passes for every sequence; sim/core/live_mirror.py). Use "vllm" to mirror a live run.
     draft_passes: str = "per_request"
-    # Run static-policy epochs through the numba kernel (sim/epoch_kernel.py): ~1.5x faster,
+    # Run static-policy epochs through the numba kernel (sim/fast/epoch_kernel.py): ~1.5x faster,
     # results identical. Off by default: numba in a process breaks vLLM engines started later
-    # in it (sim/epoch_compiled.py says why); pure-simulation processes turn it on.
+    # in it (sim/fast/epoch_compiled.py says why); pure-simulation processes turn it on.
     compiled_epochs: bool = False
 
 
@@ -50,9 +50,9 @@ class AcceptanceConfig:
 
 @dataclass(frozen=True)
 class SimConfig:
-    model: str = "llama-2-7b"            # target model name (sim/models.py)
+    model: str = "llama-2-7b"            # target model name (sim/models/shapes.py)
     draft: str = "draft-68m"             # draft model name
-    hardware: str = "a100-80g"           # hardware name (sim/hardware.py)
+    hardware: str = "a100-80g"           # hardware name (sim/models/hardware.py)
     cost_model: str = "roofline"         # "roofline" or a fitted profile name
     engine: EngineConfig = field(default_factory=EngineConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)

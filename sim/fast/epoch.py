@@ -11,17 +11,17 @@ evaluated over all steps at once with the same integer inputs as the per-step pa
 The epoch ends (inclusive) at the first step in which a request finishes or the next request
 arrives, and (exclusive) before the first step whose KV blocks would not fit; the per-step
 path then takes over. No per-step ``observe`` calls are made (a no-op by the declaration).
-With numba and a roofline the steps run compiled (sim/epoch_compiled.py); else numpy below.
+With numba and a roofline the steps run compiled (sim/fast/epoch_compiled.py); else numpy below.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from policies.interface import Observation
-from sim.epoch_compiled import kernel_inputs, run_kernel_epochs
-from sim.small_arrays import iall
-from sim.state import FINISHED
-from sim.step_plan import checked_decision
+from sim.fast.epoch_compiled import kernel_inputs, run_kernel_epochs
+from sim.core.small_arrays import iall
+from sim.core.state import FINISHED
+from sim.core.step_plan import checked_decision
 
 _sum = np.add.reduce
 MAX_EPOCH_STEPS = 32     # draws are cheap; most epochs end at an arrival or a finish first
@@ -41,7 +41,7 @@ def epoch_eligible(engine) -> bool:
 def run_epoch(engine, now: float):
     """Simulate the epoch starting at ``now``; returns its total latency, or None (nothing
     changed) when its first step needs the per-step path (KV or token budget would bind, or
-    the decision is not a plain chain). Compiled epochs chain (sim/epoch_compiled.py)."""
+    the decision is not a plain chain). Compiled epochs chain (sim/fast/epoch_compiled.py)."""
     inputs = kernel_inputs(engine)
     if inputs is not None:
         return run_kernel_epochs(engine, now, _decide, inputs)

@@ -1,7 +1,7 @@
-"""Held-out error of the fitted cost model, and its ratio to the roofline (sim/cost.py).
+"""Held-out error of the fitted cost model, and its ratio to the roofline (sim/models/cost.py).
 
-``python -m sim.fitted_cost --report [--every 5] [--profile NAME ...]``: for every profile in
-sim/profiles_data/ (or those named) fit on all rows but every ``every``-th (in the file's
+``python -m sim.models.fitted_cost --report [--every 5] [--profile NAME ...]``: for every profile in
+profiles/data/ (or those named) fit on all rows but every ``every``-th (in the file's
 stable row order, per role) and report relative error |pred - measured| / measured on the
 held-out rows per profile, role and phase. The last line is a JSON object
 ``{profile: {"mean_rel_err", "max_rel_err", "num_heldout"}}`` over all held-out rows.
@@ -16,12 +16,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from sim.fitted_cost import FittedCostModel, fit_step
-from sim.profiles import known_profiles, load_profile
+from sim.models.fitted_cost import FittedCostModel, fit_step
+from profiles import known_profiles, load_profile
 
 # (num_tokens, num_seqs, per-sequence context): decode at 1/32 seqs, verify, a prefill chunk
 RATIO_SHAPES = ((1, 1, 1024), (32, 32, 1024), (128, 32, 1024), (512, 1, 512), (2048, 1, 2048))
-MODEL_ALIASES = {"llama-3-8b": "llama-3.1-8b"}  # same shape as a model sim/models.py knows
+MODEL_ALIASES = {"llama-3-8b": "llama-3.1-8b"}  # same shape as a model sim/models/shapes.py knows
 
 
 def split_rows(df: pd.DataFrame, every: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -54,10 +54,10 @@ def heldout_errors(df: pd.DataFrame, every: int = 5, name: str = "profile") -> p
 def _roofline_for(df: pd.DataFrame):
     """The roofline of the profile's model and hardware, or (None, reason)."""
     try:
-        from sim.config import SimConfig
-        from sim.cost import make_cost_model
+        from sim.core.config import SimConfig
+        from sim.models.cost import make_cost_model
     except ImportError as exc:
-        return None, f"sim.cost not importable ({exc})"
+        return None, f"sim.models.cost not importable ({exc})"
     model, hw = str(df["model"].iloc[0]), str(df["hardware"].iloc[0])
     m = re.fullmatch(r"(.+)-tp(\d+)", model)
     base, tp = (m.group(1), int(m.group(2))) if m else (model, 1)
@@ -116,7 +116,7 @@ def main(argv=None) -> None:
                          "max_rel_err": round(float(res["rel_err"].max()), 5),
                          "num_heldout": int(len(res))}
     print("\n".join(notes))
-    print("\n# fitted / roofline target-pass latency (sim/cost.py roofline)")
+    print("\n# fitted / roofline target-pass latency (sim/models/cost.py roofline)")
     print("\n".join(ratio_lines))
     print(json.dumps(summary, sort_keys=True))
 

@@ -1,5 +1,5 @@
 """Phase A of the scheduler (``Scheduler.plan_base``) as one compiled call (numba), for the
-engines that run compiled steps (sim/step_compiled.py).
+engines that run compiled steps (sim/fast/step_compiled.py).
 
 The same integers in the same order as the Python plan: running requests first (missing
 tokens while the budget lasts, KV blocks grown to fit), then waiting requests admitted FCFS.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.epoch_kernel import numba
+from sim.fast.epoch_kernel import numba
 
 
 def _plan(run, head, max_tokens, max_seqs, chunked, free_blocks, bs, running_code,

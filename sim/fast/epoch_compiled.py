@@ -1,10 +1,10 @@
-"""Epochs through the compiled kernel (sim/epoch_kernel.py): its inputs from the engine,
+"""Epochs through the compiled kernel (sim/fast/epoch_kernel.py): its inputs from the engine,
 chained epochs, and the scheduler and step-recorder bookkeeping after each."""
 from __future__ import annotations
 
 import numpy as np
 
-from sim.state import FINISHED
+from sim.core.state import FINISHED
 
 MAX_KERNEL_STEPS = 128   # compiled steps are cheap: an epoch mostly ends at an event first
 
@@ -28,7 +28,7 @@ def kernel_inputs(engine):
     if not compiled_enabled(engine):
         engine._epoch_kernel_inputs = None
         return None
-    from sim import epoch_kernel as ek   # imports numba: only when asked for (see below)
+    from sim.fast import epoch_kernel as ek   # imports numba: only when asked for (see below)
     coef = getattr(engine.cost, "scalar_coefficients", None)
     acc = engine.acc
     # parametric acceptance (its uniform pool, rates and decay); k_max within _numpy_sum's
@@ -45,7 +45,7 @@ def kernel_inputs(engine):
 def run_kernel_epochs(engine, now: float, decide, inputs):
     """Epochs from ``now``; returns their total latency or None (nothing ran). One that ends
     at a finish before the next arrival is followed by the next at once, as the engine would
-    (``decide(engine, t)``: sim/epoch.py's (k, sum of k, Observation) or None)."""
+    (``decide(engine, t)``: sim/fast/epoch.py's (k, sum of k, Observation) or None)."""
     t, ran = now, False
     while True:
         got = decide(engine, t)
@@ -74,7 +74,7 @@ def run_kernel_epoch(engine, now: float, run, k, n_spec: int, ids, inputs):
     arrival = np.inf if arrival is None else float(arrival)
     tcoef, dcoef, decay = inputs
     used0 = sched.num_kv_blocks - sched.free_blocks
-    from sim import epoch_kernel as ek
+    from sim.fast import epoch_kernel as ek
     S, times, counts, accepted, fin = ek.EPOCH_KERNEL(     # scalars typed as in warm_up
         u, kmax, acc.rate, decay, run, k, MAX_KERNEL_STEPS, sched.free_blocks, used0,
         eng.block_size, tcoef, dcoef, float(now), float(arrival),

@@ -1,12 +1,12 @@
 """Convert the public GPU profiles in ../shared/profiles into the common profile schema.
 
-``python -m sim.profile_import [--shared DIR] [--out DIR]`` regenerates
-``sim/profiles_data/<hardware>_<model>.csv`` (schema: sim/profiles.py). Sources (MIT licence):
+``python -m sim.tools.profile_import [--shared DIR] [--out DIR]`` regenerates
+``profiles/data/<hardware>_<model>.csv`` (schema: profiles/). Sources (MIT licence):
 
 * vidur (microsoft/vidur) ``compute/<hw>/<org>/<model>/mlp.csv``: per-layer operator medians
   (ms) vs num_tokens. A pass's non-attention time = emb + layers x (norms, QKV, rope, O, MLP,
   2 residual adds) at tensor parallel 1. Vidur's attention profiles are absent, and it has no
-  LM head: both come from a roofline term (sim/profile_roofline.py).
+  LM head: both come from a roofline term (sim/models/profile_roofline.py).
 * LLMServingSim (casys-kaist) v0 H100 ``layers.csv`` (per-layer ns vs input tokens) and, for
   Llama-3.1-70B TP4, ``attention.csv`` (measured prefill-chunk and decode attention, ms per
   layer). Llama-3.1-8B decode attention is a roofline term. TP all-reduce is not included.
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.profile_roofline import DEVICE_SPECS, ModelShape, attention_s, lm_head_s
-from sim.profiles import PROFILES_DIR, save_profile
+from sim.models.profile_roofline import DEVICE_SPECS, ModelShape, attention_s, lm_head_s
+from profiles import PROFILES_DIR, save_profile
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 DECODE_CONTEXTS = (256, 1024, 4096)   # per-sequence KV context of synthesised decode rows
@@ -34,7 +34,7 @@ VIDUR_MODELS = {  # vidur dir -> (our name, num_layers); hidden/heads/vocab come
     "internlm/internlm-20b": ("internlm-20b", 60),
 }
 VIDUR_HW = {"a100": "a100-80g", "h100": "h100", "a40": "a40"}
-SPLITWISE_HW = {"a100-80gb": "a100-80g", "h100-80gb": "h100"}  # names as in sim/hardware.py
+SPLITWISE_HW = {"a100-80gb": "a100-80g", "h100-80gb": "h100"}  # names as in sim/models/hardware.py
 VIDUR_OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj")
 LSS_OPS = ("input_layernorm", "q_proj", "k_proj", "v_proj", "rope", "o_proj",

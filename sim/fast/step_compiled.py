@@ -1,7 +1,7 @@
-"""The engine's side of the compiled per-step kernel (sim/step_kernel.py): when it applies,
+"""The engine's side of the compiled per-step kernel (sim/fast/step_kernel.py): when it applies,
 its inputs, and the scheduler and step-recorder bookkeeping after it.
 
-It applies under the same opt-in and conditions as compiled epochs (sim/epoch_compiled.py:
+It applies under the same opt-in and conditions as compiled epochs (sim/fast/epoch_compiled.py:
 numba, a roofline, parametric acceptance, ``EngineConfig.compiled_epochs``) to engines that
 run epochs (a static policy, ``multi_step``) and read no step confidences (no ``observe``).
 ``multi_step=False`` keeps the numpy per-step path: the reference the tests compare against.
@@ -12,8 +12,8 @@ from itertools import islice
 
 import numpy as np
 
-from sim.epoch_compiled import kernel_inputs
-from sim.state import FINISHED, RUNNING
+from sim.fast.epoch_compiled import kernel_inputs
+from sim.core.state import FINISHED, RUNNING
 
 
 def step_kernel_inputs(engine):
@@ -24,13 +24,13 @@ def step_kernel_inputs(engine):
     inputs = kernel_inputs(engine)
     if inputs is None:
         return None
-    from sim.plan_kernel import PLAN_KERNEL
-    from sim.step_kernel import STEP_KERNEL
+    from sim.fast.plan_kernel import PLAN_KERNEL
+    from sim.fast.step_kernel import STEP_KERNEL
     return (*inputs, STEP_KERNEL, PLAN_KERNEL) if STEP_KERNEL is not None else None
 
 
 def compiled_plan(engine):
-    """``Scheduler.plan_base`` through sim/plan_kernel.py; the Python plan when running
+    """``Scheduler.plan_base`` through sim/fast/plan_kernel.py; the Python plan when running
     requests must be preempted (the kernel then wrote nothing)."""
     sched, r, cfg = engine.sched, engine.reqs, engine.config.engine
     run, waiting = sched.running, sched.waiting
@@ -85,8 +85,8 @@ def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int
 
 def warm_up_step() -> None:
     """Compile (or cache-load) the step kernel with the engine's argument types."""
-    from sim.plan_kernel import PLAN_KERNEL
-    from sim.step_kernel import STEP_KERNEL
+    from sim.fast.plan_kernel import PLAN_KERNEL
+    from sim.fast.step_kernel import STEP_KERNEL
     if STEP_KERNEL is None:
         return
     i64 = np.zeros(2, np.int64)

@@ -1,4 +1,4 @@
-"""Step-cost model fitted from forward-pass profiles (schema: sim/profiles.py).
+"""Step-cost model fitted from forward-pass profiles (schema: profiles/).
 
 Per role (target, draft) one regression, shaped like a roofline but learnt from data:
 
@@ -11,8 +11,8 @@ S is the attention compute; S * B / N estimates the distinct KV read (exact for 
 memory-bound attention term. All coefficients are non-negative, fitted by NNLS on relative
 errors (rows weighted by 1 / latency). A pass with N <= 0 costs nothing.
 
-``python -m sim.fitted_cost --report`` prints held-out errors of every profile in
-sim/profiles_data/ (sim/fitted_cost_report.py).
+``python -m sim.models.fitted_cost --report`` prints held-out errors of every profile in
+profiles/data/ (sim/tools/fitted_cost_report.py).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sim.nnls import nnls
-from sim.profiles import ProfileError, load_profile, resolve_profile
+from scipy.optimize import nnls
+from profiles import ProfileError, load_profile, resolve_profile
 
 MAX_KNOTS = 12
 EXTRAPOLATION_FACTOR = 2.0  # warn beyond this multiple of the largest profiled value
@@ -80,7 +80,7 @@ def fit_step(n, b, s, latency_s) -> StepFit:
     aw = a * w[:, None]
     scale = np.abs(aw).max(axis=0)
     scale[scale == 0] = 1.0                        # unused feature: coefficient stays 0
-    coef = nnls(aw / scale, y * w) / scale
+    coef = nnls(aw / scale, y * w)[0] / scale
     k = len(knots)
     return StepFit(tuple(knots.tolist()), tuple(coef[1:1 + k].tolist()), float(coef[0]),
                    float(coef[1 + k]), float(coef[2 + k]), float(coef[3 + k]),
@@ -182,11 +182,11 @@ def load_fitted_cost_model(name_or_path, draft_profile=None, draft_fallback=None
 
 
 def build_fitted(config) -> FittedCostModel:
-    """Factory hook for sim/cost.py: ``SimConfig.cost_model = "fitted:<profile or path>"``.
+    """Factory hook for sim/models/cost.py: ``SimConfig.cost_model = "fitted:<profile or path>"``.
 
     Without draft rows in the profile, draft passes use the roofline of ``config.draft``.
     """
-    from sim.cost import make_cost_model  # lazy: sim.cost may import this module
+    from sim.models.cost import make_cost_model  # lazy: sim.models.cost may import this module
 
     name = config.cost_model.split(":", 1)[1] if ":" in config.cost_model else config.cost_model
     fallback = None
@@ -197,6 +197,6 @@ def build_fitted(config) -> FittedCostModel:
 
 
 if __name__ == "__main__":
-    from sim.fitted_cost_report import main
+    from sim.tools.fitted_cost_report import main
 
     main()

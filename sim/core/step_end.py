@@ -1,15 +1,15 @@
-"""The end of one per-step step (sim/engine.py): its tokens enter the request table, finished
+"""The end of one per-step step (sim/core/engine.py): its tokens enter the request table, finished
 requests leave the scheduler, the step is recorded and the policy observes it.
 
 Moved out of the engine to keep it short; the work is the same, with the scalar shortcuts of
-sim/small_arrays.py where a step's arrays are small."""
+sim/core/small_arrays.py where a step's arrays are small."""
 from __future__ import annotations
 
 import numpy as np
 
 from policies.interface import Feedback
-from sim.small_arrays import SMALL, iall, iany, isum
-from sim.state import FINISHED
+from sim.core.small_arrays import SMALL, iall, iany, isum
+from sim.core.state import FINISHED
 
 _EMPTY = np.zeros(0, np.int64)
 _EMPTY.setflags(write=False)          # shared, so never writable

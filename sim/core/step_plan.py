@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from policies.interface import checked_num_spec_tokens
-from sim.small_arrays import SMALL, imin_imax, isum
+from sim.core.small_arrays import SMALL, imin_imax, isum
 
 
 def prefill_context(computed: np.ndarray, chunk: np.ndarray) -> int:

@@ -14,7 +14,7 @@ interface only carries the per-token sum, so we estimate ``kv_tokens_read = sum_
 ``k+2`` tokens for a k-token verify; about half the context for a fresh prefill chunk, which is
 compute bound anyway). A pass with no tokens costs nothing.
 
-A fitted model (from profiles, sim/fitted_cost.py) is ``cost_model="fitted:<profile>"``; more
+A fitted model (from profiles, sim/models/fitted_cost.py) is ``cost_model="fitted:<profile>"``; more
 kinds plug in through ``register_cost_model(name, builder)``. The engine only calls
 ``make_cost_model(config)``.
 """
@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from sim.hardware import HardwareSpec, get_hardware
-from sim.models import ModelShape, get_model
+from sim.models.hardware import HardwareSpec, get_hardware
+from sim.models.shapes import ModelShape, get_model
 
 
 class RooflineCostModel:
@@ -66,7 +66,7 @@ class RooflineCostModel:
     def scalar_coefficients(self) -> tuple:
         """(target, draft) coefficient tuples (s per token, s per context token, s to stream
         weights, s per KV token read, fixed s) of ``_time``'s scalar expression, so a hot
-        loop (sim/epoch.py) can inline it and get the very floats of a scalar call."""
+        loop (sim/fast/epoch.py) can inline it and get the very floats of a scalar call."""
         return self._target, self._draft
 
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
@@ -103,7 +103,7 @@ def _build_roofline(config) -> RooflineCostModel:
 
 
 def _build_fitted(config):
-    from sim.fitted_cost import build_fitted   # lazy: profiles need pandas and data files
+    from sim.models.fitted_cost import build_fitted   # lazy: profiles need pandas and data files
     return build_fitted(config)
 
 

@@ -150,7 +150,7 @@ class ParametricAcceptance:
         idx = np.minimum((v * _QUANTILES).astype(np.int64), _QUANTILES - 1)
         return np.where(ok, self._q_hi[idx], self._q_lo[idx])
 
-    # ---- multi-step epochs (sim/epoch.py) ---------------------------------------------------
+    # ---- multi-step epochs (sim/fast/epoch.py) ---------------------------------------------------
     def draw_block(self, rows: np.ndarray, num_steps: int, num_positions: int | None = None):
         """Match lengths (num_steps, n) of ``num_steps`` consecutive steps of the same decoding
         ``rows`` and their uniforms (num_steps, n, k_max): the very numbers ``num_steps``

@@ -7,8 +7,8 @@ import time
 import simpy
 
 from analysis.schema import RunResult
-from sim.engine import Engine
-from sim.results import request_frame
+from sim.core.engine import Engine
+from sim.core.results import request_frame
 
 
 def simulate(trace, policy, config) -> RunResult:
@@ -23,7 +23,7 @@ def simulate_with(trace, policy, config, cost_model=None, acceptance_model=None,
                   multi_step: bool = True) -> RunResult:
     """``simulate`` with an explicit cost or acceptance model (tests, custom studies)
     instead of the ones ``config`` names. ``multi_step=False`` forces the per-step path
-    (no multi-step epochs, sim/epoch.py) for comparisons."""
+    (no multi-step epochs, sim/fast/epoch.py) for comparisons."""
     t0 = time.perf_counter()
     engine = Engine(trace, policy, config, cost_model=cost_model,
                     acceptance_model=acceptance_model, multi_step=multi_step)
