@@ -10,7 +10,7 @@ ASSETS_PAIR = Path(__file__).resolve().parent / "assets" / "pair"
 
 DRAFT_METHODS = ("draft_model", "eagle", "ngram")
 # The vLLM minor release exec/adapter.py's hooks are written against; pyproject's `live` and
-# `gpu` extras must admit only it (tests/test_realistic_pair.py checks they agree).
+# `gpu` extras must admit only it (tests/exec/test_realistic_pair.py checks they agree).
 SUPPORTED_VLLM = "0.32."
 
 

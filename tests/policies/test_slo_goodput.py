@@ -1,12 +1,11 @@
 """slo_goodput: token trees, the per-token SLO guard, tree feedback, decide() speed."""
-import time
 
 import numpy as np
 import pytest
 
 from policies import make_policy
 from policies.adaptive.slo_goodput_plan import plan_prefix
-from test_policies_adaptive import LinearCost, feedback, make_obs
+from tests.policies.helpers import LinearCost, feedback, make_obs
 
 
 def test_trees_in_light_pure_decode_steps_only():
@@ -57,18 +56,6 @@ def test_tree_feedback_counts_depth_and_width_rejections():
     chain = make_policy("slo_goodput", prior_rate=0.5)
     chain.tracker.observe(obs.request_ids, W * k, np.ones(2))
     assert (p.tracker.rate(obs.request_ids) < chain.tracker.rate(obs.request_ids)).all()
-
-
-def test_decide_is_fast_at_large_batch():
-    rng = np.random.default_rng(0)
-    p = make_policy("slo_goodput")
-    obs = make_obs(256, ctx=800, prefill=256, tpot=rng.choice([0.03, 0.06, 0.12], 256))
-    p.decide(obs)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        p.decide(obs)
-    per_call_ms = (time.perf_counter() - t0) / 20 * 1e3
-    assert per_call_ms < 25.0, f"decide took {per_call_ms:.2f} ms at 256 requests"
 
 
 @pytest.mark.parametrize("seed", range(5))

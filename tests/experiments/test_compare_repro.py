@@ -9,7 +9,7 @@ import pytest
 
 from conf.repro import known_repros, load_repro
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (traces, Spec-Bench) "
                                   "is absent")

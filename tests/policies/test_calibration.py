@@ -4,7 +4,7 @@ import pytest
 
 from policies import make_policy
 from policies.adaptive.calibration import ConfidenceCalibrator
-from test_policies_adaptive import feedback, make_obs
+from tests.policies.helpers import feedback, make_obs
 
 
 def _chain_steps(rng, n, K, rate, conf_of):

@@ -6,7 +6,7 @@ from policies import make_policy
 from policies.adaptive.adaspec import previous_graph_bucket
 from policies.adaptive.step_cost import uniform_step_s
 from policies.interface import Decision
-from test_policies_adaptive import LinearCost, draft_state, make_obs
+from tests.policies.helpers import LinearCost, draft_state, make_obs
 
 
 @pytest.mark.parametrize("N,expect", [(2, 1), (12, 8), (16, 8), (17, 16), (33, 32), (40, 32),

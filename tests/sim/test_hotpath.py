@@ -6,7 +6,7 @@ from sim.core.config import AcceptanceConfig, SimConfig
 from sim.models.cost import ConstantCostModel, make_cost_model
 from sim.fast.epoch import _uniform_costs, _uniform_costs_calls
 from sim.core.step_plan import uniform_chain_draft_s
-from tests.test_sim_helpers import poisson_trace
+from tests.sim.helpers import poisson_trace
 
 
 def test_leading_true_matches_an_accumulate():

@@ -1,4 +1,4 @@
-"""Run by tests/test_sim_epochs_kernel.py in a subprocess (numba must not load into the
+"""Run by tests/sim/test_epochs_kernel.py in a subprocess (numba must not load into the
 process that runs the live vLLM tests). The compiled epoch kernel (sim/fast/epoch_kernel.py, sim/fast/epoch_compiled.py): exact against the per-step path and the
 numpy epoch fallback, chained epochs, in-place EWMA, fallbacks, and the bench's JIT warm-up."""
 import dataclasses
@@ -17,8 +17,8 @@ from sim import simulate_with
 from sim.core.config import AcceptanceConfig
 from sim.models.cost import ConstantCostModel, make_cost_model
 from sim.core.engine import Engine
-from tests.test_sim_epochs import CASES, _assert_same, _both
-from tests.test_sim_helpers import config, poisson_trace
+from tests.sim.epoch_cases import CASES, EightOrOdd, assert_same_tables, both_paths
+from tests.sim.helpers import config, poisson_trace
 
 needs_numba = pytest.mark.skipif(ek.EPOCH_KERNEL is None, reason="numba is not importable")
 
@@ -28,18 +28,6 @@ def compiled_epochs_on(monkeypatch):
     """These cases exercise the kernel: turn the opt-in (EngineConfig.compiled_epochs) on."""
     import sim.fast.epoch_compiled
     monkeypatch.setattr(sim.fast.epoch_compiled, "compiled_enabled", lambda engine: True)
-
-
-class EightOrOdd(Policy):
-    """Static, mixed k up to 8: the per-step path sums 8 draft passes with np.sum's pairwise
-    order, not a plain loop; the epochs must too."""
-
-    name = "test-eight-or-odd"
-    static_decisions = True
-
-    def decide(self, obs):
-        ids = obs.request_ids
-        return Decision(num_spec_tokens=np.where(ids % 2 == 0, 8, ids % 8))
 
 
 def _engine(trace, policy, cfg, multi_step=True, cost_model=None):
@@ -57,9 +45,9 @@ def test_numpy_fallback_still_matches_the_per_step_path(case, monkeypatch):
     """Without numba the numpy epochs run, and they too reproduce the per-step tables."""
     monkeypatch.setattr(ek, "EPOCH_KERNEL", None)
     factory, trace, cfg = CASES[case]
-    fast, slow = _both(trace, factory, cfg)
+    fast, slow = both_paths(trace, factory, cfg)
     assert fast.meta["num_epochs"] > 0
-    _assert_same(fast, slow)
+    assert_same_tables(fast, slow)
 
 
 @needs_numba
@@ -89,9 +77,9 @@ def test_kernel_without_a_draft_model_and_with_tensor_parallel():
     trace = poisson_trace(n=120, rate=15.0)
     for cfg, policy in ((dataclasses.replace(config(seed=4), draft=""), "none"),
                         (dataclasses.replace(config(seed=6), tensor_parallel=2), "fixed")):
-        fast, slow = _both(trace, lambda: make_policy(policy), cfg)
+        fast, slow = both_paths(trace, lambda: make_policy(policy), cfg)
         assert fast.meta["num_epochs"] > 0
-        _assert_same(fast, slow)
+        assert_same_tables(fast, slow)
 
 
 def test_cost_model_without_scalar_coefficients_uses_the_numpy_epochs():
@@ -102,7 +90,7 @@ def test_cost_model_without_scalar_coefficients_uses_the_numpy_epochs():
     fast = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
     slow = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost,
                          multi_step=False)
-    _assert_same(fast, slow)
+    assert_same_tables(fast, slow)
 
 
 def test_bench_reports_the_jit_warm_up_apart(capsys, monkeypatch):
@@ -146,4 +134,4 @@ def test_mixed_k_of_eight_sums_draft_passes_in_numpys_order(kernel, monkeypatch)
     slow = simulate_with(trace, EightOrOdd(), cfg, cost_model=cost, multi_step=False)
     assert fast.meta["num_epochs"] > 0
     assert max(int(k.max(initial=0)) for k in fast.steps["spec_k"]) == 8
-    _assert_same(fast, slow)
+    assert_same_tables(fast, slow)

@@ -17,7 +17,7 @@ from exec import smollm2
 from exec.config import ASSETS_PAIR, SUPPORTED_VLLM, LiveConfig
 from traces.schema import Trace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EAGLE = ASSETS_PAIR.parent / "smollm2_eagle"
 
 

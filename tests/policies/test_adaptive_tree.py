@@ -7,7 +7,7 @@ import pytest
 from policies import make_policy
 from policies.adaptive.tree_selection import (caterpillar_candidates, select_tree_nodes,
                                               widths_per_depth)
-from test_policies_adaptive import LinearCost, feedback, make_obs
+from tests.policies.helpers import LinearCost, feedback, make_obs
 
 
 def brute_force(F, A, budget):

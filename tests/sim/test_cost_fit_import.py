@@ -10,7 +10,7 @@ from sim.tools.fitted_cost_report import heldout_errors, main as report_main
 from sim.tools.profile_import import import_all, import_vidur
 from profiles import PROFILES_DIR, known_profiles, load_profile, save_profile
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "profiles").is_dir(),
                                   reason=f"public profiles not found at {SHARED}/profiles")
 # Measured with `python -m sim.models.fitted_cost --report`: mean 0.022, max 0.180 (every 5th held out)

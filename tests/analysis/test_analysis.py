@@ -113,7 +113,7 @@ def test_figures_and_report_written(sim_root, tmp_path):
 
 
 def test_sim_vs_live_figure_pairs_and_states_errors(sim_root, tmp_path):
-    # The figure's pairing and labels (live twins made with vLLM: tests/test_realistic_pair.py).
+    # The figure's pairing and labels (live twins made with vLLM: tests/exec/test_realistic_pair.py).
     frame = load_runs(sim_root)
     one = frame[frame["trace.rate"] == 2]
     live = one.copy()

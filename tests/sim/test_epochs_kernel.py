@@ -1,4 +1,4 @@
-"""The compiled epoch kernel's cases (tests/cases_sim_epochs_kernel.py) in their own process.
+"""The compiled epoch kernel's cases (tests/sim/cases_epochs_kernel.py) in their own process.
 
 numba loads llvmlite, whose ``ffi.lib`` object breaks vLLM 0.32's CPU kernel registration
 for any engine started later in the same process (sim/fast/epoch_compiled.py); the live tests
@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compiled_epoch_kernel_cases_pass_in_a_subprocess():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/cases_sim_epochs_kernel.py"], cwd=ROOT,
+                           "tests/sim/cases_epochs_kernel.py"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, tail

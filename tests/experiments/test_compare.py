@@ -14,7 +14,7 @@ from experiments.compare_ratios import compare_json, ratio, ratio_report, with_o
 from experiments.compare_setup import (CompareSetup, default_policy_specs, load_levels,
                                        num_requests_at, select_specs)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 
 

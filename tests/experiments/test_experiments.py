@@ -16,7 +16,7 @@ from experiments import store
 from experiments.build import build_trace, shift_load
 from experiments.runner import execute
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["trace=embedded", "trace.num_requests=30"]
 
 
@@ -114,6 +114,7 @@ def test_bad_config_fails_before_running(tmp_path, override, needle):
 def test_bad_job_stops_whole_sweep_before_any_job(tmp_path):
     res = cli("-m", "experiments.run", "-m", "policy=none,fixed", "trace.rate=2,-8", *TINY,
               f"results_root={tmp_path}")
+    assert res.returncode != 0
     assert "not started" in res.stdout + res.stderr and "trace.rate" in res.stderr
     assert complete_runs(tmp_path) == []
 

@@ -8,7 +8,7 @@ from policies.interface import Decision, Policy
 from sim import simulate, simulate_with
 from sim.core.config import SimConfig
 from sim.models.cost import ConstantCostModel, make_cost_model
-from tests.test_sim_helpers import config, fixed_rate, poisson_trace
+from tests.sim.helpers import config, fixed_rate, poisson_trace
 from traces.schema import Trace
 
 

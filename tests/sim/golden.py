@@ -2,8 +2,8 @@
 change any result: the sim.bench trace (numpy epochs, compiled epochs, per-step path) and
 every compare policy on the quick compare setup at two loads and two seeds.
 
-``python -m tests.golden --write`` records them in tests/data/golden_hashes.json (only when a
-change of results is intended, and said so in its commit); tests/test_golden.py recomputes
+``python -m tests.sim.golden --write`` records them in tests/data/golden_hashes.json (only when a
+change of results is intended, and said so in its commit); tests/sim/test_golden.py recomputes
 and compares.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ from sim.models.acceptance import (AcceptanceTraces, ParametricAcceptance, load_
                             make_acceptance_model)
 from sim.core.config import AcceptanceConfig
 from sim.models.cost import ConstantCostModel
-from tests.test_sim_helpers import config
+from tests.sim.helpers import config
 from traces.schema import Trace
 
 

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from exec.pair_acceptance import (QUICK_CHECK, greedy_continuation, load_pair, match_lengths,
                                   measure, walk_accepted)
 
-PAIR = Path(__file__).resolve().parents[1] / "exec" / "assets" / "pair"
+PAIR = Path(__file__).resolve().parents[2] / "exec" / "assets" / "pair"
 pytestmark = pytest.mark.skipif(not (PAIR / "train_log.json").exists(),
                                 reason=f"no trained pair at {PAIR}: run python -m exec.train_pair")
 

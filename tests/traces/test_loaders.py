@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -30,12 +29,9 @@ def test_real_files_load_completely(name, rows, tag):
     assert tr.meta["source"] == str(path)
 
 
-def test_azure_conv_stats_and_speed():
+def test_azure_conv_stats():
     path = shared_file("azure_conv")
-    start = time.perf_counter()
     tr = load_azure(path)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"conv CSV took {elapsed:.2f} s to load"
     assert tr.meta["reader"] == "pyarrow"
     assert tr.arrival_s[-1] == pytest.approx(3501.72, abs=0.01)
     assert np.median(tr.num_prompt_tokens) == 1020 and np.median(tr.num_output_tokens) == 129

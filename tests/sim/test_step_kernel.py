@@ -2,12 +2,12 @@
 the steps that carry prefill chunks under a static policy with compiled epochs on must give
 the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
 trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay. Runs in a child process: numba must not load
-into the process that runs the live vLLM tests (see tests/test_sim_epochs_kernel.py)."""
+into the process that runs the live vLLM tests (see tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = r'''
 import dataclasses
@@ -16,9 +16,8 @@ import sim.core.engine, sim.fast.plan_kernel as pk, sim.fast.step_kernel as sk
 from policies import make_policy
 from sim import simulate_with
 from sim.core.config import AcceptanceConfig
-from tests.cases_sim_epochs_kernel import EightOrOdd
-from tests.test_sim_epochs import _assert_same
-from tests.test_sim_helpers import config, poisson_trace
+from tests.sim.epoch_cases import EightOrOdd, assert_same_tables
+from tests.sim.helpers import config, poisson_trace
 
 if sk.STEP_KERNEL is None:
     print("SKIP numba is not importable"); raise SystemExit(0)
@@ -71,7 +70,7 @@ for name, (factory, trace, kw) in cases.items():
     assert calls["prefill"] > before["prefill"], f"{name}: no compiled prefill step"
     assert fast.meta["num_epochs"] > 0 and slow.meta["num_epochs"] == 0, name
     assert (fast.requests["status"] == "finished").any(), name
-    _assert_same(fast, slow)
+    assert_same_tables(fast, slow)
     print(name, calls["steps"] - before["steps"], calls["trimmed"] - before["trimmed"])
 assert calls["trimmed"] > 0, "no compiled step trimmed its drafts (budget or KV)"
 assert calls["preempting"] > 0 and calls["admitted"] > 0, calls

@@ -89,6 +89,7 @@ def test_embedded_pair_reads_trained_config(tmp_path, monkeypatch):
     import json
     import sim.models.shapes as models
     placeholder = get_model("embedded-target")
+    draft_placeholder = get_model("embedded-draft")
     assert placeholder.vocab_size > 0 and placeholder.num_layers >= 1
     (tmp_path / "target").mkdir()
     (tmp_path / "target" / "config.json").write_text(json.dumps({
@@ -99,4 +100,6 @@ def test_embedded_pair_reads_trained_config(tmp_path, monkeypatch):
     shape = get_model("embedded-target")
     assert (shape.num_layers, shape.hidden_size, shape.num_kv_heads, shape.vocab_size,
             shape.dtype_bytes, shape.tied_embeddings) == (6, 384, 2, 8000, 4, True)
-    assert get_model("embedded-draft") == get_model("embedded-draft")   # placeholder still
+    # no draft/config.json in the new folder: the draft keeps its placeholder shape
+    assert get_model("embedded-draft") == draft_placeholder
+    assert shape != placeholder
