@@ -144,6 +144,18 @@ def _repo_path(path):
     return str(local) if local.exists() or str(path).startswith("exec/") else path
 
 
+def model_window(model_path) -> int | None:
+    """The target's context window (``max_position_embeddings`` of a local HF folder)."""
+    if model_path is None:
+        return None
+    cfg_file = Path(model_path) / "config.json"
+    if not cfg_file.is_file():
+        return None
+    import json
+    window = json.loads(cfg_file.read_text()).get("max_position_embeddings")
+    return int(window) if window else None
+
+
 def build_live_config(cfg):
     """exec.config.LiveConfig: model paths, batching, TP, plus ``backend.extra`` by name.
 
@@ -179,6 +191,11 @@ def build_live_config(cfg):
                   record_acceptance=draft is not None)
     if wanted["target_model"] is None:
         raise ValueError(f"model {cfg.model.name!r} has no target_path for a live run")
+    # engine.max_model_len is sized for the simulated GPUs (32k); vLLM refuses more than the
+    # target's window, so a live engine gets the smaller (prompts are clamped to it)
+    window = model_window(wanted["target_model"])
+    if window is not None and "max_model_len" not in extra:
+        wanted["max_model_len"] = min(int(e.max_model_len), window)
     wanted = {k: v for k, v in wanted.items() if v is not None or k == "draft_model"}
     wanted.update(extra)
     return LiveConfig(**wanted)

@@ -33,10 +33,15 @@ def validate_sweep(config) -> int:
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task),
                                         None)[0]
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    # config folders added with hydra.searchpath (command line or primary config) hold
+    # options the jobs may name: compose each job with them, as the run itself will
+    searchpath = list(config.hydra.get("searchpath") or [])
+    extra = [f"hydra.searchpath=[{','.join(repr(str(p)) for p in searchpath)}]"] \
+        if searchpath else []
     for job in jobs:
         try:
-            validate(loader.load_configuration(config.hydra.job.config_name, list(job),
-                                               RunMode.RUN))
+            validate(loader.load_configuration(config.hydra.job.config_name,
+                                               extra + list(job), RunMode.RUN))
         except Exception as err:
             # hydra turns a callback's exceptions into warnings; SystemExit stops the sweep.
             cause = f"\n{err.__cause__}" if err.__cause__ else ""

@@ -221,4 +221,6 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.errors import one_line_errors
+    with one_line_errors():
+        main()

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from conf import register_configs
+from experiments.errors import one_line_errors
 from experiments.store import register_resolvers
 
 # At import: hydra composes (also in launcher worker processes) after this module loads.
@@ -28,7 +29,8 @@ def main(cfg) -> dict:
     from analysis.tables import format_frame_table
     from experiments.runner import execute
 
-    summary = execute(cfg)
+    with one_line_errors():
+        summary = execute(cfg)
     if HydraConfig.get().mode == RunMode.RUN:  # a sweep prints one table at its end
         print(format_frame_table(load_runs([summary["run_dir"]])))
     return summary

@@ -1,7 +1,8 @@
 """Execute one run config: skip it if done, otherwise build, run (sim or live), save.
 
 A run folder holds ``config.yaml`` (resolved), ``requests.parquet``, ``steps.parquet``,
-``meta.json`` (RunResult.save) and, written last, ``summary.json``.
+``meta.json`` (RunResult.save) and, written last, ``summary.json``; a live run also
+``engine.log``, what vLLM and its libraries printed.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 
 from experiments import store
 
+ENGINE_LOG = "engine.log"              # a live run's third-party output
 LEDGER_ENV = "SPECBED_SWEEP_LEDGER"  # set by experiments.callbacks for the sweep's jobs
 
 
@@ -67,7 +69,21 @@ def execute(cfg, results_root=None, *, verbose: bool = True) -> dict:
     started = time.perf_counter()
     trace = build_trace(cfg)
     policy = build_policy(cfg)
-    result = _run_backend(cfg, trace, policy)
+    if cfg.backend.name == "live":
+        # vLLM, torch and tqdm write hundreds of lines per engine: they go to the run folder
+        from experiments.errors import output_to
+        log = run_dir / ENGINE_LOG
+        if verbose:
+            print(f"[live] {run_dir.name}: engine output in {log}", flush=True)
+        try:
+            with output_to(log):
+                result = _run_backend(cfg, trace, policy)
+        except Exception:
+            import sys
+            print(f"[live] {run_dir.name} failed; engine output in {log}", file=sys.stderr)
+            raise
+    else:
+        result = _run_backend(cfg, trace, policy)
     wall_s = time.perf_counter() - started
     # "config" stays the engine's own (SimConfig / LiveConfig); the hydra one is run_config.
     meta = {**result.meta, "run_key": store.run_key(cfg), "run_config": semantic,

@@ -161,6 +161,7 @@ def test_live_config_mapping():
     live = build_live_config(cfg)
     assert live.tensor_parallel_size == 2 and live.max_requests == 12
     assert live.target_model.endswith("target") and live.draft_model.endswith("draft")
+    assert live.max_model_len == 1024    # the target's window, not the simulated GPUs' 32k
     assert build_live_config(compose_run(["backend=live", "model=embedded_pair"])
                              ).draft_model is None  # policy none: no draft model
     bad = compose_run(["backend=live", "+backend.extra.not_a_field=1"])
@@ -242,3 +243,40 @@ def test_live_hook_reports_why_it_cannot_run():
         assert ok, why
     else:
         assert not ok and why.startswith("live check skipped")
+
+
+def test_sweep_precheck_honours_config_searchpath(tmp_path):
+    """An option from a folder added with hydra.searchpath passes the sweep's pre-check."""
+    extra = tmp_path / "myconf" / "slo"
+    extra.mkdir(parents=True)
+    text = (REPO / "conf" / "slo" / "adaserve.yaml").read_text()
+    (extra / "my_mix.yaml").write_text(text.replace("name: adaserve", "name: my_mix"))
+    res = cli("-m", "experiments.run", "-m", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+              "slo=my_mix", "policy=none,fixed", *TINY, f"results_root={tmp_path / 'r'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(complete_runs(tmp_path / "r")) == 2
+
+
+def test_malformed_trace_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                   "2023-11-16 18:15:46.68,100,20\n2023-11-16 18:15:47.00,abc,20\n")
+    res = cli("-m", "experiments.run", f"trace.name=file:{bad}", f"results_root={tmp_path / 'r'}")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {bad}, line 3: column 'ContextTokens': non-numeric token count "
+                     "'abc'  (HYDRA_FULL_ERROR=1 shows the traceback)"]
+
+
+@pytest.mark.live
+def test_live_run_keeps_engine_output_in_the_run_folder(tmp_path):
+    pytest.importorskip("vllm")
+    res = cli("-m", "experiments.run", "backend=live", "model=embedded_pair", "trace=embedded",
+              "trace.num_requests=4", "policy=fixed", f"results_root={tmp_path}", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = complete_runs(tmp_path)
+    log = (Path(run) / "engine.log").read_text()
+    assert "Initializing a V1 LLM engine" in log          # vLLM's own lines went there
+    terminal = res.stdout + res.stderr
+    assert "INFO" not in terminal and len(terminal.splitlines()) < 12, terminal[-2000:]
