@@ -140,6 +140,23 @@ class Policy:
     # stretches of pure-decode steps between batch events as one vectorized epoch
     # (sim/fast/epoch.py): one decide() call per epoch, no per-step observe() calls.
     static_decisions = False
+    # The hooks besides decide() an engine must call. Each is declared here, and checked
+    # against the hooks a subclass defines when the class is created (__init_subclass__), so
+    # the engines read declarations instead of comparing methods.
+    needs_feedback = False   # True: observe() reads each step's Feedback (else none is built)
+    custom_drafting = False  # True: its own continue_drafting() (else: draft k, confidence stop)
+    custom_verify = False    # True: its own select_verify() (else: verify all, or the budget)
+    # True: decisions may carry token trees (Decision.nodes_per_depth), which only the
+    # simulator verifies; vLLM verifies chains.
+    makes_trees = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for hook, flag in (("observe", "needs_feedback"), ("continue_drafting", "custom_drafting"),
+                           ("select_verify", "custom_verify")):
+            if hook in cls.__dict__ and not getattr(cls, flag):
+                raise TypeError(f"policy {cls.__name__} defines {hook}() but does not declare "
+                                f"{flag} = True: engines would not call it")
 
     def decide(self, obs: Observation) -> Decision:
         raise NotImplementedError

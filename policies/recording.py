@@ -42,10 +42,13 @@ def _copy_answer(answer):
 class PolicyRecorder(Policy):
     """``policy`` with every hook call logged in ``calls`` (the answers are copied)."""
 
+    # a recorder sees every hook call, whatever the wrapped policy declares
+    needs_feedback = custom_drafting = custom_verify = True
+
     def __init__(self, policy: Policy):
         self.policy = policy
         self.calls: list[HookCall] = []
-        for attr in ("name", "needs_oracle", "needs_draft_confidences"):
+        for attr in ("name", "needs_oracle", "needs_draft_confidences", "makes_trees"):
             setattr(self, attr, getattr(policy, attr))
 
     def __getattr__(self, attr):  # class attributes engines read (e.g. needs_feedback)

@@ -37,6 +37,8 @@ class AdaServe(Policy):
     Note the f-sum counts side candidates as leaves, so it under-estimates the simulator's
     rule (depth j passes w.p. 1 - (1 - a_j)^w_j whichever sibling matched).
     """
+    needs_feedback = True
+    makes_trees = True
 
     def __init__(self, d_max: int = 8, d_min: int = 1, w_max: int = 3,
                  depth_budget_tokens: int = 256, draft_budget_tokens: int = 96,

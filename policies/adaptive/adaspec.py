@@ -56,6 +56,8 @@ class AdaSpec(Policy):
       SLO among running requests (or ``step_budget_s``, whichever is smaller) gets G = -1;
       k = 0 is exempt. The released code has this check commented out; this is its intent.
     """
+    custom_drafting = True
+    custom_verify = True
 
     needs_draft_confidences = True
 
@@ -175,6 +177,7 @@ class ThresholdDrafting(Policy):
     """
 
     needs_draft_confidences = True
+    custom_drafting = True
 
     def __init__(self, threshold: float = 0.6, k_max: int | None = None):
         if not 0.0 <= threshold <= 1.0:

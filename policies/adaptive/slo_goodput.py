@@ -89,6 +89,10 @@ class SloGoodput(Policy):
     12-15 req/s by 4-6% over raw confidences, the neutral prefill value by ~1%, wider trees
     (``w_max`` 8) and per-request widths by ~2% at 3.5-5.3 req/s.
     """
+    needs_feedback = True
+    custom_drafting = True
+    custom_verify = True
+    makes_trees = True   # chain_only=True: chains (an instance attribute)
 
     needs_draft_confidences = True
 
@@ -126,6 +130,7 @@ class SloGoodput(Policy):
                              f"{w_max}, {tree_min_gain}")
         self.slo_guard, self.w_max = slo_guard, int(w_max)
         self.tree_min_gain, self.chain_only = float(tree_min_gain), bool(chain_only)
+        self.makes_trees = not self.chain_only
         self.tree_extend_positions = int(tree_extend_positions)
         self.tree_max_requests = int(tree_max_requests)
         self.max_step_tokens = max_step_tokens

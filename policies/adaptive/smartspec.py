@@ -30,6 +30,7 @@ class SmartSpec(Policy):
     ``stop_at_first_decrease``: HEAD stops the enumeration at the first drop; the default
     (False) takes the full argmax, as the AdaSpec-adapted baseline does.
     """
+    needs_feedback = True
 
     def __init__(self, alpha_init: float = 0.7, ema: float = 0.15, no_spec_bonus: float = 1.1,
                  alpha_floor: float = 0.3, alpha_reset: float = 0.65, update_interval: int = 1,

@@ -75,6 +75,7 @@ class VllmAdaptiveVerify(Policy):
     cost model -- vLLM profiles the step cost at startup; here the cost model is the profile.
     Deviation: vLLM smooths per-position confidences with an EMA (0.8); we use this step's.
     """
+    custom_verify = True
 
     needs_draft_confidences = True
 

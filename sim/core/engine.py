@@ -59,9 +59,9 @@ class Engine:
         self._vllm_max_k = 0                        # last decision's max k (vLLM mode)
         self._idle: simpy.Event | None = None
         self._all_arrived = False
-        self._default_drafting = type(policy).continue_drafting is Policy.continue_drafting
-        self._default_verify = type(policy).select_verify is Policy.select_verify
-        self._observes = type(policy).observe is not Policy.observe   # else skip Feedback
+        self._default_drafting = not policy.custom_drafting
+        self._default_verify = not policy.custom_verify
+        self._observes = policy.needs_feedback             # else no Feedback is built
         self._pos = np.arange(self.k_max)
         static = bool(policy.static_decisions and not policy.needs_oracle
                       and self._default_drafting and self._default_verify)

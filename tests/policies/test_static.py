@@ -67,3 +67,23 @@ def test_default_draft_stop_on_low_confidence():
     st = DraftState(obs=obs, decision=dec, num_drafted=np.array([1, 1]), confidences=conf,
                     draft_time_s=0.0)
     assert Policy().continue_drafting(st).tolist() == [True, False]
+
+
+def test_a_hook_without_its_declaration_is_refused():
+    """Engines read needs_feedback / custom_drafting / custom_verify, so a policy that defines
+    the hook without declaring it would be silently skipped: refused at class creation."""
+    import pytest
+    from policies.interface import Policy
+
+    with pytest.raises(TypeError, match="Forgets defines observe.*needs_feedback = True"):
+        class Forgets(Policy):
+            def observe(self, feedback):
+                pass
+
+    class Declares(Policy):
+        needs_feedback = True
+
+        def observe(self, feedback):
+            pass
+
+    assert Declares.needs_feedback and not Declares.custom_drafting
