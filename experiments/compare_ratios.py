@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import LOAD_COLUMN as LOAD
-from experiments.compare_setup import ADAPTIVE
+from experiments.compare_setup import adaptive_names
 
 GOODPUT = "goodput_req_s"
 FIXED_PREFIX = "fixed_k"
@@ -73,9 +73,11 @@ def _finite(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def ratio_report(table: pd.DataFrame, adaptive=ADAPTIVE) -> dict:
+def ratio_report(table: pd.DataFrame, adaptive=None) -> dict:
     """Per adaptive policy: goodput ratios to best fixed, oracle and max(oracle, best fixed)
-    per load and worst over loads; the best adaptive policy; loads where the oracle loses."""
+    per load and worst over loads; the best adaptive policy; loads where the oracle loses.
+    ``adaptive``: the policy labels to rank (default: every registered adaptive policy)."""
+    adaptive = adaptive_names() if adaptive is None else adaptive
     table = with_oracle_fixed(table)
     loads = sorted(float(x) for x in table[LOAD].unique())
     best_fixed = _series(table, "oracle_fixed", GOODPUT, loads)
@@ -129,7 +131,7 @@ def oracle_losses(table: pd.DataFrame, loads) -> list[dict]:
     return out
 
 
-def compare_json(table: pd.DataFrame, adaptive=ADAPTIVE, extra: dict | None = None) -> dict:
+def compare_json(table: pd.DataFrame, adaptive=None, extra: dict | None = None) -> dict:
     """The sweep's one-line JSON: per policy goodput (req/s) and SLO attainment per load, and
     the ratio report."""
     report = ratio_report(table, adaptive)

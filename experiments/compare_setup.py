@@ -15,9 +15,14 @@ import numpy as np
 
 from traces.schema import Trace
 
-# Non-oracle policies that adapt speculation to the running batch / acceptance / SLOs.
-ADAPTIVE = ("smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
-            "vllm_adaptive_verify", "slo_goodput")
+
+def adaptive_names() -> tuple[str, ...]:
+    """Non-oracle policies that adapt speculation to the running batch / acceptance / SLOs:
+    every registered policy of kind "adaptive" (a new one reaches every sweep)."""
+    from policies import policies_of_kind
+    return tuple(policies_of_kind("adaptive"))
+
+
 FIXED_KS = (1, 2, 3, 4, 5)
 # Load levels as multiples of the no-speculation saturation rate: light to well past it
 # (speculation raises capacity, so "past saturation" for `none` is still feasible for others).
@@ -40,7 +45,7 @@ def default_policy_specs() -> tuple[PolicySpec, ...]:
     specs = [PolicySpec("none", "none")]
     specs += [PolicySpec(f"fixed_k{k}", "fixed", (("k", k),)) for k in FIXED_KS]
     specs += [PolicySpec("batch_schedule", "batch_schedule")]
-    specs += [PolicySpec(name, name) for name in ADAPTIVE]
+    specs += [PolicySpec(name, name) for name in adaptive_names()]
     specs += [PolicySpec("oracle", "oracle")]
     return tuple(specs)
 

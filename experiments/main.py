@@ -21,8 +21,6 @@ from pathlib import Path
 BASE = ["trace=embedded", "model=llama2_7b_68m", "hardware=a100_80g", "slo=mixed"]
 STATIC = [["policy=none"]] + [["policy=fixed", f"policy.k={k}"] for k in range(1, 6)] + \
          [["policy=batch_schedule"]]
-ADAPTIVE = ("smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
-            "vllm_adaptive_verify", "slo_goodput", "oracle")
 SHIFT_POLICIES = ("batch_schedule", "smartspec", "adaspec", "slo_goodput")
 # The realistic pair on this CPU (exec.bench --pair smollm2_135m): a plain decode step costs
 # ~60 ms, so prompts are capped at 128 tokens and outputs at 48 (both twins get the same
@@ -37,11 +35,16 @@ LIVE_POLICIES = (["policy=none"], ["policy=fixed", "policy.k=3"], ["policy=smart
 
 
 def adaptive_policies() -> list[str]:
-    """Adaptive policies that have both a registered class and a config file."""
+    """Registered adaptive policies and the oracle (policies.policies_of_kind), each with a
+    config file under conf/policy/ (a policy without one is named, not silently left out)."""
     from conf import options
-    from policies import known_policies
+    from policies import policies_of_kind
 
-    return [p for p in ADAPTIVE if p in known_policies() and p in options("policy")]
+    names = policies_of_kind("adaptive") + ["oracle"]
+    missing = [p for p in names if p not in options("policy")]
+    if missing:
+        raise ValueError(f"policies {missing} have no config: add conf/policy/<name>.yaml")
+    return names
 
 
 def _policy_of(overrides: list[str]) -> str:

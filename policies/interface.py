@@ -130,6 +130,9 @@ class Policy:
     """Base class: subclasses override ``decide`` and, when they need to, the other hooks."""
 
     name = "base"
+    # Which sweeps list it (policies.registry.policies_of_kind): "static" (no adaptation),
+    # "adaptive" (the default: a new policy reaches every sweep) or "oracle" (knows the future)
+    kind = "adaptive"
     needs_oracle = False  # True: the engine fills Observation.future_match_lens
     # True: decisions read draft confidences (DraftState/Feedback.confidences), which only a
     # model drafter gives; live, a model-free drafter (vLLM's n-gram lookup) is refused.

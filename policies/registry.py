@@ -23,6 +23,14 @@ def known_policies() -> list[str]:
     return sorted(_POLICIES)
 
 
+def policies_of_kind(kind: str) -> list[str]:
+    """Registered names whose class declares ``kind`` ("static", "adaptive", "oracle")."""
+    _load_builtin()
+    if kind not in ("static", "adaptive", "oracle"):
+        raise ValueError(f"unknown policy kind {kind!r}; kinds: static, adaptive, oracle")
+    return [n for n in sorted(_POLICIES) if _POLICIES[n].kind == kind]
+
+
 def policy_class(name: str) -> type[Policy]:
     _load_builtin()
     if name not in _POLICIES:

@@ -11,6 +11,7 @@ from policies.registry import register
 class NoSpeculation(Policy):
     """Plain autoregressive decoding: k = 0 for every request."""
 
+    kind = "static"
     static_decisions = True
 
     def decide(self, obs: Observation) -> Decision:
@@ -21,6 +22,7 @@ class NoSpeculation(Policy):
 class FixedK(Policy):
     """vLLM's static ``num_speculative_tokens``: every request drafts k tokens every step."""
 
+    kind = "static"
     static_decisions = True
 
     def __init__(self, k: int = 3):
@@ -42,6 +44,7 @@ class BatchSchedule(Policy):
     and stops as the batch grows (compute bound).
     """
 
+    kind = "static"
     DEFAULT = ((1, 4, 4), (5, 16, 3), (17, 32, 2), (33, 64, 1))
     static_decisions = True
 

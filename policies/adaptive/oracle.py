@@ -22,6 +22,7 @@ class Oracle(Policy):
     decides per step with full knowledge of acceptance, without trees.
     """
 
+    kind = "oracle"
     needs_oracle = True
 
     def decide(self, obs: Observation) -> Decision:
@@ -58,6 +59,7 @@ class OracleFixed(FixedK):
     supplies (the comparison harness runs ``fixed`` for every k at each load, picks the best
     and reruns/labels it as ``oracle_fixed``). ``picked_by`` records how k was chosen."""
 
+    kind = "oracle"
     def __init__(self, k: int = 3, picked_by: str = "hindsight sweep over fixed k"):
         super().__init__(k=k)
         self.picked_by = str(picked_by)

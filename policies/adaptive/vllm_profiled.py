@@ -22,6 +22,7 @@ class VllmDynamic(BatchSchedule):
     (lo, hi, k) range; larger batches use k(max_batch). Then it acts as ``batch_schedule``.
     """
 
+    kind = "adaptive"
     def __init__(self, accept_rate: float = 0.7, max_batch: int = 256,
                  context_len: int = 1024, k_max: int | None = None):
         if not 0.0 < accept_rate < 1.0:

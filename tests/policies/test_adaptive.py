@@ -11,6 +11,15 @@ ADAPTIVE = ["smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
             "vllm_adaptive_verify", "oracle", "oracle_fixed", "slo_goodput"]
 
 
+def test_policy_kinds_list_every_registered_policy_once():
+    from policies import policies_of_kind
+    kinds = {k: policies_of_kind(k) for k in ("static", "adaptive", "oracle")}
+    assert sorted(sum(kinds.values(), [])) == known_policies()
+    assert kinds["static"] == ["batch_schedule", "fixed", "none"]
+    assert kinds["oracle"] == ["oracle", "oracle_fixed"]
+    assert set(ADAPTIVE) == set(kinds["adaptive"]) | set(kinds["oracle"])
+
+
 def test_all_adaptive_registered_and_constructible():
     assert set(ADAPTIVE) <= set(known_policies())
     for name in ADAPTIVE:
