@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from policies.interface import DraftState, Observation, Policy
+from policies.interface import DraftState, Policy
 from sim.models.acceptance import ParametricAcceptance, make_acceptance_model
 from sim.models.cost import make_cost_model
 from sim.fast.epoch import epoch_eligible, run_epoch
@@ -23,8 +23,9 @@ from sim.core.results import StepRecorder
 from sim.core.scheduler import Scheduler
 from sim.core.small_arrays import iall, iany, imin_imax, isum
 from sim.core.state import WAITING, RequestTable
-from sim.fast.step_compiled import compiled_plan, compiled_step, step_kernel_inputs
-from sim.core.step_end import end_step
+from sim.fast.epoch_compiled import kernel_inputs
+from sim.fast.step_compiled import compiled_plan, compiled_step, step_kernels
+from sim.core.step_end import PendingStep, end_step
 from sim.core.step_plan import (checked_decision, draft_pass_costs, ensure_confidences,
                             prefill_context, uniform_chain_draft_s, verify_context)
 
@@ -77,8 +78,10 @@ class Engine:
         self.num_epochs = self.num_epoch_steps = 0
         self.epoch_ready = False                    # True while only epochs have run
         self.rejected = admission_errors(self.reqs, eng, self.sched.num_kv_blocks)
-        self._pending = None
-        self._step_inputs = step_kernel_inputs(self)     # compiled steps (opt-in), or None
+        self.pending: PendingStep | None = None        # a begun step, applied at its end
+        # compiled epochs and steps (opt-in, sim/fast/), or None: decided once, here
+        self.kernel_inputs = kernel_inputs(self) if self._epochs else None
+        self.step_kernels = step_kernels(self)
 
     # ---- simpy processes -------------------------------------------------------------------
     def arrivals(self, env: simpy.Environment):
@@ -124,7 +127,7 @@ class Engine:
     def _begin_step(self, now: float) -> float:
         r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
         self.epoch_ready = False
-        fast = self._step_inputs is not None      # compiled plan and step (opt-in)
+        fast = self.step_kernels is not None      # compiled plan and step (opt-in)
         rows, tokens, is_dec = compiled_plan(self) if fast else sched.plan_base()
         if rows.shape[0] == 0:
             raise RuntimeError(f"engine stalled at t={now:.6f}s: {sched.running.shape[0]} "
@@ -141,14 +144,10 @@ class Engine:
         out = r.num_out[dec]
         draw = None if fast else self._draw(dec, out)   # fast: after the decision, same order
         waiting = sched.waiting
-        obs = Observation(
-            now_s=now, step_index=self.step_index, k_max=kmax, request_ids=r.request_ids[dec],
-            context_lens=ctx + 1, num_output_tokens=out,
-            decode_elapsed_s=now - r.first_token_s[dec], since_arrival_s=now - r.arrival_s[dec],
-            tpot_slo_s=r.tpot_slo_s[dec], accept_rate_ewma=r.accept_ewma[dec],
-            last_confidences=r.last_conf[dec], num_waiting=len(waiting),
+        obs = r.observation(
+            dec, ctx, out, now, self.step_index, kmax, self.cost, num_waiting=len(waiting),
             oldest_waiting_s=(now - r.arrival_s[waiting[0]]) if waiting else 0.0,
-            num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx, cost=self.cost,
+            num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx,
             future_match_lens=draw.match_len if self.policy.needs_oracle else None)
         decision = self.policy.decide(obs)
         k, widths = checked_decision(decision, n, self.k_max, self.policy.name)
@@ -200,8 +199,9 @@ class Engine:
                 [ctx + 1, r.num_computed[pre] + pre_tok])
             draft_s = 0.0 if no_drafter else vllm_draft_s(
                 self.cost, n_tok, int(rows.shape[0]), verify_ctx, self._vllm_max_k, draft_ctx)
-        self._pending = (now, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s,
-                         verify_s, len(waiting), n_pre_tok, n_spec, (ctx, out, obs.request_ids))
+        self.pending = PendingStep(now, rows, dec, pre, pre_tok, num_spec, accepted, conf,
+                                   draft_s, verify_s, len(waiting), n_pre_tok, n_spec, ctx,
+                                   out, obs.request_ids)
         return draft_s + verify_s
 
     def _draw(self, dec, out):
@@ -240,5 +240,5 @@ class Engine:
         return drafted, conf, draft_s
 
     def _end_step(self, end: float) -> None:
-        if self._pending is not None:     # (None: a compiled step applied it already)
+        if self.pending is not None:      # (None: a compiled step applied it already)
             end_step(self, end)           # sim/core/step_end.py

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.interface import Observation
+
 PENDING, WAITING, RUNNING, FINISHED, FAILED = 0, 1, 2, 3, 4
 
 
@@ -35,6 +37,24 @@ class RequestTable:
         self.num_accepted = np.zeros(n, np.int64)
         self.accept_ewma = np.full(n, np.nan)
         self.last_conf = np.full((n, k_max), np.nan)
+
+    def observation(self, rows, ctx, out, now: float, step_index: int, k_max: int, cost, *,
+                    num_waiting: int = 0, oldest_waiting_s: float = 0.0,
+                    num_prefill_tokens: int = 0, sum_prefill_context_tokens: int = 0,
+                    future_match_lens=None) -> Observation:
+        """What a policy sees of decoding ``rows`` (``ctx``/``out``: their KV entries and
+        output tokens, gathered by the caller) at ``now``: the one place an engine path,
+        per step or epoch, builds an Observation."""
+        return Observation(
+            now_s=now, step_index=step_index, k_max=k_max, request_ids=self.request_ids[rows],
+            context_lens=ctx + 1, num_output_tokens=out,
+            decode_elapsed_s=now - self.first_token_s[rows],
+            since_arrival_s=now - self.arrival_s[rows], tpot_slo_s=self.tpot_slo_s[rows],
+            accept_rate_ewma=self.accept_ewma[rows], last_confidences=self.last_conf[rows],
+            num_waiting=num_waiting, oldest_waiting_s=oldest_waiting_s,
+            num_prefill_tokens=num_prefill_tokens,
+            sum_prefill_context_tokens=sum_prefill_context_tokens, cost=cost,
+            future_match_lens=future_match_lens)
 
     def num_missing(self, rows: np.ndarray) -> np.ndarray:
         """Known tokens not yet in the KV cache (1 for a decoding request)."""

@@ -1,9 +1,9 @@
-"""The end of one per-step step (sim/core/engine.py): its tokens enter the request table, finished
-requests leave the scheduler, the step is recorded and the policy observes it.
-
-Moved out of the engine to keep it short; the work is the same, with the scalar shortcuts of
-sim/core/small_arrays.py where a step's arrays are small."""
+"""The end of one engine step (sim/core/engine.py): what the step began (``PendingStep``)
+enters the request table, finished requests leave the scheduler, the step is recorded and
+the policy observes it. Small arrays use the scalar shortcuts of sim/core/small_arrays.py."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,9 +15,31 @@ _EMPTY = np.zeros(0, np.int64)
 _EMPTY.setflags(write=False)          # shared, so never writable
 
 
+class PendingStep(NamedTuple):
+    """A step between its start (Engine._begin_step) and its end (``end_step``); row arrays
+    are request-table rows, ``dec``-aligned arrays have one entry per decoding request."""
+
+    start_s: float
+    rows: np.ndarray             # int (m,) every scheduled row, decoding and prefilling
+    dec: np.ndarray              # int (n,) decoding rows
+    pre: np.ndarray              # int (p,) prefilling rows
+    pre_tok: np.ndarray          # int (p,) prefill tokens of each chunk
+    num_spec: np.ndarray         # int (n,) draft tokens verified
+    accepted: np.ndarray         # int (n,) of those accepted
+    confidences: np.ndarray | None  # float (n, k_max) drafted tokens' confidences
+    draft_s: float
+    verify_s: float
+    num_waiting: int
+    num_prefill_tokens: int
+    num_spec_tokens: int
+    ctx: np.ndarray              # int (n,) KV entries before the step
+    out: np.ndarray              # int (n,) output tokens before the step
+    request_ids: np.ndarray      # int (n,) the decoding requests' ids
+
+
 def end_step(engine, end: float) -> None:
     (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
-     num_waiting, n_pre_tok, n_spec, (ctx, out, dec_ids)) = engine._pending
+     num_waiting, n_pre_tok, n_spec, ctx, out, dec_ids) = engine.pending
     r, sched = engine.reqs, engine.sched
     fin = _EMPTY
     n_done = 0

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.interface import Observation
-from sim.fast.epoch_compiled import kernel_inputs, run_kernel_epochs
+from sim.fast.epoch_compiled import run_kernel_epochs
 from sim.core.small_arrays import iall
 from sim.core.state import FINISHED
 from sim.core.step_plan import checked_decision
@@ -42,9 +41,8 @@ def run_epoch(engine, now: float):
     """Simulate the epoch starting at ``now``; returns its total latency, or None (nothing
     changed) when its first step needs the per-step path (KV or token budget would bind, or
     the decision is not a plain chain). Compiled epochs chain (sim/fast/epoch_compiled.py)."""
-    inputs = kernel_inputs(engine)
-    if inputs is not None:
-        return run_kernel_epochs(engine, now, _decide, inputs)
+    if engine.kernel_inputs is not None:
+        return run_kernel_epochs(engine, now, _decide, engine.kernel_inputs)
     return _numpy_epoch(engine, now)
 
 
@@ -54,13 +52,8 @@ def _decide(engine, now: float):
     run = sched.running
     n = run.shape[0]
     ctx0 = r.num_computed[run]
-    obs = Observation(
-        now_s=now, step_index=engine.step_index, k_max=kmax, request_ids=r.request_ids[run],
-        context_lens=ctx0 + 1, num_output_tokens=r.num_out[run],
-        decode_elapsed_s=now - r.first_token_s[run], since_arrival_s=now - r.arrival_s[run],
-        tpot_slo_s=r.tpot_slo_s[run], accept_rate_ewma=r.accept_ewma[run],
-        last_confidences=r.last_conf[run], num_waiting=0, oldest_waiting_s=0.0,
-        num_prefill_tokens=0, sum_prefill_context_tokens=0, cost=engine.cost)
+    # a static policy's decision reads no time, queue or prefill (Policy.static_decisions)
+    obs = r.observation(run, ctx0, r.num_out[run], now, engine.step_index, kmax, engine.cost)
     decision = engine.policy.decide(obs)
     k, widths = checked_decision(decision, n, kmax, engine.policy.name)
     n_spec = int(_sum(k))      # ufunc reduces: skip ndarray.sum's Python wrapper
@@ -135,36 +128,40 @@ def _uniform_costs(cost, n: int, K: int, comp_sum: list, now: float, arrival):
     passes = [n * j for j in range(1, K + 1)]
     d_compute0 = d_tok * n
     v_compute0 = t_tok * n_tok
-    starts, lat, draft_s, verify_s = [], [], [], []
-    t = now
-    for c in comp_sum:
-        if starts and arrival is not None and t >= arrival:
-            break
+
+    def step_s(c):
         vc = (K + 1) * c + tri
         v = max(v_compute0 + t_ctx * vc, t_w + t_kv * vc * n / n_tok) + t_fix
         d = 0.0
         for p in passes:
             cc = c + p
             d += max(d_compute0 + d_ctx * cc, d_w + d_kv * cc * n / n) + d_fix
-        starts.append(t)
-        lat.append(d + v)
-        draft_s.append(d)
-        verify_s.append(v)
-        t = t + (d + v)
-    return starts, lat, draft_s, verify_s
+        return d, v
+    return _step_times(step_s, comp_sum, now, arrival)
 
 
 def _uniform_costs_calls(cost, n, K, n_tok, tri, comp_sum: list, now, arrival):
     tgt, drf = cost.target_step_s, cost.draft_step_s
+
+    def step_s(c):
+        v = float(tgt(n_tok, n, (K + 1) * c + tri))
+        d = 0.0
+        for j in range(1, K + 1):
+            d += float(drf(n, n, c + n * j))
+        return d, v
+    return _step_times(step_s, comp_sum, now, arrival)
+
+
+def _step_times(step_s, comp_sum: list, now: float, arrival):
+    """(starts, latencies, draft and verify seconds) of consecutive steps, ``step_s(c)`` ->
+    (draft, verify) seconds at summed context c, up to the step during which ``arrival``
+    falls."""
     starts, lat, draft_s, verify_s = [], [], [], []
     t = now
     for c in comp_sum:
         if starts and arrival is not None and t >= arrival:
             break
-        v = float(tgt(n_tok, n, (K + 1) * c + tri))
-        d = 0.0
-        for j in range(1, K + 1):
-            d += float(drf(n, n, c + n * j))
+        d, v = step_s(c)
         starts.append(t)
         lat.append(d + v)
         draft_s.append(d)

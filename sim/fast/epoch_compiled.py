@@ -2,6 +2,8 @@
 chained epochs, and the scheduler and step-recorder bookkeeping after each."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from sim.core.state import FINISHED
@@ -17,16 +19,18 @@ def compiled_enabled(engine) -> bool:
     return bool(engine.config.engine.compiled_epochs)
 
 
-def kernel_inputs(engine):
-    """(target coefficients, draft coefficients, position decay) as float64 arrays when the
-    kernel can run this engine (numba, a roofline cost model, parametric acceptance), else
-    None; computed once per engine."""
-    got = engine.__dict__.get("_epoch_kernel_inputs", False)
-    if got is not False:
-        return got
-    got = None
+class KernelInputs(NamedTuple):
+    """What the compiled kernels read besides the request table, as float64 arrays."""
+
+    target_coef: np.ndarray      # (5,) the roofline's target coefficients (scalar_coefficients)
+    draft_coef: np.ndarray       # (5,) the draft's (zeros without a draft model)
+    position_decay: np.ndarray   # (k_max,) parametric acceptance's per-position decay
+
+
+def kernel_inputs(engine) -> KernelInputs | None:
+    """The compiled kernels' inputs when they can run this engine (opt-in, numba, a roofline
+    cost model, parametric acceptance), else None. The engine calls it once when built."""
     if not compiled_enabled(engine):
-        engine._epoch_kernel_inputs = None
         return None
     from sim.fast import epoch_kernel as ek   # imports numba: only when asked for (see below)
     coef = getattr(engine.cost, "scalar_coefficients", None)
@@ -35,11 +39,10 @@ def kernel_inputs(engine):
     if (ek.EPOCH_KERNEL is not None and coef is not None and engine.k_max <= 128
             and hasattr(acc, "_u") and hasattr(acc, "_decay") and hasattr(acc, "rate")):
         tgt, drf = coef()
-        got = (np.asarray(tgt, np.float64),
-               np.asarray(drf if drf is not None else (0.0,) * 5, np.float64),
-               np.ascontiguousarray(acc._decay, np.float64))
-    engine._epoch_kernel_inputs = got
-    return got
+        return KernelInputs(np.asarray(tgt, np.float64),
+                            np.asarray(drf if drf is not None else (0.0,) * 5, np.float64),
+                            np.ascontiguousarray(acc._decay, np.float64))
+    return None
 
 
 def run_kernel_epochs(engine, now: float, decide, inputs):
@@ -62,7 +65,7 @@ def run_kernel_epochs(engine, now: float, decide, inputs):
     return t - now if ran else None
 
 
-def run_kernel_epoch(engine, now: float, run, k, n_spec: int, ids, inputs):
+def run_kernel_epoch(engine, now: float, run, k, n_spec: int, ids, inputs: KernelInputs):
     """One epoch through the compiled kernel: (its end time, whether the engine's next move
     is another epoch), or (None, False) when its first step does not fit (nothing changed,
     draws given back). ``ids``: the rows' request ids."""

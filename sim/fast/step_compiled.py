@@ -9,24 +9,32 @@ run epochs (a static policy, ``multi_step``) and read no step confidences (no ``
 from __future__ import annotations
 
 from itertools import islice
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from sim.fast.epoch_compiled import kernel_inputs
 from sim.core.state import FINISHED, RUNNING
+from sim.fast.epoch_compiled import KernelInputs
 
 
-def step_kernel_inputs(engine):
-    """(target coefficients, draft coefficients, position decay, step kernel, plan kernel)
-    when compiled steps apply to ``engine``, else None (decides once whether numba loads)."""
-    if not (engine._epochs and engine._conf_unused):
-        return None
-    inputs = kernel_inputs(engine)
-    if inputs is None:
+class StepKernels(NamedTuple):
+    """The compiled per-step path of one engine."""
+
+    inputs: KernelInputs
+    step: Callable               # sim/fast/step_kernel.py's STEP_KERNEL
+    plan: Callable               # sim/fast/plan_kernel.py's PLAN_KERNEL (Scheduler.plan_base)
+
+
+def step_kernels(engine) -> StepKernels | None:
+    """The compiled step and plan kernels when they apply to ``engine`` (its epochs run
+    compiled and no step's confidences are read), else None; the engine asks once."""
+    if engine.kernel_inputs is None or not (engine._epochs and engine._conf_unused):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import STEP_KERNEL
-    return (*inputs, STEP_KERNEL, PLAN_KERNEL) if STEP_KERNEL is not None else None
+    if STEP_KERNEL is None:
+        return None
+    return StepKernels(engine.kernel_inputs, STEP_KERNEL, PLAN_KERNEL)
 
 
 def compiled_plan(engine):
@@ -36,7 +44,7 @@ def compiled_plan(engine):
     run, waiting = sched.running, sched.waiting
     m = min(len(waiting), cfg.max_num_seqs - run.shape[0])
     head = np.array(list(islice(waiting, m)) if m > 0 else [], np.int64)
-    fits, rows, tokens, is_dec, admitted, free_blocks = engine._step_inputs[4](
+    fits, rows, tokens, is_dec, admitted, free_blocks = engine.step_kernels.plan(
         run, head, cfg.max_num_batched_tokens, cfg.max_num_seqs, bool(cfg.chunked_prefill),
         sched.free_blocks, cfg.block_size, RUNNING, r.num_computed, r.num_known,
         r.num_blocks, r.num_prompt, r.status)
@@ -55,7 +63,7 @@ def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int
     """The rest of a step whose decision is a plain chain ``k`` (after ``decide``), applied
     now; returns its latency (the engine then skips ``_end_step``)."""
     r, sched, acc, eng = engine.reqs, engine.sched, engine.acc, engine.config.engine
-    tcoef, dcoef, decay, kernel, _ = engine._step_inputs
+    (tcoef, dcoef, decay), kernel = engine.step_kernels.inputs, engine.step_kernels.step
     n, kmax = dec.shape[0], acc.k_max
     u = acc._u.take(n * kmax)             # the draws ParametricAcceptance.draw would take
     if not pre.shape[0]:
@@ -79,7 +87,7 @@ def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int
                     rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
                     n_emit, num_waiting, kv_used), (num_spec, accepted, ids))
     engine.step_index += 1
-    engine._pending = None
+    engine.pending = None
     return draft_s + verify_s
 
 

@@ -10,7 +10,6 @@ import simpy
 
 import sim.core.engine
 import sim.fast.epoch_kernel as ek
-from sim.fast.epoch_compiled import kernel_inputs
 from policies import make_policy
 from policies.interface import Decision, Policy
 from sim import simulate_with
@@ -59,7 +58,7 @@ def test_kernel_runs_chains_epochs_and_keeps_the_step_ewma_exactly(monkeypatch):
     cfg = config(seed=5, acceptance=AcceptanceConfig(position_decay=0.85))
     fast = _engine(trace, make_policy("fixed", k=5), cfg)
     slow = _engine(trace, make_policy("fixed", k=5), cfg, multi_step=False)
-    assert kernel_inputs(fast) is not None and kernel_inputs(slow) is not None
+    assert fast.kernel_inputs is not None and slow.kernel_inputs is None
     assert fast.num_epochs > len(calls) > 0          # some engine calls ran several epochs
     assert fast.num_epoch_steps > 0.5 * fast.step_index
     r, q = fast.reqs, slow.reqs
@@ -86,7 +85,7 @@ def test_cost_model_without_scalar_coefficients_uses_the_numpy_epochs():
     trace = poisson_trace(n=100, rate=20.0)
     cost = ConstantCostModel(0.02, 0.001)
     eng = _engine(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
-    assert kernel_inputs(eng) is None and eng.num_epochs > 0
+    assert eng.kernel_inputs is None and eng.num_epochs > 0
     fast = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
     slow = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost,
                          multi_step=False)

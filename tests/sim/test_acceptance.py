@@ -3,8 +3,8 @@ import pytest
 
 from policies import make_policy
 from sim import simulate_with
-from sim.models.acceptance import (AcceptanceTraces, ParametricAcceptance, load_acceptance_traces,
-                            make_acceptance_model)
+from sim.models.acceptance import ParametricAcceptance, make_acceptance_model
+from sim.models.acceptance_replay import AcceptanceTraces, load_acceptance_traces
 from sim.core.config import AcceptanceConfig
 from sim.models.cost import ConstantCostModel
 from tests.sim.helpers import config

@@ -95,7 +95,7 @@ def test_default_engine_does_not_take_the_compiled_step():
     code = ("import sys; from sim.core.engine import Engine; from sim.core.config import SimConfig; "
             "from policies import make_policy; from traces.embedded import embedded_trace; "
             "e = Engine(embedded_trace(num_requests=20, seed=0), make_policy('fixed', k=3), "
-            "SimConfig()); print(e._step_inputs is None, 'numba' in sys.modules)")
+            "SimConfig()); print(e.step_kernels is None, 'numba' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
