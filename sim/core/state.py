@@ -7,11 +7,29 @@ missing tokens (fresh, or recomputing after preemption) is prefilling.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from policies.interface import Observation
 
 PENDING, WAITING, RUNNING, FINISHED, FAILED = 0, 1, 2, 3, 4
+
+
+class RequestArrays(NamedTuple):
+    """The request table's columns a compiled kernel reads and writes in place (views)."""
+
+    num_computed: np.ndarray     # int64 (rows,) tokens in the KV cache
+    num_out: np.ndarray          # int64 (rows,) output tokens so far
+    num_known: np.ndarray        # int64 (rows,) prompt + output tokens
+    num_blocks: np.ndarray       # int64 (rows,) KV blocks held
+    num_target_out: np.ndarray   # int64 (rows,) output tokens the request will generate
+    num_drafted: np.ndarray      # int64 (rows,) draft tokens verified so far
+    num_accepted: np.ndarray     # int64 (rows,) of those accepted
+    accept_ewma: np.ndarray      # float64 (rows,) acceptance-rate EWMA (nan before any)
+    status: np.ndarray           # int8 (rows,) PENDING .. FAILED
+    first_token_s: np.ndarray    # float64 (rows,) first token time (nan before)
+    finish_s: np.ndarray         # float64 (rows,) finish time (nan before)
 
 
 class RequestTable:
@@ -37,6 +55,12 @@ class RequestTable:
         self.num_accepted = np.zeros(n, np.int64)
         self.accept_ewma = np.full(n, np.nan)
         self.last_conf = np.full((n, k_max), np.nan)
+        # the columns are allocated once: one bundle of them serves every kernel call
+        self.arrays = RequestArrays(self.num_computed, self.num_out, self.num_known,
+                                    self.num_blocks, self.num_target_out, self.num_drafted,
+                                    self.num_accepted, self.accept_ewma, self.status,
+                                    self.first_token_s, self.finish_s)
+
 
     def observation(self, rows, ctx, out, now: float, step_index: int, k_max: int, cost, *,
                     num_waiting: int = 0, oldest_waiting_s: float = 0.0,

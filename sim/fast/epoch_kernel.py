@@ -20,18 +20,12 @@ import time
 import numpy as np
 
 from sim.core.state import FINISHED
+from sim.models.cost import roofline_s as _roofline_s   # jitted below, as the kernels call it
 
 try:
     import numba
 except ImportError:          # the numpy epoch path in sim/fast/epoch.py still runs
     numba = None
-
-
-def _roofline_s(c, num_tokens, num_seqs, sum_context_tokens):
-    """``RooflineCostModel._time`` (scalar path; num_tokens > 0): same operations, same order."""
-    compute = c[0] * num_tokens + c[1] * sum_context_tokens
-    memory = c[2] + c[3] * sum_context_tokens * num_seqs / num_tokens
-    return (compute if compute >= memory else memory) + c[4]
 
 
 def _loop_sum(a, n):
@@ -57,9 +51,10 @@ def _numpy_sum(a, n):
     return total
 
 
-def _epoch(u, kmax, rate, decay, run, k, num_steps, free_blocks, used0, block_size, tcoef,
-           dcoef, now, arrival, alpha, finished_code, num_computed, num_out, num_known,
-           num_blocks, num_target_out, num_drafted, num_accepted, accept_ewma, status, finish_s):
+def _epoch(u, kmax, rate, run, k, num_steps, free_blocks, used0, block_size, now, arrival,
+           alpha, finished_code, tcoef, dcoef, decay, num_computed, num_out, num_known,
+           num_blocks, num_target_out, num_drafted, num_accepted, accept_ewma, status,
+           first_token_s, finish_s):
     """Returns (steps taken, per-step float64 (4, S): start, latency, draft, verify seconds;
     per-step int64 (3, S): num_accepted sum, num_emitted, KV blocks used; num_accepted
     (S, n); finished rows). Steps taken 0: the first step does not fit; nothing written."""
@@ -180,6 +175,21 @@ else:
     EPOCH_KERNEL = None
 
 
+def warm_up_inputs():
+    from sim.fast.epoch_compiled import KernelInputs
+    coef = np.zeros(5)
+    return KernelInputs(coef + 1e-3, coef + 1e-4, np.ones(2))
+
+
+def warm_up_arrays():
+    """A two-row request table's columns with the engine's dtypes."""
+    from sim.core.state import RequestArrays
+    i64 = np.zeros(2, np.int64)
+    return RequestArrays(i64.copy(), i64.copy(), i64 + 1, i64.copy(), i64 + 3, i64.copy(),
+                         i64.copy(), np.full(2, np.nan), np.zeros(2, np.int8),
+                         np.full(2, np.nan), np.full(2, np.nan))
+
+
 def warm_up() -> float:
     """Compile the kernel (or load it from numba's on-disk cache) with the argument types
     the engine passes, and the per-step kernel too; returns the seconds it took (0.0 without
@@ -190,10 +200,8 @@ def warm_up() -> float:
     i64 = np.zeros(2, np.int64)
     rows = np.arange(1, dtype=np.int64)
     coef = np.zeros(5)
-    EPOCH_KERNEL(np.full(8, 0.5)[:4], 2, np.full(2, 0.5), np.ones(2), rows, rows + 1, 2, 100,
-                 0, 16, coef + 1e-3, coef + 1e-4, 0.0, np.inf, 0.5, FINISHED, i64.copy(),
-                 i64.copy(), i64 + 1, i64.copy(), i64 + 3, i64.copy(), i64.copy(),
-                 np.full(2, np.nan), np.zeros(2, np.int8), np.full(2, np.nan))
+    EPOCH_KERNEL(np.full(8, 0.5)[:4], 2, np.full(2, 0.5), rows, rows + 1, 2, 100, 0, 16, 0.0,
+                 np.inf, 0.5, FINISHED, *warm_up_inputs(), *warm_up_arrays())
     from sim.fast.step_compiled import warm_up_step    # the per-step kernel (sim/fast/step_kernel.py)
     warm_up_step()
     return time.perf_counter() - t0

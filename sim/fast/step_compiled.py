@@ -63,18 +63,16 @@ def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int
     """The rest of a step whose decision is a plain chain ``k`` (after ``decide``), applied
     now; returns its latency (the engine then skips ``_end_step``)."""
     r, sched, acc, eng = engine.reqs, engine.sched, engine.acc, engine.config.engine
-    (tcoef, dcoef, decay), kernel = engine.step_kernels.inputs, engine.step_kernels.step
+    kernel = engine.step_kernels.step
     n, kmax = dec.shape[0], acc.k_max
     u = acc._u.take(n * kmax)             # the draws ParametricAcceptance.draw would take
     if not pre.shape[0]:
         pre = pre_tok = np.zeros(0, np.int64)   # (writable: one compiled signature)
-    floats, ints, num_spec, accepted, fin = kernel(
-        u, kmax, acc.rate, decay, dec, k, pre, pre_tok,
-        eng.max_num_batched_tokens - n_pre_tok - n, eng.max_num_batched_tokens,
-        sched.free_blocks, eng.block_size, n_pre_tok, pre_ctx, rows.shape[0], tcoef, dcoef,
-        float(now), float(eng.accept_ewma_alpha), FINISHED,
-        r.num_computed, r.num_out, r.num_known, r.num_blocks, r.num_target_out,
-        r.num_drafted, r.num_accepted, r.accept_ewma, r.status, r.first_token_s, r.finish_s)
+    floats, ints, num_spec, accepted, fin = kernel(      # bundles spread, as for epochs
+        u, kmax, acc.rate, dec, k, pre, pre_tok, eng.max_num_batched_tokens - n_pre_tok - n,
+        eng.max_num_batched_tokens, sched.free_blocks, eng.block_size, n_pre_tok, pre_ctx,
+        rows.shape[0], float(now), float(eng.accept_ewma_alpha), FINISHED,
+        *engine.step_kernels.inputs, *r.arrays)
     draft_s, verify_s, _ = floats.tolist()
     n_spec, n_acc, n_emit, free_blocks, bad = ints.tolist()
     sched.free_blocks = free_blocks
@@ -97,13 +95,11 @@ def warm_up_step() -> None:
     from sim.fast.step_kernel import STEP_KERNEL
     if STEP_KERNEL is None:
         return
+    from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
     i64 = np.zeros(2, np.int64)
     rows = np.arange(1, dtype=np.int64)
-    coef = np.zeros(5)
-    STEP_KERNEL(np.full(8, 0.5)[:2], 2, np.full(2, 0.5), np.ones(2), rows, rows + 1,
-                rows + 1, rows + 1, 10, 20, 100, 16, 1, 1, 2, coef + 1e-3, coef + 1e-4, 0.0,
-                0.5, FINISHED, i64 + 1, i64 + 1, i64 + 2, i64.copy(), i64 + 3, i64.copy(),
-                i64.copy(), np.full(2, np.nan), np.zeros(2, np.int8), np.full(2, np.nan),
-                np.full(2, np.nan))
+    STEP_KERNEL(np.full(8, 0.5)[:2], 2, np.full(2, 0.5), rows, rows + 1, rows + 1, rows + 1,
+                10, 20, 100, 16, 1, 1, 2, 0.0, 0.5, FINISHED, *warm_up_inputs(),
+                *warm_up_arrays())
     PLAN_KERNEL(rows, rows + 1, 100, 4, True, 100, 16, RUNNING, i64 + 1, i64 + 2, i64.copy(),
                 i64 + 1, np.zeros(2, np.int8))

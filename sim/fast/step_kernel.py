@@ -18,9 +18,9 @@ import numpy as np
 from sim.fast.epoch_kernel import _loop_sum, _numpy_sum, _roofline_s, numba
 
 
-def _static_step(u, kmax, rate, decay, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
-                 block_size, n_pre_tok, pre_ctx, num_rows, tcoef, dcoef, now, alpha,
-                 finished_code, num_computed, num_out, num_known, num_blocks, num_target_out,
+def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
+                 block_size, n_pre_tok, pre_ctx, num_rows, now, alpha, finished_code, tcoef,
+                 dcoef, decay, num_computed, num_out, num_known, num_blocks, num_target_out,
                  num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
     """Returns (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit incl. first
     tokens, free blocks after the step's allocation, 1 if budget or KV was exceeded],

@@ -28,6 +28,16 @@ from sim.models.hardware import HardwareSpec, get_hardware
 from sim.models.shapes import ModelShape, get_model
 
 
+def roofline_s(coef, num_tokens, num_seqs, sum_context_tokens):
+    """One pass's seconds from the roofline's coefficients (s per token, s per context token,
+    s to stream weights, s per KV token read, fixed s), for num_tokens > 0. The one scalar
+    expression: the cost model calls it, the compiled kernels jit it (sim/fast/), and the
+    numpy epochs inline it operation for operation (sim/fast/epoch.py)."""
+    compute = coef[0] * num_tokens + coef[1] * sum_context_tokens
+    memory = coef[2] + coef[3] * sum_context_tokens * num_seqs / num_tokens
+    return (compute if compute >= memory else memory) + coef[4]
+
+
 class RooflineCostModel:
     """Spec-sheet roofline of a target and a draft model on one (possibly sharded) device."""
 
@@ -53,9 +63,7 @@ class RooflineCostModel:
                 and type(sum_context_tokens) in (int, float):
             if num_tokens <= 0:             # scalar fast path: the engine calls this per step
                 return 0.0
-            compute = tok_s * num_tokens + ctx_s * sum_context_tokens
-            memory = w_s + kv_s * sum_context_tokens * num_seqs / num_tokens
-            return max(compute, memory) + fixed_s
+            return roofline_s(coef, num_tokens, num_seqs, sum_context_tokens)
         t = np.asarray(num_tokens, np.float64)
         s = np.asarray(num_seqs, np.float64)
         c = np.asarray(sum_context_tokens, np.float64)
