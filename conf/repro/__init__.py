@@ -2,7 +2,7 @@
 
 ``load_repro(name) -> ReproConfig`` reads ``conf/repro/<name>.yaml`` against the typed schema
 below (unknown keys and wrong types are errors naming the file); ``known_repros()`` lists the
-setups. Running one is ``experiments.compare_repro.run_repro(name, quick=True)``.
+setups. Running one is ``experiments.compare.repro.run_repro(name, quick=True)``.
 Sources: /work/shared/papers/adaspec-smartspec.md sec. 5 and adaserve-and-trees.md sec. 1.7.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""experiments.compare: ratio definitions on a hand-made table, and a --quick sweep end to end."""
+"""experiments.compare.cli: ratio definitions on a hand-made table, and a --quick sweep end to end."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.compare_ratios import compare_json, ratio, ratio_report, with_oracle_fixed
-from experiments.compare_setup import (CompareSetup, default_policy_specs, load_levels,
+from experiments.compare.ratios import compare_json, ratio, ratio_report, with_oracle_fixed
+from experiments.compare.setup_grid import (CompareSetup, default_policy_specs, load_levels,
                                        num_requests_at, select_specs)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,8 +122,8 @@ def test_quick_sweep_prints_json_last(tmp_path):
 
 
 def test_same_seed_same_rows():
-    from experiments.compare_setup import PolicySpec, sim_config
-    from experiments.compare_sweep import Job, run_job
+    from experiments.compare.setup_grid import PolicySpec, sim_config
+    from experiments.compare.sweep import Job, run_job
     from traces.embedded import embedded_trace
 
     trace = embedded_trace(num_requests=15, seed=3)
@@ -136,8 +136,8 @@ def test_same_seed_same_rows():
 
 
 def test_seeds_are_averaged_before_ratios_and_reported_one_by_one(tmp_path):
-    from experiments.compare import per_seed_ratios
-    from experiments.compare_sweep import mean_over_seeds
+    from experiments.compare.cli import per_seed_ratios
+    from experiments.compare.sweep import mean_over_seeds
 
     seeded = pd.concat([HAND.assign(sweep_seed=0, k_hist="[1]"),
                         HAND.assign(sweep_seed=1, k_hist="[2]",
@@ -154,8 +154,8 @@ def test_seeds_are_averaged_before_ratios_and_reported_one_by_one(tmp_path):
 
 
 def test_two_seeds_end_to_end(tmp_path):
-    from experiments.compare import run_compare
-    from experiments.compare_setup import quick_setup
+    from experiments.compare.cli import run_compare
+    from experiments.compare.setup_grid import quick_setup
 
     setup = quick_setup(CompareSetup(loads=(2.0, 4.0)))
     # workers=2: the sweep's compiled epochs load numba in the worker processes only; numba in

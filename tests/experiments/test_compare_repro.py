@@ -40,7 +40,7 @@ def test_bad_yaml_is_named(tmp_path, monkeypatch):
 @needs_shared
 @pytest.mark.parametrize("name", known_repros())
 def test_each_setup_runs_on_a_tiny_slice(name):
-    from experiments.compare_repro import run_repro
+    from experiments.compare.repro import run_repro
 
     cfg = load_repro(name)
     table = run_repro(name, quick=True)
@@ -54,7 +54,7 @@ def test_each_setup_runs_on_a_tiny_slice(name):
 
 
 def test_beta_matches_published_accepted_length():
-    from experiments.compare_specbench import beta_for_accepted_len, expected_accepted_len
+    from experiments.compare.specbench import beta_for_accepted_len, expected_accepted_len
 
     a, b = beta_for_accepted_len(2.28, k=5, concentration=10.0)
     assert a + b == pytest.approx(10.0)
@@ -66,7 +66,7 @@ def test_beta_matches_published_accepted_length():
 
 @needs_shared
 def test_leaderboard_categories():
-    from experiments.compare_specbench import GROUPS, category_betas, leaderboard_row
+    from experiments.compare.specbench import GROUPS, category_betas, leaderboard_row
 
     row = leaderboard_row("Vicuna-7B-v1.3", "SpS")
     assert row["tau"] == 2.28 and row["overall"] == 1.52
@@ -82,7 +82,7 @@ def test_leaderboard_categories():
 
 @needs_shared
 def test_adaserve_slos_follow_the_category():
-    from experiments.compare_repro import build_workload, sim_config
+    from experiments.compare.repro import build_workload, sim_config
     from sim.models.cost import make_cost_model
 
     cfg = load_repro("adaserve_llama70b")

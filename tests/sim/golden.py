@@ -43,7 +43,7 @@ def result_hash(result) -> str:
 
 
 def fingerprints() -> dict[str, str]:
-    from experiments.compare_setup import (CompareSetup, base_workload, default_policy_specs,
+    from experiments.compare.setup_grid import (CompareSetup, base_workload, default_policy_specs,
                                            quick_setup, sim_config, workload_at)
     from policies import make_policy
     from sim.core.config import EngineConfig, SimConfig

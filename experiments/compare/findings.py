@@ -2,7 +2,7 @@
 the gains compare with the papers' headline claims (AdaSpec: up to 66% over the best
 speculative baseline; AdaServe: up to 4.3x fewer SLO violations and 1.9x goodput).
 
-Everything is computed from the summary table (experiments.compare_ratios conventions).
+Everything is computed from the summary table (experiments.compare.ratios conventions).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 
 import pandas as pd
 
-from experiments.compare_ratios import GOODPUT, LOAD, ratio, with_oracle_fixed
+from experiments.compare.ratios import GOODPUT, LOAD, ratio, with_oracle_fixed
 
 STATIC_BASELINES = ("fixed_k1", "fixed_k2", "fixed_k3", "fixed_k4", "fixed_k5", "batch_schedule")
 TARGET_VS_ORACLE, TARGET_VS_BEST_FIXED = 0.97, 1.0

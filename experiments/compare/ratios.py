@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import LOAD_COLUMN as LOAD
-from experiments.compare_setup import adaptive_names
+from experiments.compare.setup_grid import adaptive_names
 
 GOODPUT = "goodput_req_s"
 FIXED_PREFIX = "fixed_k"

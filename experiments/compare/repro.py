@@ -1,6 +1,6 @@
 """Run a paper reproduction setup (conf/repro/<name>.yaml) in the simulator.
 
-    python -m experiments.compare_repro NAME [--full [--num-requests N]] [--out DIR]
+    python -m experiments.compare.repro NAME [--full [--num-requests N]] [--out DIR]
     run_repro(name, quick=True) -> summary DataFrame (one row per policy x load)
 
 ``quick`` runs the config's policies on its first load level with only
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.compare_setup import PolicySpec
-from experiments.compare_sweep import Job, run_jobs
+from experiments.compare.setup_grid import PolicySpec
+from experiments.compare.sweep import Job, run_jobs
 from traces.schema import Trace
 
 
@@ -38,7 +38,7 @@ def policy_spec(label: str, k_max: int) -> PolicySpec:
 
 def sim_config(cfg, seed: int):
     from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
-    from experiments.compare_specbench import category_betas
+    from experiments.compare.specbench import category_betas
 
     acc = cfg.acceptance
     per_dataset = [(p.tag, float(p.alpha), float(p.beta)) for p in acc.per_dataset]
@@ -100,7 +100,7 @@ def build_workload(cfg, config, seed: int) -> Trace:
 
     trace = tf.window(load_named(cfg.trace), cfg.window_start_s, cfg.window_end_s)
     if cfg.lengths == "spec_bench":
-        from experiments.compare_specbench import spec_bench_trace
+        from experiments.compare.specbench import spec_bench_trace
         trace = spec_bench_trace(trace, cfg.spec_bench, seed)
     elif cfg.lengths == "categories":
         trace = category_trace(trace, cfg.categories, seed)
@@ -153,7 +153,7 @@ def run_repro(name: str, quick: bool = True, seed: int = 0, workers: int = 1,
 def main(argv=None) -> pd.DataFrame:
     from conf.repro import known_repros
 
-    p = argparse.ArgumentParser(prog="python -m experiments.compare_repro")
+    p = argparse.ArgumentParser(prog="python -m experiments.compare.repro")
     p.add_argument("name", help=f"one of: {', '.join(known_repros())}")
     p.add_argument("--full", action="store_true", help="every load, every request")
     p.add_argument("--out", type=Path, default=None)

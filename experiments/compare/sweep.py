@@ -24,7 +24,7 @@ _COST_HINT = {"slo_goodput": 16, "adaserve": 14, "adaspec": 9, "threshold": 8}
 
 @dataclass(frozen=True)
 class Job:
-    spec: object                     # compare_setup.PolicySpec
+    spec: object                     # setup_grid.PolicySpec
     load: float                      # offered req/s
     trace: object                    # traces.schema.Trace at that load
     config: object                   # sim.core.config.SimConfig

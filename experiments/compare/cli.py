@@ -9,7 +9,7 @@ placed around the saturation rate of `none` (measured first). Policies: none, fi
 (their per-load best is ``oracle_fixed``), batch_schedule, the adaptive policies and the
 per-step oracle. Writes summary.csv/.parquet, figures, findings.md and result.json into the
 output dir (default outputs/compare/<timestamp>), and prints as its LAST line the JSON of
-experiments.compare_ratios.compare_json.
+experiments.compare.ratios.compare_json.
 
 Every cell runs under ``--seeds`` seeds (seed, seed + 1, ...: each draws its own SLO classes,
 acceptance rates and draws); goodput is averaged over them before ratios are taken, because
@@ -25,12 +25,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.compare_findings import findings_text
-from experiments.compare_ratios import compare_json, ratio_report, with_oracle_fixed
-from experiments.compare_setup import (CompareSetup, base_workload, load_levels, quick_setup,
+from experiments.compare.findings import findings_text
+from experiments.compare.ratios import compare_json, ratio_report, with_oracle_fixed
+from experiments.compare.setup_grid import (CompareSetup, base_workload, load_levels, quick_setup,
                                        num_requests_at, saturation_rate, select_specs,
                                        sim_config, workload_at)
-from experiments.compare_sweep import Job, mean_over_seeds, run_jobs
+from experiments.compare.sweep import Job, mean_over_seeds, run_jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

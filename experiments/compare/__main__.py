@@ -1,0 +1,3 @@
+from experiments.compare.cli import main
+
+main()
