@@ -11,7 +11,7 @@ S is the attention compute; S * B / N estimates the distinct KV read (exact for 
 memory-bound attention term. All coefficients are non-negative, fitted by NNLS on relative
 errors (rows weighted by 1 / latency). A pass with N <= 0 costs nothing.
 
-``python -m sim.models.fitted_cost --report`` prints held-out errors of every profile in
+``python -m sim.tools.fitted_cost_report`` prints held-out errors of every profile in
 profiles/data/ (sim/tools/fitted_cost_report.py).
 """
 from __future__ import annotations
@@ -194,9 +194,3 @@ def build_fitted(config) -> FittedCostModel:
         from dataclasses import replace
         fallback = make_cost_model(replace(config, cost_model="roofline"))
     return load_fitted_cost_model(name, draft_fallback=fallback)
-
-
-if __name__ == "__main__":
-    from sim.tools.fitted_cost_report import main
-
-    main()

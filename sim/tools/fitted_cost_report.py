@@ -1,6 +1,6 @@
 """Held-out error of the fitted cost model, and its ratio to the roofline (sim/models/cost.py).
 
-``python -m sim.models.fitted_cost --report [--every 5] [--profile NAME ...]``: for every profile in
+``python -m sim.tools.fitted_cost_report [--every 5] [--profile NAME ...]``: for every profile in
 profiles/data/ (or those named) fit on all rows but every ``every``-th (in the file's
 stable row order, per role) and report relative error |pred - measured| / measured on the
 held-out rows per profile, role and phase. The last line is a JSON object
@@ -89,12 +89,11 @@ def roofline_ratios(name: str, df: pd.DataFrame) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="held-out error of fitted cost models")
-    ap.add_argument("--report", action="store_true", help="print the held-out error table")
+    ap.add_argument("--report", action="store_true",
+                    help="(the default; kept from the earlier `--report` flag)")
     ap.add_argument("--every", type=int, default=5, help="hold out every N-th row")
     ap.add_argument("--profile", nargs="*", help="profile names (default: all known)")
     args = ap.parse_args(argv)
-    if not args.report:
-        ap.error("nothing to do: pass --report")
     known = known_profiles()
     names = args.profile or list(known)
     unknown = [n for n in names if n not in known]

@@ -13,7 +13,7 @@ from profiles import PROFILES_DIR, known_profiles, load_profile, save_profile
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "profiles").is_dir(),
                                   reason=f"public profiles not found at {SHARED}/profiles")
-# Measured with `python -m sim.models.fitted_cost --report`: mean 0.022, max 0.180 (every 5th held out)
+# Measured with `python -m sim.tools.fitted_cost_report`: mean 0.022, max 0.180 (every 5th held out)
 VIDUR_A100_7B_MEAN, VIDUR_A100_7B_MAX = 0.04, 0.25
 
 
