@@ -134,7 +134,7 @@ def eagle_acceptance_traces(target_path: str, head_path: str, outputs: list[dict
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
 
-    from exec.train_eagle import EagleHead
+    from exec.eagle_head import EagleHead
 
     target = LlamaForCausalLM.from_pretrained(target_path, dtype=torch.float32).eval()
     head = EagleHead(target.config)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from exec.eagle_head import EagleHead
 from exec.train_pair import corpus_files, read_text, split_files
 
 TOP_K = 8
@@ -61,6 +62,9 @@ class EagleTrainConfig:
     num_hard: int = 4            # the target's top-4 per position are the hard negatives
     num_negatives: int = 1024
     depth_decay: float = 0.8   # weight of unrolled pass j is depth_decay ** (j - 1)
+    # share of each batch drawn from the greedy continuations (what the head meets live);
+    # None: uniform over all sequences
+    greedy_share: float | None = None
 
 
 # -- stage 1: data ---------------------------------------------------------------------------
@@ -151,108 +155,6 @@ def load_data(work: Path) -> list[dict]:
     return seqs
 
 
-# -- the head (vLLM's EagleLlamaForCausalLM, written out for training) ---------------------
-def rms_norm(x, weight, eps):
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
-def rotate_half(x):
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
-class EagleHead(torch.nn.Module):
-    """fc + one Llama decoder layer (no input norm); names follow the HF checkpoint layout."""
-
-    def __init__(self, tcfg):
-        super().__init__()
-        h, i = tcfg.hidden_size, tcfg.intermediate_size
-        self.num_heads, self.num_kv = tcfg.num_attention_heads, tcfg.num_key_value_heads
-        self.head_dim = getattr(tcfg, "head_dim", None) or h // self.num_heads
-        self.eps = tcfg.rms_norm_eps
-        theta = (tcfg.rope_parameters or {}).get("rope_theta", 10000.0) if hasattr(
-            tcfg, "rope_parameters") else tcfg.rope_theta
-        self.register_buffer("inv_freq", 1.0 / theta ** (
-            torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
-            persistent=False)
-        lin = lambda a, b: torch.nn.Linear(a, b, bias=False)  # noqa: E731
-        self.fc = lin(2 * h, h)
-        self.q_proj, self.k_proj = lin(h, self.num_heads * self.head_dim), lin(h, self.num_kv * self.head_dim)
-        self.v_proj, self.o_proj = lin(h, self.num_kv * self.head_dim), lin(self.num_heads * self.head_dim, h)
-        self.gate_proj, self.up_proj, self.down_proj = lin(h, i), lin(h, i), lin(i, h)
-        self.post_norm = torch.nn.Parameter(torch.ones(h))
-
-    def init_from_target(self, target, layer: int) -> None:
-        src = target.model.layers[layer]
-        with torch.no_grad():
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                getattr(self, name).weight.copy_(getattr(src.self_attn, name).weight)
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                getattr(self, name).weight.copy_(getattr(src.mlp, name).weight)
-            self.post_norm.copy_(src.post_attention_layernorm.weight)
-            # Residual branches start closed (the layer is the identity), so the first
-            # passes neither explode nor lose the target's feature: out = f_t + e(x_{t+1}).
-            self.o_proj.weight.zero_()
-            self.down_proj.weight.zero_()
-            h = self.fc.weight.shape[0]
-            self.fc.weight.zero_()
-            self.fc.weight[:, h:] = torch.eye(h)
-            self.fc.weight[:, :h] = torch.eye(h)
-
-    def rope(self, x, pos):
-        ang = pos[..., None].float() * self.inv_freq            # (B, T, D/2)
-        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
-        return x * cos[:, None] + rotate_half(x) * sin[:, None]
-
-    def qkv(self, x, pos):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
-        rep = self.num_heads // self.num_kv
-        return (self.rope(q, pos), self.rope(k, pos).repeat_interleave(rep, 1),
-                v.repeat_interleave(rep, 1))
-
-    def forward(self, emb, feat, pos, past_k=None, past_v=None, key_mask=None):
-        """One draft pass over (B, T) positions; earlier passes' keys/values may be given.
-
-        ``past_k/past_v``: (B, H, T, D) keys of the first pass (computed from the target's
-        features); position i of an unrolled pass attends to past positions < i - j + 1 ... via
-        ``key_mask`` (True = may attend) built by the caller, and always to itself.
-        """
-        x = self.fc(torch.cat([emb, feat], -1))
-        q, k, v = self.qkv(x, pos)
-        if past_k is None:
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        else:
-            keys, vals = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-            attn = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_mask)
-        b, _, t, _ = attn.shape
-        h = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
-        n = rms_norm(h, self.post_norm, self.eps)
-        out = h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
-        return out, k, v
-
-    def load_vllm_state(self, state: dict[str, torch.Tensor]) -> None:
-        """The inverse of ``state_for_vllm`` (an exported head folder's safetensors)."""
-        with torch.no_grad():
-            self.fc.weight.copy_(state["fc.weight"])
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                getattr(self, name).weight.copy_(state[f"layers.0.self_attn.{name}.weight"])
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                getattr(self, name).weight.copy_(state[f"layers.0.mlp.{name}.weight"])
-            self.post_norm.copy_(state["layers.0.post_attention_layernorm.weight"])
-
-    def state_for_vllm(self) -> dict[str, torch.Tensor]:
-        sd = {"fc.weight": self.fc.weight}
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            sd[f"layers.0.self_attn.{name}.weight"] = getattr(self, name).weight
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            sd[f"layers.0.mlp.{name}.weight"] = getattr(self, name).weight
-        sd["layers.0.post_attention_layernorm.weight"] = self.post_norm
-        return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
-
-
 # -- stage 2: training -----------------------------------------------------------------------
 def make_batch(seqs, idx, pad_id: int):
     """Padded (B, T) tensors of one batch; position t holds f_t, x_{t+1} and labels for t+2."""
@@ -294,8 +196,16 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
     rng = np.random.default_rng(cfg.seed + 1 + step)
     gen = torch.Generator().manual_seed(cfg.seed + 2 + step)
     t0 = time.perf_counter()
+    greedy = np.array([s["num_prompt"] < len(s["ids"]) for s in seqs])   # teacher-forced: all prompt
+    greedy_idx, other_idx = np.flatnonzero(greedy), np.flatnonzero(~greedy)
     while step < cfg.steps:
-        idx = rng.choice(len(seqs), size=cfg.batch_sequences, replace=False)
+        if cfg.greedy_share is None or not len(other_idx):
+            idx = rng.choice(len(seqs), size=cfg.batch_sequences, replace=False)
+        else:
+            n_greedy = int(round(cfg.greedy_share * cfg.batch_sequences))
+            idx = np.concatenate([
+                rng.choice(greedy_idx, size=n_greedy, replace=False),
+                rng.choice(other_idx, size=cfg.batch_sequences - n_greedy, replace=False)])
         ids_next, feat, feat_next, label, top, valid = make_batch(seqs, idx, pad_id)
         b, t = ids_next.shape
         pos = torch.arange(t)[None, :].expand(b, t)
@@ -352,6 +262,34 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
     return log
 
 
+# -- held-out acceptance ---------------------------------------------------------------------
+@torch.no_grad()
+def heldout_acceptance(target, tok, head_dir: Path, num_prompts: int = 24, k: int = 4,
+                       new_tokens: int = 64, prompt_tokens: int = 128) -> dict:
+    """Accepted length (accepted + bonus) at speculative length ``k`` along greedy speculative
+    decodes of the held-out prompts, as ``exec.bench --pair smollm2_135m`` measures it live:
+    the last ``prompt_tokens`` tokens of each held-out file's prompt text, ``new_tokens``
+    greedy tokens, the chain rebuilt offline (exec/match_lengths.py)."""
+    from exec.config import ASSETS_PAIR
+    from exec.match_lengths import eagle_acceptance_traces
+    from exec.pair_acceptance import greedy_continuation, walk_accepted
+    from exec.prompts import load_prompt_texts
+
+    texts = load_prompt_texts(ASSETS_PAIR / "prompts.jsonl")[:num_prompts]
+    outputs = []
+    for i, text in enumerate(texts):
+        x = tok.encode(text, add_special_tokens=False)[-prompt_tokens:]
+        outputs.append({"request_id": i, "prompt_token_ids": x,
+                        "output_token_ids": greedy_continuation(target, x, new_tokens)})
+    traces = eagle_acceptance_traces(str(Path(target.name_or_path)), str(head_dir), outputs, k)
+    walk = []
+    for _, rows in traces.groupby("request_id"):
+        # the prefill step emits output token 0; speculation starts at output position 1
+        walk.extend(walk_accepted(rows["match_len"].to_numpy()[1:], k))
+    return {"k": k, "num_prompts": len(texts), "new_tokens": new_tokens,
+            "mean_accepted_len_walk": round(float(np.mean(walk)), 4), "num_steps": len(walk)}
+
+
 # -- stage 3: export -------------------------------------------------------------------------
 def export(head, target_dir: Path, out: Path, log: list[dict], cfg: EagleTrainConfig,
            extra: dict) -> None:
@@ -371,13 +309,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "smollm2_eagle")
-    ap.add_argument("--stage", choices=["all", "generate", "teacher", "train", "export"],
+    ap.add_argument("--stage", choices=["all", "generate", "teacher", "train", "export", "eval"],
                     default="all")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--num-sequences", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--greedy-share", type=float, default=None)
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from an exported head (fine-tune) instead of the target's "
                          "last layer")
@@ -386,7 +325,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     cfg = EagleTrainConfig()
     overrides = {k: v for k, v in (("steps", args.steps), ("num_sequences", args.num_sequences),
-                                   ("lr", args.lr)) if v is not None}
+                                   ("lr", args.lr), ("greedy_share", args.greedy_share))
+                 if v is not None}
     if overrides:
         from dataclasses import replace
         cfg = replace(cfg, **overrides)
@@ -398,6 +338,9 @@ def main(argv=None) -> None:
     target = LlamaForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     for p in target.parameters():
         p.requires_grad_(False)
+    if args.stage == "eval":           # the exported head in --out, on held-out prompts
+        print(json.dumps(heldout_acceptance(target, tok, args.out)))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.stage in ("all", "generate"):

@@ -1,0 +1,110 @@
+"""vLLM's ``EagleLlamaForCausalLM`` for SmolLM2-135M, written out in torch for training and
+for rebuilding its drafts offline (exec/train_eagle.py, exec/match_lengths.py):
+``fc(cat(embed(x_{t+1}), f_t))`` into one Llama decoder layer without input norm, whose
+output is both the next feature and, through the target's shared LM head, the draft logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x, weight, eps):
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class EagleHead(torch.nn.Module):
+    """fc + one Llama decoder layer (no input norm); names follow the HF checkpoint layout."""
+
+    def __init__(self, tcfg):
+        super().__init__()
+        h, i = tcfg.hidden_size, tcfg.intermediate_size
+        self.num_heads, self.num_kv = tcfg.num_attention_heads, tcfg.num_key_value_heads
+        self.head_dim = getattr(tcfg, "head_dim", None) or h // self.num_heads
+        self.eps = tcfg.rms_norm_eps
+        theta = (tcfg.rope_parameters or {}).get("rope_theta", 10000.0) if hasattr(
+            tcfg, "rope_parameters") else tcfg.rope_theta
+        self.register_buffer("inv_freq", 1.0 / theta ** (
+            torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim),
+            persistent=False)
+        lin = lambda a, b: torch.nn.Linear(a, b, bias=False)  # noqa: E731
+        self.fc = lin(2 * h, h)
+        self.q_proj, self.k_proj = lin(h, self.num_heads * self.head_dim), lin(h, self.num_kv * self.head_dim)
+        self.v_proj, self.o_proj = lin(h, self.num_kv * self.head_dim), lin(self.num_heads * self.head_dim, h)
+        self.gate_proj, self.up_proj, self.down_proj = lin(h, i), lin(h, i), lin(i, h)
+        self.post_norm = torch.nn.Parameter(torch.ones(h))
+
+    def init_from_target(self, target, layer: int) -> None:
+        src = target.model.layers[layer]
+        with torch.no_grad():
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(self, name).weight.copy_(getattr(src.self_attn, name).weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(self, name).weight.copy_(getattr(src.mlp, name).weight)
+            self.post_norm.copy_(src.post_attention_layernorm.weight)
+            # Residual branches start closed (the layer is the identity), so the first
+            # passes neither explode nor lose the target's feature: out = f_t + e(x_{t+1}).
+            self.o_proj.weight.zero_()
+            self.down_proj.weight.zero_()
+            h = self.fc.weight.shape[0]
+            self.fc.weight.zero_()
+            self.fc.weight[:, h:] = torch.eye(h)
+            self.fc.weight[:, :h] = torch.eye(h)
+
+    def rope(self, x, pos):
+        ang = pos[..., None].float() * self.inv_freq            # (B, T, D/2)
+        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+        return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+    def qkv(self, x, pos):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv, self.head_dim).transpose(1, 2)
+        rep = self.num_heads // self.num_kv
+        return (self.rope(q, pos), self.rope(k, pos).repeat_interleave(rep, 1),
+                v.repeat_interleave(rep, 1))
+
+    def forward(self, emb, feat, pos, past_k=None, past_v=None, key_mask=None):
+        """One draft pass over (B, T) positions; earlier passes' keys/values may be given.
+
+        ``past_k/past_v``: (B, H, T, D) keys of the first pass (computed from the target's
+        features); position i of an unrolled pass attends to past positions < i - j + 1 ... via
+        ``key_mask`` (True = may attend) built by the caller, and always to itself.
+        """
+        x = self.fc(torch.cat([emb, feat], -1))
+        q, k, v = self.qkv(x, pos)
+        if past_k is None:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        else:
+            keys, vals = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+            attn = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_mask)
+        b, _, t, _ = attn.shape
+        h = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+        n = rms_norm(h, self.post_norm, self.eps)
+        out = h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+        return out, k, v
+
+    def load_vllm_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of ``state_for_vllm`` (an exported head folder's safetensors)."""
+        with torch.no_grad():
+            self.fc.weight.copy_(state["fc.weight"])
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(self, name).weight.copy_(state[f"layers.0.self_attn.{name}.weight"])
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(self, name).weight.copy_(state[f"layers.0.mlp.{name}.weight"])
+            self.post_norm.copy_(state["layers.0.post_attention_layernorm.weight"])
+
+    def state_for_vllm(self) -> dict[str, torch.Tensor]:
+        sd = {"fc.weight": self.fc.weight}
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            sd[f"layers.0.self_attn.{name}.weight"] = getattr(self, name).weight
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            sd[f"layers.0.mlp.{name}.weight"] = getattr(self, name).weight
+        sd["layers.0.post_attention_layernorm.weight"] = self.post_norm
+        return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
