@@ -53,8 +53,8 @@ class LiveController:
         self.step_index = -1
         self.pending = None                      # (obs, decision, ext ids, k)
         self.rows: list[dict] = []               # one per (step, verified request)
-        # vLLM verifies draft-model chains only: a token-tree decision (nodes_per_depth) runs
-        # live as its best chain, num_spec_tokens = tree depth. Counted for the run's meta.
+        # vLLM verifies chains only: tree policies are refused before the run
+        # (runner.check_policy_fits_drafter); a tree from a policy that declared none is an error
         self.num_tree_decisions_as_chain = 0
         self._step: dict | None = None
 
@@ -109,7 +109,9 @@ class LiveController:
         decision = self.policy.decide(obs)
         k = checked_num_spec_tokens(decision, obs.num_requests, self.k_max, self.policy.name)
         if decision.nodes_per_depth is not None:
-            self.num_tree_decisions_as_chain += 1
+            raise RuntimeError(f"policy {self.policy.name!r} returned a token tree "
+                               "(Decision.nodes_per_depth) but declares makes_trees = False: "
+                               "vLLM verifies chains only")
         exts = [external_id_of(r) for r in next_ids]
         self.chosen_k = dict(zip(exts, k.tolist()))
         self.verify_k = {}

@@ -204,12 +204,17 @@ def test_confidence_policy_refuses_the_ngram_drafter(tmp_path):
     from exec.runner import check_policy_fits_drafter
     from policies import make_policy
     cfg = LiveConfig(target_model=str(tmp_path), draft_model=None, draft_method="ngram", k_max=3)
-    for name in ("adaspec", "threshold", "slo_goodput", "vllm_adaptive_verify"):
+    for name, params in (("adaspec", {}), ("threshold", {}), ("slo_goodput", {"chain_only": True}),
+                         ("vllm_adaptive_verify", {})):
         with pytest.raises(ValueError, match=rf"policy '{name}' needs draft confidences.*"
                                              r"ngram.*eagle"):
-            check_policy_fits_drafter(make_policy(name), cfg)
-    for name in ("none", "fixed", "smartspec", "adaserve", "batch_schedule"):
+            check_policy_fits_drafter(make_policy(name, **params), cfg)
+    for name in ("none", "fixed", "smartspec", "batch_schedule"):
         check_policy_fits_drafter(make_policy(name), cfg)
+    # tree policies never run live: vLLM verifies chains (no silent fallback to a chain)
+    for name in ("adaserve", "slo_goodput"):
+        with pytest.raises(ValueError, match=rf"policy '{name}' makes token trees.*chain_only"):
+            check_policy_fits_drafter(make_policy(name), cfg)
     with pytest.raises(ValueError, match="set draft_model=None"):
         LiveConfig(target_model=str(tmp_path), draft_model=str(tmp_path), draft_method="ngram")
     with pytest.raises(ValueError, match="unknown draft_method='medusa'"):
