@@ -32,14 +32,16 @@ from experiments.compare.setup_grid import (CompareSetup, base_workload, load_le
                                        sim_config, workload_at)
 from experiments.compare.sweep import Job, mean_over_seeds, run_jobs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few requests and 3 loads (CI)")
-    p.add_argument("--out", type=Path, default=None, help="output dir")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output dir (default outputs/compare/<time>); an interrupted sweep "
+                        "resumes when run again with the same --out")
     p.add_argument("--policies", default=None,
                    help="comma list of labels/names (e.g. none,fixed,slo_goodput,oracle)")
     p.add_argument("--seed", type=int, default=0)
@@ -132,7 +134,9 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
              f"goodput {row['goodput_req_s']:.3f} req/s, SLO {row['slo_attainment']:.3f} "
              f"({row['wall_s']:.1f} s)")
 
-    by_seed = run_jobs(jobs, workers=workers, progress=progress)
+    # every finished cell is kept under <out>/cells: the same command with the same --out
+    # resumes, recomputing only the cells that are missing
+    by_seed = run_jobs(jobs, workers=workers, progress=progress, cache_dir=out_dir / "cells")
     by_seed.to_csv(out_dir / "summary_by_seed.csv", index=False)
     table = mean_over_seeds(by_seed)
     full = with_oracle_fixed(table)

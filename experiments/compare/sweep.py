@@ -62,13 +62,56 @@ def run_job(job: Job) -> dict:
     return row
 
 
-def run_jobs(jobs, workers: int = 2, progress=None) -> pd.DataFrame:
-    """All jobs, ``workers`` processes (1 = in this process); rows sorted by load, policy."""
+def job_key(job: Job) -> str:
+    """Content hash of a job: policy and parameters, load, seed, engine config and the exact
+    requests, so a cached row is reused only for the very same cell."""
+    import dataclasses
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([job.spec.label, job.spec.name, list(job.spec.params),
+                                   float(job.load), int(job.sweep_seed),
+                                   dataclasses.asdict(job.config)], sort_keys=True,
+                                  default=str).encode())
+    tr = job.trace
+    for arr in (tr.request_ids, tr.arrival_s, tr.num_prompt_tokens, tr.num_output_tokens,
+                tr.tpot_slo_s, tr.ttft_slo_s):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _cached(cache_dir, job: Job):
+    if cache_dir is None:
+        return None
+    path = cache_dir / f"{job_key(job)}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _keep(cache_dir, job: Job, row: dict) -> None:
+    if cache_dir is None:
+        return
+    from experiments.store import write_json_atomic
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache_dir / f"{job_key(job)}.json", row)
+
+
+def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None) -> pd.DataFrame:
+    """All jobs, ``workers`` processes (1 = in this process); rows sorted by load, policy.
+    With ``cache_dir`` each finished job's row is kept there and a job whose row is already
+    there is not run again (resume)."""
     order = sorted(jobs, key=lambda j: -_COST_HINT.get(j.spec.name, 3) * len(j.trace))
     rows = []
+    todo = []
+    for job in order:
+        row = _cached(cache_dir, job)
+        if row is None:
+            todo.append(job)
+        else:
+            rows.append(row)
+    order = todo
     if workers <= 1:
         for job in order:
             rows.append(run_job(job))
+            _keep(cache_dir, job, rows[-1])
             if progress:
                 progress(rows[-1], len(rows), len(order))
     else:
@@ -81,6 +124,7 @@ def run_jobs(jobs, workers: int = 2, progress=None) -> pd.DataFrame:
                 except Exception as err:
                     raise RuntimeError(f"sweep job {job.spec.label} at {job.load} req/s "
                                        f"failed: {err}") from err
+                _keep(cache_dir, job, rows[-1])
                 if progress:
                     progress(rows[-1], len(rows), len(order))
     frame = pd.DataFrame(rows)

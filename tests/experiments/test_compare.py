@@ -172,3 +172,25 @@ def test_two_seeds_end_to_end(tmp_path):
         [mean[("oracle", 2.0)], mean[("oracle", 4.0)]])
     with pytest.raises(ValueError, match="at least one seed"):
         run_compare(setup, select_specs("oracle"), tmp_path, num_seeds=0)
+
+
+def test_rerun_with_the_same_out_resumes_from_kept_cells(tmp_path):
+    from dataclasses import replace
+
+    from experiments.compare.cli import run_compare
+    from experiments.compare.setup_grid import quick_setup
+
+    setup = quick_setup(CompareSetup(loads=(2.0,)))
+    specs = select_specs("none,fixed_k2")
+    # workers=2 keeps numba out of this process (see test_two_seeds_end_to_end)
+    first = run_compare(setup, specs, tmp_path, workers=2)
+    cells = sorted((tmp_path / "cells").glob("*.json"))
+    assert len(cells) == 2
+    kept = cells[1].stat().st_mtime_ns
+    cells[0].unlink()                              # as if interrupted before that cell
+    again = run_compare(setup, specs, tmp_path, workers=2)
+    assert cells[0].is_file() and cells[1].stat().st_mtime_ns == kept   # only the missing ran
+    assert again["policies"] == first["policies"]
+    # another seed is another cell: never served from the first run's cells
+    run_compare(replace(setup, seed=1), specs, tmp_path, workers=2)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 4
