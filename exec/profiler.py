@@ -295,17 +295,5 @@ def plain_profile_path(profile_path) -> Path:
     return p.with_name(f"{p.stem}-plain{p.suffix}")
 
 
-def live_config_for(pair: Path, **overrides) -> LiveConfig:
-    """The LiveConfig the profiler and the fidelity harness share for a model pair folder."""
-    if not (pair / "target" / "config.json").exists():
-        raise FileNotFoundError(f"no model pair at {pair} (target/config.json missing; the "
-                                "embedded pair is trained by python -m exec.train_pair)")
-    base = dict(target_model=str(pair / "target"), draft_model=str(pair / "draft"), k_max=4,
-                max_num_seqs=16, max_num_batched_tokens=2048, max_model_len=1024,
-                prompts_path=str(pair / "prompts.jsonl"))
-    base.update(overrides)
-    return LiveConfig(**base)
-
-
 if __name__ == "__main__":
     main()

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.validate_cells import (compare, error_table, policy_spec, run_metrics,
-                                        step_summary, validation_trace)
+from experiments.validate_cells import (compare, error_table, k_distribution, policy_spec,
+                                        ranking, run_metrics, slo_met_count, step_summary,
+                                        validation_trace)
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -97,50 +98,6 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
                                repeats=1 if args.quick else args.profile_repeats,
                                model_names=sim_names(args.pair), engines=engines)
     return str(path.resolve()), str(plain.resolve())
-
-
-def _goodput(requests: pd.DataFrame) -> int:
-    """Requests that finished within their SLOs. Every policy of a load serves the same
-    requests, so this count ranks goodput; goodput per second of span would add the noise of
-    the last request's finish time."""
-    return int(requests["slo_met"].sum())
-
-
-def _rank_key(goodput: float, tpot: float) -> tuple:
-    """More requests within their SLOs ranks first; equal counts (e.g. every request meets its
-    SLO): lower mean TPOT first."""
-    return (-round(goodput, 6), tpot)
-
-
-def _ranks(keys: list[tuple]) -> np.ndarray:
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    ranks = np.empty(len(keys), np.int64)
-    ranks[order] = np.arange(len(keys))
-    return ranks
-
-
-def _ranking(cells: list[dict], load: float) -> dict:
-    from scipy.stats import kendalltau
-    here = [c for c in cells if c["load"] == load]
-    live = [_rank_key(c["live_slo_met"], c["live"]["mean_tpot"]) for c in here]
-    sim = [_rank_key(c["sim_slo_met"], c["sim"]["mean_tpot"]) for c in here]
-    live_rank, sim_rank = _ranks(live), _ranks(sim)
-    tau = float(kendalltau(live_rank, sim_rank).statistic) if len(here) > 1 else float("nan")
-    names = [c["policy"] for c in here]
-    return {"load": load, "tau": tau,
-            "live_order": [names[i] for i in np.argsort(live_rank)],
-            "sim_order": [names[i] for i in np.argsort(sim_rank)]}
-
-
-def _k_distribution(live_decisions: pd.DataFrame, sim_steps: pd.DataFrame, k_max: int) -> dict:
-    """Share of verifies at each k (0..k_max), live and simulated, and their total variation."""
-    live_k = live_decisions["vllm_k"].to_numpy(np.int64)
-    sim_k = np.concatenate([np.asarray(x, np.int64) for x in sim_steps["spec_k"]]) \
-        if len(sim_steps) else np.zeros(0, np.int64)
-    hist = lambda k: np.bincount(np.clip(k, 0, k_max), minlength=k_max + 1) / max(len(k), 1)  # noqa
-    hl, hs = hist(live_k), hist(sim_k)
-    return {"live": hl.round(4).tolist(), "sim": hs.round(4).tolist(),
-            "total_variation": float(0.5 * np.abs(hl - hs).sum())}
 
 
 def main(argv=None) -> dict:
@@ -233,12 +190,12 @@ def main(argv=None) -> dict:
             "live_noise": {f"{k}_spread": (hi[k] - lo[k]) / live_mean[k] if live_mean[k]
                            else float("nan") for k in KEYS},
             "sim_in_live_range": {k: bool(lo[k] <= sm[k] <= hi[k]) for k in KEYS},
-            "live_slo_met": float(np.mean([_goodput(x.requests) for x in runs])),
-            "sim_slo_met": _goodput(sim.requests),
+            "live_slo_met": float(np.mean([slo_met_count(x.requests) for x in runs])),
+            "sim_slo_met": slo_met_count(sim.requests),
             "live_steps": step_summary(runs[0].steps), "sim_steps": step_summary(sim.steps),
             "step_errors": step_errors(pred),
             "decision_replay": {"num_calls": len(cell["calls"]), "num_differ": len(differ)},
-            "k_distribution": _k_distribution(runs[0].decisions, sim.steps,
+            "k_distribution": k_distribution(runs[0].decisions, sim.steps,
                                               live_cfg.k_max if cell["speculative"] else 0),
             "acceptance_replay": replay_agreement(runs[0].decisions, runs[0].acceptance),
             "acceptance": sim.meta.get("acceptance"),
@@ -252,7 +209,7 @@ def main(argv=None) -> dict:
     pred.to_parquet(out / "step_predictions.parquet", index=False)
     steps_all = step_errors(pred)
     steps_all["noise_floor"] = shape_noise_floor(pred)
-    ranking = [_ranking(rows, load) for load in loads]
+    rankings = [ranking(rows, load) for load in loads]
     table = error_table(rows)
     (out / "validate_table.md").write_text(table + "\n")
     print(table)
@@ -261,7 +218,7 @@ def main(argv=None) -> dict:
         v = [c[field][key] for c in rows]
         return float(np.nanmax(v)) if v and np.isfinite(v).any() else float("nan")
 
-    taus = [r["tau"] for r in ranking if np.isfinite(r["tau"])]
+    taus = [r["tau"] for r in rankings if np.isfinite(r["tau"])]
     summary = {
         "cells": [[c["load"], c["policy"]] for c in rows],
         "max_mean_ttft_err": worst("mean_ttft_err"),
@@ -272,7 +229,7 @@ def main(argv=None) -> dict:
         "step_latency": steps_all,
         "step_latency_noise_floor": steps_all["noise_floor"].get("median", float("nan")),
         "ranking_tau_min": float(min(taus)) if taus else float("nan"),
-        "ranking": ranking,
+        "ranking": rankings,
         "decision_replay_identical": all(c["decision_replay"]["num_differ"] == 0
                                          for c in rows),
         "k_distribution_tv_max": max(c["k_distribution"]["total_variation"] for c in rows),

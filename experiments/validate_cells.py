@@ -1,4 +1,5 @@
-"""Helpers of ``experiments.validate``: the trace slice, the mirrored sim config, error table."""
+"""Helpers of ``experiments.validate``: the trace slice, per-cell metrics and errors, the
+rankings of policies per load and the distribution of chosen k."""
 from __future__ import annotations
 
 import numpy as np
@@ -87,3 +88,47 @@ def error_table(cells: list[dict]) -> str:
             f" | {er['p99_tpot_err']:.1%} | {step:.1%} | {c['live_steps']['num_steps']}/"
             f"{c['sim_steps']['num_steps']} |")
     return "\n".join(lines)
+
+
+def slo_met_count(requests: pd.DataFrame) -> int:
+    """Requests that finished within their SLOs. Every policy of a load serves the same
+    requests, so this count ranks goodput; goodput per second of span would add the noise of
+    the last request's finish time."""
+    return int(requests["slo_met"].sum())
+
+
+def rank_key(goodput: float, tpot: float) -> tuple:
+    """More requests within their SLOs ranks first; equal counts (e.g. every request meets its
+    SLO): lower mean TPOT first."""
+    return (-round(goodput, 6), tpot)
+
+
+def ranks_of(keys: list[tuple]) -> np.ndarray:
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    ranks = np.empty(len(keys), np.int64)
+    ranks[order] = np.arange(len(keys))
+    return ranks
+
+
+def ranking(cells: list[dict], load: float) -> dict:
+    from scipy.stats import kendalltau
+    here = [c for c in cells if c["load"] == load]
+    live = [rank_key(c["live_slo_met"], c["live"]["mean_tpot"]) for c in here]
+    sim = [rank_key(c["sim_slo_met"], c["sim"]["mean_tpot"]) for c in here]
+    live_rank, sim_rank = ranks_of(live), ranks_of(sim)
+    tau = float(kendalltau(live_rank, sim_rank).statistic) if len(here) > 1 else float("nan")
+    names = [c["policy"] for c in here]
+    return {"load": load, "tau": tau,
+            "live_order": [names[i] for i in np.argsort(live_rank)],
+            "sim_order": [names[i] for i in np.argsort(sim_rank)]}
+
+
+def k_distribution(live_decisions: pd.DataFrame, sim_steps: pd.DataFrame, k_max: int) -> dict:
+    """Share of verifies at each k (0..k_max), live and simulated, and their total variation."""
+    live_k = live_decisions["vllm_k"].to_numpy(np.int64)
+    sim_k = np.concatenate([np.asarray(x, np.int64) for x in sim_steps["spec_k"]]) \
+        if len(sim_steps) else np.zeros(0, np.int64)
+    hist = lambda k: np.bincount(np.clip(k, 0, k_max), minlength=k_max + 1) / max(len(k), 1)  # noqa
+    hl, hs = hist(live_k), hist(sim_k)
+    return {"live": hl.round(4).tolist(), "sim": hs.round(4).tolist(),
+            "total_variation": float(0.5 * np.abs(hl - hs).sum())}

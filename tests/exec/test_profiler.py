@@ -6,7 +6,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from exec.config import ASSETS_PAIR  # noqa: E402
-from exec.profiler import QUICK_GRID, live_config_for, profile, step_rows  # noqa: E402
+from exec.pairs import pair_config  # noqa: E402
+from exec.profiler import QUICK_GRID, profile, step_rows  # noqa: E402
 from sim.models.fitted_cost import fit_profile_table  # noqa: E402
 from profiles import PROFILE_COLUMNS, load_profile, save_profile  # noqa: E402
 
@@ -20,7 +21,7 @@ def _pair(tmp_path_factory):
 
 @pytest.mark.live
 def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
-    cfg = live_config_for(_pair(tmp_path_factory), max_num_seqs=4)
+    cfg = pair_config(str(_pair(tmp_path_factory)), max_num_seqs=4)
     df = profile(cfg, ((1, 2), (16,), 4, (0, 2)), hardware="test-hw")
     path = save_profile(df, tmp_path / "p.csv")
     back = load_profile(path)
