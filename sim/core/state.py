@@ -16,6 +16,13 @@ from policies.interface import Observation
 PENDING, WAITING, RUNNING, FINISHED, FAILED = 0, 1, 2, 3, 4
 
 
+def accept_ewma_next(old, rate, alpha):
+    """A request's acceptance-rate EWMA after a step that verified drafts at ``rate``; the
+    first step sets it (``old`` nan). One scalar rule: the compiled kernels jit it; the numpy
+    paths apply it array-wise (step_end) or over a whole epoch in closed form (sim/fast/epoch)."""
+    return rate if old != old else alpha * rate + (1 - alpha) * old
+
+
 class RequestArrays(NamedTuple):
     """The request table's columns a compiled kernel reads and writes in place (views)."""
 

@@ -14,12 +14,12 @@ sim/fast/epoch_compiled.py feeds it from the engine and records its steps.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 
 from sim.core.state import FINISHED
+from sim.core.state import accept_ewma_next as _ewma_next   # jitted below
 from sim.models.cost import roofline_s as _roofline_s   # jitted below, as the kernels call it
 
 try:
@@ -150,7 +150,7 @@ def _epoch(u, kmax, rate, run, k, num_steps, free_blocks, used0, block_size, now
             ew = accept_ewma[row]
             for s in range(S):
                 x = acc[s, i] / k[i]
-                ew = x if math.isnan(ew) else alpha * x + (1 - alpha) * ew
+                ew = _ewma_next(ew, x, alpha)
             accept_ewma[row] = ew
         if left[i] == 0:
             num_fin += 1
@@ -168,6 +168,7 @@ def _epoch(u, kmax, rate, run, k, num_steps, free_blocks, used0, block_size, now
 
 if numba is not None:
     _roofline_s = numba.njit(cache=True)(_roofline_s)
+    _ewma_next = numba.njit(cache=True)(_ewma_next)
     _loop_sum = numba.njit(cache=True)(_loop_sum)
     _numpy_sum = numba.njit(cache=True)(_numpy_sum)
     EPOCH_KERNEL = numba.njit(cache=True)(_epoch)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from sim.fast.epoch_kernel import _loop_sum, _numpy_sum, _roofline_s, numba
+from sim.fast.epoch_kernel import _ewma_next, _loop_sum, _numpy_sum, _roofline_s, numba
 
 
 def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
@@ -144,8 +144,7 @@ def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_b
             num_accepted[row] += acc[i]
             if fit[i] > 0:
                 x = acc[i] / fit[i]
-                old = accept_ewma[row]
-                accept_ewma[row] = x if math.isnan(old) else alpha * x + (1 - alpha) * old
+                accept_ewma[row] = _ewma_next(accept_ewma[row], x, alpha)
         if e == left:
             fin[num_fin] = row
             num_fin += 1
