@@ -144,10 +144,11 @@ def step_us(policy, batch: Batch) -> float:
     conf = np.where(pos < drafted[:, None], conf_all, np.nan)
     verified = drafted
     if policy.custom_verify or decision.verify_token_budget is not None:
+        state = DraftState(obs, decision, drafted, conf, 1e-3)
         t0 = time.perf_counter()
-        verified = np.minimum(np.asarray(policy.select_verify(
-            DraftState(obs, decision, drafted, conf, 1e-3)), np.int64), drafted)
+        answer = policy.select_verify(state)
         spent += time.perf_counter() - t0
+        verified = np.minimum(np.asarray(answer, np.int64), drafted)
     match = obs.future_match_lens
     accepted = np.minimum(verified, match)
     step_s = 0.02 + 1e-4 * float(verified.sum())

@@ -30,17 +30,18 @@ def uniform_step_s(obs: Observation, ks) -> tuple[np.ndarray, np.ndarray]:
     ctx = float(obs.context_lens.sum())
     kmax = int(ks.max(initial=0))
     if kmax > 0:
-        j = np.arange(1, kmax + 1)
-        per_pass = np.broadcast_to(
-            np.asarray(obs.cost.draft_step_s(n, n, ctx + (j - 1) * n), float), j.shape)
-        cum = np.concatenate([[0.0], np.cumsum(per_pass)])
+        j = np.arange(kmax, dtype=np.int64)          # pass j + 1 attends to ctx + j n
+        per_pass = np.asarray(obs.cost.draft_step_s(n, n, ctx + j * n), float)
+        cum = np.zeros(kmax + 1)
+        np.cumsum(np.broadcast_to(per_pass, j.shape) if per_pass.ndim == 0 else per_pass,
+                  out=cum[1:])
         draft = cum[ks]
     else:
         draft = np.zeros(ks.shape)
-    verify = obs.cost.target_step_s(
+    verify = np.asarray(obs.cost.target_step_s(
         obs.num_prefill_tokens + n * (ks + 1), _target_seqs(obs),
-        obs.sum_prefill_context_tokens + (ks + 1) * ctx + n * ks * (ks + 1) / 2)
-    return draft, np.broadcast_to(np.asarray(verify, float), ks.shape).astype(float)
+        obs.sum_prefill_context_tokens + (ks + 1) * ctx + n * ks * (ks + 1) / 2), float)
+    return draft, (np.full(ks.shape, float(verify)) if verify.ndim == 0 else verify.copy())
 
 
 def draft_passes_s(obs: Observation, k: np.ndarray) -> float:

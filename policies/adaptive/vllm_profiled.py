@@ -100,7 +100,11 @@ class VllmAdaptiveVerify(Policy):
         valid = pos < drafted[:, None]
         score = np.where(valid, cum, -np.inf).ravel()
         ctx = (obs.context_lens[:, None] + pos + 1).astype(float).ravel()
-        order = np.lexsort((np.tile(np.arange(K), n), -score))[:int(valid.sum())]
+        # slots by score, ties by position then request (a lexsort's order, one stable sort
+        # of the position-major scores)
+        by_pos = np.argsort(-score.reshape(n, K).T.ravel(), kind="stable")[:int(valid.sum())]
+        pos_of, req_of = np.divmod(by_pos, n)
+        order = req_of * K + pos_of
         cum_f = np.concatenate([[0.0], np.cumsum(score[order])])
         cum_ctx = np.concatenate([[0.0], np.cumsum(ctx[order])])
         b = np.arange(cum_f.size)
