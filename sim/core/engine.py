@@ -5,8 +5,9 @@ length m (sim/models/acceptance.py), ``policy.decide``, fit the draft tokens int
 draft passes with ``policy.continue_drafting`` after each, ``policy.select_verify``, one target
 verify pass, ``num_accepted = min(k, m)``, emit ``num_accepted + 1`` tokens per decoding
 request (capped by the trace's output length; all tokens of a step carry the step's end
-time), ``policy.observe``. All per-step work is numpy over the batch (struct of arrays);
-with compiled epochs on, a static policy's steps run compiled (sim/fast/step_compiled.py).
+time), ``policy.observe``. All per-step work is numpy over the batch (struct of arrays).
+This is the reference path; ``sim/fast`` may advance the engine faster where it applies
+(``self.fast``, chosen once here), and declines otherwise.
 """
 from __future__ import annotations
 
@@ -16,18 +17,17 @@ import simpy
 from policies.interface import DraftState, Policy
 from sim.models.acceptance import ParametricAcceptance, make_acceptance_model
 from sim.models.cost import make_cost_model
-from sim.fast.epoch import epoch_eligible, run_epoch
 from sim.core.kv_cache import admission_errors, derive_num_kv_blocks
 from sim.core.live_mirror import DRAFT_PASS_MODES, drafter_window_full, vllm_draft_s
 from sim.core.results import StepRecorder
 from sim.core.scheduler import Scheduler
 from sim.core.small_arrays import iall, iany, imin_imax, isum
 from sim.core.state import WAITING, RequestTable
-from sim.fast.epoch_compiled import kernel_inputs
-from sim.fast.step_compiled import compiled_plan, compiled_step, step_kernels
 from sim.core.step_end import PendingStep, end_step
-from sim.core.step_plan import (checked_decision, draft_pass_costs, ensure_confidences,
-                            prefill_context, uniform_chain_draft_s, verify_context)
+from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
+                                ensure_confidences, prefill_context, uniform_chain_draft_s,
+                                verify_context)
+from sim.fast import fast_path
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -79,9 +79,7 @@ class Engine:
         self.epoch_ready = False                    # True while only epochs have run
         self.rejected = admission_errors(self.reqs, eng, self.sched.num_kv_blocks)
         self.pending: PendingStep | None = None        # a begun step, applied at its end
-        # compiled epochs and steps (opt-in, sim/fast/), or None: decided once, here
-        self.kernel_inputs = kernel_inputs(self) if self._epochs else None
-        self.step_kernels = step_kernels(self)
+        self.fast = fast_path(self)    # epochs and compiled steps (sim/fast/), or None
 
     # ---- simpy processes -------------------------------------------------------------------
     def arrivals(self, env: simpy.Environment):
@@ -114,21 +112,24 @@ class Engine:
                 self._idle = env.event()     # idle: jump to the next arrival
                 yield self._idle
                 continue
-            if epoch_eligible(self):
-                latency = run_epoch(self, env.now)
-                if latency is not None:
-                    yield env.timeout(latency)
-                    continue
-            latency = self._begin_step(env.now)
+            latency = self.fast.advance(env.now) if self.fast is not None else None
+            if latency is None:                       # (None: the fast path declined)
+                latency = self._begin_step(env.now)
             yield env.timeout(latency)
             self._end_step(env.now)
 
-    # ---- one step --------------------------------------------------------------------------
+    # ---- one step: plan -> decide -> run -------------------------------------------------
     def _begin_step(self, now: float) -> float:
-        r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
+        """The reference step; returns its latency (its end is applied by ``_end_step``)."""
         self.epoch_ready = False
-        fast = self.step_kernels is not None      # compiled plan and step (opt-in)
-        rows, tokens, is_dec = compiled_plan(self) if fast else sched.plan_base()
+        return self.run_decided(now, self.decide_step(now, self.sched.plan_base(), True))
+
+    def decide_step(self, now: float, plan, draw_first: bool) -> DecidedStep:
+        """The policy's decision on a planned batch ``(rows, tokens, is_decode)``.
+        ``draw_first``: draw the match lengths before deciding (an oracle reads them); a
+        static policy's compiled step takes them after, from the same pool, same order."""
+        r, sched, kmax = self.reqs, self.sched, self.k_max
+        rows, tokens, is_dec = plan
         if rows.shape[0] == 0:
             raise RuntimeError(f"engine stalled at t={now:.6f}s: {sched.running.shape[0]} "
                                f"running, {len(sched.waiting)} waiting, nothing schedulable")
@@ -139,10 +140,9 @@ class Engine:
             dec, pre, pre_tok = rows[is_dec], rows[~is_dec], tokens[~is_dec]
             n_pre_tok = isum(pre_tok)
             pre_ctx = prefill_context(r.num_computed[pre], pre_tok)
-        n = dec.shape[0]
         ctx = r.num_computed[dec]                        # KV entries before this step
         out = r.num_out[dec]
-        draw = None if fast else self._draw(dec, out)   # fast: after the decision, same order
+        draw = self._draw(dec, out) if draw_first else None
         waiting = sched.waiting
         obs = r.observation(
             dec, ctx, out, now, self.step_index, kmax, self.cost, num_waiting=len(waiting),
@@ -150,12 +150,17 @@ class Engine:
             num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx,
             future_match_lens=draw.match_len if self.policy.needs_oracle else None)
         decision = self.policy.decide(obs)
-        k, widths = checked_decision(decision, n, self.k_max, self.policy.name)
-        if fast:
-            if (widths is None and decision.draft_stop_confidence <= 0.0
-                    and decision.verify_token_budget is None):
-                return compiled_step(self, now, rows, dec, pre, pre_tok, k, n_pre_tok,
-                                     pre_ctx, len(waiting), obs.request_ids)
+        k, widths = checked_decision(decision, dec.shape[0], kmax, self.policy.name)
+        return DecidedStep(rows, tokens, dec, pre, pre_tok, n_pre_tok, pre_ctx, ctx, out,
+                           len(waiting), obs, decision, k, widths, draw)
+
+    def run_decided(self, now: float, step: DecidedStep) -> float:
+        """Fit, draft, verify a decided step; returns its latency and leaves ``pending``."""
+        r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
+        (rows, tokens, dec, pre, pre_tok, n_pre_tok, pre_ctx, ctx, out, num_waiting, obs,
+         decision, k, widths, draw) = step
+        n = dec.shape[0]
+        if draw is None:
             draw = self._draw(dec, out)
         draw = ensure_confidences(self.acc, draw, dec, decision, widths)
         spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
@@ -200,7 +205,7 @@ class Engine:
             draft_s = 0.0 if no_drafter else vllm_draft_s(
                 self.cost, n_tok, int(rows.shape[0]), verify_ctx, self._vllm_max_k, draft_ctx)
         self.pending = PendingStep(now, rows, dec, pre, pre_tok, num_spec, accepted, conf,
-                                   draft_s, verify_s, len(waiting), n_pre_tok, n_spec, ctx,
+                                   draft_s, verify_s, num_waiting, n_pre_tok, n_spec, ctx,
                                    out, obs.request_ids)
         return draft_s + verify_s
 
@@ -240,5 +245,6 @@ class Engine:
         return drafted, conf, draft_s
 
     def _end_step(self, end: float) -> None:
-        if self.pending is not None:      # (None: a compiled step applied it already)
+        if self.pending is not None:      # (None: an epoch or a compiled step applied it)
             end_step(self, end)           # sim/core/step_end.py
+            self.pending = None

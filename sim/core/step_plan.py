@@ -1,4 +1,5 @@
-"""Token and attention-context counts of a step's forward passes (inputs of the cost model).
+"""A step between its decision and its run (``DecidedStep``), and the token and
+attention-context counts of its forward passes (inputs of the cost model).
 
 ``sum_context_tokens`` of a pass is the sum over its tokens of the KV entries each attends to
 (policies.interface.CostModel), including the token itself.
@@ -6,11 +7,33 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
-from policies.interface import checked_num_spec_tokens
+from policies.interface import Decision, Observation, checked_num_spec_tokens
 from sim.core.small_arrays import SMALL, imin_imax, isum
+
+
+class DecidedStep(NamedTuple):
+    """A planned batch and the policy's decision on it (Engine.decide_step), before the
+    drafts are fitted, drafted and verified (Engine.run_decided or a compiled step)."""
+
+    rows: np.ndarray             # int (m,) every scheduled row
+    tokens: np.ndarray           # int (m,) tokens each is scheduled (1 for a decode)
+    dec: np.ndarray              # int (n,) decoding rows
+    pre: np.ndarray              # int (p,) prefilling rows
+    pre_tok: np.ndarray          # int (p,) their chunk lengths
+    num_prefill_tokens: int
+    prefill_context: int         # attention context of the prefill chunks
+    ctx: np.ndarray              # int (n,) KV entries before the step
+    out: np.ndarray              # int (n,) output tokens before the step
+    num_waiting: int
+    obs: Observation
+    decision: Decision
+    k: np.ndarray                # int (n,) checked num_spec_tokens
+    widths: np.ndarray | None    # int (n, k_max) tree widths, None for chains
+    draw: object                 # the step's match-length draw (None: not drawn yet)
 
 
 def prefill_context(computed: np.ndarray, chunk: np.ndarray) -> int:

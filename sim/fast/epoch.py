@@ -37,12 +37,13 @@ def epoch_eligible(engine) -> bool:
     return iall(r.num_known[run] - r.num_computed[run] == 1) and iall(r.num_out[run] > 0)
 
 
-def run_epoch(engine, now: float):
+def run_epoch(engine, now: float, kernel_inputs=None):
     """Simulate the epoch starting at ``now``; returns its total latency, or None (nothing
     changed) when its first step needs the per-step path (KV or token budget would bind, or
-    the decision is not a plain chain). Compiled epochs chain (sim/fast/epoch_compiled.py)."""
-    if engine.kernel_inputs is not None:
-        return run_kernel_epochs(engine, now, _decide, engine.kernel_inputs)
+    the decision is not a plain chain). With ``kernel_inputs`` compiled epochs run and chain
+    (sim/fast/epoch_compiled.py); without, numpy epochs."""
+    if kernel_inputs is not None:
+        return run_kernel_epochs(engine, now, _decide, kernel_inputs)
     return _numpy_epoch(engine, now)
 
 

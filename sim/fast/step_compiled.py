@@ -25,26 +25,26 @@ class StepKernels(NamedTuple):
     plan: Callable               # sim/fast/plan_kernel.py's PLAN_KERNEL (Scheduler.plan_base)
 
 
-def step_kernels(engine) -> StepKernels | None:
+def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
     """The compiled step and plan kernels when they apply to ``engine`` (its epochs run
-    compiled and no step's confidences are read), else None; the engine asks once."""
-    if engine.kernel_inputs is None or not (engine._epochs and engine._conf_unused):
+    compiled and no step's confidences are read), else None."""
+    if inputs is None or not (engine._epochs and engine._conf_unused):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import STEP_KERNEL
     if STEP_KERNEL is None:
         return None
-    return StepKernels(engine.kernel_inputs, STEP_KERNEL, PLAN_KERNEL)
+    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL)
 
 
-def compiled_plan(engine):
+def compiled_plan(engine, kernels: StepKernels):
     """``Scheduler.plan_base`` through sim/fast/plan_kernel.py; the Python plan when running
     requests must be preempted (the kernel then wrote nothing)."""
     sched, r, cfg = engine.sched, engine.reqs, engine.config.engine
     run, waiting = sched.running, sched.waiting
     m = min(len(waiting), cfg.max_num_seqs - run.shape[0])
     head = np.array(list(islice(waiting, m)) if m > 0 else [], np.int64)
-    fits, rows, tokens, is_dec, admitted, free_blocks = engine.step_kernels.plan(
+    fits, rows, tokens, is_dec, admitted, free_blocks = kernels.plan(
         run, head, cfg.max_num_batched_tokens, cfg.max_num_seqs, bool(cfg.chunked_prefill),
         sched.free_blocks, cfg.block_size, RUNNING, r.num_computed, r.num_known,
         r.num_blocks, r.num_prompt, r.status)
@@ -58,21 +58,21 @@ def compiled_plan(engine):
     return rows, tokens, is_dec
 
 
-def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int,
-                  pre_ctx: int, num_waiting: int, ids) -> float:
-    """The rest of a step whose decision is a plain chain ``k`` (after ``decide``), applied
-    now; returns its latency (the engine then skips ``_end_step``)."""
+def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
+    """The rest of a decided step (sim/core/step_plan.DecidedStep) whose decision is a plain
+    chain, applied now; returns its latency and leaves no pending step to end."""
     r, sched, acc, eng = engine.reqs, engine.sched, engine.acc, engine.config.engine
-    kernel = engine.step_kernels.step
+    rows, dec, pre, pre_tok, k = step.rows, step.dec, step.pre, step.pre_tok, step.k
+    n_pre_tok, pre_ctx, ids = step.num_prefill_tokens, step.prefill_context, step.obs.request_ids
     n, kmax = dec.shape[0], acc.k_max
     u = acc._u.take(n * kmax)             # the draws ParametricAcceptance.draw would take
     if not pre.shape[0]:
         pre = pre_tok = np.zeros(0, np.int64)   # (writable: one compiled signature)
-    floats, ints, num_spec, accepted, fin = kernel(      # bundles spread, as for epochs
+    floats, ints, num_spec, accepted, fin = kernels.step(   # bundles spread, as for epochs
         u, kmax, acc.rate, dec, k, pre, pre_tok, eng.max_num_batched_tokens - n_pre_tok - n,
         eng.max_num_batched_tokens, sched.free_blocks, eng.block_size, n_pre_tok, pre_ctx,
         rows.shape[0], float(now), float(eng.accept_ewma_alpha), FINISHED,
-        *engine.step_kernels.inputs, *r.arrays)
+        *kernels.inputs, *r.arrays)
     draft_s, verify_s, _ = floats.tolist()
     n_spec, n_acc, n_emit, free_blocks, bad = ints.tolist()
     sched.free_blocks = free_blocks
@@ -83,7 +83,7 @@ def compiled_step(engine, now: float, rows, dec, pre, pre_tok, k, n_pre_tok: int
         sched.release(fin)
     engine.rec.add((engine.step_index, now, draft_s + verify_s, draft_s, verify_s,
                     rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
-                    n_emit, num_waiting, kv_used), (num_spec, accepted, ids))
+                    n_emit, step.num_waiting, kv_used), (num_spec, accepted, ids))
     engine.step_index += 1
     engine.pending = None
     return draft_s + verify_s

@@ -9,6 +9,7 @@ import pytest
 import simpy
 
 import sim.core.engine
+import sim.fast
 import sim.fast.epoch_kernel as ek
 from policies import make_policy
 from policies.interface import Decision, Policy
@@ -52,13 +53,14 @@ def test_numpy_fallback_still_matches_the_per_step_path(case, monkeypatch):
 @needs_numba
 def test_kernel_runs_chains_epochs_and_keeps_the_step_ewma_exactly(monkeypatch):
     calls = []
-    real = sim.core.engine.run_epoch
-    monkeypatch.setattr(sim.core.engine, "run_epoch", lambda e, now: calls.append(now) or real(e, now))
+    real = sim.fast.run_epoch
+    monkeypatch.setattr(sim.fast, "run_epoch",
+                        lambda e, now, inputs=None: calls.append(now) or real(e, now, inputs))
     trace = poisson_trace(n=200, rate=8.0, out_med=120)
     cfg = config(seed=5, acceptance=AcceptanceConfig(position_decay=0.85))
     fast = _engine(trace, make_policy("fixed", k=5), cfg)
     slow = _engine(trace, make_policy("fixed", k=5), cfg, multi_step=False)
-    assert fast.kernel_inputs is not None and slow.kernel_inputs is None
+    assert fast.fast.kernel_inputs is not None and slow.fast is None
     assert fast.num_epochs > len(calls) > 0          # some engine calls ran several epochs
     assert fast.num_epoch_steps > 0.5 * fast.step_index
     r, q = fast.reqs, slow.reqs
@@ -85,7 +87,7 @@ def test_cost_model_without_scalar_coefficients_uses_the_numpy_epochs():
     trace = poisson_trace(n=100, rate=20.0)
     cost = ConstantCostModel(0.02, 0.001)
     eng = _engine(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
-    assert eng.kernel_inputs is None and eng.num_epochs > 0
+    assert eng.fast.kernel_inputs is None and eng.num_epochs > 0
     fast = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost)
     slow = simulate_with(trace, make_policy("fixed", k=3), config(seed=1), cost_model=cost,
                          multi_step=False)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = r'''
 import dataclasses
 import numpy as np
-import sim.core.engine, sim.fast.plan_kernel as pk, sim.fast.step_kernel as sk
+import sim.core.engine, sim.fast, sim.fast.plan_kernel as pk, sim.fast.step_kernel as sk
 from policies import make_policy
 from sim import simulate_with
 from sim.core.config import AcceptanceConfig
@@ -22,7 +22,7 @@ from tests.sim.helpers import config, poisson_trace
 if sk.STEP_KERNEL is None:
     print("SKIP numba is not importable"); raise SystemExit(0)
 calls = {"steps": 0, "trimmed": 0, "prefill": 0, "plans": 0, "preempting": 0, "admitted": 0}
-kernel, step, plan = sk.STEP_KERNEL, sim.core.engine.compiled_step, pk.PLAN_KERNEL
+kernel, step, plan = sk.STEP_KERNEL, sim.fast.compiled_step, pk.PLAN_KERNEL
 
 def counting_plan(*args):
     got = plan(*args)
@@ -33,16 +33,16 @@ def counting_plan(*args):
 
 def counting_kernel(*args):
     got = kernel(*args)
-    calls["trimmed"] += int(not np.array_equal(got[2], args[5]))   # fit < decided k
-    calls["prefill"] += int(args[6].shape[0] > 0)
+    calls["trimmed"] += int(not np.array_equal(got[2], args[4]))   # fit < decided k
+    calls["prefill"] += int(args[5].shape[0] > 0)
     return got
 
 def counting_step(*args, **kw):
     calls["steps"] += 1
     return step(*args, **kw)
 
-sk.STEP_KERNEL, sim.core.engine.compiled_step, pk.PLAN_KERNEL = (counting_kernel, counting_step,
-                                                             counting_plan)
+sk.STEP_KERNEL, sim.fast.compiled_step, pk.PLAN_KERNEL = (counting_kernel, counting_step,
+                                                      counting_plan)
 decay = AcceptanceConfig(position_decay=0.9)
 cases = {
     "fixed-tight": (lambda: make_policy("fixed", k=4), poisson_trace(n=300, rate=40.0),
@@ -95,7 +95,7 @@ def test_default_engine_does_not_take_the_compiled_step():
     code = ("import sys; from sim.core.engine import Engine; from sim.core.config import SimConfig; "
             "from policies import make_policy; from traces.embedded import embedded_trace; "
             "e = Engine(embedded_trace(num_requests=20, seed=0), make_policy('fixed', k=3), "
-            "SimConfig()); print(e.step_kernels is None, 'numba' in sys.modules)")
+            "SimConfig()); print(e.fast is None or e.fast.step_kernels is None, 'numba' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
