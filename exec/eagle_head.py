@@ -2,9 +2,13 @@
 for rebuilding its drafts offline (exec/train_eagle.py, exec/match_lengths.py):
 ``fc(cat(embed(x_{t+1}), f_t))`` into one Llama decoder layer without input norm, whose
 output is both the next feature and, through the target's shared LM head, the draft logits.
+``heldout_acceptance`` measures an exported head as exec.bench does, offline.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -108,3 +112,30 @@ class EagleHead(torch.nn.Module):
             sd[f"layers.0.mlp.{name}.weight"] = getattr(self, name).weight
         sd["layers.0.post_attention_layernorm.weight"] = self.post_norm
         return {k: v.detach().float().contiguous().clone() for k, v in sd.items()}
+
+
+@torch.no_grad()
+def heldout_acceptance(target, tok, head_dir: Path, num_prompts: int = 24, k: int = 4,
+                       new_tokens: int = 64, prompt_tokens: int = 128) -> dict:
+    """Accepted length (accepted + bonus) at speculative length ``k`` along greedy speculative
+    decodes of the held-out prompts, as ``exec.bench --pair smollm2_135m`` measures it live:
+    the last ``prompt_tokens`` tokens of each held-out file's prompt text, ``new_tokens``
+    greedy tokens, the chain rebuilt offline (exec/match_lengths.py)."""
+    from exec.config import ASSETS_PAIR
+    from exec.match_lengths import eagle_acceptance_traces
+    from exec.pair_acceptance import greedy_continuation, walk_accepted
+    from exec.prompts import load_prompt_texts
+
+    texts = load_prompt_texts(ASSETS_PAIR / "prompts.jsonl")[:num_prompts]
+    outputs = []
+    for i, text in enumerate(texts):
+        x = tok.encode(text, add_special_tokens=False)[-prompt_tokens:]
+        outputs.append({"request_id": i, "prompt_token_ids": x,
+                        "output_token_ids": greedy_continuation(target, x, new_tokens)})
+    traces = eagle_acceptance_traces(str(Path(target.name_or_path)), str(head_dir), outputs, k)
+    walk = []
+    for _, rows in traces.groupby("request_id"):
+        # the prefill step emits output token 0; speculation starts at output position 1
+        walk.extend(walk_accepted(rows["match_len"].to_numpy()[1:], k))
+    return {"k": k, "num_prompts": len(texts), "new_tokens": new_tokens,
+            "mean_accepted_len_walk": round(float(np.mean(walk)), 4), "num_steps": len(walk)}

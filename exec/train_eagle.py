@@ -35,10 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from exec.eagle_head import EagleHead
-from exec.train_pair import corpus_files, read_text, split_files
+from exec.eagle_head import EagleHead, heldout_acceptance
+from exec.eagle_data import TOP_K, generate_data, load_data, teacher_forced_data
 
-TOP_K = 8
 
 
 @dataclass(frozen=True)
@@ -65,94 +64,6 @@ class EagleTrainConfig:
     # share of each batch drawn from the greedy continuations (what the head meets live);
     # None: uniform over all sequences
     greedy_share: float | None = None
-
-
-# -- stage 1: data ---------------------------------------------------------------------------
-def cut_train_prompts(tok, cfg: EagleTrainConfig, rng: np.random.Generator) -> list[list[int]]:
-    """Whole-line code prompts from the training (not held-out) stdlib files."""
-    train_files, _ = split_files(corpus_files())
-    files = [read_text(f).splitlines(keepends=True) for f in train_files]
-    files = [lines for lines in files if len(lines) > 40]
-    out = []
-    while len(out) < cfg.num_sequences:
-        lines = files[int(rng.integers(len(files)))]
-        start = int(rng.integers(len(lines) - 20))
-        want = int(rng.integers(cfg.min_prompt_tokens, cfg.max_prompt_tokens + 1))
-        ids = tok.encode("".join(lines[start:start + 60]), add_special_tokens=False)[:want]
-        if len(ids) >= cfg.min_prompt_tokens:
-            out.append(ids)
-    return out
-
-
-@torch.no_grad()
-def generate_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
-    """Greedy continuations + final hidden states + teacher top-k, one file per batch."""
-    rng = np.random.default_rng(cfg.seed)
-    prompts = cut_train_prompts(tok, cfg, rng)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for b in range(0, len(prompts), cfg.gen_batch):
-        path = work / f"data_{b // cfg.gen_batch:04d}.pt"
-        if path.exists():
-            continue
-        t0 = time.perf_counter()
-        batch = prompts[b:b + cfg.gen_batch]
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in batch])[:, None]).long()
-        out = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.new_tokens,
-                              min_new_tokens=cfg.new_tokens, do_sample=False, pad_token_id=pad)
-        full_mask = torch.cat([mask, torch.ones(len(batch), cfg.new_tokens, dtype=torch.long)], 1)
-        positions = (full_mask.cumsum(1) - 1).clamp(min=0)
-        hidden = target.model(input_ids=out, attention_mask=full_mask,
-                              position_ids=positions).last_hidden_state
-        top = target.lm_head(hidden).topk(TOP_K, dim=-1).indices
-        seqs = []
-        for i, p in enumerate(batch):
-            s = width - len(p)
-            seqs.append({"ids": out[i, s:].clone(), "hidden": hidden[i, s:].half().clone(),
-                         "top": top[i, s:].int().clone(), "num_prompt": len(p)})
-        tmp = path.with_suffix(".tmp")
-        torch.save(seqs, tmp)
-        tmp.rename(path)
-        print(f"data batch {b // cfg.gen_batch}: {len(batch)} seqs x {out.shape[1] - width} new "
-              f"tokens in {time.perf_counter() - t0:.0f} s", flush=True)
-
-
-@torch.no_grad()
-def teacher_forced_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
-    """Final hidden states and teacher top-k over training-file code itself (3x cheaper per
-    token on CPU than greedy generation; the draft meets real-code prompts live too)."""
-    rng = np.random.default_rng(cfg.seed + 7)
-    train_files, _ = split_files(corpus_files())
-    stream = []
-    for f in train_files:
-        stream.extend(tok.encode(read_text(f), add_special_tokens=False))
-    stream = np.asarray(stream)
-    starts = rng.integers(0, len(stream) - cfg.chunk_tokens, cfg.num_chunks)
-    for b in range(0, cfg.num_chunks, cfg.chunk_batch):
-        path = work / f"data_tf_{b // cfg.chunk_batch:04d}.pt"
-        if path.exists():
-            continue
-        t0 = time.perf_counter()
-        ids = torch.from_numpy(np.stack([stream[s:s + cfg.chunk_tokens]
-                                         for s in starts[b:b + cfg.chunk_batch]])).long()
-        hidden = target.model(input_ids=ids).last_hidden_state
-        top = target.lm_head(hidden).topk(TOP_K, dim=-1).indices
-        seqs = [{"ids": ids[i].clone(), "hidden": hidden[i].half().clone(),
-                 "top": top[i].int().clone(), "num_prompt": ids.shape[1]}
-                for i in range(ids.shape[0])]
-        tmp = path.with_suffix(".tmp")
-        torch.save(seqs, tmp)
-        tmp.rename(path)
-        print(f"teacher batch {b // cfg.chunk_batch}: {ids.numel()} tokens in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
-
-
-def load_data(work: Path) -> list[dict]:
-    seqs = []
-    for path in sorted(work.glob("data_*.pt")):
-        seqs.extend(torch.load(path))
-    return seqs
 
 
 # -- stage 2: training -----------------------------------------------------------------------
@@ -260,34 +171,6 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
                         "step": step}, tmp)
             tmp.rename(ckpt)
     return log
-
-
-# -- held-out acceptance ---------------------------------------------------------------------
-@torch.no_grad()
-def heldout_acceptance(target, tok, head_dir: Path, num_prompts: int = 24, k: int = 4,
-                       new_tokens: int = 64, prompt_tokens: int = 128) -> dict:
-    """Accepted length (accepted + bonus) at speculative length ``k`` along greedy speculative
-    decodes of the held-out prompts, as ``exec.bench --pair smollm2_135m`` measures it live:
-    the last ``prompt_tokens`` tokens of each held-out file's prompt text, ``new_tokens``
-    greedy tokens, the chain rebuilt offline (exec/match_lengths.py)."""
-    from exec.config import ASSETS_PAIR
-    from exec.match_lengths import eagle_acceptance_traces
-    from exec.pair_acceptance import greedy_continuation, walk_accepted
-    from exec.prompts import load_prompt_texts
-
-    texts = load_prompt_texts(ASSETS_PAIR / "prompts.jsonl")[:num_prompts]
-    outputs = []
-    for i, text in enumerate(texts):
-        x = tok.encode(text, add_special_tokens=False)[-prompt_tokens:]
-        outputs.append({"request_id": i, "prompt_token_ids": x,
-                        "output_token_ids": greedy_continuation(target, x, new_tokens)})
-    traces = eagle_acceptance_traces(str(Path(target.name_or_path)), str(head_dir), outputs, k)
-    walk = []
-    for _, rows in traces.groupby("request_id"):
-        # the prefill step emits output token 0; speculation starts at output position 1
-        walk.extend(walk_accepted(rows["match_len"].to_numpy()[1:], k))
-    return {"k": k, "num_prompts": len(texts), "new_tokens": new_tokens,
-            "mean_accepted_len_walk": round(float(np.mean(walk)), 4), "num_steps": len(walk)}
 
 
 # -- stage 3: export -------------------------------------------------------------------------

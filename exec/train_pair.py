@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from exec.corpus import corpus_files, read_text, split_files
+
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"  # ids 0, 1, 2
-HELD_OUT_EVERY = 8  # every 8th sorted stdlib file (index % 8 == 3) is held out for evaluation
 
 
 @dataclass(frozen=True)
@@ -58,25 +59,6 @@ class TrainConfig:
     min_prompt_tokens: int = 64
     max_prompt_tokens: int = 256
     eval_chunks: int = 24  # held-out seq_len-token chunks for the held-out loss
-
-
-def corpus_files() -> list[Path]:
-    """Top-level stdlib sources, sorted so every machine with the same Python picks the same."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in stdlib.glob("*.py") if p.is_file())
-    if len(files) < 2 * HELD_OUT_EVERY:
-        raise RuntimeError(f"too few stdlib .py files under {stdlib}: {len(files)}")
-    return files
-
-
-def split_files(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    held = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY == 3]
-    train = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY != 3]
-    return train, held
-
-
-def read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

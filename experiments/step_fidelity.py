@@ -22,7 +22,7 @@ MIN_SHAPE_STEPS = 5
 def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
     """Per live step: live and predicted seconds of the target phase, draft phase and whole
     step. ``speculative``: the engine had a drafter (plain vLLM has no draft phase)."""
-    from exec.profiler import step_gaps_s
+    from exec.profile_rows import step_gaps_s
     from sim.core.live_mirror import vllm_draft_s_of_sums
 
     gap = step_gaps_s(steps)

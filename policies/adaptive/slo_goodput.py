@@ -1,34 +1,17 @@
 """slo_goodput: our SLO-first, goodput-driven, queue-aware per-request speculation policy."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.request_state import AcceptanceTracker
-from policies.adaptive.slo_goodput_plan import (best_verified_prefixes, draft_prefix_s,
-                                                neutral_prefill_value, plan_widths)
+from policies.adaptive.slo_goodput_plan import (StepPlan, best_verified_prefixes,
+                                                draft_prefix_s, neutral_prefill_value,
+                                                plan_widths)
 from policies.adaptive.step_cost import same_step, uniform_step_s
 from policies.interface import (Decision, DraftState, Feedback, Observation, Policy,
                                 cumulative_confidence)
 from policies.registry import register
-
-
-@dataclass
-class _Plan:
-    obs: Observation
-    base_k: np.ndarray       # planned lengths before the extension
-    weight: np.ndarray       # SLO weight per request
-    accept: np.ndarray       # per-token acceptance estimate per request
-    marginal: float          # value of the last planned slot (the shadow price of a slot)
-    prefill_value: float     # w_p
-    widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
-
-    @property
-    def width(self) -> int:
-        """The widest tree in the plan (1: all chains)."""
-        return int(self.widths.max(initial=1))
 
 
 @register("slo_goodput")
@@ -157,7 +140,7 @@ class SloGoodput(Policy):
             raise ValueError("slo_goodput: tree_pass_targets must be in (0, 1), "
                              f"got {self.tree_pass_targets}")
         self.t_step_s: float | None = None
-        self._plan: _Plan | None = None
+        self._plan: StepPlan | None = None
 
     @property
     def planned_k(self) -> np.ndarray | None:
@@ -213,7 +196,7 @@ class SloGoodput(Policy):
                     and not ((plan.depth == 0) & (chain.depth > 0)).any()):
                 best = plan
         base = best.depth
-        self._plan = _Plan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
+        self._plan = StepPlan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
                            marginal=best.marginal, prefill_value=prefill_value,
                            widths=best.widths)
         extend = self.extend_positions if best.width == 1 else self.tree_extend_positions
@@ -234,7 +217,7 @@ class SloGoodput(Policy):
         value = self.queue_weight * (1 + obs.oldest_waiting_s / self.ttft_ref_s)
         return value + (neutral_prefill_value(obs) if self.prefill_neutral else 0.0)
 
-    def survival(self, plan: _Plan, confidences: np.ndarray) -> np.ndarray:
+    def survival(self, plan: StepPlan, confidences: np.ndarray) -> np.ndarray:
         """(n, K) chance that drafts 1..j of each request all pass: with ``calibrate`` the
         product of calibrated posteriors (``ConfidenceCalibrator``), else the geometric blend
         of raw cumulative confidence and a_i^j (weight ``confidence_weight``)."""

@@ -165,3 +165,21 @@ def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndar
     keep = np.zeros(n * K, bool)
     keep[order[:int(np.argmax(rate))]] = True
     return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
+
+
+@dataclass
+class StepPlan:
+    """What decide() planned for a step, read again by the step's later hooks."""
+
+    obs: Observation
+    base_k: np.ndarray       # planned lengths before the extension
+    weight: np.ndarray       # SLO weight per request
+    accept: np.ndarray       # per-token acceptance estimate per request
+    marginal: float          # value of the last planned slot (the shadow price of a slot)
+    prefill_value: float     # w_p
+    widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
+
+    @property
+    def width(self) -> int:
+        """The widest tree in the plan (1: all chains)."""
+        return int(self.widths.max(initial=1))

@@ -7,7 +7,8 @@ pytest.importorskip("vllm")
 
 from exec.config import ASSETS_PAIR  # noqa: E402
 from exec.pairs import pair_config  # noqa: E402
-from exec.profiler import QUICK_GRID, profile, step_rows  # noqa: E402
+from exec.profile_rows import step_rows  # noqa: E402
+from exec.profiler import QUICK_GRID, profile  # noqa: E402
 from sim.models.fitted_cost import fit_profile_table  # noqa: E402
 from profiles import PROFILE_COLUMNS, load_profile, save_profile  # noqa: E402
 
@@ -61,7 +62,7 @@ def test_step_rows_counts_context_and_draft_passes():
 
 
 def test_aggregate_passes_means_per_shape():
-    from exec.profiler import aggregate_passes
+    from exec.profile_rows import aggregate_passes
     base = dict(model="m", role="target", hardware="h", phase="decode", source="s")
     rows = [(200, 0.01), (220, 0.03), (900, 0.05)]
     df = pd.DataFrame([dict(base, num_seqs=2, num_tokens=2, sum_context_tokens=c, latency_s=t)
@@ -74,7 +75,7 @@ def test_aggregate_passes_means_per_shape():
 
 def test_target_rows_carry_the_gap_to_the_next_step():
     """The runner loop's gap between steps is charged to the step before it (last: median)."""
-    from exec.profiler import step_gaps_s
+    from exec.profile_rows import step_gaps_s
     def st(i, start, lat):
         return {"step": i, "start_s": start, "latency_s": lat, "draft_s": 0.001,
                 "num_prefill_tokens": 0, "num_scheduled_tokens": 1, "num_seqs": 1,
