@@ -42,6 +42,18 @@ class LiveRunResult(RunResult):
         if self.acceptance is not None:
             self.acceptance.to_parquet(out / "acceptance.parquet", index=False)
 
+    @classmethod
+    def load(cls, directory) -> "LiveRunResult":
+        """A saved live run back, with its decisions, outputs and acceptance traces."""
+        from pathlib import Path
+        d = Path(directory)
+        base = RunResult.load(d)
+        acc = d / "acceptance.parquet"
+        return cls(requests=base.requests, steps=base.steps, meta=base.meta,
+                   decisions=pd.read_parquet(d / "decisions.parquet"),
+                   outputs=pd.read_parquet(d / "outputs.parquet"),
+                   acceptance=pd.read_parquet(acc) if acc.is_file() else None)
+
 
 def typed_frame(rows: list[dict], columns: dict) -> pd.DataFrame:
     """A DataFrame with exactly ``columns`` in order and their dtypes (also when empty)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +63,9 @@ def _args(argv):
     ap.add_argument("--ttft-slo-s", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile-repeats", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep what an interrupted run with the same arguments left in --out "
+                         "(its profile and finished live repeats) and run only the rest")
     ap.add_argument("--quick", action="store_true",
                     help="embedded toy pair, 1 load x 2 policies, 8 requests, 2 repeats (CI)")
     args = ap.parse_args(argv)
@@ -93,11 +97,31 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     committed = PROFILES_DIR / f"{hardware}_{pair_key(args.pair)}.csv"
     if committed.is_file() and not args.reprofile:
         return with_plain(committed)
+    measured = out / f"{hardware}_{pair_key(args.pair)}.csv"
+    if args.resume and measured.is_file() and plain_profile_path(measured).is_file():
+        return str(measured.resolve()), str(plain_profile_path(measured).resolve())
     path, plain = profile_pair(live_cfg, QUICK_GRID if args.quick else DEFAULT_GRID,
-                               out / f"{hardware}_{pair_key(args.pair)}.csv", hardware=hardware,
+                               measured, hardware=hardware,
                                repeats=1 if args.quick else args.profile_repeats,
                                model_names=sim_names(args.pair), engines=engines)
     return str(path.resolve()), str(plain.resolve())
+
+
+DONE = "done"            # written into a live repeat's folder once it is saved whole
+ARGS_FILE = "validate_args.json"
+
+
+def check_resume(args, out: Path) -> None:
+    """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
+    mine = {k: v for k, v in sorted(vars(args).items()) if k not in ("resume", "out")}
+    path = out / ARGS_FILE
+    if args.resume and path.is_file():
+        theirs = json.loads(path.read_text())
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            raise SystemExit(f"--resume: {out} holds a run with other arguments ({', '.join(differ)}"
+                             f" differ); use another --out or the same arguments")
+    path.write_text(json.dumps(mine, indent=1))
 
 
 def main(argv=None) -> dict:
@@ -106,6 +130,7 @@ def main(argv=None) -> dict:
     from exec.match_lengths import replay_agreement
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
+    from exec.results import LiveRunResult
     from exec.runner import run_live
     from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
     from experiments.twin import check_same_workload, simulate_twin
@@ -116,6 +141,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_resume(args, out)
     loads = [float(x) for x in args.loads.split(",") if x]
     policies = [policy_spec(p) for p in args.policies.split(",") if p]
     if args.repeats < 1:
@@ -148,16 +174,25 @@ def main(argv=None) -> dict:
                 cfg, eng = live_cfg, engine
                 if name == "none":
                     cfg, eng = live_cfg.without_speculation(), plain
-                recorder = PolicyRecorder(make_policy(name, **params))
-                res = run_live(trace, recorder, replace(cfg, record_acceptance=rep == 0
-                                                        and cfg.record_acceptance),
-                               engine=eng, cost=cost)
                 run_dir = cell["dir"] / f"live_r{rep}"
-                res.save(run_dir)
+                if args.resume and (run_dir / DONE).is_file():
+                    res = LiveRunResult.load(run_dir)
+                    calls = pickle.loads((cell["dir"] / "calls.pkl").read_bytes()) \
+                        if rep == 0 else None
+                else:
+                    recorder = PolicyRecorder(make_policy(name, **params))
+                    res = run_live(trace, recorder, replace(cfg, record_acceptance=rep == 0
+                                                            and cfg.record_acceptance),
+                                   engine=eng, cost=cost)
+                    res.save(run_dir)
+                    calls = recorder.calls
+                    if rep == 0:     # the hook calls of repeat 0: the decision replay's input
+                        (cell["dir"] / "calls.pkl").write_bytes(pickle.dumps(calls))
+                    (run_dir / DONE).write_text("")
                 cell["live_runs"].append(res)
                 cell["live_dirs"].append(run_dir)
                 if rep == 0:
-                    cell["calls"] = recorder.calls
+                    cell["calls"] = calls
                     cell["speculative"] = cfg.speculative
                 lm = run_metrics(res.requests)
                 print(f"repeat {rep} load {load:g} {label}: live mean TPOT "

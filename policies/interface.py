@@ -123,7 +123,9 @@ def checked_num_spec_tokens(decision: Decision, n: int, k_max: int,
 
 def cumulative_confidence(confidences: np.ndarray) -> np.ndarray:
     """c_ij = prod_{m<=j} p_im (AdaSpec sec. 1.4): the chance the first j drafts all pass."""
-    return np.cumprod(np.nan_to_num(confidences, nan=0.0), axis=1)
+    c = np.asarray(confidences, float)
+    # (np.nan_to_num does the same for probabilities, with ~4 us of Python around it)
+    return np.cumprod(np.where(np.isnan(c), 0.0, c), axis=1)
 
 
 class Policy:

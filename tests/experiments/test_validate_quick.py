@@ -49,3 +49,14 @@ def test_validate_quick_bounds_its_errors(tmp_path_factory, tmp_path, capsys):
     assert all(np.isfinite(v) for v in res["live_noise"].values())
     table = (tmp_path / "validate_table.md").read_text()
     assert table.startswith("| load") and "[" in table     # live means with their ranges
+    # --resume with the same arguments keeps every finished live repeat and its replay input
+    runs = sorted(tmp_path.glob("cells/*/live_r*/requests.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    main(["--quick", "--pair", str(pair), "--out", str(tmp_path), "--resume"])
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p.stat().st_mtime_ns for p in runs] == stamps          # nothing ran again
+    assert again["max_mean_tpot_err"] == res["max_mean_tpot_err"]
+    assert again["decision_replay_identical"] == res["decision_replay_identical"]
+    with pytest.raises(SystemExit, match="other arguments.*seed"):
+        main(["--quick", "--pair", str(pair), "--out", str(tmp_path), "--resume",
+              "--seed", "1"])
