@@ -141,6 +141,7 @@ class SloGoodput(Policy):
                              f"got {self.tree_pass_targets}")
         self.t_step_s: float | None = None
         self._plan: StepPlan | None = None
+        self._survival: tuple | None = None      # (plan, survival columns so far)
 
     @property
     def planned_k(self) -> np.ndarray | None:
@@ -222,11 +223,29 @@ class SloGoodput(Policy):
         product of calibrated posteriors (``ConfidenceCalibrator``), else the geometric blend
         of raw cumulative confidence and a_i^j (weight ``confidence_weight``)."""
         if self.calibrator is not None:
-            return np.cumprod(self.calibrator.posterior(confidences, plan.accept), axis=1)
+            return self._calibrated_survival(plan, confidences)
         j = np.arange(1, confidences.shape[1] + 1)[None, :]
         cum = np.maximum(cumulative_confidence(confidences), 1e-12)
         cw = self.confidence_weight
         return cum ** cw * (plan.accept[:, None] ** j) ** (1 - cw)
+
+    def _calibrated_survival(self, plan: StepPlan, confidences: np.ndarray) -> np.ndarray:
+        """The running product of calibrated posteriors, extended by the columns drafted
+        since the last call of this step: drafted columns do not change within a step and
+        the calibrator learns only in observe(), so earlier columns are not recomputed
+        (the same products, in cumprod's order)."""
+        n, want = confidences.shape
+        if self._survival is None or self._survival[0] is not plan:
+            self._survival = (plan, np.empty((n, 0)))
+        have = self._survival[1].shape[1]
+        if want > have:
+            post = self.calibrator.posterior(confidences[:, have:want], plan.accept)
+            surv = np.empty((n, want))
+            surv[:, :have] = self._survival[1]
+            for c in range(have, want):
+                surv[:, c] = post[:, c - have] if c == 0 else surv[:, c - 1] * post[:, c - have]
+            self._survival = (plan, surv)
+        return self._survival[1][:, :want]
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
         more = draft.num_drafted < draft.decision.num_spec_tokens
