@@ -44,9 +44,10 @@ class Oracle(Policy):
         j = caps[1:]
         n_ge = (m[None, :] >= j[:, None]).sum(axis=1)
         ctx_ge = ((m[None, :] >= j[:, None]) * L[None, :]).sum(axis=1) + (j - 1) * n_ge
-        passes = np.where(n_ge > 0, np.broadcast_to(np.asarray(
-            obs.cost.draft_step_s(n_ge, n_ge, ctx_ge), float), j.shape), 0.0)
-        draft = np.concatenate([[0.0], np.cumsum(passes)])
+        per_pass = np.asarray(obs.cost.draft_step_s(n_ge, n_ge, ctx_ge), float)
+        passes = np.where(n_ge > 0, per_pass, 0.0)   # (broadcasts a context-blind model's scalar)
+        draft = np.zeros(passes.size + 1)
+        np.cumsum(passes, out=draft[1:])
         ctx = ((k + 1) * L[None, :] + k * (k + 1) / 2).sum(axis=1)
         verify = verify_tokens_s(obs, tokens, ctx)
         best_k = k[int(np.argmax((n + tokens) / (draft + verify)))]

@@ -82,10 +82,13 @@ def verify_tokens_s(obs: Observation, num_draft_tokens, extra_context_tokens) ->
     """
     n = obs.num_requests
     ctx = obs.sum_prefill_context_tokens + float(obs.context_lens.sum()) + extra_context_tokens
-    t = obs.cost.target_step_s(obs.num_prefill_tokens + n + np.asarray(num_draft_tokens),
-                               _target_seqs(obs), ctx)
-    return np.broadcast_to(np.asarray(t, float), np.broadcast(num_draft_tokens,
-                                                              extra_context_tokens).shape)
+    t = np.asarray(obs.cost.target_step_s(obs.num_prefill_tokens + n
+                                          + np.asarray(num_draft_tokens),
+                                          _target_seqs(obs), ctx), float)
+    shape = np.shape(num_draft_tokens)
+    if t.shape == shape and np.shape(extra_context_tokens) == shape:
+        return t                                 # the common case: nothing to broadcast
+    return np.broadcast_to(t, np.broadcast(num_draft_tokens, extra_context_tokens).shape)
 
 
 def expected_chain_tokens(a, k):
