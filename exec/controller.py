@@ -53,9 +53,6 @@ class LiveController:
         self.step_index = -1
         self.pending = None                      # (obs, decision, ext ids, k)
         self.rows: list[dict] = []               # one per (step, verified request)
-        # vLLM verifies chains only: tree policies are refused before the run
-        # (runner.check_policy_fits_drafter); a tree from a policy that declared none is an error
-        self.num_tree_decisions_as_chain = 0
         self._step: dict | None = None
 
     # -- requests ---------------------------------------------------------------------------
@@ -108,7 +105,7 @@ class LiveController:
         obs = self._observation(sched, next_ids, now)
         decision = self.policy.decide(obs)
         k = checked_num_spec_tokens(decision, obs.num_requests, self.k_max, self.policy.name)
-        if decision.nodes_per_depth is not None:
+        if decision.nodes_per_depth is not None:     # trees are refused before the run
             raise RuntimeError(f"policy {self.policy.name!r} returned a token tree "
                                "(Decision.nodes_per_depth) but declares makes_trees = False: "
                                "vLLM verifies chains only")

@@ -112,8 +112,7 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
             "config": dataclasses.asdict(config), "trace": trace.name,
             "trace_meta": trace.meta, "num_requests": n, "num_prompts_clamped": num_clamped,
             "cost_model": cost.describe() if hasattr(cost, "describe") else type(cost).__name__,
-            "seed": config.seed, "wall_s": clock(),
-            "num_tree_decisions_as_chain": ctl.num_tree_decisions_as_chain}
+            "seed": config.seed, "wall_s": clock()}
     acceptance = None
     if config.record_acceptance and config.draft_model:
         from exec.match_lengths import acceptance_traces, eagle_acceptance_traces
