@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ import pandas as pd
 from experiments.validate_cells import (compare, error_table, k_distribution, policy_spec,
                                         ranking, run_metrics, slo_met_count, step_summary,
                                         validation_trace)
+from experiments.validate_resume import check_resume, live_repeat
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -107,30 +107,12 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     return str(path.resolve()), str(plain.resolve())
 
 
-DONE = "done"            # written into a live repeat's folder once it is saved whole
-ARGS_FILE = "validate_args.json"
-
-
-def check_resume(args, out: Path) -> None:
-    """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
-    mine = {k: v for k, v in sorted(vars(args).items()) if k not in ("resume", "out")}
-    path = out / ARGS_FILE
-    if args.resume and path.is_file():
-        theirs = json.loads(path.read_text())
-        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if differ:
-            raise SystemExit(f"--resume: {out} holds a run with other arguments ({', '.join(differ)}"
-                             f" differ); use another --out or the same arguments")
-    path.write_text(json.dumps(mine, indent=1))
-
-
 def main(argv=None) -> dict:
     args = _args(argv)
     from exec.engine import build_engine
     from exec.match_lengths import replay_agreement
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
-    from exec.results import LiveRunResult
     from exec.runner import run_live
     from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
     from experiments.twin import check_same_workload, simulate_twin
@@ -174,21 +156,14 @@ def main(argv=None) -> dict:
                 cfg, eng = live_cfg, engine
                 if name == "none":
                     cfg, eng = live_cfg.without_speculation(), plain
-                run_dir = cell["dir"] / f"live_r{rep}"
-                if args.resume and (run_dir / DONE).is_file():
-                    res = LiveRunResult.load(run_dir)
-                    calls = pickle.loads((cell["dir"] / "calls.pkl").read_bytes()) \
-                        if rep == 0 else None
-                else:
+
+                def run():                   # called at once, inside this iteration
                     recorder = PolicyRecorder(make_policy(name, **params))
                     res = run_live(trace, recorder, replace(cfg, record_acceptance=rep == 0
                                                             and cfg.record_acceptance),
                                    engine=eng, cost=cost)
-                    res.save(run_dir)
-                    calls = recorder.calls
-                    if rep == 0:     # the hook calls of repeat 0: the decision replay's input
-                        (cell["dir"] / "calls.pkl").write_bytes(pickle.dumps(calls))
-                    (run_dir / DONE).write_text("")
+                    return res, recorder.calls
+                run_dir, res, calls = live_repeat(cell["dir"], rep, args.resume, run)
                 cell["live_runs"].append(res)
                 cell["live_dirs"].append(run_dir)
                 if rep == 0:
