@@ -78,7 +78,7 @@ class LiveController:
         next_ids = [r for r in sched_tokens if not sched.requests[r].is_prefill_chunk]
         self._step = {
             "step": self.step_index, "start_s": now, "num_seqs": len(sched_tokens),
-            # the pass's shape as the cost model reads it (the profile schema's columns (profiles/))
+            # the pass's shape as the cost model reads it (the profile schema, profiles/)
             "sum_context_tokens": int(sum(t * ctx_before[r] + t * (t + 1) // 2
                                           for r, t in sched_tokens.items())),
             "draft_ctx_sum": int(sum(ctx_before[r] + sched_tokens[r] for r in next_ids)),

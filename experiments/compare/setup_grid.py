@@ -1,4 +1,4 @@
-"""Workload, engine and policy list of the policy comparison sweep (experiments.compare.cli).
+"""Workload, engine and policy list of the policy comparison sweep (experiments.compare).
 
 Workload: a window of a real trace (default the first 600 s of Azure 2023 conv, AdaSpec's
 window), SLO classes assigned once per request (so a request keeps its class at every load);

@@ -79,41 +79,30 @@ def job_key(job: Job) -> str:
     return h.hexdigest()[:20]
 
 
-def _cached(cache_dir, job: Job):
-    if cache_dir is None:
-        return None
-    path = cache_dir / f"{job_key(job)}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _keep(cache_dir, job: Job, row: dict) -> None:
-    if cache_dir is None:
-        return
-    from experiments.store import write_json_atomic
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cache_dir / f"{job_key(job)}.json", row)
-
-
 def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None) -> pd.DataFrame:
     """All jobs, ``workers`` processes (1 = in this process); rows sorted by load, policy.
     With ``cache_dir`` each finished job's row is kept there and a job whose row is already
     there is not run again (resume)."""
+    from experiments.store import write_json_atomic
+
     order = sorted(jobs, key=lambda j: -_COST_HINT.get(j.spec.name, 3) * len(j.trace))
-    rows = []
-    todo = []
-    for job in order:
-        row = _cached(cache_dir, job)
-        if row is None:
-            todo.append(job)
-        else:
-            rows.append(row)
-    order = todo
+    total = len(order)
+    kept = {id(job): cache_dir / f"{job_key(job)}.json" for job in order} \
+        if cache_dir is not None else {}
+    rows = [json.loads(p.read_text()) for p in kept.values() if p.is_file()]
+    order = [job for job in order if id(job) not in kept or not kept[id(job)].is_file()]
+
+    def keep(job: Job, row: dict) -> None:
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(kept[id(job)], row)
+
     if workers <= 1:
         for job in order:
             rows.append(run_job(job))
-            _keep(cache_dir, job, rows[-1])
+            keep(job, rows[-1])
             if progress:
-                progress(rows[-1], len(rows), len(order))
+                progress(rows[-1], len(rows), total)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(run_job, job): job for job in order}
@@ -124,9 +113,9 @@ def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None) -> pd.DataFr
                 except Exception as err:
                     raise RuntimeError(f"sweep job {job.spec.label} at {job.load} req/s "
                                        f"failed: {err}") from err
-                _keep(cache_dir, job, rows[-1])
+                keep(job, rows[-1])
                 if progress:
-                    progress(rows[-1], len(rows), len(order))
+                    progress(rows[-1], len(rows), total)
     frame = pd.DataFrame(rows)
     return frame.sort_values([LOAD_COLUMN, "policy", "sweep_seed"],
                              kind="stable").reset_index(drop=True)

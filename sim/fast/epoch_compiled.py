@@ -15,7 +15,7 @@ def compiled_enabled(engine) -> bool:
     """Opt-in (EngineConfig.compiled_epochs): numba loads llvmlite, whose ``ffi.lib`` object
     breaks vLLM 0.32's CPU kernel registration (it scans every module's attributes) for any
     vLLM engine started later in the same process. Pure simulator processes (sim.bench,
-    experiments.compare.cli workers) turn it on; processes that also run live engines must not."""
+    experiments.compare workers) turn it on; processes that also run live engines must not."""
     return bool(engine.config.engine.compiled_epochs)
 
 

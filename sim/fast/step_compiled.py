@@ -85,7 +85,6 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
                     rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
                     n_emit, step.num_waiting, kv_used), (num_spec, accepted, ids))
     engine.step_index += 1
-    engine.pending = None
     return draft_s + verify_s
 
 

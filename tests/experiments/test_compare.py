@@ -1,4 +1,4 @@
-"""experiments.compare.cli: ratio definitions on a hand-made table, and a --quick sweep end to end."""
+"""experiments.compare: ratio definitions on a hand-made table, and a --quick sweep end to end."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,8 @@
 """Small traces and configs shared by the simulator tests."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
@@ -21,3 +25,12 @@ def fixed_rate(a):
 def config(seed=0, acceptance=None, **engine):
     return SimConfig(seed=seed, engine=EngineConfig(**engine),
                      acceptance=acceptance or AcceptanceConfig())
+
+
+def python_last_line(code: str, timeout: int = 300) -> str:
+    """Run ``python -c code`` in a fresh process at the repository root (so numba and vLLM
+    stay out of the test process); its last line of output, after checking it succeeded."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.sim.helpers import python_last_line
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,7 +28,4 @@ def test_default_simulation_does_not_import_numba():
             "from policies import make_policy; from traces.embedded import embedded_trace; "
             "simulate(embedded_trace(num_requests=50, seed=0), make_policy('fixed', k=3), "
             "SimConfig()); print('llvmlite' in ' '.join(sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "False"
+    assert python_last_line(code) == "False"

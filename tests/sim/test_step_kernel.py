@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.sim.helpers import python_last_line
+
 ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = r'''
@@ -96,7 +98,4 @@ def test_default_engine_does_not_take_the_compiled_step():
             "from policies import make_policy; from traces.embedded import embedded_trace; "
             "e = Engine(embedded_trace(num_requests=20, seed=0), make_policy('fixed', k=3), "
             "SimConfig()); print(e.fast is None or e.fast.step_kernels is None, 'numba' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "True False"
+    assert python_last_line(code) == "True False"
