@@ -127,9 +127,10 @@ def check_policy_fits_drafter(policy: Policy, config: LiveConfig) -> None:
     """Before starting: a tree policy cannot run on vLLM (it verifies chains), and a policy
     that reads draft confidences needs a model drafter."""
     if policy.makes_trees and config.speculative:
+        fix = (f"run its chain variant policy={policy.chain_variant}" if policy.chain_variant
+               else "run its chain variant with policy.chain_only=true")
         raise ValueError(f"policy {policy.name!r} makes token trees, which vLLM cannot verify "
-                         "(it verifies chains): run a chain policy, e.g. slo_goodput with "
-                         "chain_only=true (policy.chain_only=true); trees run in the simulator")
+                         f"(it verifies chains): {fix}; trees run in the simulator")
     if policy.needs_draft_confidences and config.speculative and not config.has_draft_confidences:
         from policies.registry import known_policies, policy_class
         usable = [n for n in known_policies() if not policy_class(n).needs_draft_confidences]

@@ -65,6 +65,10 @@ class Observation:
     sum_prefill_context_tokens: int   # attention context of those prefill tokens
     cost: CostModel                   # the engine's step-cost predictor
     future_match_lens: np.ndarray | None = None  # int (n, ) hindsight m(p); oracle policies only
+    # int (n, k_max) hindsight, tree oracles only: the narrowest token-tree width whose depth j
+    # passes given depth j - 1 did (the step's sampled per-branch outcome); a value above
+    # every width the oracle may use means no width passes
+    future_tree_min_widths: np.ndarray | None = None
 
     @property
     def num_requests(self) -> int:
@@ -136,6 +140,8 @@ class Policy:
     # "adaptive" (the default: a new policy reaches every sweep) or "oracle" (knows the future)
     kind = "adaptive"
     needs_oracle = False  # True: the engine fills Observation.future_match_lens
+    needs_tree_oracle = False  # True: it also fills Observation.future_tree_min_widths,
+    tree_oracle_max_width = 8  # capped at this width + 1
     # True: decisions read draft confidences (DraftState/Feedback.confidences), which only a
     # model drafter gives; live, a model-free drafter (vLLM's n-gram lookup) is refused.
     needs_draft_confidences = False
@@ -152,8 +158,10 @@ class Policy:
     custom_drafting = False  # True: its own continue_drafting() (else: draft k, confidence stop)
     custom_verify = False    # True: its own select_verify() (else: verify all, or the budget)
     # True: decisions may carry token trees (Decision.nodes_per_depth), which only the
-    # simulator verifies; vLLM verifies chains.
+    # simulator verifies; vLLM verifies chains. It sets the policy's class: "tree" policies
+    # are compared with the tree oracle, "chain" policies (what vLLM runs) with the chain one.
     makes_trees = False
+    chain_variant: str | None = None   # a tree policy's registered chain variant, if any
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -162,6 +170,11 @@ class Policy:
             if hook in cls.__dict__ and not getattr(cls, flag):
                 raise TypeError(f"policy {cls.__name__} defines {hook}() but does not declare "
                                 f"{flag} = True: engines would not call it")
+
+    @property
+    def shape_class(self) -> str:
+        """"tree" for a policy that may make token trees (simulator only), else "chain"."""
+        return "tree" if self.makes_trees else "chain"
 
     def decide(self, obs: Observation) -> Decision:
         raise NotImplementedError

@@ -6,8 +6,9 @@
 Llama-2-7B + 68M draft on an A100-80G; the first 600 s of the Azure 2023 conversation trace
 (AdaSpec's window) with mixed tight/normal/loose TPOT SLO classes, rescaled to load levels
 placed around the saturation rate of `none` (measured first). Policies: none, fixed k=1..5
-(their per-load best is ``oracle_fixed``), batch_schedule, the adaptive policies and the
-per-step oracle. Writes summary.csv/.parquet, figures, findings.md and result.json into the
+(their per-load best is ``oracle_fixed``), batch_schedule, the adaptive policies -- chain
+and tree classes reported apart -- and the hindsight runs of the class oracles
+(``chain_oracle``, ``tree_oracle``: experiments.compare.ratios). Writes summary.csv/.parquet, figures, findings.md and result.json into the
 output dir (default outputs/compare/<timestamp>), and prints as its LAST line the JSON of
 experiments.compare.ratios.compare_json.
 
@@ -26,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from experiments.compare.findings import findings_text
-from experiments.compare.ratios import compare_json, ratio_report, with_oracle_fixed
+from experiments.compare.ratios import (compare_json, ratio_report, with_class_oracles,
+                                        with_oracle_fixed)
 from experiments.compare.setup_grid import (CompareSetup, base_workload, load_levels, quick_setup,
                                        num_requests_at, saturation_rate, select_specs,
                                        sim_config, workload_at)
@@ -91,17 +93,21 @@ def write_figures(table, out_dir: Path) -> list[Path]:
     return made
 
 
-def per_seed_ratios(by_seed, policy: str | None) -> dict:
-    """``policy``'s worst ratios to the oracle and to the best fixed k, seed by seed."""
-    if policy is None:
-        return {}
-    out = {"seeds": [], "worst_ratio_to_oracle": [], "worst_ratio_to_best_fixed": []}
+def per_seed_ratios(by_seed, policies) -> dict:
+    """Each of ``policies``' worst ratios to its class oracle and to the best fixed k, seed
+    by seed (``by_seed`` holds the per-seed class oracle rows)."""
+    out = {}
     for seed, rows in by_seed.groupby("sweep_seed", sort=True):
-        entry = ratio_report(rows.drop(columns="sweep_seed"))["ratios"].get(policy, {})
-        out["seeds"].append(int(seed))
-        for key in ("worst_ratio_to_oracle", "worst_ratio_to_best_fixed"):
-            out[key].append(entry.get(key))
-    return {policy: out}
+        ratios = ratio_report(rows.drop(columns="sweep_seed"))["ratios"]
+        for policy in filter(None, policies):
+            entry = ratios.get(policy, {})
+            ref = "oracle" if entry.get("class", "chain") == "chain" else "tree_oracle"
+            mine = out.setdefault(policy, {"seeds": [], f"worst_ratio_to_{ref}": [],
+                                           "worst_ratio_to_best_fixed": []})
+            mine["seeds"].append(int(seed))
+            for key in (f"worst_ratio_to_{ref}", "worst_ratio_to_best_fixed"):
+                mine[key].append(entry.get(key))
+    return out
 
 
 def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
@@ -137,6 +143,7 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
     # every finished cell is kept under <out>/cells: the same command with the same --out
     # resumes, recomputing only the cells that are missing
     by_seed = run_jobs(jobs, workers=workers, progress=progress, cache_dir=out_dir / "cells")
+    by_seed = with_class_oracles(by_seed)           # the best hindsight run of each seed
     by_seed.to_csv(out_dir / "summary_by_seed.csv", index=False)
     table = mean_over_seeds(by_seed)
     full = with_oracle_fixed(table)
@@ -147,7 +154,8 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
     (out_dir / "findings.md").write_text(findings_text(table, report, saturation))
     extra = {"out_dir": str(out_dir), "saturation": saturation, "seed": setup.seed,
              "seeds": seeds,
-             "per_seed": per_seed_ratios(by_seed, report.get("best_adaptive")),
+             "per_seed": per_seed_ratios(by_seed, (report.get("best_adaptive"),
+                                                   report.get("best_tree"))),
              "num_requests_per_run": [num_requests_at(setup, ld) for ld in loads],
              "trace": setup.trace_name,
              "window_s": [setup.window_start_s, setup.window_end_s],

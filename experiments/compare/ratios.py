@@ -1,16 +1,23 @@
 """Hindsight baselines and goodput ratios from a sweep's summary table (pure functions).
 
-Table: one row per (policy label, load) with at least ``policy``, ``trace.rate``,
-``goodput_req_s`` and ``slo_attainment``. Definitions:
+Table: one row per (policy label, load) -- or per (policy, load, ``sweep_seed``) before the
+seed mean -- with at least ``policy``, ``trace.rate``, ``goodput_req_s`` and
+``slo_attainment``. Definitions:
 
+- class: "tree" for policies that may make token trees (simulator only), else "chain" (what
+  vLLM runs); ``setup_grid.shape_class_of``. Chains are also trees of width 1.
 - best fixed (= ``oracle_fixed``) at a load: the ``fixed_k*`` row with the highest goodput
   there, picked in hindsight per load (ties: higher SLO attainment, then smaller k);
+- class oracles (``with_class_oracles``, per load *and seed*, before the seed mean):
+  ``chain_oracle`` is the best of the hindsight chain runs (``none``, every ``fixed_k``, the
+  greedy per-step ``oracle`` and the SLO-weighted ``oracle_slo``), ``tree_oracle`` the best
+  of those and ``oracle_tree``; each knows the future acceptance, none is a policy under test;
 - ratio of policy p to a reference at a load: goodput_p / goodput_ref (1 when both are 0);
   "worst" = the minimum over loads;
-- best adaptive: among the non-oracle adaptive policies, the one whose worst ratio to best
-  fixed is highest. The per-step oracle is greedy, not a global optimum, so ratios are also
-  given against max(oracle, best fixed) and every load where another policy beats the oracle
-  is listed.
+- best adaptive (chain class) / best tree: among the non-oracle adaptive policies of the
+  class, the one whose worst ratio to best fixed is highest. Ratios go to the class's oracle
+  (``oracle`` in the chain keys); ``max_ratio_to_class_oracle`` is the largest ratio of any
+  non-oracle policy to its class oracle at any load (an oracle that bounds keeps it <= 1).
 """
 from __future__ import annotations
 
@@ -20,10 +27,15 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import LOAD_COLUMN as LOAD
-from experiments.compare.setup_grid import adaptive_names
+from experiments.compare.setup_grid import adaptive_names, shape_class_of
 
 GOODPUT = "goodput_req_s"
 FIXED_PREFIX = "fixed_k"
+# the hindsight runs each class oracle takes the best of (labels; plus every fixed_k*)
+CHAIN_ORACLE_RUNS = ("none", "oracle", "oracle_slo")
+TREE_ORACLE_RUNS = CHAIN_ORACLE_RUNS + ("oracle_tree",)
+CLASS_ORACLES = {"chain": "chain_oracle", "tree": "tree_oracle"}
+HINDSIGHT = {"oracle", "oracle_slo", "oracle_tree", "oracle_fixed", *CLASS_ORACLES.values()}
 
 
 def _require(table: pd.DataFrame) -> None:
@@ -62,6 +74,35 @@ def with_oracle_fixed(table: pd.DataFrame) -> pd.DataFrame:
         [LOAD, "policy"], kind="stable").reset_index(drop=True)
 
 
+def _oracle_runs(labels: pd.Series, shape: str) -> pd.Series:
+    runs = CHAIN_ORACLE_RUNS if shape == "chain" else TREE_ORACLE_RUNS
+    return labels.isin(runs) | labels.str.startswith(FIXED_PREFIX)
+
+
+def with_class_oracles(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus ``chain_oracle`` and ``tree_oracle`` rows per load (and per
+    ``sweep_seed`` when the table has one): a copy of the best hindsight run of the class
+    (goodput, then SLO attainment), its label in ``oracle_pick``. Take it per seed, before
+    averaging: the best run of each seed, not the run best on average."""
+    base = table[~table["policy"].isin(CLASS_ORACLES.values())]
+    keys = [LOAD] + (["sweep_seed"] if "sweep_seed" in base.columns else [])
+    added = []
+    for shape, label in CLASS_ORACLES.items():
+        runs = base[_oracle_runs(base["policy"], shape)]
+        if not (runs["policy"].isin(("oracle", "oracle_slo", "oracle_tree"))).any():
+            continue                         # no hindsight run of the class in this sweep
+        best = runs.sort_values(keys + [GOODPUT, "slo_attainment"],
+                                ascending=[True] * len(keys) + [False, False],
+                                kind="stable").groupby(keys, sort=True).head(1).copy()
+        best["oracle_pick"] = best["policy"]
+        best["policy"] = label
+        added.append(best)
+    if not added:
+        return base.reset_index(drop=True)
+    return pd.concat([base, *added], ignore_index=True).sort_values(
+        keys + ["policy"], kind="stable").reset_index(drop=True)
+
+
 def _series(table: pd.DataFrame, policy: str, column: str, loads) -> list[float] | None:
     rows = table[table["policy"] == policy].set_index(LOAD)[column]
     if rows.empty:
@@ -73,62 +114,90 @@ def _finite(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _worst(g, ref, loads) -> dict:
+    r = [ratio(a, b) for a, b in zip(g, ref)]
+    return {"ratio": [_finite(x) for x in r], "worst": _finite(min(r)),
+            "worst_load": loads[int(np.argmin(r))]}
+
+
 def ratio_report(table: pd.DataFrame, adaptive=None) -> dict:
-    """Per adaptive policy: goodput ratios to best fixed, oracle and max(oracle, best fixed)
-    per load and worst over loads; the best adaptive policy; loads where the oracle loses.
-    ``adaptive``: the policy labels to rank (default: every registered adaptive policy)."""
+    """Per adaptive policy: goodput ratios to best fixed and to its class oracle (chain
+    policies also to max(chain oracle, best fixed)) per load and worst over loads; the best
+    adaptive policy of each class; where any policy beats its class oracle.
+    ``adaptive``: the policy labels to rank (default: every registered adaptive policy).
+    The class oracle rows must already be in ``table`` (``with_class_oracles`` per seed);
+    without them the greedy ``oracle`` row stands in for the chain oracle."""
     adaptive = adaptive_names() if adaptive is None else adaptive
     table = with_oracle_fixed(table)
     loads = sorted(float(x) for x in table[LOAD].unique())
     best_fixed = _series(table, "oracle_fixed", GOODPUT, loads)
-    oracle = _series(table, "oracle", GOODPUT, loads)
-    refs = {"best_fixed": best_fixed, "oracle": oracle}
-    if best_fixed is not None and oracle is not None:
-        refs["max_oracle_best_fixed"] = [max(a, b) for a, b in zip(oracle, best_fixed)]
-    per_policy = {}
-    for name in adaptive:
-        g = _series(table, name, GOODPUT, loads)
-        if g is None:
-            continue
-        entry = {}
-        for ref_name, ref in refs.items():
-            if ref is None:
+    oracles = {shape: _series(table, label, GOODPUT, loads)
+               for shape, label in CLASS_ORACLES.items()}
+    if oracles["chain"] is None:
+        oracles["chain"] = _series(table, "oracle", GOODPUT, loads)
+    per_policy, best = {}, {}
+    for shape in ("chain", "tree"):
+        refs = {"best_fixed": best_fixed,
+                ("oracle" if shape == "chain" else "tree_oracle"): oracles[shape]}
+        if shape == "chain" and best_fixed is not None and oracles["chain"] is not None:
+            refs["max_oracle_best_fixed"] = [max(a, b) for a, b in zip(oracles["chain"],
+                                                                        best_fixed)]
+        for name in adaptive:
+            g = _series(table, name, GOODPUT, loads)
+            if g is None or shape_class_of(name) != shape:
                 continue
-            r = [ratio(a, b) for a, b in zip(g, ref)]
-            entry[f"ratio_to_{ref_name}"] = [_finite(x) for x in r]
-            entry[f"worst_ratio_to_{ref_name}"] = _finite(min(r))
-            entry[f"worst_load_vs_{ref_name}"] = loads[int(np.argmin(r))]
-        per_policy[name] = entry
-    best = None
-    if best_fixed is not None and per_policy:
-        best = max(per_policy, key=lambda p: (per_policy[p]["worst_ratio_to_best_fixed"]
-                                              if per_policy[p]["worst_ratio_to_best_fixed"]
-                                              is not None else math.inf))
-    out = {"loads": loads, "ratios": per_policy, "best_adaptive": best}
+            entry = {"class": shape}
+            for ref_name, ref in refs.items():
+                if ref is not None:
+                    w = _worst(g, ref, loads)
+                    entry[f"ratio_to_{ref_name}"] = w["ratio"]
+                    entry[f"worst_ratio_to_{ref_name}"] = w["worst"]
+                    entry[f"worst_load_vs_{ref_name}"] = w["worst_load"]
+            per_policy[name] = entry
+        ranked = [p for p in per_policy if per_policy[p]["class"] == shape]
+        best[shape] = None if best_fixed is None or not ranked else max(
+            ranked, key=lambda p: (per_policy[p]["worst_ratio_to_best_fixed"]
+                                   if per_policy[p]["worst_ratio_to_best_fixed"] is not None
+                                   else math.inf))
+    out = {"loads": loads, "ratios": per_policy, "best_adaptive": best["chain"],
+           "best_tree": best["tree"]}
     for ref_name in ("oracle", "best_fixed", "max_oracle_best_fixed"):
         key = f"worst_ratio_to_{ref_name}"
-        out[f"best_adaptive_{key}"] = (per_policy[best].get(key) if best else None)
-    out["oracle_below_others"] = oracle_losses(table, loads)
+        out[f"best_adaptive_{key}"] = per_policy[best["chain"]].get(key) if best["chain"] else None
+    for ref_name in ("tree_oracle", "best_fixed"):
+        key = f"worst_ratio_to_{ref_name}"
+        out[f"best_tree_{key}"] = per_policy[best["tree"]].get(key) if best["tree"] else None
+    out.update(class_oracle_excess(table, loads))
     fixed_k = _series(table, "oracle_fixed", "oracle_fixed_k", loads)
     out["best_fixed_k"] = None if fixed_k is None else [int(k) for k in fixed_k]
     return out
 
 
-def oracle_losses(table: pd.DataFrame, loads) -> list[dict]:
-    """Loads where some policy's goodput beats the per-step oracle's."""
-    out = []
-    if not (table["policy"] == "oracle").any():
-        return out
-    for ld in loads:
-        at = table[(table[LOAD] == ld) & (table["policy"] != "oracle")]
-        orc = table[(table[LOAD] == ld) & (table["policy"] == "oracle")][GOODPUT]
-        if at.empty or orc.empty:
+def class_oracle_excess(table: pd.DataFrame, loads) -> dict:
+    """``max_ratio_to_class_oracle``: the largest goodput ratio of any policy that is not a
+    hindsight run to its class oracle, over loads (with the policy and load), and
+    ``oracle_below_others``: every (load, policy) where that ratio exceeds 1."""
+    worst, losses = None, []
+    for shape, label in CLASS_ORACLES.items():
+        ref = table[table["policy"] == label].set_index(LOAD)[GOODPUT]
+        if ref.empty:
             continue
-        top = at.loc[at[GOODPUT].idxmax()]
-        if top[GOODPUT] > float(orc.iloc[0]):
-            out.append({"load": ld, "oracle_goodput": float(orc.iloc[0]),
-                        "best_policy": str(top["policy"]), "best_goodput": float(top[GOODPUT])})
-    return out
+        rows = table[~table["policy"].isin(HINDSIGHT)]
+        for _, row in rows.iterrows():
+            if shape_class_of(str(row["policy"])) != shape or row[LOAD] not in ref.index:
+                continue
+            r = ratio(float(row[GOODPUT]), float(ref[row[LOAD]]))
+            if worst is None or r > worst["ratio"]:
+                worst = {"ratio": r, "policy": str(row["policy"]), "load": float(row[LOAD]),
+                         "class": shape}
+            if r > 1.0:
+                losses.append({"load": float(row[LOAD]), "class": shape,
+                               "oracle_goodput": float(ref[row[LOAD]]),
+                               "best_policy": str(row["policy"]),
+                               "best_goodput": float(row[GOODPUT])})
+    return {"max_ratio_to_class_oracle": None if worst is None else _finite(worst["ratio"]),
+            "max_ratio_to_class_oracle_at": worst,
+            "oracle_below_others": sorted(losses, key=lambda x: (x["load"], x["class"]))}
 
 
 def compare_json(table: pd.DataFrame, adaptive=None, extra: dict | None = None) -> dict:
@@ -136,14 +205,17 @@ def compare_json(table: pd.DataFrame, adaptive=None, extra: dict | None = None) 
     the ratio report."""
     report = ratio_report(table, adaptive)
     full = with_oracle_fixed(table)
+    classes = {name: shape_class_of(name) for name in full["policy"].unique()}
     loads = report["loads"]
     policies = {}
     for name in sorted(full["policy"].unique()):
-        policies[name] = {"goodput": [_finite(x) for x in _series(full, name, GOODPUT, loads)],
+        policies[name] = {"class": classes[name], "goodput": [_finite(x) for x in _series(full, name, GOODPUT, loads)],
                           "slo_attainment": [_finite(x) for x in
                                              _series(full, name, "slo_attainment", loads)]}
     out = {"loads": loads, "goodput_unit": "req/s (finished and SLO-met requests per second)",
-           "policies": policies}
+           "policies": policies,
+           "chain_policies": sorted(n for n, c in classes.items() if c == "chain"),
+           "tree_policies": sorted(n for n, c in classes.items() if c == "tree")}
     out.update({k: v for k, v in report.items() if k != "loads"})
     if extra:
         out.update(extra)

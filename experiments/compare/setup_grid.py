@@ -23,6 +23,19 @@ def adaptive_names() -> tuple[str, ...]:
     return tuple(policies_of_kind("adaptive"))
 
 
+def shape_class_of(label: str) -> str:
+    """"tree" when the policy behind a table label may make token trees (its class declares
+    ``makes_trees``; ``tree_oracle``), else "chain" (none, fixed_k*, chain policies and
+    their hindsight runs: what vLLM runs)."""
+    from policies.registry import known_policies, policy_class
+    if label in ("tree_oracle", "chain_oracle"):
+        return label.split("_")[0]
+    if label in known_policies():
+        return "tree" if policy_class(label).makes_trees else "chain"
+    return "chain"
+
+
+HINDSIGHT_RUNS = ("oracle", "oracle_slo", "oracle_tree")   # the class oracles' per-step runs
 FIXED_KS = (1, 2, 3, 4, 5)
 # Load levels as multiples of the no-speculation saturation rate: light to well past it
 # (speculation raises capacity, so "past saturation" for `none` is still feasible for others).
@@ -46,7 +59,7 @@ def default_policy_specs() -> tuple[PolicySpec, ...]:
     specs += [PolicySpec(f"fixed_k{k}", "fixed", (("k", k),)) for k in FIXED_KS]
     specs += [PolicySpec("batch_schedule", "batch_schedule")]
     specs += [PolicySpec(name, name) for name in adaptive_names()]
-    specs += [PolicySpec("oracle", "oracle")]
+    specs += [PolicySpec(name, name) for name in HINDSIGHT_RUNS]
     return tuple(specs)
 
 

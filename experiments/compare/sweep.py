@@ -132,5 +132,8 @@ def mean_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
     other = [c for c in table.columns if c not in keys and c not in numeric]
     if other:
         out = out.join(grouped[other].first())
+    if "oracle_pick" in table.columns:   # a class oracle's most frequent winning run
+        out["oracle_pick"] = grouped["oracle_pick"].agg(
+            lambda x: x.value_counts().index[0] if x.notna().any() else None)
     out["num_seeds"] = grouped.size()
     return out.reset_index()

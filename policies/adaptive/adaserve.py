@@ -61,6 +61,7 @@ class AdaServe(Policy):
         self.correction_factor = float(correction_factor)
         self.depth_decay = float(depth_decay)
         self.chain_only = bool(chain_only)
+        self.makes_trees = not self.chain_only      # its chain variant: chain_only=True
         self.step_time_ema = float(step_time_ema)
         self.tracker = AcceptanceTracker(prior_rate=prior_rate)
         self.t_spec_s: float | None = None

@@ -1,10 +1,22 @@
-"""Hindsight baselines: the per-step oracle and the best fixed k picked by a sweep."""
+"""Hindsight baselines: per-step oracles that know each request's future acceptance, and the
+best fixed k picked by a sweep.
+
+The *class oracles* a comparison reports (``chain_oracle``, ``tree_oracle``;
+``experiments.compare.ratios.with_class_oracles``) are the best, per load and seed, of these
+hindsight runs: the greedy per-step ``oracle``, ``oracle_slo`` (slo_goodput's SLO-weighted
+planner fed the true match lengths), every fixed k and no speculation for chains; the same
+plus ``oracle_tree`` (that planner fed the step's sampled per-branch outcomes) for trees.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
-from policies.adaptive.step_cost import verify_tokens_s
-from policies.interface import Decision, Observation, Policy
+from policies.adaptive.slo_goodput import SloGoodput
+from policies.adaptive.slo_goodput_plan import plan_slots
+from policies.adaptive.step_cost import uniform_step_s, verify_tokens_s
+from policies.interface import Decision, Feedback, Observation, Policy
 from policies.registry import register
 from policies.static import FixedK
 
@@ -18,8 +30,9 @@ class Oracle(Policy):
     one position at a time, every request drafting k_i = min(m_i, c, k_max), and the cap with
     the most tokens per second sum_i (min(k_i, m_i) + 1) / T(k) under ``obs.cost`` wins
     (c = k_max is "k_i = m_i for all"). A smaller cap only wins when verifying or drafting
-    the extra, all-accepted tokens costs more than they bring: the bound of any policy that
-    decides per step with full knowledge of acceptance, without trees.
+    the extra, all-accepted tokens costs more than they bring. It maximises each step's
+    tokens per second and ignores SLOs, so policies that weigh SLOs can beat it: it is one
+    candidate of the chain oracle, not a bound on its own.
     """
 
     kind = "oracle"
@@ -27,12 +40,7 @@ class Oracle(Policy):
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
-        if obs.future_match_lens is None:
-            raise ValueError("oracle: the engine must fill Observation.future_match_lens "
-                             "(policy.needs_oracle is True)")
-        m = np.asarray(obs.future_match_lens, np.int64)
-        if m.shape != (n,) or (m < 0).any():
-            raise ValueError(f"oracle: future_match_lens must be {n} non-negative ints, got {m}")
+        m = true_match_lens(obs, self.name)
         if n == 0:
             return Decision(num_spec_tokens=np.zeros(0, np.int64))
         m = np.minimum(m, obs.k_max)
@@ -52,6 +60,137 @@ class Oracle(Policy):
         verify = verify_tokens_s(obs, tokens, ctx)
         best_k = k[int(np.argmax((n + tokens) / (draft + verify)))]
         return Decision(num_spec_tokens=best_k)
+
+
+def true_match_lens(obs: Observation, policy_name: str) -> np.ndarray:
+    """``Observation.future_match_lens`` checked: n non-negative ints."""
+    if obs.future_match_lens is None:
+        raise ValueError(f"{policy_name}: the engine must fill Observation.future_match_lens "
+                         "(policy.needs_oracle is True)")
+    m = np.asarray(obs.future_match_lens, np.int64)
+    if m.shape != (obs.num_requests,) or (m < 0).any():
+        raise ValueError(f"{policy_name}: future_match_lens must be {obs.num_requests} "
+                         f"non-negative ints, got {m}")
+    return m
+
+
+@register("oracle_slo")
+class OracleSlo(Policy):
+    """slo_goodput's step plan fed the truth: a draft slot (request i, depth j) is worth w_i,
+    the request's SLO weight, when j <= m_i (it will be accepted) and nothing otherwise, so
+    the plan drafts only tokens that will be accepted, SLO-weighted, and only as many as pay
+    for their draft and verify time under the cost model (slo_goodput's objective, guard and
+    prefill value; see ``SloGoodput``). No early stop, every drafted token verified. A
+    candidate of the chain oracle: unlike the greedy ``oracle`` it weighs SLOs.
+    """
+
+    kind = "oracle"
+    needs_oracle = True
+    needs_feedback = True
+
+    def __init__(self, slo_weight: float = 1.0, max_boost: float = 2.0,
+                 slack_discount: float = 0.5, slo_step_factor: float = 1.5,
+                 slo_guard: str = "per_token", triage: bool = True,
+                 step_time_ema: float = 0.2, num_budget_points: int = 512):
+        if num_budget_points < 2:
+            raise ValueError(f"{self.name}: num_budget_points must be >= 2, "
+                             f"got {num_budget_points}")
+        # the SLO weights, guard and prefill value are slo_goodput's, read from one instance
+        self.slo = SloGoodput(slo_weight=slo_weight, max_boost=max_boost,
+                              slack_discount=slack_discount, slo_step_factor=slo_step_factor,
+                              slo_guard=slo_guard, triage=triage, chain_only=True)
+        self.step_time_ema = float(step_time_ema)
+        self.num_budget_points = int(num_budget_points)
+        self.t_step_s: float | None = None
+
+    def decide(self, obs: Observation) -> Decision:
+        n, K = obs.num_requests, obs.k_max
+        if n == 0 or K == 0:
+            return Decision(num_spec_tokens=np.zeros(n, np.int64))
+        t_step = self.t_step_s if self.t_step_s is not None else float(
+            np.sum(uniform_step_s(obs, [0])))
+        w = self.slo.weights(obs, t_step)
+        plan = max((self._plan(obs, w, slot_pass, widths)
+                    for slot_pass, widths in self.truths(obs, K)), key=lambda p: p.rate)
+        k, widths = plan.depth, plan.widths_used
+        nodes = np.zeros((n, obs.k_max), np.int64)
+        nodes[:, :K] = np.where(np.arange(K)[None, :] < k[:, None], widths, 0)
+        if nodes.max(initial=1) <= 1:
+            return Decision(num_spec_tokens=k)
+        return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
+
+    def truths(self, obs: Observation, K: int):
+        """(slot_pass, slot_widths) pairs, each (n, K), of the shapes the oracle may draft:
+        here the true chains (slot j of request i passes iff j <= m_i)."""
+        m = true_match_lens(obs, self.name)
+        slot_pass = (np.arange(1, K + 1)[None, :] <= m[:, None]).astype(float)
+        return [(slot_pass, np.ones(slot_pass.shape, np.int64))]
+
+    def _plan(self, obs, w, slot_pass, widths):
+        """The best of several slot orders: by SLO weight per verified node (the running max
+        keeps it non-increasing along a request's depths) and, for every cap c, the slots
+        of depth <= c first -- whose prefixes include the greedy ``oracle``'s plans and
+        every fixed k cut at the true match lengths."""
+        K = slot_pass.shape[1]
+        density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
+        big = float(density.max(initial=0.0)) + 1.0
+        depth = np.arange(1, K + 1)[None, :]
+        ranks = [density] + [density + big * slot_pass * (depth <= c) for c in range(1, K)]
+        plan = plan_slots(obs, w, slot_pass, widths, np.stack(ranks),
+                          self.slo.prefill_value(obs), self.slo.slo_guard,
+                          self.slo.slo_step_factor, None, self.num_budget_points)
+        return _Planned(plan.depth, plan.rate, widths)
+
+    def observe(self, feedback: Feedback) -> None:
+        step = float(feedback.draft_time_s + feedback.verify_time_s)
+        if step > 0:
+            self.t_step_s = step if self.t_step_s is None else (
+                (1 - self.step_time_ema) * self.t_step_s + self.step_time_ema * step)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    depth: np.ndarray      # int (n,), drafted depth per request
+    rate: float            # the plan's objective (slo_goodput's)
+    widths_used: np.ndarray  # int (n, K), width per depth of the truth it was planned on
+
+
+@register("oracle_tree")
+class OracleTree(OracleSlo):
+    """``oracle_slo`` for token trees: it knows, per request and depth, the narrowest tree
+    width whose depth passes (``Observation.future_tree_min_widths``, the step's sampled
+    per-branch outcome under the simulator's tree rule), so a request's true tree is that
+    width at each depth up to the first depth no width <= ``w_max`` passes. Slots are ranked
+    by SLO weight per verified node; the plan's prefix objective is slo_goodput's. A chain is
+    the width-1 tree, so in hindsight it also drafts chains where those pay more. Simulator
+    only (vLLM verifies chains).
+    """
+
+    makes_trees = True
+    needs_tree_oracle = True
+
+    def __init__(self, w_max: int = 8, slo_weight: float = 1.0, max_boost: float = 2.0,
+                 slack_discount: float = 0.5, slo_step_factor: float = 1.5,
+                 slo_guard: str = "per_token", triage: bool = True,
+                 step_time_ema: float = 0.2, num_budget_points: int = 512):
+        if w_max < 1:
+            raise ValueError(f"{self.name}: w_max must be >= 1, got {w_max}")
+        super().__init__(slo_weight, max_boost, slack_discount, slo_step_factor, slo_guard,
+                         triage, step_time_ema, num_budget_points)
+        self.tree_oracle_max_width = int(w_max)
+
+    def truths(self, obs: Observation, K: int):
+        """The true trees (each depth at its narrowest passing width) and the true chains
+        (width 1: the leading depths that pass with one candidate)."""
+        minw = obs.future_tree_min_widths
+        if minw is None:
+            raise ValueError(f"{self.name}: the engine must fill "
+                             "Observation.future_tree_min_widths (needs_tree_oracle is True)")
+        minw = np.asarray(minw, np.int64)[:, :K]
+        ok = np.cumprod(minw <= self.tree_oracle_max_width, axis=1).astype(bool)
+        chain = np.cumprod(minw <= 1, axis=1).astype(float)
+        return [(ok.astype(float), np.where(ok, minw, 1)),
+                (chain, np.ones(chain.shape, np.int64))]
 
 
 @register("oracle_fixed")

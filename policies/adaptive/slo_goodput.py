@@ -52,7 +52,8 @@ class SloGoodput(Policy):
     trees or chains, which AdaServe's global node selection also does; per-request widths beat the
     best single width by 1.7% at 5.3 req/s in the compare sweep. The best plan wins unless it
     drops a request the chain plan drafts for (starving them lost goodput at 7 req/s).
-    ``chain_only`` (live vLLM verifies chains) disables trees.
+    Trees are the ``slo_goodput_tree`` variant's (``chain_only=False``); ``slo_goodput``
+    itself plans chains, what live vLLM verifies.
 
     Stop (continue_drafting). Requests get ``extend_positions`` extra slots beyond the plan;
     after each pass request i drafts on only while w_i * c_is * a_i >= ``stop_margin`` *
@@ -75,7 +76,7 @@ class SloGoodput(Policy):
     needs_feedback = True
     custom_drafting = True
     custom_verify = True
-    makes_trees = True   # chain_only=True: chains (an instance attribute)
+    makes_trees = False   # chain_only=False (slo_goodput_tree): trees, an instance attribute
 
     needs_draft_confidences = True
 
@@ -90,7 +91,7 @@ class SloGoodput(Policy):
                  triage: bool = True, slo_guard: str = "per_token", w_max: int = 8,
                  tree_min_gain: float = 0.0, tree_extend_positions: int = 0,
                  tree_max_requests: int = 64,
-                 chain_only: bool = False, calibrate: bool = True,
+                 chain_only: bool | None = None, calibrate: bool = True,
                  prefill_neutral: bool = True, tree_steps: str = "decode",
                  tree_pass_targets: tuple = (0.7, 0.8, 0.9, 0.95, 0.98),
                  k_max: int | None = None):
@@ -112,8 +113,9 @@ class SloGoodput(Policy):
             raise ValueError(f"slo_goodput: need w_max >= 1 and tree_min_gain >= 0, got "
                              f"{w_max}, {tree_min_gain}")
         self.slo_guard, self.w_max = slo_guard, int(w_max)
-        self.tree_min_gain, self.chain_only = float(tree_min_gain), bool(chain_only)
-        self.makes_trees = not self.chain_only
+        # chain_only None: the registered class's own (slo_goodput chains, slo_goodput_tree trees)
+        self.chain_only = not type(self).makes_trees if chain_only is None else bool(chain_only)
+        self.tree_min_gain, self.makes_trees = float(tree_min_gain), not self.chain_only
         self.tree_extend_positions = int(tree_extend_positions)
         self.tree_max_requests = int(tree_max_requests)
         self.max_step_tokens = max_step_tokens
@@ -293,3 +295,13 @@ class SloGoodput(Policy):
             self.t_step_s = step if self.t_step_s is None else (
                 (1 - self.step_time_ema) * self.t_step_s + self.step_time_ema * step)
         self.tracker.forget(feedback.finished_ids)
+
+
+@register("slo_goodput_tree")
+class SloGoodputTree(SloGoodput):
+    """``slo_goodput`` with token trees in light pure-decode steps (simulator only: vLLM
+    verifies chains): the tree part of the class docstring above. Its chain variant, which
+    runs live, is ``slo_goodput``."""
+
+    makes_trees = True
+    chain_variant = "slo_goodput"

@@ -84,7 +84,50 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
     order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
     req, pos = np.divmod(order, K)
     Ws = np.take_along_axis(W, req, axis=1).astype(float)              # width of each slot
-    M = n * K
+    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
+    return _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W, prefill_value,
+                          guard, slo_step_factor, max_step_tokens, num_budget_points)
+
+
+def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
+               slot_widths: np.ndarray, rank: np.ndarray, prefill_value: float, guard: str,
+               slo_step_factor: float, max_step_tokens: int | None,
+               num_budget_points: int) -> PrefixPlan:
+    """The best prefix of draft slots over several rankings, given per slot (n, K) arrays:
+    ``slot_pass``, the chance slot (i, j) is accepted (a hindsight oracle passes 0 or 1),
+    ``slot_widths``, its tree width (1: a chain), and ``rank`` (R, n, K): R orders to take
+    slots in (descending, ties depth-major: shallow slots of every request first, so equal
+    slots share draft passes). A rank must not rise along a request's depths, so every
+    prefix is a set of per-request prefixes. The objective, guard and costs are
+    ``plan_widths``'; pass j feeds depth j - 1's width. Returns the best plan of all rows."""
+    n, K = slot_pass.shape
+    R = rank.shape[0]
+    tokens = np.broadcast_to(np.asarray(slot_pass, float).reshape(1, n * K), (R, n * K))
+    value = tokens * np.repeat(weight, K)[None, :]
+    # only slots that may pass are ranked (one that cannot only costs); slot index =
+    # request * K + depth; lexsort's last key is primary: rank descending, then depth
+    live = np.flatnonzero(tokens[0] > 0)
+    depth_key = live % K
+    order = live[np.stack([np.lexsort((depth_key, -r.reshape(n * K)[live])) for r in rank])]
+    sw = np.asarray(slot_widths, np.int64)
+    fed = np.concatenate([np.ones((n, 1), np.int64), sw[:, :K - 1]], axis=1)
+    Ws = np.take(sw.reshape(n * K), order).astype(float)
+    feed = np.take(fed.reshape(n * K), order).astype(float)
+    q = np.full((R, n), np.nan)      # no per-request depth-pass rate: the slots carry it
+    W = np.broadcast_to(sw.max(axis=1), (R, n))
+    plans = _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W,
+                           prefill_value, guard, slo_step_factor, max_step_tokens,
+                           num_budget_points)
+    return max(plans, key=lambda p: p.rate)
+
+
+def _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W, prefill_value, guard,
+                   slo_step_factor, max_step_tokens, num_budget_points) -> list[PrefixPlan]:
+    """For each row of the (nw, n K) slot ranking ``order``: the prefix b maximising
+    (sum w + w_p + value of the b slots) / T(b) under the guard (``plan_widths``)."""
+    n, nw = obs.num_requests, order.shape[0]
+    req, pos = np.divmod(order, K)
+    M = order.shape[1]                                   # slots ranked (n K unless pruned)
     b = np.arange(M + 1)
     if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
         b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
@@ -98,7 +141,6 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
         return np.bincount(cell, weights=weights, minlength=size).reshape(
             nw, b.size, K).cumsum(axis=1)
     n_j = per_depth(None)
-    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
     t_j = np.asarray(obs.cost.draft_step_s(per_depth(feed.ravel()), n_j,    # draft j attends
                                            per_depth(((L + pos) * feed).ravel())), float)
     draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)

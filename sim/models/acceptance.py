@@ -68,6 +68,22 @@ class StepDraw:
         ok = self.uniforms < p
         return _leading_true(ok)
 
+    def tree_min_widths(self, max_width: int) -> np.ndarray:
+        """int (n, k_max): per depth, the narrowest width w <= ``max_width`` that ``tree_accepted``
+        would pass (u < 1 - (1 - a)^w), ``max_width`` + 1 where none does: what a tree oracle
+        knows of this step's sampled outcomes (``Observation.future_tree_min_widths``)."""
+        if self.uniforms is None:
+            raise ValueError("tree oracles need the parametric acceptance model; "
+                             "replayed traces record chains only")
+        u = self.uniforms
+        fail = np.broadcast_to(1.0 - self.rates, u.shape)
+        # (1-a)^w < 1-u  <=>  w > log(1-u) / log(1-a); the loop below settles rounding by
+        # testing the very inequality tree_accepted tests, width by width
+        out = np.full(u.shape, max_width + 1, np.int64)
+        for w in range(max_width, 0, -1):
+            out[u < 1.0 - fail ** w] = w
+        return out
+
 
 def _leading_true(ok: np.ndarray) -> np.ndarray:
     """Number of leading True values along the last axis: the first False of ``ok`` with a

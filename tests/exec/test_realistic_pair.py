@@ -212,9 +212,10 @@ def test_confidence_policy_refuses_the_ngram_drafter(tmp_path):
     for name in ("none", "fixed", "smartspec", "batch_schedule"):
         check_policy_fits_drafter(make_policy(name), cfg)
     # tree policies never run live: vLLM verifies chains (no silent fallback to a chain)
-    for name in ("adaserve", "slo_goodput"):
-        with pytest.raises(ValueError, match=rf"policy '{name}' makes token trees.*chain_only"):
-            check_policy_fits_drafter(make_policy(name), cfg)
+    with pytest.raises(ValueError, match=r"policy 'adaserve' makes token trees.*chain_only=true"):
+        check_policy_fits_drafter(make_policy("adaserve"), cfg)
+    with pytest.raises(ValueError, match=r"'slo_goodput_tree' makes token trees.*policy=slo_goodput;"):
+        check_policy_fits_drafter(make_policy("slo_goodput_tree"), cfg)
     with pytest.raises(ValueError, match="set draft_model=None"):
         LiveConfig(target_model=str(tmp_path), draft_model=str(tmp_path), draft_method="ngram")
     with pytest.raises(ValueError, match="unknown draft_method='medusa'"):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.compare.ratios import compare_json, ratio, ratio_report, with_oracle_fixed
+from experiments.compare.ratios import (compare_json, ratio, ratio_report, with_class_oracles,
+                                        with_oracle_fixed)
 from experiments.compare.setup_grid import (CompareSetup, default_policy_specs, load_levels,
                                        num_requests_at, select_specs)
 
@@ -28,7 +29,10 @@ HAND = _table([
     ("fixed_k1", 1.0, 0.90, 0.95), ("fixed_k1", 2.0, 1.2, 0.70),
     ("fixed_k2", 1.0, 0.95, 0.97), ("fixed_k2", 2.0, 1.0, 0.60),
     ("oracle", 1.0, 1.00, 1.00), ("oracle", 2.0, 1.1, 0.65),
+    ("oracle_slo", 1.0, 0.98, 1.00), ("oracle_slo", 2.0, 1.4, 0.85),
+    ("oracle_tree", 1.0, 1.05, 1.00), ("oracle_tree", 2.0, 1.3, 0.80),
     ("slo_goodput", 1.0, 0.97, 0.99), ("slo_goodput", 2.0, 1.32, 0.80),
+    ("slo_goodput_tree", 1.0, 1.02, 0.99), ("slo_goodput_tree", 2.0, 1.35, 0.80),
     ("adaspec", 1.0, 0.99, 1.00), ("adaspec", 2.0, 0.60, 0.30),
 ])
 
@@ -42,25 +46,52 @@ def test_best_fixed_is_picked_per_load_in_hindsight():
     assert len(with_oracle_fixed(t)) == len(t)
 
 
+def test_class_oracles_are_the_best_hindsight_run_of_their_class():
+    t = with_class_oracles(HAND)
+    chain = t[t["policy"] == "chain_oracle"].set_index("trace.rate")
+    tree = t[t["policy"] == "tree_oracle"].set_index("trace.rate")
+    # chains: none, fixed k, oracle, oracle_slo -- never a policy under test (slo_goodput)
+    assert chain["oracle_pick"].tolist() == ["oracle", "oracle_slo"]
+    assert chain["goodput_req_s"].tolist() == [1.0, 1.4]
+    # trees: the chain runs and oracle_tree, whichever is better at each load
+    assert tree["oracle_pick"].tolist() == ["oracle_tree", "oracle_slo"]
+    assert tree["goodput_req_s"].tolist() == [1.05, 1.4]
+    assert len(with_class_oracles(t)) == len(t)          # idempotent
+    # per seed: each seed's own best run, before any mean
+    seeded = pd.concat([HAND.assign(sweep_seed=0), HAND.assign(sweep_seed=1)])
+    seeded.loc[(seeded["sweep_seed"] == 1) & (seeded["policy"] == "oracle"), "goodput_req_s"] = 2
+    per = with_class_oracles(seeded)
+    picks = per[per["policy"] == "chain_oracle"].sort_values(["sweep_seed", "trace.rate"])
+    assert picks["oracle_pick"].tolist() == ["oracle", "oracle_slo", "oracle", "oracle"]
+
+
 def test_ratios_and_best_adaptive_by_hand():
-    rep = ratio_report(HAND)
+    rep = ratio_report(with_class_oracles(HAND))
     assert rep["loads"] == [1.0, 2.0]
     sg, ad = rep["ratios"]["slo_goodput"], rep["ratios"]["adaspec"]
+    assert sg["class"] == "chain" and rep["ratios"]["slo_goodput_tree"]["class"] == "tree"
     assert sg["ratio_to_best_fixed"] == pytest.approx([0.97 / 0.95, 1.32 / 1.2])
     assert sg["worst_ratio_to_best_fixed"] == pytest.approx(0.97 / 0.95)
-    assert sg["ratio_to_oracle"] == pytest.approx([0.97, 1.32 / 1.1])
-    assert sg["worst_ratio_to_oracle"] == pytest.approx(0.97)
-    # max(oracle, best fixed) is 1.0 at load 1 and 1.2 at load 2
-    assert sg["ratio_to_max_oracle_best_fixed"] == pytest.approx([0.97, 1.1])
+    assert sg["ratio_to_oracle"] == pytest.approx([0.97, 1.32 / 1.4])     # the chain oracle
+    assert sg["worst_ratio_to_oracle"] == pytest.approx(1.32 / 1.4)
+    assert sg["ratio_to_max_oracle_best_fixed"] == pytest.approx([0.97, 1.32 / 1.4])
     assert ad["worst_ratio_to_best_fixed"] == pytest.approx(0.6 / 1.2)
     assert ad["worst_load_vs_best_fixed"] == 2.0
-    assert rep["best_adaptive"] == "slo_goodput"
-    assert rep["best_adaptive_worst_ratio_to_oracle"] == pytest.approx(0.97)
+    assert rep["best_adaptive"] == "slo_goodput" and rep["best_tree"] == "slo_goodput_tree"
+    assert rep["best_adaptive_worst_ratio_to_oracle"] == pytest.approx(1.32 / 1.4)
     assert rep["best_adaptive_worst_ratio_to_best_fixed"] == pytest.approx(0.97 / 0.95)
+    assert rep["best_tree_worst_ratio_to_tree_oracle"] == pytest.approx(1.35 / 1.4)
+    assert rep["best_tree_worst_ratio_to_best_fixed"] == pytest.approx(1.02 / 0.95)
     assert rep["best_fixed_k"] == [2, 1]
-    # the greedy oracle loses at load 2 (to slo_goodput 1.32 and fixed_k1 1.2): reported
-    assert rep["oracle_below_others"] == [{"load": 2.0, "oracle_goodput": 1.1,
-                                          "best_policy": "slo_goodput", "best_goodput": 1.32}]
+    assert rep["max_ratio_to_class_oracle"] == pytest.approx(0.99)    # adaspec at load 1
+    assert rep["oracle_below_others"] == []
+    # a policy above its class oracle is reported, never hidden
+    above = HAND.copy()
+    above.loc[above["policy"] == "slo_goodput_tree", "goodput_req_s"] = [1.2, 1.5]
+    rep = ratio_report(with_class_oracles(above))
+    assert rep["max_ratio_to_class_oracle"] == pytest.approx(1.2 / 1.05)
+    assert [(x["load"], x["best_policy"], x["class"]) for x in rep["oracle_below_others"]] == [
+        (1.0, "slo_goodput_tree", "tree"), (2.0, "slo_goodput_tree", "tree")]
 
 
 def test_zero_goodput_and_bad_tables():
@@ -78,15 +109,19 @@ def test_json_has_every_policy_and_key():
     assert out["policies"]["oracle_fixed"]["goodput"] == [0.95, 1.2]
     assert out["policies"]["adaspec"]["slo_attainment"] == [1.0, 0.3]
     for key in ("best_adaptive", "best_adaptive_worst_ratio_to_oracle",
-                "best_adaptive_worst_ratio_to_best_fixed"):
+                "best_adaptive_worst_ratio_to_best_fixed", "best_tree",
+                "best_tree_worst_ratio_to_tree_oracle", "best_tree_worst_ratio_to_best_fixed",
+                "max_ratio_to_class_oracle"):
         assert key in out
+    assert "slo_goodput_tree" in out["tree_policies"] and "slo_goodput" in out["chain_policies"]
     json.dumps(out, allow_nan=False)
 
 
 def test_policy_selection_and_loads():
     labels = [s.label for s in default_policy_specs()]
     assert labels[:6] == ["none", "fixed_k1", "fixed_k2", "fixed_k3", "fixed_k4", "fixed_k5"]
-    assert {"batch_schedule", "oracle", "slo_goodput", "adaserve"} <= set(labels)
+    assert {"batch_schedule", "oracle", "oracle_slo", "oracle_tree", "slo_goodput",
+            "slo_goodput_tree", "adaserve"} <= set(labels)
     assert [s.label for s in select_specs("fixed,oracle")] == labels[1:6] + ["oracle"]
     with pytest.raises(ValueError, match="unknown policies"):
         select_specs("none,nope")
@@ -103,7 +138,8 @@ def test_quick_sweep_prints_json_last(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = {s.label for s in default_policy_specs()} | {"oracle_fixed"}
+    expected = {s.label for s in default_policy_specs()} | {"oracle_fixed", "chain_oracle",
+                                                              "tree_oracle"}
     assert set(out["policies"]) == expected
     assert len(out["loads"]) == 3 and out["saturation"]["saturation_rate_req_s"] > 0
     for name, entry in out["policies"].items():
@@ -111,8 +147,11 @@ def test_quick_sweep_prints_json_last(tmp_path):
         assert all(0.0 <= a <= 1.0 for a in entry["slo_attainment"]), name
     assert out["best_adaptive"] in out["ratios"]
     for key in ("best_adaptive_worst_ratio_to_oracle", "best_adaptive_worst_ratio_to_best_fixed",
-                "best_adaptive_worst_ratio_to_max_oracle_best_fixed", "oracle_below_others"):
+                "best_adaptive_worst_ratio_to_max_oracle_best_fixed", "oracle_below_others",
+                "best_tree_worst_ratio_to_tree_oracle", "max_ratio_to_class_oracle"):
         assert key in out
+    # the class oracles bound every policy of their class in this sweep too
+    assert out["max_ratio_to_class_oracle"] <= 1.0, out["oracle_below_others"]
     table = pd.read_parquet(tmp_path / "summary.parquet")
     assert (table["num_failed"] == 0).all()
     assert (table["num_finished"] == table["num_requests"]).all()
@@ -147,10 +186,12 @@ def test_seeds_are_averaged_before_ratios_and_reported_one_by_one(tmp_path):
     row = mean[(mean["policy"] == "oracle") & (mean["trace.rate"] == 2.0)].iloc[0]
     assert row["goodput_req_s"] == pytest.approx(0.75 * 1.1)
     assert row["k_hist"] == "[1]"                       # non-numeric: first seed's
-    per = per_seed_ratios(seeded, "slo_goodput")["slo_goodput"]
-    assert per["seeds"] == [0, 1]
-    assert per["worst_ratio_to_oracle"] == pytest.approx([0.97, 0.97])
-    assert per_seed_ratios(seeded, None) == {}
+    per = per_seed_ratios(with_class_oracles(seeded), ("slo_goodput", "slo_goodput_tree"))
+    assert per["slo_goodput"]["seeds"] == [0, 1]
+    assert per["slo_goodput"]["worst_ratio_to_oracle"] == pytest.approx([1.32 / 1.4] * 2)
+    assert per["slo_goodput_tree"]["worst_ratio_to_tree_oracle"] == pytest.approx(
+        [1.35 / 1.4] * 2)
+    assert per_seed_ratios(seeded, (None,)) == {}
 
 
 def test_two_seeds_end_to_end(tmp_path):
@@ -160,8 +201,8 @@ def test_two_seeds_end_to_end(tmp_path):
     setup = quick_setup(CompareSetup(loads=(2.0, 4.0)))
     # workers=2: the sweep's compiled epochs load numba in the worker processes only; numba in
     # the pytest process would break vLLM engines that later tests start (sim/fast/epoch_compiled.py)
-    out = run_compare(setup, select_specs("fixed,oracle,slo_goodput"), tmp_path, workers=2,
-                      num_seeds=2)
+    out = run_compare(setup, select_specs("fixed,oracle,oracle_slo,slo_goodput"), tmp_path,
+                      workers=2, num_seeds=2)
     assert "numba" not in sys.modules
     assert out["seeds"] == [0, 1]
     assert len(out["per_seed"]["slo_goodput"]["worst_ratio_to_oracle"]) == 2

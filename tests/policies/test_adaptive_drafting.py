@@ -40,19 +40,23 @@ def test_adaspec_drafts_while_goodput_rises_then_stops():
 
 
 def test_adaspec_slo_aware_blocks_steps_over_the_slo():
+    # the paper_literal ablation: a k > 0 whose *step* time breaks the tightest SLO is out
+    # (the per_token default: tests/policies/test_adaspec_slo.py)
+    lit = {"slo_estimator": "paper_literal"}
     obs = make_obs(8)
     draft, verify = uniform_step_s(obs, [0, 1])
     t0, t1 = draft[0] + verify[0], draft[1] + verify[1]
     tight = make_obs(8, tpot=(t0 + t1) / 2)              # T(0) fits, T(1) does not
-    assert make_policy("adaspec").decide(tight).num_spec_tokens.sum() == 0
+    assert make_policy("adaspec", **lit).decide(tight).num_spec_tokens.sum() == 0
     assert make_policy("adaspec", slo_aware=False).decide(tight).num_spec_tokens.sum() > 0
-    assert make_policy("adaspec", step_budget_s=(t0 + t1) / 2).decide(obs).num_spec_tokens.sum() == 0
+    assert make_policy("adaspec", step_budget_s=(t0 + t1) / 2,
+                       **lit).decide(obs).num_spec_tokens.sum() == 0
     # the pre-check stops drafting before the first step over the budget
     s_t = draft + verify
     ks = np.arange(obs.k_max + 1)
     d_all, v_all = uniform_step_s(obs, ks)
     budget = (d_all[3] + v_all[3] + d_all[4] + v_all[4]) / 2  # T(3) fits, T(4) does not
-    p = make_policy("adaspec", step_budget_s=budget)
+    p = make_policy("adaspec", step_budget_s=budget, **lit)
     d = p.decide(obs)
     assert s_t[1] < budget and d.num_spec_tokens[0] == obs.k_max
     assert p.continue_drafting(draft_state(obs, d, 2, 0.99)).all()

@@ -1,4 +1,4 @@
-"""slo_goodput: token trees, the per-token SLO guard, tree feedback, decide() speed."""
+"""slo_goodput and slo_goodput_tree: token trees, the per-token SLO guard, tree feedback."""
 
 import numpy as np
 import pytest
@@ -10,14 +10,14 @@ from tests.policies.helpers import LinearCost, feedback, make_obs
 
 def test_trees_in_light_pure_decode_steps_only():
     obs = make_obs(4)                              # 4 requests, no prefill, nobody waiting
-    d = make_policy("slo_goodput").decide(obs)
+    d = make_policy("slo_goodput_tree").decide(obs)
     assert d.nodes_per_depth is not None and d.nodes_per_depth.shape == (4, obs.k_max)
     w = d.nodes_per_depth
     assert w.max() > 1                             # wider than a chain
     assert ((w > 0).sum(axis=1) == d.num_spec_tokens).all()
-    assert make_policy("slo_goodput", chain_only=True).decide(obs).nodes_per_depth is None
-    assert make_policy("slo_goodput").decide(make_obs(4, waiting=3)).nodes_per_depth is None
-    assert make_policy("slo_goodput").decide(make_obs(4, prefill=64)).nodes_per_depth is None
+    assert make_policy("slo_goodput").decide(obs).nodes_per_depth is None
+    assert make_policy("slo_goodput_tree").decide(make_obs(4, waiting=3)).nodes_per_depth is None
+    assert make_policy("slo_goodput_tree").decide(make_obs(4, prefill=64)).nodes_per_depth is None
 
 
 def test_tree_plan_uses_tree_depth_pass_probability():
@@ -34,26 +34,26 @@ def test_tree_never_starves_a_request_the_chain_plan_serves():
     tpot = np.where(np.arange(n) < 6, 0.03, 0.12)
     elapsed = np.where(np.arange(n) < 6, 0.9, 0.2)   # six requests behind, the rest with slack
     obs = make_obs(n, tpot=tpot, elapsed=elapsed)
-    chain = make_policy("slo_goodput", chain_only=True)
+    chain = make_policy("slo_goodput")
     chain.decide(obs)
-    tree = make_policy("slo_goodput")
+    tree = make_policy("slo_goodput_tree")
     d = tree.decide(obs)
     assert (tree.planned_k[chain.planned_k > 0] > 0).all()
     assert ((d.num_spec_tokens > 0) >= (chain.planned_k > 0)).all()
 
 
 def test_tree_feedback_counts_depth_and_width_rejections():
-    p = make_policy("slo_goodput", prior_rate=0.5)
+    p = make_policy("slo_goodput_tree", prior_rate=0.5)
     obs = make_obs(2)
     d = p.decide(obs)
     W = int(d.nodes_per_depth.max())
     assert W > 1
     k = d.num_spec_tokens
     p.observe(feedback(obs, W * k, 1))          # depth 1 accepted, depth 2 rejected (W siblings)
-    ref = make_policy("slo_goodput", prior_rate=0.5)
+    ref = make_policy("slo_goodput_tree", prior_rate=0.5)
     ref.tracker.observe(obs.request_ids, k, np.ones(2), np.full(2, W))
     assert p.tracker.rate(obs.request_ids) == pytest.approx(ref.tracker.rate(obs.request_ids))
-    chain = make_policy("slo_goodput", prior_rate=0.5)
+    chain = make_policy("slo_goodput_tree", prior_rate=0.5)
     chain.tracker.observe(obs.request_ids, W * k, np.ones(2))
     assert (p.tracker.rate(obs.request_ids) < chain.tracker.rate(obs.request_ids)).all()
 
@@ -79,15 +79,15 @@ def test_plan_rate_matches_step_cost_of_its_lengths(seed):
 
 def test_no_trees_past_tree_max_requests():
     obs = make_obs(4)
-    assert make_policy("slo_goodput", tree_max_requests=4).decide(obs).nodes_per_depth is not None
-    assert make_policy("slo_goodput", tree_max_requests=3).decide(obs).nodes_per_depth is None
+    assert make_policy("slo_goodput_tree", tree_max_requests=4).decide(obs).nodes_per_depth is not None
+    assert make_policy("slo_goodput_tree", tree_max_requests=3).decide(obs).nodes_per_depth is None
 
 
 def test_per_request_tree_widths_go_to_low_acceptance_requests():
     """A low-acceptance request needs more candidates per depth for the same pass chance:
     with per-request shapes the plan gives it a wider tree than a high-acceptance one."""
     obs = make_obs(4)
-    p = make_policy("slo_goodput", prior_rate=0.5)
+    p = make_policy("slo_goodput_tree", prior_rate=0.5)
     ids = obs.request_ids
     for _ in range(30):     # requests 0, 1 accept almost everything; 2, 3 about a third
         p.tracker.observe(ids, np.full(4, 4), np.array([4, 4, 1, 1]))
@@ -97,7 +97,7 @@ def test_per_request_tree_widths_go_to_low_acceptance_requests():
     first = w[:, 0]
     assert first[2:].min() > first[:2].max()          # wider where acceptance is low
     assert ((w > 0).sum(axis=1) == d.num_spec_tokens).all()
-    uniform = make_policy("slo_goodput", prior_rate=0.5, tree_pass_targets=())
+    uniform = make_policy("slo_goodput_tree", prior_rate=0.5, tree_pass_targets=())
     for _ in range(30):
         uniform.tracker.observe(ids, np.full(4, 4), np.array([4, 4, 1, 1]))
     wu = uniform.decide(obs).nodes_per_depth
@@ -108,4 +108,4 @@ def test_per_request_tree_widths_go_to_low_acceptance_requests():
     after = p.tracker.rate(ids)
     assert (after < before).all()
     with pytest.raises(ValueError, match="tree_pass_targets"):
-        make_policy("slo_goodput", tree_pass_targets=(0.5, 1.2))
+        make_policy("slo_goodput_tree", tree_pass_targets=(0.5, 1.2))
