@@ -102,6 +102,11 @@ class CompareSetup:
     draft: str = "draft-68m"
     hardware: str = "a100-80g"
     acceptance: tuple = (7.0, 3.0)   # Beta(alpha, beta) per request (conf/model/llama2_7b_68m)
+    per_dataset_acceptance: tuple = ()   # (tag, alpha, beta): per dataset tag (Spec-Bench)
+    # request lengths: "trace" (the trace's own), "spec_bench" (each arrival a Spec-Bench
+    # question, AdaSpec's workload; tags = its category group) or "decode_heavy" (short
+    # prompts, long outputs: decode-bound large batches)
+    lengths: str = "trace"
     k_max: int = 8
     seed: int = 0
 
@@ -117,10 +122,11 @@ def num_requests_at(setup: CompareSetup, rate_per_s: float) -> int:
                    setup.max_requests))
 
 
-def _seeds(seed: int) -> tuple[int, int]:
-    """Independent child seeds for the SLO assignment and the engine."""
-    slo, engine = np.random.SeedSequence([int(seed), 0xC0E]).spawn(2)
-    return (int(slo.generate_state(1, np.uint32)[0]), int(engine.generate_state(1, np.uint32)[0]))
+def _seeds(seed: int) -> tuple[int, int, int]:
+    """Independent child seeds for the SLO assignment, the engine and the request lengths
+    (spawned children do not depend on how many are spawned: adding one kept the others)."""
+    children = np.random.SeedSequence([int(seed), 0xC0E]).spawn(3)
+    return tuple(int(c.generate_state(1, np.uint32)[0]) for c in children)
 
 
 def base_workload(setup: CompareSetup) -> Trace:
@@ -132,10 +138,39 @@ def base_workload(setup: CompareSetup) -> Trace:
     trace = load_named(setup.trace_name)
     if setup.window_start_s or setup.window_end_s is not None:
         trace = tf.window(trace, setup.window_start_s, setup.window_end_s)
+    trace = with_lengths(trace, setup.lengths, _seeds(setup.seed)[2])
     if setup.max_output_tokens is not None:
         trace = tf.clip_lengths(trace, max_output=setup.max_output_tokens)
     classes = setup.slo_classes or DEFAULT_SLO_CLASSES
     return assign_slos(trace, classes, _seeds(setup.seed)[0])
+
+
+# AdaSpec's Spec-Bench workload (conf/repro/adaspec_*: outputs per group are assumed medians)
+SPEC_BENCH_LENGTHS = dict(tokens_per_word=1.3, template_tokens=40, output_sigma=0.4,
+                          max_prompt_tokens=1024, max_total_tokens=2048,
+                          output_median={"mt_bench": 350, "translation": 60,
+                                         "summarization": 120, "qa": 160,
+                                         "math_reasoning": 220, "rag": 160})
+DECODE_HEAVY_PROMPT = (16, 128)      # prompt tokens: the trace's, clipped into this range
+DECODE_HEAVY_OUTPUT = (384, 1024)    # output tokens: uniform in this range
+
+
+def with_lengths(trace: Trace, lengths: str, seed: int) -> Trace:
+    """The trace's arrivals with the request lengths ``CompareSetup.lengths`` names."""
+    if lengths == "trace":
+        return trace
+    if lengths == "spec_bench":
+        from types import SimpleNamespace
+
+        from experiments.compare.specbench import spec_bench_trace
+        return spec_bench_trace(trace, SimpleNamespace(**SPEC_BENCH_LENGTHS), seed)
+    if lengths == "decode_heavy":
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDEC]))
+        prompt = np.clip(trace.num_prompt_tokens, *DECODE_HEAVY_PROMPT)
+        out = rng.integers(DECODE_HEAVY_OUTPUT[0], DECODE_HEAVY_OUTPUT[1] + 1, len(trace))
+        return Trace.from_columns(trace.arrival_s, prompt, out, dataset=trace.dataset,
+                                  name=f"{trace.name}+decode_heavy", meta=dict(trace.meta))
+    raise ValueError(f"unknown lengths {lengths!r}: use 'trace', 'spec_bench' or 'decode_heavy'")
 
 
 def workload_at(base: Trace, rate_per_s: float, num_requests: int) -> Trace:
@@ -152,7 +187,9 @@ def sim_config(setup: CompareSetup):
 
     return SimConfig(model=setup.model, draft=setup.draft, hardware=setup.hardware,
                      engine=EngineConfig(k_max=setup.k_max, compiled_epochs=True),  # sim-only process
-                     acceptance=AcceptanceConfig(default=tuple(setup.acceptance)),
+                     acceptance=AcceptanceConfig(
+                         default=tuple(setup.acceptance),
+                         per_dataset=tuple(tuple(x) for x in setup.per_dataset_acceptance)),
                      seed=_seeds(setup.seed)[1])
 
 

@@ -29,9 +29,10 @@ SLO_ESTIMATORS = ("per_token", "paper_literal")
 class _Step:
     obs: Observation
     step_s: np.ndarray      # predicted T(k) for uniform k = 0..K
-    budget_s: float         # paper_literal: SLO step budget (inf when not slo_aware)
+    budget_s: float         # tightest SLO budget min_i b_i (inf when none / not slo_aware)
     g_prev: float           # score of the last accepted drafting decision
-    # per_token: each request's TPOT budget b_i (inf where none); None when no request has one
+    # per_token: each request's TPOT budget b_i (inf where none); None when no request has
+    # one, and always None for paper_literal (which uses budget_s as a step budget)
     tpot_s: np.ndarray | None = None
 
 
@@ -65,22 +66,25 @@ class AdaSpec(Policy):
       * ``"per_token"`` (default): a TPOT SLO bounds time *per token*, and a step of length k
         emits 1 + e_i(k) tokens of request i (e_i = its expected accepted drafts, the same
         sum_j c_ij as in G). So k meets every SLO iff T(k) <= A(k) = min_i b_i (1 + e_i(k)),
-        k = 0 included (it has no exemption: its allowance is min_i b_i). A k that meets
-        every SLO scores G(k) > 0. A k that does not scores -T(k) / A(k) < 0: minus the
-        worst per-token time relative to its request's SLO. Feasible lengths thus always
-        win (the "SLO-aware optimal" k, left of the latency-optimal one when the peak
-        breaks an SLO), and when no k meets the SLOs, not even k = 0, the k that lowers the
-        time per token of the request most at risk wins (with the prior's uniform
-        e(k) this is argmax G: tokens per second of every request, the at-risk ones
-        included) instead of forcing speculation off exactly when it helps most.
+        k = 0 included (no exemption: its allowance is min_i b_i). A k that meets every SLO
+        scores G(k) > 0; one that does not scores -T(k) / A(k) < 0, minus the worst time per
+        token relative to its request's SLO. So lengths that meet the SLOs always win, the
+        best G among them; and when none does, not even k = 0, the k that lowers the time
+        per token of the request most at risk wins, instead of speculation being switched
+        off exactly when it helps most. At the prior (decide, and the whole plan when
+        ``adaptive_drafter`` is off) every request has the same e(k), T(k) <= b_min (1 + e(k))
+        iff G(k) >= B / b_min, and the score orders k exactly as G does: the planned k is
+        the goodput peak. The SLO cuts drafting short only through each request's own
+        confidences (the post-/pre-checks and the verifier): a request at risk whose drafts
+        are poor stops the batch at the "SLO-aware optimal" length left of the peak.
       * ``"paper_literal"`` (ablation; what this policy did before): any k > 0 whose
         predicted *step* time T(k) exceeds the tightest budget min_i b_i gets G = -1;
         k = 0 is exempt. The released code has this check commented out
         (``_predict_goodput_with_constraint``); the name ``scaled_slo_tpot`` suggests a TPOT
         SLO scaled to a step. Under load T(1) exceeds the tightest TPOT SLO even where
         speculation lowers every request's time per token, and this reading then switches
-        speculation off (0.50x the best fixed k at 2x the no-spec saturation load in
-        ``python -m experiments.compare``).
+        speculation off (in ``python -m experiments.compare``, about half the goodput of
+        the best fixed k at twice the no-speculation saturation load).
 
       Errors for bad parameters name the policy (``adaspec: ...``).
     """
@@ -140,21 +144,29 @@ class AdaSpec(Policy):
                         -step_s / allowance)
 
     @staticmethod
-    def _score1(expected: float, n: int, step_s: float, allowance: float) -> float:
-        """Scalar ``_score`` (called after every draft pass)."""
+    def _score1(expected: float, rows: np.ndarray, n: int, step_s: float,
+                tpot: np.ndarray) -> float:
+        """Scalar ``_score`` of one length; ``rows``: each request's e_i, ``expected`` their
+        sum. Callers skip it (G alone) when ``step_s`` is within the tightest budget: such a
+        step meets every SLO whatever is accepted (called after every draft pass)."""
+        allowance = float((tpot * (1.0 + rows)).min())
         return (expected + n) / step_s if step_s <= allowance else -step_s / allowance
 
-    def _tpot_budgets(self, obs: Observation) -> np.ndarray | None:
-        """per_token: each request's TPOT budget b_i (inf where none), or None when no request
-        has a finite one (or not slo_aware / paper_literal): then G alone decides."""
+    def _tpot_budgets(self, obs: Observation) -> tuple[np.ndarray | None, float]:
+        """per_token: (each request's TPOT budget b_i, inf where none; min_i b_i), or
+        (None, inf) when no request has a finite one (or not slo_aware / paper_literal)."""
         if not (self.slo_aware and self._per_token):
-            return None
+            return None, np.inf
         b = obs.tpot_slo_s
         if self.step_budget_s is not None:
             b = np.minimum(b, float(self.step_budget_s))
-        if not np.isfinite(b.min(initial=np.inf)):
-            return None
-        return np.maximum(b, 1e-9)       # a budget <= 0 is never met; keeps -T/A finite
+        b_min = float(b.min(initial=np.inf))
+        if not b_min < np.inf:
+            return None, np.inf
+        if b_min <= 0.0:                 # a budget <= 0 is never met; keeps -T/A finite
+            b = np.maximum(b, 1e-9)
+            b_min = 1e-9
+        return b, b_min
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -165,11 +177,8 @@ class AdaSpec(Policy):
         ks = np.arange(kmax + 1)
         draft, verify = uniform_step_s(obs, ks)
         step = draft + verify
-        tpot = self._tpot_budgets(obs)
-        if tpot is not None:
-            budget = np.inf
-            b_min = float(tpot.min())
-        else:
+        tpot, budget = self._tpot_budgets(obs)
+        if tpot is None:
             budget = (tightest_slo_s(obs, self.step_budget_s)
                       if self.slo_aware and not self._per_token else np.inf)
         # per-request expected accepted drafts e(k) at the prior, uniform over requests
@@ -181,7 +190,7 @@ class AdaSpec(Policy):
         if tpot is None:
             g = self._goodput(n * e, n, t, spec, budget)
         else:       # uniform e: A(k) = min_i b_i (1 + e(k)) = b_min (1 + e(k))
-            g = self._score(n * e, n, t, b_min * (1.0 + e))
+            g = self._score(n * e, n, t, budget * (1.0 + e))
         if self.adaptive_drafter:
             k = kmax if kmax > 0 and g[1] > g[0] else 0
         else:
@@ -201,14 +210,15 @@ class AdaSpec(Policy):
         cum = cumulative_confidence(draft.confidences[:, :s])
         tpot = st.tpot_s
         # post-check: actual confidences of the pass just run
-        if tpot is None:
+        t_cur = float(st.step_s[min(s, kmax)])
+        rows = None
+        if tpot is None or t_cur <= st.budget_s:     # per_token: meets every SLO regardless
             expected = float(cum.sum())
-            g_cur = self._goodput1(expected, n, float(st.step_s[min(s, kmax)]), st.budget_s)
+            g_cur = self._goodput1(expected, n, t_cur, st.budget_s)
         else:
-            rows = cum.sum(axis=1)             # e_i: request i's expected accepted drafts
+            rows = cum.sum(axis=1)                   # e_i: request i's expected accepted drafts
             expected = float(rows.sum())
-            g_cur = self._score1(expected, n, float(st.step_s[min(s, kmax)]),
-                                 float((tpot * (1.0 + rows)).min()))
+            g_cur = self._score1(expected, rows, n, t_cur, tpot)
         if g_cur < st.g_prev:
             st.g_prev = g_cur
             return np.zeros_like(more)
@@ -220,13 +230,14 @@ class AdaSpec(Policy):
         if s >= kmax or not more.any():
             return more
         # pre-check: would one more pass, at the prior, still raise goodput?
-        if tpot is None:
-            g_next = self._goodput1(expected + float(cum[:, s - 1].sum()) * self.prior, n,
-                                    float(st.step_s[s + 1]), st.budget_s)
+        t_next = float(st.step_s[s + 1])
+        last = cum[:, s - 1]
+        if tpot is None or t_next <= st.budget_s:
+            g_next = self._goodput1(expected + float(last.sum()) * self.prior, n, t_next,
+                                    st.budget_s)
         else:
-            add = cum[:, s - 1] * self.prior
-            g_next = self._score1(expected + float(add.sum()), n, float(st.step_s[s + 1]),
-                                  float((tpot * (1.0 + rows + add)).min()))
+            rows = (cum.sum(axis=1) if rows is None else rows) + last * self.prior
+            g_next = self._score1(float(rows.sum()), rows, n, t_next, tpot)
         return more if g_next >= st.g_prev else np.zeros_like(more)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
@@ -241,21 +252,23 @@ class AdaSpec(Policy):
             target = max(previous_graph_bucket(total + n) - n, 0)
         if target >= total:
             return drafted
-        cum = cumulative_confidence(draft.confidences)
+        # only the drafted columns: the trim sorts n x max(s_i) scores instead of n x k_max
+        # (same result: undrafted positions are never kept, ties keep position order)
+        cum = cumulative_confidence(draft.confidences[:, :int(drafted.max())])
         trimmed = trim_to_budget(drafted, cum, target)
         if self.verify_token_budget is not None:
             return trimmed          # a configured budget is a hard limit
-        tpot = self._tpot_budgets(draft.obs)
-        budget = (self._step.budget_s if self._step is not None and not self._per_token
-                  else np.inf)
+        tpot, budget = self._tpot_budgets(draft.obs)
+        if tpot is None and not self._per_token:
+            budget = self._step.budget_s if self._step is not None else np.inf
 
         def g(s):
             kept = np.arange(cum.shape[1])[None, :] < s[:, None]
             t = draft.draft_time_s + verify_s(draft.obs, s)
-            if tpot is None:
+            if tpot is None or t <= budget:
                 return float(self._goodput((cum * kept).sum(), n, t, s.max() > 0, budget))
             rows = (cum * kept).sum(axis=1)
-            return self._score1(float(rows.sum()), n, t, float((tpot * (1.0 + rows)).min()))
+            return self._score1(float(rows.sum()), rows, n, t, tpot)
 
         return trimmed if g(trimmed) >= g(drafted) else drafted
 

@@ -66,13 +66,18 @@ class AcceptanceTracker:
     """
 
     def __init__(self, prior_rate: float = 0.7, prior_weight: float = 2.0,
-                 decay: float = 0.9, global_decay: float = 0.98, max_requests: int = 65536):
+                 decay: float = 0.9, global_decay: float = 0.98, max_requests: int = 65536,
+                 idle_decay: float = 1.0):
         if not 0.0 < prior_rate < 1.0:
             raise ValueError(f"prior_rate must be in (0, 1), got {prior_rate}")
         if prior_weight <= 0.0:
             raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
-        if not (0.0 < decay <= 1.0 and 0.0 < global_decay <= 1.0):
-            raise ValueError("decay and global_decay must be in (0, 1]")
+        if not (0.0 < decay <= 1.0 and 0.0 < global_decay <= 1.0 and 0.0 < idle_decay <= 1.0):
+            raise ValueError("decay, global_decay and idle_decay must be in (0, 1]")
+        # < 1: a request that drafted nothing this step sees its counts decay too, so a low
+        # estimate drifts back to the fleet's rate and the request is tried again (with 1,
+        # a request once judged poor never drafts, and its estimate never moves)
+        self.idle_decay = float(idle_decay)
         self.prior_weight = float(prior_weight)
         self.decay, self.global_decay = float(decay), float(global_decay)
         self.global_counts = np.array([prior_rate, 1.0 - prior_rate]) * prior_weight
@@ -100,6 +105,10 @@ class AcceptanceTracker:
         width = np.ones_like(spec) if reject_width is None else np.asarray(reject_width, float)
         rej = np.where(acc < spec, width, 0.0)
         drafted = spec > 0
+        if self.idle_decay < 1.0 and not drafted.all() and len(self.table):
+            idle = ids[~drafted]
+            pos, found = self.table._find(idle)
+            self.table.values[pos[found], :2] *= self.idle_decay
         if drafted.any():
             counts = self.table.get(ids[drafted])
             counts[:, :2] *= self.decay

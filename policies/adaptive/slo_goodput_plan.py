@@ -220,6 +220,7 @@ class StepPlan:
     marginal: float          # value of the last planned slot (the shadow price of a slot)
     prefill_value: float     # w_p
     widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
+    rate: float = float("nan")   # the plan's objective: weighted tokens per second
 
     @property
     def width(self) -> int:

@@ -109,3 +109,48 @@ def test_per_request_tree_widths_go_to_low_acceptance_requests():
     assert (after < before).all()
     with pytest.raises(ValueError, match="tree_pass_targets"):
         make_policy("slo_goodput_tree", tree_pass_targets=(0.5, 1.2))
+
+
+def test_probes_draft_where_the_plan_says_no_and_verify_only_confident_drafts():
+    """Compute-bound target (each verified token costs as much as a decode step's share),
+    cheap drafter: a priori the plan speculates for nobody, the probe drafts 2 positions and
+    select_verify keeps the drafts whose confidence pays for their verification."""
+    from tests.policies.helpers import draft_state
+    cost = LinearCost(base=0.002, per_token=2e-3, draft_ratio=0.02)
+    obs = make_obs(16, cost=cost)
+    plain = make_policy("slo_goodput", probe_positions=0, prior_rate=0.5)
+    assert plain.decide(obs).num_spec_tokens.sum() == 0
+    p = make_policy("slo_goodput", prior_rate=0.5)
+    for _ in range(40):       # calibrate: confident drafts pass, unconfident ones fail
+        conf = np.where(np.arange(16)[:, None] % 2 == 0, 0.97, 0.1) * np.ones((16, obs.k_max))
+        accepted = np.where(np.arange(16) % 2 == 0, 2, 0)
+        p.calibrator.observe(conf, np.full(16, 2), accepted)
+    d = p.decide(obs)
+    assert (d.num_spec_tokens == 2).all()
+    conf = np.where(np.arange(16)[:, None] % 2 == 0, 0.97, 0.1) * np.ones((16, obs.k_max))
+    verified = p.select_verify(draft_state(obs, d, np.full(16, 2), conf))
+    assert (verified[1::2] == 0).all() and (verified[::2] > 0).all()
+    # an expensive drafter: no probing
+    dear = make_obs(16, cost=LinearCost(base=0.002, per_token=2e-3, draft_ratio=1.0))
+    assert make_policy("slo_goodput", prior_rate=0.5).decide(dear).num_spec_tokens.sum() == 0
+    with pytest.raises(ValueError, match="slo_goodput: probe_positions"):
+        make_policy("slo_goodput", probe_positions=-1)
+
+
+def test_extension_passes_stop_when_they_cost_more_than_they_bring():
+    """Past the planned depth, a pass only for extension requests runs only if their next
+    slots raise the step's rate: planned with a cheap drafter, the same drafts judged with a
+    drafter dearer than the target stop (the time a pass adds is read from the step's cost)."""
+    from policies.interface import Observation
+    from tests.policies.helpers import draft_state
+    obs = make_obs(4, cost=LinearCost(draft_ratio=0.01))
+    dear = Observation(**{**obs.__dict__, "cost": LinearCost(draft_ratio=5.0)})
+    for pass_cost_stop, judged_by, expect_more in ((True, obs, True), (True, dear, False),
+                                                   (False, dear, True)):
+        p = make_policy("slo_goodput", probe_positions=0, calibrate=False, stop_margin=0.0,
+                        pass_cost_stop=pass_cost_stop)
+        d = p.decide(obs)
+        base = p.planned_k
+        assert (base > 0).all() and (d.num_spec_tokens > base).all()   # extension allowed
+        more = p.continue_drafting(draft_state(judged_by, d, base, 0.9))
+        assert more.all() == expect_more and more.any() == expect_more, pass_cost_stop

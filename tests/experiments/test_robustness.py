@@ -1,0 +1,104 @@
+"""experiments.robustness: class summaries and paired intervals on hand-made tables, and the
+--quick matrix end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.compare.ratios import with_class_oracles
+from experiments.robustness import class_summary, headline, paired_ratio_ci, scenarios
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+
+
+def _by_seed(goodput: dict, loads=(1.0, 2.0), seeds=5, jitter=0.01):
+    """One row per (policy, load, seed): goodput[policy][load index] times a seed factor
+    shared by every policy of that seed (paired noise) and a small per-row jitter."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(seeds):
+        common = 1.0 + 0.1 * (s - seeds // 2)
+        for p, g in goodput.items():
+            for i, ld in enumerate(loads):
+                rows.append({"policy": p, "trace.rate": ld, "sweep_seed": s,
+                             "goodput_req_s": g[i] * common * (1 + jitter * rng.standard_normal()),
+                             "slo_attainment": 0.9})
+    return with_class_oracles(pd.DataFrame(rows))
+
+
+def test_paired_interval_uses_the_pairing():
+    seed_effect = np.array([0.5, 1.0, 1.5, 2.0, 2.5])
+    ours, ref = 0.95 * seed_effect, seed_effect * np.array([1.0, 1.01, 0.99, 1.0, 1.005])
+    lo, hi = paired_ratio_ci(ours, ref)
+    assert lo < 0.95 < hi and hi < 0.97         # paired: tight despite the 5x seed spread
+    assert paired_ratio_ci(ref, ref) == (1.0, 1.0)
+
+
+def test_class_summary_finds_the_policy_ahead_beyond_the_interval():
+    t = _by_seed({"none": [1.0, 0.8], "fixed_k3": [1.2, 1.0], "oracle": [1.3, 1.15],
+                  "oracle_slo": [1.35, 1.2], "oracle_tree": [1.5, 1.3],
+                  "slo_goodput": [1.3, 1.05], "smartspec": [1.25, 1.12],
+                  "slo_goodput_tree": [1.45, 1.25], "adaserve": [1.4, 1.2]})
+    chain = class_summary(t, "chain")
+    assert chain["ours"] == "slo_goodput" and "adaserve" not in chain["policies"]
+    assert chain["ours_worst_ratio_to_oracle_at"] == 2.0
+    assert chain["ours_worst_ratio_to_oracle"] == pytest.approx(1.05 / 1.2, rel=0.03)
+    assert [b["load"] for b in chain["beaten"]] == [2.0]       # smartspec, 1.12 > 1.05
+    assert chain["beaten"][0]["policy"] == "smartspec" and chain["beaten"][0]["ci"][1] < 1
+    tree = class_summary(t, "tree")
+    assert tree["ours"] == "slo_goodput_tree" and tree["beaten"] == []
+    assert tree["best_policy"] == "slo_goodput_tree"
+    per = {"a": {"chain": chain, "max_ratio_to_class_oracle": 0.99},
+           "b": {"chain": {**chain, "beaten": [], "ours_worst_ratio_to_oracle": 0.97},
+                 "max_ratio_to_class_oracle": 0.98}}
+    h = headline(per)
+    assert h["scenarios_where_ours_chain_is_beaten"] == 1
+    assert h["scenarios_where_ours_chain_is_beaten_names"] == ["a"]
+    assert h["min_ours_chain_ratio_to_chain_oracle"] == pytest.approx(chain[
+        "ours_worst_ratio_to_oracle"])
+    assert h["max_ratio_to_class_oracle"] == 0.99
+
+
+def test_the_matrix_spans_setups_slo_mixes_and_a_decode_heavy_case():
+    matrix = scenarios()
+    assert len(matrix) >= 4
+    assert len({s.setup.hardware for s in matrix}) >= 3
+    assert len({s.setup.slo_classes for s in matrix}) >= 2
+    assert any(s.setup.lengths == "decode_heavy" and s.setup.hardware == "l40" for s in matrix)
+    assert all(len(s.setup.load_factors) >= 3 and min(s.setup.load_factors) < 1
+               < max(s.setup.load_factors) for s in matrix)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (traces) is absent")
+def test_quick_matrix_prints_json_last(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.robustness", "--quick",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("scenarios", "min_ours_chain_ratio_to_chain_oracle",
+                "scenarios_where_ours_chain_is_beaten", "max_ratio_to_class_oracle"):
+        assert key in out
+    assert set(out["scenarios"]) == {s.name for s in scenarios()}
+    for name, sc in out["scenarios"].items():
+        assert len(sc["loads"]) == 3, name
+        for shape in ("chain", "tree"):
+            assert sc[shape]["best_policy"] in sc[shape]["policies"], (name, shape)
+            for entry in sc[shape]["per_load"]:
+                lo, hi = entry["ratio_to_best_other_ci"]
+                assert lo <= entry["ratio_to_best_other"] <= hi + 1e-9, (name, shape, entry)
+    again = subprocess.run([sys.executable, "-m", "experiments.robustness", "--quick",
+                            "--out", str(tmp_path), "--scenarios", "azure_conv_a100"],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # resumed from the kept cells: the same numbers, nothing recomputed
+    assert "[compare] " not in again.stderr.replace("[compare] none saturates", "")
+    assert json.loads(again.stdout.strip().splitlines()[-1])["scenarios"]["azure_conv_a100"][
+        "chain"] == out["scenarios"]["azure_conv_a100"]["chain"]
