@@ -30,6 +30,17 @@ def _html_table(shown: pd.DataFrame) -> str:
                          classes="summary")
 
 
+def shape_classes(frame: pd.DataFrame) -> pd.Series:
+    """Per row "tree" when its policy's class may make token trees (simulator only), else
+    "chain"; rows whose policy is not registered (labels such as fixed_k3) are chains."""
+    from policies.registry import known_policies, policy_class
+
+    names = frame["policy.name"] if "policy.name" in frame else frame["policy"]
+    known = set(known_policies())
+    return pd.Series(["tree" if n in known and policy_class(n).makes_trees else "chain"
+                      for n in names.astype(str)], index=frame.index)
+
+
 def make_figures(frame: pd.DataFrame, out_dir, *, baseline: str = "none",
                  shift_runs: dict | None = None, shift_bin_s: float = 5.0,
                  compare: pd.DataFrame | None = None) -> list[tuple]:
@@ -44,15 +55,22 @@ def make_figures(frame: pd.DataFrame, out_dir, *, baseline: str = "none",
         compare = frame
     by_load = sweep[LOAD_COLUMN].nunique() > 1 if LOAD_COLUMN in sweep else False
     if by_load:
-        out.append((figures.save_figure(figures.fig_latency_vs_load(sweep), out_dir,
-                                        "latency_vs_load"),
-                    "Mean and p99 TPOT and TTFT against offered load, per policy."))
-        out.append((figures.save_figure(figures.fig_goodput_vs_load(sweep), out_dir,
-                                        "goodput_vs_load"),
-                    "Goodput (tokens/s of SLO-meeting requests) and throughput against load."))
-        out.append((figures.save_figure(figures.fig_slo_vs_load(sweep), out_dir,
-                                        "slo_vs_load"),
-                    "Share of requests meeting their TTFT and TPOT SLOs against load."))
+        # chain policies (what vLLM runs) and tree policies (simulator only) apart
+        shape = shape_classes(sweep)
+        parts = ([("", "", sweep)] if shape.nunique() <= 1 else
+                 [(f"_{c}", f" ({c} policies)", sweep[shape == c]) for c in ("chain", "tree")])
+        for suffix, which, part in parts:
+            out.append((figures.save_figure(figures.fig_latency_vs_load(part), out_dir,
+                                            f"latency_vs_load{suffix}"),
+                        f"Mean and p99 TPOT and TTFT against offered load, per policy{which}."))
+            out.append((figures.save_figure(figures.fig_goodput_vs_load(part), out_dir,
+                                            f"goodput_vs_load{suffix}"),
+                        "Goodput (tokens/s of SLO-meeting requests) and throughput against "
+                        f"load{which}."))
+            out.append((figures.save_figure(figures.fig_slo_vs_load(part), out_dir,
+                                            f"slo_vs_load{suffix}"),
+                        "Share of requests meeting their TTFT and TPOT SLOs against "
+                        f"load{which}."))
         if baseline in set(sweep["policy"]):
             out.append((figures.save_figure(figures.fig_speedup(sweep, baseline), out_dir,
                                             "speedup"),

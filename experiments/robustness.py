@@ -162,12 +162,15 @@ def class_summary(by_seed: pd.DataFrame, shape: str) -> dict:
 
 
 def fixed_vs_none(table: pd.DataFrame) -> dict:
-    """Best fixed k's goodput over none's at the highest load (< 1: speculation hurts)."""
+    """Best fixed k's and fixed k=3's goodput over none's at the highest load (< 1:
+    speculation hurts)."""
     top = table[table[LOAD] == table[LOAD].max()]
     none = float(top.loc[top["policy"] == "none", GOODPUT].iloc[0])
     fixed = top[top["policy"].str.startswith("fixed_k")]
+    k3 = top.loc[top["policy"] == "fixed_k3", GOODPUT]
     return {"load": float(top[LOAD].iloc[0]),
-            "best_fixed_over_none": float(fixed[GOODPUT].max() / none) if none > 0 else None}
+            "best_fixed_over_none": float(fixed[GOODPUT].max() / none) if none > 0 else None,
+            "fixed_k3_over_none": float(k3.iloc[0] / none) if none > 0 and len(k3) else None}
 
 
 def run_scenario(sc: Scenario, specs, out_dir: Path, workers: int, num_seeds: int) -> dict:

@@ -81,15 +81,29 @@ def _log(msg: str) -> None:
 
 
 def write_figures(table, out_dir: Path) -> list[Path]:
-    """Goodput, SLO attainment and p99 TPOT against load, one line per policy."""
+    """Per class (chain: what vLLM runs; tree: simulator only), goodput, SLO attainment and
+    p99 TPOT against load, one line per policy of the class and its class oracle; a
+    chain/tree figure never mixes the classes (the tree figure shows the chain oracle as a
+    reference line)."""
     from analysis import figures
+    from experiments.compare.setup_grid import shape_class_of
 
-    sweep = table[table["policy"] != "oracle_fixed"]
-    made = [figures.save_figure(figures.fig_goodput_vs_load(sweep), out_dir, "goodput_vs_load"),
-            figures.save_figure(figures.fig_slo_vs_load(sweep), out_dir, "slo_vs_load"),
-            figures.save_figure(figures.fig_metrics_vs_load(sweep, ["tpot_p99"],
-                                                            title="p99 TPOT vs load"),
-                                out_dir, "tpot_p99_vs_load")]
+    sweep = table[~table["policy"].isin(("oracle_fixed", "oracle", "oracle_slo",
+                                         "oracle_tree"))]
+    made = []
+    for shape in ("chain", "tree"):
+        keep = [p for p in sweep["policy"].unique()
+                if shape_class_of(p) == shape or (shape == "tree" and p == "chain_oracle")]
+        part = sweep[sweep["policy"].isin(keep)]
+        if part.empty or set(keep) <= {"chain_oracle", "tree_oracle"}:
+            continue
+        made += [figures.save_figure(figures.fig_goodput_vs_load(part), out_dir,
+                                     f"goodput_vs_load_{shape}"),
+                 figures.save_figure(figures.fig_slo_vs_load(part), out_dir,
+                                     f"slo_vs_load_{shape}"),
+                 figures.save_figure(figures.fig_metrics_vs_load(
+                     part, ["tpot_p99"], title=f"p99 TPOT vs load ({shape} policies)"),
+                     out_dir, f"tpot_p99_vs_load_{shape}")]
     return made
 
 

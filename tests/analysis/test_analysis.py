@@ -134,3 +134,18 @@ def test_sim_vs_live_figure_refuses_unlike_workloads(sim_root):
     sim = frame[frame["trace.rate"] == 8]
     with pytest.raises(ValueError, match=r"policy '.*': live and sim runs differ in arrival_s"):
         figures.fig_sim_vs_live(pd.concat([sim, live], ignore_index=True))
+
+
+def test_report_draws_chain_and_tree_policies_apart(sim_root, tmp_path):
+    """A sweep with a tree policy (simulator only) gets one set of figures per class; the
+    labels stay the runs' own (here one run relabelled as a tree policy's)."""
+    from analysis.report import make_figures, shape_classes
+    frame = load_runs(sim_root)
+    tree = frame["policy"] == "fixed k=3"
+    frame.loc[tree, "policy.name"] = "slo_goodput_tree"
+    frame.loc[tree, "policy"] = "slo_goodput_tree"
+    assert shape_classes(frame).tolist() == ["tree" if t else "chain" for t in tree]
+    made = {p.name for p, _ in make_figures(frame, tmp_path)}
+    for name in ("latency_vs_load", "goodput_vs_load", "slo_vs_load"):
+        assert {f"{name}_chain.png", f"{name}_tree.png"} <= made, made
+    assert "goodput_vs_load.png" not in made

@@ -155,9 +155,13 @@ def test_quick_sweep_prints_json_last(tmp_path):
     table = pd.read_parquet(tmp_path / "summary.parquet")
     assert (table["num_failed"] == 0).all()
     assert (table["num_finished"] == table["num_requests"]).all()
-    for name in ("summary.csv", "findings.md", "result.json", "goodput_vs_load.png",
-                 "slo_vs_load.png", "tpot_p99_vs_load.png"):
+    for name in ("summary.csv", "findings.md", "result.json", "goodput_vs_load_chain.png",
+                 "slo_vs_load_chain.png", "tpot_p99_vs_load_chain.png",
+                 "goodput_vs_load_tree.png", "slo_vs_load_tree.png"):
         assert (tmp_path / name).is_file(), name
+    # each figure shows one class: the chain one no tree policy, the tree one no chain policy
+    findings = (tmp_path / "findings.md").read_text()
+    assert "Chain policies (what vLLM runs)" in findings and "tree oracle" in findings
 
 
 def test_same_seed_same_rows():
