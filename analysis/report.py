@@ -15,7 +15,8 @@ import pandas as pd
 
 from analysis import figures
 from analysis.runs import load_runs
-from analysis.tables import LOAD_COLUMN, format_frame_table, summary_frame_for_display
+from analysis.tables import (LOAD_COLUMN, format_frame_table, shape_classes,
+                             summary_frame_for_display)
 
 
 def _img(png: Path, caption: str) -> str:
@@ -28,17 +29,6 @@ def _img(png: Path, caption: str) -> str:
 def _html_table(shown: pd.DataFrame) -> str:
     return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-", border=0,
                          classes="summary")
-
-
-def shape_classes(frame: pd.DataFrame) -> pd.Series:
-    """Per row "tree" when its policy's class may make token trees (simulator only), else
-    "chain"; rows whose policy is not registered (labels such as fixed_k3) are chains."""
-    from policies.registry import known_policies, policy_class
-
-    names = frame["policy.name"] if "policy.name" in frame else frame["policy"]
-    known = set(known_policies())
-    return pd.Series(["tree" if n in known and policy_class(n).makes_trees else "chain"
-                      for n in names.astype(str)], index=frame.index)
 
 
 def make_figures(frame: pd.DataFrame, out_dir, *, baseline: str = "none",

@@ -51,9 +51,24 @@ def metric_values(frame: pd.DataFrame, name: str) -> pd.Series:
     return pd.to_numeric(frame[key], errors="coerce") * factor
 
 
+def shape_classes(frame: pd.DataFrame) -> pd.Series:
+    """Per row "tree" when its policy's class may make token trees (simulator only), else
+    "chain"; rows whose policy is not registered (labels such as fixed_k3) are chains."""
+    from policies.registry import known_policies, policy_class
+
+    names = frame["policy.name"] if "policy.name" in frame else frame["policy"]
+    known = set(known_policies())
+    return pd.Series(["tree" if n in known and policy_class(n).makes_trees else "chain"
+                      for n in names.astype(str)], index=frame.index)
+
+
 def summary_frame_for_display(frame: pd.DataFrame, columns=TABLE_COLUMNS) -> pd.DataFrame:
     """policy, backend, load, requests and the chosen metrics in display units."""
     out = pd.DataFrame({"policy": frame.get("policy", frame.get("policy.name"))})
+    if "policy.name" in frame.columns or "policy" in frame.columns:
+        shape = shape_classes(frame)
+        if (shape == "tree").any():      # chain (vLLM runs it) and tree (simulator only) apart
+            out["class"] = shape.to_numpy()
     if "backend.name" in frame.columns and frame["backend.name"].nunique() > 1:
         out["backend"] = frame["backend.name"]
     if LOAD_COLUMN in frame.columns:
@@ -63,7 +78,7 @@ def summary_frame_for_display(frame: pd.DataFrame, columns=TABLE_COLUMNS) -> pd.
     for name in columns:
         if METRICS[name][0] in frame.columns:
             out[SHORT_HEADERS.get(name, metric_label(name))] = metric_values(frame, name)
-    sort = [c for c in ("req/s", "backend", "policy") if c in out.columns]
+    sort = [c for c in ("req/s", "class", "backend", "policy") if c in out.columns]
     return out.sort_values(sort, kind="stable").reset_index(drop=True)
 
 

@@ -6,9 +6,10 @@ import numpy as np
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.request_state import AcceptanceTracker
 from policies.adaptive.slo_goodput_plan import (StepPlan, best_verified_prefixes,
-                                                draft_prefix_s, neutral_prefill_value,
-                                                plan_widths)
-from policies.adaptive.step_cost import same_step, step_s, uniform_step_s, verify_tokens_s
+                                                draft_prefix_s, extension_not_worth_it,
+                                                neutral_prefill_value, plan_widths,
+                                                probe_lengths)
+from policies.adaptive.step_cost import same_step, uniform_step_s
 from policies.interface import (Decision, DraftState, Feedback, Observation, Policy,
                                 cumulative_confidence)
 from policies.registry import register
@@ -231,30 +232,12 @@ class SloGoodput(Policy):
         k = np.where(base > 0, np.minimum(base + extend, K), 0).astype(np.int64)
         if best.width == 1:
             if self.probe_positions:
-                k = self._probe(obs, k, best.rate, K)
+                k = probe_lengths(obs, self._plan, k, K, self.probe_positions,
+                                  self.probe_max_draft_share, self.slo_guard,
+                                  self.slo_step_factor)
             return Decision(num_spec_tokens=k)
         widths = np.where(np.arange(obs.k_max)[None, :] < k[:, None], best.widths[:, None], 0)
         return Decision(num_spec_tokens=k, nodes_per_depth=widths.astype(np.int64))
-
-    def _probe(self, obs: Observation, k: np.ndarray, rate: float, K: int) -> np.ndarray:
-        """Requests the plan leaves at k = 0 draft ``probe_positions`` anyway when that draft
-        pass is cheap (<= ``probe_max_draft_share`` of the planned step): the drafts' own
-        confidences then decide in select_verify which are worth verifying. A priori rates
-        say no where the target is compute-bound, but a confident draft is worth its
-        verification there too."""
-        zero = k == 0
-        n0 = int(zero.sum())
-        if n0 == 0 or not np.isfinite(rate) or rate <= 0:
-            return k
-        ctx = float(obs.context_lens[zero].sum())
-        t_pass = float(np.sum(obs.cost.draft_step_s(n0, n0, ctx)))
-        planned_s = step_s(obs, self._plan.base_k)
-        if t_pass > self.probe_max_draft_share * planned_s:
-            return k
-        cap_s = self.slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
-        if self.slo_guard == "step" and planned_s <= cap_s < planned_s + t_pass:
-            return k                          # the step guard refuses a longer step
-        return np.where(zero, min(self.probe_positions, K), k)
 
     _draft_s = staticmethod(draft_prefix_s)
 
@@ -309,32 +292,8 @@ class SloGoodput(Policy):
         next_value = plan.weight * c * plan.accept
         more &= (s == 0) | (next_value >= self.stop_margin * plan.marginal)
         if self.pass_cost_stop and plan.width == 1:
-            more &= ~self._extension_not_worth_it(draft, more, next_value)
+            more &= ~extension_not_worth_it(plan, draft, more, next_value)
         return more
-
-    def _extension_not_worth_it(self, draft: DraftState, more: np.ndarray,
-                                next_value: np.ndarray) -> np.ndarray:
-        """Requests past their planned depth draft on only if, together, their next slots
-        raise the step's rate: their value >= plan rate x the time they add (the draft pass,
-        or its extra tokens when planned requests draft anyway, and their verification)."""
-        plan, obs, s = self._plan, draft.obs, draft.num_drafted
-        ext = more & (s >= plan.base_k)
-        if not ext.any():
-            return ext
-        planned = more & ~ext
-        L = obs.context_lens.astype(float) + s
-        n_in, n_ext = int(planned.sum()), int(ext.sum())
-        ctx_in, ctx_ext = float(L[planned].sum()), float(L[ext].sum())
-        t = np.asarray(obs.cost.draft_step_s(np.array([n_in, n_in + n_ext]),
-                                             np.array([n_in, n_in + n_ext]),
-                                             np.array([ctx_in, ctx_in + ctx_ext])), float)
-        extra_draft = float(np.broadcast_to(t, (2,))[1] - (t.flat[0] if n_in else 0.0))
-        V, C = float(s.sum()), float((obs.context_lens * s + s * (s + 1) / 2).sum())
-        v = verify_tokens_s(obs, np.array([V, V + n_ext]), np.array([C, C + ctx_ext + n_ext]))
-        extra = extra_draft + float(v[1] - v[0])
-        if float(next_value[ext].sum()) >= plan.rate * extra:
-            return np.zeros_like(ext)
-        return ext
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         """Verify the drafted slots worth their verification cost (vLLM adaptive verification

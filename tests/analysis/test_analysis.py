@@ -139,7 +139,8 @@ def test_sim_vs_live_figure_refuses_unlike_workloads(sim_root):
 def test_report_draws_chain_and_tree_policies_apart(sim_root, tmp_path):
     """A sweep with a tree policy (simulator only) gets one set of figures per class; the
     labels stay the runs' own (here one run relabelled as a tree policy's)."""
-    from analysis.report import make_figures, shape_classes
+    from analysis.report import make_figures
+    from analysis.tables import shape_classes
     frame = load_runs(sim_root)
     tree = frame["policy"] == "fixed k=3"
     frame.loc[tree, "policy.name"] = "slo_goodput_tree"
