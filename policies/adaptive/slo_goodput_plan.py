@@ -89,6 +89,35 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
                           guard, slo_step_factor, max_step_tokens, num_budget_points)
 
 
+def plan_capped(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, caps,
+                prefill_value: float, guard: str, slo_step_factor: float,
+                max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
+    """Chain plans whose slot ranking takes every slot of depth <= c first, for each cap c
+    in ``caps`` (then the rest, by value): their prefixes include "every request drafts c",
+    which a ranking by value alone can miss when acceptance differs across requests (a good
+    request's third slot ranks above a poor one's first, and each extra depth is one more
+    draft pass, paid nearly in full by a memory-bound drafter)."""
+    n = obs.num_requests
+    j = np.arange(1, K + 1)
+    tokens = (accept[:, None] ** j).reshape(1, n * K)
+    value = tokens * np.repeat(weight, K)[None, :]
+    big = float(value.max(initial=0.0)) + 1.0
+    depth = np.tile(j, n)[None, :]
+    caps = [int(c) for c in caps if 1 <= int(c) <= K]
+    if not caps:
+        return []
+    rank = value + big * (depth <= np.asarray(caps)[:, None])          # (caps, n K)
+    order = np.argsort(-rank, axis=1, kind="stable")
+    R = len(caps)
+    ones = np.ones((R, n * K))
+    W = np.ones((R, n), np.int64)            # chains: every pass feeds one token per request
+    q = np.broadcast_to(accept, (R, n))
+    return _best_prefixes(obs, weight, K, np.broadcast_to(tokens, (R, n * K)),
+                          np.broadcast_to(value, (R, n * K)), order, ones, ones, q, W,
+                          prefill_value, guard, slo_step_factor, max_step_tokens,
+                          num_budget_points)
+
+
 def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
                slot_widths: np.ndarray, rank: np.ndarray, prefill_value: float, guard: str,
                slo_step_factor: float, max_step_tokens: int | None,

@@ -154,3 +154,27 @@ def test_extension_passes_stop_when_they_cost_more_than_they_bring():
         assert (base > 0).all() and (d.num_spec_tokens > base).all()   # extension allowed
         more = p.continue_drafting(draft_state(judged_by, d, base, 0.9))
         assert more.all() == expect_more and more.any() == expect_more, pass_cost_stop
+
+
+def test_capped_order_finds_one_draft_for_everyone():
+    """Acceptance differs across requests and each draft pass costs the same whatever its
+    size (a memory-bound drafter): ranked by value, the good requests' deep slots come first
+    and every prefix needs several passes; the capped order finds "everyone drafts one"."""
+    from policies.adaptive.step_cost import step_s
+    cost = LinearCost(base=0.02, per_token=1e-4, draft_ratio=0.25)
+    obs = make_obs(40, cost=cost)
+    a = np.where(np.arange(40) < 10, 0.95, 0.55)
+    plans, rates = {}, {}
+    for caps in ((), (1,)):
+        p = make_policy("slo_goodput", chain_caps=caps, probe_positions=0, extend_positions=0,
+                        slo_weight=0.0, prior_rate=0.7)
+        for _ in range(30):                       # teach it the two acceptance levels
+            p.tracker.observe(obs.request_ids, np.full(40, 4), np.where(a > 0.9, 4, 1))
+        k = plans[caps] = p.decide(obs).num_spec_tokens
+        r = p.tracker.rate(obs.request_ids)
+        j = np.arange(1, 9)[None, :]
+        rates[caps] = (40 + (r[:, None] ** j * (j <= k[:, None])).sum()) / step_s(obs, k)
+        assert rates[caps] == pytest.approx(p._plan.rate)     # the plan's own objective
+    assert (plans[()] > 2).any()                  # by value: deep chains for the good ones
+    assert (plans[(1,)] == 1).all()               # capped: one draft each, a better step
+    assert rates[(1,)] > 1.1 * rates[()]
