@@ -72,12 +72,12 @@ class SloGoodput(Policy):
     draft anyway, plus their verification). Without it, an expensive drafter (Llama-3.2-1B
     for 3.1-8B on H100) paid passes worth less than they cost: +3 % goodput there at 2x
     saturation, +2 % on Azure conv at 2x (experiments.robustness scenarios, 3 seeds).
-    Probes (``probe_positions``, ours, default 2): requests the plan leaves at k = 0 draft
-    that many positions anyway when one draft pass over them costs <= ``probe_max_draft_share``
-    of the planned step; select_verify then verifies only the drafts whose calibrated
-    confidence pays for it. Where the target is compute-bound a priori rates say "do not
-    speculate", yet a confident draft is worth its verification: +4 % goodput at 2x
-    saturation in the decode-heavy L40 scenario, +0.6 % on Spec-Bench, +0.3 % on Mooncake.
+    Probes (``probe_positions``, ours, off by default): requests the plan leaves at k = 0
+    draft that many positions anyway when one draft pass over them costs <=
+    ``probe_max_draft_share`` of the planned step; select_verify then verifies only the
+    drafts whose calibrated confidence pays for it. With 2 positions: +4 % goodput at 2x
+    saturation in the decode-heavy L40 scenario before the capped order below existed;
+    with it, -20 % there and -3 % on the compare setup at 9.4 req/s (3-4 seeds), hence off.
     Capped orders (``chain_caps``, ours, default (1,)): the chain plan is also searched on a
     ranking that takes every request's first c slots before any deeper one; ranked by value
     alone, a good request's third slot comes before a poor one's first, so no prefix is
@@ -110,7 +110,7 @@ class SloGoodput(Policy):
                  confidence_weight: float = 1.0, stop_margin: float = 0.5,
                  prior_rate: float = 0.7, accept_decay: float = 0.9,
                  accept_idle_decay: float = 1.0, pass_cost_stop: bool = True,
-                 probe_positions: int = 2, probe_max_draft_share: float = 0.15,
+                 probe_positions: int = 0, probe_max_draft_share: float = 0.15,
                  chain_caps: tuple = (1,),
                  global_decay: float = 0.98, step_time_ema: float = 0.2,
                  num_budget_points: int = 256, confidence_verify: bool = True,

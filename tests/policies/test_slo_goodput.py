@@ -120,7 +120,7 @@ def test_probes_draft_where_the_plan_says_no_and_verify_only_confident_drafts():
     obs = make_obs(16, cost=cost)
     plain = make_policy("slo_goodput", probe_positions=0, prior_rate=0.5)
     assert plain.decide(obs).num_spec_tokens.sum() == 0
-    p = make_policy("slo_goodput", prior_rate=0.5)
+    p = make_policy("slo_goodput", prior_rate=0.5, probe_positions=2)
     for _ in range(40):       # calibrate: confident drafts pass, unconfident ones fail
         conf = np.where(np.arange(16)[:, None] % 2 == 0, 0.97, 0.1) * np.ones((16, obs.k_max))
         accepted = np.where(np.arange(16) % 2 == 0, 2, 0)
@@ -132,7 +132,8 @@ def test_probes_draft_where_the_plan_says_no_and_verify_only_confident_drafts():
     assert (verified[1::2] == 0).all() and (verified[::2] > 0).all()
     # an expensive drafter: no probing
     dear = make_obs(16, cost=LinearCost(base=0.002, per_token=2e-3, draft_ratio=1.0))
-    assert make_policy("slo_goodput", prior_rate=0.5).decide(dear).num_spec_tokens.sum() == 0
+    assert make_policy("slo_goodput", prior_rate=0.5,
+                       probe_positions=2).decide(dear).num_spec_tokens.sum() == 0
     with pytest.raises(ValueError, match="slo_goodput: probe_positions"):
         make_policy("slo_goodput", probe_positions=-1)
 
