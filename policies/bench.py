@@ -61,6 +61,8 @@ class Batch:
 
     def __init__(self, n: int, k_max: int, seed: int):
         self.rng = np.random.default_rng(seed)
+        # tree oracles' outcomes from their own stream: the others' draws stay as they were
+        self.tree_rng = np.random.default_rng([seed, 1])
         self.n, self.k_max, self.next_id = n, k_max, n
         self.ids = np.arange(n, dtype=np.int64)
         self.ctx = self.rng.integers(200, 2000, n).astype(np.int64)
@@ -84,7 +86,10 @@ class Batch:
             num_waiting=int(self.rng.integers(0, 4)), oldest_waiting_s=0.05,
             num_prefill_tokens=int(self.rng.choice([0, 0, 512])),
             sum_prefill_context_tokens=0, cost=self.cost,
-            future_match_lens=np.minimum(m, self.k_max).astype(np.int64))
+            future_match_lens=np.minimum(m, self.k_max).astype(np.int64),
+            # narrowest passing tree width per depth: P(w candidates pass) = 1 - (1 - a)^w
+            future_tree_min_widths=self.tree_rng.geometric(
+                np.repeat(self.rate[:, None], self.k_max, axis=1)).astype(np.int64))
 
     def confidences(self) -> np.ndarray:
         hit = self.rng.random((self.n, self.k_max)) < self.rate[:, None]
