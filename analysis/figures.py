@@ -72,17 +72,19 @@ def fig_metrics_vs_load(frame: pd.DataFrame, metrics, *, title: str = "",
     return fig
 
 
-def fig_latency_vs_load(frame):
+def fig_latency_vs_load(frame, which: str = ""):
     return fig_metrics_vs_load(frame, ["tpot_mean", "tpot_p99", "ttft_mean", "ttft_p99"],
-                               title="Latency vs load")
+                               title=f"Latency vs load{which}")
 
 
-def fig_goodput_vs_load(frame):
-    return fig_metrics_vs_load(frame, ["goodput", "throughput"], title="Goodput vs load")
+def fig_goodput_vs_load(frame, which: str = ""):
+    """``which``: appended to the title, e.g. " (chain policies)"."""
+    return fig_metrics_vs_load(frame, ["goodput", "throughput"],
+                               title=f"Goodput vs load{which}")
 
 
-def fig_slo_vs_load(frame):
-    return fig_metrics_vs_load(frame, ["slo_attainment"], title="SLO attainment vs load")
+def fig_slo_vs_load(frame, which: str = ""):
+    return fig_metrics_vs_load(frame, ["slo_attainment"], title=f"SLO attainment vs load{which}")
 
 
 def speedup_frame(frame: pd.DataFrame, baseline: str = "none", metric: str = "tpot_mean",

@@ -50,14 +50,14 @@ def make_figures(frame: pd.DataFrame, out_dir, *, baseline: str = "none",
         parts = ([("", "", sweep)] if shape.nunique() <= 1 else
                  [(f"_{c}", f" ({c} policies)", sweep[shape == c]) for c in ("chain", "tree")])
         for suffix, which, part in parts:
-            out.append((figures.save_figure(figures.fig_latency_vs_load(part), out_dir,
+            out.append((figures.save_figure(figures.fig_latency_vs_load(part, which), out_dir,
                                             f"latency_vs_load{suffix}"),
                         f"Mean and p99 TPOT and TTFT against offered load, per policy{which}."))
-            out.append((figures.save_figure(figures.fig_goodput_vs_load(part), out_dir,
+            out.append((figures.save_figure(figures.fig_goodput_vs_load(part, which), out_dir,
                                             f"goodput_vs_load{suffix}"),
                         "Goodput (tokens/s of SLO-meeting requests) and throughput against "
                         f"load{which}."))
-            out.append((figures.save_figure(figures.fig_slo_vs_load(part), out_dir,
+            out.append((figures.save_figure(figures.fig_slo_vs_load(part, which), out_dir,
                                             f"slo_vs_load{suffix}"),
                         "Share of requests meeting their TTFT and TPOT SLOs against "
                         f"load{which}."))

@@ -97,9 +97,9 @@ def write_figures(table, out_dir: Path) -> list[Path]:
         part = sweep[sweep["policy"].isin(keep)]
         if part.empty or set(keep) <= {"chain_oracle", "tree_oracle"}:
             continue
-        made += [figures.save_figure(figures.fig_goodput_vs_load(part), out_dir,
+        made += [figures.save_figure(figures.fig_goodput_vs_load(part, f" ({shape} policies)"), out_dir,
                                      f"goodput_vs_load_{shape}"),
-                 figures.save_figure(figures.fig_slo_vs_load(part), out_dir,
+                 figures.save_figure(figures.fig_slo_vs_load(part, f" ({shape} policies)"), out_dir,
                                      f"slo_vs_load_{shape}"),
                  figures.save_figure(figures.fig_metrics_vs_load(
                      part, ["tpot_p99"], title=f"p99 TPOT vs load ({shape} policies)"),
