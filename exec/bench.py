@@ -4,7 +4,12 @@ In one process: plain vLLM (draft_model, num_speculative_tokens=3, stock schedul
 and vLLM through our adapter with policy ``fixed`` k=3 run the same held-out prompts, in
 interleaved repeats (order alternates) so machine noise hits both alike;
 adapter_overhead_frac = (adapter wall - plain wall) / plain wall over all repeats. Lossless:
-greedy outputs of ``none`` vs ``fixed`` k=3 through the adapter, token for token. Mean
+greedy outputs of ``none`` vs ``fixed`` k=3 through the adapter, token for token.
+adapter_overhead_frac_adaptive: an adaptive chain policy (``--adaptive``, default smartspec)
+runs as a third arm of the same interleaved repeats, its hooks timed in-process
+(``policies.recording.HookTimer``); the figure is the median over repeats of the hooks' share
+of its run's wall time (vLLM has no step that an adaptive policy's decisions could be
+compared with, so the policy's own cost is what is added to the adapter's). Mean
 accepted length at k=4 (num_accepted + 1, the bonus/recovered token counted) from ``fixed``
 k=4 through the adapter. The last line printed is one JSON object.
 
@@ -50,7 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--ks", default="1,2,3,4")
     ap.add_argument("--adaptive", default="smartspec",
-                    help="the adaptive chain policy of the --pair sweep")
+                    help="the adaptive chain policy timed (and, with --pair, swept)")
     ap.add_argument("--overhead-pairs", type=int, default=8)
     ap.add_argument("--overhead-concurrency", type=int, default=4)
     args = ap.parse_args(argv)
@@ -91,16 +96,24 @@ def main(argv=None) -> dict:
 
     timed_plain(plain, prompt_ids, args.output_tokens)  # untimed round: first-shape costs
     adapter_run(make_policy("fixed", k=3))
-    plain_wall, adapter_wall = [], []
+    from policies.recording import HookTimer
+    adapter_run(make_policy(args.adaptive))
+    plain_wall, adapter_wall, hook_share, adaptive_wall = [], [], [], []
     for r in range(args.repeats):
-        order = ("plain", "adapter") if r % 2 == 0 else ("adapter", "plain")
+        order = ("plain", "adapter", "adaptive") if r % 2 == 0 else \
+            ("adaptive", "adapter", "plain")
         for which in order:
             if which == "plain":
                 wall, plain_out, _ = timed_plain(plain, prompt_ids, args.output_tokens)
                 plain_wall.append(wall)
-            else:
+            elif which == "adapter":
                 wall, fixed3 = adapter_run(make_policy("fixed", k=3))
                 adapter_wall.append(wall)
+            else:
+                timer = HookTimer(make_policy(args.adaptive))
+                wall, _ = adapter_run(timer)
+                adaptive_wall.append(wall)
+                hook_share.append(timer.hook_s / wall)
     _, none_res = adapter_run(make_policy("none"))
     _, fixed4 = adapter_run(make_policy("fixed", k=4))
     none_out, fixed_out = none_res.output_token_ids(), fixed3.output_token_ids()
@@ -118,6 +131,11 @@ def main(argv=None) -> dict:
         "adapter_overhead_frac_median": round(
             float(np.median(adapter_wall) / np.median(plain_wall) - 1), 4),
         "plain_vllm_equals_adapter_fixed3": plain_out == fixed_out,
+        "adapter_overhead_frac_adaptive": round(float(np.median(hook_share)), 4),
+        "adaptive_policy": args.adaptive,
+        "adaptive_hook_share_range": [round(float(min(hook_share)), 4),
+                                      round(float(max(hook_share)), 4)],
+        "adaptive_wall_s": [round(w, 3) for w in adaptive_wall],
         "mean_accepted_len_k3": round(float((d3["accepted"] + 1).mean()), 3),
         "num_verifies_k4": int(len(d4)),
         "requests": n, "output_tokens": args.output_tokens, "repeats": args.repeats,

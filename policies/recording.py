@@ -103,3 +103,41 @@ def chosen_k(calls: list[HookCall]) -> np.ndarray:
     """Every ``num_spec_tokens`` entry the policy chose, concatenated over decide calls."""
     ks = [np.asarray(c.answer.num_spec_tokens, np.int64) for c in calls if c.hook == "decide"]
     return np.concatenate(ks) if ks else np.zeros(0, np.int64)
+
+
+class HookTimer(Policy):
+    """``policy`` with the wall time of its hook calls summed in ``hook_s`` (``num_calls``
+    counts them): what the policy itself costs inside an engine's step. The live controller
+    calls every hook whatever a policy declares, so timing them all adds no calls there."""
+
+    needs_feedback = custom_drafting = custom_verify = True
+
+    def __init__(self, policy: Policy):
+        import time
+        self.policy, self._clock = policy, time.perf_counter
+        self.hook_s, self.num_calls = 0.0, 0
+        for attr in ("name", "needs_oracle", "needs_draft_confidences", "makes_trees"):
+            setattr(self, attr, getattr(policy, attr))
+
+    def __getattr__(self, attr):
+        return getattr(self.__dict__["policy"], attr)
+
+    def _timed(self, hook, argument):
+        t0 = self._clock()
+        try:
+            return getattr(self.policy, hook)(argument)
+        finally:
+            self.hook_s += self._clock() - t0
+            self.num_calls += 1
+
+    def decide(self, obs: Observation) -> Decision:
+        return self._timed("decide", obs)
+
+    def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        return self._timed("continue_drafting", draft)
+
+    def select_verify(self, draft: DraftState) -> np.ndarray:
+        return self._timed("select_verify", draft)
+
+    def observe(self, feedback: Feedback) -> None:
+        self._timed("observe", feedback)

@@ -149,3 +149,19 @@ def test_oracles_need_the_truth():
             make_policy(name).decide(blind)
     with pytest.raises(ValueError, match="oracle_tree: w_max"):
         make_policy("oracle_tree", w_max=0)
+
+
+def test_hook_timer_times_every_hook_and_changes_no_answer():
+    from policies.recording import HookTimer
+    from tests.policies.helpers import draft_state, feedback
+    obs = make_obs(8)
+    bare, timed = make_policy("slo_goodput"), HookTimer(make_policy("slo_goodput"))
+    for p in (bare, timed):
+        p.observe(feedback(obs, np.full(8, 3), 2))
+    d0, d1 = bare.decide(obs), timed.decide(obs)
+    assert np.array_equal(d0.num_spec_tokens, d1.num_spec_tokens)
+    state = draft_state(obs, d1, np.minimum(d1.num_spec_tokens, 1), 0.9)
+    assert np.array_equal(bare.continue_drafting(draft_state(obs, d0, np.minimum(
+        d0.num_spec_tokens, 1), 0.9)), timed.continue_drafting(state))
+    timed.select_verify(state)
+    assert timed.num_calls == 4 and timed.hook_s > 0 and timed.name == "slo_goodput"
