@@ -54,12 +54,10 @@ def metric_values(frame: pd.DataFrame, name: str) -> pd.Series:
 def shape_classes(frame: pd.DataFrame) -> pd.Series:
     """Per row "tree" when its policy's class may make token trees (simulator only), else
     "chain"; rows whose policy is not registered (labels such as fixed_k3) are chains."""
-    from policies.registry import known_policies, policy_class
+    from policies.registry import shape_class
 
     names = frame["policy.name"] if "policy.name" in frame else frame["policy"]
-    known = set(known_policies())
-    return pd.Series(["tree" if n in known and policy_class(n).makes_trees else "chain"
-                      for n in names.astype(str)], index=frame.index)
+    return pd.Series([shape_class(n) for n in names.astype(str)], index=frame.index)
 
 
 def summary_frame_for_display(frame: pd.DataFrame, columns=TABLE_COLUMNS) -> pd.DataFrame:

@@ -31,6 +31,15 @@ def policies_of_kind(kind: str) -> list[str]:
     return [n for n in sorted(_POLICIES) if _POLICIES[n].kind == kind]
 
 
+def shape_class(name: str) -> str:
+    """"tree" when the registered policy ``name`` declares ``makes_trees`` (token trees,
+    simulator only), else "chain"; names that are not registered (table labels such as
+    fixed_k3) are chains."""
+    _load_builtin()
+    cls = _POLICIES.get(name)
+    return "tree" if cls is not None and cls.makes_trees else "chain"
+
+
 def policy_class(name: str) -> type[Policy]:
     _load_builtin()
     if name not in _POLICIES:

@@ -86,10 +86,11 @@ def write_figures(table, out_dir: Path) -> list[Path]:
     chain/tree figure never mixes the classes (the tree figure shows the chain oracle as a
     reference line)."""
     from analysis import figures
+    from experiments.compare.ratios import CLASS_ORACLES, HINDSIGHT
     from experiments.compare.setup_grid import shape_class_of
 
-    sweep = table[~table["policy"].isin(("oracle_fixed", "oracle", "oracle_slo",
-                                         "oracle_tree"))]
+    # every hindsight run but the class oracles, which each figure shows
+    sweep = table[~table["policy"].isin(HINDSIGHT - set(CLASS_ORACLES.values()))]
     made = []
     for shape in ("chain", "tree"):
         keep = [p for p in sweep["policy"].unique()

@@ -10,7 +10,8 @@ import math
 
 import pandas as pd
 
-from experiments.compare.ratios import GOODPUT, LOAD, ratio, with_oracle_fixed
+from experiments.compare.ratios import GOODPUT, HINDSIGHT, LOAD, ratio, with_oracle_fixed
+from experiments.compare.setup_grid import shape_class_of
 
 STATIC_BASELINES = ("fixed_k1", "fixed_k2", "fixed_k3", "fixed_k4", "fixed_k5", "batch_schedule")
 TARGET_VS_ORACLE, TARGET_VS_BEST_FIXED = 0.97, 1.0
@@ -54,8 +55,6 @@ def paper_claims(table: pd.DataFrame, policy: str) -> dict:
 
 
 def _winner(at: pd.DataFrame, shape: str) -> str:
-    from experiments.compare.ratios import HINDSIGHT
-    from experiments.compare.setup_grid import shape_class_of
     mine = at[[shape_class_of(p) == shape and p not in HINDSIGHT for p in at["policy"]]]
     if mine.empty:
         return "n/a"

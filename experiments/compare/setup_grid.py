@@ -27,12 +27,10 @@ def shape_class_of(label: str) -> str:
     """"tree" when the policy behind a table label may make token trees (its class declares
     ``makes_trees``; ``tree_oracle``), else "chain" (none, fixed_k*, chain policies and
     their hindsight runs: what vLLM runs)."""
-    from policies.registry import known_policies, policy_class
+    from policies.registry import shape_class
     if label in ("tree_oracle", "chain_oracle"):
         return label.split("_")[0]
-    if label in known_policies():
-        return "tree" if policy_class(label).makes_trees else "chain"
-    return "chain"
+    return shape_class(label)
 
 
 HINDSIGHT_RUNS = ("oracle", "oracle_slo", "oracle_tree")   # the class oracles' per-step runs

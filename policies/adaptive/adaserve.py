@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.request_state import AcceptanceTracker
-from policies.adaptive.step_cost import uniform_step_s, verify_tokens_s
+from policies.adaptive.step_cost import step_time_ewma, uniform_step_s, verify_tokens_s
 from policies.adaptive.tree_selection import (caterpillar_candidates, complete_selection,
                                               select_tree_nodes, slo_phase, widths_per_depth)
 from policies.interface import Decision, Feedback, Observation, Policy
@@ -155,6 +155,5 @@ class AdaServe(Policy):
         self.tracker.observe(ids, spec, acc, reject_w)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
-            self.t_spec_s = step if self.t_spec_s is None else (
-                (1 - self.step_time_ema) * self.t_spec_s + self.step_time_ema * step)
+            self.t_spec_s = step_time_ewma(self.t_spec_s, step, self.step_time_ema)
         self.tracker.forget(feedback.finished_ids)

@@ -258,9 +258,11 @@ class AdaSpec(Policy):
         trimmed = trim_to_budget(drafted, cum, target)
         if self.verify_token_budget is not None:
             return trimmed          # a configured budget is a hard limit
-        tpot, budget = self._tpot_budgets(draft.obs)
-        if tpot is None and not self._per_token:
-            budget = self._step.budget_s if self._step is not None else np.inf
+        # the budgets decide() worked out for this step (without one: per_token's from the
+        # observation, paper_literal's none)
+        st = self._step
+        tpot, budget = (st.tpot_s, st.budget_s) if st is not None else \
+            self._tpot_budgets(draft.obs)
 
         def g(s):
             kept = np.arange(cum.shape[1])[None, :] < s[:, None]

@@ -15,7 +15,7 @@ import numpy as np
 
 from policies.adaptive.slo_goodput import SloGoodput
 from policies.adaptive.slo_goodput_plan import plan_slots
-from policies.adaptive.step_cost import uniform_step_s, verify_tokens_s
+from policies.adaptive.step_cost import step_time_ewma, uniform_step_s, verify_tokens_s
 from policies.interface import Decision, Feedback, Observation, Policy
 from policies.registry import register
 from policies.static import FixedK
@@ -144,8 +144,7 @@ class OracleSlo(Policy):
     def observe(self, feedback: Feedback) -> None:
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
-            self.t_step_s = step if self.t_step_s is None else (
-                (1 - self.step_time_ema) * self.t_step_s + self.step_time_ema * step)
+            self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
 
 
 @dataclass(frozen=True)

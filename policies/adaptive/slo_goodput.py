@@ -9,7 +9,7 @@ from policies.adaptive.slo_goodput_plan import (StepPlan, best_verified_prefixes
                                                 draft_prefix_s, extension_not_worth_it,
                                                 neutral_prefill_value, plan_capped,
                                                 plan_widths, probe_lengths)
-from policies.adaptive.step_cost import same_step, uniform_step_s
+from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
 from policies.interface import (Decision, DraftState, Feedback, Observation, Policy,
                                 cumulative_confidence)
 from policies.registry import register
@@ -340,8 +340,7 @@ class SloGoodput(Policy):
                 self.calibrator.observe(feedback.confidences, spec, feedback.num_accepted)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
-            self.t_step_s = step if self.t_step_s is None else (
-                (1 - self.step_time_ema) * self.t_step_s + self.step_time_ema * step)
+            self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
         self.tracker.forget(feedback.finished_ids)
 
 

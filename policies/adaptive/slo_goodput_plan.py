@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.adaptive.step_cost import verify_tokens_s
+from policies.adaptive.step_cost import step_s, verify_tokens_s
 from policies.interface import Observation
 
 
@@ -290,8 +290,6 @@ def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, posit
     drafts' own confidences decide in select_verify which are worth verifying. A priori
     rates say no where the target is compute-bound, but a confident draft is worth its
     verification there too. The "step" guard's cap on the step time is kept."""
-    from policies.adaptive.step_cost import step_s
-
     zero = k == 0
     n0 = int(zero.sum())
     if n0 == 0 or not np.isfinite(plan.rate) or plan.rate <= 0:

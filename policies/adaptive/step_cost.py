@@ -109,6 +109,12 @@ def tightest_slo_s(obs: Observation, step_budget_s: float | None) -> float:
     return budget
 
 
+def step_time_ewma(previous_s: float | None, step_s: float, weight: float) -> float:
+    """The measured-step-time EWMA the SLO-aware policies keep: the first step as is, then
+    (1 - weight) * previous + weight * step."""
+    return step_s if previous_s is None else (1 - weight) * previous_s + weight * step_s
+
+
 def same_step(a: Observation, b: Observation) -> bool:
     """Whether two observations describe the same engine step (an engine may rebuild the
     Observation it hands to ``continue_drafting``; identity alone would miss that)."""

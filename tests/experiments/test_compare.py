@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from experiments.compare.ratios import (compare_json, ratio, ratio_report, with_
                                         with_oracle_fixed)
 from experiments.compare.setup_grid import (CompareSetup, default_policy_specs, load_levels,
                                        num_requests_at, select_specs)
+from tests.experiments.helpers import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -133,11 +133,7 @@ def test_policy_selection_and_loads():
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (Azure trace) is absent")
 def test_quick_sweep_prints_json_last(tmp_path):
     """The CLI end to end: every policy, the saturation-placed loads, files and final JSON."""
-    proc = subprocess.run([sys.executable, "-m", "experiments.compare", "--quick",
-                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, _ = run_module("experiments.compare", "--quick", "--out", str(tmp_path), timeout=600)
     expected = {s.label for s in default_policy_specs()} | {"oracle_fixed", "chain_oracle",
                                                               "tree_oracle"}
     assert set(out["policies"]) == expected

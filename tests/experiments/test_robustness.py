@@ -2,9 +2,6 @@
 --quick matrix end to end."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 
 from experiments.compare.ratios import with_class_oracles
 from experiments.robustness import class_summary, headline, paired_ratio_ci, scenarios
+from tests.experiments.helpers import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -78,11 +76,7 @@ def test_the_matrix_spans_setups_slo_mixes_and_a_decode_heavy_case():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (traces) is absent")
 def test_quick_matrix_prints_json_last(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.robustness", "--quick",
-                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, _ = run_module("experiments.robustness", "--quick", "--out", str(tmp_path))
     for key in ("scenarios", "min_ours_chain_ratio_to_chain_oracle",
                 "scenarios_where_ours_chain_is_beaten", "max_ratio_to_class_oracle"):
         assert key in out
@@ -94,11 +88,9 @@ def test_quick_matrix_prints_json_last(tmp_path):
             for entry in sc[shape]["per_load"]:
                 lo, hi = entry["ratio_to_best_other_ci"]
                 assert lo <= entry["ratio_to_best_other"] <= hi + 1e-9, (name, shape, entry)
-    again = subprocess.run([sys.executable, "-m", "experiments.robustness", "--quick",
-                            "--out", str(tmp_path), "--scenarios", "azure_conv_a100"],
-                           cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again, stderr = run_module("experiments.robustness", "--quick", "--out", str(tmp_path),
+                               "--scenarios", "azure_conv_a100")
     # resumed from the kept cells: the same numbers, nothing recomputed
-    assert "[compare] " not in again.stderr.replace("[compare] none saturates", "")
-    assert json.loads(again.stdout.strip().splitlines()[-1])["scenarios"]["azure_conv_a100"][
-        "chain"] == out["scenarios"]["azure_conv_a100"]["chain"]
+    assert "[compare] " not in stderr.replace("[compare] none saturates", "")
+    assert again["scenarios"]["azure_conv_a100"]["chain"] == \
+        out["scenarios"]["azure_conv_a100"]["chain"]
