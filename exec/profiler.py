@@ -34,7 +34,7 @@ from exec.profile_rows import MIN_AGGREGATED_ROWS, aggregate_passes, step_gaps_s
 
 # (batch sizes, prompt lengths, output tokens, speculative lengths)
 DEFAULT_GRID = ((1, 4, 8, 16), (32, 128, 384), 12, (0, 1, 3))
-QUICK_GRID = ((1, 4), (32,), 6, (0, 2))
+QUICK_GRID = ((1, 4), (32,), 16, (0, 2))
 
 
 @dataclass
