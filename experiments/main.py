@@ -74,12 +74,15 @@ def live_overrides(extra) -> list[list[str]]:
     return [LIVE_BASE + pol + ["backend=live", *extra] for pol in LIVE_POLICIES]
 
 
-def twin_profile(model: str, reprofile: bool, out: Path) -> tuple[str, str | None]:
+def twin_profile(model: str, reprofile: bool, calibrate: bool,
+                 out: Path) -> tuple[str, str | None]:
     """The step-cost profiles (speculative engine, plain vLLM) of the live pair on this machine
     kind: the committed ``<hardware>_<model>[-plain]`` (any CPU kind's when this one has none,
-    said on the terminal), or fresh ones with ``reprofile``."""
+    said on the terminal) scaled to this machine's speed now by a ~1 min probe
+    (experiments/calibrate.py) unless ``calibrate`` is off, or fresh ones with ``reprofile``."""
     from exec.pairs import pair_config, sim_names
     from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile_pair
+    from experiments.calibrate import calibrated_profiles
     from profiles import PROFILES_DIR
     hardware = hardware_name()
     path = PROFILES_DIR / f"{hardware}_{model}.csv"
@@ -92,11 +95,21 @@ def twin_profile(model: str, reprofile: bool, out: Path) -> tuple[str, str | Non
     if reprofile or not path.is_file():
         path, _ = profile_pair(pair_config(model), DEFAULT_GRID, out / f"{hardware}_{model}.csv",
                                hardware=hardware, repeats=2, model_names=sim_names(model))
+    elif calibrate:
+        spec, plain_cal = calibrated_profiles(pair_config(model), path, out / "calibrated",
+                                              hardware=hardware, model_names=sim_names(model))
+        for cal in (spec, plain_cal):
+            if cal is not None:
+                scale = ", ".join(f"{r} x{v:.2f}" for r, v in cal.ratio_by_role.items())
+                print(f"twins: {Path(cal.committed).name} scaled to this machine's speed now "
+                      f"({scale}; --no-calibrate keeps it as committed, --reprofile fits anew)")
+        path = Path(spec.scaled)
     plain = plain_profile_path(path)
     return str(path), str(plain) if plain.is_file() else None
 
 
-def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path) -> list[str]:
+def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path,
+              calibrate: bool = True) -> list[str]:
     """The simulated twin of every live run (experiments/twin.py), resumable."""
     from conf import compose_run
     from experiments import store
@@ -109,7 +122,7 @@ def run_twins(live: list[dict], root: Path, reprofile: bool, out: Path) -> list[
         twin_dir = root / "twins" / live_dir.name
         if not (twin_dir / store.SUMMARY_FILE).is_file():
             cfg = compose_run(s["overrides"])
-            profile = profile or twin_profile(cfg.model.name, reprofile, out)
+            profile = profile or twin_profile(cfg.model.name, reprofile, calibrate, out)
             res = simulate_twin(live_dir, build_policy(cfg), profile[0], cfg.model.target,
                                 cfg.model.draft, twin_dir, plain_profile=profile[1])
             print(f"twin of {cfg.policy.name}: acceptance {res.meta['acceptance']}, "
@@ -176,6 +189,9 @@ def main(argv=None) -> Path:
     ap.add_argument("--reprofile", action="store_true",
                     help="profile the live pair on this machine for the twins (~10 min) "
                          "instead of using the committed profile")
+    ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                    help="scale the committed profile to this machine's speed by a ~1 min "
+                         "probe before the twins (default; machines here differ up to 2x)")
     ap.add_argument("overrides", nargs="*", help="hydra overrides applied to every sim run")
     args = ap.parse_args(argv)
 
@@ -203,7 +219,7 @@ def main(argv=None) -> Path:
             live = run_all(jobs, root, 1, "live check")
             for s, overrides in zip(live, jobs):
                 s["overrides"] = overrides
-            twins = run_twins(live, root, args.reprofile, out)
+            twins = run_twins(live, root, args.reprofile, out, args.calibrate)
             compare = load_runs([s["run_dir"] for s in live] + twins)
         else:
             notes.append(why)
