@@ -8,6 +8,11 @@ under ``slow_*`` keys, with ``speedup_cpu``). The headline figures use the compi
 kernel (``EngineConfig.compiled_epochs=True``, warmed first: ``jit_compile_s`` is compile or
 cache-load time, not in the timings); ``numpy_*`` keys give the default numpy epochs, same
 requests, same process.
+
+Per policy (``--policies``, default every registered one; ``--policy-requests``, default the
+same 10,000 requests): ``policy_sim_tokens_per_s`` on the default path and, for static policies
+(the only ones with a compiled path), ``policy_sim_tokens_per_s_compiled``; the slowest
+adaptive policy (oracles apart) is ``worst_adaptive_policy`` at ``worst_adaptive_sim_tokens_per_s``.
 """
 from __future__ import annotations
 
@@ -30,12 +35,14 @@ def bench_trace(num_requests: int, seed: int, rate_scale: float = 1.0):
 
 
 def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool = True,
-             compiled: bool = True) -> dict:
+             compiled: bool = True, policy: str = "fixed", **params) -> dict:
     trace = bench_trace(num_requests, seed, rate_scale)
     config = SimConfig(model="llama-2-7b", draft="draft-68m", hardware="a100-80g", seed=seed,
                        engine=EngineConfig(compiled_epochs=compiled))
+    if policy == "fixed":
+        params = {"k": 4, **params}
     t0, c0 = time.perf_counter(), time.process_time()
-    result = simulate_with(trace, make_policy("fixed", k=4), config, multi_step=multi_step)
+    result = simulate_with(trace, make_policy(policy, **params), config, multi_step=multi_step)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     req, steps = result.requests, result.steps
     out_tokens = int(req["num_output_tokens"].sum())
@@ -49,6 +56,29 @@ def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool =
             "sim_span_s": round(float(req["finish_s"].max()), 1)}
 
 
+def per_policy(names: str | None, num_requests: int, seed: int) -> dict:
+    """Simulated output tokens per wall second of each policy on the default path and, for
+    static policies, the compiled one (same requests, same process, one after the other)."""
+    from tqdm import tqdm
+
+    from policies.registry import known_policies, policy_class
+    names = names.split(",") if names else known_policies()
+    default, compiled, kinds = {}, {}, {}
+    for name in tqdm(names, desc="policies", file=sys.stderr):
+        kinds[name] = policy_class(name).kind
+        default[name] = run_once(num_requests, seed, 1.0, compiled=False,
+                                 policy=name)["sim_tokens_per_s"]
+        if policy_class(name).static_decisions:
+            compiled[name] = run_once(num_requests, seed, 1.0, policy=name)["sim_tokens_per_s"]
+    out = {"policy_requests": num_requests, "policy_sim_tokens_per_s": default,
+           "policy_sim_tokens_per_s_compiled": compiled}
+    adaptive = {n: v for n, v in default.items() if kinds[n] == "adaptive"}
+    if adaptive:
+        worst = min(adaptive, key=adaptive.get)
+        out.update(worst_adaptive_policy=worst, worst_adaptive_sim_tokens_per_s=adaptive[worst])
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)
@@ -57,6 +87,11 @@ def main(argv=None) -> None:
                     help="also run at this multiple of the native arrival rate")
     ap.add_argument("--compare-slow", action="store_true",
                     help="also run the per-step path (multi_step=False) and report both")
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated policies for the per-policy figures (default: every "
+                         "registered one; 'none' skips them)")
+    ap.add_argument("--policy-requests", type=int, default=None,
+                    help="requests of each per-policy run (default: --requests)")
     args = ap.parse_args(argv)
     from sim.fast.epoch_kernel import warm_up
     jit_s = round(warm_up(), 3)       # compile (or cache-load) outside the timings
@@ -80,6 +115,8 @@ def main(argv=None) -> None:
         out.update({f"x{args.rate_scale:g}_{k}": v for k, v in heavy.items()
                     if k in ("wall_s", "cpu_s", "sim_tokens_per_s", "sim_tokens_per_cpu_s",
                              "mean_batch", "steps")})
+    if args.policies != "none":
+        out.update(per_policy(args.policies, args.policy_requests or args.requests, args.seed))
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["peak_rss_mb"] = round(rss_kb / 1024, 1)
     print(json.dumps(out), file=sys.stdout)

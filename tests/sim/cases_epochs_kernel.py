@@ -99,13 +99,27 @@ def test_bench_reports_the_jit_warm_up_apart(capsys, monkeypatch):
     runs = []
     for kernel in (ek.EPOCH_KERNEL, None):
         monkeypatch.setattr(ek, "EPOCH_KERNEL", kernel)
-        main(["--requests", "150", "--compare-slow"])
+        main(["--requests", "150", "--compare-slow", "--policies", "none"])
         runs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     (fast, plain) = runs
     assert fast["finished"] == fast["requests"] == 150 and fast["cpu_s"] > 0
     assert fast["jit_compile_s"] >= 0.0 and plain["jit_compile_s"] == 0.0
     for key in ("output_tokens", "steps", "sim_span_s", "mean_batch"):
         assert fast[key] == plain[key], key          # kernel and numpy epochs agree
+
+
+def test_bench_per_policy_figures(capsys):
+    from sim.bench import main
+    main(["--requests", "150", "--policies", "fixed,smartspec,adaspec,oracle"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["policy_requests"] == 150 and "sim_tokens_per_s" in res    # today's keys kept
+    assert set(res["policy_sim_tokens_per_s"]) == {"fixed", "smartspec", "adaspec", "oracle"}
+    assert all(v > 0 for v in res["policy_sim_tokens_per_s"].values())
+    # a compiled path exists for static policies only; the oracle is not an adaptive policy
+    assert set(res["policy_sim_tokens_per_s_compiled"]) == {"fixed"}
+    assert res["worst_adaptive_policy"] in ("smartspec", "adaspec")
+    assert res["worst_adaptive_sim_tokens_per_s"] == min(
+        res["policy_sim_tokens_per_s"][p] for p in ("smartspec", "adaspec"))
 
 
 @needs_numba
