@@ -4,14 +4,7 @@
 policy's decisions applied inside vLLM through version-pinned hooks (exec/adapter.py).
 Importing this package does not import vLLM; ``run_live`` does.
 """
-import os
-
-from exec.config import THREAD_LAYOUT, LiveConfig
-
-# OpenMP reads its thread layout once, when torch loads; only exec/ imports torch, so setting
-# it here reaches every live engine, profile and bench of the process (exec/config.py: why)
-for _name, _value in THREAD_LAYOUT.items():
-    os.environ.setdefault(_name, _value)
+from exec.config import LiveConfig
 
 
 def run_live(trace, policy, config, prompts=None, **kwargs):

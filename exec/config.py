@@ -13,13 +13,6 @@ DRAFT_METHODS = ("draft_model", "eagle", "ngram")
 # `gpu` extras must admit only it (tests/exec/test_realistic_pair.py checks they agree).
 SUPPORTED_VLLM = "0.32."
 
-# One CPU thread layout for every live engine, profile and bench in a process: OpenMP's threads
-# pinned one per core (exec/__init__.py applies it before torch loads; a value set by the user
-# wins). Plain vLLM on SmolLM2-135M, 4 requests x 48 tokens, 5 repeats per process, 5
-# interleaved pinned/unpinned process pairs: TPOT coefficient of variation median 0.032 pinned,
-# 0.072 unpinned (OMP_WAIT_POLICY=PASSIVE was worse: 0.077, 0.120).
-THREAD_LAYOUT = {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
-
 
 @dataclass(frozen=True)
 class LiveConfig:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import numpy as np
@@ -15,14 +14,6 @@ from policies.interface import Policy
 from policies.registry import make_policy
 
 IDLE_SLEEP_S = 0.002  # loop granularity while waiting for the next arrival
-
-
-def thread_layout() -> dict:
-    """The CPU thread layout this process runs vLLM with (exec/config.py THREAD_LAYOUT)."""
-    import torch
-    from exec.config import THREAD_LAYOUT
-    return {**{k: os.environ.get(k) for k in THREAD_LAYOUT},
-            "torch_threads": torch.get_num_threads()}
 
 
 def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, engine=None,
@@ -121,7 +112,7 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
             "config": dataclasses.asdict(config), "trace": trace.name,
             "trace_meta": trace.meta, "num_requests": n, "num_prompts_clamped": num_clamped,
             "cost_model": cost.describe() if hasattr(cost, "describe") else type(cost).__name__,
-            "seed": config.seed, "wall_s": clock(), "thread_layout": thread_layout()}
+            "seed": config.seed, "wall_s": clock()}
     acceptance = None
     if config.record_acceptance and config.draft_model:
         from exec.match_lengths import acceptance_traces, eagle_acceptance_traces

@@ -114,9 +114,6 @@ def test_embedded_trace_tables_roundtrip(config, engine, tmp_path):
             assert str(table[col].dtype) in want, (col, table[col].dtype)
     assert len(back.requests) == len(trace)
     assert back.meta["backend"] == "live" and back.meta["vllm_version"].startswith("0.32")
-    layout = back.meta["thread_layout"]          # recorded with every live run
-    assert set(layout) == {"OMP_PROC_BIND", "OMP_PLACES", "torch_threads"}
-    assert layout["torch_threads"] >= 1 and layout["OMP_PROC_BIND"] is not None
     assert (back.requests["status"] == "finished").all()
     ttft = back.requests["ttft_s"]
     assert (ttft > 0).all() and (back.requests["e2e_s"] >= ttft).all()
