@@ -5,7 +5,7 @@ TPOT on SmolLM2-135M: 55 ms in one session, 106 ms in the next, same code), so a
 committed in one session puts the next session's twins tens of percent off. A full profile
 takes ~10 min; the shape of the cost (how a step grows with tokens, sequences and context) is
 what takes the time and it does not drift, the speed does. So the main job probes the engine
-for ~1 min on a few shapes, compares the probe's passes with what the committed profile
+for ~30 s on a few shapes, compares the probe's passes with what the committed profile
 predicts for the same shapes, and scales each role's latencies (target, draft; speculative
 engine and plain vLLM apart) by the median measured/predicted ratio.
 """

@@ -78,7 +78,7 @@ def twin_profile(model: str, reprofile: bool, calibrate: bool,
                  out: Path) -> tuple[str, str | None]:
     """The step-cost profiles (speculative engine, plain vLLM) of the live pair on this machine
     kind: the committed ``<hardware>_<model>[-plain]`` (any CPU kind's when this one has none,
-    said on the terminal) scaled to this machine's speed now by a ~1 min probe
+    said on the terminal) scaled to this machine's speed now by a ~30 s probe
     (experiments/calibrate.py) unless ``calibrate`` is off, or fresh ones with ``reprofile``."""
     from exec.pairs import pair_config, sim_names
     from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile_pair
@@ -190,7 +190,7 @@ def main(argv=None) -> Path:
                     help="profile the live pair on this machine for the twins (~10 min) "
                          "instead of using the committed profile")
     ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
-                    help="scale the committed profile to this machine's speed by a ~1 min "
+                    help="scale the committed profile to this machine's speed by a ~30 s "
                          "probe before the twins (default; machines here differ up to 2x)")
     ap.add_argument("overrides", nargs="*", help="hydra overrides applied to every sim run")
     args = ap.parse_args(argv)

@@ -65,10 +65,11 @@ def per_policy(names: str | None, num_requests: int, seed: int) -> dict:
     names = names.split(",") if names else known_policies()
     default, compiled, kinds = {}, {}, {}
     for name in tqdm(names, desc="policies", file=sys.stderr):
-        kinds[name] = policy_class(name).kind
+        cls = policy_class(name)
+        kinds[name] = cls.kind
         default[name] = run_once(num_requests, seed, 1.0, compiled=False,
                                  policy=name)["sim_tokens_per_s"]
-        if policy_class(name).static_decisions:
+        if cls.static_decisions:
             compiled[name] = run_once(num_requests, seed, 1.0, policy=name)["sim_tokens_per_s"]
     out = {"policy_requests": num_requests, "policy_sim_tokens_per_s": default,
            "policy_sim_tokens_per_s_compiled": compiled}
