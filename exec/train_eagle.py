@@ -64,6 +64,11 @@ class EagleTrainConfig:
     # share of each batch drawn from the greedy continuations (what the head meets live);
     # None: uniform over all sequences
     greedy_share: float | None = None
+    # > 0: the cross-entropy of each pass is taken over the whole vocabulary on this many
+    # randomly chosen positions instead of over the sampled one on all (a sampled vocabulary
+    # of ~1,000 candidates overstates full-vocabulary agreement, which is what vLLM's
+    # drafter's argmax meets)
+    full_vocab_rows: int = 0
 
 
 # -- stage 2: training -----------------------------------------------------------------------
@@ -148,10 +153,17 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
             if j > 1:
                 m[:, :j - 1] = False
             reg = F.smooth_l1_loss(out[m], feat_next[m])
-            logits = out[m] @ w_cand.T
-            ce = F.cross_entropy(logits, remap[label[m]])
-            with torch.no_grad():
-                acc = (cand[logits.argmax(-1)] == label[m]).float().mean().item()
+            if cfg.full_vocab_rows > 0:
+                rows = torch.randperm(int(m.sum()), generator=gen)[:cfg.full_vocab_rows]
+                logits = out[m][rows] @ lm_head.T
+                ce = F.cross_entropy(logits, label[m][rows])
+                with torch.no_grad():
+                    acc = (logits.argmax(-1) == label[m][rows]).float().mean().item()
+            else:
+                logits = out[m] @ w_cand.T
+                ce = F.cross_entropy(logits, remap[label[m]])
+                with torch.no_grad():
+                    acc = (cand[logits.argmax(-1)] == label[m]).float().mean().item()
             weight = cfg.depth_decay ** (j - 1)
             loss_total = loss_total + weight * (reg + cfg.ce_weight * ce)
             stats[f"acc{j}"], stats[f"ce{j}"], stats[f"reg{j}"] = acc, ce.item(), reg.item()
@@ -200,6 +212,9 @@ def main(argv=None) -> None:
     ap.add_argument("--save-every", type=int, default=50)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--greedy-share", type=float, default=None)
+    ap.add_argument("--full-vocab-rows", type=int, default=None,
+                    help="cross-entropy over the whole vocabulary on this many positions per "
+                         "pass (0: over a sampled vocabulary on every position)")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from an exported head (fine-tune) instead of the target's "
                          "last layer")
@@ -208,7 +223,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     cfg = EagleTrainConfig()
     overrides = {k: v for k, v in (("steps", args.steps), ("num_sequences", args.num_sequences),
-                                   ("lr", args.lr), ("greedy_share", args.greedy_share))
+                                   ("lr", args.lr), ("greedy_share", args.greedy_share),
+                                   ("full_vocab_rows", args.full_vocab_rows))
                  if v is not None}
     if overrides:
         from dataclasses import replace

@@ -41,14 +41,19 @@ class BatchSchedule(Policy):
 
     ``schedule`` is a list of ``(min_batch, max_batch, k)``; batch sizes outside every range get
     ``default_k``. The default schedule speculates deeply when the batch is small (memory bound)
-    and stops as the batch grows (compute bound).
+    and stops as the batch grows (compute bound). Batch size here is the number of decoding
+    requests (vLLM counts every scheduled request, a prefilling one too).
+
+    ``hysteresis`` (ours; vLLM 0.32's table has none): once a range's k is in use it is kept
+    while the batch stays within ``hysteresis`` requests of that range, so a batch that
+    oscillates across a range edge does not switch k every step. 0 is vLLM's behaviour.
     """
 
     kind = "static"
     DEFAULT = ((1, 4, 4), (5, 16, 3), (17, 32, 2), (33, 64, 1))
     static_decisions = True
 
-    def __init__(self, schedule=DEFAULT, default_k: int = 0):
+    def __init__(self, schedule=DEFAULT, default_k: int = 0, hysteresis: int = 0):
         rows = [tuple(int(x) for x in row) for row in schedule]
         for lo, hi, k in rows:
             if lo < 1 or hi < lo or k < 0:
@@ -57,8 +62,25 @@ class BatchSchedule(Policy):
         for (_, hi1, _), (lo2, _, _) in zip(ordered, ordered[1:]):
             if lo2 <= hi1:
                 raise ValueError(f"batch_schedule: overlapping ranges in {rows}")
+        if hysteresis < 0:
+            raise ValueError(f"batch_schedule: hysteresis must be >= 0, got {hysteresis}")
         self.schedule = tuple(ordered)
         self.default_k = int(default_k)
+        self.hysteresis = int(hysteresis)
+        self._held: tuple[int, int, int] | None = None    # (lo, hi, k) in use
+
+    def range_for_batch(self, batch_size: int) -> tuple[int, int, int]:
+        """The (lo, hi, k) row covering ``batch_size``; outside every row, the gap around
+        it with ``default_k``."""
+        lo = 1
+        for row in self.schedule:
+            if row[0] <= batch_size <= row[1]:
+                return row
+            if row[1] < batch_size:
+                lo = row[1] + 1
+            elif batch_size < row[0]:
+                return (lo, row[0] - 1, self.default_k)
+        return (lo, 1 << 30, self.default_k)
 
     def k_for_batch(self, batch_size: int) -> int:
         for lo, hi, k in self.schedule:
@@ -67,5 +89,14 @@ class BatchSchedule(Policy):
         return self.default_k
 
     def decide(self, obs: Observation) -> Decision:
-        k = min(self.k_for_batch(obs.num_requests), obs.k_max)
-        return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
+        n = obs.num_requests
+        if self.hysteresis:
+            held = self._held
+            row = self.range_for_batch(n)
+            if (held is None or row[2] == held[2]
+                    or not held[0] - self.hysteresis <= n <= held[1] + self.hysteresis):
+                self._held = held = row
+            k = held[2]
+        else:
+            k = self.k_for_batch(n)
+        return Decision(num_spec_tokens=np.full(n, min(k, obs.k_max), np.int64))

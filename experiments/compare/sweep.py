@@ -79,10 +79,12 @@ def job_key(job: Job) -> str:
     return h.hexdigest()[:20]
 
 
-def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None) -> pd.DataFrame:
+def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None,
+             executor=None) -> pd.DataFrame:
     """All jobs, ``workers`` processes (1 = in this process); rows sorted by load, policy.
     With ``cache_dir`` each finished job's row is kept there and a job whose row is already
-    there is not run again (resume)."""
+    there is not run again (resume). ``executor``: a process pool to submit to instead of
+    starting one (callers that run many small grids keep their workers warm)."""
     from experiments.store import write_json_atomic
 
     order = sorted(jobs, key=lambda j: -_COST_HINT.get(j.spec.name, 3) * len(j.trace))
@@ -97,14 +99,16 @@ def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None) -> pd.DataFr
             cache_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(kept[id(job)], row)
 
-    if workers <= 1:
+    if workers <= 1 and executor is None:
         for job in order:
             rows.append(run_job(job))
             keep(job, rows[-1])
             if progress:
                 progress(rows[-1], len(rows), total)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from contextlib import nullcontext
+        with (nullcontext(executor) if executor is not None
+              else ProcessPoolExecutor(max_workers=workers)) as pool:
             futures = {pool.submit(run_job, job): job for job in order}
             for fut in as_completed(futures):
                 job = futures[fut]

@@ -87,3 +87,20 @@ def test_a_hook_without_its_declaration_is_refused():
             pass
 
     assert Declares.needs_feedback and not Declares.custom_drafting
+
+
+def test_batch_schedule_hysteresis_holds_k_near_an_edge():
+    """A batch oscillating across the 4/5 edge flips k every step without hysteresis; with
+    hysteresis 2 the k in use is kept until the batch moves 2 past the range it came from."""
+    def ks(policy, batches):
+        return [int(policy.decide(make_obs(b)).num_spec_tokens[0]) for b in batches]
+
+    walk = [4, 5, 4, 5, 6, 7, 6, 4, 3, 2]
+    assert ks(make_policy("batch_schedule"), walk) == [4, 3, 4, 3, 3, 3, 3, 4, 4, 4]
+    # k 4 (range 1-4) held up to batch 6; at 7 the range 5-16 (k 3) takes over and is held
+    # down to batch 3; at 2 the range 1-4 returns
+    assert ks(make_policy("batch_schedule", hysteresis=2), walk) == [4, 4, 4, 4, 4, 3, 3, 3, 3, 4]
+    # outside every range: the gap's default_k, held the same way
+    assert ks(make_policy("batch_schedule", hysteresis=1), [64, 65, 64, 66]) == [1, 1, 1, 0]
+    with pytest.raises(ValueError, match="hysteresis"):
+        make_policy("batch_schedule", hysteresis=-1)

@@ -1,0 +1,3 @@
+from experiments.tune.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""The tuner's search: Optuna over batch-size tables, every trial a grid of simulator cells.
+
+A trial is a ``SpecTable`` run as ``batch_schedule`` at every load of the band under the
+search seeds; its score is the worst, over the loads, of its mean goodput over the best fixed
+k's at that load (the must-beat baseline: a table that matches the best fixed k everywhere
+scores 1). The study is seeded (TPE) and kept in a journal file, so a re-run with the same
+output folder resumes it; every simulated cell is cached by content (``sweep.run_jobs``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from experiments.compare.setup_grid import (CompareSetup, PolicySpec, base_workload,
+                                            num_requests_at, sim_config, workload_at)
+from experiments.compare.sweep import Job, run_jobs
+from experiments.tune.table import EDGES, SpecTable
+
+
+@dataclass
+class Grid:
+    """The loads and seeds every candidate runs at, with the workloads built once."""
+
+    setup: CompareSetup
+    loads: tuple[float, ...]
+    seeds: tuple[int, ...]
+    executor: object = None          # a process pool kept for the whole search
+    cache_dir: object = None
+
+    def __post_init__(self):
+        self._cells = {}
+        for seed in self.seeds:
+            seeded = replace(self.setup, seed=seed)
+            base, config = base_workload(seeded), sim_config(seeded)
+            for load in self.loads:
+                trace = workload_at(base, load, num_requests_at(self.setup, load))
+                self._cells[(seed, load)] = (trace, config)
+
+    def run(self, specs, seeds=None) -> pd.DataFrame:
+        """One row per (spec, load, seed) over ``seeds`` (default all)."""
+        jobs = [Job(spec, load, *self._cells[(seed, load)], sweep_seed=seed)
+                for spec in specs for seed in (seeds or self.seeds) for load in self.loads]
+        return run_jobs(jobs, workers=2, cache_dir=self.cache_dir, executor=self.executor)
+
+
+def goodput_by_load(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean goodput (req/s) over seeds: index load, one column per policy label."""
+    return rows.pivot_table(index="trace.rate", columns="policy", values="goodput_req_s",
+                            aggfunc="mean")
+
+
+def table_spec(label: str, table: SpecTable) -> PolicySpec:
+    return PolicySpec(label, "batch_schedule", table.policy_params())
+
+
+def baseline_specs(k_max: int) -> list[PolicySpec]:
+    """none, every fixed k and the untuned vllm_dynamic (its table from the cost model)."""
+    return ([PolicySpec("none", "none")]
+            + [PolicySpec(f"fixed_k{k}", "fixed", (("k", k),)) for k in range(1, k_max + 1)]
+            + [PolicySpec("vllm_dynamic", "vllm_dynamic")])
+
+
+def best_fixed(goodput: pd.DataFrame) -> pd.Series:
+    """Per load, the best fixed k's goodput (``none`` counts as k = 0)."""
+    fixed = [c for c in goodput.columns if c.startswith("fixed_k") or c == "none"]
+    return goodput[fixed].max(axis=1)
+
+
+def score(goodput: pd.Series, reference: pd.Series) -> float:
+    """Worst ratio over the loads (a load where the reference has no goodput counts 1 if
+    the candidate has none either)."""
+    ratio = np.where(reference.to_numpy() > 0, goodput.to_numpy() / np.maximum(
+        reference.to_numpy(), 1e-12), np.where(goodput.to_numpy() > 0, np.inf, 1.0))
+    return float(ratio.min())
+
+
+def suggest_table(trial, k_max: int, max_num_seqs: int) -> SpecTable:
+    """One k in 0..k_max per batch-size bucket (``table.EDGES``)."""
+    params = {f"k_batch{lo}": trial.suggest_int(f"k_batch{lo}", 0, k_max) for lo in EDGES}
+    return table_from_params(params, max_num_seqs)
+
+
+def table_from_params(params: dict, max_num_seqs: int) -> SpecTable:
+    return SpecTable(tuple(int(params[f"k_batch{lo}"]) for lo in EDGES), max_num_seqs)
+
+
+def table_params(table: SpecTable) -> dict:
+    """The trial parameters that reproduce ``table`` (enqueued starting points)."""
+    return {f"k_batch{lo}": int(k) for lo, k in zip(table.edges, table.ks)}
+
+
+def run_study(grid: Grid, reference: pd.Series, k_max: int, max_num_seqs: int,
+              num_trials: int, seed: int, storage_path, starts=(), progress=None):
+    """Optuna TPE over tables (``starts`` enqueued first); returns the study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage_path)))
+    study = optuna.create_study(study_name="tune", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                load_if_exists=True)
+    done = len([t for t in study.trials if t.state.is_finished()])
+    if done == 0:
+        for table in starts:
+            study.enqueue_trial(table_params(table))
+
+    def objective(trial):
+        table = suggest_table(trial, k_max, max_num_seqs)
+        trial.set_user_attr("schedule", [list(r) for r in table.schedule])
+        rows = grid.run([table_spec("candidate", table)])
+        value = score(goodput_by_load(rows)["candidate"], reference)
+        if progress:
+            progress(trial.number, value, table)
+        return value
+
+    remaining = num_trials - done
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    return study
+
+
+def finalists(study, k_max: int, max_num_seqs: int, count: int) -> list[SpecTable]:
+    """The ``count`` best distinct tables of the study."""
+    seen, out = set(), []
+    trials = sorted((t for t in study.trials if t.value is not None), key=lambda t: -t.value)
+    for t in trials:
+        table = table_from_params(t.params, max_num_seqs)
+        if table.schedule not in seen:
+            seen.add(table.schedule)
+            out.append(table)
+        if len(out) == count:
+            break
+    return out
+
+
+def refine(grid: Grid, reference: pd.Series, start: SpecTable, start_score: float, k_max: int,
+           max_passes: int = 2, progress=None):
+    """Coordinate ascent on every seed of ``grid``: one bucket's k up or down by one, or
+    every bucket up to it (a "small batches draft one more/less" move), a move kept when it
+    raises the score, until a pass keeps none (or ``max_passes``). It resolves differences of
+    a fraction of a percent that the search seeds cannot (the per-load best fixed k differ
+    by ~0.1 % at light load in the compare setup). Returns (table, score, history)."""
+    best, best_score = start, start_score
+    history = [(best, best_score)]
+    for _ in range(max_passes):
+        improved = False
+        for i, lo in enumerate(best.edges):
+            if lo > best.max_num_seqs:
+                continue
+            for step in (-1, 1):
+                for first in sorted({i, 0}, reverse=True):     # bucket i alone, then 0..i
+                    ks = np.asarray(best.ks)
+                    ks[first:i + 1] += step
+                    if not (0 <= ks).all() or (ks > k_max).any() or tuple(ks) == best.ks:
+                        continue
+                    cand = replace(best, ks=tuple(int(k) for k in ks))
+                    if any(cand == t for t, _ in history):
+                        continue
+                    got = score(goodput_by_load(grid.run([table_spec("candidate", cand)]))
+                                ["candidate"], reference)
+                    history.append((cand, got))
+                    if progress:
+                        progress(len(history) - 1, got, cand)
+                    if got > best_score:
+                        best, best_score, improved = cand, got, True
+        if not improved:
+            break
+    return best, best_score, history
