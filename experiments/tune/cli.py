@@ -13,7 +13,8 @@ best few and every fixed k on all seeds, refines the best by one-bucket moves on
 (``search.refine``), and writes into ``--out``: ``speculative_config.json`` (what vLLM's
 ``--speculative-config`` takes, checked against the installed vLLM), ``policy.yaml`` (the table
 as this testbed's ``batch_schedule``), ``summary.html``/``summary.png``, ``trials.csv`` and
-``result.json``; the last line printed is that JSON.
+``result.json``; the last line printed is that JSON. ``--verify-live`` tunes the realistic
+pair on the twin of a live pilot run and checks the ranking live (experiments/tune/live.py).
 """
 from __future__ import annotations
 
@@ -25,13 +26,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from experiments.tune.core import InfeasibleSLO
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BAND = (0.5, 1.0, 2.0)
-HYSTERESIS = (1, 2, 4)           # also scored for the tuned table (simulator / adapter only)
-
-
-class InfeasibleSLO(RuntimeError):
-    """No setting meets the SLOs at any load of the band."""
 
 
 def parse_args(argv=None):
@@ -52,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of arrivals per run (compare's default 30)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--verify-live", action="store_true",
+                   help="tune for the realistic pair on the twin of a live pilot run, then run "
+                        "the tuned table, the best fixed k and plain vLLM live (~10 min; "
+                        "experiments/tune/live.py)")
     p.add_argument("--no-check", action="store_true",
                    help="skip checking the config against the installed vLLM")
     args = p.parse_args(argv)
@@ -89,14 +91,12 @@ def _log(msg: str) -> None:
 
 
 def tune(setup, args, out: Path, method: str, draft_path) -> dict:
-    import numpy as np
-    import pandas as pd
-
-    from experiments.compare.setup_grid import base_workload
+    """Tune the batch-size table for a compare-style setup (``setup_from``)."""
+    from experiments.compare.setup_grid import base_workload, sim_config
     from experiments.tune import search
-    from experiments.tune.report import write_outputs
-    from experiments.tune.table import SpecTable, speculative_config
+    from experiments.tune.core import tune_on_grid
     from sim.core.config import EngineConfig
+    from sim.models.cost import make_cost_model
     from traces.transforms import mean_rate_per_s
 
     t0 = time.perf_counter()
@@ -104,95 +104,34 @@ def tune(setup, args, out: Path, method: str, draft_path) -> dict:
         setup = replace(setup, duration_s=float(args.duration))
     native = mean_rate_per_s(base_workload(setup))
     loads = tuple(sorted({float(f"{native * float(f):.2g}") for f in args.band.split(",")}))
-    k_max, max_seqs = setup.k_max, EngineConfig().max_num_seqs
     seeds = tuple(setup.seed + i for i in range(args.seeds))
-    out.mkdir(parents=True, exist_ok=True)
+    _log(f"[tune] loads {loads} req/s (trace rate {native:.2f}); baselines on {len(seeds)} seeds")
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        grid = search.Grid(setup, loads, seeds, executor=pool, cache_dir=out / "cells")
-        _log(f"[tune] loads {loads} req/s (trace rate {native:.2f}); baselines on "
-             f"{len(seeds)} seeds")
-        base_rows = grid.run(search.baseline_specs(k_max))
-        goodput = search.goodput_by_load(base_rows)
-        if (goodput.drop(columns="vllm_dynamic").to_numpy() <= 0).all():
-            raise InfeasibleSLO(
-                f"no setting meets the SLOs at any load of {list(loads)} req/s: none and fixed "
-                f"k=1..{k_max} finish no request within its SLO; loosen the SLOs (slo=...) or "
-                "lower the load (--band)")
-        search_seeds = seeds[:args.search_seeds]
-        ref = search.best_fixed(search.goodput_by_load(
-            base_rows[base_rows["sweep_seed"].isin(search_seeds)]))
-        from policies import make_policy
-        from sim.models.cost import make_cost_model
-        from experiments.compare.setup_grid import sim_config
-        dyn = make_policy("vllm_dynamic")
-        dyn.tune(make_cost_model(sim_config(setup)), k_max)
-        starts = [SpecTable.fixed(k, max_seqs) for k in range(k_max + 1)]
-        starts.append(SpecTable.from_schedule(dyn.schedule, dyn.default_k, k_max, max_seqs))
-        search_grid = replace(grid, seeds=search_seeds)
-        study = search.run_study(
-            search_grid, ref, k_max, max_seqs, args.trials, args.seed, out / "study.journal",
-            starts, progress=lambda n, v, t: _log(f"[tune] trial {n}: {v:.4f} {list(t.schedule)}"))
-        # finalists on every seed, with every fixed k (its table decides as `fixed` does):
-        # the best by its worst ratio to the per-load best fixed k starts the refinement
-        full_ref = search.best_fixed(goodput)
-        cands = search.finalists(study, k_max, max_seqs, args.finalists)
-        rows = grid.run([search.table_spec(f"cand{i}", t) for i, t in enumerate(cands)])
-        cand_gp = search.goodput_by_load(rows)
-        scored = [(search.score(cand_gp[f"cand{i}"], full_ref), t) for i, t in enumerate(cands)]
-        scored += [(search.score(goodput[f"fixed_k{k}"], full_ref), SpecTable.fixed(k, max_seqs))
-                   for k in range(1, k_max + 1)]
-        start_score, start = max(scored, key=lambda x: x[0])
-        tuned, tuned_score, history = search.refine(
-            grid, full_ref, start, start_score, k_max, args.refine_passes,
-            progress=lambda n, v, t: _log(f"[tune] refine {n}: {v:.4f} {list(t.schedule)}"))
-        tuned_rows = grid.run([search.table_spec("tuned", tuned)])
-        hyst = grid.run([search.table_spec(f"hyst{h}", replace(tuned, hysteresis=h))
-                         for h in HYSTERESIS])
-    frame = pd.concat([base_rows, tuned_rows], ignore_index=True)
-    gp = search.goodput_by_load(frame)
-    hyst_gp = search.goodput_by_load(hyst)
-    result = {
-        "tuned_vs_best_fixed_sim": round(search.score(gp["tuned"], full_ref), 4),
-        "tuned_vs_vllm_dynamic_sim": round(search.score(gp["tuned"], gp["vllm_dynamic"]), 4),
-        "speculative_config": (speculative_config(tuned, method, draft_path)
-                               if tuned.num_speculative_tokens > 0 else None),
-        "wall_s": None,
-        "loads_req_s": list(loads), "trace_rate_req_s": round(native, 3),
-        "seeds": len(seeds), "search_seeds": len(search_seeds), "num_trials": len(study.trials),
-        "schedule": [list(r) for r in tuned.schedule],
-        "per_load": {f"{ld:g}": {
-            "tuned_goodput_req_s": round(float(gp.loc[ld, "tuned"]), 4),
-            "best_fixed": str(gp.loc[ld, [c for c in gp.columns if c.startswith("fixed_k")
-                                          or c == "none"]].idxmax()),
-            "tuned_vs_best_fixed": round(float(gp.loc[ld, "tuned"] / full_ref.loc[ld]), 4),
-            "tuned_vs_vllm_dynamic": round(float(gp.loc[ld, "tuned"]
-                                                 / gp.loc[ld, "vllm_dynamic"]), 4),
-            "tuned_vs_none": round(float(gp.loc[ld, "tuned"] / gp.loc[ld, "none"]), 4)}
-            for ld in loads},
-        "finalist_scores": [round(s, 4) for s, _ in scored[:len(cands)]],
-        "refine_steps": len(history) - 1,
-        "hysteresis_vs_tuned_sim": {str(h): round(search.score(hyst_gp[f"hyst{h}"], gp["tuned"]), 4)
-                                    for h in HYSTERESIS},
-        "vllm_dynamic_schedule": [list(r) for r in dyn.schedule],
-        "setup": f"{setup.trace_name}, {setup.model} + {setup.draft} on {setup.hardware}",
-        "out_dir": str(out),
-    }
-    if result["speculative_config"] is not None and not args.no_check:
-        from exec.spec_config import check_speculative_config
-        check_speculative_config(result["speculative_config"])
-    result["wall_s"] = round(time.perf_counter() - t0, 1)
-    write_outputs(out, result, frame, study, tuned, history)
+        grid = search.Grid(search.compare_cell(setup), loads, seeds, executor=pool,
+                           cache_dir=out / "cells")
+        result = tune_on_grid(grid, setup.k_max, EngineConfig().max_num_seqs,
+                              make_cost_model(sim_config(setup)), args, out,
+                              f"{setup.trace_name}, {setup.model} + {setup.draft} on "
+                              f"{setup.hardware}", method, draft_path, t0,
+                              {"trace_rate_req_s": round(native, 3)})
     return result
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
-        setup, method, draft_path = setup_from(args.overrides, args.seed)
         out = args.out or REPO_ROOT / "outputs" / "tune" / time.strftime("%Y%m%d-%H%M%S")
         print(f"output dir: {out}", flush=True)
-        result = tune(setup, args, Path(out), method, draft_path)
-    except InfeasibleSLO as err:
+        if args.verify_live:
+            if args.overrides:
+                raise SystemExit("--verify-live tunes the realistic pair's live workload; "
+                                 f"drop the overrides {args.overrides}")
+            from experiments.tune.live import verify_live
+            result = verify_live(args, Path(out))
+        else:
+            setup, method, draft_path = setup_from(args.overrides, args.seed)
+            result = tune(setup, args, Path(out), method, draft_path)
+    except InfeasibleSLO as err:   # reported as such, never as a table
         print(json.dumps({"feasible": False, "error": str(err), "speculative_config": None}))
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)

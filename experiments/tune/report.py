@@ -85,7 +85,7 @@ def summary_html(result: dict, png: str) -> str:
     return (
         "<!doctype html><meta charset='utf-8'><title>experiments.tune</title>"
         f"<h1>Tuned speculative config</h1><p>{html.escape(result['setup'])}; loads "
-        f"{result['loads_req_s']} req/s (trace rate {result['trace_rate_req_s']}); "
+        f"{result['loads_req_s']} req/s (trace rate {result.get('trace_rate_req_s')}); "
         f"{result['seeds']} seeds; {result['num_trials']} trials.</p>"
         f"<h2>vLLM --speculative-config</h2><pre>{config}</pre>"
         "<h2>Goodput ratios (simulated)</h2><table border=1 cellpadding=4><tr><th>load "

@@ -21,28 +21,46 @@ from experiments.tune.table import EDGES, SpecTable
 
 @dataclass
 class Grid:
-    """The loads and seeds every candidate runs at, with the workloads built once."""
+    """The loads and seeds every candidate runs at, with the workloads built once.
 
-    setup: CompareSetup
+    ``make_cell(seed, load)`` gives a cell's (trace, SimConfig); ``plain_config``, when given,
+    replaces the config of ``none`` cells (an engine without a drafter: another profile)."""
+
+    make_cell: object
     loads: tuple[float, ...]
     seeds: tuple[int, ...]
     executor: object = None          # a process pool kept for the whole search
     cache_dir: object = None
+    plain_config: object = None      # (seed, load) -> SimConfig for `none`, or None
 
     def __post_init__(self):
-        self._cells = {}
-        for seed in self.seeds:
-            seeded = replace(self.setup, seed=seed)
-            base, config = base_workload(seeded), sim_config(seeded)
-            for load in self.loads:
-                trace = workload_at(base, load, num_requests_at(self.setup, load))
-                self._cells[(seed, load)] = (trace, config)
+        self._cells = {(seed, load): self.make_cell(seed, load)
+                       for seed in self.seeds for load in self.loads}
 
     def run(self, specs, seeds=None) -> pd.DataFrame:
         """One row per (spec, load, seed) over ``seeds`` (default all)."""
-        jobs = [Job(spec, load, *self._cells[(seed, load)], sweep_seed=seed)
-                for spec in specs for seed in (seeds or self.seeds) for load in self.loads]
+        jobs = []
+        for spec in specs:
+            for seed in (seeds or self.seeds):
+                for load in self.loads:
+                    trace, config = self._cells[(seed, load)]
+                    if spec.name == "none" and self.plain_config is not None:
+                        config = self.plain_config(seed, load)
+                    jobs.append(Job(spec, load, trace, config, sweep_seed=seed))
         return run_jobs(jobs, workers=2, cache_dir=self.cache_dir, executor=self.executor)
+
+
+def compare_cell(setup: CompareSetup):
+    """``Grid.make_cell`` for a compare-style setup: its workload at a load, its SimConfig."""
+    cache = {}
+
+    def make(seed, load):
+        if seed not in cache:
+            seeded = replace(setup, seed=seed)
+            cache[seed] = (base_workload(seeded), sim_config(seeded))
+        base, config = cache[seed]
+        return workload_at(base, load, num_requests_at(setup, load)), config
+    return make
 
 
 def goodput_by_load(rows: pd.DataFrame) -> pd.DataFrame:
