@@ -99,6 +99,7 @@ class CompareSetup:
     model: str = "llama-2-7b"
     draft: str = "draft-68m"
     hardware: str = "a100-80g"
+    tensor_parallel: int = 1         # GPUs the target is split over (hardware.tensor_parallel_size)
     acceptance: tuple = (7.0, 3.0)   # Beta(alpha, beta) per request (conf/model/llama2_7b_68m)
     per_dataset_acceptance: tuple = ()   # (tag, alpha, beta): per dataset tag (Spec-Bench)
     # request lengths: "trace" (the trace's own), "spec_bench" (each arrival a Spec-Bench
@@ -188,7 +189,7 @@ def sim_config(setup: CompareSetup):
                      acceptance=AcceptanceConfig(
                          default=tuple(setup.acceptance),
                          per_dataset=tuple(tuple(x) for x in setup.per_dataset_acceptance)),
-                     seed=_seeds(setup.seed)[1])
+                     seed=_seeds(setup.seed)[1], tensor_parallel=int(setup.tensor_parallel))
 
 
 def saturation_rate(setup: CompareSetup, base: Trace) -> dict:

@@ -115,7 +115,9 @@ def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None,
                 try:
                     rows.append(fut.result())
                 except Exception as err:
-                    raise RuntimeError(f"sweep job {job.spec.label} at {job.load} req/s "
+                    # bad input (a ValueError in the worker) stays one, for one-line errors
+                    wrap = ValueError if isinstance(err, ValueError) else RuntimeError
+                    raise wrap(f"sweep job {job.spec.label} at {job.load} req/s "
                                        f"failed: {err}") from err
                 keep(job, rows[-1])
                 if progress:

@@ -1,3 +1,5 @@
+from experiments.errors import one_line_errors
 from experiments.tune.cli import main
 
-main()
+with one_line_errors():
+    main()

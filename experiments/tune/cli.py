@@ -1,6 +1,6 @@
 """From a trace to a vLLM speculative config: search the batch-size table in the simulator.
 
-    python -m experiments.tune [trace=... model=... hardware=... slo=...] [--trials 120]
+    python -m experiments.tune [trace=... model=... hardware=... slo=...] [--trials 60]
                                [--seeds 8] [--search-seeds 2] [--band 0.5,1,2] [--out DIR]
 
 With no overrides it tunes the compare setup (Azure 2023 conv first 600 s, Llama-2-7B + 68M
@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m experiments.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="hydra overrides: trace=, model=, hardware=, slo=")
-    p.add_argument("--trials", type=int, default=60, help="search trials (TPE)")
+    p.add_argument("--trials", type=int, default=60,
+                   help="search trials in all (TPE; every fixed k and vllm_dynamic first)")
     p.add_argument("--seeds", type=int, default=8, help="seeds every finalist is scored on")
     p.add_argument("--search-seeds", type=int, default=2, help="seeds each trial runs")
     p.add_argument("--finalists", type=int, default=4,
@@ -54,12 +55,16 @@ def parse_args(argv=None):
                    help="tune for the realistic pair on the twin of a live pilot run, then run "
                         "the tuned table, the best fixed k and plain vLLM live (~10 min; "
                         "experiments/tune/live.py)")
+    p.add_argument("--live-repeats", type=int, default=3,
+                   help="interleaved live repeats per policy with --verify-live")
     p.add_argument("--no-check", action="store_true",
                    help="skip checking the config against the installed vLLM")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         p.error(f"arguments {bad} are not overrides (key=value)")
+    if args.live_repeats < 1:
+        p.error("need --live-repeats >= 1")
     if args.trials < 1 or args.seeds < 1 or not 1 <= args.search_seeds <= args.seeds:
         p.error("need --trials >= 1, --seeds >= 1 and 1 <= --search-seeds <= --seeds")
     return args
@@ -80,7 +85,9 @@ def setup_from(overrides, seed: int):
     setup = CompareSetup(
         trace_name=cfg.trace.name, window_start_s=float(cfg.trace.window_start_s or 0.0),
         window_end_s=cfg.trace.window_end_s, model=cfg.model.target, draft=cfg.model.draft,
-        hardware=cfg.hardware.name, slo_classes=tuple(_slo_classes(cfg, trace)),
+        hardware=cfg.hardware.name,
+        tensor_parallel=int(cfg.hardware.tensor_parallel_size),
+        slo_classes=tuple(_slo_classes(cfg, trace)),
         acceptance=(float(cfg.model.acceptance.alpha), float(cfg.model.acceptance.beta)),
         seed=seed)
     return setup, cfg.model.draft_method, cfg.model.draft_path

@@ -89,7 +89,8 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
                                if tuned.num_speculative_tokens > 0 else None),
         "wall_s": None,
         "loads_req_s": list(loads),
-        "seeds": len(seeds), "search_seeds": len(search_seeds), "num_trials": len(study.trials),
+        "seeds": len(seeds), "search_seeds": len(search_seeds),
+        "num_trials": sum(t.state.is_finished() for t in study.trials),
         "schedule": [list(r) for r in tuned.schedule],
         "per_load": {f"{ld:g}": {
             "tuned_goodput_req_s": round(float(gp.loc[ld, "tuned"]), 4),

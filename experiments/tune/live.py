@@ -21,6 +21,7 @@ from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 LIVE_K_MAX = 4
@@ -89,34 +90,48 @@ def verify_live(args, out: Path) -> dict:
                   f"policy.default_k={rows[-1][2]}"],
         best_k: ["policy=fixed", f"policy.k={int(best_k.removeprefix('fixed_k'))}"],
         "none": ["policy=none"]}
-    jobs = [base + o for o in policies.values()]
-    _log(f"[tune --verify-live] live: tuned {rows}, {best_k}, none")
+    # interleaved repeats (tag=repeat<r>: distinct runs), the policy order rotated each round:
+    # this machine's speed drifts 10-30 % within minutes, more than the policies differ
+    labels = list(policies)
+    order = [(r, labels[(i + r) % len(labels)]) for r in range(args.live_repeats)
+             for i in range(len(labels))]
+    jobs = [base + policies[label] + [f"tag=repeat{r}"] for r, label in order]
+    _log(f"[tune --verify-live] live: tuned {rows}, {best_k}, none; {args.live_repeats} "
+         "interleaved repeats")
     live = run_all(jobs, root, 1, "live verify")
-    measured, predicted = {}, {}
-    for label, o, s in zip(policies, jobs, live):
-        twin_dir = root / "twins" / Path(s["run_dir"]).name
-        res = simulate_twin(Path(s["run_dir"]), build_policy(compose_run(o)), profile, model,
-                            draft, twin_dir, plain_profile=plain)
-        from analysis.metrics import summarize
-        predicted[label] = summarize(res)
-        measured[label] = s
+    from analysis.metrics import summarize
     pick = ("goodput_req_s", "tpot_s_mean", "slo_attainment")
-    table = {label: {f"{m}_{side}": round(float(src[label][m]), 4)
-                     for m in pick for side, src in (("live", measured), ("sim", predicted))}
-             for label in policies}
+    runs = {label: [] for label in labels}
+    for (r, label), s in zip(order, live):
+        runs[label].append(s)
+    measured = {label: {m: float(np.mean([s[m] for s in runs[label]])) for m in pick}
+                for label in labels}
+    predicted = {}
+    for label in labels:          # greedy and lossless: every repeat has the same twin
+        first = Path(runs[label][0]["run_dir"])
+        res = simulate_twin(first, build_policy(compose_run(base + policies[label])), profile,
+                            model, draft, root / "twins" / first.name, plain_profile=plain)
+        predicted[label] = summarize(res)
+    table = {label: {**{f"{m}_{side}": round(float(src[label][m]), 4)
+                        for m in pick for side, src in (("live", measured), ("sim", predicted))},
+                     "goodput_req_s_live_repeats": [round(float(s["goodput_req_s"]), 4)
+                                                    for s in runs[label]],
+                     "tpot_s_mean_live_repeats": [round(float(s["tpot_s_mean"]), 4)
+                                                  for s in runs[label]]}
+             for label in labels}
 
     def ratio(src):
         ref = float(src[best_k]["goodput_req_s"])
         return round(float(src["tuned"]["goodput_req_s"]) / ref, 4) if ref > 0 else None
     result = {"tuned_vs_best_fixed_sim": ratio(predicted),
-            "tuned_vs_best_fixed_live": ratio(measured),
-            "ranking_matches": ranking(predicted) == ranking(measured),
-            "ranking_live": ranking(measured), "ranking_sim": ranking(predicted),
-            "schedule": rows, "best_fixed": best_k, "speculative_config":
-                tuned["speculative_config"], "per_policy": table,
-            "tuning": {k: tuned[k] for k in ("tuned_vs_best_fixed_sim", "loads_req_s",
-                                             "per_load", "num_trials")},
-            "wall_s": round(time.perf_counter() - t0, 1), "out_dir": str(out)}
+              "tuned_vs_best_fixed_live": ratio(measured),
+              "ranking_matches": ranking(predicted) == ranking(measured),
+              "ranking_live": ranking(measured), "ranking_sim": ranking(predicted),
+              "live_repeats": args.live_repeats, "schedule": rows, "best_fixed": best_k,
+              "speculative_config": tuned["speculative_config"], "per_policy": table,
+              "tuning": {k: tuned[k] for k in ("tuned_vs_best_fixed_sim", "loads_req_s",
+                                               "per_load", "num_trials")},
+              "wall_s": round(time.perf_counter() - t0, 1), "out_dir": str(out)}
     from experiments.store import write_json_atomic
     write_json_atomic(out / "result.json", result)
     return result

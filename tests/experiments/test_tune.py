@@ -1,6 +1,8 @@
 """experiments.tune: the table it searches, the config it exports, and the search itself."""
 import json
 
+import numpy as np
+
 import pytest
 
 from experiments.tune.table import SpecTable, speculative_config
@@ -105,3 +107,33 @@ def test_bad_arguments_are_refused():
         parse_args(["--search-seeds", "3", "--seeds", "2"])
     with pytest.raises(SystemExit):
         parse_args(["azure_conv"])          # not key=value
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_verify_live_runs_the_tuned_table_beside_its_twin(tmp_path):
+    """--verify-live end to end on the realistic pair (one repeat, a few trials, one load):
+    a pilot run, the search on its twin, three live runs and their twins; the tuned table is
+    what the live adapter ran (its k per step follows the schedule)."""
+    pytest.importorskip("vllm")
+    import pandas as pd
+
+    from experiments.tune.cli import parse_args
+    from experiments.tune.live import verify_live
+
+    args = parse_args(["--verify-live", "--trials", "3", "--live-repeats", "1", "--band", "1",
+                       "--workers", "1", "--out", str(tmp_path)])
+    result = verify_live(args, tmp_path)
+    labels = {"tuned", result["best_fixed"], "none"}
+    assert len(labels) == 3 and set(result["ranking_live"]) == labels \
+        and set(result["ranking_sim"]) == labels
+    for label in labels:
+        row = result["per_policy"][label]
+        assert row["tpot_s_mean_live"] > 0 and row["tpot_s_mean_sim"] > 0
+    assert isinstance(result["ranking_matches"], bool)
+    assert json.loads((tmp_path / "result.json").read_text())["schedule"] == result["schedule"]
+    # the live tuned run drafted within its table (the engine is built for k_max = 4)
+    deepest = max(r[2] for r in result["schedule"])
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("batch-schedule"))
+    spec_k = np.concatenate(pd.read_parquet(run / "steps.parquet")["spec_k"].to_numpy())
+    assert spec_k.size > 0 and spec_k.max() <= deepest
