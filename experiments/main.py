@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 BASE = ["trace=embedded", "model=llama2_7b_68m", "hardware=a100_80g", "slo=mixed"]
@@ -151,30 +150,6 @@ def live_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _run_one(job: tuple) -> dict:
-    overrides, root = job
-    from conf import compose_run
-    from experiments.runner import execute
-
-    cfg = compose_run(overrides + [f"results_root={root}"])
-    return execute(cfg, verbose=False)
-
-
-def run_all(jobs: list[list[str]], root: Path, workers: int, desc: str) -> list[dict]:
-    """Run every override list (resumable); validate them all before the first one runs."""
-    from tqdm import tqdm
-
-    from conf import compose_run
-
-    for overrides in jobs:  # bad configs fail here, before any run starts
-        compose_run(overrides + [f"results_root={root}"])
-    items = [(o, str(root)) for o in jobs]
-    if workers <= 1:
-        return [_run_one(j) for j in tqdm(items, desc=desc, unit="run")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_run_one, items), total=len(items), desc=desc, unit="run"))
-
-
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description="specbed main job: sweep, figures, report")
     ap.add_argument("--out", default="runs/main", help="output folder (runs/ and report/)")
@@ -198,15 +173,16 @@ def main(argv=None) -> Path:
     from analysis.report import build_report
     from analysis.runs import load_runs
     from analysis.tables import format_frame_table
+    from experiments.runner import run_configs
 
     started = time.perf_counter()
     out = Path(args.out)
     root = out / "runs"
     rates = [float(r) for r in args.rates.split(",")]
     only = None if args.policies is None else set(args.policies.split(","))
-    sweep = run_all(sweep_overrides(rates, args.num_requests, args.overrides, only), root,
+    sweep = run_configs(sweep_overrides(rates, args.num_requests, args.overrides, only), root,
                     args.jobs, "sweep")
-    shift = run_all(shift_overrides(min(rates), max(rates), args.shift_requests,
+    shift = run_configs(shift_overrides(min(rates), max(rates), args.shift_requests,
                                     args.overrides, only), root, args.jobs, "load shift")
     dirs = [s["run_dir"] for s in sweep]
     compare = None
@@ -216,7 +192,7 @@ def main(argv=None) -> Path:
         ok, why = live_available()
         if ok:
             jobs = live_overrides([])
-            live = run_all(jobs, root, 1, "live check")
+            live = run_configs(jobs, root, 1, "live check")
             for s, overrides in zip(live, jobs):
                 s["overrides"] = overrides
             twins = run_twins(live, root, args.reprofile, out, args.calibrate)

@@ -98,3 +98,36 @@ def execute(cfg, results_root=None, *, verbose: bool = True) -> dict:
     if verbose:
         print(f"[done] {run_dir} ({wall_s:.1f} s)")
     return {**summary, "run_dir": str(run_dir), "skipped": False}
+
+
+class RunFolders:
+    """``experiments.sweep`` store for tasks that are hydra override lists (``results_root``
+    among them): a finished task is a complete run folder; ``execute`` writes it."""
+
+    def load(self, overrides):
+        from conf import compose_run
+        run_dir = run_dir_for(compose_run(list(overrides)))
+        if not store.is_complete(run_dir):
+            return None
+        _note_in_ledger(run_dir)
+        return {**store.read_summary(run_dir), "run_dir": str(run_dir), "skipped": True}
+
+    def save(self, overrides, result) -> None:
+        pass
+
+
+def _execute_overrides(overrides) -> dict:
+    from conf import compose_run
+    return execute(compose_run(list(overrides)), verbose=False)
+
+
+def run_configs(jobs: list[list[str]], root: Path, workers: int, desc: str) -> list[dict]:
+    """Every override list, run under ``root`` (resumable: complete run folders are reused);
+    all are validated before the first one runs. Summaries in the order of ``jobs``."""
+    from conf import compose_run
+    from experiments.sweep import run_sweep
+
+    tasks = [tuple(o) + (f"results_root={root}",) for o in jobs]
+    return run_sweep(tasks, _execute_overrides, store=RunFolders(),
+                     check=lambda t: compose_run(list(t)), workers=workers, desc=desc,
+                     describe=lambda t: " ".join(t[:-1]))

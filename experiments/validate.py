@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.sweep import run_sweep
 from experiments.validate_cells import (compare, error_table, k_distribution, policy_spec,
                                         ranking, run_metrics, slo_met_count, step_summary,
                                         validation_trace)
-from experiments.validate_resume import check_resume, live_repeat
+from experiments.validate_resume import LiveRepeats, check_resume
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -140,41 +141,54 @@ def main(argv=None) -> dict:
     plain_cost = load_fitted_cost_model(plain_profile) if plain_profile else cost
     model, draft = sim_names(args.pair)
 
+    traces = {}
+    for load in loads:
+        trace = validation_trace(args.requests, load, args.max_prompt, args.max_output,
+                                 args.seed)
+        n = len(trace)
+        traces[load] = replace(trace, tpot_slo_s=np.full(n, args.tpot_slo_ms / 1e3),
+                               ttft_slo_s=np.full(n, args.ttft_slo_s),
+                               slo_class=np.full(n, f"tpot{args.tpot_slo_ms:g}ms", dtype=object))
     cells: dict[tuple, dict] = {}
-    for rep in range(args.repeats):            # interleaved: repeat r of every cell first
-        for load in loads:
-            trace = validation_trace(args.requests, load, args.max_prompt, args.max_output,
-                                     args.seed)
-            n = len(trace)
-            trace = replace(trace, tpot_slo_s=np.full(n, args.tpot_slo_ms / 1e3),
-                            ttft_slo_s=np.full(n, args.ttft_slo_s),
-                            slo_class=np.full(n, f"tpot{args.tpot_slo_ms:g}ms", dtype=object))
-            for name, params in policies:
-                label = name + (f":{params['k']}" if "k" in params else "")
-                cell = cells.setdefault((load, label), {
-                    "load": load, "policy": label, "name": name, "params": params,
-                    "dir": out / "cells" / f"load{load:g}_{label.replace(':', '')}",
-                    "live_runs": [], "live_dirs": []})
-                cfg, eng = live_cfg, engine
-                if name == "none":
-                    cfg, eng = live_cfg.without_speculation(), plain
+    for load in loads:
+        for name, params in policies:
+            label = name + (f":{params['k']}" if "k" in params else "")
+            plain_run = name == "none"                      # "none" runs plain vLLM
+            cells[(load, label)] = {
+                "load": load, "policy": label, "name": name, "params": params,
+                "dir": out / "cells" / f"load{load:g}_{label.replace(':', '')}",
+                "config": live_cfg.without_speculation() if plain_run else live_cfg,
+                "engine": plain if plain_run else engine, "live_runs": [], "live_dirs": []}
+    # interleaved: repeat r of every cell before repeat r + 1 of any
+    tasks = [(rep, load, label) for rep in range(args.repeats) for (load, label) in cells]
 
-                def run():                   # called at once, inside this iteration
-                    recorder = PolicyRecorder(make_policy(name, **params))
-                    res = run_live(trace, recorder, replace(cfg, record_acceptance=rep == 0
-                                                            and cfg.record_acceptance),
-                                   engine=eng, cost=cost)
-                    return res, recorder.calls
-                run_dir, res, calls = live_repeat(cell["dir"], rep, args.resume, run)
-                cell["live_runs"].append(res)
-                cell["live_dirs"].append(run_dir)
-                if rep == 0:
-                    cell["calls"] = calls
-                    cell["speculative"] = cfg.speculative
-                lm = run_metrics(res.requests)
-                print(f"repeat {rep} load {load:g} {label}: live mean TPOT "
-                      f"{1e3 * lm['mean_tpot']:.1f} ms, mean TTFT {lm['mean_ttft']:.3f} s "
-                      f"({res.meta['wall_s']:.0f} s)", flush=True)
+    store = LiveRepeats({key: cell["dir"] for key, cell in cells.items()}, args.resume)
+
+    def run(task) -> dict:
+        rep, load, label = task
+        cell = cells[(load, label)]
+        recorder = PolicyRecorder(make_policy(cell["name"], **cell["params"]))
+        cfg = cell["config"]
+        res = run_live(traces[load], recorder,
+                       replace(cfg, record_acceptance=rep == 0 and cfg.record_acceptance),
+                       engine=cell["engine"], cost=cost)
+        return {"rep": rep, "load": load, "label": label, "run_dir": store.run_dir(task),
+                "result": res, "calls": recorder.calls if rep == 0 else None}
+
+    def progress(done: dict, num_done: int, num_total: int) -> None:
+        lm = run_metrics(done["result"].requests)
+        print(f"[{num_done}/{num_total}] repeat {done['rep']} load {done['load']:g} "
+              f"{done['label']}: live mean TPOT {1e3 * lm['mean_tpot']:.1f} ms, mean TTFT "
+              f"{lm['mean_ttft']:.3f} s ({done['result'].meta['wall_s']:.0f} s)", flush=True)
+
+    for done in run_sweep(tasks, run, store=store, progress=progress):
+        cell = cells[(done["load"], done["label"])]
+        cell["live_runs"].append(done["result"])
+        cell["live_dirs"].append(done["run_dir"])
+        if done["rep"] == 0:
+            cell["calls"] = done["calls"]
+    for cell in cells.values():
+        cell["speculative"] = cell["config"].speculative
 
     rows, all_pred = [], []
     for (load, label), cell in cells.items():

@@ -29,17 +29,31 @@ def check_resume(args, out: Path) -> None:
     path.write_text(json.dumps(mine, indent=1))
 
 
-def live_repeat(cell_dir: Path, rep: int, resume: bool, run):
-    """(run folder, live result, hook calls of repeat 0 or None) of live repeat ``rep``:
-    loaded when ``resume`` finds it saved whole, else ``run()`` -> (result, calls), saved."""
-    run_dir = cell_dir / f"live_r{rep}"
-    if resume and (run_dir / DONE).is_file():
+class LiveRepeats:
+    """``experiments.sweep`` store for validate's live repeats: task ``(rep, load, label)``,
+    result ``{"rep", "load", "label", "run_dir", "result", "calls"}`` (``calls``: repeat 0's
+    hook calls, None for the others). With ``resume`` a repeat saved whole is loaded."""
+
+    def __init__(self, cell_dirs: dict, resume: bool):
+        self.cell_dirs, self.resume = cell_dirs, resume      # (load, label) -> cell folder
+
+    def run_dir(self, task) -> Path:
+        rep, load, label = task
+        return self.cell_dirs[(load, label)] / f"live_r{rep}"
+
+    def load(self, task):
+        run_dir = self.run_dir(task)
+        if not (self.resume and (run_dir / DONE).is_file()):
+            return None
         from exec.results import LiveRunResult
-        calls = pickle.loads((cell_dir / CALLS_FILE).read_bytes()) if rep == 0 else None
-        return run_dir, LiveRunResult.load(run_dir), calls
-    res, calls = run()
-    res.save(run_dir)
-    if rep == 0:
-        (cell_dir / CALLS_FILE).write_bytes(pickle.dumps(calls))
-    (run_dir / DONE).write_text("")
-    return run_dir, res, calls
+        rep, load, label = task
+        calls = pickle.loads((run_dir.parent / CALLS_FILE).read_bytes()) if rep == 0 else None
+        return {"rep": rep, "load": load, "label": label, "run_dir": run_dir,
+                "result": LiveRunResult.load(run_dir), "calls": calls}
+
+    def save(self, task, done: dict) -> None:
+        run_dir = self.run_dir(task)
+        done["result"].save(run_dir)
+        if done["rep"] == 0:
+            (run_dir.parent / CALLS_FILE).write_bytes(pickle.dumps(done["calls"]))
+        (run_dir / DONE).write_text("")

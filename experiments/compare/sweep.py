@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,47 +80,16 @@ def job_key(job: Job) -> str:
 
 def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None,
              executor=None) -> pd.DataFrame:
-    """All jobs, ``workers`` processes (1 = in this process); rows sorted by load, policy.
+    """All jobs through ``experiments.sweep.run_sweep``; rows sorted by load, policy, seed.
     With ``cache_dir`` each finished job's row is kept there and a job whose row is already
     there is not run again (resume). ``executor``: a process pool to submit to instead of
     starting one (callers that run many small grids keep their workers warm)."""
-    from experiments.store import write_json_atomic
+    from experiments.sweep import RowCache, run_sweep
 
-    order = sorted(jobs, key=lambda j: -_COST_HINT.get(j.spec.name, 3) * len(j.trace))
-    total = len(order)
-    kept = {id(job): cache_dir / f"{job_key(job)}.json" for job in order} \
-        if cache_dir is not None else {}
-    rows = [json.loads(p.read_text()) for p in kept.values() if p.is_file()]
-    order = [job for job in order if id(job) not in kept or not kept[id(job)].is_file()]
-
-    def keep(job: Job, row: dict) -> None:
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(kept[id(job)], row)
-
-    if workers <= 1 and executor is None:
-        for job in order:
-            rows.append(run_job(job))
-            keep(job, rows[-1])
-            if progress:
-                progress(rows[-1], len(rows), total)
-    else:
-        from contextlib import nullcontext
-        with (nullcontext(executor) if executor is not None
-              else ProcessPoolExecutor(max_workers=workers)) as pool:
-            futures = {pool.submit(run_job, job): job for job in order}
-            for fut in as_completed(futures):
-                job = futures[fut]
-                try:
-                    rows.append(fut.result())
-                except Exception as err:
-                    # bad input (a ValueError in the worker) stays one, for one-line errors
-                    wrap = ValueError if isinstance(err, ValueError) else RuntimeError
-                    raise wrap(f"sweep job {job.spec.label} at {job.load} req/s "
-                                       f"failed: {err}") from err
-                keep(job, rows[-1])
-                if progress:
-                    progress(rows[-1], len(rows), total)
+    rows = run_sweep(jobs, run_job, store=RowCache(cache_dir, job_key) if cache_dir else None,
+                     workers=workers, executor=executor, progress=progress,
+                     cost=lambda j: _COST_HINT.get(j.spec.name, 3) * len(j.trace),
+                     describe=lambda j: f"{j.spec.label} at {j.load} req/s")
     frame = pd.DataFrame(rows)
     return frame.sort_values([LOAD_COLUMN, "policy", "sweep_seed"],
                              kind="stable").reset_index(drop=True)

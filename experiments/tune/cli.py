@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.tune.core import InfeasibleSLO
+from experiments.tune.core import InfeasibleSLO, log
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BAND = (0.5, 1.0, 2.0)
@@ -93,9 +93,6 @@ def setup_from(overrides, seed: int):
     return setup, cfg.model.draft_method, cfg.model.draft_path
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 def tune(setup, args, out: Path, method: str, draft_path) -> dict:
     """Tune the batch-size table for a compare-style setup (``setup_from``)."""
@@ -112,7 +109,7 @@ def tune(setup, args, out: Path, method: str, draft_path) -> dict:
     native = mean_rate_per_s(base_workload(setup))
     loads = tuple(sorted({float(f"{native * float(f):.2g}") for f in args.band.split(",")}))
     seeds = tuple(setup.seed + i for i in range(args.seeds))
-    _log(f"[tune] loads {loads} req/s (trace rate {native:.2f}); baselines on {len(seeds)} seeds")
+    log(f"[tune] loads {loads} req/s (trace rate {native:.2f}); baselines on {len(seeds)} seeds")
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         grid = search.Grid(search.compare_cell(setup), loads, seeds, executor=pool,
                            cache_dir=out / "cells")

@@ -32,7 +32,8 @@ def _finite(x: float):
     return round(float(x), 4) if abs(float(x)) != float("inf") else None
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """The tuner's progress lines (stderr: the last stdout line is the JSON result)."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -59,10 +60,10 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
     dyn.tune(cost, k_max)
     starts = [SpecTable.fixed(k, max_seqs) for k in range(k_max + 1)]
     starts.append(SpecTable.from_schedule(dyn.schedule, dyn.default_k, k_max, max_seqs))
-    search_grid = replace(grid, seeds=search_seeds)
     study = search.run_study(
-        search_grid, ref, k_max, max_seqs, args.trials, args.seed, out / "study.journal",
-        starts, progress=lambda n, v, t: _log(f"[tune] trial {n}: {v:.4f} {list(t.schedule)}"))
+        grid, ref, k_max, max_seqs, args.trials, args.seed, out / "study.journal", starts,
+        progress=lambda n, v, t: log(f"[tune] trial {n}: {v:.4f} {list(t.schedule)}"),
+        seeds=search_seeds)
     # finalists on every seed, with every fixed k (its table decides as `fixed` does):
     # the best by its worst ratio to the per-load best fixed k starts the refinement
     full_ref = search.best_fixed(goodput)
@@ -75,7 +76,7 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
     start_score, start = max(scored, key=lambda x: x[0])
     tuned, tuned_score, history = search.refine(
         grid, full_ref, start, start_score, k_max, args.refine_passes,
-        progress=lambda n, v, t: _log(f"[tune] refine {n}: {v:.4f} {list(t.schedule)}"))
+        progress=lambda n, v, t: log(f"[tune] refine {n}: {v:.4f} {list(t.schedule)}"))
     tuned_rows = grid.run([search.table_spec("tuned", tuned)])
     hyst = grid.run([search.table_spec(f"hyst{h}", replace(tuned, hysteresis=h))
                      for h in HYSTERESIS])

@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
+from argparse import Namespace
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.tune.core import log
+
 LIVE_K_MAX = 4
 
 
@@ -31,9 +33,6 @@ def live_overrides() -> list[str]:
     from experiments.main import LIVE_BASE
     return [o for o in LIVE_BASE if not o.startswith("slo=")] + ["slo=cpu_live", "backend=live"]
 
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def ranking(rows: dict) -> list[str]:
@@ -44,7 +43,8 @@ def ranking(rows: dict) -> list[str]:
 def verify_live(args, out: Path) -> dict:
     from conf import compose_run
     from experiments.build import build_policy
-    from experiments.main import run_all, twin_profile
+    from experiments.main import twin_profile
+    from experiments.runner import run_configs
     from experiments.tune import search
     from experiments.tune.core import tune_on_grid
     from experiments.twin import simulate_twin, twin_of
@@ -56,9 +56,9 @@ def verify_live(args, out: Path) -> dict:
     pilot_o = base + ["policy=fixed", f"policy.k={LIVE_K_MAX}"]
     cfg = compose_run(pilot_o)
     rate = float(cfg.trace.rate)
-    _log(f"[tune --verify-live] pilot: fixed k={LIVE_K_MAX} live, {cfg.trace.num_requests} "
+    log(f"[tune --verify-live] pilot: fixed k={LIVE_K_MAX} live, {cfg.trace.num_requests} "
          f"requests at {rate:g} req/s")
-    pilot = run_all([pilot_o], root, 1, "live pilot")[0]
+    pilot = run_configs([pilot_o], root, 1, "live pilot")[0]
     profile, plain = twin_profile(cfg.model.name, False, True, out)
     model, draft = cfg.model.target, cfg.model.draft
     twin = twin_of(Path(pilot["run_dir"]), profile, model, draft, plain_profile=plain)
@@ -72,7 +72,7 @@ def verify_live(args, out: Path) -> dict:
                        cost_model=f"fitted:{plain or profile}")
 
     loads = tuple(sorted({float(f"{rate * float(f):.2g}") for f in args.band.split(",")}))
-    sim_args = replace_ns(args, seeds=1, search_seeds=1)
+    sim_args = Namespace(**{**vars(args), "seeds": 1, "search_seeds": 1})
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
         grid = search.Grid(make_cell, loads, (0,), executor=pool, cache_dir=out / "cells",
                            plain_config=plain_config)
@@ -96,9 +96,9 @@ def verify_live(args, out: Path) -> dict:
     order = [(r, labels[(i + r) % len(labels)]) for r in range(args.live_repeats)
              for i in range(len(labels))]
     jobs = [base + policies[label] + [f"tag=repeat{r}"] for r, label in order]
-    _log(f"[tune --verify-live] live: tuned {rows}, {best_k}, none; {args.live_repeats} "
+    log(f"[tune --verify-live] live: tuned {rows}, {best_k}, none; {args.live_repeats} "
          "interleaved repeats")
-    live = run_all(jobs, root, 1, "live verify")
+    live = run_configs(jobs, root, 1, "live verify")
     from analysis.metrics import summarize
     pick = ("goodput_req_s", "tpot_s_mean", "slo_attainment")
     runs = {label: [] for label in labels}
@@ -136,8 +136,3 @@ def verify_live(args, out: Path) -> dict:
     write_json_atomic(out / "result.json", result)
     return result
 
-
-def replace_ns(ns, **changes):
-    """A copy of an argparse namespace with ``changes``."""
-    from argparse import Namespace
-    return Namespace(**{**vars(ns), **changes})

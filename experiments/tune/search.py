@@ -4,7 +4,7 @@ A trial is a ``SpecTable`` run as ``batch_schedule`` at every load of the band u
 search seeds; its score is the worst, over the loads, of its mean goodput over the best fixed
 k's at that load (the must-beat baseline: a table that matches the best fixed k everywhere
 scores 1). The study is seeded (TPE) and kept in a journal file, so a re-run with the same
-output folder resumes it; every simulated cell is cached by content (``sweep.run_jobs``).
+output folder resumes it; every simulated cell is cached by content (``experiments.sweep.RowCache``).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class Grid:
                     if spec.name == "none" and self.plain_config is not None:
                         config = self.plain_config(seed, load)
                     jobs.append(Job(spec, load, trace, config, sweep_seed=seed))
-        return run_jobs(jobs, workers=2, cache_dir=self.cache_dir, executor=self.executor)
+        return run_jobs(jobs, workers=1, cache_dir=self.cache_dir, executor=self.executor)
 
 
 def compare_cell(setup: CompareSetup):
@@ -110,8 +110,10 @@ def table_params(table: SpecTable) -> dict:
 
 
 def run_study(grid: Grid, reference: pd.Series, k_max: int, max_num_seqs: int,
-              num_trials: int, seed: int, storage_path, starts=(), progress=None):
-    """Optuna TPE over tables (``starts`` enqueued first); returns the study."""
+              num_trials: int, seed: int, storage_path, starts=(), progress=None,
+              seeds=None):
+    """Optuna TPE over tables (``starts`` enqueued first), each scored on ``seeds`` (default
+    the grid's); returns the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -128,7 +130,7 @@ def run_study(grid: Grid, reference: pd.Series, k_max: int, max_num_seqs: int,
     def objective(trial):
         table = suggest_table(trial, k_max, max_num_seqs)
         trial.set_user_attr("schedule", [list(r) for r in table.schedule])
-        rows = grid.run([table_spec("candidate", table)])
+        rows = grid.run([table_spec("candidate", table)], seeds)
         value = score(goodput_by_load(rows)["candidate"], reference)
         if progress:
             progress(trial.number, value, table)
