@@ -210,7 +210,7 @@ class LiveController:
                 conf[j] = c
         waiting = [self.info[external_id_of(r.request_id)].arrival_s for r in sched.waiting
                    if external_id_of(r.request_id) in self.info]
-        pre_tokens, pre_ctx = self._upcoming_prefill(sched)
+        pre_tokens, pre_ctx, pre_seqs = self._upcoming_prefill(sched)
         return Observation(
             now_s=now, step_index=self.step_index, k_max=self.k_max,
             request_ids=np.array([i.request_id for i in infos], np.int64),
@@ -222,11 +222,13 @@ class LiveController:
             accept_rate_ewma=np.array([i.accept_rate_ewma for i in infos], float),
             last_confidences=conf, num_waiting=len(sched.waiting),
             oldest_waiting_s=float(now - min(waiting)) if waiting else 0.0,
-            num_prefill_tokens=pre_tokens, sum_prefill_context_tokens=pre_ctx, cost=self.cost)
+            num_prefill_tokens=pre_tokens, sum_prefill_context_tokens=pre_ctx, cost=self.cost,
+            num_prefill_seqs=pre_seqs)
 
-    def _upcoming_prefill(self, sched) -> tuple[int, int]:
-        """Prefill tokens (and their attention context) likely to share the next pass."""
-        budget, tokens, ctx = self.max_batched, 0, 0
+    def _upcoming_prefill(self, sched) -> tuple[int, int, int]:
+        """Prefill tokens, their attention context and the number of prefilling requests
+        likely to share the next pass."""
+        budget, tokens, ctx, seqs = self.max_batched, 0, 0, 0
         pending = [q for q in sched.running if q.is_prefill_chunk] + list(sched.waiting)
         for q in pending:
             start = q.num_computed_tokens
@@ -234,8 +236,9 @@ class LiveController:
             if chunk <= 0:
                 break
             tokens += chunk
+            seqs += 1
             ctx += chunk * start + chunk * (chunk + 1) // 2
-        return int(tokens), int(ctx)
+        return int(tokens), int(ctx), seqs
 
 
 def external_id_of(vllm_request_id: str) -> str:

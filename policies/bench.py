@@ -78,14 +78,15 @@ class Batch:
 
     def observation(self) -> Observation:
         m = self.rng.geometric(1.0 - self.rate) - 1      # hindsight match lengths (oracles)
+        num_waiting = int(self.rng.integers(0, 4))
+        prefill = int(self.rng.choice([0, 0, 512]))      # a prefill chunk in a third of steps
         return Observation(
             now_s=self.now, step_index=self.step, k_max=self.k_max, request_ids=self.ids,
             context_lens=self.ctx, num_output_tokens=self.out,
             decode_elapsed_s=self.now - self.first_s, since_arrival_s=self.now - self.first_s + 0.2,
             tpot_slo_s=self.tpot, accept_rate_ewma=self.ewma, last_confidences=self.last_conf,
-            num_waiting=int(self.rng.integers(0, 4)), oldest_waiting_s=0.05,
-            num_prefill_tokens=int(self.rng.choice([0, 0, 512])),
-            sum_prefill_context_tokens=0, cost=self.cost,
+            num_waiting=num_waiting, oldest_waiting_s=0.05, num_prefill_tokens=prefill,
+            sum_prefill_context_tokens=0, cost=self.cost, num_prefill_seqs=int(prefill > 0),
             future_match_lens=np.minimum(m, self.k_max).astype(np.int64),
             # narrowest passing tree width per depth: P(w candidates pass) = 1 - (1 - a)^w
             future_tree_min_widths=self.tree_rng.geometric(

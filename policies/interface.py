@@ -64,6 +64,7 @@ class Observation:
     num_prefill_tokens: int           # prefill tokens that share this step's target pass
     sum_prefill_context_tokens: int   # attention context of those prefill tokens
     cost: CostModel                   # the engine's step-cost predictor
+    num_prefill_seqs: int = 0         # requests whose prefill chunk shares this step's pass
     future_match_lens: np.ndarray | None = None  # int (n, ) hindsight m(p); oracle policies only
     # int (n, k_max) hindsight, tree oracles only: the narrowest token-tree width whose depth j
     # passes given depth j - 1 did (the step's sampled per-branch outcome); a value above

@@ -41,8 +41,9 @@ class BatchSchedule(Policy):
 
     ``schedule`` is a list of ``(min_batch, max_batch, k)``; batch sizes outside every range get
     ``default_k``. The default schedule speculates deeply when the batch is small (memory bound)
-    and stops as the batch grows (compute bound). Batch size here is the number of decoding
-    requests (vLLM counts every scheduled request, a prefilling one too).
+    and stops as the batch grows (compute bound). Batch size is what vLLM 0.32's scheduler
+    looks the table up with (``len(num_scheduled_tokens)``): every request scheduled in the
+    step, the decoding ones and those whose prefill chunk shares the pass.
 
     ``hysteresis`` (ours; vLLM 0.32's table has none): once a range's k is in use it is kept
     while the batch stays within ``hysteresis`` requests of that range, so a batch that
@@ -89,14 +90,14 @@ class BatchSchedule(Policy):
         return self.default_k
 
     def decide(self, obs: Observation) -> Decision:
-        n = obs.num_requests
+        b = obs.num_requests + obs.num_prefill_seqs     # vLLM's count: every scheduled request
         if self.hysteresis:
             held = self._held
-            row = self.range_for_batch(n)
+            row = self.range_for_batch(b)
             if (held is None or row[2] == held[2]
-                    or not held[0] - self.hysteresis <= n <= held[1] + self.hysteresis):
+                    or not held[0] - self.hysteresis <= b <= held[1] + self.hysteresis):
                 self._held = held = row
             k = held[2]
         else:
-            k = self.k_for_batch(n)
-        return Decision(num_spec_tokens=np.full(n, min(k, obs.k_max), np.int64))
+            k = self.k_for_batch(b)
+        return Decision(num_spec_tokens=np.full(obs.num_requests, min(k, obs.k_max), np.int64))

@@ -148,6 +148,7 @@ class Engine:
             dec, ctx, out, now, self.step_index, kmax, self.cost, num_waiting=len(waiting),
             oldest_waiting_s=(now - r.arrival_s[waiting[0]]) if waiting else 0.0,
             num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx,
+            num_prefill_seqs=int(pre.shape[0]),
             future_match_lens=draw.match_len if self.policy.needs_oracle else None,
             future_tree_min_widths=(draw.tree_min_widths(self.policy.tree_oracle_max_width)
                                     if self.policy.needs_tree_oracle else None))

@@ -46,6 +46,17 @@ def test_batch_schedule_inclusive_ranges(batch, expect):
     assert set(d.num_spec_tokens.tolist()) == {expect}
 
 
+def test_batch_schedule_counts_prefilling_requests_as_vllm_does():
+    """vLLM 0.32 looks its table up with every scheduled request (scheduler.py:
+    ``dynamic_sd_lookup[len(num_scheduled_tokens)]``): 4 decoding + 1 prefilling is 5."""
+    from dataclasses import replace
+    p = make_policy("batch_schedule", schedule=[(1, 4, 3), (5, 8, 1)])
+    obs = make_obs(4)
+    assert p.decide(obs).num_spec_tokens.tolist() == [3] * 4
+    with_chunk = replace(obs, num_prefill_seqs=1, num_prefill_tokens=256)
+    assert p.decide(with_chunk).num_spec_tokens.tolist() == [1] * 4   # k per decoding one
+
+
 def test_batch_schedule_rejects_overlap():
     with pytest.raises(ValueError, match="overlapping"):
         make_policy("batch_schedule", schedule=[(1, 4, 2), (4, 8, 1)])
