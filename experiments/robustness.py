@@ -43,6 +43,7 @@ import pandas as pd
 from analysis.tables import LOAD_COLUMN as LOAD
 from experiments.compare.ratios import CLASS_ORACLES, GOODPUT, HINDSIGHT, strict_json
 from experiments.compare.setup_grid import CompareSetup, select_specs, shape_class_of
+from experiments.launchers import add_launcher_args, sweep_executor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OURS = {"chain": "slo_goodput", "tree": "slo_goodput_tree"}
@@ -174,11 +175,13 @@ def fixed_vs_none(table: pd.DataFrame) -> dict:
             "fixed_k3_over_none": float(k3.iloc[0] / none) if none > 0 and len(k3) else None}
 
 
-def run_scenario(sc: Scenario, specs, out_dir: Path, workers: int, num_seeds: int) -> dict:
+def run_scenario(sc: Scenario, specs, out_dir: Path, workers: int, num_seeds: int,
+                 executor=None) -> dict:
     from experiments.compare.cli import run_compare
 
     t0 = time.perf_counter()
-    result = run_compare(sc.setup, specs, out_dir, workers=workers, num_seeds=num_seeds)
+    result = run_compare(sc.setup, specs, out_dir, workers=workers, num_seeds=num_seeds,
+                         executor=executor)
     by_seed = pd.read_csv(out_dir / "summary_by_seed.csv")    # with the per-seed class oracles
     table = pd.read_csv(out_dir / "summary.csv")              # their seed means
     out = {"about": sc.about, "loads": result["loads"],
@@ -209,6 +212,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="seeds per cell (default 5)")
     p.add_argument("--workers", type=int, default=2)
+    add_launcher_args(p)
     p.add_argument("--out", type=Path, default=None,
                    help="output dir (default outputs/robustness/<time>); the same --out resumes")
     p.add_argument("--scenarios", default=None, help="comma list of scenario names")
@@ -241,9 +245,11 @@ def main(argv=None) -> dict:
     print(f"output dir: {out}", flush=True)
     specs = select_specs(args.policies)
     per = {}
-    for sc in matrix:
-        print(f"[robustness] {sc.name}: {sc.about}", file=sys.stderr, flush=True)
-        per[sc.name] = run_scenario(sc, specs, Path(out) / sc.name, args.workers, seeds)
+    with sweep_executor(args) as executor:
+        for sc in matrix:
+            print(f"[robustness] {sc.name}: {sc.about}", file=sys.stderr, flush=True)
+            per[sc.name] = run_scenario(sc, specs, Path(out) / sc.name, args.workers, seeds,
+                                        executor)
     result = {"scenarios": per, **headline(per), "seeds": seeds,
               "load_factors": list(LOAD_FACTORS), "out_dir": str(out),
               "wall_s": round(time.perf_counter() - t0, 1)}

@@ -33,6 +33,7 @@ from experiments.compare.setup_grid import (CompareSetup, base_workload, load_le
                                        num_requests_at, saturation_rate, select_specs,
                                        sim_config, workload_at)
 from experiments.compare.sweep import Job, mean_over_seeds, run_jobs
+from experiments.launchers import add_launcher_args, sweep_executor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per cell, averaged (default 8; 1 with --quick)")
     p.add_argument("--workers", type=int, default=2)
+    add_launcher_args(p)
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of arrivals per run (requests = rate x duration, clamped)")
     p.add_argument("--loads", default=None, help="explicit req/s levels (skips saturation)")
@@ -126,9 +128,10 @@ def per_seed_ratios(by_seed, policies) -> dict:
 
 
 def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
-                num_seeds: int = 1) -> dict:
+                num_seeds: int = 1, executor=None) -> dict:
     """Measure saturation, run the grid (``num_seeds`` seeds per cell), write every output;
-    return the JSON object."""
+    return the JSON object. ``executor``: where the cells run (experiments.launchers;
+    default a process pool of ``workers``)."""
     if num_seeds < 1:
         raise ValueError(f"need at least one seed per cell, got {num_seeds}")
     t0 = time.perf_counter()
@@ -157,7 +160,8 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
 
     # every finished cell is kept under <out>/cells: the same command with the same --out
     # resumes, recomputing only the cells that are missing
-    by_seed = run_jobs(jobs, workers=workers, progress=progress, cache_dir=out_dir / "cells")
+    by_seed = run_jobs(jobs, workers=workers, progress=progress, cache_dir=out_dir / "cells",
+                       executor=executor)
     by_seed = with_class_oracles(by_seed)           # the best hindsight run of each seed
     by_seed.to_csv(out_dir / "summary_by_seed.csv", index=False)
     table = mean_over_seeds(by_seed)
@@ -187,8 +191,9 @@ def main(argv=None) -> dict:
     specs = select_specs(args.policies)
     out = args.out or REPO_ROOT / "outputs" / "compare" / time.strftime("%Y%m%d-%H%M%S")
     print(f"output dir: {out}", flush=True)
-    result = run_compare(setup, specs, Path(out), workers=args.workers,
-                         num_seeds=args.seeds or (1 if args.quick else 8))
+    with sweep_executor(args) as executor:
+        result = run_compare(setup, specs, Path(out), workers=args.workers, executor=executor,
+                             num_seeds=args.seeds or (1 if args.quick else 8))
     print((Path(out) / "findings.md").read_text(), flush=True)
     print(json.dumps(result, separators=(",", ":"), allow_nan=False), flush=True)
     return result

@@ -22,10 +22,10 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from experiments.launchers import add_launcher_args, make_executor
 from experiments.tune.core import InfeasibleSLO, log
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,7 @@ def parse_args(argv=None):
                    help="loads as multiples of the trace window's own rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    add_launcher_args(p)
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of arrivals per run (compare's default 30)")
     p.add_argument("--out", type=Path, default=None)
@@ -110,7 +111,7 @@ def tune(setup, args, out: Path, method: str, draft_path) -> dict:
     loads = tuple(sorted({float(f"{native * float(f):.2g}") for f in args.band.split(",")}))
     seeds = tuple(setup.seed + i for i in range(args.seeds))
     log(f"[tune] loads {loads} req/s (trace rate {native:.2f}); baselines on {len(seeds)} seeds")
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    with make_executor(args.launcher, args.workers, args.ray_address) as pool:
         grid = search.Grid(search.compare_cell(setup), loads, seeds, executor=pool,
                            cache_dir=out / "cells")
         result = tune_on_grid(grid, setup.k_max, EngineConfig().max_num_seqs,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from argparse import Namespace
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.launchers import make_executor
 from experiments.tune.core import log
 
 LIVE_K_MAX = 4
@@ -73,7 +73,9 @@ def verify_live(args, out: Path) -> dict:
 
     loads = tuple(sorted({float(f"{rate * float(f):.2g}") for f in args.band.split(",")}))
     sim_args = Namespace(**{**vars(args), "seeds": 1, "search_seeds": 1})
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+    # spawn: this process holds vLLM engines, which must not be forked into the workers
+    with make_executor(args.launcher, args.workers, args.ray_address,
+                       mp_context=get_context("spawn")) as pool:
         grid = search.Grid(make_cell, loads, (0,), executor=pool, cache_dir=out / "cells",
                            plain_config=plain_config)
         tuned = tune_on_grid(grid, LIVE_K_MAX, eng.max_num_seqs, make_cost_model(twin.config),

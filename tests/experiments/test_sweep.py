@@ -55,3 +55,32 @@ def test_worker_input_error_stays_an_input_error_naming_the_task():
         run_sweep([1, -1], square, workers=2, describe=lambda t: f"cell {t}")
     with pytest.raises(ZeroDivisionError):            # in this process: unchanged
         run_sweep([0], lambda x: 1 / x)
+
+
+def test_a_small_compare_sweep_on_a_local_ray_instance_matches_the_process_pool(tmp_path):
+    """--launcher ray: the cells run as Ray tasks on a local instance and give the rows a
+    process pool gives (the simulator is deterministic per seed)."""
+    pytest.importorskip("ray")
+    from experiments.compare.setup_grid import (CompareSetup, PolicySpec, base_workload,
+                                                sim_config, workload_at)
+    from experiments.compare.sweep import Job, run_jobs
+    from experiments.launchers import make_executor
+
+    setup = CompareSetup(duration_s=3.0, min_requests=8, max_requests=16, max_output_tokens=48)
+    base, config = base_workload(setup), sim_config(setup)
+    jobs = [Job(spec, load, workload_at(base, load, 12), config)
+            for spec in (PolicySpec("none", "none"), PolicySpec("fixed_k3", "fixed", (("k", 3),)))
+            for load in (2.0, 6.0)]
+    with make_executor("ray", 2) as ray_pool:
+        on_ray = run_jobs(jobs, executor=ray_pool, cache_dir=tmp_path / "cells")
+    local = run_jobs(jobs, workers=2)
+    keep = ["policy", "trace.rate", "goodput_req_s", "tpot_s_mean", "num_steps"]
+    assert len(on_ray) == 4
+    assert on_ray[keep].equals(local[keep])
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 4        # stored: resumable
+
+
+def test_unknown_launcher_is_one_line_naming_the_choices():
+    from experiments.launchers import make_executor
+    with pytest.raises(ValueError, match="local, ray"):
+        make_executor("slurm", 2)
