@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import LOAD_COLUMN as LOAD
-from experiments.compare.ratios import CLASS_ORACLES, GOODPUT, HINDSIGHT, strict_json
+from experiments.compare.ratios import (CLASS_ORACLES, GOODPUT, HINDSIGHT, paired_ratio_ci,
+                                        strict_json)
 from experiments.compare.setup_grid import CompareSetup, select_specs, shape_class_of
 from experiments.launchers import add_launcher_args, sweep_executor
 
@@ -96,23 +97,6 @@ def _spec_bench_betas() -> tuple:
     except FileNotFoundError:             # ../shared absent: the scenario fails when it runs
         return ()
     return tuple((g, float(a), float(b)) for g, (a, b, _) in sorted(betas.items()))
-
-
-def paired_ratio_ci(ours: np.ndarray, ref: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap interval of mean(ours) / mean(ref), resampling seeds in pairs."""
-    from scipy.stats import bootstrap
-    ours, ref = np.asarray(ours, float), np.asarray(ref, float)
-    per_seed = ours / np.where(ref > 0, ref, 1.0)
-    if ours.shape[0] < 2 or np.allclose(per_seed, per_seed[0]):   # no spread to resample
-        r = float(ours.mean() / ref.mean()) if ref.mean() > 0 else float("nan")
-        return r, r
-
-    def stat(x, y, axis=-1):
-        return x.mean(axis=axis) / np.maximum(y.mean(axis=axis), 1e-12)
-    res = bootstrap((ours, ref), stat, paired=True, vectorized=True, n_resamples=2000,
-                    confidence_level=0.95, method="percentile",
-                    rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _goodputs(by_seed: pd.DataFrame, policy: str, load: float) -> np.ndarray:

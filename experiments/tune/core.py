@@ -32,6 +32,21 @@ def _finite(x: float):
     return round(float(x), 4) if abs(float(x)) != float("inf") else None
 
 
+def _paired_ci(rows: pd.DataFrame, ours: str, ref: str, load: float) -> list | None:
+    """95 % bootstrap interval of ``ours``' mean goodput over ``ref``'s at ``load``, seeds
+    resampled in pairs (None with fewer than 2 seeds)."""
+    from experiments.compare.ratios import paired_ratio_ci
+
+    at = rows[rows["trace.rate"] == load]
+
+    def by_seed(label):
+        return at[at["policy"] == label].sort_values("sweep_seed")["goodput_req_s"].to_numpy()
+    a, b = by_seed(ours), by_seed(ref)
+    if a.size < 2 or a.size != b.size:
+        return None
+    return [round(x, 4) for x in paired_ratio_ci(a, b)]
+
+
 def log(msg: str) -> None:
     """The tuner's progress lines (stderr: the last stdout line is the JSON result)."""
     print(msg, file=sys.stderr, flush=True)
@@ -81,6 +96,8 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
     hyst = grid.run([search.table_spec(f"hyst{h}", replace(tuned, hysteresis=h))
                      for h in HYSTERESIS])
     frame = pd.concat([base_rows, tuned_rows], ignore_index=True)
+    best_label = goodput[[c for c in goodput.columns
+                          if c.startswith("fixed_k") or c == "none"]].idxmax(axis=1)
     gp = search.goodput_by_load(frame)
     hyst_gp = search.goodput_by_load(hyst)
     result = {
@@ -99,7 +116,8 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
                                           or c == "none"]].idxmax()),
             "tuned_vs_best_fixed": _ratio(gp.loc[ld, "tuned"], full_ref.loc[ld]),
             "tuned_vs_vllm_dynamic": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "vllm_dynamic"]),
-            "tuned_vs_none": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "none"])}
+            "tuned_vs_none": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "none"]),
+            "tuned_vs_best_fixed_ci95": _paired_ci(frame, "tuned", best_label[ld], ld)}
             for ld in loads},
         "finalist_scores": [round(s, 4) for s, _ in scored[:len(cands)]],
         "refine_steps": len(history) - 1,
