@@ -26,17 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from experiments.sweep import run_sweep
 from experiments.validate_cells import (compare, error_table, k_distribution, policy_spec,
-                                        ranking, run_metrics, slo_met_count, step_summary,
-                                        validation_trace)
-from experiments.validate_resume import LiveRepeats, check_resume
+                                        ranking, run_metrics, slo_met_count, step_summary)
+from experiments.validate_resume import check_resume, run_live_repeats
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -116,10 +113,9 @@ def main(argv=None) -> dict:
     from exec.match_lengths import replay_agreement
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
-    from exec.runner import run_live
     from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
     from experiments.twin import check_same_workload, simulate_twin
-    from policies.recording import PolicyRecorder, replay
+    from policies.recording import replay
     from policies.registry import make_policy
     from sim.models.fitted_cost import load_fitted_cost_model
 
@@ -141,54 +137,7 @@ def main(argv=None) -> dict:
     plain_cost = load_fitted_cost_model(plain_profile) if plain_profile else cost
     model, draft = sim_names(args.pair)
 
-    traces = {}
-    for load in loads:
-        trace = validation_trace(args.requests, load, args.max_prompt, args.max_output,
-                                 args.seed)
-        n = len(trace)
-        traces[load] = replace(trace, tpot_slo_s=np.full(n, args.tpot_slo_ms / 1e3),
-                               ttft_slo_s=np.full(n, args.ttft_slo_s),
-                               slo_class=np.full(n, f"tpot{args.tpot_slo_ms:g}ms", dtype=object))
-    cells: dict[tuple, dict] = {}
-    for load in loads:
-        for name, params in policies:
-            label = name + (f":{params['k']}" if "k" in params else "")
-            plain_run = name == "none"                      # "none" runs plain vLLM
-            cells[(load, label)] = {
-                "load": load, "policy": label, "name": name, "params": params,
-                "dir": out / "cells" / f"load{load:g}_{label.replace(':', '')}",
-                "config": live_cfg.without_speculation() if plain_run else live_cfg,
-                "engine": plain if plain_run else engine, "live_runs": [], "live_dirs": []}
-    # interleaved: repeat r of every cell before repeat r + 1 of any
-    tasks = [(rep, load, label) for rep in range(args.repeats) for (load, label) in cells]
-
-    store = LiveRepeats({key: cell["dir"] for key, cell in cells.items()}, args.resume)
-
-    def run(task) -> dict:
-        rep, load, label = task
-        cell = cells[(load, label)]
-        recorder = PolicyRecorder(make_policy(cell["name"], **cell["params"]))
-        cfg = cell["config"]
-        res = run_live(traces[load], recorder,
-                       replace(cfg, record_acceptance=rep == 0 and cfg.record_acceptance),
-                       engine=cell["engine"], cost=cost)
-        return {"rep": rep, "load": load, "label": label, "run_dir": store.run_dir(task),
-                "result": res, "calls": recorder.calls if rep == 0 else None}
-
-    def progress(done: dict, num_done: int, num_total: int) -> None:
-        lm = run_metrics(done["result"].requests)
-        print(f"[{num_done}/{num_total}] repeat {done['rep']} load {done['load']:g} "
-              f"{done['label']}: live mean TPOT {1e3 * lm['mean_tpot']:.1f} ms, mean TTFT "
-              f"{lm['mean_ttft']:.3f} s ({done['result'].meta['wall_s']:.0f} s)", flush=True)
-
-    for done in run_sweep(tasks, run, store=store, progress=progress):
-        cell = cells[(done["load"], done["label"])]
-        cell["live_runs"].append(done["result"])
-        cell["live_dirs"].append(done["run_dir"])
-        if done["rep"] == 0:
-            cell["calls"] = done["calls"]
-    for cell in cells.values():
-        cell["speculative"] = cell["config"].speculative
+    cells = run_live_repeats(args, loads, policies, live_cfg, (engine, plain), cost, out)
 
     rows, all_pred = [], []
     for (load, label), cell in cells.items():

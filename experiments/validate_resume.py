@@ -1,6 +1,7 @@
-"""``experiments.validate --resume``: what an interrupted run left in its folder is kept.
+"""``experiments.validate``'s live repeats: run as one sweep, and resumable.
 
-The arguments are recorded in the folder (a resume with other ones is refused); each live
+``run_live_repeats`` runs every cell's live repeats through ``experiments.sweep.run_sweep``.
+With ``--resume`` what an interrupted run left in its folder is kept: the arguments are recorded in the folder (a resume with other ones is refused); each live
 repeat is marked ``done`` once saved whole; repeat 0's hook calls (the decision replay's
 input) are kept beside it. The profile a run measured is reused by ``validate._profile``.
 """
@@ -57,3 +58,71 @@ class LiveRepeats:
         if done["rep"] == 0:
             (run_dir.parent / CALLS_FILE).write_bytes(pickle.dumps(done["calls"]))
         (run_dir / DONE).write_text("")
+
+
+def run_live_repeats(args, loads, policies, live_cfg, engines, cost, out: Path) -> dict:
+    """Every (load, policy) cell's live repeats, interleaved (repeat r of every cell before
+    repeat r + 1 of any), through ``experiments.sweep.run_sweep`` with the ``LiveRepeats``
+    store; returns the cells: (load, label) -> dict with ``live_runs``, ``live_dirs``, repeat
+    0's hook ``calls``, ``speculative`` and the cell's ``dir``, ``name`` and ``params``.
+    ``engines``: (speculative engine, plain engine); ``none`` runs plain vLLM."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from exec.runner import run_live
+    from experiments.sweep import run_sweep
+    from experiments.validate_cells import run_metrics, validation_trace
+    from policies.recording import PolicyRecorder
+    from policies.registry import make_policy
+
+    engine, plain = engines
+    traces = {}
+    for load in loads:
+        trace = validation_trace(args.requests, load, args.max_prompt, args.max_output,
+                                 args.seed)
+        n = len(trace)
+        traces[load] = replace(trace, tpot_slo_s=np.full(n, args.tpot_slo_ms / 1e3),
+                               ttft_slo_s=np.full(n, args.ttft_slo_s),
+                               slo_class=np.full(n, f"tpot{args.tpot_slo_ms:g}ms", dtype=object))
+    cells: dict[tuple, dict] = {}
+    for load in loads:
+        for name, params in policies:
+            label = name + (f":{params['k']}" if "k" in params else "")
+            plain_run = name == "none"                      # "none" runs plain vLLM
+            cells[(load, label)] = {
+                "load": load, "policy": label, "name": name, "params": params,
+                "dir": out / "cells" / f"load{load:g}_{label.replace(':', '')}",
+                "config": live_cfg.without_speculation() if plain_run else live_cfg,
+                "engine": plain if plain_run else engine, "live_runs": [], "live_dirs": []}
+    # interleaved: repeat r of every cell before repeat r + 1 of any
+    tasks = [(rep, load, label) for rep in range(args.repeats) for (load, label) in cells]
+
+    store = LiveRepeats({key: cell["dir"] for key, cell in cells.items()}, args.resume)
+
+    def run(task) -> dict:
+        rep, load, label = task
+        cell = cells[(load, label)]
+        recorder = PolicyRecorder(make_policy(cell["name"], **cell["params"]))
+        cfg = cell["config"]
+        res = run_live(traces[load], recorder,
+                       replace(cfg, record_acceptance=rep == 0 and cfg.record_acceptance),
+                       engine=cell["engine"], cost=cost)
+        return {"rep": rep, "load": load, "label": label, "run_dir": store.run_dir(task),
+                "result": res, "calls": recorder.calls if rep == 0 else None}
+
+    def progress(done: dict, num_done: int, num_total: int) -> None:
+        lm = run_metrics(done["result"].requests)
+        print(f"[{num_done}/{num_total}] repeat {done['rep']} load {done['load']:g} "
+              f"{done['label']}: live mean TPOT {1e3 * lm['mean_tpot']:.1f} ms, mean TTFT "
+              f"{lm['mean_ttft']:.3f} s ({done['result'].meta['wall_s']:.0f} s)", flush=True)
+
+    for done in run_sweep(tasks, run, store=store, progress=progress):
+        cell = cells[(done["load"], done["label"])]
+        cell["live_runs"].append(done["result"])
+        cell["live_dirs"].append(done["run_dir"])
+        if done["rep"] == 0:
+            cell["calls"] = done["calls"]
+    for cell in cells.values():
+        cell["speculative"] = cell["config"].speculative
+    return cells
