@@ -18,7 +18,8 @@ from policies.interface import DraftState, Policy
 from sim.models.acceptance import ParametricAcceptance, make_acceptance_model
 from sim.models.cost import make_cost_model
 from sim.core.kv_cache import admission_errors, derive_num_kv_blocks
-from sim.core.live_mirror import DRAFT_PASS_MODES, drafter_window_full, vllm_draft_s
+from sim.core.live_mirror import (DRAFT_PASS_MODES, drafter_window_full, known_prefill,
+                                  vllm_draft_s)
 from sim.core.results import StepRecorder
 from sim.core.scheduler import Scheduler
 from sim.core.small_arrays import iall, iany, imin_imax, isum
@@ -58,6 +59,11 @@ class Engine:
         self.rec = StepRecorder(config.record_steps)
         self.step_index = 0
         self._vllm_max_k = 0                        # last decision's max k (vLLM mode)
+        # vLLM decides a step's drafts while scheduling the step before (live_mirror.py): it
+        # knows less of the step's prefills and not yet the feedback of the step before
+        self.decides_ahead = eng.draft_passes == "vllm"
+        self._decided_s = float("-inf")             # when the last decision was taken
+        self.held_feedback = None                   # (decides_ahead) observed after next decide
         self._idle: simpy.Event | None = None
         self._all_arrived = False
         self._default_drafting = not policy.custom_drafting
@@ -144,15 +150,22 @@ class Engine:
         out = r.num_out[dec]
         draw = self._draw(dec, out) if draw_first else None
         waiting = sched.waiting
+        seen = (n_pre_tok, pre_ctx, int(pre.shape[0]))
+        if self.decides_ahead and pre.shape[0]:
+            seen = known_prefill(r.arrival_s[pre], pre_tok, r.num_computed[pre], self._decided_s)
+        self._decided_s = now
         obs = r.observation(
             dec, ctx, out, now, self.step_index, kmax, self.cost, num_waiting=len(waiting),
             oldest_waiting_s=(now - r.arrival_s[waiting[0]]) if waiting else 0.0,
-            num_prefill_tokens=n_pre_tok, sum_prefill_context_tokens=pre_ctx,
-            num_prefill_seqs=int(pre.shape[0]),
+            num_prefill_tokens=seen[0], sum_prefill_context_tokens=seen[1],
+            num_prefill_seqs=seen[2],
             future_match_lens=draw.match_len if self.policy.needs_oracle else None,
             future_tree_min_widths=(draw.tree_min_widths(self.policy.tree_oracle_max_width)
                                     if self.policy.needs_tree_oracle else None))
         decision = self.policy.decide(obs)
+        if self.held_feedback is not None:
+            self.policy.observe(self.held_feedback)
+            self.held_feedback = None
         k, widths = checked_decision(decision, dec.shape[0], kmax, self.policy.name)
         return DecidedStep(rows, tokens, dec, pre, pre_tok, n_pre_tok, pre_ctx, ctx, out,
                            len(waiting), obs, decision, k, widths, draw)

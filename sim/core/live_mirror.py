@@ -18,6 +18,11 @@ live run must charge what it does:
   vLLM's model runner checks the whole batch (``_input_fits_in_drafter``) and zeroes every
   request's drafts, pass 0 included. Prompts clamped to the window end there, so a live run
   with long prompts stops speculating for whole stretches (drafter_window_full).
+* the decision on a step's drafts is taken while the step before is scheduled (the adapter's
+  ``after_schedule``, exec/controller.py): its observation knows the prefills of requests that
+  had arrived by then, not of those arriving during that step (``known_prefill``), and the
+  policy observes the step before's verification only after that decision (the engine holds
+  the feedback until its next decide: ``Engine.held_feedback``).
 """
 from __future__ import annotations
 
@@ -54,3 +59,16 @@ def vllm_draft_s_of_sums(cost, num_tokens: int, num_seqs: int, sum_context_token
 def drafter_window_full(seq_lens: np.ndarray, k_max: int, max_model_len: int) -> bool:
     """vLLM skips the step's drafting when max(seq_lens) + k_max > max_model_len."""
     return bool(seq_lens.shape[0]) and int(seq_lens.max()) + k_max > max_model_len
+
+
+
+def known_prefill(arrival_s: np.ndarray, chunk: np.ndarray, computed: np.ndarray,
+                  decided_s: float) -> tuple[int, int, int]:
+    """(tokens, attention context, sequences) of a step's prefill chunks as vLLM's decision
+    sees them: only the chunks of requests that arrived by ``decided_s``, when the step
+    before was scheduled and the decision taken."""
+    from sim.core.step_plan import prefill_context
+
+    seen = arrival_s <= decided_s
+    return (int(chunk[seen].sum()), prefill_context(computed[seen], chunk[seen]),
+            int(seen.sum()))

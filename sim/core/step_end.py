@@ -83,10 +83,14 @@ def end_step(engine, end: float) -> None:
                     n_spec, n_acc, n_emit + n_done, num_waiting, kv_used),
                    (num_spec, accepted, dec_ids))
     if engine._observes:
-        engine.policy.observe(Feedback(
+        feedback = Feedback(
             now_s=end, request_ids=dec_ids, num_spec_tokens=num_spec,
             num_accepted=accepted, confidences=conf, draft_time_s=draft_s,
-            verify_time_s=verify_s, finished_ids=r.request_ids[fin]))
+            verify_time_s=verify_s, finished_ids=r.request_ids[fin])
+        if engine.decides_ahead:       # vLLM: the next decision comes before this feedback
+            engine.held_feedback = feedback
+        else:
+            engine.policy.observe(feedback)
     engine.step_index += 1
 
 

@@ -73,3 +73,40 @@ def test_vllm_mode_stops_drafting_near_the_window():
             # once request 0 (the long one) finishes, request 1 drafts again
             alone = steps[(steps["num_decode_seqs"] == 1) & (steps["step"] > both["step"].max())]
             assert (alone["num_spec_tokens"] == 1).all() and len(alone) > 5
+
+
+def _hooks(mode):
+    from policies.recording import PolicyRecorder
+    # request 1 arrives while step 0 (request 0's prefill) runs: its prefill is in a later step
+    trace = Trace.from_columns(np.array([0.0, 0.005]), np.full(2, 20), np.full(2, 8),
+                               dataset="t")
+    cfg = SimConfig(model="embedded-target", draft="embedded-draft",
+                    engine=EngineConfig(k_max=4, num_kv_blocks=500, max_model_len=256,
+                                        draft_passes=mode))
+    rec = PolicyRecorder(make_policy("smartspec"))
+    simulate_with(trace, rec, cfg, cost_model=ConstantCostModel(0.01, 0.001))
+    return rec.calls
+
+
+def test_vllm_mode_feedback_arrives_after_the_next_decision():
+    """vLLM decides step t + 1's drafts while scheduling step t, before step t's verification
+    is observed (exec/controller.py: after_schedule, then after_verify): the simulator holds
+    each feedback until its next decide, so a policy sees the hooks in the live order."""
+    per = [c.hook for c in _hooks("per_request") if c.hook in ("decide", "observe")]
+    vll = [c.hook for c in _hooks("vllm") if c.hook in ("decide", "observe")]
+    assert per[:4] == ["decide", "observe", "decide", "observe"]
+    assert vll[:5] == ["decide", "decide", "observe", "decide", "observe"]
+    assert per.count("observe") == vll.count("observe") + 1        # the last one is held
+
+
+def test_vllm_mode_decision_does_not_see_prefills_that_arrived_after_it_was_due():
+    from sim.core.live_mirror import known_prefill
+    # decided at t=3: request arriving at 5 is unknown to the decision
+    assert known_prefill(np.array([0.0, 5.0]), np.array([10, 20]), np.array([0, 0]), 3.0) == \
+        (10, 55, 1)
+    obs_per = [c.argument for c in _hooks("per_request") if c.hook == "decide"]
+    obs_vll = [c.argument for c in _hooks("vllm") if c.hook == "decide"]
+    # the step that prefills request 1 beside request 0's decode: the simulator's own
+    # decision sees the chunk, vLLM's (taken a step earlier, before request 1 arrived) not
+    assert any(o.num_prefill_tokens == 20 for o in obs_per)
+    assert not any(o.num_prefill_tokens == 20 for o in obs_vll)
