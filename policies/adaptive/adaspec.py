@@ -1,10 +1,13 @@
-"""AdaSpec / SpecServe (Huang et al., arXiv 2503.05096) and its Threshold baseline."""
+"""AdaSpec / SpecServe (Huang et al., arXiv 2503.05096); its Threshold baseline is
+``threshold``, its efficiency model ``adaspec_efficiency``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from policies.adaptive.adaspec_efficiency import (goodput, per_token_score, scalar_goodput,
+                                                  scalar_per_token_score, tpot_budgets)
 from policies.adaptive.step_cost import (expected_chain_tokens, same_step, tightest_slo_s,
                                          uniform_step_s, verify_s)
 from policies.interface import (Decision, DraftState, Observation, Policy,
@@ -126,47 +129,12 @@ class AdaSpec(Policy):
         """c_bar: running mean of observed draft probabilities."""
         return self.conf_sum / self.conf_count if self.conf_count > 0 else self.prior_init
 
-    def _goodput(self, expected_accepted, n: int, step_s, has_spec, budget_s: float):
-        g = (np.asarray(expected_accepted, float) + n) / np.asarray(step_s, float)
-        return np.where(np.asarray(has_spec) & (np.asarray(step_s) > budget_s), -1.0, g)
-
-    @staticmethod
-    def _goodput1(expected: float, n: int, step_s: float, budget_s: float) -> float:
-        """G for one k > 0 (scalar fast path of ``_goodput``: called after every pass)."""
-        return -1.0 if step_s > budget_s else (expected + n) / step_s
-
-    @staticmethod
-    def _score(expected, n: int, step_s, allowance):
-        """per_token score (vectorised): G where T <= the allowance A = min_i b_i (1 + e_i),
-        else -T / A (minus the worst time per token relative to its SLO)."""
-        step_s = np.asarray(step_s, float)
-        return np.where(step_s <= allowance, (np.asarray(expected, float) + n) / step_s,
-                        -step_s / allowance)
-
-    @staticmethod
-    def _score1(expected: float, rows: np.ndarray, n: int, step_s: float,
-                tpot: np.ndarray) -> float:
-        """Scalar ``_score`` of one length; ``rows``: each request's e_i, ``expected`` their
-        sum. Callers skip it (G alone) when ``step_s`` is within the tightest budget: such a
-        step meets every SLO whatever is accepted (called after every draft pass)."""
-        allowance = float((tpot * (1.0 + rows)).min())
-        return (expected + n) / step_s if step_s <= allowance else -step_s / allowance
-
     def _tpot_budgets(self, obs: Observation) -> tuple[np.ndarray | None, float]:
         """per_token: (each request's TPOT budget b_i, inf where none; min_i b_i), or
         (None, inf) when no request has a finite one (or not slo_aware / paper_literal)."""
         if not (self.slo_aware and self._per_token):
             return None, np.inf
-        b = obs.tpot_slo_s
-        if self.step_budget_s is not None:
-            b = np.minimum(b, float(self.step_budget_s))
-        b_min = float(b.min(initial=np.inf))
-        if not b_min < np.inf:
-            return None, np.inf
-        if b_min <= 0.0:                 # a budget <= 0 is never met; keeps -T/A finite
-            b = np.maximum(b, 1e-9)
-            b_min = 1e-9
-        return b, b_min
+        return tpot_budgets(obs, self.step_budget_s)
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -188,9 +156,9 @@ class AdaSpec(Policy):
         else:
             e, spec, t = expected_chain_tokens(self.prior, ks), ks > 0, step
         if tpot is None:
-            g = self._goodput(n * e, n, t, spec, budget)
+            g = goodput(n * e, n, t, spec, budget)
         else:       # uniform e: A(k) = min_i b_i (1 + e(k)) = b_min (1 + e(k))
-            g = self._score(n * e, n, t, budget * (1.0 + e))
+            g = per_token_score(n * e, n, t, budget * (1.0 + e))
         if self.adaptive_drafter:
             k = kmax if kmax > 0 and g[1] > g[0] else 0
         else:
@@ -214,11 +182,11 @@ class AdaSpec(Policy):
         rows = None
         if tpot is None or t_cur <= st.budget_s:     # per_token: meets every SLO regardless
             expected = float(cum.sum())
-            g_cur = self._goodput1(expected, n, t_cur, st.budget_s)
+            g_cur = scalar_goodput(expected, n, t_cur, st.budget_s)
         else:
             rows = cum.sum(axis=1)                   # e_i: request i's expected accepted drafts
             expected = float(rows.sum())
-            g_cur = self._score1(expected, rows, n, t_cur, tpot)
+            g_cur = scalar_per_token_score(expected, rows, n, t_cur, tpot)
         if g_cur < st.g_prev:
             st.g_prev = g_cur
             return np.zeros_like(more)
@@ -233,11 +201,11 @@ class AdaSpec(Policy):
         t_next = float(st.step_s[s + 1])
         last = cum[:, s - 1]
         if tpot is None or t_next <= st.budget_s:
-            g_next = self._goodput1(expected + float(last.sum()) * self.prior, n, t_next,
+            g_next = scalar_goodput(expected + float(last.sum()) * self.prior, n, t_next,
                                     st.budget_s)
         else:
             rows = (cum.sum(axis=1) if rows is None else rows) + last * self.prior
-            g_next = self._score1(float(rows.sum()), rows, n, t_next, tpot)
+            g_next = scalar_per_token_score(float(rows.sum()), rows, n, t_next, tpot)
         return more if g_next >= st.g_prev else np.zeros_like(more)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
@@ -268,42 +236,8 @@ class AdaSpec(Policy):
             kept = np.arange(cum.shape[1])[None, :] < s[:, None]
             t = draft.draft_time_s + verify_s(draft.obs, s)
             if tpot is None or t <= budget:
-                return float(self._goodput((cum * kept).sum(), n, t, s.max() > 0, budget))
+                return float(goodput((cum * kept).sum(), n, t, s.max() > 0, budget))
             rows = (cum * kept).sum(axis=1)
-            return self._score1(float(rows.sum()), rows, n, t, tpot)
+            return scalar_per_token_score(float(rows.sum()), rows, n, t, tpot)
 
         return trimmed if g(trimmed) >= g(drafted) else drafted
-
-
-@register("threshold")
-class ThresholdDrafting(Policy):
-    """AdaSpec repo's "Threshold-based" baseline (``--dynamic-spec``, digest sec. 2.1).
-
-    Draft up to k_max; after each draft pass, stop the whole batch when the batch-mean draft
-    probability of that pass is below ``threshold`` (default 0.6). The low-confidence token
-    just drafted is kept and verified.
-    """
-
-    needs_draft_confidences = True
-    custom_drafting = True
-
-    def __init__(self, threshold: float = 0.6, k_max: int | None = None):
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold: threshold must be in [0, 1], got {threshold}")
-        self.threshold = float(threshold)
-        self.k_max = k_max
-
-    def decide(self, obs: Observation) -> Decision:
-        k = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
-        return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
-
-    def continue_drafting(self, draft: DraftState) -> np.ndarray:
-        more = draft.num_drafted < draft.decision.num_spec_tokens
-        s = int(draft.num_drafted.max(initial=0))
-        if s == 0:
-            return more
-        latest = draft.confidences[draft.num_drafted >= s, s - 1]
-        latest = latest[np.isfinite(latest)]
-        if latest.size and float(latest.mean()) < self.threshold:
-            return np.zeros_like(more)
-        return more

@@ -5,13 +5,14 @@ import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.request_state import AcceptanceTracker
-from policies.adaptive.slo_goodput_plan import (StepPlan, best_verified_prefixes,
-                                                draft_prefix_s, extension_not_worth_it,
-                                                neutral_prefill_value, plan_capped,
-                                                plan_widths, probe_lengths)
-from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
-from policies.interface import (Decision, DraftState, Feedback, Observation, Policy,
-                                cumulative_confidence)
+from policies.adaptive.slo_goodput_drafting import (StepPlan, blended_survival,
+                                                    calibrated_survival, keep_drafting,
+                                                    probe_lengths, verified_lengths)
+from policies.adaptive.slo_goodput_plan import draft_prefix_s, plan_capped, plan_widths
+from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
+from policies.adaptive.slo_goodput_value import prefill_chunk_value, slo_weights
+from policies.adaptive.step_cost import step_time_ewma, uniform_step_s
+from policies.interface import Decision, DraftState, Feedback, Observation, Policy
 from policies.registry import register
 
 
@@ -44,40 +45,11 @@ class SloGoodput(Policy):
     verified tokens, and searched over every prefix or ``num_budget_points`` evenly spaced.
     Code: ``slo_goodput_plan.plan_widths``.
 
-    Trees (ours, after AdaServe's token trees, sec. 4): in the steps ``tree_steps`` allows
-    ("decode": pure-decode steps with an empty queue; "no_queue"; "any") with at most
-    ``tree_max_requests`` requests the plan is also made for uniform widths W = 2..``w_max``
-    and, per target t in ``tree_pass_targets``, per-request widths: the narrowest W_i whose
-    depth passes w.p. q_i = 1 - (1 - a_i)^W_i >= t (the simulator's tree rule), a slot of
-    request i costing W_i tokens. Low-acceptance requests get wide trees and high ones narrow
-    trees or chains, which AdaServe's global node selection also does; per-request widths beat the
-    best single width by 1.7% at 5.3 req/s in the compare sweep. The best plan wins unless it
-    drops a request the chain plan drafts for (starving them lost goodput at 7 req/s).
-    Trees are the ``slo_goodput_tree`` variant's (``chain_only=False``); ``slo_goodput``
-    itself plans chains, what live vLLM verifies.
+    Trees (ours; the rule and its evidence: ``SloGoodputTree``'s docstring): in light steps the
+    plan is also made for token trees (``tree_steps``, ``tree_max_requests``, ``w_max``,
+    ``tree_pass_targets``, ``tree_min_gain``), in the ``slo_goodput_tree`` variant
+    (``chain_only=False``); ``slo_goodput`` itself plans chains, what live vLLM verifies.
 
-    Stop (continue_drafting). Requests get ``extend_positions`` extra slots beyond the plan;
-    after each pass request i drafts on only while w_i * c_is * a_i >= ``stop_margin`` *
-    marginal, with c_is the chance its s drafts so far all pass (AdaSpec's marginal goodput of
-    one more position). With ``calibrate`` (default) c_is is the product of calibrated
-    posteriors P(accept | confidence, a_i) learnt online from verification outcomes
-    (``calibration.ConfidenceCalibrator``: raw confidences are not acceptance probabilities,
-    and a flat drafter's carry no signal); else (cumulative draft confidence)^cw *
-    (a_i^s)^(1 - cw), cw = ``confidence_weight``. Trees get
-    ``tree_extend_positions`` (0) extra depths and a_i replaced by q; they verify all drafted.
-
-    Extension passes (``pass_cost_stop``, ours, default on): requests past their planned
-    depth draft on only while their next slots, together, raise the step's rate: value >=
-    plan rate x the time they add (the draft pass, or its extra tokens when planned requests
-    draft anyway, plus their verification). Without it, an expensive drafter (Llama-3.2-1B
-    for 3.1-8B on H100) paid passes worth less than they cost: +3 % goodput there at 2x
-    saturation, +2 % on Azure conv at 2x (experiments.robustness scenarios, 3 seeds).
-    Probes (``probe_positions``, ours, off by default): requests the plan leaves at k = 0
-    draft that many positions anyway when one draft pass over them costs <=
-    ``probe_max_draft_share`` of the planned step; select_verify then verifies only the
-    drafts whose calibrated confidence pays for it. With 2 positions: +4 % goodput at 2x
-    saturation in the decode-heavy L40 scenario before the capped order below existed;
-    with it, -20 % there and -3 % on the compare setup at 9.4 req/s (3-4 seeds), hence off.
     Capped orders (``chain_caps``, ours, default (1,)): the chain plan is also searched on a
     ranking that takes every request's first c slots before any deeper one; ranked by value
     alone, a good request's third slot comes before a poor one's first, so no prefix is
@@ -88,9 +60,10 @@ class SloGoodput(Policy):
     ``accept_idle_decay`` < 1 lets an idle request's acceptance estimate drift back to the
     fleet's (off by default: mixed results).
 
-    Verify (select_verify, ``confidence_verify``): of the drafted slots, the verified
-    prefixes maximise weighted expected tokens per second given the drafting time spent
-    (slot value w_i c_ij, c_ij as in stopping).
+    Inside the step (``slo_goodput_drafting``, whose docstring gives the rules and their
+    evidence): drafting past the plan (``extend_positions``), stopping (``stop_margin``,
+    ``calibrate``, ``confidence_weight``), extension passes (``pass_cost_stop``), probes
+    (``probe_positions``, ``probe_max_draft_share``), verification (``confidence_verify``).
 
     Defaults come from the compare sweep (8 seeds per cell): calibration raised goodput at
     12-15 req/s by 4-6% over raw confidences, the neutral prefill value by ~1%, wider trees
@@ -186,15 +159,9 @@ class SloGoodput(Policy):
         return None if self._plan is None else self._plan.base_k
 
     def weights(self, obs: Observation, t_step_s: float) -> np.ndarray:
-        """w_i from the SLO demand A_i (1 for requests without a TPOT SLO)."""
-        o = np.maximum(obs.num_output_tokens - 1, 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            A = (obs.decode_elapsed_s + t_step_s) / obs.tpot_slo_s - o
-        behind = np.where(np.isfinite(obs.tpot_slo_s), A - 1.0, 0.0)
-        u = np.clip(behind, -self.slack_discount, self.max_boost)
-        if self.triage:     # far behind: the boost tapers to 0 at 2 * max_boost (triage)
-            u = np.where(behind > self.max_boost, np.maximum(2 * self.max_boost - behind, 0.0), u)
-        return np.maximum(1.0 + self.slo_weight * u, 1e-3)
+        """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): ``slo_weights``."""
+        return slo_weights(obs, t_step_s, self.slo_weight, self.max_boost, self.slack_discount,
+                           self.triage)
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -207,23 +174,8 @@ class SloGoodput(Policy):
             np.sum(uniform_step_s(obs, [0])))
         w = self.weights(obs, t_step)
         prefill_value = self.prefill_value(obs)
-        # Trees by default ("decode") only in pure-decode steps with nobody queued: beside a
-        # prefill chunk the token budget is mostly taken, a queue means KV room is short, and
-        # an engine drops a tree that does not fit whole (sim/core/engine.py) -- a chain is trimmed.
-        # Past ``tree_max_requests`` trees are not even scored (none won there in the compare
-        # sweep; it keeps decide() at the chain plan's cost for big batches).
-        tree = (not self.chain_only and n <= self.tree_max_requests
-                and (self.tree_steps == "any"
-                     or (obs.num_waiting == 0 and (self.tree_steps == "no_queue"
-                                                   or obs.num_prefill_tokens == 0))))
-        widths = list(range(1, (self.w_max if tree else 1) + 1))
-        if tree and self.tree_pass_targets:
-            # per-request widths: the narrowest tree whose depth passes w.p. >= target
-            W = np.arange(1, self.w_max + 1)
-            q = 1.0 - (1.0 - a[:, None]) ** W[None, :]
-            for target in self.tree_pass_targets:
-                ok = q >= target
-                widths.append(np.where(ok.any(axis=1), W[np.argmax(ok, axis=1)], self.w_max))
+        tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
+        widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]
         plans = plan_widths(obs, w, a, K, widths, prefill_value, self.slo_guard,
                             self.slo_step_factor, self.max_step_tokens, self.num_budget_points)
         chain = plans[0]
@@ -232,13 +184,7 @@ class SloGoodput(Policy):
                                  self.slo_step_factor, self.max_step_tokens,
                                  self.num_budget_points)
             chain = max([chain, *capped], key=lambda p: p.rate)
-        best = chain
-        for plan in plans[1:]:
-            # a tree must not leave out a request the chain plan speculates for: starving
-            # requests of drafts to deepen others' trees lost goodput in the simulator
-            if (plan.rate > best.rate * (1.0 + self.tree_min_gain)
-                    and not ((plan.depth == 0) & (chain.depth > 0)).any()):
-                best = plan
+        best = best_plan(chain, plans[1:], self.tree_min_gain)
         base = best.depth
         self._plan = StepPlan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
                            marginal=best.marginal, prefill_value=prefill_value,
@@ -257,74 +203,29 @@ class SloGoodput(Policy):
     _draft_s = staticmethod(draft_prefix_s)
 
     def prefill_value(self, obs: Observation) -> float:
-        """w_p: what the step's prefill chunk is worth, in emitted-token units:
-        ``neutral_prefill_value`` with ``prefill_neutral``, plus the optional queue term
-        ``queue_weight`` (1 + oldest wait / ``ttft_ref_s``)."""
-        if obs.num_prefill_tokens <= 0:
-            return 0.0
-        value = self.queue_weight * (1 + obs.oldest_waiting_s / self.ttft_ref_s)
-        return value + (neutral_prefill_value(obs) if self.prefill_neutral else 0.0)
+        """w_p: what the step's prefill chunk is worth (``prefill_chunk_value``)."""
+        return prefill_chunk_value(obs, self.queue_weight, self.ttft_ref_s, self.prefill_neutral)
 
     def survival(self, plan: StepPlan, confidences: np.ndarray) -> np.ndarray:
         """(n, K) chance that drafts 1..j of each request all pass: with ``calibrate`` the
         product of calibrated posteriors (``ConfidenceCalibrator``), else the geometric blend
         of raw cumulative confidence and a_i^j (weight ``confidence_weight``)."""
-        if self.calibrator is not None:
-            return self._calibrated_survival(plan, confidences)
-        j = np.arange(1, confidences.shape[1] + 1)[None, :]
-        cum = np.maximum(cumulative_confidence(confidences), 1e-12)
-        cw = self.confidence_weight
-        return cum ** cw * (plan.accept[:, None] ** j) ** (1 - cw)
-
-    def _calibrated_survival(self, plan: StepPlan, confidences: np.ndarray) -> np.ndarray:
-        """The running product of calibrated posteriors, extended by the columns drafted
-        since the last call of this step: drafted columns do not change within a step and
-        the calibrator learns only in observe(), so earlier columns are not recomputed
-        (the same products, in cumprod's order)."""
-        n, want = confidences.shape
-        if self._survival is None or self._survival[0] is not plan:
-            self._survival = (plan, np.empty((n, 0)))
-        have = self._survival[1].shape[1]
-        if want > have:
-            post = self.calibrator.posterior(confidences[:, have:want], plan.accept)
-            surv = np.empty((n, want))
-            surv[:, :have] = self._survival[1]
-            for c in range(have, want):
-                surv[:, c] = post[:, c - have] if c == 0 else surv[:, c - 1] * post[:, c - have]
-            self._survival = (plan, surv)
-        return self._survival[1][:, :want]
+        if self.calibrator is None:
+            return blended_survival(plan, confidences, self.confidence_weight)
+        self._survival = calibrated_survival(self.calibrator, plan, confidences, self._survival)
+        return self._survival[1][:, :confidences.shape[1]]
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
-        more = draft.num_drafted < draft.decision.num_spec_tokens
-        plan = self._plan
-        if plan is None or not same_step(plan.obs, draft.obs):
-            return more
-        s = draft.num_drafted
-        n = s.size
-        smax = int(s.max(initial=0))
-        surv = self.survival(plan, draft.confidences[:, :max(smax, 1)])
-        c = np.where(s > 0, surv[np.arange(n), np.maximum(s - 1, 0)], 1.0)
-        next_value = plan.weight * c * plan.accept
-        more &= (s == 0) | (next_value >= self.stop_margin * plan.marginal)
-        if self.pass_cost_stop and plan.width == 1:
-            more &= ~extension_not_worth_it(plan, draft, more, next_value)
-        return more
+        return keep_drafting(self._plan, draft, self.survival, self.stop_margin,
+                             self.pass_cost_stop)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         """Verify the drafted slots worth their verification cost (vLLM adaptive verification
         with SLO weights): slots ranked by w_i * c_ij (blended confidence as in stopping),
         the verified prefix b maximising (sum w + w_p + top-b values) / (drafting spent +
         t_verify(b))."""
-        drafted = super().select_verify(draft)
-        plan = self._plan
-        if (not self.confidence_verify or plan is None or plan.width > 1
-                or int(drafted.sum()) == 0
-                or not same_step(plan.obs, draft.obs)):
-            return drafted
-        K = int(drafted.max())
-        value = plan.weight[:, None] * self.survival(plan, draft.confidences[:, :K])
-        return best_verified_prefixes(draft.obs, value, drafted,
-                                      plan.weight.sum() + plan.prefill_value, draft.draft_time_s)
+        return verified_lengths(self._plan, draft, super().select_verify(draft), self.survival,
+                                self.confidence_verify)
 
     def observe(self, feedback: Feedback) -> None:
         """Tree steps report num_spec_tokens = nodes (width x depth): the tracker gets the
@@ -342,13 +243,3 @@ class SloGoodput(Policy):
         if step > 0:
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
         self.tracker.forget(feedback.finished_ids)
-
-
-@register("slo_goodput_tree")
-class SloGoodputTree(SloGoodput):
-    """``slo_goodput`` with token trees in light pure-decode steps (simulator only: vLLM
-    verifies chains): the tree part of the class docstring above. Its chain variant, which
-    runs live, is ``slo_goodput``."""
-
-    makes_trees = True
-    chain_variant = "slo_goodput"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.adaptive.step_cost import step_s, verify_tokens_s
+from policies.adaptive.step_cost import verify_tokens_s
 from policies.interface import Observation
 
 
@@ -202,22 +202,6 @@ def _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W, prefill
     return plans
 
 
-def neutral_prefill_value(obs: Observation) -> float:
-    """A prefill chunk's worth at the pure-decode step's rate: w_p = n T_p / T_d (T_d: the
-    decode-only target pass at b = 0, T_p: the time the chunk adds to it), so a draft slot is
-    judged against the rate speculation must beat without the chunk. Valued at 0, the chunk's
-    time looked like sunk overhead and let 0.1-probability slots in (65% of verified drafts
-    accepted vs the oracle's 100% at 9.4 req/s in the compare sweep)."""
-    n = obs.num_requests
-    if obs.num_prefill_tokens <= 0 or n == 0:
-        return 0.0
-    ctx = float(obs.context_lens.sum())
-    t_dec = float(obs.cost.target_step_s(n, n, ctx))
-    t_all = float(obs.cost.target_step_s(obs.num_prefill_tokens + n, n + 1,
-                                         obs.sum_prefill_context_tokens + ctx))
-    return n * max(t_all - t_dec, 0.0) / t_dec if t_dec > 0 else 0.0
-
-
 def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndarray,
                            base_value: float, draft_time_s: float) -> np.ndarray:
     """Verified length per request: of the drafted slots (value (n, K) per slot, slots past
@@ -236,69 +220,3 @@ def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndar
     keep = np.zeros(n * K, bool)
     keep[order[:int(np.argmax(rate))]] = True
     return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
-
-
-@dataclass
-class StepPlan:
-    """What decide() planned for a step, read again by the step's later hooks."""
-
-    obs: Observation
-    base_k: np.ndarray       # planned lengths before the extension
-    weight: np.ndarray       # SLO weight per request
-    accept: np.ndarray       # per-token acceptance estimate per request
-    marginal: float          # value of the last planned slot (the shadow price of a slot)
-    prefill_value: float     # w_p
-    widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
-    rate: float = float("nan")   # the plan's objective: weighted tokens per second
-
-    @property
-    def width(self) -> int:
-        """The widest tree in the plan (1: all chains)."""
-        return int(self.widths.max(initial=1))
-
-
-def extension_not_worth_it(plan: StepPlan, draft, more: np.ndarray,
-                           next_value: np.ndarray) -> np.ndarray:
-    """slo_goodput's ``pass_cost_stop``: of the requests about to draft on (``more``), those
-    past their planned depth, unless together their next slots raise the step's rate: value
-    >= plan rate x the time they add (the draft pass, or its extra tokens when planned
-    requests draft anyway, plus their verification)."""
-    obs, s = draft.obs, draft.num_drafted
-    ext = more & (s >= plan.base_k)
-    if not ext.any():
-        return ext
-    planned = more & ~ext
-    L = obs.context_lens.astype(float) + s
-    n_in, n_ext = int(planned.sum()), int(ext.sum())
-    ctx_in, ctx_ext = float(L[planned].sum()), float(L[ext].sum())
-    t = np.asarray(obs.cost.draft_step_s(np.array([n_in, n_in + n_ext]),
-                                         np.array([n_in, n_in + n_ext]),
-                                         np.array([ctx_in, ctx_in + ctx_ext])), float)
-    extra_draft = float(np.broadcast_to(t, (2,))[1] - (t.flat[0] if n_in else 0.0))
-    V, C = float(s.sum()), float((obs.context_lens * s + s * (s + 1) / 2).sum())
-    v = verify_tokens_s(obs, np.array([V, V + n_ext]), np.array([C, C + ctx_ext + n_ext]))
-    extra = extra_draft + float(v[1] - v[0])
-    if float(next_value[ext].sum()) >= plan.rate * extra:
-        return np.zeros_like(ext)
-    return ext
-
-
-def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, positions: int,
-                  max_draft_share: float, guard: str, slo_step_factor: float) -> np.ndarray:
-    """slo_goodput's probes: requests the plan leaves at k = 0 draft ``positions`` anyway
-    when that draft pass is cheap (<= ``max_draft_share`` of the planned step), so that the
-    drafts' own confidences decide in select_verify which are worth verifying. A priori
-    rates say no where the target is compute-bound, but a confident draft is worth its
-    verification there too. The "step" guard's cap on the step time is kept."""
-    zero = k == 0
-    n0 = int(zero.sum())
-    if n0 == 0 or not np.isfinite(plan.rate) or plan.rate <= 0:
-        return k
-    t_pass = float(np.sum(obs.cost.draft_step_s(n0, n0, float(obs.context_lens[zero].sum()))))
-    planned_s = step_s(obs, plan.base_k)
-    if t_pass > max_draft_share * planned_s:
-        return k
-    cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
-    if guard == "step" and planned_s <= cap_s < planned_s + t_pass:
-        return k
-    return np.where(zero, min(positions, K), k)

@@ -1,0 +1,173 @@
+"""slo_goodput inside a step: after each draft pass which requests draft on, and which drafts
+are verified (``SloGoodput``'s continue_drafting and select_verify; its plan is ``StepPlan``).
+
+Stop (continue_drafting). Requests get ``extend_positions`` extra slots beyond the plan;
+after each pass request i drafts on only while w_i * c_is * a_i >= ``stop_margin`` *
+marginal, with c_is the chance its s drafts so far all pass (AdaSpec's marginal goodput of
+one more position). With ``calibrate`` (default) c_is is the product of calibrated
+posteriors P(accept | confidence, a_i) learnt online from verification outcomes
+(``calibration.ConfidenceCalibrator``: raw confidences are not acceptance probabilities,
+and a flat drafter's carry no signal); else (cumulative draft confidence)^cw *
+(a_i^s)^(1 - cw), cw = ``confidence_weight``. Trees get
+``tree_extend_positions`` (0) extra depths and a_i replaced by q; they verify all drafted.
+
+Extension passes (``pass_cost_stop``, ours, default on): requests past their planned
+depth draft on only while their next slots, together, raise the step's rate: value >=
+plan rate x the time they add (the draft pass, or its extra tokens when planned requests
+draft anyway, plus their verification). Without it, an expensive drafter (Llama-3.2-1B
+for 3.1-8B on H100) paid passes worth less than they cost: +3 % goodput there at 2x
+saturation, +2 % on Azure conv at 2x (experiments.robustness scenarios, 3 seeds).
+Probes (``probe_positions``, ours, off by default): requests the plan leaves at k = 0
+draft that many positions anyway when one draft pass over them costs <=
+``probe_max_draft_share`` of the planned step; select_verify then verifies only the
+drafts whose calibrated confidence pays for it. With 2 positions: +4 % goodput at 2x
+saturation in the decode-heavy L40 scenario before the capped order (``chain_caps``) existed;
+with it, -20 % there and -3 % on the compare setup at 9.4 req/s (3-4 seeds), hence off.
+
+Verify (select_verify, ``confidence_verify``): of the drafted slots, the verified
+prefixes maximise weighted expected tokens per second given the drafting time spent
+(slot value w_i c_ij, c_ij as in stopping).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.adaptive.calibration import ConfidenceCalibrator
+from policies.adaptive.slo_goodput_plan import best_verified_prefixes
+from policies.adaptive.step_cost import same_step, step_s, verify_tokens_s
+from policies.interface import DraftState, Observation, cumulative_confidence
+
+
+@dataclass
+class StepPlan:
+    """What decide() planned for a step, read again by the step's later hooks."""
+
+    obs: Observation
+    base_k: np.ndarray       # planned lengths before the extension
+    weight: np.ndarray       # SLO weight per request
+    accept: np.ndarray       # per-token acceptance estimate per request
+    marginal: float          # value of the last planned slot (the shadow price of a slot)
+    prefill_value: float     # w_p
+    widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
+    rate: float = float("nan")   # the plan's objective: weighted tokens per second
+
+    @property
+    def width(self) -> int:
+        """The widest tree in the plan (1: all chains)."""
+        return int(self.widths.max(initial=1))
+
+
+def blended_survival(plan: StepPlan, confidences: np.ndarray,
+                     confidence_weight: float) -> np.ndarray:
+    """(n, K) chance that drafts 1..j of each request all pass, uncalibrated: the geometric
+    blend (cumulative draft confidence)^cw * (a_i^j)^(1 - cw), cw = ``confidence_weight``."""
+    j = np.arange(1, confidences.shape[1] + 1)[None, :]
+    cum = np.maximum(cumulative_confidence(confidences), 1e-12)
+    cw = confidence_weight
+    return cum ** cw * (plan.accept[:, None] ** j) ** (1 - cw)
+
+
+def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
+                        confidences: np.ndarray, cached: tuple | None) -> tuple:
+    """The running product of calibrated posteriors P(accept | confidence, a_i), as
+    ``cached`` = (plan, survival columns so far) extended by the columns drafted since the
+    last call of this step (the caller keeps it and reads its first columns): drafted
+    columns do not change within a step and the calibrator learns only in observe(), so
+    earlier columns are not recomputed (the same products, in cumprod's order)."""
+    n, want = confidences.shape
+    if cached is None or cached[0] is not plan:
+        cached = (plan, np.empty((n, 0)))
+    have = cached[1].shape[1]
+    if want > have:
+        post = calibrator.posterior(confidences[:, have:want], plan.accept)
+        surv = np.empty((n, want))
+        surv[:, :have] = cached[1]
+        for c in range(have, want):
+            surv[:, c] = post[:, c - have] if c == 0 else surv[:, c - 1] * post[:, c - have]
+        cached = (plan, surv)
+    return cached
+
+
+def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margin: float,
+                  pass_cost_stop: bool) -> np.ndarray:
+    """slo_goodput's continue_drafting: a request short of its length drafts its first slot,
+    then more while the next is worth w_i * c_is * a_i >= ``stop_margin`` * the plan's
+    marginal slot (c from ``survival(plan, confidences)``); past their planned depth, chain
+    requests also need ``extension_not_worth_it`` to let them (``pass_cost_stop``). Outside
+    the planned step every request drafts its length."""
+    more = draft.num_drafted < draft.decision.num_spec_tokens
+    if plan is None or not same_step(plan.obs, draft.obs):
+        return more
+    s = draft.num_drafted
+    n = s.size
+    smax = int(s.max(initial=0))
+    surv = survival(plan, draft.confidences[:, :max(smax, 1)])
+    c = np.where(s > 0, surv[np.arange(n), np.maximum(s - 1, 0)], 1.0)
+    next_value = plan.weight * c * plan.accept
+    more &= (s == 0) | (next_value >= stop_margin * plan.marginal)
+    if pass_cost_stop and plan.width == 1:
+        more &= ~extension_not_worth_it(plan, draft, more, next_value)
+    return more
+
+
+def verified_lengths(plan: StepPlan | None, draft: DraftState, drafted: np.ndarray, survival,
+                     confidence_verify: bool) -> np.ndarray:
+    """slo_goodput's select_verify on the ``drafted`` lengths: with ``confidence_verify``, on
+    chains of the planned step, the prefixes ``best_verified_prefixes`` picks for slot values
+    w_i c_ij (``survival(plan, confidences)`` gives c)."""
+    if (not confidence_verify or plan is None or plan.width > 1
+            or int(drafted.sum()) == 0
+            or not same_step(plan.obs, draft.obs)):
+        return drafted
+    K = int(drafted.max())
+    value = plan.weight[:, None] * survival(plan, draft.confidences[:, :K])
+    return best_verified_prefixes(draft.obs, value, drafted,
+                                  plan.weight.sum() + plan.prefill_value, draft.draft_time_s)
+
+def extension_not_worth_it(plan: StepPlan, draft, more: np.ndarray,
+                           next_value: np.ndarray) -> np.ndarray:
+    """slo_goodput's ``pass_cost_stop``: of the requests about to draft on (``more``), those
+    past their planned depth, unless together their next slots raise the step's rate: value
+    >= plan rate x the time they add (the draft pass, or its extra tokens when planned
+    requests draft anyway, plus their verification)."""
+    obs, s = draft.obs, draft.num_drafted
+    ext = more & (s >= plan.base_k)
+    if not ext.any():
+        return ext
+    planned = more & ~ext
+    L = obs.context_lens.astype(float) + s
+    n_in, n_ext = int(planned.sum()), int(ext.sum())
+    ctx_in, ctx_ext = float(L[planned].sum()), float(L[ext].sum())
+    t = np.asarray(obs.cost.draft_step_s(np.array([n_in, n_in + n_ext]),
+                                         np.array([n_in, n_in + n_ext]),
+                                         np.array([ctx_in, ctx_in + ctx_ext])), float)
+    extra_draft = float(np.broadcast_to(t, (2,))[1] - (t.flat[0] if n_in else 0.0))
+    V, C = float(s.sum()), float((obs.context_lens * s + s * (s + 1) / 2).sum())
+    v = verify_tokens_s(obs, np.array([V, V + n_ext]), np.array([C, C + ctx_ext + n_ext]))
+    extra = extra_draft + float(v[1] - v[0])
+    if float(next_value[ext].sum()) >= plan.rate * extra:
+        return np.zeros_like(ext)
+    return ext
+
+
+def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, positions: int,
+                  max_draft_share: float, guard: str, slo_step_factor: float) -> np.ndarray:
+    """slo_goodput's probes: requests the plan leaves at k = 0 draft ``positions`` anyway
+    when that draft pass is cheap (<= ``max_draft_share`` of the planned step), so that the
+    drafts' own confidences decide in select_verify which are worth verifying. A priori
+    rates say no where the target is compute-bound, but a confident draft is worth its
+    verification there too. The "step" guard's cap on the step time is kept."""
+    zero = k == 0
+    n0 = int(zero.sum())
+    if n0 == 0 or not np.isfinite(plan.rate) or plan.rate <= 0:
+        return k
+    t_pass = float(np.sum(obs.cost.draft_step_s(n0, n0, float(obs.context_lens[zero].sum()))))
+    planned_s = step_s(obs, plan.base_k)
+    if t_pass > max_draft_share * planned_s:
+        return k
+    cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
+    if guard == "step" and planned_s <= cap_s < planned_s + t_pass:
+        return k
+    return np.where(zero, min(positions, K), k)

@@ -1,0 +1,53 @@
+"""slo_goodput's token-tree shapes: in which steps decide() also plans trees, of which widths,
+and when a tree plan replaces the chain plan. The rule and its evidence are
+``SloGoodputTree``'s docstring; the plans themselves are ``slo_goodput_plan``'s.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.adaptive.slo_goodput_plan import PrefixPlan
+from policies.interface import Observation
+
+
+def tree_step(obs: Observation, chain_only: bool, max_requests: int, tree_steps: str) -> bool:
+    """Whether decide() plans trees this step: never with ``chain_only`` or past
+    ``max_requests`` requests; else in every step ("any"), with nobody queued ("no_queue"),
+    or with nobody queued and no prefill chunk ("decode")."""
+    # Trees by default ("decode") only in pure-decode steps with nobody queued: beside a
+    # prefill chunk the token budget is mostly taken, a queue means KV room is short, and
+    # an engine drops a tree that does not fit whole (sim/core/engine.py) -- a chain is trimmed.
+    # Past ``max_requests`` trees are not even scored (none won there in the compare
+    # sweep; it keeps decide() at the chain plan's cost for big batches).
+    return (not chain_only and obs.num_requests <= max_requests
+            and (tree_steps == "any"
+                 or (obs.num_waiting == 0 and (tree_steps == "no_queue"
+                                               or obs.num_prefill_tokens == 0))))
+
+
+def tree_widths(accept: np.ndarray, w_max: int, pass_targets: tuple) -> list:
+    """The shapes to plan in a tree step: uniform widths 1..``w_max`` (1: the chain), then per
+    target t in ``pass_targets`` the per-request widths: the narrowest whose depth passes
+    w.p. 1 - (1 - a_i)^W >= t, ``w_max`` where none does."""
+    widths = list(range(1, w_max + 1))
+    if pass_targets:
+        W = np.arange(1, w_max + 1)
+        q = 1.0 - (1.0 - accept[:, None]) ** W[None, :]
+        for target in pass_targets:
+            ok = q >= target
+            widths.append(np.where(ok.any(axis=1), W[np.argmax(ok, axis=1)], w_max))
+    return widths
+
+
+def best_plan(chain: PrefixPlan, trees: list[PrefixPlan], min_gain: float) -> PrefixPlan:
+    """The plan decide() takes: ``chain``, or the last of ``trees`` (in order) whose rate is
+    over (1 + ``min_gain``) x the best before it and that drafts for every request ``chain``
+    drafts for."""
+    best = chain
+    for plan in trees:
+        # a tree must not leave out a request the chain plan speculates for: starving
+        # requests of drafts to deepen others' trees lost goodput in the simulator
+        if (plan.rate > best.rate * (1.0 + min_gain)
+                and not ((plan.depth == 0) & (chain.depth > 0)).any()):
+            best = plan
+    return best

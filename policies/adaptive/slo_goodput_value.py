@@ -1,0 +1,50 @@
+"""What slo_goodput's plan weighs a step's work by: each request's SLO weight w_i (after
+AdaServe eq. 3's demand A_i; the clipped boost and the triage are ours) and the value w_p of
+the prefill chunk sharing the step. The rules and their evidence: ``SloGoodput``'s docstring.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.interface import Observation
+
+
+def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost: float,
+                slack_discount: float, triage: bool) -> np.ndarray:
+    """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): 1 + ``slo_weight`` *
+    clip(A_i - 1, -``slack_discount``, ``max_boost``), tapered with ``triage``."""
+    o = np.maximum(obs.num_output_tokens - 1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A = (obs.decode_elapsed_s + t_step_s) / obs.tpot_slo_s - o
+    behind = np.where(np.isfinite(obs.tpot_slo_s), A - 1.0, 0.0)
+    u = np.clip(behind, -slack_discount, max_boost)
+    if triage:     # far behind: the boost tapers to 0 at 2 * max_boost (triage)
+        u = np.where(behind > max_boost, np.maximum(2 * max_boost - behind, 0.0), u)
+    return np.maximum(1.0 + slo_weight * u, 1e-3)
+
+
+def prefill_chunk_value(obs: Observation, queue_weight: float, ttft_ref_s: float,
+                        prefill_neutral: bool) -> float:
+    """w_p: what the step's prefill chunk is worth, in emitted-token units:
+    ``neutral_prefill_value`` with ``prefill_neutral``, plus the optional queue term
+    ``queue_weight`` (1 + oldest wait / ``ttft_ref_s``)."""
+    if obs.num_prefill_tokens <= 0:
+        return 0.0
+    value = queue_weight * (1 + obs.oldest_waiting_s / ttft_ref_s)
+    return value + (neutral_prefill_value(obs) if prefill_neutral else 0.0)
+
+
+def neutral_prefill_value(obs: Observation) -> float:
+    """A prefill chunk's worth at the pure-decode step's rate: w_p = n T_p / T_d (T_d: the
+    decode-only target pass at b = 0, T_p: the time the chunk adds to it), so a draft slot is
+    judged against the rate speculation must beat without the chunk. Valued at 0, the chunk's
+    time looked like sunk overhead and let 0.1-probability slots in (65% of verified drafts
+    accepted vs the oracle's 100% at 9.4 req/s in the compare sweep)."""
+    n = obs.num_requests
+    if obs.num_prefill_tokens <= 0 or n == 0:
+        return 0.0
+    ctx = float(obs.context_lens.sum())
+    t_dec = float(obs.cost.target_step_s(n, n, ctx))
+    t_all = float(obs.cost.target_step_s(obs.num_prefill_tokens + n, n + 1,
+                                         obs.sum_prefill_context_tokens + ctx))
+    return n * max(t_all - t_dec, 0.0) / t_dec if t_dec > 0 else 0.0

@@ -1,0 +1,41 @@
+"""AdaSpec repo's Threshold baseline (Huang et al., arXiv 2503.05096; digest sec. 2.1)."""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.interface import Decision, DraftState, Observation, Policy
+from policies.registry import register
+
+
+@register("threshold")
+class ThresholdDrafting(Policy):
+    """AdaSpec repo's "Threshold-based" baseline (``--dynamic-spec``, digest sec. 2.1).
+
+    Draft up to k_max; after each draft pass, stop the whole batch when the batch-mean draft
+    probability of that pass is below ``threshold`` (default 0.6). The low-confidence token
+    just drafted is kept and verified.
+    """
+
+    needs_draft_confidences = True
+    custom_drafting = True
+
+    def __init__(self, threshold: float = 0.6, k_max: int | None = None):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold: threshold must be in [0, 1], got {threshold}")
+        self.threshold = float(threshold)
+        self.k_max = k_max
+
+    def decide(self, obs: Observation) -> Decision:
+        k = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
+
+    def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        more = draft.num_drafted < draft.decision.num_spec_tokens
+        s = int(draft.num_drafted.max(initial=0))
+        if s == 0:
+            return more
+        latest = draft.confidences[draft.num_drafted >= s, s - 1]
+        latest = latest[np.isfinite(latest)]
+        if latest.size and float(latest.mean()) < self.threshold:
+            return np.zeros_like(more)
+        return more
