@@ -45,6 +45,7 @@ class ConfidenceCalibrator:
         self.accepted = np.zeros(self.num_bins)   # decayed accepted draft tokens per bin
         self.rejected = np.zeros(self.num_bins)   # decayed rejected (compared) draft tokens
         self._lr: np.ndarray | None = None         # LR per bin; rebuilt after observe()
+        self._lr_nan: np.ndarray | None = None     # the same, then LR 1 for nan (index -1)
 
     def _bin(self, confidences: np.ndarray) -> np.ndarray:
         c = np.asarray(confidences, float)
@@ -58,7 +59,7 @@ class ConfidenceCalibrator:
         v = np.asarray(num_verified, np.int64)
         m = np.asarray(num_accepted, np.int64)
         K = int(v.max(initial=0))
-        self._lr = None
+        self._lr = self._lr_nan = None
         self.accepted *= self.decay
         self.rejected *= self.decay
         if K == 0:
@@ -98,12 +99,32 @@ class ConfidenceCalibrator:
         """Decayed count of compared draft tokens seen so far."""
         return float(self.accepted.sum() + self.rejected.sum())
 
+    def prior_odds(self, rate: np.ndarray) -> np.ndarray | None:
+        """(n, 1) prior odds a_i / (1 - a_i) of the requests' rates, for
+        ``posterior_given_odds`` (one step's calls share them); None before
+        ``min_observations``, when the raw confidence is the posterior."""
+        if self.num_observations < self.min_observations:
+            return None
+        a = np.clip(np.asarray(rate, float), 1e-4, 1 - 1e-4)[:, None]
+        return a / (1 - a)
+
     def posterior(self, confidences: np.ndarray, rate: np.ndarray) -> np.ndarray:
         """P(accept) per drafted token given its confidence and its request's rate (n,);
         the raw confidence (nan: the rate) before ``min_observations``."""
-        if self.num_observations < self.min_observations:
-            c = np.asarray(confidences, float)
+        return self.posterior_given_odds(confidences, rate, self.prior_odds(rate))
+
+    def posterior_given_odds(self, confidences: np.ndarray, rate: np.ndarray,
+                             prior_odds: np.ndarray | None) -> np.ndarray:
+        """``posterior`` with the prior odds from ``prior_odds(rate)`` computed once."""
+        c = np.asarray(confidences, float)
+        if prior_odds is None:
             return np.where(np.isnan(c), np.asarray(rate, float)[:, None], c)
-        a = np.clip(np.asarray(rate, float), 1e-4, 1 - 1e-4)[:, None]
-        odds = a / (1 - a) * self.likelihood_ratio(confidences)
+        if self._lr_nan is None and self._lr_table() is not None:
+            self._lr_nan = np.append(self._lr, 1.0)
+        if self._lr_nan is None:
+            odds = prior_odds * np.ones(c.shape)
+        else:   # nan -> index -1 (LR 1), else the bin as _bin computes it
+            idx = np.clip((np.where(np.isnan(c), -1.0, c) * self.num_bins).astype(np.int64),
+                          -1, self.num_bins - 1)
+            odds = prior_odds * self._lr_nan[idx]
         return odds / (1 + odds)

@@ -8,7 +8,7 @@ from policies.adaptive.request_state import AcceptanceTracker
 from policies.adaptive.slo_goodput_drafting import (StepPlan, blended_survival,
                                                     calibrated_survival, keep_drafting,
                                                     probe_lengths, verified_lengths)
-from policies.adaptive.slo_goodput_plan import draft_prefix_s, plan_capped, plan_widths
+from policies.adaptive.slo_goodput_plan import draft_prefix_s, plan_widths_and_caps
 from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
 from policies.adaptive.slo_goodput_value import prefill_chunk_value, slo_weights
 from policies.adaptive.step_cost import step_time_ewma, uniform_step_s
@@ -176,14 +176,11 @@ class SloGoodput(Policy):
         prefill_value = self.prefill_value(obs)
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
         widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]
-        plans = plan_widths(obs, w, a, K, widths, prefill_value, self.slo_guard,
-                            self.slo_step_factor, self.max_step_tokens, self.num_budget_points)
-        chain = plans[0]
-        if self.chain_caps:
-            capped = plan_capped(obs, w, a, K, self.chain_caps, prefill_value, self.slo_guard,
-                                 self.slo_step_factor, self.max_step_tokens,
-                                 self.num_budget_points)
-            chain = max([chain, *capped], key=lambda p: p.rate)
+        plans, capped = plan_widths_and_caps(obs, w, a, K, widths, self.chain_caps,
+                                             prefill_value, self.slo_guard,
+                                             self.slo_step_factor, self.max_step_tokens,
+                                             self.num_budget_points)
+        chain = max([plans[0], *capped], key=lambda p: p.rate)
         best = best_plan(chain, plans[1:], self.tree_min_gain)
         base = best.depth
         self._plan = StepPlan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,

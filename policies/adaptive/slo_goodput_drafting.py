@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
-from policies.adaptive.slo_goodput_plan import best_verified_prefixes
 from policies.adaptive.step_cost import same_step, step_s, verify_tokens_s
 from policies.interface import DraftState, Observation, cumulative_confidence
 
@@ -72,21 +71,23 @@ def blended_survival(plan: StepPlan, confidences: np.ndarray,
 def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
                         confidences: np.ndarray, cached: tuple | None) -> tuple:
     """The running product of calibrated posteriors P(accept | confidence, a_i), as
-    ``cached`` = (plan, survival columns so far) extended by the columns drafted since the
-    last call of this step (the caller keeps it and reads its first columns): drafted
-    columns do not change within a step and the calibrator learns only in observe(), so
-    earlier columns are not recomputed (the same products, in cumprod's order)."""
+    ``cached`` = (plan, survival columns so far, prior odds) extended by the columns drafted
+    since the last call of this step (the caller keeps it and reads its first columns):
+    drafted columns do not change within a step and the calibrator learns only in
+    observe(), so earlier columns and the requests' prior odds are not recomputed (the
+    same products, in cumprod's order)."""
     n, want = confidences.shape
     if cached is None or cached[0] is not plan:
-        cached = (plan, np.empty((n, 0)))
+        cached = (plan, np.empty((n, 0)), calibrator.prior_odds(plan.accept))
     have = cached[1].shape[1]
     if want > have:
-        post = calibrator.posterior(confidences[:, have:want], plan.accept)
+        post = calibrator.posterior_given_odds(confidences[:, have:want], plan.accept,
+                                               cached[2])
         surv = np.empty((n, want))
         surv[:, :have] = cached[1]
         for c in range(have, want):
             surv[:, c] = post[:, c - have] if c == 0 else surv[:, c - 1] * post[:, c - have]
-        cached = (plan, surv)
+        cached = (plan, surv, cached[2])
     return cached
 
 
@@ -171,3 +172,23 @@ def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, posit
     if guard == "step" and planned_s <= cap_s < planned_s + t_pass:
         return k
     return np.where(zero, min(positions, K), k)
+
+
+def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndarray,
+                           base_value: float, draft_time_s: float) -> np.ndarray:
+    """Verified length per request: of the drafted slots (value (n, K) per slot, slots past
+    ``drafted`` ignored), the top-b by value with b maximising (base_value + their value) /
+    (draft_time_s + t_verify(b)); a slot is kept only with its whole prefix."""
+    n, K = value.shape
+    j = np.arange(1, K + 1)[None, :]
+    valid = j <= drafted[:, None]
+    score = np.where(valid, value, -np.inf).ravel()
+    ctx = (obs.context_lens[:, None] + j).astype(float).ravel()
+    order = np.lexsort((np.tile(j[0], n), -score))[:int(valid.sum())]
+    cum_v = np.concatenate([[0.0], np.cumsum(score[order])])
+    cum_ctx = np.concatenate([[0.0], np.cumsum(ctx[order])])
+    b = np.arange(cum_v.size)
+    rate = (base_value + cum_v) / (draft_time_s + verify_tokens_s(obs, b, cum_ctx))
+    keep = np.zeros(n * K, bool)
+    keep[order[:int(np.argmax(rate))]] = True
+    return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)

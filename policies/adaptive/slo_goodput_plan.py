@@ -12,6 +12,7 @@ tokens-per-second objective with AdaServe-style SLO weights (the weighting is ou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,6 +63,62 @@ def plan_prefix(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
                        slo_step_factor, max_step_tokens, num_budget_points)[0]
 
 
+class Ranking(NamedTuple):
+    """Draft slots in the order a plan takes them: one row per ranking, R rows, n requests,
+    M ranked slots (a slot's index is request * K + depth - 1)."""
+
+    tokens: np.ndarray   # float (R, n K), expected tokens of each slot, unweighted
+    value: np.ndarray    # float (R, n K), SLO-weighted value of each slot
+    order: np.ndarray    # int (R, M), slot indices in the order the plan takes them
+    Ws: np.ndarray       # float (R, M), verified tokens of each ranked slot (its width)
+    feed: np.ndarray     # float (R, M), draft tokens each ranked slot feeds into its pass
+    q: np.ndarray        # float (R, n), chance one depth passes (nan: the slots carry it)
+    W: np.ndarray        # int (R, n), candidates per depth per request (1 = chain)
+
+
+def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ranking:
+    """One ranking by slot value per tree shape in ``widths`` (see plan_widths)."""
+    n = weight.size
+    W = np.stack([np.broadcast_to(np.asarray(x, np.int64), (n,)) for x in widths])  # (nw, n)
+    nw = W.shape[0]
+    q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
+    j = np.arange(1, K + 1)
+    tokens = (q[:, :, None] ** j).reshape(nw, n * K)                   # unweighted, per slot
+    value = tokens * np.repeat(weight, K)[None, :]
+    order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
+    req, pos = np.divmod(order, K)
+    Ws = np.take_along_axis(W, req, axis=1).astype(float)              # width of each slot
+    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
+    return Ranking(tokens, value, order, Ws, feed, q, W)
+
+
+def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Ranking | None:
+    """One chain ranking per cap c in ``caps`` (see plan_capped); None when no cap is in
+    1..K."""
+    n = weight.size
+    caps = [int(c) for c in caps if 1 <= int(c) <= K]
+    if not caps:
+        return None
+    j = np.arange(1, K + 1)
+    tokens = (accept[:, None] ** j).reshape(1, n * K)
+    value = tokens * np.repeat(weight, K)[None, :]
+    big = float(value.max(initial=0.0)) + 1.0
+    depth = np.tile(j, n)[None, :]
+    rank = value + big * (depth <= np.asarray(caps)[:, None])          # (caps, n K)
+    order = np.argsort(-rank, axis=1, kind="stable")
+    R = len(caps)
+    ones = np.ones((R, n * K))
+    W = np.ones((R, n), np.int64)            # chains: every pass feeds one token per request
+    return Ranking(np.broadcast_to(tokens, (R, n * K)), np.broadcast_to(value, (R, n * K)),
+                   order, ones, ones, np.broadcast_to(accept, (R, n)), W)
+
+
+def stack_rankings(*rankings: Ranking) -> Ranking:
+    """The rows of several rankings with the same ranked-slot count, planned in one pass
+    (each row's arithmetic is unchanged, so each plan is the same as alone)."""
+    return Ranking(*(np.concatenate(parts, axis=0) for parts in zip(*rankings)))
+
+
 def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, widths,
                 prefill_value: float, guard: str, slo_step_factor: float,
                 max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
@@ -74,19 +131,9 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
     speculation (the TPOT SLO bounds time per token, not per step; ours); "off" never
     refuses. Draft pass j's size for a prefix comes from counts of the ranked slots per depth
     (one bincount + cumsum, no per-b loop)."""
-    n = obs.num_requests
-    W = np.stack([np.broadcast_to(np.asarray(x, np.int64), (n,)) for x in widths])  # (nw, n)
-    nw = W.shape[0]
-    q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
-    j = np.arange(1, K + 1)
-    tokens = (q[:, :, None] ** j).reshape(nw, n * K)                   # unweighted, per slot
-    value = tokens * np.repeat(weight, K)[None, :]
-    order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
-    req, pos = np.divmod(order, K)
-    Ws = np.take_along_axis(W, req, axis=1).astype(float)              # width of each slot
-    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
-    return _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W, prefill_value,
-                          guard, slo_step_factor, max_step_tokens, num_budget_points)
+    return _best_prefixes(obs, weight, K, width_ranking(weight, accept, K, widths),
+                          prefill_value, guard, slo_step_factor, max_step_tokens,
+                          num_budget_points)
 
 
 def plan_capped(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, caps,
@@ -97,25 +144,27 @@ def plan_capped(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
     which a ranking by value alone can miss when acceptance differs across requests (a good
     request's third slot ranks above a poor one's first, and each extra depth is one more
     draft pass, paid nearly in full by a memory-bound drafter)."""
-    n = obs.num_requests
-    j = np.arange(1, K + 1)
-    tokens = (accept[:, None] ** j).reshape(1, n * K)
-    value = tokens * np.repeat(weight, K)[None, :]
-    big = float(value.max(initial=0.0)) + 1.0
-    depth = np.tile(j, n)[None, :]
-    caps = [int(c) for c in caps if 1 <= int(c) <= K]
-    if not caps:
+    ranking = capped_ranking(weight, accept, K, caps)
+    if ranking is None:
         return []
-    rank = value + big * (depth <= np.asarray(caps)[:, None])          # (caps, n K)
-    order = np.argsort(-rank, axis=1, kind="stable")
-    R = len(caps)
-    ones = np.ones((R, n * K))
-    W = np.ones((R, n), np.int64)            # chains: every pass feeds one token per request
-    q = np.broadcast_to(accept, (R, n))
-    return _best_prefixes(obs, weight, K, np.broadcast_to(tokens, (R, n * K)),
-                          np.broadcast_to(value, (R, n * K)), order, ones, ones, q, W,
-                          prefill_value, guard, slo_step_factor, max_step_tokens,
-                          num_budget_points)
+    return _best_prefixes(obs, weight, K, ranking, prefill_value, guard, slo_step_factor,
+                          max_step_tokens, num_budget_points)
+
+
+def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int,
+                         widths, caps, prefill_value: float, guard: str,
+                         slo_step_factor: float, max_step_tokens: int | None,
+                         num_budget_points: int) -> tuple[list, list]:
+    """(plan_widths(widths), plan_capped(caps)) from one pass over their stacked rankings:
+    the same plans, for half the array operations (decide's hot path)."""
+    rankings = [width_ranking(weight, accept, K, widths)]
+    capped = capped_ranking(weight, accept, K, caps)
+    if capped is not None:
+        rankings.append(capped)
+    plans = _best_prefixes(obs, weight, K, stack_rankings(*rankings), prefill_value, guard,
+                           slo_step_factor, max_step_tokens, num_budget_points)
+    nw = rankings[0].order.shape[0]
+    return plans[:nw], plans[nw:]
 
 
 def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
@@ -144,16 +193,18 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
     feed = np.take(fed.reshape(n * K), order).astype(float)
     q = np.full((R, n), np.nan)      # no per-request depth-pass rate: the slots carry it
     W = np.broadcast_to(sw.max(axis=1), (R, n))
-    plans = _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W,
+    plans = _best_prefixes(obs, weight, K, Ranking(tokens, value, order, Ws, feed, q, W),
                            prefill_value, guard, slo_step_factor, max_step_tokens,
                            num_budget_points)
     return max(plans, key=lambda p: p.rate)
 
 
-def _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W, prefill_value, guard,
-                   slo_step_factor, max_step_tokens, num_budget_points) -> list[PrefixPlan]:
-    """For each row of the (nw, n K) slot ranking ``order``: the prefix b maximising
-    (sum w + w_p + value of the b slots) / T(b) under the guard (``plan_widths``)."""
+def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Ranking,
+                   prefill_value: float, guard: str, slo_step_factor: float,
+                   max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
+    """For each row of ``ranking``: the prefix b maximising (sum w + w_p + value of the b
+    slots) / T(b) under the guard (``plan_widths``)."""
+    tokens, value, order, Ws, feed, q, W = ranking
     n, nw = obs.num_requests, order.shape[0]
     req, pos = np.divmod(order, K)
     M = order.shape[1]                                   # slots ranked (n K unless pruned)
@@ -200,23 +251,3 @@ def _best_prefixes(obs, weight, K, tokens, value, order, Ws, feed, q, W, prefill
         plans.append(PrefixPlan(depth=depth, rate=float(rate[r, g[r]]), marginal=marginal,
                                 depth_pass=q[r], widths=W[r]))
     return plans
-
-
-def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndarray,
-                           base_value: float, draft_time_s: float) -> np.ndarray:
-    """Verified length per request: of the drafted slots (value (n, K) per slot, slots past
-    ``drafted`` ignored), the top-b by value with b maximising (base_value + their value) /
-    (draft_time_s + t_verify(b)); a slot is kept only with its whole prefix."""
-    n, K = value.shape
-    j = np.arange(1, K + 1)[None, :]
-    valid = j <= drafted[:, None]
-    score = np.where(valid, value, -np.inf).ravel()
-    ctx = (obs.context_lens[:, None] + j).astype(float).ravel()
-    order = np.lexsort((np.tile(j[0], n), -score))[:int(valid.sum())]
-    cum_v = np.concatenate([[0.0], np.cumsum(score[order])])
-    cum_ctx = np.concatenate([[0.0], np.cumsum(ctx[order])])
-    b = np.arange(cum_v.size)
-    rate = (base_value + cum_v) / (draft_time_s + verify_tokens_s(obs, b, cum_ctx))
-    keep = np.zeros(n * K, bool)
-    keep[order[:int(np.argmax(rate))]] = True
-    return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
