@@ -124,7 +124,9 @@ class ConfidenceCalibrator:
         if self._lr_nan is None:
             odds = prior_odds * np.ones(c.shape)
         else:   # nan -> index -1 (LR 1), else the bin as _bin computes it
-            idx = np.clip((np.where(np.isnan(c), -1.0, c) * self.num_bins).astype(np.int64),
-                          -1, self.num_bins - 1)
+            # np.minimum/np.maximum: np.clip's Python wrapper costs more than the lookup
+            idx = np.minimum(np.maximum(
+                (np.where(np.isnan(c), -1.0, c) * self.num_bins).astype(np.int64), -1),
+                self.num_bins - 1)
             odds = prior_odds * self._lr_nan[idx]
         return odds / (1 + odds)

@@ -30,7 +30,7 @@ prefixes maximise weighted expected tokens per second given the drafting time sp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,11 +51,11 @@ class StepPlan:
     prefill_value: float     # w_p
     widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
     rate: float = float("nan")   # the plan's objective: weighted tokens per second
+    width: int = field(init=False)   # the widest tree in the plan (1: all chains)
 
-    @property
-    def width(self) -> int:
-        """The widest tree in the plan (1: all chains)."""
-        return int(self.widths.max(initial=1))
+    def __post_init__(self):
+        # read by every continue_drafting call of the step: computed once
+        self.width = int(self.widths.max(initial=1))
 
 
 def blended_survival(plan: StepPlan, confidences: np.ndarray,
