@@ -96,8 +96,7 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
     hyst = grid.run([search.table_spec(f"hyst{h}", replace(tuned, hysteresis=h))
                      for h in HYSTERESIS])
     frame = pd.concat([base_rows, tuned_rows], ignore_index=True)
-    best_label = goodput[[c for c in goodput.columns
-                          if c.startswith("fixed_k") or c == "none"]].idxmax(axis=1)
+    best_label = search.best_fixed_label(goodput)
     gp = search.goodput_by_load(frame)
     hyst_gp = search.goodput_by_load(hyst)
     result = {
@@ -112,8 +111,7 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
         "schedule": [list(r) for r in tuned.schedule],
         "per_load": {f"{ld:g}": {
             "tuned_goodput_req_s": round(float(gp.loc[ld, "tuned"]), 4),
-            "best_fixed": str(gp.loc[ld, [c for c in gp.columns if c.startswith("fixed_k")
-                                          or c == "none"]].idxmax()),
+            "best_fixed": str(best_label[ld]),
             "tuned_vs_best_fixed": _ratio(gp.loc[ld, "tuned"], full_ref.loc[ld]),
             "tuned_vs_vllm_dynamic": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "vllm_dynamic"]),
             "tuned_vs_none": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "none"]),

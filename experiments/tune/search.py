@@ -80,10 +80,19 @@ def baseline_specs(k_max: int) -> list[PolicySpec]:
             + [PolicySpec("vllm_dynamic", "vllm_dynamic")])
 
 
+def _fixed(goodput: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-k columns of a goodput table (``none`` counts as k = 0)."""
+    return goodput[[c for c in goodput.columns if c.startswith("fixed_k") or c == "none"]]
+
+
 def best_fixed(goodput: pd.DataFrame) -> pd.Series:
     """Per load, the best fixed k's goodput (``none`` counts as k = 0)."""
-    fixed = [c for c in goodput.columns if c.startswith("fixed_k") or c == "none"]
-    return goodput[fixed].max(axis=1)
+    return _fixed(goodput).max(axis=1)
+
+
+def best_fixed_label(goodput: pd.DataFrame) -> pd.Series:
+    """Per load, which fixed k (or ``none``) has that goodput."""
+    return _fixed(goodput).idxmax(axis=1)
 
 
 def score(goodput: pd.Series, reference: pd.Series) -> float:

@@ -88,11 +88,17 @@ class ConfidenceCalibrator:
 
     def likelihood_ratio(self, confidences: np.ndarray) -> np.ndarray:
         """LR(c) per entry (1 where nothing has been learned; nan confidences give 1)."""
-        lr = self._lr_table()
-        if lr is None:
-            return np.ones(np.shape(confidences))
-        out = lr[self._bin(confidences)]
-        return np.where(np.isnan(np.asarray(confidences, float)), 1.0, out)
+        if self._lr_nan is None and self._lr_table() is not None:
+            self._lr_nan = np.append(self._lr, 1.0)       # index -1: nan's LR
+        c = np.asarray(confidences, float)
+        if self._lr_nan is None:
+            return np.ones(c.shape)
+        # nan -> -1, else the bin as _bin computes it; np.minimum/np.maximum because
+        # np.clip's Python wrapper costs more than the lookup on this per-pass path
+        idx = np.minimum(np.maximum(
+            (np.where(np.isnan(c), -1.0, c) * self.num_bins).astype(np.int64), -1),
+            self.num_bins - 1)
+        return self._lr_nan[idx]
 
     @property
     def num_observations(self) -> float:
@@ -119,14 +125,5 @@ class ConfidenceCalibrator:
         c = np.asarray(confidences, float)
         if prior_odds is None:
             return np.where(np.isnan(c), np.asarray(rate, float)[:, None], c)
-        if self._lr_nan is None and self._lr_table() is not None:
-            self._lr_nan = np.append(self._lr, 1.0)
-        if self._lr_nan is None:
-            odds = prior_odds * np.ones(c.shape)
-        else:   # nan -> index -1 (LR 1), else the bin as _bin computes it
-            # np.minimum/np.maximum: np.clip's Python wrapper costs more than the lookup
-            idx = np.minimum(np.maximum(
-                (np.where(np.isnan(c), -1.0, c) * self.num_bins).astype(np.int64), -1),
-                self.num_bins - 1)
-            odds = prior_odds * self._lr_nan[idx]
+        odds = prior_odds * self.likelihood_ratio(c)
         return odds / (1 + odds)

@@ -93,8 +93,11 @@ def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ran
 
 
 def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Ranking | None:
-    """One chain ranking per cap c in ``caps`` (see plan_capped); None when no cap is in
-    1..K."""
+    """One chain ranking per cap c in ``caps``, which takes every slot of depth <= c first
+    (then the rest, by value): its prefixes include "every request drafts c", which a ranking
+    by value alone can miss when acceptance differs across requests (a good request's third
+    slot ranks above a poor one's first, and each extra depth is one more draft pass, paid
+    nearly in full by a memory-bound drafter). None when no cap is in 1..K."""
     n = weight.size
     caps = [int(c) for c in caps if 1 <= int(c) <= K]
     if not caps:
@@ -136,27 +139,12 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
                           num_budget_points)
 
 
-def plan_capped(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, caps,
-                prefill_value: float, guard: str, slo_step_factor: float,
-                max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
-    """Chain plans whose slot ranking takes every slot of depth <= c first, for each cap c
-    in ``caps`` (then the rest, by value): their prefixes include "every request drafts c",
-    which a ranking by value alone can miss when acceptance differs across requests (a good
-    request's third slot ranks above a poor one's first, and each extra depth is one more
-    draft pass, paid nearly in full by a memory-bound drafter)."""
-    ranking = capped_ranking(weight, accept, K, caps)
-    if ranking is None:
-        return []
-    return _best_prefixes(obs, weight, K, ranking, prefill_value, guard, slo_step_factor,
-                          max_step_tokens, num_budget_points)
-
-
 def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int,
                          widths, caps, prefill_value: float, guard: str,
                          slo_step_factor: float, max_step_tokens: int | None,
                          num_budget_points: int) -> tuple[list, list]:
-    """(plan_widths(widths), plan_capped(caps)) from one pass over their stacked rankings:
-    the same plans, for half the array operations (decide's hot path)."""
+    """(plan_widths(widths), the chain plans of ``capped_ranking(caps)``) from one pass over
+    their stacked rankings: the same plans as apart, for half the array operations."""
     rankings = [width_ranking(weight, accept, K, widths)]
     capped = capped_ranking(weight, accept, K, caps)
     if capped is not None:

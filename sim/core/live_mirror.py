@@ -61,7 +61,6 @@ def drafter_window_full(seq_lens: np.ndarray, k_max: int, max_model_len: int) ->
     return bool(seq_lens.shape[0]) and int(seq_lens.max()) + k_max > max_model_len
 
 
-
 def known_prefill(arrival_s: np.ndarray, chunk: np.ndarray, computed: np.ndarray,
                   decided_s: float) -> tuple[int, int, int]:
     """(tokens, attention context, sequences) of a step's prefill chunks as vLLM's decision
