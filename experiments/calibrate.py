@@ -60,12 +60,13 @@ def speed_ratios(committed: pd.DataFrame, probe: pd.DataFrame) -> tuple[dict, di
 
 
 def scale_profile(committed: pd.DataFrame, ratio_by_role: dict) -> pd.DataFrame:
-    """The committed table with each role's latencies times its ratio, its source saying so."""
+    """The committed table with each role's latencies times its ratio, its source saying so
+    (roles without a ratio are kept as they are)."""
     out = committed.copy()
-    factor = out["role"].map(ratio_by_role).astype(np.float64)
+    factor = out["role"].map(ratio_by_role).astype(np.float64).fillna(1.0)   # absent: as is
     out["latency_s"] = out["latency_s"] * factor
     out["source"] = out["source"].astype(str) + out["role"].map(
-        {r: f" x{v:.3f} (calibrated)" for r, v in ratio_by_role.items()})
+        {r: f" x{v:.3f} (calibrated)" for r, v in ratio_by_role.items()}).fillna("")
     return out
 
 

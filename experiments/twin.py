@@ -75,12 +75,14 @@ def twin_trace(requests: pd.DataFrame, meta: dict, name: str = "live-twin"):
 
 
 def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu-2core",
-            plain_profile: str | None = None) -> Twin:
+            plain_profile: str | None = None, clock_profile: str | None = None) -> Twin:
     """The twin of the live run saved in ``live_dir``.
 
     ``profile``: a fitted-cost profile name or CSV (profiles/) of the speculative engine;
     ``plain_profile``: the same pair on plain vLLM (exec.profiler writes both), used for a run
-    without a drafter when given; ``model``/``draft``: the pair's shape names in sim/models/shapes.py
+    without a drafter when given; ``clock_profile``: the profile the twin's clock runs on
+    instead (experiments/twin_calibration.py), its policy still reading ``profile`` as the
+    live policy did; ``model``/``draft``: the pair's shape names in sim/models/shapes.py
     (exec/pairs.py ``sim_names``).
     """
     from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
@@ -104,16 +106,21 @@ def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu
         acc = AcceptanceConfig()
         how = ("none needed (plain vLLM, no drafter)" if not speculative
                else "parametric (the live run recorded no m(p) traces)")
+    policy_profile = profile                  # what the live run's policy read
     if not speculative and plain_profile:
         profile = plain_profile
+    clock = clock_profile or profile
     sim_cfg = SimConfig(model=model, draft=draft if speculative else "", hardware=hardware,
-                        cost_model=f"fitted:{profile}", engine=eng, acceptance=acc,
+                        cost_model=f"fitted:{clock}", engine=eng, acceptance=acc,
+                        policy_cost_model=(None if clock == policy_profile
+                                           else f"fitted:{policy_profile}"),
                         seed=int(meta.get("seed", 0)))
     return Twin(twin_trace(requests, meta), sim_cfg, str(live_dir), how)
 
 
 def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_dir,
-                  hardware: str = "cpu-2core", plain_profile: str | None = None):
+                  hardware: str = "cpu-2core", plain_profile: str | None = None,
+                  clock_profile: str | None = None):
     """Simulate the twin of ``live_dir`` with ``policy`` (a fresh instance of the live run's
     policy) and save it in ``out_dir`` as a run folder (summary.json included) whose config is
     the live run's with ``backend.name = sim``."""
@@ -123,7 +130,7 @@ def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_di
     from experiments import store
     from sim import simulate
 
-    twin = twin_of(live_dir, profile, model, draft, hardware, plain_profile)
+    twin = twin_of(live_dir, profile, model, draft, hardware, plain_profile, clock_profile)
     res = simulate(twin.trace, policy, twin.config)
     live_meta = json.loads((Path(live_dir) / "meta.json").read_text())
     run_config = json.loads(json.dumps(live_meta.get("run_config", {"policy": {

@@ -11,7 +11,9 @@ noise band.
    policies on the speculative engine. The first repeat records the m(p) traces and every hook
    call of the policy.
 3. Sim: each cell's twin (experiments/twin.py: the same requests, limits, drafter, the fitted
-   profile, the live m(p) replayed), simulated once (it is deterministic).
+   profile, the live m(p) replayed), simulated once (it is deterministic), with the profile
+   scaled by the other cells' live steps (experiments/twin_calibration.py: leave one cell
+   out), and once more with the profile as measured (``profile_only`` in the JSON).
 4. Reports, per cell and overall: the twin's error against the live mean and whether it lies
    inside the repeats' range; the live noise (the repeats' spread); step-level fidelity (every
    live step predicted from its shape, exec/controller.py + experiments/step_fidelity.py);
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ import pandas as pd
 from experiments.validate_cells import (compare, error_table, k_distribution, policy_spec,
                                         ranking, run_metrics, slo_met_count, step_summary)
 from experiments.validate_resume import check_resume, run_live_repeats
+from experiments.twin_calibration import calibrate_twin
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -60,6 +64,11 @@ def _args(argv):
                     help="TPOT SLO of every request (goodput ranking)")
     ap.add_argument("--ttft-slo-s", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=True,
+                    help="scale each twin's profile by the other cells' live steps "
+                         "(experiments/twin_calibration.py; default); --no-recalibrate: the "
+                         "profile as measured (its figures are reported under profile_only "
+                         "either way)")
     ap.add_argument("--profile-repeats", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep what an interrupted run with the same arguments left in --out "
@@ -107,13 +116,21 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     return str(path.resolve()), str(plain.resolve())
 
 
+def _predictions(cell: dict, cost) -> pd.DataFrame:
+    """Every live repeat's steps of ``cell`` predicted from their shapes by ``cost``."""
+    from experiments.step_fidelity import predict_steps
+    return pd.concat([predict_steps(x.steps, cost, cell["speculative"]).assign(
+        load=cell["load"], policy=cell["policy"], repeat=i)
+        for i, x in enumerate(cell["live_runs"])])
+
+
 def main(argv=None) -> dict:
     args = _args(argv)
     from exec.engine import build_engine
     from exec.match_lengths import replay_agreement
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
-    from experiments.step_fidelity import predict_steps, shape_noise_floor, step_errors
+    from experiments.step_fidelity import shape_noise_floor, step_errors
     from experiments.twin import check_same_workload, simulate_twin
     from policies.recording import replay
     from policies.registry import make_policy
@@ -139,22 +156,42 @@ def main(argv=None) -> dict:
 
     cells = run_live_repeats(args, loads, policies, live_cfg, (engine, plain), cost, out)
 
-    rows, all_pred = [], []
+    base_pred = {}
     for (load, label), cell in cells.items():
         runs = cell["live_runs"]
         for r, other in enumerate(runs[1:], 1):
             check_same_workload(runs[0].requests, other.requests, ("live repeat 0",
                                                                    f"live repeat {r}"))
-        sim = simulate_twin(cell["live_dirs"][0], make_policy(cell["name"], **cell["params"]),
-                            profile, model, draft, cell["dir"] / "sim", hardware, plain_profile)
+        base_pred[(load, label)] = _predictions(cell, cost if cell["speculative"]
+                                                else plain_cost)
+    pred_all = pd.concat(base_pred.values())
+    speculative = {key: cell["speculative"] for key, cell in cells.items()}
+
+    rows, all_pred = [], []
+    for (load, label), cell in cells.items():
+        runs = cell["live_runs"]
         per_rep = [run_metrics(x.requests) for x in runs]
         live_mean = {k: float(np.mean([m[k] for m in per_rep])) for k in KEYS}
         lo = {k: float(np.min([m[k] for m in per_rep])) for k in KEYS}
         hi = {k: float(np.max([m[k] for m in per_rep])) for k in KEYS}
-        sm = run_metrics(sim.requests)
-        cell_cost = cost if cell["speculative"] else plain_cost
-        pred = pd.concat([predict_steps(x.steps, cell_cost, cell["speculative"]).assign(
-            load=load, policy=label, repeat=i) for i, x in enumerate(runs)])
+
+        def twin(folder, clock=None):
+            return simulate_twin(cell["live_dirs"][0], make_policy(cell["name"],
+                                                                   **cell["params"]),
+                                 profile, model, draft, cell["dir"] / folder, hardware,
+                                 plain_profile, clock)
+
+        sim_profile_only = twin("sim_profile_only")
+        calibration = None
+        if args.recalibrate:
+            calibration = calibrate_twin(
+                profile if cell["speculative"] else (plain_profile or profile), pred_all,
+                (load, label), speculative, cell["dir"] / "twin_profile.csv")
+            sim = twin("sim", calibration.profile)
+            pred = _predictions(cell, load_fitted_cost_model(calibration.profile))
+        else:
+            sim, pred = sim_profile_only, base_pred[(load, label)]
+        sm, sm0 = run_metrics(sim.requests), run_metrics(sim_profile_only.requests)
         all_pred.append(pred)
         differ = replay(make_policy(cell["name"], **cell["params"]), cell["calls"])
         rows.append({
@@ -162,6 +199,10 @@ def main(argv=None) -> dict:
                 m["num_finished"] for m in per_rep), "num_failed": max(
                 m["num_failed"] for m in per_rep)},
             "live_repeats": per_rep, "sim": sm, "errors": compare(live_mean, sm),
+            "twin_calibration": ({k: v for k, v in asdict(calibration).items()
+                                  if k != "profile"} if calibration else None),
+            "sim_profile_only": sm0, "errors_profile_only": compare(live_mean, sm0),
+            "sim_slo_met_profile_only": slo_met_count(sim_profile_only.requests),
             "live_noise": {f"{k}_spread": (hi[k] - lo[k]) / live_mean[k] if live_mean[k]
                            else float("nan") for k in KEYS},
             "sim_in_live_range": {k: bool(lo[k] <= sm[k] <= hi[k]) for k in KEYS},
@@ -169,6 +210,7 @@ def main(argv=None) -> dict:
             "sim_slo_met": slo_met_count(sim.requests),
             "live_steps": step_summary(runs[0].steps), "sim_steps": step_summary(sim.steps),
             "step_errors": step_errors(pred),
+            "step_errors_profile_only": step_errors(base_pred[(load, label)]),
             "decision_replay": {"num_calls": len(cell["calls"]), "num_differ": len(differ)},
             "k_distribution": k_distribution(runs[0].decisions, sim.steps,
                                               live_cfg.k_max if cell["speculative"] else 0),
@@ -194,6 +236,16 @@ def main(argv=None) -> dict:
         return float(np.nanmax(v)) if v and np.isfinite(v).any() else float("nan")
 
     taus = [r["tau"] for r in rankings if np.isfinite(r["tau"])]
+    rows0 = [{**c, "sim": c["sim_profile_only"], "sim_slo_met": c["sim_slo_met_profile_only"],
+              "errors": c["errors_profile_only"]} for c in rows]
+    taus0 = [r["tau"] for r in (ranking(rows0, load) for load in loads) if np.isfinite(r["tau"])]
+    profile_only = {
+        "max_mean_ttft_err": worst("mean_ttft_err", "errors_profile_only"),
+        "max_mean_tpot_err": worst("mean_tpot_err", "errors_profile_only"),
+        "max_p99_tpot_err": worst("p99_tpot_err", "errors_profile_only"),
+        "step_latency_median_err": step_errors(pd.concat(base_pred.values()))["step"].get(
+            "median", float("nan")),
+        "ranking_tau_min": float(min(taus0)) if taus0 else float("nan")}
     summary = {
         "cells": [[c["load"], c["policy"]] for c in rows],
         "max_mean_ttft_err": worst("mean_ttft_err"),
@@ -205,6 +257,8 @@ def main(argv=None) -> dict:
         "step_latency_noise_floor": steps_all["noise_floor"].get("median", float("nan")),
         "ranking_tau_min": float(min(taus)) if taus else float("nan"),
         "ranking": rankings,
+        "twin_calibration": "leave-one-cell-out" if args.recalibrate else "profile only",
+        "profile_only": profile_only,
         "decision_replay_identical": all(c["decision_replay"]["num_differ"] == 0
                                          for c in rows),
         "k_distribution_tv_max": max(c["k_distribution"]["total_variation"] for c in rows),

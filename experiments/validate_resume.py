@@ -18,7 +18,9 @@ CALLS_FILE = "calls.pkl"
 
 def check_resume(args, out: Path) -> None:
     """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
-    mine = {k: v for k, v in sorted(vars(args).items()) if k not in ("resume", "out")}
+    # --recalibrate changes only the twins, which a resumed run simulates again
+    mine = {k: v for k, v in sorted(vars(args).items())
+            if k not in ("resume", "out", "recalibrate")}
     path = out / ARGS_FILE
     if args.resume and path.is_file():
         theirs = json.loads(path.read_text())

@@ -54,6 +54,10 @@ class SimConfig:
     draft: str = "draft-68m"             # draft model name
     hardware: str = "a100-80g"           # hardware name (sim/models/hardware.py)
     cost_model: str = "roofline"         # "roofline" or a fitted profile name
+    # the cost model policies read in their observations (None: the engine's own); a live
+    # run's twin gives its policy the predictor the live policy had, while the simulated
+    # clock runs on the twin's calibrated one (experiments/twin_calibration.py)
+    policy_cost_model: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     seed: int = 0

@@ -11,6 +11,8 @@ This is the reference path; ``sim/fast`` may advance the engine faster where it 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import simpy
 
@@ -50,6 +52,9 @@ class Engine:
         self.trace, self.policy, self.config = trace, policy, config
         self.k_max = int(eng.k_max) if config.draft else 0
         self.cost = cost_model if cost_model is not None else make_cost_model(config)
+        self.policy_cost = (self.cost if config.policy_cost_model is None else
+                            make_cost_model(replace(config,
+                                                    cost_model=config.policy_cost_model)))
         self.acc = (acceptance_model if acceptance_model is not None
                     else make_acceptance_model(config.acceptance, self.k_max, config.seed))
         self.reqs = RequestTable(trace, self.k_max)
@@ -155,7 +160,7 @@ class Engine:
             seen = known_prefill(r.arrival_s[pre], pre_tok, r.num_computed[pre], self._decided_s)
         self._decided_s = now
         obs = r.observation(
-            dec, ctx, out, now, self.step_index, kmax, self.cost, num_waiting=len(waiting),
+            dec, ctx, out, now, self.step_index, kmax, self.policy_cost, num_waiting=len(waiting),
             oldest_waiting_s=(now - r.arrival_s[waiting[0]]) if waiting else 0.0,
             num_prefill_tokens=seen[0], sum_prefill_context_tokens=seen[1],
             num_prefill_seqs=seen[2],

@@ -54,7 +54,8 @@ def _decide(engine, now: float):
     n = run.shape[0]
     ctx0 = r.num_computed[run]
     # a static policy's decision reads no time, queue or prefill (Policy.static_decisions)
-    obs = r.observation(run, ctx0, r.num_out[run], now, engine.step_index, kmax, engine.cost)
+    obs = r.observation(run, ctx0, r.num_out[run], now, engine.step_index, kmax,
+                        engine.policy_cost)
     decision = engine.policy.decide(obs)
     k, widths = checked_decision(decision, n, kmax, engine.policy.name)
     n_spec = int(_sum(k))      # ufunc reduces: skip ndarray.sum's Python wrapper

@@ -48,6 +48,10 @@ def test_validate_quick_bounds_its_errors(tmp_path_factory, tmp_path, capsys):
     assert res["step_latency"]["draft"]["num_steps"] > 10
     assert res["ranking_tau_min"] == 1.0     # none (5-6 ms) beats fixed k=3 (9-11 ms) in both
     assert res["decision_replay_identical"] is True
+    # one load: no cell has another on its engine to be calibrated on, so the twins run on
+    # the profile as measured, and say so
+    assert all(c["twin_calibration"]["source"].startswith("none") for c in res["details"])
+    assert res["profile_only"]["max_mean_tpot_err"] == res["max_mean_tpot_err"]
     assert all(np.isfinite(v) for v in res["live_noise"].values())
     table = (tmp_path / "validate_table.md").read_text()
     assert table.startswith("| load") and "[" in table     # live means with their ranges

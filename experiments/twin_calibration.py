@@ -1,0 +1,107 @@
+"""Leave-one-cell-out calibration of validate's twins on the other cells' live steps.
+
+The profile is measured in a closed loop just before the live runs. Live steps then run with
+staggered arrivals, the runner's bookkeeping between steps and minutes of the machine's drift,
+and come out slower than the profile predicts for their shapes: 0.92-1.37x per cell in one
+validate run here, plain vLLM's decode steps the most (1.09-1.24x, growing with the batch),
+its prefills not at all. So each twin's clock runs on its profile scaled by
+the median live / predicted ratio of the *other* cells run on the same engine (plain vLLM or
+the speculative one), per role, and refitted with those cells' live target phases added as
+profile rows, which carries how live steps differ by shape (prefill against decode, small
+against large batches) and not only a level. The draft role, whose live phase is a sum of
+passes rather than one pass, is scaled only. A cell with no other cell on its engine (a
+one-load quick run) keeps the profile as measured. A twin
+calibrated on its own cell's steps would be fitted to what it predicts; calibrated on the
+other cells' it predicts out of sample, as a user who calibrates on a few live runs and then
+simulates other policies would. The twin's policy still reads the profile as measured, as the
+live policy did (``SimConfig.policy_cost_model``), so calibration moves the clock, not the
+decisions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MIN_LIVE_S = 1e-4                 # a phase that took no time has no ratio
+
+
+@dataclass(frozen=True)
+class TwinCalibration:
+    """What one cell's twin profile was calibrated on."""
+
+    num_live_rows: int             # other cells' live target phases added to the profile
+    target_ratio: float            # median live / predicted target phase of the others
+    draft_ratio: float | None      # the same of the draft phase (None: plain vLLM)
+    num_draft_steps: int           # steps the draft median is over
+    source: str                    # "other cells, same engine" | "none: ..." (not calibrated)
+    profile: str                   # the calibrated profile CSV the twin's clock runs on
+
+
+def other_cells(pred: pd.DataFrame, cell: tuple, speculative: dict) -> pd.DataFrame:
+    """The step predictions of every other cell run on ``cell``'s engine. The other engine's
+    steps are no stand-in: the toy pair's speculative target phase costs ~2x plain vLLM's
+    step, and a plain twin calibrated on it read 67 % slow."""
+    keys = list(zip(pred["load"], pred["policy"]))
+    return pred[[k != cell and speculative[k] == speculative[cell] for k in keys]]
+
+
+def median_ratio(rows: pd.DataFrame, phase: str) -> tuple[float, int]:
+    """Median live / predicted seconds of ``phase`` (target, draft) over ``rows``, and how
+    many steps it is over (1.0 over none)."""
+    live = rows[f"live_{phase}_s"].to_numpy(np.float64)
+    pred = rows[f"pred_{phase}_s"].to_numpy(np.float64)
+    ok = (live > MIN_LIVE_S) & (pred > 0)
+    return (float(np.median(live[ok] / pred[ok])), int(ok.sum())) if ok.any() else (1.0, 0)
+
+
+def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """Live steps' target phases as profile rows (schema: profiles/) of ``like``'s target
+    model and hardware: N scheduled tokens, B sequences, S context, the live seconds."""
+    n = pred["num_scheduled_tokens"].to_numpy(np.int64)
+    b = pred["num_seqs"].to_numpy(np.int64)
+    prefill = pred["num_prefill_tokens"].to_numpy(np.int64)
+    phase = np.where(prefill >= n, "prefill", np.where(prefill > 0, "mixed",
+                                                        np.where(n > b, "verify", "decode")))
+    target = like[like["role"] == "target"].iloc[0]
+    ok = (pred["live_target_s"].to_numpy() > MIN_LIVE_S) & (n > 0)
+    return pd.DataFrame({
+        "model": target["model"], "role": "target", "hardware": target["hardware"],
+        "phase": phase, "num_seqs": b, "num_tokens": n,
+        "sum_context_tokens": pred["sum_context_tokens"].to_numpy(np.int64),
+        "latency_s": pred["live_target_s"].to_numpy(np.float64),
+        "source": [f"live step of load {ld:g} {pol} repeat {r}" for ld, pol, r in
+                   zip(pred["load"], pred["policy"], pred["repeat"])]})[ok]
+
+
+def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: dict,
+                   dest: Path) -> TwinCalibration:
+    """Write ``cell``'s calibrated profile to ``dest`` (or, with no other cell on its engine,
+    return ``profile`` itself): ``profile`` (a known name or CSV, the
+    engine's own: plain vLLM's for a plain cell), each role scaled by the other cells' median
+    live / predicted ratio (the level), plus their live target phases as target rows (the
+    shape: where live steps are, they outnumber the profile's grid ~20 to 1).
+
+    ``pred``: experiments.step_fidelity.predict_steps rows of every live repeat of every cell
+    under the measured profiles, with ``load``, ``policy`` and ``repeat`` columns;
+    ``speculative``: (load, policy) -> whether the cell ran on the speculative engine."""
+    from experiments.calibrate import scale_profile
+    from profiles import load_profile, resolve_profile, save_profile
+
+    others = other_cells(pred, cell, speculative)
+    if not len(others):            # e.g. a one-load quick run: the profile as measured
+        return TwinCalibration(0, 1.0, None, 0, "none: no other cell on this engine",
+                               str(resolve_profile(profile).resolve()))
+    table = load_profile(resolve_profile(profile))
+    ratios = {"target": median_ratio(others, "target")[0]}
+    draft, num_draft = None, 0
+    if (table["role"] == "draft").any():
+        draft, num_draft = median_ratio(others, "draft")
+        ratios["draft"] = draft
+    table = scale_profile(table, ratios)
+    rows = live_target_rows(others, table)
+    path = save_profile(pd.concat([table, rows], ignore_index=True), dest)
+    return TwinCalibration(int(len(rows)), ratios["target"], draft, num_draft,
+                           "other cells, same engine", str(path.resolve()))
