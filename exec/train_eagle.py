@@ -250,9 +250,16 @@ def main(argv=None) -> None:
         return
     seqs = load_data(args.work)
     head = EagleHead(target.config)
+    history = {}
     if args.init_from is not None:
         from safetensors.torch import load_file
         head.load_vllm_state(load_file(str(args.init_from / "model.safetensors")))
+        # the fine-tuned head's log keeps how the head it started from was trained
+        prev = args.init_from / "train_log.json"
+        if prev.is_file():
+            old = json.loads(prev.read_text())
+            history = {"init_from": {k: v for k, v in old.items() if k != "log"}
+                       | {"last_step": old["log"][-1] if old.get("log") else None}}
     else:
         head.init_from_target(target, layer=target.config.num_hidden_layers - 1)
     log = train(head, target, seqs, cfg, args.work, args.save_every) if args.stage != "export" \
@@ -262,7 +269,7 @@ def main(argv=None) -> None:
     export(head, target_dir, args.out, log, cfg,
            {"num_sequences": len(seqs), "num_tokens": int(sum(len(s["ids"]) for s in seqs)),
             "wall_s_this_run": round(time.perf_counter() - started, 1),
-            "target": str(target_dir.parent.name)})
+            "target": str(target_dir.parent.name), **history})
     print(f"exported {args.out}")
 
 
