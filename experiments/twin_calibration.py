@@ -4,13 +4,15 @@ The profile is measured in a closed loop just before the live runs. Live steps t
 staggered arrivals, the runner's bookkeeping between steps and minutes of the machine's drift,
 and come out slower than the profile predicts for their shapes: 0.92-1.37x per cell in one
 validate run here, plain vLLM's decode steps the most (1.09-1.24x, growing with the batch),
-its prefills not at all. So each twin's clock runs on its profile scaled by
-the median live / predicted ratio of the *other* cells run on the same engine (plain vLLM or
-the speculative one), per role, and refitted with those cells' live target phases added as
+its prefills not at all. So each twin's clock runs on its profile's target
+role scaled by the median live / predicted ratio of the *other* cells run on the same engine
+(plain vLLM or the speculative one) and refitted with those cells' live target phases added as
 profile rows, which carries how live steps differ by shape (prefill against decode, small
-against large batches) and not only a level. The draft role, whose live phase is a sum of
-passes rather than one pass, is scaled only. A cell with no other cell on its engine (a
-one-load quick run) keeps the profile as measured. A twin
+against large batches) and not only a level. The draft role stays as measured: its live phase
+is a sum of passes whose live / predicted ratio is bimodal here (~0.4 on smartspec's k = 0
+steps, ~1.05 on fixed k's), so its median flipped from 0.92 to 0.50 depending on which cell
+was left out, and scaling by it put one twin 24 % fast. A cell with no other cell on its
+engine (a one-load quick run) keeps the profile as measured. A twin
 calibrated on its own cell's steps would be fitted to what it predicts; calibrated on the
 other cells' it predicts out of sample, as a user who calibrates on a few live runs and then
 simulates other policies would. The twin's policy still reads the profile as measured, as the
@@ -34,8 +36,6 @@ class TwinCalibration:
 
     num_live_rows: int             # other cells' live target phases added to the profile
     target_ratio: float            # median live / predicted target phase of the others
-    draft_ratio: float | None      # the same of the draft phase (None: plain vLLM)
-    num_draft_steps: int           # steps the draft median is over
     source: str                    # "other cells, same engine" | "none: ..." (not calibrated)
     profile: str                   # the calibrated profile CSV the twin's clock runs on
 
@@ -80,9 +80,10 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
                    dest: Path) -> TwinCalibration:
     """Write ``cell``'s calibrated profile to ``dest`` (or, with no other cell on its engine,
     return ``profile`` itself): ``profile`` (a known name or CSV, the
-    engine's own: plain vLLM's for a plain cell), each role scaled by the other cells' median
-    live / predicted ratio (the level), plus their live target phases as target rows (the
-    shape: where live steps are, they outnumber the profile's grid ~20 to 1).
+    engine's own: plain vLLM's for a plain cell) with its target rows scaled by the other
+    cells' median live / predicted ratio (the level), plus their live target phases as target
+    rows (the shape: where live steps are, they outnumber the profile's grid ~20 to 1); draft
+    rows as measured.
 
     ``pred``: experiments.step_fidelity.predict_steps rows of every live repeat of every cell
     under the measured profiles, with ``load``, ``policy`` and ``repeat`` columns;
@@ -92,16 +93,12 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
 
     others = other_cells(pred, cell, speculative)
     if not len(others):            # e.g. a one-load quick run: the profile as measured
-        return TwinCalibration(0, 1.0, None, 0, "none: no other cell on this engine",
+        return TwinCalibration(0, 1.0, "none: no other cell on this engine",
                                str(resolve_profile(profile).resolve()))
     table = load_profile(resolve_profile(profile))
-    ratios = {"target": median_ratio(others, "target")[0]}
-    draft, num_draft = None, 0
-    if (table["role"] == "draft").any():
-        draft, num_draft = median_ratio(others, "draft")
-        ratios["draft"] = draft
-    table = scale_profile(table, ratios)
+    ratio, _ = median_ratio(others, "target")
+    table = scale_profile(table, {"target": ratio})
     rows = live_target_rows(others, table)
     path = save_profile(pd.concat([table, rows], ignore_index=True), dest)
-    return TwinCalibration(int(len(rows)), ratios["target"], draft, num_draft,
-                           "other cells, same engine", str(path.resolve()))
+    return TwinCalibration(int(len(rows)), ratio, "other cells, same engine",
+                           str(path.resolve()))
