@@ -17,6 +17,7 @@ PHASES = ("target", "draft", "step")
 SHAPE_COLUMNS = ("num_seqs", "num_scheduled_tokens", "num_prefill_tokens", "draft_passes",
                  "sum_context_tokens")
 MIN_SHAPE_STEPS = 5
+MIN_LIVE_S = 1e-4          # a phase that took less has no relative error (or ratio)
 
 
 def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def step_errors(pred: pd.DataFrame) -> dict:
     out = {}
     for phase in PHASES:
         live, p = pred[f"live_{phase}_s"].to_numpy(), pred[f"pred_{phase}_s"].to_numpy()
-        ok = live > 1e-4
+        ok = live > MIN_LIVE_S
         err = np.abs(p[ok] - live[ok]) / live[ok]
         out[phase] = ({"median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
                        "mean_signed": float(np.mean((p[ok] - live[ok]) / live[ok])),

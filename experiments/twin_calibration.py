@@ -4,16 +4,15 @@ The profile is measured in a closed loop just before the live runs. Live steps t
 staggered arrivals, the runner's bookkeeping between steps and minutes of the machine's drift,
 and come out slower than the profile predicts for their shapes: 0.92-1.37x per cell in one
 validate run here, plain vLLM's decode steps the most (1.09-1.24x, growing with the batch),
-its prefills not at all. So each twin's clock runs on its profile's target
-role scaled by the median live / predicted ratio of the *other* cells run on the same engine
-(plain vLLM or the speculative one) and refitted with those cells' live target phases added as
-profile rows, which carries how live steps differ by shape (prefill against decode, small
-against large batches) and not only a level. The draft role stays as measured: its live phase
-is a sum of passes whose live / predicted ratio is bimodal here (~0.4 on smartspec's k = 0
-steps, ~1.05 on fixed k's), so its median flipped from 0.92 to 0.50 depending on which cell
-was left out, and scaling by it put one twin 24 % fast. A cell with no other cell on its
-engine (a one-load quick run) keeps the profile as measured. A twin
-calibrated on its own cell's steps would be fitted to what it predicts; calibrated on the
+its prefills not at all. So each twin's clock runs on its profile's target role scaled by the
+median live / predicted ratio of the *other* cells run on the same engine (plain vLLM or the
+speculative one) and refitted with those cells' live target phases added as profile rows,
+which carries how live steps differ by shape (prefill against decode, small against large
+batches) and not only a level. The draft role stays as measured: its live / predicted ratio is
+bimodal here (~0.4 on smartspec's k = 0 steps, ~1.05 on fixed k's), so its median flipped from
+0.92 to 0.50 depending on which cell was left out, and scaling by it put one twin 24 % fast. A
+cell with no other cell on its engine (a one-load quick run) keeps the profile as measured. A
+twin calibrated on its own cell's steps would be fitted to what it predicts; calibrated on the
 other cells' it predicts out of sample, as a user who calibrates on a few live runs and then
 simulates other policies would. The twin's policy still reads the profile as measured, as the
 live policy did (``SimConfig.policy_cost_model``), so calibration moves the clock, not the
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-MIN_LIVE_S = 1e-4                 # a phase that took no time has no ratio
+from experiments.step_fidelity import MIN_LIVE_S
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,12 @@ def other_cells(pred: pd.DataFrame, cell: tuple, speculative: dict) -> pd.DataFr
     return pred[[k != cell and speculative[k] == speculative[cell] for k in keys]]
 
 
-def median_ratio(rows: pd.DataFrame, phase: str) -> tuple[float, int]:
-    """Median live / predicted seconds of ``phase`` (target, draft) over ``rows``, and how
-    many steps it is over (1.0 over none)."""
-    live = rows[f"live_{phase}_s"].to_numpy(np.float64)
-    pred = rows[f"pred_{phase}_s"].to_numpy(np.float64)
+def target_ratio(rows: pd.DataFrame) -> float:
+    """Median live / predicted seconds of the target phase over ``rows`` (1.0 over none)."""
+    live = rows["live_target_s"].to_numpy(np.float64)
+    pred = rows["pred_target_s"].to_numpy(np.float64)
     ok = (live > MIN_LIVE_S) & (pred > 0)
-    return (float(np.median(live[ok] / pred[ok])), int(ok.sum())) if ok.any() else (1.0, 0)
+    return float(np.median(live[ok] / pred[ok])) if ok.any() else 1.0
 
 
 def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +94,7 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
         return TwinCalibration(0, 1.0, "none: no other cell on this engine",
                                str(resolve_profile(profile).resolve()))
     table = load_profile(resolve_profile(profile))
-    ratio, _ = median_ratio(others, "target")
+    ratio = target_ratio(others)
     table = scale_profile(table, {"target": ratio})
     rows = live_target_rows(others, table)
     path = save_profile(pd.concat([table, rows], ignore_index=True), dest)

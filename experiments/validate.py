@@ -235,27 +235,27 @@ def main(argv=None) -> dict:
         v = [c[field][key] for c in rows]
         return float(np.nanmax(v)) if v and np.isfinite(v).any() else float("nan")
 
-    taus = [r["tau"] for r in rankings if np.isfinite(r["tau"])]
+    def max_errors(field="errors"):
+        return {f"max_{k}_err": worst(f"{k}_err", field) for k in KEYS}
+
+    def tau_min(rs):
+        taus = [r["tau"] for r in rs if np.isfinite(r["tau"])]
+        return float(min(taus)) if taus else float("nan")
+
     rows0 = [{**c, "sim": c["sim_profile_only"], "sim_slo_met": c["sim_slo_met_profile_only"],
               "errors": c["errors_profile_only"]} for c in rows]
-    taus0 = [r["tau"] for r in (ranking(rows0, load) for load in loads) if np.isfinite(r["tau"])]
     profile_only = {
-        "max_mean_ttft_err": worst("mean_ttft_err", "errors_profile_only"),
-        "max_mean_tpot_err": worst("mean_tpot_err", "errors_profile_only"),
-        "max_p99_tpot_err": worst("p99_tpot_err", "errors_profile_only"),
-        "step_latency_median_err": step_errors(pd.concat(base_pred.values()))["step"].get(
-            "median", float("nan")),
-        "ranking_tau_min": float(min(taus0)) if taus0 else float("nan")}
+        **max_errors("errors_profile_only"),
+        "step_latency_median_err": step_errors(pred_all)["step"].get("median", float("nan")),
+        "ranking_tau_min": tau_min(ranking(rows0, load) for load in loads)}
     summary = {
         "cells": [[c["load"], c["policy"]] for c in rows],
-        "max_mean_ttft_err": worst("mean_ttft_err"),
-        "max_mean_tpot_err": worst("mean_tpot_err"),
-        "max_p99_tpot_err": worst("p99_tpot_err"),
+        **max_errors(),
         "live_noise": {k: worst(f"{k}_spread", "live_noise") for k in KEYS},
         "step_latency_median_err": steps_all["step"].get("median", float("nan")),
         "step_latency": steps_all,
         "step_latency_noise_floor": steps_all["noise_floor"].get("median", float("nan")),
-        "ranking_tau_min": float(min(taus)) if taus else float("nan"),
+        "ranking_tau_min": tau_min(rankings),
         "ranking": rankings,
         "twin_calibration": "leave-one-cell-out" if args.recalibrate else "profile only",
         "profile_only": profile_only,
