@@ -73,13 +73,16 @@ def step_rows(steps: pd.DataFrame, passes_per_step: list, prompt: int, batch: in
         extra = max(float(st["draft_s"]) - hooked, 0.0) / len(passes)
         n_next = n_pre // prompt if n_pre else len(ids)
         next_ctx = np.full(n_next, prompt, np.int64) if n_pre else dec_ctx
+        # k = 0: vLLM's proposer runs pass 0 only to keep the drafter's KV in step and
+        # returns before the LM head and sampling, the bulk of a small head's pass
+        role = "draft" if k else "draft_sync"
         for j, (tok, sec) in enumerate(passes):
             if j == 0:   # over every token of the target pass
                 d_tok, d_seqs, d_ctx = n_tok, n_seqs, ctx_sum
             else:        # one token per drafting request, after j earlier drafts
                 d_tok = d_seqs = n_next
                 d_ctx = int((next_ctx + j).sum()) + n_next
-            rows.append(dict(base, model=model_names[1], role="draft",
+            rows.append(dict(base, model=model_names[1], role=role,
                              phase="prefill" if (j == 0 and n_pre) else "decode",
                              num_seqs=d_seqs, num_tokens=max(d_tok, d_seqs),
                              sum_context_tokens=max(d_ctx, d_tok), latency_s=sec + extra))

@@ -16,6 +16,9 @@ rows in the schema of profiles/:
   over the step's passes. vLLM's draft-model proposer runs pass 0 over every token the target
   pass ran (it keeps the draft's KV in step), even when k = 0, then k - 1 passes of one token
   per request: the rows say so (sim/core/live_mirror.py charges passes the same way).
+* draft_sync: the draft rows of k = 0 workloads. There pass 0 only keeps the drafter's KV in
+  step and returns before the LM head and sampling (vLLM 0.32, llm_base_proposer.py: "No
+  draft tokens requested"), at ~1/3 of a sampling pass on the SmolLM2 pair.
 """
 from __future__ import annotations
 
@@ -119,13 +122,14 @@ def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | 
 
 
 def aggregate_profile(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per pass shape at its mean latency (every pass kept when a tiny grid leaves
-    too few shapes for the fit once averaged)."""
+    """One row per pass shape at its mean latency, per role (a role whose shapes are too few
+    for the fit once averaged, as in a tiny grid, keeps every pass)."""
     from profiles import validate_profile
-    agg = aggregate_passes(df)
-    if agg.groupby("role").size().min() < MIN_AGGREGATED_ROWS:
-        return df
-    return validate_profile(agg, "exec.profiler")
+    parts = []
+    for _, rows in df.groupby("role", sort=True):
+        agg = aggregate_passes(rows)
+        parts.append(rows if len(agg) < MIN_AGGREGATED_ROWS else agg)
+    return validate_profile(pd.concat(parts, ignore_index=True), "exec.profiler")
 
 
 class _StepPasses:
@@ -205,7 +209,8 @@ def profile_pair(config: LiveConfig, grid, path, *, hardware: str, repeats: int,
         df = aggregate_profile(df) if aggregate else df
         save_profile(df, dest)
         print(f"wrote {len(df)} rows ({(df.role == 'target').sum()} target, "
-              f"{(df.role == 'draft').sum()} draft) to {dest} in {s:.0f} s"
+              f"{(df.role == 'draft').sum()} draft, {(df.role == 'draft_sync').sum()} "
+              f"draft_sync) to {dest} in {s:.0f} s"
               f" on {hardware} ({platform.processor() or platform.machine()})", flush=True)
     return paths
 

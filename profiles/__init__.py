@@ -6,7 +6,10 @@ Schema (one row per measured forward pass; extra columns are kept but ignored):
 column                 type    meaning
 =====================  ======  ================================================================
 model                  str     model name, ``-tpN`` suffix when tensor parallel over N devices
-role                   str     ``target`` | ``draft`` (which side of speculation ran the pass)
+role                   str     ``target`` | ``draft`` (which side of speculation ran the pass) |
+                               ``draft_sync`` (a draft pass that samples nothing: vLLM's
+                               proposer runs one when no request drafts, to keep the
+                               drafter's KV cache in step; sim/core/live_mirror.py)
 hardware               str     hardware name, as sim/models/hardware.py names it (``a100-80g``, ``h100``)
 phase                  str     ``prefill`` | ``decode`` | ``verify`` | ``mixed``
 num_seqs               int     sequences in the pass
@@ -39,7 +42,7 @@ PROFILE_COLUMNS = {
     "latency_s": "float64",
     "source": "object",
 }
-ROLES = ("target", "draft")
+ROLES = ("target", "draft", "draft_sync")
 PHASES = ("prefill", "decode", "verify", "mixed")
 PROFILES_DIR = Path(__file__).resolve().parent / "data"
 

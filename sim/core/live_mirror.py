@@ -8,6 +8,9 @@ live run must charge what it does:
 * pass 0 runs over every token of the target pass (prefill chunks, decode tokens and verified
   drafts: it keeps the draft's KV cache in step with the target's), in every step, also when no
   request speculates (policy ``none`` on an engine with a draft model still pays it);
+* when max(k) is 0, pass 0 returns before the LM head and sampling ("No draft tokens
+  requested" in vLLM 0.32's llm_base_proposer.py): it costs a ``draft_sync`` pass where the
+  cost model has one (a fitted profile with draft_sync rows), else a full draft pass;
 * then max(k) - 1 further passes of one token for every sequence in the batch (the batched
   drafter has no per-request stop), where max(k) is the largest k drafted in the step. The
   batch includes requests whose prefill ends in the step: vLLM's decision already covers them,
@@ -48,7 +51,9 @@ def vllm_draft_s_of_sums(cost, num_tokens: int, num_seqs: int, sum_context_token
     """``vllm_draft_s`` from the drafting requests' count and KV sum (a live step's record)."""
     if num_tokens <= 0:
         return 0.0
-    total = float(cost.draft_step_s(num_tokens, num_seqs, sum_context_tokens))
+    pass0 = cost.draft_step_s if max_k > 0 else getattr(cost, "draft_sync_step_s",
+                                                        cost.draft_step_s)
+    total = float(pass0(num_tokens, num_seqs, sum_context_tokens))
     n = num_drafting
     if n and max_k > 1:
         for j in range(1, max_k):

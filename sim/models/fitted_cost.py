@@ -88,9 +88,20 @@ def fit_step(n, b, s, latency_s) -> StepFit:
 
 
 def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
-    """One StepFit per role present in a validated profile table."""
-    return {role: fit_step(g["num_tokens"], g["num_seqs"], g["sum_context_tokens"],
-                           g["latency_s"]) for role, g in df.groupby("role", sort=True)}
+    """One StepFit per role present in a validated profile table (``draft_sync`` rows too
+    few for a fit are left out with a warning: such passes then cost full draft passes)."""
+    fits = {}
+    for role, g in df.groupby("role", sort=True):
+        try:
+            fits[role] = fit_step(g["num_tokens"], g["num_seqs"], g["sum_context_tokens"],
+                                  g["latency_s"])
+        except ProfileError as exc:
+            if role != "draft_sync":
+                raise
+            warnings.warn(f"draft_sync rows not fitted ({exc}): passes that sample nothing "
+                          "cost full draft passes; profile more k = 0 steps", RuntimeWarning,
+                          stacklevel=2)
+    return fits
 
 
 class _Predictor:
@@ -141,14 +152,18 @@ class FittedCostModel:
 
     ``draft`` may be None: draft passes then go to ``draft_fallback`` (any CostModel, e.g.
     the roofline) or, without one, raise naming the profile that lacks draft rows.
+    ``draft_sync``: the fit of passes that sample nothing (profiles' ``draft_sync`` rows);
+    without it such a pass costs a full draft pass.
     """
 
     def __init__(self, target: StepFit, draft: StepFit | None = None, draft_fallback=None,
-                 name: str = "fitted"):
+                 name: str = "fitted", draft_sync: StepFit | None = None):
         self.name = name
         self._target = _Predictor(target, f"{name} (target)")
         self._draft = _Predictor(draft, f"{name} (draft)") if draft is not None else None
         self._draft_fallback = draft_fallback
+        self._draft_sync = (_Predictor(draft_sync, f"{name} (draft_sync)")
+                            if draft_sync is not None else None)
 
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
         return self._target(num_tokens, num_seqs, sum_context_tokens)
@@ -160,6 +175,12 @@ class FittedCostModel:
             raise ProfileError(f"profile {self.name} has no draft rows and no draft_fallback "
                                "cost model was given")
         return self._draft_fallback.draft_step_s(num_tokens, num_seqs, sum_context_tokens)
+
+    def draft_sync_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        """A draft pass that samples nothing (vLLM's proposer when no request drafts)."""
+        if self._draft_sync is not None:
+            return self._draft_sync(num_tokens, num_seqs, sum_context_tokens)
+        return self.draft_step_s(num_tokens, num_seqs, sum_context_tokens)
 
 
 def load_fitted_cost_model(name_or_path, draft_profile=None, draft_fallback=None,
@@ -178,7 +199,8 @@ def load_fitted_cost_model(name_or_path, draft_profile=None, draft_fallback=None
     if draft is None and draft_profile is not None:
         dfits = fit_profile_table(load_profile(resolve_profile(draft_profile, directory)))
         draft = dfits.get("draft", dfits.get("target"))
-    return FittedCostModel(fits["target"], draft, draft_fallback, name=path.stem)
+    return FittedCostModel(fits["target"], draft, draft_fallback, name=path.stem,
+                           draft_sync=fits.get("draft_sync"))
 
 
 def build_fitted(config) -> FittedCostModel:

@@ -27,7 +27,10 @@ def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
     path = save_profile(df, tmp_path / "p.csv")
     back = load_profile(path)
     assert list(back.columns[:len(PROFILE_COLUMNS)]) == list(PROFILE_COLUMNS)
-    assert set(back["role"]) == {"target", "draft"}
+    assert set(back["role"]) == {"target", "draft", "draft_sync"}
+    # k = 0 workloads: pass 0 samples nothing, a role of its own (one pass per step)
+    sync = back[back.role == "draft_sync"]
+    assert (sync[sync.phase == "decode"].num_tokens == sync[sync.phase == "decode"].num_seqs).all()
     assert {"prefill", "decode", "verify"} <= set(back[back.role == "target"]["phase"])
     assert (back["hardware"] == "test-hw").all() and (back["latency_s"] > 0).all()
     # prefill rows: B requests of 16 tokens -> B*16 tokens and B*16*17/2 context
@@ -35,7 +38,7 @@ def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
     assert set(zip(pre.num_seqs, pre.num_tokens, pre.sum_context_tokens)) == {
         (1, 16, 136), (2, 32, 272)}
     fits = fit_profile_table(back)
-    assert set(fits) == {"target", "draft"}
+    assert {"target", "draft"} <= set(fits)
 
 
 def test_step_rows_counts_context_and_draft_passes():
@@ -59,6 +62,21 @@ def test_step_rows_counts_context_and_draft_passes():
     # unhooked proposer time is spread over the step's passes
     assert dr.loc[0, "latency_s"] == pytest.approx(0.004 + 0.007)
     assert np.isclose(dr["latency_s"].sum(), 0.03)
+
+
+def test_step_rows_of_k0_workloads_are_draft_sync():
+    """At k = 0 vLLM's proposer runs pass 0 without sampling: its rows get their own role."""
+    steps = pd.DataFrame([
+        {"step": 0, "latency_s": 0.05, "draft_s": 0.004, "num_prefill_tokens": 20,
+         "num_scheduled_tokens": 20, "num_seqs": 2, "num_decode_seqs": 0,
+         "spec_request_ids": [], "spec_k": [], "accepted": []},
+        {"step": 1, "latency_s": 0.04, "draft_s": 0.002, "num_prefill_tokens": 0,
+         "num_scheduled_tokens": 2, "num_seqs": 2, "num_decode_seqs": 2,
+         "spec_request_ids": [0, 1], "spec_k": [0, 0], "accepted": [0, 0]}])
+    rows = pd.DataFrame(step_rows(steps, [[(20, 0.003)], [(2, 0.001)]], prompt=10, batch=2, k=0))
+    assert set(rows.role) == {"target", "draft_sync"}
+    sync = rows[rows.role == "draft_sync"]
+    assert list(sync.num_tokens) == [20, 2] and list(sync.latency_s) == pytest.approx([0.004, 0.002])
 
 
 def test_aggregate_passes_means_per_shape():

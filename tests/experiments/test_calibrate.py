@@ -12,10 +12,11 @@ def test_ratios_follow_the_probe_speed_and_scaling_applies_them():
     table = load_profile(COMMITTED)
     base, counts = speed_ratios(table, table)
     # the fit reproduces its own rows: their median measured/predicted ratio is about 1
-    assert set(base) == {"target", "draft"} and all(0.9 < v < 1.1 for v in base.values())
+    assert set(base) == {"target", "draft", "draft_sync"}
+    assert all(0.9 < v < 1.1 for v in base.values())
     assert counts == table.groupby("role").size().to_dict()
     # a probe on a machine 1.3x slower for the target, 0.8x for the draft reads as such
-    slower = scale_profile(table, {"target": 1.3, "draft": 0.8})
+    slower = scale_profile(table, {"target": 1.3, "draft": 0.8, "draft_sync": 0.8})
     ratios, _ = speed_ratios(table, slower)
     assert ratios["target"] == pytest.approx(1.3 * base["target"], rel=1e-9)
     assert ratios["draft"] == pytest.approx(0.8 * base["draft"], rel=1e-9)
@@ -29,7 +30,7 @@ def test_ratios_follow_the_probe_speed_and_scaling_applies_them():
 
 def test_a_probe_without_a_role_of_the_profile_is_refused():
     table = load_profile(COMMITTED)
-    with pytest.raises(ValueError, match=r"no \['draft'\] passes.*--reprofile"):
+    with pytest.raises(ValueError, match=r"no \['draft', 'draft_sync'\] passes.*--reprofile"):
         speed_ratios(table, table[table.role == "target"])
 
 

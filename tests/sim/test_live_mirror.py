@@ -110,3 +110,49 @@ def test_vllm_mode_decision_does_not_see_prefills_that_arrived_after_it_was_due(
     # decision sees the chunk, vLLM's (taken a step earlier, before request 1 arrived) not
     assert any(o.num_prefill_tokens == 20 for o in obs_per)
     assert not any(o.num_prefill_tokens == 20 for o in obs_vll)
+
+
+class _SyncCost(ConstantCostModel):
+    """Pass 0 that samples nothing costs a tenth of a sampling pass."""
+
+    def draft_sync_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return self._const(self.draft_s / 10, num_tokens)
+
+
+def test_vllm_mode_charges_a_sync_pass_when_no_request_drafts():
+    """vLLM's proposer at max k = 0 keeps the drafter's KV in step but skips the LM head and
+    sampling: a cost model with draft_sync passes charges one of those, k > 0 steps do not."""
+    trace = Trace.from_columns(np.zeros(3), np.full(3, 20), np.full(3, 12), dataset="t")
+    cfg = SimConfig(model="embedded-target", draft="embedded-draft",
+                    engine=EngineConfig(k_max=4, num_kv_blocks=500, max_model_len=256,
+                                        draft_passes="vllm"))
+    cost = _SyncCost(0.01, 0.001)
+    none = simulate_with(trace, make_policy("none"), cfg, cost_model=cost).steps
+    assert np.allclose(none["draft_s"], 0.0001)
+    fixed = simulate_with(trace, make_policy("fixed", k=3), cfg, cost_model=cost).steps
+    dec = fixed[fixed["num_decode_seqs"] > 0]
+    assert np.allclose(dec["draft_s"], 0.003)
+
+
+def test_fitted_model_fits_draft_sync_rows(tmp_path):
+    """A profile's draft_sync rows get their own fit; without them a sync pass is a draft pass."""
+    import pandas as pd
+    from profiles import save_profile
+    from sim.models.fitted_cost import load_fitted_cost_model
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for role, scale in (("target", 1.0), ("draft", 0.3), ("draft_sync", 0.1)):
+        for n in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            for b in (1, 2, 4, 8):
+                if b > n:
+                    continue
+                rows.append(dict(model="m", role=role, hardware="h", phase="decode", num_seqs=b,
+                                 num_tokens=n, sum_context_tokens=n * 50, source="t",
+                                 latency_s=scale * (0.01 + 1e-4 * n) * rng.uniform(0.98, 1.02)))
+    df = pd.DataFrame(rows)
+    with_sync = load_fitted_cost_model(save_profile(df, tmp_path / "a.csv"))
+    ratio = with_sync.draft_sync_step_s(16, 16, 800) / with_sync.draft_step_s(16, 16, 800)
+    assert 0.25 < ratio < 0.42
+    without = load_fitted_cost_model(save_profile(df[df.role != "draft_sync"], tmp_path / "b.csv"))
+    assert without.draft_sync_step_s(16, 16, 800) == without.draft_step_s(16, 16, 800)
