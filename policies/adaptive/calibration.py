@@ -50,7 +50,7 @@ class ConfidenceCalibrator:
     def _bin(self, confidences: np.ndarray) -> np.ndarray:
         c = np.asarray(confidences, float)
         c = np.where(np.isnan(c), 0.0, c)       # nan: bin 0 (as np.nan_to_num, cheaper)
-        return np.clip((c * self.num_bins).astype(np.int64), 0, self.num_bins - 1)
+        return np.minimum(np.maximum((c * self.num_bins).astype(np.int64), 0), self.num_bins - 1)
 
     def observe(self, confidences: np.ndarray, num_verified: np.ndarray,
                 num_accepted: np.ndarray) -> None:
@@ -93,12 +93,26 @@ class ConfidenceCalibrator:
         c = np.asarray(confidences, float)
         if self._lr_nan is None:
             return np.ones(c.shape)
-        # nan -> -1, else the bin as _bin computes it; np.minimum/np.maximum because
-        # np.clip's Python wrapper costs more than the lookup on this per-pass path
-        idx = np.minimum(np.maximum(
-            (np.where(np.isnan(c), -1.0, c) * self.num_bins).astype(np.int64), -1),
-            self.num_bins - 1)
-        return self._lr_nan[idx]
+        return self._lr_nan[self.bin_or_nan(c)]
+
+    def bin_or_nan(self, confidences: np.ndarray) -> np.ndarray:
+        """Each confidence's bin as ``_bin`` computes it, -1 for nan (the last column of the
+        per-bin tables, where nan's LR of 1 sits). np.minimum/np.maximum because np.clip's
+        Python wrapper costs more than the lookup on this per-pass path."""
+        return np.minimum(np.maximum(
+            (np.where(np.isnan(confidences), -1.0, confidences) * self.num_bins)
+            .astype(np.int64), -1), self.num_bins - 1)
+
+    def posterior_table(self, prior_odds: np.ndarray) -> np.ndarray | None:
+        """(n, num_bins + 1) posterior per request and bin (last column: nan, LR 1), the very
+        floats ``posterior_given_odds`` computes, for requests with ``prior_odds`` (n, 1);
+        None before any outcome (every LR is 1: use ``posterior_given_odds``)."""
+        if self._lr_nan is None and self._lr_table() is not None:
+            self._lr_nan = np.append(self._lr, 1.0)
+        if self._lr_nan is None:
+            return None
+        odds = prior_odds * self._lr_nan[None, :]
+        return odds / (1 + odds)
 
     @property
     def num_observations(self) -> float:
@@ -111,7 +125,7 @@ class ConfidenceCalibrator:
         ``min_observations``, when the raw confidence is the posterior."""
         if self.num_observations < self.min_observations:
             return None
-        a = np.clip(np.asarray(rate, float), 1e-4, 1 - 1e-4)[:, None]
+        a = np.minimum(np.maximum(np.asarray(rate, float), 1e-4), 1 - 1e-4)[:, None]
         return a / (1 - a)
 
     def posterior(self, confidences: np.ndarray, rate: np.ndarray) -> np.ndarray:

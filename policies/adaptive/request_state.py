@@ -24,17 +24,20 @@ class RequestTable:
         found[found] = self.ids[pos[found]] == ids[found]
         return pos, found
 
-    def get(self, ids) -> np.ndarray:
+    def get(self, ids, where: tuple | None = None) -> np.ndarray:
+        """Values of ``ids`` (defaults for unknown ones); ``where``: their ``_find``."""
         ids = np.asarray(ids, np.int64)
-        out = np.tile(self.defaults, (ids.size, 1))
-        pos, found = self._find(ids)
+        out = np.empty((ids.size, self.defaults.size))
+        out[:] = self.defaults              # np.tile's Python wrapper costs more than this
+        pos, found = self._find(ids) if where is None else where
         out[found] = self.values[pos[found]]
         return out
 
-    def set(self, ids, values) -> None:
+    def set(self, ids, values, where: tuple | None = None) -> None:
+        """Store ``values`` for ``ids``; ``where``: their ``_find`` on the table as it is."""
         ids = np.asarray(ids, np.int64)
         values = np.asarray(values, float).reshape(ids.size, self.defaults.size)
-        pos, found = self._find(ids)
+        pos, found = self._find(ids) if where is None else where
         self.values[pos[found]] = values[found]
         if (~found).any():
             new_ids, first = np.unique(ids[~found], return_index=True)
@@ -110,13 +113,15 @@ class AcceptanceTracker:
             pos, found = self.table._find(idle)
             self.table.values[pos[found], :2] *= self.idle_decay
         if drafted.any():
-            counts = self.table.get(ids[drafted])
+            ids_d = ids[drafted]
+            pos, found = self.table._find(ids_d)     # one lookup for the read and the write
+            counts = self.table.get(ids_d, (pos, found))
             counts[:, :2] *= self.decay
             counts[:, 0] += acc[drafted]
             counts[:, 1] += rej[drafted]
             self._updates += 1
             counts[:, 2] = self._updates
-            self.table.set(ids[drafted], counts)
+            self.table.set(ids_d, counts, (pos, found))
             if len(self.table) > self.max_requests:
                 last = self.table.values[:, 2]
                 self.table.drop(self.table.ids[last <= np.median(last)])

@@ -52,10 +52,14 @@ class StepPlan:
     widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
     rate: float = float("nan")   # the plan's objective: weighted tokens per second
     width: int = field(init=False)   # the widest tree in the plan (1: all chains)
+    rows: np.ndarray = field(init=False)          # int (n,), 0..n-1
+    context_lens: np.ndarray = field(init=False)  # float (n,), obs.context_lens
 
     def __post_init__(self):
         # read by every continue_drafting call of the step: computed once
         self.width = int(self.widths.max(initial=1))
+        self.rows = np.arange(self.base_k.size)
+        self.context_lens = self.obs.context_lens.astype(float)
 
 
 def blended_survival(plan: StepPlan, confidences: np.ndarray,
@@ -71,23 +75,33 @@ def blended_survival(plan: StepPlan, confidences: np.ndarray,
 def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
                         confidences: np.ndarray, cached: tuple | None) -> tuple:
     """The running product of calibrated posteriors P(accept | confidence, a_i), as
-    ``cached`` = (plan, survival columns so far, prior odds) extended by the columns drafted
-    since the last call of this step (the caller keeps it and reads its first columns):
-    drafted columns do not change within a step and the calibrator learns only in
-    observe(), so earlier columns and the requests' prior odds are not recomputed (the
-    same products, in cumprod's order)."""
+    ``cached`` = (plan, survival buffer (n, K), columns filled, per-step lookup) extended by
+    the columns drafted since the last call of this step (the caller keeps it and reads the
+    first columns of its buffer). Drafted columns do not change within a step and the
+    calibrator learns only in observe(), so earlier columns are not recomputed, and each
+    request's posterior per confidence bin is tabled once per step (the same products, in
+    cumprod's order, as posterior_given_odds column by column)."""
     n, want = confidences.shape
     if cached is None or cached[0] is not plan:
-        cached = (plan, np.empty((n, 0)), calibrator.prior_odds(plan.accept))
-    have = cached[1].shape[1]
+        odds = calibrator.prior_odds(plan.accept)
+        table = None if odds is None else calibrator.posterior_table(odds)
+        cached = (plan, np.empty((n, max(want, plan.obs.k_max))), 0,
+                  (odds, table, np.arange(n)[:, None]))
+    plan_, surv, have, (odds, table, rows) = cached
     if want > have:
-        post = calibrator.posterior_given_odds(confidences[:, have:want], plan.accept,
-                                               cached[2])
-        surv = np.empty((n, want))
-        surv[:, :have] = cached[1]
+        if want > surv.shape[1]:                     # more columns than k_max: grow
+            surv = np.concatenate([surv[:, :have], np.empty((n, want - have))], axis=1)
+        new = confidences[:, have:want]
+        if table is not None:
+            post = table[rows, calibrator.bin_or_nan(new)]
+        else:
+            post = calibrator.posterior_given_odds(new, plan.accept, odds)
         for c in range(have, want):
-            surv[:, c] = post[:, c - have] if c == 0 else surv[:, c - 1] * post[:, c - have]
-        cached = (plan, surv, cached[2])
+            if c == 0:
+                surv[:, 0] = post[:, 0]
+            else:
+                np.multiply(surv[:, c - 1], post[:, c - have], out=surv[:, c])
+        cached = (plan_, surv, want, (odds, table, rows))
     return cached
 
 
@@ -102,10 +116,9 @@ def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margi
     if plan is None or not same_step(plan.obs, draft.obs):
         return more
     s = draft.num_drafted
-    n = s.size
     smax = int(s.max(initial=0))
     surv = survival(plan, draft.confidences[:, :max(smax, 1)])
-    c = np.where(s > 0, surv[np.arange(n), np.maximum(s - 1, 0)], 1.0)
+    c = np.where(s > 0, surv[plan.rows, np.maximum(s - 1, 0)], 1.0)
     next_value = plan.weight * c * plan.accept
     more &= (s == 0) | (next_value >= stop_margin * plan.marginal)
     if pass_cost_stop and plan.width == 1:
@@ -138,7 +151,7 @@ def extension_not_worth_it(plan: StepPlan, draft, more: np.ndarray,
     if not ext.any():
         return ext
     planned = more & ~ext
-    L = obs.context_lens.astype(float) + s
+    L = plan.context_lens + s
     n_in, n_ext = int(planned.sum()), int(ext.sum())
     ctx_in, ctx_ext = float(L[planned].sum()), float(L[ext].sum())
     t = np.asarray(obs.cost.draft_step_s(np.array([n_in, n_in + n_ext]),

@@ -79,15 +79,22 @@ class Ranking(NamedTuple):
 def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ranking:
     """One ranking by slot value per tree shape in ``widths`` (see plan_widths)."""
     n = weight.size
-    W = np.stack([np.broadcast_to(np.asarray(x, np.int64), (n,)) for x in widths])  # (nw, n)
+    chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
+    if chains:                   # slo_goodput's every step: no width to look up per slot
+        W = np.ones((1, n), np.int64)
+    else:
+        W = np.stack([np.broadcast_to(np.asarray(x, np.int64), (n,)) for x in widths])
     nw = W.shape[0]
     q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
     j = np.arange(1, K + 1)
     tokens = (q[:, :, None] ** j).reshape(nw, n * K)                   # unweighted, per slot
     value = tokens * np.repeat(weight, K)[None, :]
     order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
+    if chains:
+        Ws = np.ones(order.shape)
+        return Ranking(tokens, value, order, Ws, Ws, q, W)
     req, pos = np.divmod(order, K)
-    Ws = np.take_along_axis(W, req, axis=1).astype(float)              # width of each slot
+    Ws = W[np.arange(nw)[:, None], req].astype(float)                  # width of each slot
     feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
     return Ranking(tokens, value, order, Ws, feed, q, W)
 
@@ -106,12 +113,14 @@ def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Rank
     tokens = (accept[:, None] ** j).reshape(1, n * K)
     value = tokens * np.repeat(weight, K)[None, :]
     big = float(value.max(initial=0.0)) + 1.0
-    depth = np.tile(j, n)[None, :]
+    depth = (np.arange(n * K) % K + 1)[None, :]
     rank = value + big * (depth <= np.asarray(caps)[:, None])          # (caps, n K)
     order = np.argsort(-rank, axis=1, kind="stable")
     R = len(caps)
     ones = np.ones((R, n * K))
     W = np.ones((R, n), np.int64)            # chains: every pass feeds one token per request
+    if R == 1:                               # the default caps (1,): nothing to broadcast
+        return Ranking(tokens, value, order, ones, ones, accept[None, :], W)
     return Ranking(np.broadcast_to(tokens, (R, n * K)), np.broadcast_to(value, (R, n * K)),
                    order, ones, ones, np.broadcast_to(accept, (R, n)), W)
 
@@ -201,31 +210,38 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
         b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
     L = obs.context_lens.astype(float)[req]                            # (nw, M)
     # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
-    first = np.searchsorted(b, np.arange(M), side="right")
+    first = (np.arange(1, M + 1) if b.size == M + 1
+             else np.searchsorted(b, np.arange(M), side="right"))
     cell = ((np.arange(nw)[:, None] * b.size + first[None, :]) * K + pos).ravel()
     size = nw * b.size * K
+    # chains only (every width 1): each slot verifies one token and feeds one to its pass,
+    # so the width-weighted sums below are the plain ones (the same floats, fewer passes)
+    chains = int(W.max(initial=1)) == 1
 
     def per_depth(weights):
         return np.bincount(cell, weights=weights, minlength=size).reshape(
             nw, b.size, K).cumsum(axis=1)
     n_j = per_depth(None)
-    t_j = np.asarray(obs.cost.draft_step_s(per_depth(feed.ravel()), n_j,    # draft j attends
-                                           per_depth(((L + pos) * feed).ravel())), float)
+    t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else per_depth(feed.ravel()), n_j,
+                                           per_depth(((L + pos) if chains else (L + pos) * feed)
+                                                     .ravel())), float)  # draft j attends
     draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
     zero = np.zeros((nw, 1))
 
     def prefix_sum(x):
         return np.concatenate([zero, np.cumsum(x, axis=1)], axis=1)[:, b]
-    verified = prefix_sum(Ws)
-    T = draft + verify_tokens_s(obs, verified, prefix_sum((L + pos + 1) * Ws))
-    cum_v = prefix_sum(np.take_along_axis(value, order, 1))
+    verified = np.broadcast_to(b.astype(float), (nw, b.size)) if chains else prefix_sum(Ws)
+    T = draft + verify_tokens_s(obs, verified,
+                                prefix_sum((L + pos + 1) if chains else (L + pos + 1) * Ws))
+    rows = np.arange(nw)[:, None]
+    cum_v = prefix_sum(value[rows, order])
     rate = (weight.sum() + prefill_value + cum_v) / T
     blocked = np.zeros(T.shape, bool)
     cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
     if guard != "off":
         blocked = (T > cap_s) & (T[:, :1] <= cap_s)
         if guard == "per_token":
-            per_token_s = T / (n + prefix_sum(np.take_along_axis(tokens, order, 1)))
+            per_token_s = T / (n + prefix_sum(tokens[rows, order]))
             blocked &= per_token_s >= per_token_s[:, :1]
     if max_step_tokens is not None:
         blocked |= obs.num_prefill_tokens + n + verified > max_step_tokens

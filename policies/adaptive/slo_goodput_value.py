@@ -17,7 +17,7 @@ def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost:
     with np.errstate(divide="ignore", invalid="ignore"):
         A = (obs.decode_elapsed_s + t_step_s) / obs.tpot_slo_s - o
     behind = np.where(np.isfinite(obs.tpot_slo_s), A - 1.0, 0.0)
-    u = np.clip(behind, -slack_discount, max_boost)
+    u = np.minimum(np.maximum(behind, -slack_discount), max_boost)   # np.clip, cheaper
     if triage:     # far behind: the boost tapers to 0 at 2 * max_boost (triage)
         u = np.where(behind > max_boost, np.maximum(2 * max_boost - behind, 0.0), u)
     return np.maximum(1.0 + slo_weight * u, 1e-3)
