@@ -50,7 +50,11 @@ def test_committed_profiles_validate():
         assert len(df) >= 16, name
         if df["source"].str.startswith("exec.profiler").all():   # measured here (exec/)
             speculative = not name.endswith("-plain")
-            assert set(df["role"]) == ({"target", "draft"} if speculative else {"target"}), name
+            roles = set(df["role"])
+            if speculative:   # draft_sync: k = 0 passes, in profiles taken since they exist
+                assert {"target", "draft"} <= roles <= {"target", "draft", "draft_sync"}, name
+            else:
+                assert roles == {"target"}, name
         else:                                                      # imported GPU profiles
             assert len(df) >= 30 and (df["role"] == "target").all(), name
 
