@@ -8,9 +8,12 @@ its prefills not at all. So each twin's clock runs on its profile's target role 
 median live / predicted ratio of the *other* cells run on the same engine (plain vLLM or the
 speculative one) and refitted with those cells' live target phases added as profile rows,
 which carries how live steps differ by shape (prefill against decode, small against large
-batches) and not only a level. The draft role stays as measured: its live / predicted ratio is
-bimodal here (~0.4 on smartspec's k = 0 steps, ~1.05 on fixed k's), so its median flipped from
-0.92 to 0.50 depending on which cell was left out, and scaling by it put one twin 24 % fast. A
+batches) and not only a level. The draft roles stay as measured. Before k = 0 steps were
+charged as sync passes (``draft_sync``), the draft ratio was bimodal (~0.4 on smartspec's k = 0
+steps, ~1.05 on fixed k's), its median flipped from 0.92 to 0.50 with the cell left out, and
+scaling by it put one twin 24 % fast; since, scaling the sampling and the sync passes apart by
+the others' ratios (0.94-0.99) moved every draft phase's mean error toward 0 but left mean
+TPOT errors as they were or up to 2 points worse on a re-simulated validate run. A
 cell with no other cell on its engine (a one-load quick run) keeps the profile as measured. A
 twin calibrated on its own cell's steps would be fitted to what it predicts; calibrated on the
 other cells' it predicts out of sample, as a user who calibrates on a few live runs and then
