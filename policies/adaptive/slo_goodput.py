@@ -5,7 +5,7 @@ import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.request_state import AcceptanceTracker
-from policies.adaptive.slo_goodput_drafting import (StepPlan, blended_survival,
+from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, blended_survival,
                                                     calibrated_survival, keep_drafting,
                                                     probe_lengths, verified_lengths)
 from policies.adaptive.slo_goodput_plan import draft_prefix_s, plan_widths_and_caps
@@ -151,7 +151,7 @@ class SloGoodput(Policy):
                              f"got {self.tree_pass_targets}")
         self.t_step_s: float | None = None
         self._plan: StepPlan | None = None
-        self._survival: tuple | None = None      # calibrated_survival's per-step cache
+        self._survival: SurvivalCache | None = None   # calibrated_survival's, per step
 
     @property
     def planned_k(self) -> np.ndarray | None:
@@ -210,7 +210,7 @@ class SloGoodput(Policy):
         if self.calibrator is None:
             return blended_survival(plan, confidences, self.confidence_weight)
         self._survival = calibrated_survival(self.calibrator, plan, confidences, self._survival)
-        return self._survival[1][:, :confidences.shape[1]]   # a view: callers only read it
+        return self._survival.survival[:, :confidences.shape[1]]   # a view: callers read it
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
         return keep_drafting(self._plan, draft, self.survival, self.stop_margin,

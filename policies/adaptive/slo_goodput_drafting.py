@@ -72,36 +72,48 @@ def blended_survival(plan: StepPlan, confidences: np.ndarray,
     return cum ** cw * (plan.accept[:, None] ** j) ** (1 - cw)
 
 
+@dataclass
+class SurvivalCache:
+    """One step's calibrated survival so far (``calibrated_survival``)."""
+
+    plan: StepPlan               # the step it belongs to
+    survival: np.ndarray         # float (n, >= K), columns [:filled] computed
+    filled: int                  # draft columns computed so far
+    prior_odds: np.ndarray | None   # (n, 1), None before the calibrator's min_observations
+    table: np.ndarray | None     # (n, bins + 1) posterior per request and confidence bin
+    rows: np.ndarray             # int (n, 1), 0..n-1, to index ``table`` by request
+
+
 def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
-                        confidences: np.ndarray, cached: tuple | None) -> tuple:
-    """The running product of calibrated posteriors P(accept | confidence, a_i), as
-    ``cached`` = (plan, survival buffer (n, K), columns filled, per-step lookup) extended by
-    the columns drafted since the last call of this step (the caller keeps it and reads the
-    first columns of its buffer). Drafted columns do not change within a step and the
-    calibrator learns only in observe(), so earlier columns are not recomputed, and each
+                        confidences: np.ndarray, cached: SurvivalCache | None) -> SurvivalCache:
+    """The running product of calibrated posteriors P(accept | confidence, a_i), ``cached``
+    extended by the columns drafted since the last call of this step (the caller keeps it and
+    reads the first columns of its buffer). Drafted columns do not change within a step and
+    the calibrator learns only in observe(), so earlier columns are not recomputed, and each
     request's posterior per confidence bin is tabled once per step (the same products, in
     cumprod's order, as posterior_given_odds column by column)."""
     n, want = confidences.shape
-    if cached is None or cached[0] is not plan:
+    if cached is None or cached.plan is not plan:
         odds = calibrator.prior_odds(plan.accept)
-        table = None if odds is None else calibrator.posterior_table(odds)
-        cached = (plan, np.empty((n, max(want, plan.obs.k_max))), 0,
-                  (odds, table, np.arange(n)[:, None]))
-    plan_, surv, have, (odds, table, rows) = cached
+        cached = SurvivalCache(plan, np.empty((n, max(want, plan.obs.k_max))), 0, odds,
+                               None if odds is None else calibrator.posterior_table(odds),
+                               np.arange(n)[:, None])
+    have, surv = cached.filled, cached.survival
     if want > have:
         if want > surv.shape[1]:                     # more columns than k_max: grow
-            surv = np.concatenate([surv[:, :have], np.empty((n, want - have))], axis=1)
+            surv = cached.survival = np.concatenate([surv[:, :have],
+                                                     np.empty((n, want - have))], axis=1)
         new = confidences[:, have:want]
-        if table is not None:
-            post = table[rows, calibrator.bin_or_nan(new)]
+        if cached.table is not None:
+            post = cached.table[cached.rows, calibrator.bin_or_nan(new)]
         else:
-            post = calibrator.posterior_given_odds(new, plan.accept, odds)
+            post = calibrator.posterior_given_odds(new, plan.accept, cached.prior_odds)
         for c in range(have, want):
             if c == 0:
                 surv[:, 0] = post[:, 0]
             else:
                 np.multiply(surv[:, c - 1], post[:, c - have], out=surv[:, c])
-        cached = (plan_, surv, want, (odds, table, rows))
+        cached.filled = want
     return cached
 
 

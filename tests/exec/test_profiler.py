@@ -73,7 +73,8 @@ def test_step_rows_of_k0_workloads_are_draft_sync():
         {"step": 1, "latency_s": 0.04, "draft_s": 0.002, "num_prefill_tokens": 0,
          "num_scheduled_tokens": 2, "num_seqs": 2, "num_decode_seqs": 2,
          "spec_request_ids": [0, 1], "spec_k": [0, 0], "accepted": [0, 0]}])
-    rows = pd.DataFrame(step_rows(steps, [[(20, 0.003)], [(2, 0.001)]], prompt=10, batch=2, k=0))
+    passes = [[(20, 0.003)], [(2, 0.001)]]
+    rows = pd.DataFrame(step_rows(steps, passes, prompt=10, batch=2, k=0))
     assert set(rows.role) == {"target", "draft_sync"}
     sync = rows[rows.role == "draft_sync"]
     assert list(sync.num_tokens) == [20, 2] and list(sync.latency_s) == pytest.approx([0.004, 0.002])
