@@ -77,7 +77,8 @@ def test_step_rows_of_k0_workloads_are_draft_sync():
     rows = pd.DataFrame(step_rows(steps, passes, prompt=10, batch=2, k=0))
     assert set(rows.role) == {"target", "draft_sync"}
     sync = rows[rows.role == "draft_sync"]
-    assert list(sync.num_tokens) == [20, 2] and list(sync.latency_s) == pytest.approx([0.004, 0.002])
+    assert list(sync.num_tokens) == [20, 2]
+    assert list(sync.latency_s) == pytest.approx([0.004, 0.002])
 
 
 def test_aggregate_passes_means_per_shape():
