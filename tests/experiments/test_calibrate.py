@@ -45,7 +45,7 @@ def test_calibrated_profiles_of_the_toy_pair(tmp_path):
     spec, plain = calibrated_profiles(pair_config("embedded"), committed, tmp_path,
                                       hardware="cpu-2core", model_names=sim_names("embedded"),
                                       grid=((1, 2), (16,), 8, (0, 2)))
-    assert plain is not None and set(spec.ratio_by_role) == {"target", "draft"}
+    assert plain is not None and set(spec.ratio_by_role) == {"target", "draft", "draft_sync"}
     for cal in (spec, plain):
         assert all(0.2 < r < 5 for r in cal.ratio_by_role.values()), cal
         assert all(n >= 8 for n in cal.num_probe_passes_by_role.values()), cal
