@@ -48,9 +48,8 @@ class ConfidenceCalibrator:
         self._lr_nan: np.ndarray | None = None     # the same, then LR 1 for nan (index -1)
 
     def _bin(self, confidences: np.ndarray) -> np.ndarray:
-        c = np.asarray(confidences, float)
-        c = np.where(np.isnan(c), 0.0, c)       # nan: bin 0 (as np.nan_to_num, cheaper)
-        return np.minimum(np.maximum((c * self.num_bins).astype(np.int64), 0), self.num_bins - 1)
+        # nan: bin 0 (bin_or_nan gives it -1)
+        return np.maximum(self.bin_or_nan(np.asarray(confidences, float)), 0)
 
     def observe(self, confidences: np.ndarray, num_verified: np.ndarray,
                 num_accepted: np.ndarray) -> None:
@@ -88,16 +87,22 @@ class ConfidenceCalibrator:
 
     def likelihood_ratio(self, confidences: np.ndarray) -> np.ndarray:
         """LR(c) per entry (1 where nothing has been learned; nan confidences give 1)."""
-        if self._lr_nan is None and self._lr_table() is not None:
-            self._lr_nan = np.append(self._lr, 1.0)       # index -1: nan's LR
         c = np.asarray(confidences, float)
-        if self._lr_nan is None:
+        lr = self._lr_with_nan()
+        if lr is None:
             return np.ones(c.shape)
-        return self._lr_nan[self.bin_or_nan(c)]
+        return lr[self.bin_or_nan(c)]
+
+    def _lr_with_nan(self) -> np.ndarray | None:
+        """The LR per bin, then LR 1 for nan (index -1); None before any outcome."""
+        if self._lr_nan is None and self._lr_table() is not None:
+            self._lr_nan = np.append(self._lr, 1.0)
+        return self._lr_nan
 
     def bin_or_nan(self, confidences: np.ndarray) -> np.ndarray:
-        """Each confidence's bin as ``_bin`` computes it, -1 for nan (the last column of the
-        per-bin tables, where nan's LR of 1 sits). np.minimum/np.maximum because np.clip's
+        """Each confidence's bin (``num_bins`` equal bins over [0, 1], clamped), -1 for nan
+        (the last column of the per-bin tables, where nan's LR of 1 sits; ``_bin`` puts nan
+        in bin 0 instead). np.minimum/np.maximum because np.clip's
         Python wrapper costs more than the lookup on this per-pass path."""
         return np.minimum(np.maximum(
             (np.where(np.isnan(confidences), -1.0, confidences) * self.num_bins)
@@ -107,11 +112,10 @@ class ConfidenceCalibrator:
         """(n, num_bins + 1) posterior per request and bin (last column: nan, LR 1), the very
         floats ``posterior_given_odds`` computes, for requests with ``prior_odds`` (n, 1);
         None before any outcome (every LR is 1: use ``posterior_given_odds``)."""
-        if self._lr_nan is None and self._lr_table() is not None:
-            self._lr_nan = np.append(self._lr, 1.0)
-        if self._lr_nan is None:
+        lr = self._lr_with_nan()
+        if lr is None:
             return None
-        odds = prior_odds * self._lr_nan[None, :]
+        odds = prior_odds * lr[None, :]
         return odds / (1 + odds)
 
     @property

@@ -210,7 +210,8 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
         b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
     L = obs.context_lens.astype(float)[req]                            # (nw, M)
     # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
-    first = (np.arange(1, M + 1) if b.size == M + 1     # b = 0..M: slot r joins at r + 1
+    full = b.size == M + 1                               # every prefix: b = 0..M
+    first = (np.arange(1, M + 1) if full                 # slot r joins prefix r + 1
              else np.searchsorted(b, np.arange(M), side="right"))
     cell = ((np.arange(nw)[:, None] * b.size + first[None, :]) * K + pos).ravel()
     size = nw * b.size * K
@@ -227,8 +228,6 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
                                                      .ravel())), float)  # draft j attends
     draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
     zero = np.zeros((nw, 1))
-
-    full = b.size == M + 1                               # every prefix: b = 0..M
 
     def prefix_sum(x):
         out = np.concatenate([zero, np.cumsum(x, axis=1)], axis=1)

@@ -41,15 +41,21 @@ def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
     assert {"target", "draft"} <= set(fits)
 
 
-def test_step_rows_counts_context_and_draft_passes():
-    """Hand-made step table: 2 requests, prompt 10, k = 2, both accept 1 then finish."""
-    steps = pd.DataFrame([
-        {"step": 0, "latency_s": 0.05, "draft_s": 0.02, "num_prefill_tokens": 20,
+def _prefill_then_decode(draft_s: tuple, k: int, accepted: int) -> pd.DataFrame:
+    """Hand-made step table: 2 requests of prompt 10 prefill together, then decode once
+    drafting ``k`` each and accepting ``accepted``; ``draft_s``: each step's drafting time."""
+    return pd.DataFrame([
+        {"step": 0, "latency_s": 0.05, "draft_s": draft_s[0], "num_prefill_tokens": 20,
          "num_scheduled_tokens": 20, "num_seqs": 2, "num_decode_seqs": 0,
          "spec_request_ids": [], "spec_k": [], "accepted": []},
-        {"step": 1, "latency_s": 0.04, "draft_s": 0.01, "num_prefill_tokens": 0,
-         "num_scheduled_tokens": 6, "num_seqs": 2, "num_decode_seqs": 2,
-         "spec_request_ids": [0, 1], "spec_k": [2, 2], "accepted": [1, 1]}])
+        {"step": 1, "latency_s": 0.04, "draft_s": draft_s[1], "num_prefill_tokens": 0,
+         "num_scheduled_tokens": 2 * (k + 1), "num_seqs": 2, "num_decode_seqs": 2,
+         "spec_request_ids": [0, 1], "spec_k": [k, k], "accepted": [accepted] * 2}])
+
+
+def test_step_rows_counts_context_and_draft_passes():
+    """2 requests, prompt 10, k = 2, both accept 1 then finish."""
+    steps = _prefill_then_decode((0.02, 0.01), k=2, accepted=1)
     passes = [[(20, 0.004), (2, 0.002)], [(6, 0.003), (2, 0.001)]]
     rows = pd.DataFrame(step_rows(steps, passes, prompt=10, batch=2, k=2))
     tgt = rows[rows.role == "target"].reset_index(drop=True)
@@ -66,13 +72,7 @@ def test_step_rows_counts_context_and_draft_passes():
 
 def test_step_rows_of_k0_workloads_are_draft_sync():
     """At k = 0 vLLM's proposer runs pass 0 without sampling: its rows get their own role."""
-    steps = pd.DataFrame([
-        {"step": 0, "latency_s": 0.05, "draft_s": 0.004, "num_prefill_tokens": 20,
-         "num_scheduled_tokens": 20, "num_seqs": 2, "num_decode_seqs": 0,
-         "spec_request_ids": [], "spec_k": [], "accepted": []},
-        {"step": 1, "latency_s": 0.04, "draft_s": 0.002, "num_prefill_tokens": 0,
-         "num_scheduled_tokens": 2, "num_seqs": 2, "num_decode_seqs": 2,
-         "spec_request_ids": [0, 1], "spec_k": [0, 0], "accepted": [0, 0]}])
+    steps = _prefill_then_decode((0.004, 0.002), k=0, accepted=0)
     passes = [[(20, 0.003)], [(2, 0.001)]]
     rows = pd.DataFrame(step_rows(steps, passes, prompt=10, batch=2, k=0))
     assert set(rows.role) == {"target", "draft_sync"}
