@@ -108,6 +108,10 @@ class CompareSetup:
     lengths: str = "trace"
     k_max: int = 8
     seed: int = 0
+    # how drafting is charged (EngineConfig.draft_passes): "per_request" (the policies'
+    # comparison: each request pays the passes it asked for) or "vllm" (what vLLM's
+    # draft-model proposer runs, k = 0 sync passes included: the tuner's vLLM configs)
+    draft_passes: str = "per_request"
 
 
 def quick_setup(setup: CompareSetup) -> CompareSetup:
@@ -185,11 +189,19 @@ def sim_config(setup: CompareSetup):
     from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 
     return SimConfig(model=setup.model, draft=setup.draft, hardware=setup.hardware,
-                     engine=EngineConfig(k_max=setup.k_max, compiled_epochs=True),  # sim-only process
+                     engine=EngineConfig(k_max=setup.k_max, compiled_epochs=True,  # sim-only
+                                         draft_passes=setup.draft_passes),
                      acceptance=AcceptanceConfig(
                          default=tuple(setup.acceptance),
                          per_dataset=tuple(tuple(x) for x in setup.per_dataset_acceptance)),
                      seed=_seeds(setup.seed)[1], tensor_parallel=int(setup.tensor_parallel))
+
+
+def plain_sim_config(setup: CompareSetup):
+    """``sim_config`` of an engine built without a drafter: what "no speculation" runs
+    (plain vLLM loads no draft model, so it also has the draft's memory for KV)."""
+    config = sim_config(setup)
+    return replace(config, draft="", engine=replace(config.engine, k_max=0))
 
 
 def saturation_rate(setup: CompareSetup, base: Trace) -> dict:

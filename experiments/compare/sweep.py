@@ -57,6 +57,10 @@ def run_job(job: Job) -> dict:
     row.update(summary)
     row.update(k_stats(result.steps, job.config.engine.k_max))
     row["num_steps"] = int(result.meta.get("num_steps", 0))
+    # the largest batch any step scheduled (a batch-size table's lookups stay within it;
+    # experiments/tune/search.py reuses a cell for a table that agrees up to there)
+    row["max_num_seqs_seen"] = (int(result.steps["num_seqs"].max())
+                                if len(result.steps) else None)
     row["wall_s"] = time.perf_counter() - t0
     return row
 

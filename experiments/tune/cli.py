@@ -15,6 +15,11 @@ best few and every fixed k on all seeds, refines the best by one-bucket moves on
 as this testbed's ``batch_schedule``), ``summary.html``/``summary.png``, ``trials.csv`` and
 ``result.json``; the last line printed is that JSON. ``--verify-live`` tunes the realistic
 pair on the twin of a live pilot run and checks the ranking live (experiments/tune/live.py).
+
+The simulator charges drafting as vLLM's draft-model proposer runs it (``--draft-passes
+vllm``, sim/core/live_mirror.py): every step of a speculative engine drafts, a k = 0 step a
+sync pass without the LM head, so a table's k = 0 buckets are not free, and ``none`` is an
+engine without a drafter; ``per_load.*.k0_tpot_overhead`` reports what the idle drafter costs.
 """
 from __future__ import annotations
 
@@ -52,6 +57,11 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of arrivals per run (compare's default 30)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--draft-passes", choices=("vllm", "per_request"), default="vllm",
+                   help="how the simulator charges drafting: as vLLM's draft-model proposer "
+                        "runs it (default: pass 0 over the whole batch every step, a sync pass "
+                        "at k = 0, max(k) - 1 passes for every sequence) or per request (the "
+                        "policies' comparison)")
     p.add_argument("--verify-live", action="store_true",
                    help="tune for the realistic pair on the twin of a live pilot run, then run "
                         "the tuned table, the best fixed k and plain vLLM live (~10 min; "
@@ -97,7 +107,7 @@ def setup_from(overrides, seed: int):
 
 def tune(setup, args, out: Path, method: str, draft_path) -> dict:
     """Tune the batch-size table for a compare-style setup (``setup_from``)."""
-    from experiments.compare.setup_grid import base_workload, sim_config
+    from experiments.compare.setup_grid import base_workload, plain_sim_config, sim_config
     from experiments.tune import search
     from experiments.tune.core import tune_on_grid
     from sim.core.config import EngineConfig
@@ -107,18 +117,23 @@ def tune(setup, args, out: Path, method: str, draft_path) -> dict:
     t0 = time.perf_counter()
     if args.duration is not None:
         setup = replace(setup, duration_s=float(args.duration))
+    setup = replace(setup, draft_passes=args.draft_passes)
     native = mean_rate_per_s(base_workload(setup))
     loads = tuple(sorted({float(f"{native * float(f):.2g}") for f in args.band.split(",")}))
     seeds = tuple(setup.seed + i for i in range(args.seeds))
     log(f"[tune] loads {loads} req/s (trace rate {native:.2f}); baselines on {len(seeds)} seeds")
     with make_executor(args.launcher, args.workers, args.ray_address) as pool:
+        # "none" is an engine without a drafter (no sync passes, the draft's memory for KV)
         grid = search.Grid(search.compare_cell(setup), loads, seeds, executor=pool,
-                           cache_dir=out / "cells")
+                           cache_dir=out / "cells",
+                           plain_config=lambda seed, load: plain_sim_config(
+                               replace(setup, seed=seed)))
         result = tune_on_grid(grid, setup.k_max, EngineConfig().max_num_seqs,
                               make_cost_model(sim_config(setup)), args, out,
                               f"{setup.trace_name}, {setup.model} + {setup.draft} on "
                               f"{setup.hardware}", method, draft_path, t0,
-                              {"trace_rate_req_s": round(native, 3)})
+                              {"trace_rate_req_s": round(native, 3),
+                               "draft_passes": setup.draft_passes})
     return result
 
 

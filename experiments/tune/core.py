@@ -47,6 +47,17 @@ def _paired_ci(rows: pd.DataFrame, ours: str, ref: str, load: float) -> list | N
     return [round(x, 4) for x in paired_ratio_ci(a, b)]
 
 
+def _k0_overhead(rows: pd.DataFrame, load: float) -> float | None:
+    """Mean TPOT of k = 0 on the speculative engine over plain (no drafter), minus 1, at
+    ``load``: what an idle drafter costs (vLLM's k = 0 draft passes; vLLM issue 49548)."""
+    from experiments.tune.search import K0_LABEL
+
+    at = rows[rows["trace.rate"] == load].groupby("policy")["tpot_s_mean"].mean()
+    if K0_LABEL not in at or "none" not in at or not at["none"] > 0:
+        return None
+    return round(float(at[K0_LABEL] / at["none"] - 1.0), 4)
+
+
 def log(msg: str) -> None:
     """The tuner's progress lines (stderr: the last stdout line is the JSON result)."""
     print(msg, file=sys.stderr, flush=True)
@@ -62,7 +73,7 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
     out.mkdir(parents=True, exist_ok=True)
     base_rows = grid.run(search.baseline_specs(k_max))
     goodput = search.goodput_by_load(base_rows)
-    if (goodput.drop(columns="vllm_dynamic").to_numpy() <= 0).all():
+    if (goodput.drop(columns=["vllm_dynamic", search.K0_LABEL]).to_numpy() <= 0).all():
         raise InfeasibleSLO(
             f"no setting meets the SLOs at any load of {list(loads)} req/s: none and fixed "
             f"k=1..{k_max} finish no request within its SLO; loosen the SLOs (slo=...) or "
@@ -115,7 +126,8 @@ def tune_on_grid(grid: "search.Grid", k_max: int, max_seqs: int, cost, args, out
             "tuned_vs_best_fixed": _ratio(gp.loc[ld, "tuned"], full_ref.loc[ld]),
             "tuned_vs_vllm_dynamic": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "vllm_dynamic"]),
             "tuned_vs_none": _ratio(gp.loc[ld, "tuned"], gp.loc[ld, "none"]),
-            "tuned_vs_best_fixed_ci95": _paired_ci(frame, "tuned", best_label[ld], ld)}
+            "tuned_vs_best_fixed_ci95": _paired_ci(frame, "tuned", best_label[ld], ld),
+            "k0_tpot_overhead": _k0_overhead(base_rows, ld)}
             for ld in loads},
         "finalist_scores": [round(s, 4) for s, _ in scored[:len(cands)]],
         "refine_steps": len(history) - 1,

@@ -8,10 +8,13 @@ output folder resumes it; every simulated cell is cached by content (``experimen
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+
+from analysis.tables import LOAD_COLUMN
 
 from experiments.compare.setup_grid import (CompareSetup, PolicySpec, base_workload,
                                             num_requests_at, sim_config, workload_at)
@@ -36,18 +39,66 @@ class Grid:
     def __post_init__(self):
         self._cells = {(seed, load): self.make_cell(seed, load)
                        for seed in self.seeds for load in self.loads}
+        # per cell, the tables run there: (k per batch size, largest batch seen, row)
+        self._tables: dict[tuple, list] = {}
 
     def run(self, specs, seeds=None) -> pd.DataFrame:
-        """One row per (spec, load, seed) over ``seeds`` (default all)."""
-        jobs = []
+        """One row per (spec, load, seed) over ``seeds`` (default all).
+
+        A table whose k agrees, at every batch size up to the largest one a run of another
+        table on the same cell reached, with that table's makes the very same decisions
+        there (each decision reads the batch size alone), so that run's row is reused."""
+        jobs, tables, reused = [], [], []
         for spec in specs:
             for seed in (seeds or self.seeds):
                 for load in self.loads:
                     trace, config = self._cells[(seed, load)]
                     if spec.name == "none" and self.plain_config is not None:
                         config = self.plain_config(seed, load)
+                    ks = k_by_batch(spec, config.engine.max_num_seqs)
+                    same = self._same_decisions(seed, load, ks)
+                    if same is not None:
+                        reused.append(same | {"policy": spec.label,
+                                              "policy.params": json.dumps(dict(spec.params))})
+                        continue
                     jobs.append(Job(spec, load, trace, config, sweep_seed=seed))
-        return run_jobs(jobs, workers=1, cache_dir=self.cache_dir, executor=self.executor)
+                    tables.append(ks)
+        rows = run_jobs(jobs, workers=1, cache_dir=self.cache_dir, executor=self.executor) \
+            if jobs else pd.DataFrame()
+        by_cell = {(r["policy"], int(r["sweep_seed"]), float(r[LOAD_COLUMN])): r
+                   for r in rows.to_dict("records")}
+        for job, ks in zip(jobs, tables):
+            row = by_cell[(job.spec.label, job.sweep_seed, float(job.load))]
+            seen = row.get("max_num_seqs_seen")
+            if ks is not None and seen is not None and seen == seen:     # not nan
+                self._tables.setdefault((job.sweep_seed, job.load), []).append(
+                    (ks, int(seen), row))
+        if not reused:
+            return rows
+        return pd.concat([rows, pd.DataFrame(reused)], ignore_index=True).sort_values(
+            [LOAD_COLUMN, "policy", "sweep_seed"], kind="stable").reset_index(drop=True)
+
+    def _same_decisions(self, seed, load, ks):
+        """The row of a table run on this cell that decides as ``ks`` does, or None."""
+        if ks is None:
+            return None
+        for other, seen, row in self._tables.get((seed, load), ()):
+            if np.array_equal(other[:seen], ks[:seen]):
+                return row
+        return None
+
+
+def k_by_batch(spec: PolicySpec, max_num_seqs: int) -> np.ndarray | None:
+    """k at batch sizes 1..max_num_seqs of a ``fixed`` or ``batch_schedule`` spec without
+    hysteresis (its decisions depend on the batch size alone), else None."""
+    if spec.name not in ("fixed", "batch_schedule"):
+        return None
+    pol = spec.build()
+    if spec.name == "fixed":
+        return np.full(max_num_seqs, pol.k, np.int64)
+    if pol.hysteresis:
+        return None
+    return np.array([pol.k_for_batch(b) for b in range(1, max_num_seqs + 1)], np.int64)
 
 
 def compare_cell(setup: CompareSetup):
@@ -73,11 +124,16 @@ def table_spec(label: str, table: SpecTable) -> PolicySpec:
     return PolicySpec(label, "batch_schedule", table.policy_params())
 
 
+K0_LABEL = "spec_engine_k0"   # k = 0 on an engine with a drafter: what speculation costs idle
+
+
 def baseline_specs(k_max: int) -> list[PolicySpec]:
-    """none, every fixed k and the untuned vllm_dynamic (its table from the cost model)."""
+    """none, every fixed k, the untuned vllm_dynamic (its table from the cost model) and k = 0
+    on the speculative engine (not a fixed-k candidate: it only measures the k = 0 cost)."""
     return ([PolicySpec("none", "none")]
             + [PolicySpec(f"fixed_k{k}", "fixed", (("k", k),)) for k in range(1, k_max + 1)]
-            + [PolicySpec("vllm_dynamic", "vllm_dynamic")])
+            + [PolicySpec("vllm_dynamic", "vllm_dynamic"),
+               PolicySpec(K0_LABEL, "fixed", (("k", 0),))])
 
 
 def _fixed(goodput: pd.DataFrame) -> pd.DataFrame:

@@ -178,6 +178,7 @@ class Engine:
     def run_decided(self, now: float, step: DecidedStep) -> float:
         """Fit, draft, verify a decided step; returns its latency and leaves ``pending``."""
         r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
+        vllm_mode = eng.draft_passes == "vllm"
         (rows, tokens, dec, pre, pre_tok, n_pre_tok, pre_ctx, ctx, out, num_waiting, obs,
          decision, k, widths, draw) = step
         n = dec.shape[0]
@@ -191,14 +192,17 @@ class Engine:
             k = fit
         else:                       # a tree that does not fit whole is not speculated
             k = np.where(fit == spec, k, 0)
-        no_drafter = kmax and eng.draft_passes == "vllm" and drafter_window_full(
+        no_drafter = kmax and vllm_mode and drafter_window_full(
             r.num_computed[rows] + tokens, kmax, eng.max_model_len)
         if no_drafter:
             k = np.zeros_like(k)
         prefill = (n_pre_tok, pre_ctx, pre.shape[0])
-        drafted, conf, draft_s = self._draft(obs, decision, k, widths, ctx, prefill, draw)
+        own_verify = not (self._default_verify and decision.verify_token_budget is None)
+        # vLLM mode charges its drafter below: the per-request time is only for select_verify
+        drafted, conf, draft_s = self._draft(obs, decision, k, widths, ctx, prefill, draw,
+                                             need_time=own_verify or not (kmax and vllm_mode))
         verified = drafted
-        if n and not (self._default_verify and decision.verify_token_budget is None):
+        if n and own_verify:
             state = DraftState(obs, decision, drafted, conf, draft_s)
             verified = np.minimum(np.maximum(
                 np.asarray(self.policy.select_verify(state), np.int64), 0), drafted)
@@ -215,7 +219,7 @@ class Engine:
             raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
         verify_ctx = pre_ctx + verify_context(ctx, num_spec, n_spec)
         verify_s = float(self.cost.target_step_s(n_tok, int(rows.shape[0]), verify_ctx))
-        if kmax and eng.draft_passes == "vllm":      # charge what vLLM's drafter runs:
+        if kmax and vllm_mode:                       # charge what vLLM's drafter runs:
             # max(k) of the decision, not what continue_drafting kept (no early stop in vLLM);
             # vLLM also drafts for requests whose prefill ends now (its decision covers them):
             # a step without decoding requests has no decision here, so the last one's max k
@@ -235,8 +239,9 @@ class Engine:
             return self.acc.draw(dec, out, with_confidences=False)
         return self.acc.draw(dec, out)
 
-    def _draft(self, obs, decision, k, widths, ctx, prefill, draw):
-        """Draft passes; returns (num drafted, visible confidences, draft seconds)."""
+    def _draft(self, obs, decision, k, widths, ctx, prefill, draw, need_time: bool = True):
+        """Draft passes; returns (num drafted, visible confidences, draft seconds: 0.0 when
+        not ``need_time``)."""
         if k.shape[0] == 0 or not iany(k):
             return k, np.full((k.shape[0], self.k_max), np.nan), 0.0
         if self._default_drafting and decision.draft_stop_confidence <= 0.0:
@@ -254,14 +259,17 @@ class Engine:
                 active = more & (drafted < k)
         k0, seen = drafted.item(0), draw.confidences   # None: static policy, nobody reads them
         if widths is None and imin_imax(drafted) == (k0, k0):
-            draft_s = uniform_chain_draft_s(self.cost, k0, isum(ctx), k.shape[0], prefill)
+            draft_s = (uniform_chain_draft_s(self.cost, k0, isum(ctx), k.shape[0], prefill)
+                       if need_time else 0.0)
             if seen is None and self._conf_unused and decision.verify_token_budget is None:
                 return drafted, None, draft_s        # no select_verify, Feedback or last_conf
             conf = np.full((k.shape[0], self.k_max), np.nan) if seen is None else seen.copy()
             conf[:, k0:] = np.nan
         else:
-            tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
-            draft_s = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
+            draft_s = 0.0
+            if need_time:
+                tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
+                draft_s = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
             conf = np.where(self._pos < drafted[:, None], np.nan if seen is None else seen, np.nan)
         return drafted, conf, draft_s
 

@@ -10,7 +10,8 @@ live run must charge what it does:
   request speculates (policy ``none`` on an engine with a draft model still pays it);
 * when max(k) is 0, pass 0 returns before the LM head and sampling ("No draft tokens
   requested" in vLLM 0.32's llm_base_proposer.py): it costs a ``draft_sync`` pass where the
-  cost model has one (a fitted profile with draft_sync rows), else a full draft pass;
+  cost model has one (a fitted profile with draft_sync rows; the roofline's, the draft
+  without its LM head), else a full draft pass;
 * then max(k) - 1 further passes of one token for every sequence in the batch (the batched
   drafter has no per-request stop), where max(k) is the largest k drafted in the step. The
   batch includes requests whose prefill ends in the step: vLLM's decision already covers them,

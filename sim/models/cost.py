@@ -46,13 +46,20 @@ class RooflineCostModel:
         self._target = self._coefficients(target, hardware.step_overhead_s)
         self._draft = (None if draft is None
                        else self._coefficients(draft, hardware.draft_step_overhead_s))
+        # vLLM's k = 0 draft pass keeps the drafter's KV cache in step and returns before
+        # the LM head and sampling (sim/core/live_mirror.py): the draft's weights and FLOPs
+        # without its vocabulary projection; the fixed cost is kept whole (no measurement
+        # says how much of it sampling takes)
+        self._draft_sync = (None if draft is None else self._coefficients(
+            draft, hardware.draft_step_overhead_s, lm_head=False))
 
-    def _coefficients(self, m: ModelShape, overhead_s: float) -> tuple:
+    def _coefficients(self, m: ModelShape, overhead_s: float, lm_head: bool = True) -> tuple:
         hw = self.hardware
         comm = 2 * m.num_layers * hw.allreduce_latency_s if hw.tensor_parallel > 1 else 0.0
-        return (2.0 * m.num_matmul_params / hw.effective_flops,       # s per token
+        head = 0 if lm_head else m.vocab_size * m.hidden_size     # its parameters, if skipped
+        return (2.0 * (m.num_matmul_params - head) / hw.effective_flops,  # s per token
                 m.attn_flops_per_context_token / hw.effective_flops,  # s per context token
-                m.weight_bytes / hw.effective_bandwidth,              # s to stream weights
+                (m.weight_bytes - head * m.dtype_bytes) / hw.effective_bandwidth,  # weights
                 m.kv_bytes_per_token / hw.effective_bandwidth,        # s per KV token read
                 overhead_s + comm)
 
@@ -84,6 +91,12 @@ class RooflineCostModel:
         if self._draft is None:
             raise ValueError("this cost model has no draft model (SimConfig.draft is empty)")
         return self._time(self._draft, num_tokens, num_seqs, sum_context_tokens)
+
+    def draft_sync_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        """A draft pass that samples nothing (vLLM's k = 0 pass): no LM head."""
+        if self._draft_sync is None:
+            raise ValueError("this cost model has no draft model (SimConfig.draft is empty)")
+        return self._time(self._draft_sync, num_tokens, num_seqs, sum_context_tokens)
 
 
 class ConstantCostModel:

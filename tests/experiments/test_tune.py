@@ -84,6 +84,73 @@ def test_tune_beats_every_fixed_k_it_tried_and_resumes(tmp_path):
     assert again["schedule"] == result["schedule"]
 
 
+def test_tuner_charges_drafting_as_vllm_runs_it(tmp_path):
+    """The tuner's cells (``--draft-passes vllm``, the default) charge vLLM's k = 0 draft
+    passes: k = 0 on the speculative engine is slower than "none", which runs an engine
+    without a drafter; per request (the policies' comparison) k = 0 costs nothing."""
+    from dataclasses import replace
+
+    from experiments.compare.setup_grid import plain_sim_config
+    from experiments.tune import search
+    from experiments.tune.cli import parse_args
+    from experiments.tune.core import _k0_overhead
+
+    assert parse_args([]).draft_passes == "vllm"
+    for mode in ("vllm", "per_request"):
+        setup = _small_setup(draft_passes=mode)
+        grid = search.Grid(search.compare_cell(setup), (2.0,), (0,),
+                           plain_config=lambda seed, load: plain_sim_config(
+                               replace(setup, seed=seed)))
+        assert grid._cells[(0, 2.0)][1].engine.draft_passes == mode
+        rows = grid.run([s for s in search.baseline_specs(4)
+                         if s.name in ("none",) or s.label == search.K0_LABEL])
+        tax = _k0_overhead(rows, 2.0)
+        if mode == "vllm":
+            assert tax > 0.005, tax
+        else:
+            assert tax == pytest.approx(0.0, abs=1e-12)
+    assert plain_sim_config(setup).draft == "" and plain_sim_config(setup).engine.k_max == 0
+
+
+def test_grid_reuses_a_run_only_for_a_table_that_decides_the_same(tmp_path):
+    """Two tables that agree at every batch size the first one's run reached make the same
+    decisions there: the grid reuses that run, and a fresh run of the second table gives
+    the very same row; a table that differs inside that range runs."""
+    from experiments.tune import search
+    from experiments.tune.table import SpecTable
+
+    setup = _small_setup(draft_passes="vllm")
+    grid = search.Grid(search.compare_cell(setup), (2.0,), (0,))
+    first = grid.run([search.table_spec("a", SpecTable.fixed(3, 256))])
+    seen = int(first["max_num_seqs_seen"].iloc[0])
+    assert 1 <= seen < 129
+    above = SpecTable((3,) * 8 + (1,), 256)             # k = 1 only from batch 129 on
+    again = grid.run([search.table_spec("b", above)])
+    assert again["policy"].tolist() == ["b"] and again["wall_s"].iloc[0] == first["wall_s"].iloc[0]
+    fresh = search.Grid(search.compare_cell(setup), (2.0,), (0,)).run(
+        [search.table_spec("b", above)])
+    for col in ("goodput_req_s", "tpot_s_mean", "ttft_s_mean", "num_steps", "mean_spec_k"):
+        assert fresh[col].iloc[0] == again[col].iloc[0], col
+    inside = SpecTable((2,) + (3,) * 8, 256)            # k = 2 at batch 1: runs
+    ran = grid.run([search.table_spec("c", inside)])
+    assert ran["wall_s"].iloc[0] != first["wall_s"].iloc[0]
+    assert search.k_by_batch(search.table_spec("h", replace_h(above)), 256) is None
+    # fixed k decides as the constant table: the same row either way
+    for mode in ("vllm", "per_request"):
+        cell = search.compare_cell(_small_setup(draft_passes=mode))
+        fixed = search.Grid(cell, (2.0,), (0,)).run(
+            [s for s in search.baseline_specs(4) if s.label == "fixed_k3"])
+        table = search.Grid(cell, (2.0,), (0,)).run(
+            [search.table_spec("t", SpecTable.fixed(3, 256))])
+        for col in ("goodput_req_s", "tpot_s_mean", "ttft_s_mean", "num_steps", "mean_spec_k"):
+            assert fixed[col].iloc[0] == table[col].iloc[0], (mode, col)
+
+
+def replace_h(table):
+    from dataclasses import replace
+    return replace(table, hysteresis=2)
+
+
 def pd_read(path):
     import pandas as pd
     return pd.read_csv(path)

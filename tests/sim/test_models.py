@@ -54,6 +54,25 @@ def test_roofline_decode_is_memory_bound_prefill_compute_bound():
     assert cost.draft_step_s(1, 1, 100) < decode / 5
 
 
+@pytest.mark.parametrize("draft", ["draft-68m", "llama-3.2-1b"])
+def test_roofline_sync_pass_skips_the_drafts_lm_head(draft):
+    """vLLM's k = 0 draft pass returns before the LM head: one decode token of it is
+    memory bound, so it costs the full pass less the time to stream the vocabulary
+    projection (tied or not), and the same again over many tokens at most."""
+    cost = make_cost_model(SimConfig(draft=draft))
+    m, hw = get_model(draft), get_hardware("a100-80g")
+    head_s = m.vocab_size * m.hidden_size * m.dtype_bytes / hw.effective_bandwidth
+    full, sync = cost.draft_step_s(1, 1, 100), cost.draft_sync_step_s(1, 1, 100)
+    assert full - sync == pytest.approx(head_s, rel=1e-9)
+    assert 0 < sync < full
+    many = np.array([64, 4096])
+    assert np.all(cost.draft_sync_step_s(many, many, many * 500)
+                  < cost.draft_step_s(many, many, many * 500))
+    assert cost.draft_sync_step_s(0, 0, 0) == 0.0
+    with pytest.raises(ValueError, match="no draft model"):
+        make_cost_model(SimConfig(draft="")).draft_sync_step_s(1, 1, 1)
+
+
 def test_cost_model_broadcasts_like_scalars():
     cost = make_cost_model(SimConfig(model="llama-3.1-70b", hardware="h100", tensor_parallel=4))
     toks = np.array([0, 1, 64, 512, 8192])
