@@ -110,7 +110,8 @@ def build_policy(cfg):
 
 
 def build_sim_config(cfg):
-    """sim.core.config.SimConfig from the model, hardware, engine groups."""
+    """sim.core.config.SimConfig from the model, hardware, engine groups; policy ``none``
+    gets an engine without a draft model, as live (``build_live_config``)."""
     from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 
     a = cfg.model.acceptance
@@ -122,7 +123,8 @@ def build_sim_config(cfg):
     limits = OmegaConf.to_container(cfg.engine, resolve=True)
     limits.pop("name")
     engine = EngineConfig(**limits)
-    return SimConfig(model=cfg.model.target, draft=cfg.model.draft, hardware=cfg.hardware.name,
+    draft = "" if cfg.policy.name == "none" else cfg.model.draft
+    return SimConfig(model=cfg.model.target, draft=draft, hardware=cfg.hardware.name,
                      cost_model=cfg.hardware.cost_model, engine=engine, acceptance=acceptance,
                      seed=component_seed(cfg.seed, ENGINE_SEED),
                      tensor_parallel=int(cfg.hardware.tensor_parallel_size),

@@ -31,7 +31,7 @@ from experiments.compare.ratios import (compare_json, ratio_report, with_class_o
                                         with_oracle_fixed)
 from experiments.compare.setup_grid import (CompareSetup, base_workload, load_levels, quick_setup,
                                        num_requests_at, saturation_rate, select_specs,
-                                       sim_config, workload_at)
+                                       plain_sim_config, sim_config, workload_at)
 from experiments.compare.sweep import Job, mean_over_seeds, run_jobs
 from experiments.launchers import add_launcher_args, sweep_executor
 
@@ -150,8 +150,10 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
     for seed in seeds:
         seeded = replace(setup, seed=seed)
         seed_base, config = base_workload(seeded), sim_config(seeded)
-        jobs += [Job(spec, ld, workload_at(seed_base, ld, num_requests_at(setup, ld)), config,
-                     sweep_seed=seed) for ld in loads for spec in specs]
+        plain = plain_sim_config(seeded)     # "none": an engine without a drafter
+        jobs += [Job(spec, ld, workload_at(seed_base, ld, num_requests_at(setup, ld)),
+                     plain if spec.name == "none" else config, sweep_seed=seed)
+                 for ld in loads for spec in specs]
 
     def progress(row, done, total):
         _log(f"[compare] {done}/{total} {row['policy']:>22} @ {row['trace.rate']:g} req/s: "

@@ -205,9 +205,10 @@ def plain_sim_config(setup: CompareSetup):
 
 
 def saturation_rate(setup: CompareSetup, base: Trace) -> dict:
-    """Capacity of `none` in req/s: flood the engine (4x the window's own rate, at least
-    twice any sane capacity) and count completions between the 25th and 75th percentile
-    finish times, while the queue is full (the ramp-up and drain tails are left out)."""
+    """Capacity of `none` (an engine without a drafter) in req/s: flood the engine (4x the
+    window's own rate, at least twice any sane capacity) and count completions between the
+    25th and 75th percentile finish times, while the queue is full (the ramp-up and drain
+    tails are left out)."""
     from analysis.metrics import summarize
     from sim import simulate
     from traces.transforms import mean_rate_per_s
@@ -215,7 +216,7 @@ def saturation_rate(setup: CompareSetup, base: Trace) -> dict:
     flood = 4.0 * mean_rate_per_s(base)
     trace = workload_at(base, flood, setup.saturation_requests)
     t0 = time.perf_counter()
-    result = simulate(trace, PolicySpec("none", "none").build(), sim_config(setup))
+    result = simulate(trace, PolicySpec("none", "none").build(), plain_sim_config(setup))
     fin = np.sort(result.requests["finish_s"].dropna().to_numpy(np.float64))
     if fin.shape[0] < 8:
         raise RuntimeError(f"saturation run finished only {fin.shape[0]} requests of "

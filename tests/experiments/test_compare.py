@@ -235,3 +235,40 @@ def test_rerun_with_the_same_out_resumes_from_kept_cells(tmp_path):
     # another seed is another cell: never served from the first run's cells
     run_compare(replace(setup, seed=1), specs, tmp_path, workers=2)
     assert len(list((tmp_path / "cells").glob("*.json"))) == 4
+
+
+def test_none_runs_an_engine_without_a_drafter(tmp_path, monkeypatch):
+    """"No speculation" is plain vLLM: the compare grid and the saturation run give `none`
+    an engine without a draft model (no draft passes, and the draft's memory for KV), every
+    other policy the speculative engine."""
+    import experiments.compare.cli as cli
+    from experiments.compare.setup_grid import (PolicySpec, plain_sim_config, quick_setup,
+                                                saturation_rate, base_workload)
+    from sim.core.kv_cache import derive_num_kv_blocks
+
+    setup = quick_setup(CompareSetup(loads=(2.0,), draft="llama-3.2-1b",
+                                     model="llama-3.1-8b", hardware="l40"))
+    plain = plain_sim_config(setup)
+    assert plain.draft == "" and plain.engine.k_max == 0
+    assert derive_num_kv_blocks(plain) > derive_num_kv_blocks(cli.sim_config(setup))
+    seen = []
+    real = cli.run_jobs
+
+    def spy(jobs, **kw):
+        seen.extend(jobs)
+        return real(jobs, **kw)
+    monkeypatch.setattr(cli, "run_jobs", spy)
+    cli.run_compare(setup, (PolicySpec("none", "none"), PolicySpec("fixed_k2", "fixed", (("k", 2),))),
+                    tmp_path, workers=1)
+    drafts = {job.spec.label: job.config.draft for job in seen}
+    assert drafts == {"none": "", "fixed_k2": "llama-3.2-1b"}
+    import sim
+    configs = []
+    real_sim = sim.simulate
+
+    def spy_sim(trace, policy, config):
+        configs.append(config)
+        return real_sim(trace, policy, config)
+    monkeypatch.setattr(sim, "simulate", spy_sim)
+    assert saturation_rate(setup, base_workload(setup))["saturation_rate_req_s"] > 0
+    assert [c.draft for c in configs] == [""]

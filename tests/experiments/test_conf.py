@@ -116,3 +116,15 @@ def test_unregistered_policy_names_registered_ones():
     assert "no registered class" in str(err.value)
     for name in known_policies():
         assert name in str(err.value)
+
+
+def test_none_simulates_an_engine_without_a_drafter():
+    """As live (build_live_config), policy none gets no draft model in the simulator: no
+    draft passes and the draft's memory for KV; any other policy keeps the model's draft."""
+    from experiments.build import build_sim_config
+    from sim.core.kv_cache import derive_num_kv_blocks
+
+    spec = build_sim_config(compose_run(["policy=fixed", "model=llama2_7b_68m"]))
+    plain = build_sim_config(compose_run(["policy=none", "model=llama2_7b_68m"]))
+    assert spec.draft and plain.draft == ""
+    assert derive_num_kv_blocks(plain) > derive_num_kv_blocks(spec)
