@@ -241,6 +241,8 @@ def test_none_runs_an_engine_without_a_drafter(tmp_path, monkeypatch):
     """"No speculation" is plain vLLM: the compare grid and the saturation run give `none`
     an engine without a draft model (no draft passes, and the draft's memory for KV), every
     other policy the speculative engine."""
+    from dataclasses import replace
+
     import experiments.compare.cli as cli
     from experiments.compare.setup_grid import (PolicySpec, plain_sim_config, quick_setup,
                                                 saturation_rate, base_workload)
@@ -258,17 +260,20 @@ def test_none_runs_an_engine_without_a_drafter(tmp_path, monkeypatch):
         seen.extend(jobs)
         return real(jobs, **kw)
     monkeypatch.setattr(cli, "run_jobs", spy)
+    # workers=2 keeps numba out of this process (see test_two_seeds_end_to_end)
     cli.run_compare(setup, (PolicySpec("none", "none"), PolicySpec("fixed_k2", "fixed", (("k", 2),))),
-                    tmp_path, workers=1)
+                    tmp_path, workers=2)
     drafts = {job.spec.label: job.config.draft for job in seen}
     assert drafts == {"none": "", "fixed_k2": "llama-3.2-1b"}
     import sim
     configs = []
     real_sim = sim.simulate
 
-    def spy_sim(trace, policy, config):
+    def spy_sim(trace, policy, config):     # in this process: without the compiled epochs
         configs.append(config)
-        return real_sim(trace, policy, config)
+        return real_sim(trace, policy, replace(config, engine=replace(config.engine,
+                                                                      compiled_epochs=False)))
     monkeypatch.setattr(sim, "simulate", spy_sim)
     assert saturation_rate(setup, base_workload(setup))["saturation_rate_req_s"] > 0
     assert [c.draft for c in configs] == [""]
+    assert "numba" not in sys.modules

@@ -1,5 +1,6 @@
 """experiments.tune: the table it searches, the config it exports, and the search itself."""
 import json
+import sys
 
 import numpy as np
 
@@ -84,6 +85,25 @@ def test_tune_beats_every_fixed_k_it_tried_and_resumes(tmp_path):
     assert again["schedule"] == result["schedule"]
 
 
+def _cells(setup):
+    """``search.compare_cell`` without the compiled epochs (the same rows): numba in the
+    pytest process would break the vLLM engines that later tests start."""
+    from dataclasses import replace
+
+    from experiments.tune import search
+    make = search.compare_cell(setup)
+
+    def cell(seed, load):
+        trace, config = make(seed, load)
+        return trace, _uncompiled(config)
+    return cell
+
+
+def _uncompiled(config):
+    from dataclasses import replace
+    return replace(config, engine=replace(config.engine, compiled_epochs=False))
+
+
 def test_tuner_charges_drafting_as_vllm_runs_it(tmp_path):
     """The tuner's cells (``--draft-passes vllm``, the default) charge vLLM's k = 0 draft
     passes: k = 0 on the speculative engine is slower than "none", which runs an engine
@@ -98,9 +118,9 @@ def test_tuner_charges_drafting_as_vllm_runs_it(tmp_path):
     assert parse_args([]).draft_passes == "vllm"
     for mode in ("vllm", "per_request"):
         setup = _small_setup(draft_passes=mode)
-        grid = search.Grid(search.compare_cell(setup), (2.0,), (0,),
-                           plain_config=lambda seed, load: plain_sim_config(
-                               replace(setup, seed=seed)))
+        grid = search.Grid(_cells(setup), (2.0,), (0,),
+                           plain_config=lambda seed, load: _uncompiled(plain_sim_config(
+                               replace(setup, seed=seed))))
         assert grid._cells[(0, 2.0)][1].engine.draft_passes == mode
         rows = grid.run([s for s in search.baseline_specs(4)
                          if s.name in ("none",) or s.label == search.K0_LABEL])
@@ -110,6 +130,7 @@ def test_tuner_charges_drafting_as_vllm_runs_it(tmp_path):
         else:
             assert tax == pytest.approx(0.0, abs=1e-12)
     assert plain_sim_config(setup).draft == "" and plain_sim_config(setup).engine.k_max == 0
+    assert "numba" not in sys.modules
 
 
 def test_grid_reuses_a_run_only_for_a_table_that_decides_the_same(tmp_path):
@@ -120,14 +141,14 @@ def test_grid_reuses_a_run_only_for_a_table_that_decides_the_same(tmp_path):
     from experiments.tune.table import SpecTable
 
     setup = _small_setup(draft_passes="vllm")
-    grid = search.Grid(search.compare_cell(setup), (2.0,), (0,))
+    grid = search.Grid(_cells(setup), (2.0,), (0,))
     first = grid.run([search.table_spec("a", SpecTable.fixed(3, 256))])
     seen = int(first["max_num_seqs_seen"].iloc[0])
     assert 1 <= seen < 129
     above = SpecTable((3,) * 8 + (1,), 256)             # k = 1 only from batch 129 on
     again = grid.run([search.table_spec("b", above)])
     assert again["policy"].tolist() == ["b"] and again["wall_s"].iloc[0] == first["wall_s"].iloc[0]
-    fresh = search.Grid(search.compare_cell(setup), (2.0,), (0,)).run(
+    fresh = search.Grid(_cells(setup), (2.0,), (0,)).run(
         [search.table_spec("b", above)])
     for col in ("goodput_req_s", "tpot_s_mean", "ttft_s_mean", "num_steps", "mean_spec_k"):
         assert fresh[col].iloc[0] == again[col].iloc[0], col
@@ -137,13 +158,14 @@ def test_grid_reuses_a_run_only_for_a_table_that_decides_the_same(tmp_path):
     assert search.k_by_batch(search.table_spec("h", replace_h(above)), 256) is None
     # fixed k decides as the constant table: the same row either way
     for mode in ("vllm", "per_request"):
-        cell = search.compare_cell(_small_setup(draft_passes=mode))
+        cell = _cells(_small_setup(draft_passes=mode))
         fixed = search.Grid(cell, (2.0,), (0,)).run(
             [s for s in search.baseline_specs(4) if s.label == "fixed_k3"])
         table = search.Grid(cell, (2.0,), (0,)).run(
             [search.table_spec("t", SpecTable.fixed(3, 256))])
         for col in ("goodput_req_s", "tpot_s_mean", "ttft_s_mean", "num_steps", "mean_spec_k"):
             assert fixed[col].iloc[0] == table[col].iloc[0], (mode, col)
+    assert "numba" not in sys.modules
 
 
 def replace_h(table):
