@@ -58,7 +58,7 @@ class Grid:
                     ks = k_by_batch(spec, config.engine.max_num_seqs)
                     same = self._same_decisions(seed, load, ks)
                     if same is not None:
-                        reused.append(same | {"policy": spec.label,
+                        reused.append(same | {"policy": spec.label, "policy.name": spec.name,
                                               "policy.params": json.dumps(dict(spec.params))})
                         continue
                     jobs.append(Job(spec, load, trace, config, sweep_seed=seed))
