@@ -50,12 +50,16 @@ class Grid:
         there (each decision reads the batch size alone), so that run's row is reused."""
         jobs, tables, reused = [], [], []
         for spec in specs:
+            ks_by_cap = {}        # the spec's k per batch size, once per engine batch cap
             for seed in (seeds or self.seeds):
                 for load in self.loads:
                     trace, config = self._cells[(seed, load)]
                     if spec.name == "none" and self.plain_config is not None:
                         config = self.plain_config(seed, load)
-                    ks = k_by_batch(spec, config.engine.max_num_seqs)
+                    cap = config.engine.max_num_seqs
+                    if cap not in ks_by_cap:
+                        ks_by_cap[cap] = k_by_batch(spec, cap)
+                    ks = ks_by_cap[cap]
                     same = self._same_decisions(seed, load, ks)
                     if same is not None:
                         reused.append(same | {"policy": spec.label, "policy.name": spec.name,

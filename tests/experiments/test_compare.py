@@ -261,8 +261,8 @@ def test_none_runs_an_engine_without_a_drafter(tmp_path, monkeypatch):
         return real(jobs, **kw)
     monkeypatch.setattr(cli, "run_jobs", spy)
     # workers=2 keeps numba out of this process (see test_two_seeds_end_to_end)
-    cli.run_compare(setup, (PolicySpec("none", "none"), PolicySpec("fixed_k2", "fixed", (("k", 2),))),
-                    tmp_path, workers=2)
+    specs = (PolicySpec("none", "none"), PolicySpec("fixed_k2", "fixed", (("k", 2),)))
+    cli.run_compare(setup, specs, tmp_path, workers=2)
     drafts = {job.spec.label: job.config.draft for job in seen}
     assert drafts == {"none": "", "fixed_k2": "llama-3.2-1b"}
     import sim

@@ -1,4 +1,5 @@
 """experiments.tune: the table it searches, the config it exports, and the search itself."""
+import dataclasses
 import json
 import sys
 
@@ -88,8 +89,6 @@ def test_tune_beats_every_fixed_k_it_tried_and_resumes(tmp_path):
 def _cells(setup):
     """``search.compare_cell`` without the compiled epochs (the same rows): numba in the
     pytest process would break the vLLM engines that later tests start."""
-    from dataclasses import replace
-
     from experiments.tune import search
     make = search.compare_cell(setup)
 
@@ -155,7 +154,8 @@ def test_grid_reuses_a_run_only_for_a_table_that_decides_the_same(tmp_path):
     inside = SpecTable((2,) + (3,) * 8, 256)            # k = 2 at batch 1: runs
     ran = grid.run([search.table_spec("c", inside)])
     assert ran["wall_s"].iloc[0] != first["wall_s"].iloc[0]
-    assert search.k_by_batch(search.table_spec("h", replace_h(above)), 256) is None
+    hysteresis = dataclasses.replace(above, hysteresis=2)    # decisions read the history too
+    assert search.k_by_batch(search.table_spec("h", hysteresis), 256) is None
     # fixed k decides as the constant table: the same row either way
     for mode in ("vllm", "per_request"):
         cell = _cells(_small_setup(draft_passes=mode))
@@ -166,11 +166,6 @@ def test_grid_reuses_a_run_only_for_a_table_that_decides_the_same(tmp_path):
         for col in ("goodput_req_s", "tpot_s_mean", "ttft_s_mean", "num_steps", "mean_spec_k"):
             assert fixed[col].iloc[0] == table[col].iloc[0], (mode, col)
     assert "numba" not in sys.modules
-
-
-def replace_h(table):
-    from dataclasses import replace
-    return replace(table, hysteresis=2)
 
 
 def pd_read(path):
