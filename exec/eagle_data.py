@@ -103,8 +103,22 @@ def teacher_forced_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def load_data(work: Path) -> list[dict]:
+def data_files(work: Path, num_val_files: int = 0) -> tuple[list[Path], list[Path]]:
+    """(training files, validation files): the validation files are the last
+    ``num_val_files`` greedy batches present (``data_NNNN.pt``), never trained on, so that
+    agreement on them measures what the head meets live rather than what it memorised."""
+    paths = sorted(work.glob("data_*.pt"))
+    greedy = [p for p in paths if p.stem[len("data_"):].isdigit()]
+    if num_val_files >= len(greedy) and num_val_files > 0:
+        raise ValueError(f"{num_val_files} validation files asked for but {work} holds "
+                         f"{len(greedy)} greedy batches: generate more (--stage generate "
+                         f"--num-sequences N) or lower --val-files")
+    val = greedy[len(greedy) - num_val_files:] if num_val_files else []
+    return [p for p in paths if p not in val], val
+
+
+def load_data(paths: list[Path]) -> list[dict]:
     seqs = []
-    for path in sorted(work.glob("data_*.pt")):
+    for path in paths:
         seqs.extend(torch.load(path))
     return seqs

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from exec.eagle_head import EagleHead, heldout_acceptance
-from exec.eagle_data import TOP_K, generate_data, load_data, teacher_forced_data
+from exec.eagle_data import TOP_K, data_files, generate_data, load_data, teacher_forced_data
 
 
 
@@ -69,6 +69,12 @@ class EagleTrainConfig:
     # of ~1,000 candidates overstates full-vocabulary agreement, which is what vLLM's
     # drafter's argmax meets)
     full_vocab_rows: int = 0
+    # > 0: the last this-many greedy batches are held out; every ``eval_every`` steps the
+    # head's full-vocabulary agreement on them is measured and the best head is exported
+    # (early stopping: on 1,024 sequences a fine-tune reached 0.78 pass-1 agreement on its
+    # training batches against 0.49 on new ones)
+    val_files: int = 0
+    eval_every: int = 100
 
 
 # -- stage 2: training -----------------------------------------------------------------------
@@ -95,18 +101,73 @@ def make_batch(seqs, idx, pad_id: int):
     return ids_next, feat, feat_next, label, top, valid
 
 
-def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int) -> list[dict]:
-    ckpt = work / "head_ckpt.pt"
+def unrolled_passes(head, emb, feat, depth: int):
+    """Yield (j, output) of draft passes j = 1..depth over a batch, as vLLM drafts: pass 1 reads
+    the target's features; pass j at position i reads the head's own output of pass j - 1 at
+    i - 1 and token x_{i+1} (shifted one step on), with the keys of positions <= i - j + 1 from
+    pass 1 (the target's) and itself."""
+    b, t = emb.shape[:2]
+    pos = torch.arange(t)[None, :].expand(b, t)
+    out, k1, v1 = head(emb, feat, pos, key_mask=torch.ones(t, t, dtype=torch.bool).tril())
+    yield 1, out
+    for j in range(2, depth + 1):
+        feat_j = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], 1)
+        mask = torch.cat([torch.ones(t, t, dtype=torch.bool).tril(-(j - 1)),
+                          torch.eye(t, dtype=torch.bool)], 1)
+        out, _, _ = head(emb, feat_j, pos, past_k=k1, past_v=v1, key_mask=mask)
+        yield j, out
+
+
+@torch.no_grad()
+def validation_agreement(head, embed, lm_head, seqs, depth: int, batch: int = 8) -> list[float]:
+    """Per draft pass, the share of generated positions of ``seqs`` where the head's
+    full-vocabulary argmax is the target's greedy token (what vLLM's drafter proposes)."""
+    hits, num = np.zeros(depth), np.zeros(depth)
+    for start in range(0, len(seqs), batch):
+        idx = list(range(start, min(start + batch, len(seqs))))
+        ids_next, feat, _, label, _, valid = make_batch(seqs, idx, pad_id=0)
+        generated = valid.clone()
+        for r, i in enumerate(idx):      # live drafting starts after the prompt's last token
+            generated[r, :seqs[i]["num_prompt"] - 1] = False
+        for j, out in unrolled_passes(head, embed[ids_next], feat, depth):
+            m = generated.clone()
+            m[:, :j - 1] = False
+            hits[j - 1] += ((out[m] @ lm_head.T).argmax(-1) == label[m]).sum().item()
+            num[j - 1] += m.sum().item()
+    return (hits / np.maximum(num, 1)).tolist()
+
+
+def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int,
+          val_seqs: list[dict] | None = None) -> list[dict]:
+    """Train ``head`` (resuming from ``work``); with ``val_seqs``, the best head on them so far
+    is kept in ``work/head_best.pt``."""
+    ckpt, best_path = work / "head_ckpt.pt", work / "head_best.pt"
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    log, step = [], 0
+    log, step, best = [], 0, None
     if ckpt.exists():
         state = torch.load(ckpt)
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["opt"])
-        log, step = state["log"], state["step"]
+        log, step, best = state["log"], state["step"], state.get("best")
         print(f"resumed at step {step}", flush=True)
     embed = target.model.embed_tokens.weight.detach()
     lm_head = target.lm_head.weight.detach()
+
+    def evaluate():
+        nonlocal best
+        agree = validation_agreement(head, embed, lm_head, val_seqs, cfg.depth)
+        score = float(np.mean(agree))
+        row = {"step": step, "val_agreement": [round(a, 4) for a in agree]}
+        if best is None or score > best["score"]:
+            best = {"step": step, "score": score}
+            tmp = best_path.with_suffix(".tmp")
+            torch.save(head.state_dict(), tmp)
+            tmp.rename(best_path)
+        log.append(row | {"best_step": best["step"]})
+        print(json.dumps(log[-1]), flush=True)
+
+    if val_seqs and best is None:
+        evaluate()                       # the head it starts from is a candidate too
     vocab = lm_head.shape[0]
     pad_id = 0
     rng = np.random.default_rng(cfg.seed + 1 + step)
@@ -123,9 +184,6 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
                 rng.choice(greedy_idx, size=n_greedy, replace=False),
                 rng.choice(other_idx, size=cfg.batch_sequences - n_greedy, replace=False)])
         ids_next, feat, feat_next, label, top, valid = make_batch(seqs, idx, pad_id)
-        b, t = ids_next.shape
-        pos = torch.arange(t)[None, :].expand(b, t)
-        causal = torch.ones(t, t, dtype=torch.bool).tril()
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (
             1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
         for g in opt.param_groups:
@@ -136,19 +194,7 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
         remap[cand] = torch.arange(len(cand))
         w_cand = lm_head[cand]
         loss_total, stats = 0.0, {}
-        out, k1, v1 = head(embed[ids_next], feat, pos, key_mask=causal)
-        prev_out = out
-        for j in range(1, cfg.depth + 1):
-            if j > 1:
-                # pass j at position i: input = own output of pass j-1 at i - 1, token x_{i+1}
-                # (shifted one step on), keys of positions <= i - j + 1 from pass 1, itself.
-                shift = j - 1
-                feat_j = torch.cat([torch.zeros_like(prev_out[:, :1]), prev_out[:, :-1]], 1)
-                ids_j = ids_next
-                mask = torch.cat([torch.ones(t, t, dtype=torch.bool).tril(-shift),
-                                  torch.eye(t, dtype=torch.bool)], 1)
-                out, _, _ = head(embed[ids_j], feat_j, pos, past_k=k1, past_v=v1, key_mask=mask)
-                prev_out = out
+        for j, out in unrolled_passes(head, embed[ids_next], feat, cfg.depth):
             m = valid.clone()
             if j > 1:
                 m[:, :j - 1] = False
@@ -177,11 +223,15 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
                    **{k: round(v, 4) for k, v in stats.items()}}
             log.append(row)
             print(json.dumps(row), flush=True)
+        if val_seqs and (step % cfg.eval_every == 0 or step == cfg.steps):
+            evaluate()
         if step % save_every == 0 or step == cfg.steps:
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "log": log,
-                        "step": step}, tmp)
+                        "step": step, "best": best}, tmp)
             tmp.rename(ckpt)
+    if val_seqs:
+        head.load_state_dict(torch.load(best_path))
     return log
 
 
@@ -215,6 +265,10 @@ def main(argv=None) -> None:
     ap.add_argument("--full-vocab-rows", type=int, default=None,
                     help="cross-entropy over the whole vocabulary on this many positions per "
                          "pass (0: over a sampled vocabulary on every position)")
+    ap.add_argument("--val-files", type=int, default=None,
+                    help="hold out the last N greedy data batches, measure full-vocabulary "
+                         "agreement on them every --eval-every steps and export the best head")
+    ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from an exported head (fine-tune) instead of the target's "
                          "last layer")
@@ -224,7 +278,9 @@ def main(argv=None) -> None:
     cfg = EagleTrainConfig()
     overrides = {k: v for k, v in (("steps", args.steps), ("num_sequences", args.num_sequences),
                                    ("lr", args.lr), ("greedy_share", args.greedy_share),
-                                   ("full_vocab_rows", args.full_vocab_rows))
+                                   ("full_vocab_rows", args.full_vocab_rows),
+                                   ("val_files", args.val_files),
+                                   ("eval_every", args.eval_every))
                  if v is not None}
     if overrides:
         from dataclasses import replace
@@ -248,7 +304,8 @@ def main(argv=None) -> None:
         teacher_forced_data(target, tok, cfg, args.work)
     if args.stage in ("generate", "teacher"):
         return
-    seqs = load_data(args.work)
+    train_paths, val_paths = data_files(args.work, cfg.val_files)
+    seqs, val_seqs = load_data(train_paths), load_data(val_paths)
     head = EagleHead(target.config)
     history = {}
     if args.init_from is not None:
@@ -262,12 +319,15 @@ def main(argv=None) -> None:
                        | {"last_step": old["log"][-1] if old.get("log") else None}}
     else:
         head.init_from_target(target, layer=target.config.num_hidden_layers - 1)
-    log = train(head, target, seqs, cfg, args.work, args.save_every) if args.stage != "export" \
-        else torch.load(args.work / "head_ckpt.pt")["log"]
+    log = train(head, target, seqs, cfg, args.work, args.save_every, val_seqs) \
+        if args.stage != "export" else torch.load(args.work / "head_ckpt.pt")["log"]
     if args.stage == "export":
-        head.load_state_dict(torch.load(args.work / "head_ckpt.pt")["head"])
+        best = args.work / "head_best.pt"
+        head.load_state_dict(torch.load(best) if val_seqs and best.is_file()
+                             else torch.load(args.work / "head_ckpt.pt")["head"])
     export(head, target_dir, args.out, log, cfg,
            {"num_sequences": len(seqs), "num_tokens": int(sum(len(s["ids"]) for s in seqs)),
+            "val_files": [p.name for p in val_paths],
             "wall_s_this_run": round(time.perf_counter() - started, 1),
             "target": str(target_dir.parent.name), **history})
     print(f"exported {args.out}")
