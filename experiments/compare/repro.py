@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,9 @@ def run_repro(name: str, quick: bool = True, seed: int = 0, workers: int = 1,
 
     cfg = load_repro(name)
     config = sim_config(cfg, seed)
+    # "no speculation" is an engine built without a drafter: no draft passes, and the draft
+    # model's memory goes to KV, as in plain vLLM
+    plain = replace(config, draft="", engine=replace(config.engine, k_max=0))
     base = build_workload(cfg, config, seed)
     rates = list(cfg.rates) or [tf.mean_rate_per_s(base)]
     if quick:
@@ -139,7 +143,8 @@ def run_repro(name: str, quick: bool = True, seed: int = 0, workers: int = 1,
     for rate in rates:
         # cut first, then rescale: the kept requests themselves arrive at ``rate``
         trace = tf.scale_to_rate(base, rate) if cfg.rates else base
-        jobs += [Job(spec, float(rate), trace, config) for spec in specs]
+        jobs += [Job(spec, float(rate), trace, plain if spec.name == "none" else config)
+                 for spec in specs]
     table = run_jobs(jobs, workers=workers)
     table.insert(0, "repro", name)
     table["paper"] = cfg.paper

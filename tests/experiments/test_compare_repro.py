@@ -39,11 +39,19 @@ def test_bad_yaml_is_named(tmp_path, monkeypatch):
 
 @needs_shared
 @pytest.mark.parametrize("name", known_repros())
-def test_each_setup_runs_on_a_tiny_slice(name):
-    from experiments.compare.repro import run_repro
+def test_each_setup_runs_on_a_tiny_slice(name, monkeypatch):
+    from experiments.compare import repro
 
+    ran = []
+    real_run_jobs = repro.run_jobs
+    monkeypatch.setattr(repro, "run_jobs", lambda jobs, **kw: real_run_jobs(ran.extend(jobs)
+                                                                             or jobs, **kw))
     cfg = load_repro(name)
-    table = run_repro(name, quick=True)
+    table = repro.run_repro(name, quick=True)
+    # "no speculation" runs an engine built without a drafter; every other policy drafts
+    for job in ran:
+        plain = job.spec.name == "none"
+        assert (job.config.draft == "") == plain and (job.config.engine.k_max == 0) == plain
     assert sorted(table["policy"]) == sorted(cfg.policies)
     assert (table["num_requests"] == cfg.quick_num_requests).all()
     # no request silently lost: all finish (tiny slice, light load)
