@@ -15,7 +15,9 @@ Stages, each cached under ``--work`` and resumed when re-run (fixed seed through
    over a sampled vocabulary (the target's top-4 of the batch plus random negatives), unrolled
    ``depth`` draft passes where pass j > 1 reads the head's own features (the keys of earlier
    positions stay the target's, as in vLLM's drafting). Checkpoints every ``--save-every``
-   steps and resumes from the last one.
+   steps and resumes from the last one. With ``--val-files N`` the last N greedy batches are
+   held out and the head with the best full-vocabulary agreement on them is exported (early
+   stopping: the head memorises its training sequences).
 3. ``export``: ``config.json`` + ``model.safetensors`` (fc and layer only: vLLM shares the
    target's embedding and LM head) into ``--out``, and ``train_log.json``.
 
