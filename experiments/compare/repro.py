@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +125,7 @@ def run_repro(name: str, quick: bool = True, seed: int = 0, workers: int = 1,
 
     cfg = load_repro(name)
     config = sim_config(cfg, seed)
-    # "no speculation" is an engine built without a drafter: no draft passes, and the draft
-    # model's memory goes to KV, as in plain vLLM
-    plain = replace(config, draft="", engine=replace(config.engine, k_max=0))
+    plain = config.without_drafter()
     base = build_workload(cfg, config, seed)
     rates = list(cfg.rates) or [tf.mean_rate_per_s(base)]
     if quick:

@@ -200,8 +200,7 @@ def sim_config(setup: CompareSetup):
 def plain_sim_config(setup: CompareSetup):
     """``sim_config`` of an engine built without a drafter: what "no speculation" runs
     (plain vLLM loads no draft model, so it also has the draft's memory for KV)."""
-    config = sim_config(setup)
-    return replace(config, draft="", engine=replace(config.engine, k_max=0))
+    return sim_config(setup).without_drafter()
 
 
 def saturation_rate(setup: CompareSetup, base: Trace) -> dict:

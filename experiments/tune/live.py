@@ -68,7 +68,7 @@ def verify_live(args, out: Path) -> dict:
         return scale_to_rate(twin.trace, load), replace(twin.config, seed=seed)
 
     def plain_config(seed, load):
-        return replace(twin.config, seed=seed, draft="", engine=replace(eng, k_max=0),
+        return replace(twin.config.without_drafter(), seed=seed,
                        cost_model=f"fitted:{plain or profile}")
 
     loads = tuple(sorted({float(f"{rate * float(f):.2g}") for f in args.band.split(",")}))

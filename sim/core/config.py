@@ -1,7 +1,7 @@
 """Typed, frozen configuration of one simulation run (no hydra here: experiments/ maps onto it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,8 @@ class SimConfig:
     seed: int = 0
     tensor_parallel: int = 1             # target (and draft) sharded this many ways
     record_steps: bool = True            # keep the per-step table (off for huge sweeps)
+
+    def without_drafter(self) -> SimConfig:
+        """This engine built without a draft model: what "no speculation" runs. Plain vLLM
+        loads no drafter, so it never drafts and the draft's memory goes to KV."""
+        return replace(self, draft="", engine=replace(self.engine, k_max=0))
