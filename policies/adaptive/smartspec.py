@@ -85,7 +85,8 @@ class SmartSpec(Policy):
         return Decision(num_spec_tokens=np.full(n, min(self._k, obs.k_max), np.int64))
 
     def observe(self, feedback: Feedback) -> None:
-        drafted = int(np.sum(feedback.num_spec_tokens))
+        spec = np.asarray(feedback.num_spec_tokens)
+        drafted = int(spec.sum())
         if drafted > 0:
-            ratio = float(np.sum(np.minimum(feedback.num_accepted, feedback.num_spec_tokens)))
+            ratio = float(np.minimum(feedback.num_accepted, spec).sum())
             self.alpha = (1.0 - self.ema) * self.alpha + self.ema * ratio / drafted

@@ -28,19 +28,23 @@ def uniform_step_s(obs: Observation, ks) -> tuple[np.ndarray, np.ndarray]:
     ks = np.asarray(ks, np.int64)
     n = obs.num_requests
     ctx = float(obs.context_lens.sum())
-    kmax = int(ks.max(initial=0))
+    kmax = int(ks.max()) if ks.size else 0
+    # array methods, not np.cumsum/np.sum/np.broadcast_to: their Python wrappers cost more
+    # than the arithmetic on these few values, and every adaptive policy's decide runs this
     if kmax > 0:
         j = np.arange(kmax, dtype=np.int64)          # pass j + 1 attends to ctx + j n
         per_pass = np.asarray(obs.cost.draft_step_s(n, n, ctx + j * n), float)
+        if per_pass.ndim == 0:                       # a context-blind model's scalar
+            per_pass = np.full(kmax, float(per_pass))
         cum = np.zeros(kmax + 1)
-        np.cumsum(np.broadcast_to(per_pass, j.shape) if per_pass.ndim == 0 else per_pass,
-                  out=cum[1:])
+        per_pass.cumsum(out=cum[1:])
         draft = cum[ks]
     else:
         draft = np.zeros(ks.shape)
+    k1 = ks + 1
     verify = np.asarray(obs.cost.target_step_s(
-        obs.num_prefill_tokens + n * (ks + 1), _target_seqs(obs),
-        obs.sum_prefill_context_tokens + (ks + 1) * ctx + n * ks * (ks + 1) / 2), float)
+        obs.num_prefill_tokens + n * k1, _target_seqs(obs),
+        obs.sum_prefill_context_tokens + k1 * ctx + n * ks * k1 / 2), float)
     return draft, (np.full(ks.shape, float(verify)) if verify.ndim == 0 else verify.copy())
 
 

@@ -30,12 +30,14 @@ class ThresholdDrafting(Policy):
         return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
-        more = draft.num_drafted < draft.decision.num_spec_tokens
-        s = int(draft.num_drafted.max(initial=0))
+        drafted = draft.num_drafted
+        more = drafted < draft.decision.num_spec_tokens
+        s = int(drafted.max()) if drafted.size else 0
         if s == 0:
             return more
-        latest = draft.confidences[draft.num_drafted >= s, s - 1]
+        latest = draft.confidences[:, s - 1][drafted >= s]
         latest = latest[np.isfinite(latest)]
-        if latest.size and float(latest.mean()) < self.threshold:
+        # sum / size is mean()'s arithmetic without its Python wrapper (once per draft pass)
+        if latest.size and float(latest.sum()) / latest.size < self.threshold:
             return np.zeros_like(more)
         return more

@@ -90,26 +90,31 @@ class VllmAdaptiveVerify(Policy):
         return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
-        drafted = super().select_verify(draft)
-        if int(drafted.sum()) == 0:
-            return drafted
+        if draft.decision.verify_token_budget is not None:
+            drafted = super().select_verify(draft)
+        else:
+            drafted = draft.num_drafted
+        num_slots = int(drafted.sum())
+        if num_slots == 0:
+            return drafted.copy()
         obs = draft.obs
         n, K = draft.confidences.shape
         cum = cumulative_confidence(draft.confidences)
-        pos = np.arange(K)[None, :]
-        valid = pos < drafted[:, None]
-        score = np.where(valid, cum, -np.inf).ravel()
-        ctx = (obs.context_lens[:, None] + pos + 1).astype(float).ravel()
+        pos = np.arange(K)
+        valid = pos[None, :] < drafted[:, None]
+        score = np.where(valid, cum, -np.inf)
         # slots by score, ties by position then request (a lexsort's order, one stable sort
         # of the position-major scores)
-        by_pos = np.argsort(-score.reshape(n, K).T.ravel(), kind="stable")[:int(valid.sum())]
+        by_pos = np.argsort(-score.T.ravel(), kind="stable")[:num_slots]
         pos_of, req_of = np.divmod(by_pos, n)
-        order = req_of * K + pos_of
-        cum_f = np.concatenate([[0.0], np.cumsum(score[order])])
-        cum_ctx = np.concatenate([[0.0], np.cumsum(ctx[order])])
-        b = np.arange(cum_f.size)
+        cum_f = np.zeros(num_slots + 1)
+        score[req_of, pos_of].cumsum(out=cum_f[1:])
+        # contexts are whole tokens: their running sum is exact in int64, as in float
+        cum_ctx = np.zeros(num_slots + 1)
+        (obs.context_lens[req_of] + pos_of + 1).cumsum(out=cum_ctx[1:])
+        b = np.arange(num_slots + 1)
         rate = (n + cum_f) / (draft.draft_time_s + verify_tokens_s(obs, b, cum_ctx))
         best = int(np.argmax(rate))
-        keep = np.zeros(n * K, bool)
-        keep[order[:best]] = True
-        return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
+        # the top slots of every request form a prefix (survival never rises along a chain,
+        # and ties take the earlier position): count them
+        return np.bincount(req_of[:best], minlength=n).astype(drafted.dtype)
