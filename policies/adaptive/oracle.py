@@ -44,22 +44,27 @@ class Oracle(Policy):
         if n == 0:
             return Decision(num_spec_tokens=np.zeros(0, np.int64))
         m = np.minimum(m, obs.k_max)
-        caps = np.arange(int(m.max(initial=0)) + 1)
-        k = np.minimum(m[None, :], caps[:, None])                  # (caps, n)
-        L = obs.context_lens.astype(float)
-        tokens = k.sum(axis=1)
-        # draft pass j runs for requests with m_i >= j, under every cap >= j
-        j = caps[1:]
-        n_ge = (m[None, :] >= j[:, None]).sum(axis=1)
-        ctx_ge = ((m[None, :] >= j[:, None]) * L[None, :]).sum(axis=1) + (j - 1) * n_ge
-        per_pass = np.asarray(obs.cost.draft_step_s(n_ge, n_ge, ctx_ge), float)
-        passes = np.where(n_ge > 0, per_pass, 0.0)   # (broadcasts a context-blind model's scalar)
-        draft = np.zeros(passes.size + 1)
-        np.cumsum(passes, out=draft[1:])
-        ctx = ((k + 1) * L[None, :] + k * (k + 1) / 2).sum(axis=1)
+        top = int(m.max())
+        if top == 0:
+            return Decision(num_spec_tokens=m)
+        # Per cap c = 0..top, from counts per match length (contexts are whole tokens, so
+        # every sum below is exact in any order): draft pass j runs for the n_j requests with
+        # m_i >= j, attending to ctx_j; raising the cap from j - 1 to j adds one token to each
+        # of them, hence n_j verified tokens and sum_{m_i >= j} L_i + j n_j context.
+        L = obs.context_lens
+        n_ge = np.bincount(m, minlength=top + 1)[::-1].cumsum()[::-1][1:]        # j = 1..top
+        L_ge = np.bincount(m, weights=L, minlength=top + 1)[::-1].cumsum()[::-1][1:]
+        j = np.arange(1, top + 1)
+        per_pass = np.asarray(obs.cost.draft_step_s(n_ge, n_ge, L_ge + (j - 1) * n_ge), float)
+        draft = np.zeros(top + 1)
+        np.broadcast_to(per_pass, j.shape).cumsum(out=draft[1:])   # n_j >= 1 for j <= top
+        tokens = np.zeros(top + 1, np.int64)
+        n_ge.cumsum(out=tokens[1:])
+        ctx = np.full(top + 1, float(L.sum()))
+        ctx[1:] += (L_ge + j * n_ge).cumsum()
         verify = verify_tokens_s(obs, tokens, ctx)
-        best_k = k[int(np.argmax((n + tokens) / (draft + verify)))]
-        return Decision(num_spec_tokens=best_k)
+        cap = int(np.argmax((n + tokens) / (draft + verify)))
+        return Decision(num_spec_tokens=np.minimum(m, cap))
 
 
 def true_match_lens(obs: Observation, policy_name: str) -> np.ndarray:
@@ -103,6 +108,10 @@ class OracleSlo(Policy):
         self.num_budget_points = int(num_budget_points)
         self.t_step_s: float | None = None
 
+    def warm_up(self) -> None:
+        """slo_goodput's plan kernels (``SloGoodput.warm_up``)."""
+        self.slo.warm_up()
+
     def decide(self, obs: Observation) -> Decision:
         n, K = obs.num_requests, obs.k_max
         if n == 0 or K == 0:
@@ -138,7 +147,8 @@ class OracleSlo(Policy):
         ranks = [density] + [density + big * slot_pass * (depth <= c) for c in range(1, K)]
         plan = plan_slots(obs, w, slot_pass, widths, np.stack(ranks),
                           self.slo.prefill_value(obs), self.slo.slo_guard,
-                          self.slo.slo_step_factor, None, self.num_budget_points)
+                          self.slo.slo_step_factor, None, self.num_budget_points,
+                          self.slo.compiled)
         return _Planned(plan.depth, plan.rate, widths)
 
     def observe(self, feedback: Feedback) -> None:
