@@ -44,6 +44,7 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
         trace, config, engine)
     if config.warmup_requests:
         _warmup(engine, config.warmup_requests)
+    policy.warm_up()             # compiled hooks load before the clock starts
     cost = cost if cost is not None else MeasuredCost()
     t0 = time.perf_counter()
     clock = lambda: time.perf_counter() - t0  # noqa: E731

@@ -200,6 +200,11 @@ class Policy:
     def observe(self, feedback: Feedback) -> None:
         return None
 
+    def warm_up(self) -> None:
+        """Compile or load what the hooks run (numba kernels) before timed work; engines and
+        benches call it before their clocks start. Default: nothing to do."""
+        return None
+
 
 def trim_to_budget(num_drafted: np.ndarray, cum_conf: np.ndarray, budget: int) -> np.ndarray:
     """Keep the ``budget`` draft tokens with the highest cumulative confidence.

@@ -73,6 +73,9 @@ class PolicyRecorder(Policy):
         self.calls.append(HookCall("observe", feedback, None))
         self.policy.observe(feedback)
 
+    def warm_up(self) -> None:
+        self.policy.warm_up()
+
 
 def same_answer(a, b) -> bool:
     """Equal decisions or arrays (nan equal to nan, dtypes ignored)."""
@@ -141,3 +144,6 @@ class HookTimer(Policy):
 
     def observe(self, feedback: Feedback) -> None:
         self._timed("observe", feedback)
+
+    def warm_up(self) -> None:        # not timed: it runs before the engine's clock starts
+        self.policy.warm_up()

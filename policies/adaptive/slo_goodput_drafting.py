@@ -85,13 +85,15 @@ class SurvivalCache:
 
 
 def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
-                        confidences: np.ndarray, cached: SurvivalCache | None) -> SurvivalCache:
+                        confidences: np.ndarray, cached: SurvivalCache | None,
+                        compiled: bool = False) -> SurvivalCache:
     """The running product of calibrated posteriors P(accept | confidence, a_i), ``cached``
     extended by the columns drafted since the last call of this step (the caller keeps it and
     reads the first columns of its buffer). Drafted columns do not change within a step and
     the calibrator learns only in observe(), so earlier columns are not recomputed, and each
     request's posterior per confidence bin is tabled once per step (the same products, in
-    cumprod's order, as posterior_given_odds column by column)."""
+    cumprod's order, as posterior_given_odds column by column). ``compiled``: the new
+    columns in one loop (``slo_goodput_kernels``), the same floats."""
     n, want = confidences.shape
     if cached is None or cached.plan is not plan:
         odds = calibrator.prior_odds(plan.accept)
@@ -104,6 +106,11 @@ def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
             surv = cached.survival = np.concatenate([surv[:, :have],
                                                      np.empty((n, want - have))], axis=1)
         new = confidences[:, have:want]
+        kernel = _kernel("SURVIVAL_COLUMNS") if compiled and cached.table is not None else None
+        if kernel is not None:
+            kernel(cached.table, confidences, have, want, calibrator.num_bins, surv)
+            cached.filled = want
+            return cached
         if cached.table is not None:
             post = cached.table[cached.rows, calibrator.bin_or_nan(new)]
         else:
@@ -117,19 +124,36 @@ def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
     return cached
 
 
+def _kernel(name: str):
+    """A compiled loop of ``slo_goodput_kernels`` (numba loaded on first use), or None."""
+    from policies.adaptive import slo_goodput_kernels
+    return getattr(slo_goodput_kernels, name)
+
+
 def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margin: float,
-                  pass_cost_stop: bool) -> np.ndarray:
+                  pass_cost_stop: bool, compiled: bool = False) -> np.ndarray:
     """slo_goodput's continue_drafting: a request short of its length drafts its first slot,
     then more while the next is worth w_i * c_is * a_i >= ``stop_margin`` * the plan's
     marginal slot (c from ``survival(plan, confidences)``); past their planned depth, chain
     requests also need ``extension_not_worth_it`` to let them (``pass_cost_stop``). Outside
-    the planned step every request drafts its length."""
+    the planned step every request drafts its length. ``compiled``: the masks and the
+    extension check's sums in one loop (``slo_goodput_kernels``), the same answers."""
     more = draft.num_drafted < draft.decision.num_spec_tokens
     if plan is None or not same_step(plan.obs, draft.obs):
         return more
     s = draft.num_drafted
     smax = int(s.max(initial=0))
     surv = survival(plan, draft.confidences[:, :max(smax, 1)])
+    kernel = _kernel("DRAFTING_MASKS") if compiled else None
+    if kernel is not None:
+        check = pass_cost_stop and plan.width == 1
+        more, ext, next_value, sums = kernel(
+            s, draft.decision.num_spec_tokens, surv, plan.weight, plan.accept,
+            stop_margin * plan.marginal, plan.base_k, draft.obs.context_lens, check)
+        if check and sums[1] > 0 and not _extension_pays(plan, draft.obs, ext, next_value,
+                                                          *(int(x) for x in sums)):
+            more &= ~ext
+        return more
     c = np.where(s > 0, surv[plan.rows, np.maximum(s - 1, 0)], 1.0)
     next_value = plan.weight * c * plan.accept
     more &= (s == 0) | (next_value >= stop_margin * plan.marginal)
@@ -139,7 +163,7 @@ def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margi
 
 
 def verified_lengths(plan: StepPlan | None, draft: DraftState, drafted: np.ndarray, survival,
-                     confidence_verify: bool) -> np.ndarray:
+                     confidence_verify: bool, compiled: bool = False) -> np.ndarray:
     """slo_goodput's select_verify on the ``drafted`` lengths: with ``confidence_verify``, on
     chains of the planned step, the prefixes ``best_verified_prefixes`` picks for slot values
     w_i c_ij (``survival(plan, confidences)`` gives c)."""
@@ -150,7 +174,8 @@ def verified_lengths(plan: StepPlan | None, draft: DraftState, drafted: np.ndarr
     K = int(drafted.max())
     value = plan.weight[:, None] * survival(plan, draft.confidences[:, :K])
     return best_verified_prefixes(draft.obs, value, drafted,
-                                  plan.weight.sum() + plan.prefill_value, draft.draft_time_s)
+                                  plan.weight.sum() + plan.prefill_value, draft.draft_time_s,
+                                  compiled)
 
 def extension_not_worth_it(plan: StepPlan, draft, more: np.ndarray,
                            next_value: np.ndarray) -> np.ndarray:
@@ -166,16 +191,25 @@ def extension_not_worth_it(plan: StepPlan, draft, more: np.ndarray,
     L = plan.context_lens + s
     n_in, n_ext = int(planned.sum()), int(ext.sum())
     ctx_in, ctx_ext = float(L[planned].sum()), float(L[ext].sum())
+    V, C = float(s.sum()), float((obs.context_lens * s + s * (s + 1) / 2).sum())
+    if _extension_pays(plan, obs, ext, next_value, n_in, n_ext, ctx_in, ctx_ext, V, C):
+        return np.zeros_like(ext)
+    return ext
+
+
+def _extension_pays(plan: StepPlan, obs: Observation, ext: np.ndarray, next_value: np.ndarray,
+                    n_in: int, n_ext: int, ctx_in, ctx_ext, V, C) -> bool:
+    """Whether the extending requests' next slots together are worth the time they add:
+    the draft pass (or its extra tokens when ``n_in`` planned requests draft anyway, at
+    context ``ctx_in``) and their verification (``V`` drafts at context ``C`` so far)."""
+    ctx_in, ctx_ext, V, C = float(ctx_in), float(ctx_ext), float(V), float(C)
     t = np.asarray(obs.cost.draft_step_s(np.array([n_in, n_in + n_ext]),
                                          np.array([n_in, n_in + n_ext]),
                                          np.array([ctx_in, ctx_in + ctx_ext])), float)
-    extra_draft = float(np.broadcast_to(t, (2,))[1] - (t.flat[0] if n_in else 0.0))
-    V, C = float(s.sum()), float((obs.context_lens * s + s * (s + 1) / 2).sum())
+    extra_draft = float((t[1] if t.ndim else t) - ((t[0] if t.ndim else t) if n_in else 0.0))
     v = verify_tokens_s(obs, np.array([V, V + n_ext]), np.array([C, C + ctx_ext + n_ext]))
     extra = extra_draft + float(v[1] - v[0])
-    if float(next_value[ext].sum()) >= plan.rate * extra:
-        return np.zeros_like(ext)
-    return ext
+    return float(next_value[ext].sum()) >= plan.rate * extra
 
 
 def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, positions: int,
@@ -200,11 +234,19 @@ def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, posit
 
 
 def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndarray,
-                           base_value: float, draft_time_s: float) -> np.ndarray:
+                           base_value: float, draft_time_s: float,
+                           compiled: bool = False) -> np.ndarray:
     """Verified length per request: of the drafted slots (value (n, K) per slot, slots past
     ``drafted`` ignored), the top-b by value with b maximising (base_value + their value) /
-    (draft_time_s + t_verify(b)); a slot is kept only with its whole prefix."""
+    (draft_time_s + t_verify(b)); a slot is kept only with its whole prefix. ``compiled``:
+    the ranking and the choice in two loops around the cost model (the same answer)."""
     n, K = value.shape
+    rank = _kernel("VERIFY_RANKING") if compiled else None
+    if rank is not None:
+        req, pos, cum_v, cum_ctx = rank(value, drafted, obs.context_lens)
+        verify = verify_tokens_s(obs, np.arange(cum_v.size), cum_ctx)
+        return _kernel("VERIFIED_COUNTS")(req, pos, cum_v, verify, float(base_value),
+                                          float(draft_time_s), n, K).astype(drafted.dtype)
     j = np.arange(1, K + 1)[None, :]
     valid = j <= drafted[:, None]
     score = np.where(valid, value, -np.inf).ravel()

@@ -57,10 +57,11 @@ def draft_prefix_s(obs: Observation, pos, L, b, K: int, width: int = 1) -> np.nd
 
 def plan_prefix(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, width: int,
                 prefill_value: float, guard: str, slo_step_factor: float,
-                max_step_tokens: int | None, num_budget_points: int) -> PrefixPlan:
+                max_step_tokens: int | None, num_budget_points: int,
+                compiled: bool = True) -> PrefixPlan:
     """Best prefix of the slot ranking for ``width`` candidates per depth (see plan_widths)."""
     return plan_widths(obs, weight, accept, K, (width,), prefill_value, guard,
-                       slo_step_factor, max_step_tokens, num_budget_points)[0]
+                       slo_step_factor, max_step_tokens, num_budget_points, compiled)[0]
 
 
 class Ranking(NamedTuple):
@@ -133,7 +134,8 @@ def stack_rankings(*rankings: Ranking) -> Ranking:
 
 def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, widths,
                 prefill_value: float, guard: str, slo_step_factor: float,
-                max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
+                max_step_tokens: int | None, num_budget_points: int,
+                compiled: bool = True) -> list[PrefixPlan]:
     """Best prefix of the slot ranking for each tree shape in ``widths``, all at once.
 
     A shape is a width for every request (an int) or one per request (an (n,) int array; a
@@ -145,13 +147,13 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
     (one bincount + cumsum, no per-b loop)."""
     return _best_prefixes(obs, weight, K, width_ranking(weight, accept, K, widths),
                           prefill_value, guard, slo_step_factor, max_step_tokens,
-                          num_budget_points)
+                          num_budget_points, compiled)
 
 
 def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int,
                          widths, caps, prefill_value: float, guard: str,
                          slo_step_factor: float, max_step_tokens: int | None,
-                         num_budget_points: int) -> tuple[list, list]:
+                         num_budget_points: int, compiled: bool = True) -> tuple[list, list]:
     """(plan_widths(widths), the chain plans of ``capped_ranking(caps)``) from one pass over
     their stacked rankings: the same plans as apart, for half the array operations."""
     rankings = [width_ranking(weight, accept, K, widths)]
@@ -159,7 +161,7 @@ def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarra
     if capped is not None:
         rankings.append(capped)
     plans = _best_prefixes(obs, weight, K, stack_rankings(*rankings), prefill_value, guard,
-                           slo_step_factor, max_step_tokens, num_budget_points)
+                           slo_step_factor, max_step_tokens, num_budget_points, compiled)
     nw = rankings[0].order.shape[0]
     return plans[:nw], plans[nw:]
 
@@ -167,7 +169,7 @@ def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarra
 def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
                slot_widths: np.ndarray, rank: np.ndarray, prefill_value: float, guard: str,
                slo_step_factor: float, max_step_tokens: int | None,
-               num_budget_points: int) -> PrefixPlan:
+               num_budget_points: int, compiled: bool = True) -> PrefixPlan:
     """The best prefix of draft slots over several rankings, given per slot (n, K) arrays:
     ``slot_pass``, the chance slot (i, j) is accepted (a hindsight oracle passes 0 or 1),
     ``slot_widths``, its tree width (1: a chain), and ``rank`` (R, n, K): R orders to take
@@ -192,54 +194,75 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
     W = np.broadcast_to(sw.max(axis=1), (R, n))
     plans = _best_prefixes(obs, weight, K, Ranking(tokens, value, order, Ws, feed, q, W),
                            prefill_value, guard, slo_step_factor, max_step_tokens,
-                           num_budget_points)
+                           num_budget_points, compiled)
     return max(plans, key=lambda p: p.rate)
 
 
 def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Ranking,
                    prefill_value: float, guard: str, slo_step_factor: float,
-                   max_step_tokens: int | None, num_budget_points: int) -> list[PrefixPlan]:
+                   max_step_tokens: int | None, num_budget_points: int,
+                   compiled: bool = True) -> list[PrefixPlan]:
     """For each row of ``ranking``: the prefix b maximising (sum w + w_p + value of the b
-    slots) / T(b) under the guard (``plan_widths``)."""
+    slots) / T(b) under the guard (``plan_widths``). ``compiled``: the loops of
+    ``slo_goodput_kernels`` (the same floats) instead of numpy's array operations."""
     tokens, value, order, Ws, feed, q, W = ranking
     n, nw = obs.num_requests, order.shape[0]
-    req, pos = np.divmod(order, K)
     M = order.shape[1]                                   # slots ranked (n K unless pruned)
     b = np.arange(M + 1)
     if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
         b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
-    L = obs.context_lens.astype(float)[req]                            # (nw, M)
     # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
     full = b.size == M + 1                               # every prefix: b = 0..M
     first = (np.arange(1, M + 1) if full                 # slot r joins prefix r + 1
              else np.searchsorted(b, np.arange(M), side="right"))
-    cell = ((np.arange(nw)[:, None] * b.size + first[None, :]) * K + pos).ravel()
-    size = nw * b.size * K
     # chains only (every width 1): each slot verifies one token and feeds one to its pass,
     # so the width-weighted sums below are the plain ones (the same floats, fewer passes)
     chains = int(W.max(initial=1)) == 1
+    if compiled:
+        from policies.adaptive import slo_goodput_kernels as kernels
+        compiled = kernels.PREFIX_COUNTS is not None
+    if compiled:
+        n_j, ctx_j, fed_j, ctx_v, ver_v = kernels.PREFIX_COUNTS(
+            order, first, obs.context_lens, feed, Ws, b.size, K, chains, full, b)
+        verified = b.astype(float) if chains else ver_v
+        req = None
+    else:
+        req, pos = np.divmod(order, K)
+        L = obs.context_lens.astype(float)[req]                        # (nw, M)
+        cell = ((np.arange(nw)[:, None] * b.size + first[None, :]) * K + pos).ravel()
+        size = nw * b.size * K
 
-    def per_depth(weights):
-        return np.bincount(cell, weights=weights, minlength=size).reshape(
-            nw, b.size, K).cumsum(axis=1)
-    n_j = per_depth(None)
-    t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else per_depth(feed.ravel()), n_j,
-                                           per_depth(((L + pos) if chains else (L + pos) * feed)
-                                                     .ravel())), float)  # draft j attends
+        def per_depth(weights):
+            return np.bincount(cell, weights=weights, minlength=size).reshape(
+                nw, b.size, K).cumsum(axis=1)
+        zero = np.zeros((nw, 1))
+
+        def prefix_sum(x):
+            out = np.concatenate([zero, np.cumsum(x, axis=1)], axis=1)
+            return out if full else out[:, b]
+        n_j = per_depth(None)
+        fed_j = n_j if chains else per_depth(feed.ravel())
+        ctx_j = per_depth(((L + pos) if chains else (L + pos) * feed).ravel())
+        verified = b.astype(float) if chains else prefix_sum(Ws)   # (B,) broadcasts over rows
+        ctx_v = prefix_sum((L + pos + 1) if chains else (L + pos + 1) * Ws)
+    t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else fed_j, n_j, ctx_j),
+                     float)                                           # draft j attends
     draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
-    zero = np.zeros((nw, 1))
-
-    def prefix_sum(x):
-        out = np.concatenate([zero, np.cumsum(x, axis=1)], axis=1)
-        return out if full else out[:, b]
-    verified = b.astype(float) if chains else prefix_sum(Ws)   # (B,) broadcasts over rows
-    T = draft + verify_tokens_s(obs, verified,
-                                prefix_sum((L + pos + 1) if chains else (L + pos + 1) * Ws))
+    T = draft + verify_tokens_s(obs, verified, ctx_v)
+    cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
+    base_value = weight.sum() + prefill_value
+    if compiled:
+        g, rates, depths, marginals = kernels.BEST_ROWS(
+            T, value, tokens, order, K, b, full, float(base_value), n, cap_s,
+            {"off": 0, "step": 1, "per_token": 2}[guard],
+            -1 if max_step_tokens is None else int(max_step_tokens),
+            int(obs.num_prefill_tokens), np.atleast_2d(verified), not chains)
+        return [PrefixPlan(depth=depths[r], rate=float(rates[r]), marginal=float(marginals[r]),
+                           depth_pass=q[r], widths=W[r]) for r in range(nw)]
     rows = np.arange(nw)[:, None]
     cum_v = prefix_sum(value[rows, order])
-    rate = (weight.sum() + prefill_value + cum_v) / T
+    rate = (base_value + cum_v) / T
     blocked = np.zeros(T.shape, bool)
-    cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
     if guard != "off":
         blocked = (T > cap_s) & (T[:, :1] <= cap_s)
         if guard == "per_token":

@@ -1,0 +1,260 @@
+"""slo_goodput's per-step arithmetic as compiled loops: the plan's prefix search
+(``slo_goodput_plan._best_prefixes``: two passes around the cost model's two calls) and,
+after every draft pass, the stop rule with its extension check
+(``slo_goodput_drafting.keep_drafting``) and the calibrated survival's new columns
+(``calibrated_survival``).
+
+The numpy paths spend their time in dozens of array operations of a few microseconds each,
+whatever the batch; the kernels do the same arithmetic in loops, and the cost model's calls
+stay Python (``Observation.cost`` is any object).
+Each accumulation runs in the numpy path's order (bincount adds in input order, cumsum is
+sequential, the one pairwise ``sum`` stays numpy), so the plans are bit-identical; the
+numpy path stays the reference (``compiled=False``, compared in
+tests/policies/test_slo_goodput_kernels.py).
+
+numba is loaded on the first compiled plan (slo_goodput_plan imports this module then).
+vLLM 0.32 can start engines after it
+(``exec.engine.shield_llvmlite``), so the kernels run live as well.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _prefix_counts(order, first, context_lens, feed, Ws, num_prefixes, K, chains, full, b):
+    """Per ranking row r, prefix g and depth j: the draft-pass size n_j (int64), its
+    attention context (fed-token-weighted for trees) and, for trees, its fed tokens; per
+    row and prefix the verify pass's context and, for trees, its verified tokens.
+
+    Slot s of a row joins prefix ``first[s]`` and every later one (a bincount into
+    (g, depth) cells, then a cumulative sum over g), exactly as
+    ``_best_prefixes``' per_depth and prefix_sum."""
+    nw, M = order.shape
+    B = num_prefixes
+    n_j = np.zeros((nw, B, K), np.int64)
+    ctx_j = np.zeros((nw, B, K))
+    fed_j = np.zeros((nw, B, K) if not chains else (0, 0, 0))
+    ctx_v = np.zeros((nw, B))
+    ver_v = np.zeros((nw, B) if not chains else (0, 0))
+    slot_ctx = np.empty(M)
+    slot_ver = np.empty(M)
+    for r in range(nw):
+        for s in range(M):
+            g = first[s]
+            p = order[r, s] % K
+            n_j[r, g, p] += 1
+            lp = float(context_lens[order[r, s] // K]) + p   # draft j attends L + j - 1
+            if chains:
+                ctx_j[r, g, p] += lp
+                slot_ctx[s] = lp + 1.0                    # verify position j attends L + j
+            else:
+                f = feed[r, s]
+                ctx_j[r, g, p] += lp * f
+                fed_j[r, g, p] += f
+                slot_ctx[s] = (lp + 1.0) * Ws[r, s]
+                slot_ver[s] = Ws[r, s]
+        for g in range(1, B):
+            for p in range(K):
+                n_j[r, g, p] += n_j[r, g - 1, p]
+                ctx_j[r, g, p] += ctx_j[r, g - 1, p]
+                if not chains:
+                    fed_j[r, g, p] += fed_j[r, g - 1, p]
+        _prefix_into(slot_ctx, M, full, b, ctx_v[r])
+        if not chains:
+            _prefix_into(slot_ver, M, full, b, ver_v[r])
+    return n_j, ctx_j, fed_j, ctx_v, ver_v
+
+
+def _prefix_into(x, M, full, b, out):
+    """out[g] = sum of x[:b[g]] (all prefixes 0..M when ``full``), cumsum's order."""
+    run = 0.0
+    if full:
+        out[0] = 0.0
+        for s in range(M):
+            run = x[s] if s == 0 else run + x[s]
+            out[s + 1] = run
+        return
+    g = 0
+    while g < b.size and b[g] == 0:
+        out[g] = 0.0
+        g += 1
+    for s in range(M):
+        run = x[s] if s == 0 else run + x[s]
+        while g < b.size and b[g] == s + 1:
+            out[g] = run
+            g += 1
+
+
+def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
+               max_step_tokens, num_prefill_tokens, verified, per_row_verified):
+    """Per row: the prefix index maximising (base_value + value of its slots) / T under the
+    guard (0 off, 1 step, 2 per_token) and the token cap (-1: none), as ``_best_prefixes``;
+    returns (index, rate, depth per request (nw, n), marginal slot value)."""
+    nw, M = order.shape
+    B = b.size
+    best_g = np.zeros(nw, np.int64)
+    best_rate = np.empty(nw)
+    depth = np.zeros((nw, n), np.int64)
+    marginal = np.empty(nw)
+    slot = np.empty(M)
+    cum_v = np.empty(B)
+    cum_t = np.empty(B)
+    for r in range(nw):
+        for s in range(M):
+            slot[s] = value[r, order[r, s]]
+        _prefix_into(slot, M, full, b, cum_v)
+        if guard == 2:
+            for s in range(M):
+                slot[s] = tokens[r, order[r, s]]
+            _prefix_into(slot, M, full, b, cum_t)
+        first_ok = T[r, 0] <= cap_s
+        per_token0 = T[r, 0] / (n + cum_t[0]) if guard == 2 else 0.0
+        pick, pick_rate = -1, 0.0
+        for g in range(B):
+            rate = (base_value + cum_v[g]) / T[r, g]
+            if b[g] > 0:
+                blocked = False
+                if guard != 0:
+                    blocked = T[r, g] > cap_s and first_ok
+                    if blocked and guard == 2:
+                        blocked = T[r, g] / (n + cum_t[g]) >= per_token0
+                if max_step_tokens >= 0:
+                    v = verified[r, g] if per_row_verified else verified[0, g]
+                    if num_prefill_tokens + n + v > max_step_tokens:
+                        blocked = True
+                if blocked:
+                    rate = -np.inf
+            # np.argmax: the first maximum, a nan counting as the maximum
+            if pick < 0 or (not np.isnan(pick_rate)
+                            and (np.isnan(rate) or rate > pick_rate)):
+                pick, pick_rate = g, rate
+        best_g[r] = pick
+        best_rate[r] = pick_rate
+        take = b[pick]
+        for s in range(take):
+            depth[r, order[r, s] // K] += 1
+        marginal[r] = value[r, order[r, take - 1]] if take > 0 else np.inf
+    return best_g, best_rate, depth, marginal
+
+
+def _drafting_masks(s, k_decided, surv, weight, accept, threshold, base_k, context_lens,
+                    check_extension):
+    """``keep_drafting``'s masks for drafted counts ``s``: which requests draft on (their
+    next slot w_i c_is a_i >= ``threshold``, or none drafted yet), which of those are past
+    their planned depth (``check_extension``), the next slot values, and the sums the
+    extension check prices: requests and contexts (L_i + s_i) planned and extending, verified
+    drafts V and their context C (whole tokens: exact in any order)."""
+    n = s.size
+    more = np.empty(n, np.bool_)
+    ext = np.zeros(n, np.bool_)
+    next_value = np.empty(n)
+    n_in = n_ext = 0
+    ctx_in = ctx_ext = 0
+    V = C = tri = 0
+    for i in range(n):
+        si = s[i]
+        c = surv[i, si - 1] if si > 0 else 1.0
+        nv = weight[i] * c * accept[i]
+        next_value[i] = nv
+        m = si < k_decided[i] and (si == 0 or nv >= threshold)
+        more[i] = m
+        V += si
+        C += context_lens[i] * si
+        tri += si * (si + 1)
+        if check_extension and m:
+            if si >= base_k[i]:
+                ext[i] = True
+                n_ext += 1
+                ctx_ext += context_lens[i] + si
+            else:
+                n_in += 1
+                ctx_in += context_lens[i] + si
+    sums = np.array([n_in, n_ext, ctx_in, ctx_ext, V, C + tri // 2], np.int64)
+    return more, ext, next_value, sums
+
+
+def _survival_columns(table, confidences, have, want, num_bins, survival):
+    """``calibrated_survival``'s new columns have..want - 1 in place: each draft's posterior
+    from its request's row of ``table`` at the draft's confidence bin (nan: the last
+    column, LR 1), times the column before (``ConfidenceCalibrator.bin_or_nan``'s bins)."""
+    n = survival.shape[0]
+    for i in range(n):
+        for c in range(have, want):
+            x = confidences[i, c]
+            if np.isnan(x):
+                col = -1
+            else:
+                col = min(max(int(x * num_bins), -1), num_bins - 1)
+            post = table[i, col]
+            survival[i, c] = post if c == 0 else survival[i, c - 1] * post
+
+
+def _verify_ranking(value, drafted, context_lens):
+    """``best_verified_prefixes``' ranking: the drafted slots by value, descending, ties by
+    position then request (lexsort's order: a stable sort of the position-major scores);
+    returns (request and position of each ranked slot, value and context prefix sums)."""
+    n, K = value.shape
+    score = np.empty(n * K)
+    num = 0
+    for j in range(K):
+        for i in range(n):
+            ok = j < drafted[i]
+            score[j * n + i] = -value[i, j] if ok else np.inf
+            if ok:
+                num += 1
+    by_pos = np.argsort(score, kind="mergesort")[:num]
+    req = np.empty(num, np.int64)
+    pos = np.empty(num, np.int64)
+    cum_v = np.zeros(num + 1)
+    cum_ctx = np.zeros(num + 1)
+    run_v = 0.0
+    run_ctx = 0.0
+    for r in range(num):
+        j, i = divmod(by_pos[r], n)
+        req[r] = i
+        pos[r] = j
+        v = value[i, j]
+        x = float(context_lens[i] + j + 1)
+        run_v = v if r == 0 else run_v + v
+        run_ctx = x if r == 0 else run_ctx + x
+        cum_v[r + 1] = run_v
+        cum_ctx[r + 1] = run_ctx
+    return req, pos, cum_v, cum_ctx
+
+
+def _verified_counts(req, pos, cum_v, verify_s, base_value, draft_time_s, n, K):
+    """The prefix b maximising (base + cum_v[b]) / (drafting + verify_s[b]) (np.argmax's
+    first maximum), and per request the leading positions among its top-b slots."""
+    best, best_rate = 0, 0.0
+    for b in range(cum_v.size):
+        rate = (base_value + cum_v[b]) / (draft_time_s + verify_s[b])
+        if b == 0 or (not np.isnan(best_rate) and (np.isnan(rate) or rate > best_rate)):
+            best, best_rate = b, rate
+    counts = np.zeros(n, np.int64)
+    taken = np.zeros((n, K), np.bool_)
+    for r in range(best):
+        taken[req[r], pos[r]] = True
+    for i in range(n):
+        c = 0
+        while c < K and taken[i, c]:
+            c += 1
+        counts[i] = c
+    return counts
+
+
+try:
+    import numba
+except ImportError:                # pragma: no cover - numba is a dependency of the project
+    numba = None
+
+if numba is not None:
+    _prefix_into = numba.njit(cache=True)(_prefix_into)
+    PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
+    BEST_ROWS = numba.njit(cache=True)(_best_rows)
+    DRAFTING_MASKS = numba.njit(cache=True)(_drafting_masks)
+    VERIFY_RANKING = numba.njit(cache=True)(_verify_ranking)
+    VERIFIED_COUNTS = numba.njit(cache=True)(_verified_counts)
+    SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
+else:                              # pragma: no cover
+    PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
+    VERIFY_RANKING = VERIFIED_COUNTS = None

@@ -1,0 +1,127 @@
+"""slo_goodput's compiled prefix search gives the very plans of the numpy path.
+
+Plans are compared field by field and bit for bit (rates included, -inf for blocked plans),
+over random SLO weights, acceptance, contexts, tree widths (uniform and per request), the
+three guards, a verified-token cap and both prefix grids (every prefix, and the coarse grid
+``num_budget_points`` makes); then whole policies run through policies.bench's batch with
+either path and answer every hook the same.
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import policies.bench as bench  # noqa: E402
+from policies import make_policy  # noqa: E402
+from policies.adaptive.slo_goodput_plan import plan_slots, plan_widths_and_caps  # noqa: E402
+from tests.policies.helpers import LinearCost, make_obs  # noqa: E402
+
+
+def same_plan(a, b):
+    assert np.array_equal(a.depth, b.depth)
+    assert a.depth.dtype == b.depth.dtype == np.int64
+    assert np.array_equal(np.float64(a.rate), np.float64(b.rate), equal_nan=True)
+    assert a.rate == b.rate or (np.isnan(a.rate) and np.isnan(b.rate))
+    assert a.marginal == b.marginal
+    assert np.array_equal(a.widths, b.widths)
+
+
+def random_case(rng, n, k_max):
+    tpot = rng.choice([0.02, 0.05, 0.1, np.inf], n)
+    obs = make_obs(n, k_max=k_max, tpot=tpot, prefill=int(rng.choice([0, 0, 300])),
+                   cost=LinearCost(base=0.01, per_token=float(rng.uniform(1e-5, 4e-4)),
+                                   draft_ratio=float(rng.uniform(0.02, 0.3))))
+    obs = type(obs)(**{**obs.__dict__,
+                       "context_lens": rng.integers(10, 3000, n).astype(np.int64)})
+    weight = rng.uniform(0.2, 3.0, n)
+    accept = rng.beta(4.0, 2.0, n)
+    return obs, weight, accept
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 40])
+def test_chain_tree_and_capped_plans_match_numpy(n):
+    rng = np.random.default_rng(n)
+    checked = 0
+    for case in range(12):
+        k_max = int(rng.choice([4, 8]))
+        obs, w, a = random_case(rng, n, k_max)
+        per_request = rng.integers(1, 4, n)
+        for widths in ([1], [1, 2, 4], [per_request]):
+            for guard in ("off", "step", "per_token"):
+                for cap, points in ((None, 256), (n * 2 + 3, 256), (None, 9)):
+                    args = (obs, w, a, k_max, widths, (1, 2), 0.3 * case, guard, 1.5, cap,
+                            points)
+                    fast = plan_widths_and_caps(*args, compiled=True)
+                    slow = plan_widths_and_caps(*args, compiled=False)
+                    for x, y in zip(fast[0] + fast[1], slow[0] + slow[1]):
+                        same_plan(x, y)
+                        checked += 1
+    assert checked > 500
+
+
+def test_slot_plans_match_numpy():
+    rng = np.random.default_rng(7)
+    for n in (1, 5, 30):
+        for _ in range(10):
+            K = 6
+            obs, w, _ = random_case(rng, n, K)
+            slot_pass = (rng.random((n, K)) < 0.7).astype(float)
+            widths = rng.integers(1, 5, (n, K))
+            ranks = np.stack([rng.random((n, K)), slot_pass * 2.0])
+            ranks = np.minimum.accumulate(ranks, axis=2)       # non-rising along depths
+            for guard in ("off", "per_token"):
+                args = (obs, w, slot_pass, widths, ranks, 0.0, guard, 1.5, None, 12)
+                same_plan(plan_slots(*args, compiled=True), plan_slots(*args, compiled=False))
+
+
+def hook_answers(name, compiled, n, steps=60):
+    policy = make_policy(name)
+    inner = getattr(policy, "slo", policy)
+    inner.compiled = compiled
+    answers = []
+    for hook in ("decide", "continue_drafting", "select_verify"):
+        original = getattr(policy, hook)
+
+        def record(*args, _hook=hook, _f=original, **kw):
+            out = _f(*args, **kw)
+            answers.append(np.asarray(out.num_spec_tokens if _hook == "decide" else out).copy())
+            return out
+        setattr(policy, hook, record)
+    batch = bench.Batch(n, 8, seed=n)
+    for _ in range(steps):
+        bench.step_us(policy, batch)
+    return answers
+
+
+@pytest.mark.parametrize("name", ["slo_goodput", "slo_goodput_tree", "oracle_slo",
+                                  "oracle_tree"])
+@pytest.mark.parametrize("n", [2, 24])
+def test_whole_policy_same_answers(name, n):
+    fast, slow = hook_answers(name, True, n), hook_answers(name, False, n)
+    assert len(fast) == len(slow) >= 60
+    for x, y in zip(fast, slow):
+        assert np.array_equal(x, y)
+
+
+def test_warm_up_compiles_every_kernel_before_timed_work():
+    """In a fresh process (this one has compiled them already): the kernels have compiled
+    signatures after warm_up alone, and a HookTimer's warm_up is not timed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import json; from policies import make_policy; "
+            "from policies.recording import HookTimer; "
+            "from policies.adaptive import slo_goodput_kernels as k; "
+            "names = ('PREFIX_COUNTS', 'BEST_ROWS', 'DRAFTING_MASKS', 'SURVIVAL_COLUMNS', "
+            "'VERIFY_RANKING', 'VERIFIED_COUNTS'); "
+            "before = [len(getattr(k, x).signatures) for x in names]; "
+            "t = HookTimer(make_policy('slo_goodput')); t.warm_up(); "
+            "make_policy('fixed', k=3).warm_up(); "
+            "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names], "
+            "t.num_calls]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, calls = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == [0] * 6 and min(after) >= 1 and calls == 0, (before, after, calls)
