@@ -39,38 +39,75 @@ def cut_train_prompts(tok, cfg: EagleTrainConfig, rng: np.random.Generator) -> l
     return out
 
 
+def _batch_path(work: Path, b: int, cfg: EagleTrainConfig) -> Path:
+    return work / f"data_{b // cfg.gen_batch:04d}.pt"
+
+
 @torch.no_grad()
-def generate_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
-    """Greedy continuations + final hidden states + teacher top-k, one file per batch."""
+def save_greedy_batch(target, batch: list[list[int]], continuations: list[list[int]], pad: int,
+                      path: Path) -> None:
+    """One ``data_NNNN.pt``: prompt + greedy continuation of each sequence, with the target's
+    final hidden states and top-k next-token ids from one teacher-forced pass over them
+    (left-padded, positions counted from each sequence's first token)."""
+    full = [p + list(c) for p, c in zip(batch, continuations)]
+    width = max(len(f) for f in full)
+    ids = torch.tensor([[pad] * (width - len(f)) + f for f in full])
+    mask = (torch.arange(width)[None, :]
+            >= torch.tensor([width - len(f) for f in full])[:, None]).long()
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    hidden = target.model(input_ids=ids, attention_mask=mask,
+                          position_ids=positions).last_hidden_state
+    top = target.lm_head(hidden).topk(TOP_K, dim=-1).indices
+    seqs = []
+    for i, (p, f) in enumerate(zip(batch, full)):
+        s = width - len(f)
+        seqs.append({"ids": ids[i, s:].clone(), "hidden": hidden[i, s:].half().clone(),
+                     "top": top[i, s:].int().clone(), "num_prompt": len(p)})
+    tmp = path.with_suffix(".tmp")
+    torch.save(seqs, tmp)
+    tmp.rename(path)
+
+
+@torch.no_grad()
+def generate_data(target, tok, cfg: EagleTrainConfig, work: Path, engine=None) -> None:
+    """Greedy continuations + final hidden states + teacher top-k, one file per batch.
+
+    With ``engine`` (a plain vLLM engine of the target, ``exec.engine.build_engine``), vLLM
+    generates the continuations, two batches at a time (about twice HF's generate's rate on
+    this CPU), and the HF target only runs the teacher-forced pass; the prompts and files
+    are the same either way, and missing batches are filled whichever made the others."""
     rng = np.random.default_rng(cfg.seed)
     prompts = cut_train_prompts(tok, cfg, rng)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for b in range(0, len(prompts), cfg.gen_batch):
-        path = work / f"data_{b // cfg.gen_batch:04d}.pt"
-        if path.exists():
-            continue
+    todo = [b for b in range(0, len(prompts), cfg.gen_batch)
+            if not _batch_path(work, b, cfg).exists()]
+    group = 2 if engine is not None else 1
+    for g in range(0, len(todo), group):
         t0 = time.perf_counter()
-        batch = prompts[b:b + cfg.gen_batch]
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
-        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in batch])[:, None]).long()
-        out = target.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.new_tokens,
-                              min_new_tokens=cfg.new_tokens, do_sample=False, pad_token_id=pad)
-        full_mask = torch.cat([mask, torch.ones(len(batch), cfg.new_tokens, dtype=torch.long)], 1)
-        positions = (full_mask.cumsum(1) - 1).clamp(min=0)
-        hidden = target.model(input_ids=out, attention_mask=full_mask,
-                              position_ids=positions).last_hidden_state
-        top = target.lm_head(hidden).topk(TOP_K, dim=-1).indices
-        seqs = []
-        for i, p in enumerate(batch):
-            s = width - len(p)
-            seqs.append({"ids": out[i, s:].clone(), "hidden": hidden[i, s:].half().clone(),
-                         "top": top[i, s:].int().clone(), "num_prompt": len(p)})
-        tmp = path.with_suffix(".tmp")
-        torch.save(seqs, tmp)
-        tmp.rename(path)
-        print(f"data batch {b // cfg.gen_batch}: {len(batch)} seqs x {out.shape[1] - width} new "
-              f"tokens in {time.perf_counter() - t0:.0f} s", flush=True)
+        starts = todo[g:g + group]
+        batches = [prompts[b:b + cfg.gen_batch] for b in starts]
+        if engine is not None:
+            from exec.bench_realistic import timed_plain
+            flat = [p for batch in batches for p in batch]
+            _, outs, _ = timed_plain(engine, flat, cfg.new_tokens)
+            conts = [outs[i] for i in range(len(flat))]
+        else:
+            batch = batches[0]
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+            mask = (torch.arange(width)[None, :]
+                    >= torch.tensor([width - len(p) for p in batch])[:, None]).long()
+            out = target.generate(input_ids=ids, attention_mask=mask,
+                                  max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens,
+                                  do_sample=False, pad_token_id=pad)
+            conts = out[:, width:].tolist()
+        done = 0
+        for b, batch in zip(starts, batches):
+            save_greedy_batch(target, batch, conts[done:done + len(batch)], pad,
+                              _batch_path(work, b, cfg))
+            done += len(batch)
+        print(f"data batches {[b // cfg.gen_batch for b in starts]}: {done} seqs x "
+              f"{cfg.new_tokens} new tokens in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 @torch.no_grad()

@@ -259,6 +259,9 @@ def main(argv=None) -> None:
     ap.add_argument("--stage", choices=["all", "generate", "teacher", "train", "export", "eval"],
                     default="all")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--generator", choices=["hf", "vllm"], default="hf",
+                    help="what generates the greedy continuations of stage generate (the "
+                         "HF target always computes their hidden states)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--num-sequences", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=50)
@@ -301,7 +304,13 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.stage in ("all", "generate"):
-        generate_data(target, tok, cfg, args.work)
+        engine = None
+        if args.generator == "vllm":
+            from exec.engine import build_engine
+            from exec.pairs import pair_config
+            engine = build_engine(pair_config("smollm2_135m", max_num_seqs=2 * cfg.gen_batch)
+                                  .without_speculation(), adapter=False)
+        generate_data(target, tok, cfg, args.work, engine)
     if args.stage in ("all", "teacher"):
         teacher_forced_data(target, tok, cfg, args.work)
     if args.stage in ("generate", "teacher"):
