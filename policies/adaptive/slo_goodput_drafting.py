@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
+from policies.adaptive.slo_goodput_plan import compiled_kernel as _kernel
 from policies.adaptive.step_cost import same_step, step_s, verify_tokens_s
 from policies.interface import DraftState, Observation, cumulative_confidence
 
@@ -122,12 +123,6 @@ def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
                 np.multiply(surv[:, c - 1], post[:, c - have], out=surv[:, c])
         cached.filled = want
     return cached
-
-
-def _kernel(name: str):
-    """A compiled loop of ``slo_goodput_kernels`` (numba loaded on first use), or None."""
-    from policies.adaptive import slo_goodput_kernels
-    return getattr(slo_goodput_kernels, name)
 
 
 def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margin: float,

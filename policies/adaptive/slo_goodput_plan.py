@@ -11,6 +11,7 @@ tokens-per-second objective with AdaServe-style SLO weights (the weighting is ou
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -198,6 +199,13 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
     return max(plans, key=lambda p: p.rate)
 
 
+@functools.cache
+def compiled_kernel(name: str):
+    """A compiled loop of ``slo_goodput_kernels`` (numba loaded on first use), or None."""
+    from policies.adaptive import slo_goodput_kernels
+    return getattr(slo_goodput_kernels, name)
+
+
 def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Ranking,
                    prefill_value: float, guard: str, slo_step_factor: float,
                    max_step_tokens: int | None, num_budget_points: int,
@@ -218,11 +226,10 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
     # chains only (every width 1): each slot verifies one token and feeds one to its pass,
     # so the width-weighted sums below are the plain ones (the same floats, fewer passes)
     chains = int(W.max(initial=1)) == 1
+    prefix_counts = compiled_kernel("PREFIX_COUNTS") if compiled else None
+    compiled = prefix_counts is not None
     if compiled:
-        from policies.adaptive import slo_goodput_kernels as kernels
-        compiled = kernels.PREFIX_COUNTS is not None
-    if compiled:
-        n_j, ctx_j, fed_j, ctx_v, ver_v = kernels.PREFIX_COUNTS(
+        n_j, ctx_j, fed_j, ctx_v, ver_v = prefix_counts(
             order, first, obs.context_lens, feed, Ws, b.size, K, chains, full, b)
         verified = b.astype(float) if chains else ver_v
         req = None
@@ -252,7 +259,7 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
     cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
     base_value = weight.sum() + prefill_value
     if compiled:
-        g, rates, depths, marginals = kernels.BEST_ROWS(
+        g, rates, depths, marginals = compiled_kernel("BEST_ROWS")(
             T, value, tokens, order, K, b, full, float(base_value), n, cap_s,
             {"off": 0, "step": 1, "per_token": 2}[guard],
             -1 if max_step_tokens is None else int(max_step_tokens),
