@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.adaptive.state_kernels import state_kernel
+
 
 class ConfidenceCalibrator:
     """Decayed per-bin acceptance counts over draft confidence in [0, 1]."""
+
+    compiled = True   # observe()'s counts as a numba loop (state_kernels): the same counts
 
     def __init__(self, num_bins: int = 20, decay: float = 0.999, prior_weight: float = 8.0,
                  min_observations: float = 64.0):
@@ -62,6 +66,12 @@ class ConfidenceCalibrator:
         self.accepted *= self.decay
         self.rejected *= self.decay
         if K == 0:
+            return
+        kernel = state_kernel("calibration_counts") if self.compiled else None
+        if kernel is not None:
+            passed, failed = kernel(np.asarray(confidences, float), v, m, self.num_bins)
+            self.accepted += passed
+            self.rejected += failed
             return
         conf = np.asarray(confidences, float)[:, :K]
         j = np.arange(K)[None, :]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.adaptive.state_kernels import state_kernel
+
 
 class RequestTable:
     """Float columns per request id. ``get`` fills unknown ids with ``defaults``."""
@@ -68,6 +70,8 @@ class AcceptanceTracker:
     ``max_requests`` entries the least recently updated half is dropped.
     """
 
+    compiled = True   # updates and lookups as numba loops (state_kernels): the same floats
+
     def __init__(self, prior_rate: float = 0.7, prior_weight: float = 2.0,
                  decay: float = 0.9, global_decay: float = 0.98, max_requests: int = 65536,
                  idle_decay: float = 1.0):
@@ -94,6 +98,10 @@ class AcceptanceTracker:
         return float(s / (s + f))
 
     def rate(self, ids) -> np.ndarray:
+        kernel = state_kernel("tracker_rate") if self.compiled else None
+        if kernel is not None:
+            return kernel(self.table.ids, self.table.values, np.asarray(ids, np.int64),
+                          self.global_rate, self.prior_weight)
         counts = self.table.get(ids)[:, :2]
         g = self.global_rate
         s = counts[:, 0] + g * self.prior_weight
@@ -104,8 +112,13 @@ class AcceptanceTracker:
         """``reject_width``: width of the first rejected depth (1 for chains)."""
         ids = np.asarray(ids, np.int64)
         spec = np.asarray(num_spec, float)
-        acc = np.minimum(np.asarray(num_accepted, float), spec)
         width = np.ones_like(spec) if reject_width is None else np.asarray(reject_width, float)
+        kernel = (state_kernel("tracker_update") if self.compiled and self.idle_decay == 1.0
+                  else None)
+        if kernel is not None:
+            self._observe_compiled(kernel, ids, spec, num_accepted, width)
+            return
+        acc = np.minimum(np.asarray(num_accepted, float), spec)
         rej = np.where(acc < spec, width, 0.0)
         drafted = spec > 0
         if self.idle_decay < 1.0 and not drafted.all() and len(self.table):
@@ -127,6 +140,24 @@ class AcceptanceTracker:
                 self.table.drop(self.table.ids[last <= np.median(last)])
             self.global_counts = (self.global_counts * self.global_decay
                                   + np.array([acc[drafted].sum(), rej[drafted].sum()]))
+
+    def _observe_compiled(self, kernel, ids, spec, num_accepted, width) -> None:
+        """``observe``'s update in one loop: rows of known requests in place, new ones
+        inserted as ``RequestTable.set`` does (no idle decay: the caller checked)."""
+        if not (spec > 0).any():
+            return
+        table = self.table
+        is_new, rows, acc_sum, rej_sum = kernel(
+            table.ids, table.values, ids, spec, np.asarray(num_accepted, float),
+            np.asarray(width, float), self.decay, float(self._updates + 1))
+        self._updates += 1
+        if rows.shape[0]:
+            table.set(ids[is_new], rows)
+        if len(table) > self.max_requests:
+            last = table.values[:, 2]
+            table.drop(table.ids[last <= np.median(last)])
+        self.global_counts = (self.global_counts * self.global_decay
+                              + np.array([acc_sum, rej_sum]))
 
     def forget(self, ids) -> None:
         self.table.drop(ids)

@@ -77,7 +77,9 @@ def test_slot_plans_match_numpy():
 def hook_answers(name, compiled, n, steps=60):
     policy = make_policy(name)
     inner = getattr(policy, "slo", policy)
-    inner.compiled = compiled
+    for part in (inner, getattr(inner, "tracker", None), getattr(inner, "calibrator", None)):
+        if part is not None:
+            part.compiled = compiled
     answers = []
     for hook in ("decide", "continue_drafting", "select_verify"):
         original = getattr(policy, hook)
@@ -94,7 +96,7 @@ def hook_answers(name, compiled, n, steps=60):
 
 
 @pytest.mark.parametrize("name", ["slo_goodput", "slo_goodput_tree", "oracle_slo",
-                                  "oracle_tree"])
+                                  "oracle_tree", "adaserve"])
 @pytest.mark.parametrize("n", [2, 24])
 def test_whole_policy_same_answers(name, n):
     fast, slow = hook_answers(name, True, n), hook_answers(name, False, n)
@@ -125,3 +127,42 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
     assert out.returncode == 0, out.stderr[-2000:]
     before, after, calls = json.loads(out.stdout.strip().splitlines()[-1])
     assert before == [0] * 6 and min(after) >= 1 and calls == 0, (before, after, calls)
+
+
+def test_tracker_and_calibrator_state_match_numpy():
+    """Random verify outcomes (requests joining, drafting or idle, finishing) through a
+    compiled and a numpy tracker and calibrator: the same floats, bit for bit."""
+    from policies.adaptive.calibration import ConfidenceCalibrator
+    from policies.adaptive.request_state import AcceptanceTracker
+    rng = np.random.default_rng(3)
+    trackers, calibrators = [AcceptanceTracker(), AcceptanceTracker()], \
+        [ConfidenceCalibrator(), ConfidenceCalibrator()]
+    trackers[1].compiled = calibrators[1].compiled = False
+    live, next_id = list(range(6)), 6
+    for step in range(300):
+        ids = np.array(sorted(rng.choice(live, size=min(len(live), rng.integers(1, 9)),
+                                         replace=False)), np.int64)
+        n, K = ids.size, 6
+        spec = rng.integers(0, K + 1, n) * (rng.random(n) < 0.8)
+        acc = np.minimum(rng.integers(0, K + 1, n), spec)
+        width = rng.integers(1, 4, n) if step % 3 == 0 else None
+        conf = np.where(rng.random((n, K)) < 0.1, np.nan, rng.random((n, K)))
+        for t in trackers:
+            t.observe(ids, spec, acc, width)
+        for c in calibrators:
+            c.observe(conf, spec, acc)
+        a, b = trackers
+        assert np.array_equal(a.table.ids, b.table.ids)
+        assert np.array_equal(a.table.values, b.table.values)
+        assert np.array_equal(a.global_counts, b.global_counts)
+        probe = np.append(ids, next_id + 100)                 # one unknown request too
+        assert np.array_equal(a.rate(probe), b.rate(probe))
+        assert np.array_equal(calibrators[0].accepted, calibrators[1].accepted)
+        assert np.array_equal(calibrators[0].rejected, calibrators[1].rejected)
+        if rng.random() < 0.2:                                # one finishes, one arrives
+            gone = live.pop(int(rng.integers(len(live))))
+            for t in trackers:
+                t.forget([gone])
+            live.append(next_id)
+            next_id += 1
+    assert len(trackers[0].table) > 3 and calibrators[0].num_observations > 100

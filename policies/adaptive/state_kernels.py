@@ -1,0 +1,103 @@
+"""Compiled loops for the per-request acceptance tracker and the confidence calibrator
+(``request_state.AcceptanceTracker``, ``calibration.ConfidenceCalibrator``): their
+per-step updates and lookups, which numpy spends a dozen small array operations on.
+
+Every float is computed as in the numpy path (the same products and sums, in the same
+order; integer-valued sums where the order is free), so estimates, and every decision read
+from them, are bit-identical; the numpy path stays the reference (``compiled = False`` on
+the tracker or the calibrator; compared in tests/policies/test_slo_goodput_kernels.py).
+numba is loaded on first use (``state_kernel``).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def _tracker_update(table_ids, table_values, ids, spec, accepted, width, decay, update):
+    """Decayed (successes, rejections) of every request that drafted (``spec`` > 0), in
+    place for requests already in the table; returns (mask of the drafted requests not in
+    it, their new rows (m, 3), the step's accepted and rejected drafts over all drafted)."""
+    n = ids.size
+    m = table_ids.size
+    is_new = np.zeros(n, np.bool_)
+    rows = np.zeros((n, 3))
+    acc_sum = 0.0
+    rej_sum = 0.0
+    num_new = 0
+    for i in range(n):
+        s = spec[i]
+        if not s > 0:
+            continue
+        a = min(float(accepted[i]), s)
+        r = width[i] if a < s else 0.0
+        acc_sum += a
+        rej_sum += r
+        p = np.searchsorted(table_ids, ids[i])
+        if p < m and table_ids[p] == ids[i]:
+            table_values[p, 0] = table_values[p, 0] * decay + a
+            table_values[p, 1] = table_values[p, 1] * decay + r
+            table_values[p, 2] = update
+        else:
+            is_new[i] = True
+            rows[num_new, 0] = 0.0 * decay + a
+            rows[num_new, 1] = 0.0 * decay + r
+            rows[num_new, 2] = update
+            num_new += 1
+    return is_new, rows[:num_new], acc_sum, rej_sum
+
+
+def _tracker_rate(table_ids, table_values, ids, global_rate, prior_weight):
+    """Per request (successes + g w) / (successes + rejections + w), g the fleet rate, w
+    the prior weight; requests not in the table have no counts."""
+    m = table_ids.size
+    out = np.empty(ids.size)
+    sg = global_rate * prior_weight
+    fg = (1.0 - global_rate) * prior_weight
+    for i in range(ids.size):
+        p = np.searchsorted(table_ids, ids[i])
+        s, f = 0.0, 0.0
+        if p < m and table_ids[p] == ids[i]:
+            s, f = table_values[p, 0], table_values[p, 1]
+        s = s + sg
+        f = f + fg
+        out[i] = s / (s + f)
+    return out
+
+
+def _calibration_counts(confidences, num_verified, num_accepted, num_bins):
+    """Per confidence bin, the compared drafts of one chain-verification step that passed
+    (position < accepted) and that failed (the first rejected position, if verified); nan
+    confidences are not counted."""
+    passed = np.zeros(num_bins, np.int64)
+    failed = np.zeros(num_bins, np.int64)
+    K = 0
+    for i in range(num_verified.size):
+        K = max(K, num_verified[i])
+    K = min(K, confidences.shape[1])
+    for i in range(num_verified.size):
+        v, a = num_verified[i], num_accepted[i]
+        for j in range(K):
+            ok_pass = j < a
+            if not ok_pass and not (j == a and j < v):
+                continue
+            c = confidences[i, j]
+            if np.isnan(c):
+                continue
+            b = max(min(max(int(c * num_bins), -1), num_bins - 1), 0)
+            if ok_pass:
+                passed[b] += 1
+            else:
+                failed[b] += 1
+    return passed, failed
+
+
+@functools.cache
+def state_kernel(name: str):
+    """One of this module's loops compiled (numba, cached on disk), or None without numba."""
+    try:
+        import numba
+    except ImportError:            # pragma: no cover - numba is a dependency of the project
+        return None
+    return numba.njit(cache=True)(globals()["_" + name])
