@@ -40,6 +40,12 @@ class MeasuredCost:
         self.target = _LinearFit(target_s, 0.0)
         self.draft = _LinearFit(draft_pass_s, 0.0)
 
+    def coefficients(self):
+        """The current fits as ``policies.interface.CostCoefficients`` (affine: a + b t)."""
+        from policies.interface import AFFINE, CostCoefficients
+        return CostCoefficients(AFFINE, (self.target.a, self.target.b),
+                                (self.draft.a, self.draft.b))
+
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
         return self.target(num_tokens)
 

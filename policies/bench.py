@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from policies.interface import DraftState, Feedback, Observation
+from policies.interface import ROOFLINE, CostCoefficients, DraftState, Feedback, Observation
 from policies.registry import known_policies, make_policy
 
 BATCHES = (1, 16, 64, 256)
@@ -48,6 +48,9 @@ class RooflineCost:
         compute = c[0] * t + c[1] * x
         memory = c[2] + c[3] * x * s / np.maximum(t, 1.0)
         return np.where(t > 0, np.maximum(compute, memory) + c[4], 0.0)
+
+    def coefficients(self) -> CostCoefficients:
+        return CostCoefficients(ROOFLINE, self.TARGET, self.DRAFT)
 
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
         return self._time(self.TARGET, num_tokens, num_seqs, sum_context_tokens)

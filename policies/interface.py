@@ -37,11 +37,33 @@ class CostModel(Protocol):
     ``num_tokens``: tokens processed in the pass (prefill chunks + decode/verify tokens);
     ``num_seqs``: sequences in the pass; ``sum_context_tokens``: sum over the pass's tokens of
     the KV context each token attends to (attention cost).
+
+    Optionally ``coefficients() -> CostCoefficients | None``: the same model as numbers, so
+    that a policy's compiled loop evaluates it without calling back into Python (the very
+    floats the methods return on arrays); without it, policies call the methods.
     """
 
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens): ...
 
     def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens): ...
+
+
+ROOFLINE, AFFINE = "roofline", "affine"
+
+
+@dataclass(frozen=True)
+class CostCoefficients:
+    """A cost model's passes as numbers (``CostModel.coefficients``), one tuple per pass.
+
+    ``roofline`` (s per token, s per context token, s to stream the weights, s per KV token
+    read, fixed s): t tokens of s sequences attending to c context tokens take
+    max(a t + b c, w + v c s / max(t, 1)) + f seconds, 0 for t = 0 (evaluated in that order,
+    as ``sim.models.cost`` does on arrays). ``affine`` (a, b): a + b t seconds, any t.
+    """
+
+    kind: str                  # ROOFLINE or AFFINE
+    target: tuple              # the target pass's coefficients
+    draft: tuple               # one draft pass's coefficients
 
 
 @dataclass(frozen=True)

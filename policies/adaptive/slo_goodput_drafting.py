@@ -36,6 +36,7 @@ import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.slo_goodput_plan import compiled_kernel as _kernel
+from policies.adaptive.slo_goodput_plan import kernel_cost
 from policies.adaptive.step_cost import same_step, step_s, verify_tokens_s
 from policies.interface import DraftState, Observation, cumulative_confidence
 
@@ -55,6 +56,7 @@ class StepPlan:
     width: int = field(init=False)   # the widest tree in the plan (1: all chains)
     rows: np.ndarray = field(init=False)          # int (n,), 0..n-1
     context_lens: np.ndarray = field(init=False)  # float (n,), obs.context_lens
+    kernel_cost: object = field(init=False, default=None)  # KernelCost, on first compiled use
 
     def __post_init__(self):
         # read by every continue_drafting call of the step: computed once
@@ -142,12 +144,18 @@ def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margi
     kernel = _kernel("DRAFTING_MASKS") if compiled else None
     if kernel is not None:
         check = pass_cost_stop and plan.width == 1
-        more, ext, next_value, sums = kernel(
+        if plan.kernel_cost is None:
+            plan.kernel_cost = kernel_cost(plan.obs)
+        cost = plan.kernel_cost
+        more, ext, next_value, sums, extra = kernel(
             s, draft.decision.num_spec_tokens, surv, plan.weight, plan.accept,
-            stop_margin * plan.marginal, plan.base_k, draft.obs.context_lens, check)
-        if check and sums[1] > 0 and not _extension_pays(plan, draft.obs, ext, next_value,
-                                                          *(int(x) for x in sums)):
-            more &= ~ext
+            stop_margin * plan.marginal, plan.base_k, draft.obs.context_lens, check,
+            cost.kind, cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base)
+        if check and sums[1] > 0:
+            pays = (float(next_value[ext].sum()) >= plan.rate * extra if cost.kind >= 0 else
+                    _extension_pays(plan, draft.obs, ext, next_value, *(int(x) for x in sums)))
+            if not pays:
+                more &= ~ext
         return more
     c = np.where(s > 0, surv[plan.rows, np.maximum(s - 1, 0)], 1.0)
     next_value = plan.weight * c * plan.accept

@@ -21,6 +21,47 @@ from __future__ import annotations
 import numpy as np
 
 
+def _pass_s(kind, coef, t, s, c):
+    """One pass's seconds from ``CostCoefficients`` (kind 0 roofline, 1 affine), in the
+    order the cost models evaluate arrays (policies.interface.CostCoefficients)."""
+    if kind == 1:
+        return coef[0] + coef[1] * t
+    if not t > 0:
+        return 0.0
+    compute = coef[0] * t + coef[1] * c
+    memory = coef[2] + coef[3] * c * s / max(t, 1.0)
+    return (compute if compute >= memory else memory) + coef[4]
+
+
+def _draft_pass_times(n_j, tokens_j, ctx_j, kind, coef):
+    """Every (row, prefix, depth) cell's draft pass time, 0 where the pass is empty: what
+    ``np.where(n_j > 0, draft_step_s(tokens_j, n_j, ctx_j), 0)`` gives."""
+    nw, B, K = n_j.shape
+    out = np.zeros((nw, B, K))
+    for r in range(nw):
+        for g in range(B):
+            for p in range(K):
+                if n_j[r, g, p] > 0:
+                    out[r, g, p] = _pass_s(kind, coef, float(tokens_j[r, g, p]),
+                                           float(n_j[r, g, p]), ctx_j[r, g, p])
+    return out
+
+
+def _step_times(draft, verified, per_row_verified, ctx_v, kind, coef, tokens_base, seqs,
+                ctx_base):
+    """draft + ``verify_tokens_s`` per (row, prefix): the target pass over the step's
+    ``tokens_base`` tokens plus the prefix's verified drafts, at ``ctx_base`` plus their
+    context."""
+    nw, B = draft.shape
+    T = np.empty((nw, B))
+    for r in range(nw):
+        for g in range(B):
+            v = verified[r, g] if per_row_verified else verified[0, g]
+            T[r, g] = draft[r, g] + _pass_s(kind, coef, tokens_base + v, seqs,
+                                            ctx_base + ctx_v[r, g])
+    return T
+
+
 def _prefix_counts(order, first, context_lens, feed, Ws, num_prefixes, K, chains, full, b):
     """Per ranking row r, prefix g and depth j: the draft-pass size n_j (int64), its
     attention context (fed-token-weighted for trees) and, for trees, its fed tokens; per
@@ -138,12 +179,13 @@ def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
 
 
 def _drafting_masks(s, k_decided, surv, weight, accept, threshold, base_k, context_lens,
-                    check_extension):
+                    check_extension, kind, dcoef, tcoef, tokens_base, seqs, ctx_base):
     """``keep_drafting``'s masks for drafted counts ``s``: which requests draft on (their
     next slot w_i c_is a_i >= ``threshold``, or none drafted yet), which of those are past
     their planned depth (``check_extension``), the next slot values, and the sums the
     extension check prices: requests and contexts (L_i + s_i) planned and extending, verified
-    drafts V and their context C (whole tokens: exact in any order)."""
+    drafts V and their context C (whole tokens: exact in any order). With cost coefficients
+    (``kind`` >= 0), also the time the extension adds (``_extension_pays``' ``extra``)."""
     n = s.size
     more = np.empty(n, np.bool_)
     ext = np.zeros(n, np.bool_)
@@ -169,8 +211,19 @@ def _drafting_masks(s, k_decided, surv, weight, accept, threshold, base_k, conte
             else:
                 n_in += 1
                 ctx_in += context_lens[i] + si
-    sums = np.array([n_in, n_ext, ctx_in, ctx_ext, V, C + tri // 2], np.int64)
-    return more, ext, next_value, sums
+    C = C + tri // 2
+    sums = np.array([n_in, n_ext, ctx_in, ctx_ext, V, C], np.int64)
+    extra = 0.0
+    if kind >= 0 and n_ext > 0:
+        both = float(n_in + n_ext)
+        t1 = _pass_s(kind, dcoef, both, both, float(ctx_in) + float(ctx_ext))
+        t0 = _pass_s(kind, dcoef, float(n_in), float(n_in), float(ctx_in)) if n_in else 0.0
+        Vf, Cf = float(V), float(C)
+        v0 = _pass_s(kind, tcoef, tokens_base + Vf, seqs, ctx_base + Cf)
+        v1 = _pass_s(kind, tcoef, tokens_base + (Vf + n_ext), seqs,
+                     ctx_base + ((Cf + float(ctx_ext)) + n_ext))
+        extra = (t1 - t0) + (v1 - v0)
+    return more, ext, next_value, sums, extra
 
 
 def _survival_columns(table, confidences, have, want, num_bins, survival):
@@ -248,7 +301,10 @@ except ImportError:                # pragma: no cover - numba is a dependency of
     numba = None
 
 if numba is not None:
+    _pass_s = numba.njit(cache=True)(_pass_s)
     _prefix_into = numba.njit(cache=True)(_prefix_into)
+    DRAFT_PASS_TIMES = numba.njit(cache=True)(_draft_pass_times)
+    STEP_TIMES = numba.njit(cache=True)(_step_times)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
     BEST_ROWS = numba.njit(cache=True)(_best_rows)
     DRAFTING_MASKS = numba.njit(cache=True)(_drafting_masks)
@@ -257,4 +313,4 @@ if numba is not None:
     SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
-    VERIFY_RANKING = VERIFIED_COUNTS = None
+    VERIFY_RANKING = VERIFIED_COUNTS = DRAFT_PASS_TIMES = STEP_TIMES = None

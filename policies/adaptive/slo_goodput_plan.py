@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from policies.adaptive.step_cost import verify_tokens_s
-from policies.interface import Observation
+from policies.adaptive.step_cost import target_seqs, verify_tokens_s
+from policies.interface import AFFINE, ROOFLINE, Observation
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,35 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
     return max(plans, key=lambda p: p.rate)
 
 
+class KernelCost(NamedTuple):
+    """``Observation.cost`` as the kernels take it (``CostCoefficients``), with the parts of
+    a step's target pass that do not depend on the drafts (``verify_tokens_s``')."""
+
+    kind: int                # 0 roofline, 1 affine, -1: no coefficients (call the model)
+    target: np.ndarray       # float (5,), the target pass's coefficients, zero-padded
+    draft: np.ndarray        # float (5,), one draft pass's
+    tokens_base: float       # prefill tokens + one bonus position per decoding request
+    seqs: float              # sequences in the target pass
+    ctx_base: float          # their attention context before any draft
+
+
+_KINDS = {ROOFLINE: 0, AFFINE: 1}
+
+
+def kernel_cost(obs: Observation) -> KernelCost:
+    """The step's ``KernelCost``: kind -1 when the cost model has no ``coefficients()``."""
+    get = getattr(obs.cost, "coefficients", None)
+    form = get() if get is not None else None
+    kind = -1 if form is None else _KINDS.get(form.kind, -1)
+    target, draft = np.zeros(5), np.zeros(5)
+    if kind >= 0:
+        target[:len(form.target)] = form.target
+        draft[:len(form.draft)] = form.draft
+    return KernelCost(kind, target, draft, float(obs.num_prefill_tokens + obs.num_requests),
+                      float(target_seqs(obs)),
+                      obs.sum_prefill_context_tokens + float(obs.context_lens.sum()))
+
+
 @functools.cache
 def compiled_kernel(name: str):
     """A compiled loop of ``slo_goodput_kernels`` (numba loaded on first use), or None."""
@@ -252,10 +281,18 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
         ctx_j = per_depth(((L + pos) if chains else (L + pos) * feed).ravel())
         verified = b.astype(float) if chains else prefix_sum(Ws)   # (B,) broadcasts over rows
         ctx_v = prefix_sum((L + pos + 1) if chains else (L + pos + 1) * Ws)
-    t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else fed_j, n_j, ctx_j),
-                     float)                                           # draft j attends
-    draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
-    T = draft + verify_tokens_s(obs, verified, ctx_v)
+    cost = kernel_cost(obs) if compiled else None
+    if cost is not None and cost.kind >= 0:      # the cost model inside the loops
+        draft = compiled_kernel("DRAFT_PASS_TIMES")(
+            n_j, n_j if chains else fed_j, ctx_j, cost.kind, cost.draft).sum(axis=2)
+        T = compiled_kernel("STEP_TIMES")(draft, np.atleast_2d(verified), not chains, ctx_v,
+                                          cost.kind, cost.target, cost.tokens_base,
+                                          cost.seqs, cost.ctx_base)
+    else:
+        t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else fed_j, n_j, ctx_j),
+                         float)                                       # draft j attends
+        draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                # (nw, B)
+        T = draft + verify_tokens_s(obs, verified, ctx_v)
     cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
     base_value = weight.sum() + prefill_value
     if compiled:

@@ -18,8 +18,9 @@ import numpy as np
 from policies.interface import Observation
 
 
-def _target_seqs(obs: Observation) -> int:
-    # The prefill sequences' count is not observed; one chunk is the common case.
+def target_seqs(obs: Observation) -> int:
+    """Sequences in the step's target pass. The prefill sequences' count is not observed;
+    one chunk is the common case."""
     return obs.num_requests + (1 if obs.num_prefill_tokens > 0 else 0)
 
 
@@ -43,7 +44,7 @@ def uniform_step_s(obs: Observation, ks) -> tuple[np.ndarray, np.ndarray]:
         draft = np.zeros(ks.shape)
     k1 = ks + 1
     verify = np.asarray(obs.cost.target_step_s(
-        obs.num_prefill_tokens + n * k1, _target_seqs(obs),
+        obs.num_prefill_tokens + n * k1, target_seqs(obs),
         obs.sum_prefill_context_tokens + k1 * ctx + n * ks * k1 / 2), float)
     return draft, (np.full(ks.shape, float(verify)) if verify.ndim == 0 else verify.copy())
 
@@ -70,7 +71,7 @@ def verify_s(obs: Observation, k: np.ndarray) -> float:
     L = obs.context_lens.astype(float)
     tokens = obs.num_prefill_tokens + int((k + 1).sum())
     ctx = obs.sum_prefill_context_tokens + float(((k + 1) * L + k * (k + 1) / 2).sum())
-    return float(obs.cost.target_step_s(tokens, _target_seqs(obs), ctx))
+    return float(obs.cost.target_step_s(tokens, target_seqs(obs), ctx))
 
 
 def step_s(obs: Observation, k: np.ndarray) -> float:
@@ -88,7 +89,7 @@ def verify_tokens_s(obs: Observation, num_draft_tokens, extra_context_tokens) ->
     ctx = obs.sum_prefill_context_tokens + float(obs.context_lens.sum()) + extra_context_tokens
     t = np.asarray(obs.cost.target_step_s(obs.num_prefill_tokens + n
                                           + np.asarray(num_draft_tokens),
-                                          _target_seqs(obs), ctx), float)
+                                          target_seqs(obs), ctx), float)
     shape = np.shape(num_draft_tokens)
     if t.shape == shape and np.shape(extra_context_tokens) == shape:
         return t                                 # the common case: nothing to broadcast

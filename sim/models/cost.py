@@ -78,6 +78,13 @@ class RooflineCostModel:
         memory = w_s + kv_s * c * s / np.maximum(t, 1.0)
         return np.where(t > 0, np.maximum(compute, memory) + fixed_s, 0.0)
 
+    def coefficients(self):
+        """``policies.interface.CostCoefficients`` of this roofline (None without a draft)."""
+        from policies.interface import ROOFLINE, CostCoefficients
+        if self._draft is None:
+            return None
+        return CostCoefficients(ROOFLINE, self._target, self._draft)
+
     def scalar_coefficients(self) -> tuple:
         """(target, draft) coefficient tuples (s per token, s per context token, s to stream
         weights, s per KV token read, fixed s) of ``_time``'s scalar expression, so a hot

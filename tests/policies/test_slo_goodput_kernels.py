@@ -14,6 +14,7 @@ pytest.importorskip("numba")
 import policies.bench as bench  # noqa: E402
 from policies import make_policy  # noqa: E402
 from policies.adaptive.slo_goodput_plan import plan_slots, plan_widths_and_caps  # noqa: E402
+from policies.interface import AFFINE, CostCoefficients  # noqa: E402
 from tests.policies.helpers import LinearCost, make_obs  # noqa: E402
 
 
@@ -26,11 +27,37 @@ def same_plan(a, b):
     assert np.array_equal(a.widths, b.widths)
 
 
-def random_case(rng, n, k_max):
+class AffineCost:
+    """a + b t seconds per pass (exec.cost.MeasuredCost's form), with its coefficients."""
+
+    def __init__(self, rng):
+        self.t = (float(rng.uniform(0.005, 0.03)), float(rng.uniform(1e-5, 3e-4)))
+        self.d = (self.t[0] * 0.1, self.t[1] * 0.2)
+
+    def coefficients(self):
+        return CostCoefficients(AFFINE, self.t, self.d)
+
+    def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return self.t[0] + self.t[1] * np.asarray(num_tokens, float)
+
+    def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return self.d[0] + self.d[1] * np.asarray(num_tokens, float)
+
+
+def random_cost(rng, case):
+    """The three ways a cost reaches the kernels: called back (no coefficients), a roofline
+    (the simulator's and the bench's form) and an affine fit (the live executor's)."""
+    kind = case % 3
+    if kind == 0:
+        return LinearCost(base=0.01, per_token=float(rng.uniform(1e-5, 4e-4)),
+                          draft_ratio=float(rng.uniform(0.02, 0.3)))
+    return bench.RooflineCost() if kind == 1 else AffineCost(rng)
+
+
+def random_case(rng, n, k_max, case=0):
     tpot = rng.choice([0.02, 0.05, 0.1, np.inf], n)
     obs = make_obs(n, k_max=k_max, tpot=tpot, prefill=int(rng.choice([0, 0, 300])),
-                   cost=LinearCost(base=0.01, per_token=float(rng.uniform(1e-5, 4e-4)),
-                                   draft_ratio=float(rng.uniform(0.02, 0.3))))
+                   cost=random_cost(rng, case))
     obs = type(obs)(**{**obs.__dict__,
                        "context_lens": rng.integers(10, 3000, n).astype(np.int64)})
     weight = rng.uniform(0.2, 3.0, n)
@@ -44,7 +71,7 @@ def test_chain_tree_and_capped_plans_match_numpy(n):
     checked = 0
     for case in range(12):
         k_max = int(rng.choice([4, 8]))
-        obs, w, a = random_case(rng, n, k_max)
+        obs, w, a = random_case(rng, n, k_max, case)
         per_request = rng.integers(1, 4, n)
         for widths in ([1], [1, 2, 4], [per_request]):
             for guard in ("off", "step", "per_token"):
@@ -62,9 +89,9 @@ def test_chain_tree_and_capped_plans_match_numpy(n):
 def test_slot_plans_match_numpy():
     rng = np.random.default_rng(7)
     for n in (1, 5, 30):
-        for _ in range(10):
+        for case in range(12):
             K = 6
-            obs, w, _ = random_case(rng, n, K)
+            obs, w, _ = random_case(rng, n, K, case)
             slot_pass = (rng.random((n, K)) < 0.7).astype(float)
             widths = rng.integers(1, 5, (n, K))
             ranks = np.stack([rng.random((n, K)), slot_pass * 2.0])
@@ -74,7 +101,7 @@ def test_slot_plans_match_numpy():
                 same_plan(plan_slots(*args, compiled=True), plan_slots(*args, compiled=False))
 
 
-def hook_answers(name, compiled, n, steps=60):
+def hook_answers(name, compiled, n, steps=60, affine=False):
     policy = make_policy(name)
     inner = getattr(policy, "slo", policy)
     for part in (inner, getattr(inner, "tracker", None), getattr(inner, "calibrator", None)):
@@ -90,6 +117,8 @@ def hook_answers(name, compiled, n, steps=60):
             return out
         setattr(policy, hook, record)
     batch = bench.Batch(n, 8, seed=n)
+    if affine:
+        batch.cost = AffineCost(np.random.default_rng(n))
     for _ in range(steps):
         bench.step_us(policy, batch)
     return answers
@@ -97,9 +126,10 @@ def hook_answers(name, compiled, n, steps=60):
 
 @pytest.mark.parametrize("name", ["slo_goodput", "slo_goodput_tree", "oracle_slo",
                                   "oracle_tree", "adaserve"])
-@pytest.mark.parametrize("n", [2, 24])
-def test_whole_policy_same_answers(name, n):
-    fast, slow = hook_answers(name, True, n), hook_answers(name, False, n)
+@pytest.mark.parametrize("n,affine", [(2, False), (24, False), (5, True)])
+def test_whole_policy_same_answers(name, n, affine):
+    fast, slow = hook_answers(name, True, n, affine=affine), hook_answers(name, False, n,
+                                                                         affine=affine)
     assert len(fast) == len(slow) >= 60
     for x, y in zip(fast, slow):
         assert np.array_equal(x, y)
