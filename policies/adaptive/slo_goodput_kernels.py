@@ -62,6 +62,40 @@ def _step_times(draft, verified, per_row_verified, ctx_v, kind, coef, tokens_bas
     return T
 
 
+def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
+    """slo_goodput's chain rankings, stacked: row 0 by slot value (``width_ranking`` with
+    width 1), then one row per cap c taking every slot of depth <= c first
+    (``capped_ranking``). ``tokens_w``/``tokens_c`` (n K,): each slot's expected tokens as
+    the two rankings compute them (numpy's powers). Returns (tokens, value, order), each
+    (1 + caps, n K); orders are stable sorts of the descending keys, as numpy's."""
+    nK = tokens_w.size
+    R = 1 + caps.size
+    tokens = np.empty((R, nK))
+    value = np.empty((R, nK))
+    order = np.empty((R, nK), np.int64)
+    key = np.empty(nK)
+    big = 0.0
+    for x in range(nK):
+        w = weight[x // K]
+        tokens[0, x] = tokens_w[x]
+        value[0, x] = tokens_w[x] * w
+        key[x] = -value[0, x]
+        vc = tokens_c[x] * w
+        if vc > big:
+            big = vc
+    order[0] = np.argsort(key, kind="mergesort")
+    big = big + 1.0
+    for r in range(1, R):
+        cap = caps[r - 1]
+        for x in range(nK):
+            vc = tokens_c[x] * weight[x // K]
+            tokens[r, x] = tokens_c[x]
+            value[r, x] = vc
+            key[x] = -(vc + big * (1.0 if x % K + 1 <= cap else 0.0))
+        order[r] = np.argsort(key, kind="mergesort")
+    return tokens, value, order
+
+
 def _prefix_counts(order, first, context_lens, feed, Ws, num_prefixes, K, chains, full, b):
     """Per ranking row r, prefix g and depth j: the draft-pass size n_j (int64), its
     attention context (fed-token-weighted for trees) and, for trees, its fed tokens; per
@@ -304,6 +338,7 @@ if numba is not None:
     _pass_s = numba.njit(cache=True)(_pass_s)
     _prefix_into = numba.njit(cache=True)(_prefix_into)
     DRAFT_PASS_TIMES = numba.njit(cache=True)(_draft_pass_times)
+    CHAIN_RANKINGS = numba.njit(cache=True)(_chain_rankings)
     STEP_TIMES = numba.njit(cache=True)(_step_times)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
     BEST_ROWS = numba.njit(cache=True)(_best_rows)
@@ -314,3 +349,4 @@ if numba is not None:
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
     VERIFY_RANKING = VERIFIED_COUNTS = DRAFT_PASS_TIMES = STEP_TIMES = None
+    CHAIN_RANKINGS = None

@@ -127,6 +127,22 @@ def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Rank
                    order, ones, ones, np.broadcast_to(accept, (R, n)), W)
 
 
+def chain_rankings(kernel, weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Ranking:
+    """``stack_rankings(width_ranking(.., [1]), capped_ranking(.., caps))`` with the values
+    and the sorts in one compiled loop (``slo_goodput_kernels``); the powers stay numpy's."""
+    n = weight.size
+    caps = np.asarray([int(c) for c in caps if 1 <= int(c) <= K], np.int64)
+    j = np.arange(1, K + 1)
+    q = 1.0 - (1.0 - accept[None, :]) ** np.ones((1, n), np.int64)   # width_ranking's q
+    tokens, value, order = kernel((q[:, :, None] ** j).ravel(),
+                                  (accept[:, None] ** j).ravel(), weight, K, caps)
+    R = order.shape[0]
+    ones = np.ones((R, n * K))
+    return Ranking(tokens, value, order, ones, ones,
+                   np.concatenate([q, np.broadcast_to(accept, (R - 1, n))]),
+                   np.ones((R, n), np.int64))
+
+
 def stack_rankings(*rankings: Ranking) -> Ranking:
     """The rows of several rankings with the same ranked-slot count, planned in one pass
     (each row's arithmetic is unchanged, so each plan is the same as alone)."""
@@ -157,6 +173,13 @@ def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarra
                          num_budget_points: int, compiled: bool = True) -> tuple[list, list]:
     """(plan_widths(widths), the chain plans of ``capped_ranking(caps)``) from one pass over
     their stacked rankings: the same plans as apart, for half the array operations."""
+    chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
+    kernel = compiled_kernel("CHAIN_RANKINGS") if compiled and chains else None
+    if kernel is not None:
+        plans = _best_prefixes(obs, weight, K, chain_rankings(kernel, weight, accept, K, caps),
+                               prefill_value, guard, slo_step_factor, max_step_tokens,
+                               num_budget_points, compiled)
+        return plans[:1], plans[1:]
     rankings = [width_ranking(weight, accept, K, widths)]
     capped = capped_ranking(weight, accept, K, caps)
     if capped is not None:
