@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.adaptive.step_cost import expected_chain_tokens, verify_tokens_s
+from policies.adaptive.slo_goodput_drafting import best_verified_prefixes
+from policies.adaptive.step_cost import expected_chain_tokens
 from policies.interface import (Decision, DraftState, Observation, Policy,
                                 cumulative_confidence)
 from policies.registry import register
@@ -79,6 +80,7 @@ class VllmAdaptiveVerify(Policy):
     custom_verify = True
 
     needs_draft_confidences = True
+    compiled = True          # the verify choice as compiled loops: the same answers
 
     def __init__(self, k: int | None = None):
         if k is not None and k < 0:
@@ -94,27 +96,11 @@ class VllmAdaptiveVerify(Policy):
             drafted = super().select_verify(draft)
         else:
             drafted = draft.num_drafted
-        num_slots = int(drafted.sum())
-        if num_slots == 0:
+        if int(drafted.sum()) == 0:
             return drafted.copy()
-        obs = draft.obs
-        n, K = draft.confidences.shape
-        cum = cumulative_confidence(draft.confidences)
-        pos = np.arange(K)
-        valid = pos[None, :] < drafted[:, None]
-        score = np.where(valid, cum, -np.inf)
-        # slots by score, ties by position then request (a lexsort's order, one stable sort
-        # of the position-major scores)
-        by_pos = np.argsort(-score.T.ravel(), kind="stable")[:num_slots]
-        pos_of, req_of = np.divmod(by_pos, n)
-        cum_f = np.zeros(num_slots + 1)
-        score[req_of, pos_of].cumsum(out=cum_f[1:])
-        # contexts are whole tokens: their running sum is exact in int64, as in float
-        cum_ctx = np.zeros(num_slots + 1)
-        (obs.context_lens[req_of] + pos_of + 1).cumsum(out=cum_ctx[1:])
-        b = np.arange(num_slots + 1)
-        rate = (n + cum_f) / (draft.draft_time_s + verify_tokens_s(obs, b, cum_ctx))
-        best = int(np.argmax(rate))
-        # the top slots of every request form a prefix (survival never rises along a chain,
-        # and ties take the earlier position): count them
-        return np.bincount(req_of[:best], minlength=n).astype(drafted.dtype)
+        # slots by survival, ties by position then request; the prefix of them maximising
+        # (n + their survival) / (drafting spent + t_verify): slo_goodput's verify rule with
+        # every request weighing 1 and no prefill value
+        return best_verified_prefixes(draft.obs, cumulative_confidence(draft.confidences),
+                                      drafted, draft.obs.num_requests, draft.draft_time_s,
+                                      self.compiled)

@@ -125,7 +125,7 @@ def hook_answers(name, compiled, n, steps=60, affine=False):
 
 
 @pytest.mark.parametrize("name", ["slo_goodput", "slo_goodput_tree", "oracle_slo",
-                                  "oracle_tree", "adaserve"])
+                                  "oracle_tree", "adaserve", "vllm_adaptive_verify"])
 @pytest.mark.parametrize("n,affine", [(2, False), (24, False), (5, True)])
 def test_whole_policy_same_answers(name, n, affine):
     fast, slow = hook_answers(name, True, n, affine=affine), hook_answers(name, False, n,
