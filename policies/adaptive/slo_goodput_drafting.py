@@ -247,7 +247,10 @@ def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndar
     rank = _kernel("VERIFY_RANKING") if compiled else None
     if rank is not None:
         req, pos, cum_v, cum_ctx = rank(value, drafted, obs.context_lens)
-        verify = verify_tokens_s(obs, np.arange(cum_v.size), cum_ctx)
+        cost = kernel_cost(obs)
+        verify = (_kernel("VERIFY_TIMES")(cum_ctx, cost.kind, cost.target, cost.tokens_base,
+                                          cost.seqs, cost.ctx_base) if cost.kind >= 0
+                  else verify_tokens_s(obs, np.arange(cum_v.size), cum_ctx))
         return _kernel("VERIFIED_COUNTS")(req, pos, cum_v, verify, float(base_value),
                                           float(draft_time_s), n, K).astype(drafted.dtype)
     j = np.arange(1, K + 1)[None, :]

@@ -309,6 +309,14 @@ def _verify_ranking(value, drafted, context_lens):
     return req, pos, cum_v, cum_ctx
 
 
+def _verify_times(cum_ctx, kind, coef, tokens_base, seqs, ctx_base):
+    """``verify_tokens_s(obs, arange(b), cum_ctx)`` from cost coefficients."""
+    out = np.empty(cum_ctx.size)
+    for b in range(cum_ctx.size):
+        out[b] = _pass_s(kind, coef, tokens_base + b, seqs, ctx_base + cum_ctx[b])
+    return out
+
+
 def _verified_counts(req, pos, cum_v, verify_s, base_value, draft_time_s, n, K):
     """The prefix b maximising (base + cum_v[b]) / (drafting + verify_s[b]) (np.argmax's
     first maximum), and per request the leading positions among its top-b slots."""
@@ -345,8 +353,9 @@ if numba is not None:
     DRAFTING_MASKS = numba.njit(cache=True)(_drafting_masks)
     VERIFY_RANKING = numba.njit(cache=True)(_verify_ranking)
     VERIFIED_COUNTS = numba.njit(cache=True)(_verified_counts)
+    VERIFY_TIMES = numba.njit(cache=True)(_verify_times)
     SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
     VERIFY_RANKING = VERIFIED_COUNTS = DRAFT_PASS_TIMES = STEP_TIMES = None
-    CHAIN_RANKINGS = None
+    CHAIN_RANKINGS = VERIFY_TIMES = None
