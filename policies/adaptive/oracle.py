@@ -50,7 +50,8 @@ class Oracle(Policy):
         # Per cap c = 0..top, from counts per match length (contexts are whole tokens, so
         # every sum below is exact in any order): draft pass j runs for the n_j requests with
         # m_i >= j, attending to ctx_j; raising the cap from j - 1 to j adds one token to each
-        # of them, hence n_j verified tokens and sum_{m_i >= j} L_i + j n_j context.
+        # of them, hence n_j verified tokens and sum_{m_i >= j} L_i + j n_j context (the
+        # drafts' context only: verify_tokens_s adds the bonus positions' own).
         L = obs.context_lens
         n_ge = np.bincount(m, minlength=top + 1)[::-1].cumsum()[::-1][1:]        # j = 1..top
         L_ge = np.bincount(m, weights=L, minlength=top + 1)[::-1].cumsum()[::-1][1:]
@@ -60,8 +61,8 @@ class Oracle(Policy):
         np.broadcast_to(per_pass, j.shape).cumsum(out=draft[1:])   # n_j >= 1 for j <= top
         tokens = np.zeros(top + 1, np.int64)
         n_ge.cumsum(out=tokens[1:])
-        ctx = np.full(top + 1, float(L.sum()))
-        ctx[1:] += (L_ge + j * n_ge).cumsum()
+        ctx = np.zeros(top + 1)
+        (L_ge + j * n_ge).cumsum(out=ctx[1:])
         verify = verify_tokens_s(obs, tokens, ctx)
         cap = int(np.argmax((n + tokens) / (draft + verify)))
         return Decision(num_spec_tokens=np.minimum(m, cap))
