@@ -22,8 +22,8 @@ class EngineConfig:
     # passes for every sequence; sim/core/live_mirror.py). Use "vllm" to mirror a live run.
     draft_passes: str = "per_request"
     # Run static-policy epochs through the numba kernel (sim/fast/epoch_kernel.py): ~1.5x faster,
-    # results identical. Off by default: numba in a process breaks vLLM engines started later
-    # in it (sim/fast/epoch_compiled.py says why); pure-simulation processes turn it on.
+    # results identical. Off by default (a plain run then never imports numba); sim.bench and
+    # experiments.compare turn it on.
     compiled_epochs: bool = False
 
 

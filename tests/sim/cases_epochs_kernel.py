@@ -1,5 +1,4 @@
-"""Run by tests/sim/test_epochs_kernel.py in a subprocess (numba must not load into the
-process that runs the live vLLM tests). The compiled epoch kernel (sim/fast/epoch_kernel.py, sim/fast/epoch_compiled.py): exact against the per-step path and the
+"""Run by tests/sim/test_epochs_kernel.py in a subprocess. The compiled epoch kernel (sim/fast/epoch_kernel.py, sim/fast/epoch_compiled.py): exact against the per-step path and the
 numpy epoch fallback, chained epochs, in-place EWMA, fallbacks, and the bench's JIT warm-up."""
 import dataclasses
 import json

@@ -28,8 +28,8 @@ def config(seed=0, acceptance=None, **engine):
 
 
 def python_last_line(code: str, timeout: int = 300) -> str:
-    """Run ``python -c code`` in a fresh process at the repository root (so numba and vLLM
-    stay out of the test process); its last line of output, after checking it succeeded."""
+    """Run ``python -c code`` in a fresh process at the repository root (what it imports
+    stays out of the test process); its last line of output, after checking it succeeded."""
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,8 +1,7 @@
 """The compiled epoch kernel's cases (tests/sim/cases_epochs_kernel.py) in their own process.
 
-numba loads llvmlite, whose ``ffi.lib`` object breaks vLLM 0.32's CPU kernel registration
-for any engine started later in the same process (sim/fast/epoch_compiled.py); the live tests
-share this pytest process, so the kernel cases run in a child pytest.
+The kernel cases run in a child pytest (a fresh process compiles or loads the kernels as a
+user's run does); numba next to vLLM is tested in tests/exec/test_numba_coexists.py.
 """
 import subprocess
 import sys
@@ -23,7 +22,7 @@ def test_compiled_epoch_kernel_cases_pass_in_a_subprocess():
 
 
 def test_default_simulation_does_not_import_numba():
-    """A default simulation must leave vLLM startable in the same process."""
+    """A default simulation imports no numba (its import and kernel loads cost ~1 s)."""
     code = ("import sys; from sim import simulate; from sim.core.config import SimConfig; "
             "from policies import make_policy; from traces.embedded import embedded_trace; "
             "simulate(embedded_trace(num_requests=50, seed=0), make_policy('fixed', k=3), "

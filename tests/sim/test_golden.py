@@ -1,7 +1,7 @@
 """Simulator results unchanged by refactors: fingerprints equal the recorded ones.
 
-Computed in a subprocess: the compiled paths load numba, which must stay out of the pytest
-process that also starts vLLM engines (sim/fast/epoch_compiled.py)."""
+Computed in a subprocess, a fresh process as a user's run is (its compiled paths load numba
+there, not here)."""
 import json
 import subprocess
 import sys

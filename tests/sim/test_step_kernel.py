@@ -1,8 +1,7 @@
 """The compiled per-step kernels (sim/fast/step_kernel.py, sim/fast/plan_kernel.py, sim/fast/step_compiled.py):
 the steps that carry prefill chunks under a static policy with compiled epochs on must give
 the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
-trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay. Runs in a child process: numba must not load
-into the process that runs the live vLLM tests (see tests/sim/test_epochs_kernel.py)."""
+trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay. Runs in a child process (see tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
 from pathlib import Path
