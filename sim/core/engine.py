@@ -27,7 +27,7 @@ from sim.core.scheduler import Scheduler
 from sim.core.small_arrays import iall, iany, imin_imax, isum
 from sim.core.state import WAITING, RequestTable
 from sim.core.step_end import PendingStep, end_step
-from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
+from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs, draft_pass_s,
                                 ensure_confidences, prefill_context, uniform_chain_draft_s,
                                 verify_context)
 from sim.fast import fast_path
@@ -244,16 +244,27 @@ class Engine:
         not ``need_time``)."""
         if k.shape[0] == 0 or not iany(k):
             return k, np.full((k.shape[0], self.k_max), np.nan), 0.0
+        spent = None
         if self._default_drafting and decision.draft_stop_confidence <= 0.0:
             drafted = k          # the default rule drafts exactly k: skip the per-pass calls
         else:
             drafted = np.zeros_like(k)
             active = k > 0
+            # pass j's seconds, fixed once it has run while requests only ever stop; a
+            # policy that restarts a stopped request has every pass re-costed, as vLLM's
+            # passes are counted by draft position (draft_pass_costs)
+            pass_s, j, restarted = np.zeros(int(k.max())), 0, False
             while active.any():
+                restarted = restarted or bool(j and (active > was_active).any())
                 drafted = drafted + active
-                tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
+                if restarted:
+                    tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
+                    spent = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
+                else:
+                    pass_s[j] = draft_pass_s(self.cost, active, j, widths, ctx, prefill)
+                    spent = float(np.sum(pass_s[:j + 1]))   # = the whole-step call's sum
+                was_active, j = active, j + 1
                 conf = np.where(self._pos < drafted[:, None], draw.confidences, np.nan)
-                spent = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
                 state = DraftState(obs, decision, drafted, conf, spent)
                 more = np.asarray(self.policy.continue_drafting(state), bool)
                 active = more & (drafted < k)
@@ -267,7 +278,9 @@ class Engine:
             conf[:, k0:] = np.nan
         else:
             draft_s = 0.0
-            if need_time:
+            if need_time and spent is not None:
+                draft_s = spent                  # the drafting loop costed every pass
+            elif need_time:
                 tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
                 draft_s = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
             conf = np.where(self._pos < drafted[:, None], np.nan if seen is None else seen, np.nan)

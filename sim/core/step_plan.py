@@ -81,6 +81,29 @@ def uniform_chain_draft_s(cost, k: int, computed_sum: int, n: int, prefill) -> f
     return total
 
 
+def draft_pass_s(cost, active, j: int, widths, computed, prefill) -> float:
+    """Seconds of draft pass ``j`` alone, run by the ``active`` requests: the ``j``-th entry of
+    ``draft_step_s`` over ``draft_pass_costs``, so a drafting loop adds one pass per
+    iteration instead of re-costing every pass so far. A roofline takes its scalar path (the
+    same expression, the same floats); other models get one-element arrays, so they take
+    the very array path of the whole-step call."""
+    num_seqs = int(np.count_nonzero(active))
+    if widths is None:
+        num_tokens = num_seqs
+        ctx = int(computed[active].sum()) + num_seqs * (1 + j)
+    else:
+        feed = np.where(active, 1 if j == 0 else widths[:, j - 1], 0)
+        num_tokens = int(feed.sum())
+        ctx = int((feed * (computed + 1 + j)).sum())
+    if j == 0:
+        n_pre_tok, pre_ctx, n_pre_seqs = prefill
+        num_tokens, num_seqs, ctx = num_tokens + n_pre_tok, num_seqs + n_pre_seqs, ctx + pre_ctx
+    if getattr(cost, "scalar_coefficients", None) is not None:
+        return float(cost.draft_step_s(num_tokens, num_seqs, ctx))
+    one = np.ones(1, np.int64)
+    return float(cost.draft_step_s(one * num_tokens, one * num_seqs, one * ctx)[0])
+
+
 def draft_pass_costs(drafted, widths, computed, n_pre_tok: int, pre_ctx: int, n_pre_seqs: int):
     """Per draft pass j = 0..max(drafted)-1: (tokens, sequences, context) arrays.
 

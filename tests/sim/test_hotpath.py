@@ -56,3 +56,63 @@ def test_draws_without_confidences_give_them_later_unchanged():
     assert lazy.confidences is None
     assert np.array_equal(full.match_len, lazy.match_len)
     assert np.array_equal(full.confidences, b.confidences(rows, lazy.uniforms))
+
+
+def _fitted_model():
+    from sim.models.fitted_cost import FittedCostModel, fit_step
+    n = np.arange(1, 600)
+    fit = fit_step(n, np.maximum(n // 4, 1), n * 300, 2e-3 + 1e-5 * n + 3e-9 * n * 300)
+    return FittedCostModel(fit, fit)
+
+
+def test_one_draft_pass_costs_its_entry_of_the_whole_step():
+    """The drafting loop's per-pass cost is, float for float, entry j of the whole-step
+    call (chains and trees, with and without a prefill chunk in pass 0, for the roofline's
+    scalar path and a fitted model's array path)."""
+    from sim.core.step_plan import draft_pass_costs, draft_pass_s
+    rng = np.random.default_rng(3)
+    for cost in (make_cost_model(SimConfig()), _fitted_model()):
+        for tree in (False, True):
+            for prefill in ((0, 0, 0), (250, 31375, 1)):
+                n, k_max = 9, 6
+                drafted = rng.integers(0, k_max + 1, n)
+                computed = rng.integers(20, 3000, n)
+                widths = rng.integers(1, 5, (n, k_max)) if tree else None
+                whole = cost.draft_step_s(*draft_pass_costs(drafted, widths, computed, *prefill))
+                for j in range(int(drafted.max())):
+                    one = draft_pass_s(cost, drafted > j, j, widths, computed, prefill)
+                    assert one == whole[j], (tree, prefill, j)
+
+
+def test_a_request_restarted_by_its_policy_is_costed_by_draft_position():
+    """A policy may stop a request and let it draft again a pass later; its draft tokens
+    are still positions 1..k, so the step costs as draft_pass_costs counts them (3 passes
+    here, the first two over both requests), not as the passes the loop ran (4, the second
+    over one request)."""
+    from policies.interface import Decision, Policy
+    from sim.core.engine import Engine
+    from sim.core.step_plan import draft_pass_costs
+
+    class Restarting(Policy):
+        custom_drafting = True
+
+        def decide(self, obs):
+            return Decision(num_spec_tokens=np.full(obs.num_requests, 3, np.int64))
+
+        def continue_drafting(self, draft):
+            more = draft.num_drafted < draft.decision.num_spec_tokens
+            if draft.num_drafted.max() == 1:
+                more[0] = False            # stops after one pass, drafts again after two
+            return more
+
+    config = SimConfig(seed=0)
+    engine = Engine(poisson_trace(n=4), Restarting(), config)
+    k, ctx = np.array([3, 2]), np.array([500, 900])
+    decision = Decision(num_spec_tokens=k)
+
+    class Draw:
+        confidences = np.full((2, engine.k_max), 0.9)
+    drafted, _, draft_s = engine._draft(None, decision, k, None, ctx, (0, 0, 0), Draw())
+    assert drafted.tolist() == [3, 2]
+    want = float(np.sum(engine.cost.draft_step_s(*draft_pass_costs(drafted, None, ctx, 0, 0, 0))))
+    assert draft_s == want
