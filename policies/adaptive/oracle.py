@@ -144,9 +144,9 @@ class OracleSlo(Policy):
         K = slot_pass.shape[1]
         density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
         big = float(density.max(initial=0.0)) + 1.0
-        depth = np.arange(1, K + 1)[None, :]
-        ranks = [density] + [density + big * slot_pass * (depth <= c) for c in range(1, K)]
-        plan = plan_slots(obs, w, slot_pass, widths, np.stack(ranks),
+        capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
+        ranks = np.concatenate([density[None], density + big * slot_pass * capped])  # (K, n, K)
+        plan = plan_slots(obs, w, slot_pass, widths, ranks,
                           self.slo.prefill_value(obs), self.slo.slo_guard,
                           self.slo.slo_step_factor, None, self.num_budget_points,
                           self.slo.compiled)

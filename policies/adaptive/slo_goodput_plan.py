@@ -85,7 +85,9 @@ def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ran
     if chains:                   # slo_goodput's every step: no width to look up per slot
         W = np.ones((1, n), np.int64)
     else:
-        W = np.stack([np.broadcast_to(np.asarray(x, np.int64), (n,)) for x in widths])
+        W = np.empty((len(widths), n), np.int64)
+        for row, x in zip(W, widths):      # a width for all, or one per request
+            row[:] = x
     nw = W.shape[0]
     q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
     j = np.arange(1, K + 1)
