@@ -42,18 +42,28 @@ class RequestTable:
         pos, found = self._find(ids) if where is None else where
         self.values[pos[found]] = values[found]
         if (~found).any():
-            new_ids, first = np.unique(ids[~found], return_index=True)
-            ids_all = np.concatenate([self.ids, new_ids])
-            vals_all = np.concatenate([self.values, values[~found][first]])
-            order = np.argsort(ids_all, kind="stable")
-            self.ids, self.values = ids_all[order], vals_all[order]
+            new_ids, new_values = ids[~found], values[~found]
+            if (new_ids.size > 1 and not (new_ids[1:] > new_ids[:-1]).all()) or (
+                    self.ids.size and new_ids[0] <= self.ids[-1]):
+                new_ids, first = np.unique(new_ids, return_index=True)
+                ids_all = np.concatenate([self.ids, new_ids])
+                vals_all = np.concatenate([self.values, new_values[first]])
+                order = np.argsort(ids_all, kind="stable")
+                self.ids, self.values = ids_all[order], vals_all[order]
+            else:   # increasing ids past the table's last (engines number requests so)
+                self.ids = np.concatenate([self.ids, new_ids])
+                self.values = np.concatenate([self.values, new_values])
 
     def drop(self, ids) -> None:
         ids = np.asarray(ids, np.int64)
         if ids.size == 0 or self.ids.size == 0:
             return
-        keep = ~np.isin(self.ids, ids)
-        self.ids, self.values = self.ids[keep], self.values[keep]
+        pos = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
+        hit = pos[self.ids[pos] == ids]            # = np.isin's: the table's ids are sorted
+        if hit.size:
+            keep = np.ones(self.ids.size, bool)
+            keep[hit] = False
+            self.ids, self.values = self.ids[keep], self.values[keep]
 
 
 class AcceptanceTracker:

@@ -260,6 +260,24 @@ def compiled_kernel(name: str):
     return getattr(slo_goodput_kernels, name)
 
 
+@functools.lru_cache(maxsize=1024)
+def prefix_grid(num_slots: int, num_budget_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """(b, first): the prefix lengths a plan searches over ``num_slots`` ranked slots (every
+    one, or ``num_budget_points`` evenly spaced with 0 and ``num_slots`` kept) and, per slot
+    rank r, the first prefix that holds it (r < b[g]). A pure function of the two counts,
+    kept per pair (read-only arrays): every step of a batch size asks for the same grid."""
+    M = num_slots
+    b = np.arange(M + 1)
+    if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
+        b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
+    # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
+    first = (np.arange(1, M + 1) if b.size == M + 1      # slot r joins prefix r + 1
+             else np.searchsorted(b, np.arange(M), side="right"))
+    b.setflags(write=False)
+    first.setflags(write=False)
+    return b, first
+
+
 def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Ranking,
                    prefill_value: float, guard: str, slo_step_factor: float,
                    max_step_tokens: int | None, num_budget_points: int,
@@ -270,13 +288,8 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
     tokens, value, order, Ws, feed, q, W = ranking
     n, nw = obs.num_requests, order.shape[0]
     M = order.shape[1]                                   # slots ranked (n K unless pruned)
-    b = np.arange(M + 1)
-    if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
-        b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
-    # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
+    b, first = prefix_grid(M, num_budget_points)
     full = b.size == M + 1                               # every prefix: b = 0..M
-    first = (np.arange(1, M + 1) if full                 # slot r joins prefix r + 1
-             else np.searchsorted(b, np.arange(M), side="right"))
     # chains only (every width 1): each slot verifies one token and feeds one to its pass,
     # so the width-weighted sums below are the plain ones (the same floats, fewer passes)
     chains = int(W.max(initial=1)) == 1

@@ -175,6 +175,37 @@ def test_request_table_get_set_drop():
     assert t.ids.tolist() == [5, 9]
 
 
+def test_request_table_matches_a_dict_over_random_operations():
+    """Sets (increasing new ids as engines number requests, and out-of-order ones with
+    repeats: the first value of a repeated new id is kept, a known id takes the last),
+    drops (unknown ids included) and lookups, against a plain dict."""
+    rng = np.random.default_rng(7)
+    t, ref, next_id = RequestTable((0.5, -1.0)), {}, 0
+    for step in range(400):
+        if step % 3 == 0:                            # new requests, in order
+            ids = np.arange(next_id, next_id + rng.integers(1, 5))
+            next_id = int(ids[-1]) + 1
+        else:                                        # any ids, repeats and unknowns too
+            ids = rng.integers(0, next_id + 5, rng.integers(1, 8))
+        values = rng.random((ids.size, 2))
+        t.set(ids, values)
+        firsts = {}
+        for i, v in zip(ids.tolist(), values):
+            if i in ref:
+                ref[i] = v                           # known ids: the last write wins
+            else:
+                firsts.setdefault(i, v)              # new ones: the first
+        ref.update(firsts)
+        gone = rng.integers(0, next_id + 5, rng.integers(0, 4))
+        t.drop(gone)
+        for i in gone.tolist():
+            ref.pop(i, None)
+        assert t.ids.tolist() == sorted(ref)
+        ask = rng.integers(0, next_id + 5, 6)
+        want = [ref.get(i, np.array([0.5, -1.0])) for i in ask.tolist()]
+        assert np.array_equal(t.get(ask), np.array(want))
+
+
 def test_tracker_uses_truncated_geometric_mle():
     tr = AcceptanceTracker(prior_rate=0.5, prior_weight=1e-6, decay=1.0)
     tr.observe([1], [4], [2])                # 2 successes, 1 rejection -> 2/3 (not 2/4)
