@@ -89,9 +89,10 @@ class ConfidenceCalibrator:
             total = s.sum() + f.sum()
             if total <= 0:
                 return None
-            rate = np.clip(s.sum() / total, 1e-3, 1 - 1e-3)
+            # np.minimum/np.maximum: np.clip's value, without its Python wrapper (per step)
+            rate = np.minimum(np.maximum(s.sum() / total, 1e-3), 1 - 1e-3)
             k = self.prior_weight
-            p = np.clip((s + k * rate) / (s + f + k), 1e-4, 1 - 1e-4)
+            p = np.minimum(np.maximum((s + k * rate) / (s + f + k), 1e-4), 1 - 1e-4)
             self._lr = (p / (1 - p)) / (rate / (1 - rate))
         return self._lr
 
@@ -106,7 +107,7 @@ class ConfidenceCalibrator:
     def _lr_with_nan(self) -> np.ndarray | None:
         """The LR per bin, then LR 1 for nan (index -1); None before any outcome."""
         if self._lr_nan is None and self._lr_table() is not None:
-            self._lr_nan = np.append(self._lr, 1.0)
+            self._lr_nan = np.concatenate([self._lr, [1.0]])
         return self._lr_nan
 
     def bin_or_nan(self, confidences: np.ndarray) -> np.ndarray:

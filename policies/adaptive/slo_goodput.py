@@ -10,7 +10,8 @@ from policies.adaptive.request_state import AcceptanceTracker
 from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, blended_survival,
                                                     calibrated_survival, keep_drafting,
                                                     probe_lengths, verified_lengths)
-from policies.adaptive.slo_goodput_plan import draft_prefix_s, plan_widths_and_caps
+from policies.adaptive.slo_goodput_plan import (draft_prefix_s, kernel_cost,
+                                                 plan_widths_and_caps)
 from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
 from policies.adaptive.slo_goodput_value import prefill_chunk_value, slo_weights
 from policies.adaptive.step_cost import step_time_ewma, uniform_step_s
@@ -189,16 +190,18 @@ class SloGoodput(Policy):
         prefill_value = self.prefill_value(obs)
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
         widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]
+        cost = kernel_cost(obs) if self.compiled else None   # read by the step's hooks
         plans, capped = plan_widths_and_caps(obs, w, a, K, widths, self.chain_caps,
                                              prefill_value, self.slo_guard,
                                              self.slo_step_factor, self.max_step_tokens,
-                                             self.num_budget_points, self.compiled)
+                                             self.num_budget_points, self.compiled, cost)
         chain = max([plans[0], *capped], key=lambda p: p.rate)
         best = best_plan(chain, plans[1:], self.tree_min_gain)
         base = best.depth
         self._plan = StepPlan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
                            marginal=best.marginal, prefill_value=prefill_value,
                            widths=best.widths, rate=best.rate)
+        self._plan.kernel_cost = cost
         extend = self.extend_positions if best.width == 1 else self.tree_extend_positions
         k = np.where(base > 0, np.minimum(base + extend, K), 0).astype(np.int64)
         if best.width == 1:

@@ -178,7 +178,7 @@ def verified_lengths(plan: StepPlan | None, draft: DraftState, drafted: np.ndarr
     value = plan.weight[:, None] * survival(plan, draft.confidences[:, :K])
     return best_verified_prefixes(draft.obs, value, drafted,
                                   plan.weight.sum() + plan.prefill_value, draft.draft_time_s,
-                                  compiled)
+                                  compiled, plan.kernel_cost)
 
 def extension_not_worth_it(plan: StepPlan, draft, more: np.ndarray,
                            next_value: np.ndarray) -> np.ndarray:
@@ -238,16 +238,17 @@ def probe_lengths(obs: Observation, plan: StepPlan, k: np.ndarray, K: int, posit
 
 def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndarray,
                            base_value: float, draft_time_s: float,
-                           compiled: bool = False) -> np.ndarray:
+                           compiled: bool = False, cost=None) -> np.ndarray:
     """Verified length per request: of the drafted slots (value (n, K) per slot, slots past
     ``drafted`` ignored), the top-b by value with b maximising (base_value + their value) /
     (draft_time_s + t_verify(b)); a slot is kept only with its whole prefix. ``compiled``:
-    the ranking and the choice in two loops around the cost model (the same answer)."""
+    the ranking and the choice in two loops around the cost model (the same answer);
+    ``cost``: the step's ``kernel_cost(obs)`` if the caller has it."""
     n, K = value.shape
     rank = _kernel("VERIFY_RANKING") if compiled else None
     if rank is not None:
         req, pos, cum_v, cum_ctx = rank(value, drafted, obs.context_lens)
-        cost = kernel_cost(obs)
+        cost = kernel_cost(obs) if cost is None else cost
         verify = (_kernel("VERIFY_TIMES")(cum_ctx, cost.kind, cost.target, cost.tokens_base,
                                           cost.seqs, cost.ctx_base) if cost.kind >= 0
                   else verify_tokens_s(obs, np.arange(cum_v.size), cum_ctx))

@@ -133,16 +133,25 @@ def chain_rankings(kernel, weight: np.ndarray, accept: np.ndarray, K: int, caps)
     """``stack_rankings(width_ranking(.., [1]), capped_ranking(.., caps))`` with the values
     and the sorts in one compiled loop (``slo_goodput_kernels``); the powers stay numpy's."""
     n = weight.size
-    caps = np.asarray([int(c) for c in caps if 1 <= int(c) <= K], np.int64)
+    caps = _caps_in_range(tuple(caps), K)
     j = np.arange(1, K + 1)
     q = 1.0 - (1.0 - accept[None, :]) ** np.ones((1, n), np.int64)   # width_ranking's q
     tokens, value, order = kernel((q[:, :, None] ** j).ravel(),
                                   (accept[:, None] ** j).ravel(), weight, K, caps)
     R = order.shape[0]
     ones = np.ones((R, n * K))
-    return Ranking(tokens, value, order, ones, ones,
-                   np.concatenate([q, np.broadcast_to(accept, (R - 1, n))]),
-                   np.ones((R, n), np.int64))
+    depth_pass = np.empty((R, n))
+    depth_pass[0] = q[0]
+    depth_pass[1:] = accept                  # the capped rows: chains at the request's rate
+    return Ranking(tokens, value, order, ones, ones, depth_pass, np.ones((R, n), np.int64))
+
+
+@functools.lru_cache(maxsize=256)
+def _caps_in_range(caps: tuple, K: int) -> np.ndarray:
+    """``chain_caps`` in 1..K as the kernel takes them (read-only: shared by every step)."""
+    out = np.asarray([int(c) for c in caps if 1 <= int(c) <= K], np.int64)
+    out.setflags(write=False)
+    return out
 
 
 def stack_rankings(*rankings: Ranking) -> Ranking:
@@ -172,22 +181,24 @@ def plan_widths(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int
 def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int,
                          widths, caps, prefill_value: float, guard: str,
                          slo_step_factor: float, max_step_tokens: int | None,
-                         num_budget_points: int, compiled: bool = True) -> tuple[list, list]:
+                         num_budget_points: int, compiled: bool = True,
+                         cost: "KernelCost | None" = None) -> tuple[list, list]:
     """(plan_widths(widths), the chain plans of ``capped_ranking(caps)``) from one pass over
-    their stacked rankings: the same plans as apart, for half the array operations."""
+    their stacked rankings: the same plans as apart, for half the array operations.
+    ``cost``: the step's ``kernel_cost(obs)`` when the caller has it."""
     chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
     kernel = compiled_kernel("CHAIN_RANKINGS") if compiled and chains else None
     if kernel is not None:
         plans = _best_prefixes(obs, weight, K, chain_rankings(kernel, weight, accept, K, caps),
                                prefill_value, guard, slo_step_factor, max_step_tokens,
-                               num_budget_points, compiled)
+                               num_budget_points, compiled, cost)
         return plans[:1], plans[1:]
     rankings = [width_ranking(weight, accept, K, widths)]
     capped = capped_ranking(weight, accept, K, caps)
     if capped is not None:
         rankings.append(capped)
     plans = _best_prefixes(obs, weight, K, stack_rankings(*rankings), prefill_value, guard,
-                           slo_step_factor, max_step_tokens, num_budget_points, compiled)
+                           slo_step_factor, max_step_tokens, num_budget_points, compiled, cost)
     nw = rankings[0].order.shape[0]
     return plans[:nw], plans[nw:]
 
@@ -281,10 +292,11 @@ def prefix_grid(num_slots: int, num_budget_points: int) -> tuple[np.ndarray, np.
 def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Ranking,
                    prefill_value: float, guard: str, slo_step_factor: float,
                    max_step_tokens: int | None, num_budget_points: int,
-                   compiled: bool = True) -> list[PrefixPlan]:
+                   compiled: bool = True, cost: KernelCost | None = None) -> list[PrefixPlan]:
     """For each row of ``ranking``: the prefix b maximising (sum w + w_p + value of the b
     slots) / T(b) under the guard (``plan_widths``). ``compiled``: the loops of
-    ``slo_goodput_kernels`` (the same floats) instead of numpy's array operations."""
+    ``slo_goodput_kernels`` (the same floats) instead of numpy's array operations; ``cost``:
+    the step's ``kernel_cost(obs)`` if the caller has it."""
     tokens, value, order, Ws, feed, q, W = ranking
     n, nw = obs.num_requests, order.shape[0]
     M = order.shape[1]                                   # slots ranked (n K unless pruned)
@@ -319,7 +331,8 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
         ctx_j = per_depth(((L + pos) if chains else (L + pos) * feed).ravel())
         verified = b.astype(float) if chains else prefix_sum(Ws)   # (B,) broadcasts over rows
         ctx_v = prefix_sum((L + pos + 1) if chains else (L + pos + 1) * Ws)
-    cost = kernel_cost(obs) if compiled else None
+    if compiled and cost is None:
+        cost = kernel_cost(obs)
     if cost is not None and cost.kind >= 0:      # the cost model inside the loops
         draft = compiled_kernel("DRAFT_PASS_TIMES")(
             n_j, n_j if chains else fed_j, ctx_j, cost.kind, cost.draft).sum(axis=2)
