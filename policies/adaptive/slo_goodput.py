@@ -175,7 +175,7 @@ class SloGoodput(Policy):
     def weights(self, obs: Observation, t_step_s: float) -> np.ndarray:
         """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): ``slo_weights``."""
         return slo_weights(obs, t_step_s, self.slo_weight, self.max_boost, self.slack_discount,
-                           self.triage)
+                           self.triage, self.compiled)
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests

@@ -337,6 +337,40 @@ def _verified_counts(req, pos, cum_v, verify_s, base_value, draft_time_s, n, K):
     return counts
 
 
+def _np_max(a, b):
+    """np.maximum of two floats (nan if either is)."""
+    if a != a or b != b:
+        return a + b
+    return a if a >= b else b
+
+
+def _np_min(a, b):
+    """np.minimum of two floats (nan if either is)."""
+    if a != a or b != b:
+        return a + b
+    return a if a <= b else b
+
+
+def _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s, slo_weight,
+                 max_boost, slack_discount, triage):
+    """``slo_goodput_value.slo_weights`` request by request, operation for operation."""
+    n = tpot_slo_s.shape[0]
+    out = np.empty(n)
+    for i in range(n):
+        o = num_output_tokens[i] - 1
+        if o < 0:
+            o = 0
+        tpot = tpot_slo_s[i]
+        behind = 0.0
+        if np.isfinite(tpot):
+            behind = ((decode_elapsed_s[i] + t_step_s) / tpot - o) - 1.0
+        u = _np_min(_np_max(behind, -slack_discount), max_boost)
+        if triage and behind > max_boost:
+            u = _np_max(2 * max_boost - behind, 0.0)
+        out[i] = _np_max(1.0 + slo_weight * u, 1e-3)
+    return out
+
+
 try:
     import numba
 except ImportError:                # pragma: no cover - numba is a dependency of the project
@@ -355,7 +389,11 @@ if numba is not None:
     VERIFIED_COUNTS = numba.njit(cache=True)(_verified_counts)
     VERIFY_TIMES = numba.njit(cache=True)(_verify_times)
     SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
+    _np_max = numba.njit(cache=True)(_np_max)
+    _np_min = numba.njit(cache=True)(_np_min)
+    # numpy's error model: an SLO of 0 s divides by zero as numpy does (inf, nan), no raise
+    SLO_WEIGHTS = numba.njit(cache=True, error_model="numpy")(_slo_weights)
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
     VERIFY_RANKING = VERIFIED_COUNTS = DRAFT_PASS_TIMES = STEP_TIMES = None
-    CHAIN_RANKINGS = VERIFY_TIMES = None
+    CHAIN_RANKINGS = VERIFY_TIMES = SLO_WEIGHTS = None

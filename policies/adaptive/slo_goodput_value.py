@@ -10,9 +10,17 @@ from policies.interface import Observation
 
 
 def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost: float,
-                slack_discount: float, triage: bool) -> np.ndarray:
+                slack_discount: float, triage: bool, compiled: bool = False) -> np.ndarray:
     """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): 1 + ``slo_weight`` *
-    clip(A_i - 1, -``slack_discount``, ``max_boost``), tapered with ``triage``."""
+    clip(A_i - 1, -``slack_discount``, ``max_boost``), tapered with ``triage``.
+    ``compiled``: one loop over the requests (``slo_goodput_kernels``), the same floats."""
+    if compiled:
+        from policies.adaptive.slo_goodput_plan import compiled_kernel
+        kernel = compiled_kernel("SLO_WEIGHTS")
+        if kernel is not None:
+            return kernel(obs.num_output_tokens, obs.decode_elapsed_s, obs.tpot_slo_s,
+                          float(t_step_s), float(slo_weight), float(max_boost),
+                          float(slack_discount), bool(triage))
     o = np.maximum(obs.num_output_tokens - 1, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         A = (obs.decode_elapsed_s + t_step_s) / obs.tpot_slo_s - o

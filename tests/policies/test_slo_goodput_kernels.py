@@ -147,7 +147,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "from policies.adaptive import slo_goodput_kernels as k; "
             "names = ('PREFIX_COUNTS', 'BEST_ROWS', 'DRAFTING_MASKS', 'SURVIVAL_COLUMNS', "
             "'VERIFY_RANKING', 'VERIFIED_COUNTS', 'DRAFT_PASS_TIMES', 'STEP_TIMES', "
-            "'CHAIN_RANKINGS', 'VERIFY_TIMES'); "
+            "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS'); "
             "before = [len(getattr(k, x).signatures) for x in names]; "
             "t = HookTimer(make_policy('slo_goodput')); t.warm_up(); "
             "make_policy('fixed', k=3).warm_up(); "
@@ -157,7 +157,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
                          cwd=Path(__file__).resolve().parents[2], timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     before, after, calls = json.loads(out.stdout.strip().splitlines()[-1])
-    assert before == [0] * 10 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 11 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -197,3 +197,28 @@ def test_tracker_and_calibrator_state_match_numpy():
             live.append(next_id)
             next_id += 1
     assert len(trackers[0].table) > 3 and calibrators[0].num_observations > 100
+
+
+def test_slo_weights_match_numpy():
+    """Random demands, with SLOs of 0 s (division by zero), none (inf) and unknown elapsed
+    times (nan), boosts and triage on and off: the compiled weights are numpy's, bit for bit."""
+    from policies.adaptive.slo_goodput_value import slo_weights
+    rng = np.random.default_rng(11)
+    kinds = set()
+    for case in range(200):
+        n = int(rng.integers(1, 40))
+        obs = make_obs(n, tpot=rng.choice([0.0, 0.01, 0.03, 0.1, np.inf], n))
+        elapsed = rng.uniform(0.0, 5.0, n)
+        elapsed[rng.random(n) < 0.1] = np.nan
+        obs = type(obs)(**{**obs.__dict__, "decode_elapsed_s": elapsed,
+                           "num_output_tokens": rng.integers(0, 200, n).astype(np.int64)})
+        args = (float(rng.uniform(0.005, 0.2)), float(rng.uniform(0.0, 2.0)),
+                float(rng.uniform(0.5, 4.0)), float(rng.uniform(0.0, 1.0)), bool(case % 2))
+        with np.errstate(all="ignore"):
+            want = slo_weights(obs, *args)
+        got = slo_weights(obs, *args, compiled=True)
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), case
+        kinds |= {"nan"} if np.isnan(want).any() else set()
+        kinds |= {"floor"} if (want == 1e-3).any() else set()
+        kinds |= {"boost"} if (want > 1.0).any() else set()
+    assert kinds == {"nan", "floor", "boost"}    # every branch was reached
