@@ -9,7 +9,7 @@ import numpy as np
 from policies.adaptive.adaspec_efficiency import (goodput, per_token_score, scalar_goodput,
                                                   scalar_per_token_score, tpot_budgets)
 from policies.adaptive.step_cost import (expected_chain_tokens, same_step, tightest_slo_s,
-                                         uniform_step_s, verify_s)
+                                         uniform_step_s, verify_s, warm_up_step_cost)
 from policies.interface import (Decision, DraftState, Observation, Policy,
                                 cumulative_confidence, trim_to_budget)
 from policies.registry import register
@@ -95,6 +95,7 @@ class AdaSpec(Policy):
     custom_verify = True
 
     needs_draft_confidences = True
+    compiled = True    # the step-time table as one loop (step_cost_kernels): the same floats
 
     def __init__(self, adaptive_drafter: bool = True, confidence_verifier: bool = True,
                  slo_aware: bool = True, prior_confidence: float = 0.6,
@@ -136,6 +137,11 @@ class AdaSpec(Policy):
             return None, np.inf
         return tpot_budgets(obs, self.step_budget_s)
 
+    def warm_up(self) -> None:
+        """Compile the step-time loop (or load it from numba's cache) before timed work."""
+        if self.compiled:
+            warm_up_step_cost()
+
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
         kmax = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
@@ -143,7 +149,7 @@ class AdaSpec(Policy):
             self._step = None
             return Decision(num_spec_tokens=np.zeros(0, np.int64))
         ks = np.arange(kmax + 1)
-        draft, verify = uniform_step_s(obs, ks)
+        draft, verify = uniform_step_s(obs, ks, self.compiled)
         step = draft + verify
         tpot, budget = self._tpot_budgets(obs)
         if tpot is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.adaptive.step_cost import uniform_step_s
+from policies.adaptive.step_cost import uniform_step_s, warm_up_step_cost
 from policies.interface import Decision, Feedback, Observation, Policy
 from policies.registry import register
 
@@ -31,6 +31,7 @@ class SmartSpec(Policy):
     (False) takes the full argmax, as the AdaSpec-adapted baseline does.
     """
     needs_feedback = True
+    compiled = True    # the step-time table as one loop (step_cost_kernels): the same floats
 
     def __init__(self, alpha_init: float = 0.7, ema: float = 0.15, no_spec_bonus: float = 1.1,
                  alpha_floor: float = 0.3, alpha_reset: float = 0.65, update_interval: int = 1,
@@ -51,6 +52,11 @@ class SmartSpec(Policy):
         self._k = 0
         self._steps_since_update = None
 
+    def warm_up(self) -> None:
+        """Compile the step-time loop (or load it from numba's cache) before timed work."""
+        if self.compiled:
+            warm_up_step_cost()
+
     def expected_tokens(self, k) -> np.ndarray:
         """l(k) = (1 - a^(k+1)) / (1 - a): tokens per request per step, bonus included."""
         a = self.alpha if self.alpha >= self.alpha_floor else self.alpha_reset
@@ -63,7 +69,7 @@ class SmartSpec(Policy):
         """Predicted goodput (tokens/s) for k = 0..k_max, with the k = 0 bonus applied."""
         kmax = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
         ks = np.arange(kmax + 1)
-        draft, verify = uniform_step_s(obs, ks)
+        draft, verify = uniform_step_s(obs, ks, self.compiled)
         g = obs.num_requests * self.expected_tokens(ks) / (draft + verify)
         g[0] *= self.no_spec_bonus
         return g

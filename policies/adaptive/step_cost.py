@@ -24,11 +24,20 @@ def target_seqs(obs: Observation) -> int:
     return obs.num_requests + (1 if obs.num_prefill_tokens > 0 else 0)
 
 
-def uniform_step_s(obs: Observation, ks) -> tuple[np.ndarray, np.ndarray]:
-    """(draft_s, verify_s) when every decoding request drafts the same k, for each k in ``ks``."""
+def uniform_step_s(obs: Observation, ks, compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(draft_s, verify_s) when every decoding request drafts the same k, for each k in ``ks``.
+    ``compiled``: one loop (``step_cost_kernels``) when the cost model exposes its
+    coefficients, the same floats."""
     ks = np.asarray(ks, np.int64)
     n = obs.num_requests
     ctx = float(obs.context_lens.sum())
+    if compiled:
+        form = compiled_form(obs.cost)
+        if form is not None:
+            from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
+            return UNIFORM_STEP_TIMES(ks, n, ctx, int(obs.num_prefill_tokens),
+                                      target_seqs(obs), float(obs.sum_prefill_context_tokens),
+                                      *form)
     kmax = int(ks.max()) if ks.size else 0
     # array methods, not np.cumsum/np.sum/np.broadcast_to: their Python wrappers cost more
     # than the arithmetic on these few values, and every adaptive policy's decide runs this
@@ -47,6 +56,29 @@ def uniform_step_s(obs: Observation, ks) -> tuple[np.ndarray, np.ndarray]:
         obs.num_prefill_tokens + n * k1, target_seqs(obs),
         obs.sum_prefill_context_tokens + k1 * ctx + n * ks * k1 / 2), float)
     return draft, (np.full(ks.shape, float(verify)) if verify.ndim == 0 else verify.copy())
+
+
+def compiled_form(cost) -> tuple | None:
+    """``cost``'s coefficients as the compiled loops take them (``kernel_form``), or None
+    when it has none (a fitted profile: its own methods are called) or numba is missing."""
+    get = getattr(cost, "coefficients", None)
+    form = get() if get is not None else None
+    if form is None:
+        return None
+    from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES, kernel_form
+    return kernel_form(form) if UNIFORM_STEP_TIMES is not None else None
+
+
+def warm_up_step_cost() -> None:
+    """Compile ``uniform_step_s``'s loop for the forms and argument types policies pass
+    (roofline and affine, an integer or a float context), once per process."""
+    from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
+    if UNIFORM_STEP_TIMES is None or UNIFORM_STEP_TIMES.signatures:
+        return
+    coef = np.zeros(5)
+    coef.setflags(write=False)
+    for kind in (0, 1):
+        UNIFORM_STEP_TIMES(np.arange(3), 2, 100.0, 0, 2, 0.0, kind, coef, coef)
 
 
 def draft_passes_s(obs: Observation, k: np.ndarray) -> float:
