@@ -254,15 +254,15 @@ class Engine:
             # policy that restarts a stopped request has every pass re-costed, as vLLM's
             # passes are counted by draft position (draft_pass_costs)
             pass_s, j, restarted = np.zeros(int(k.max())), 0, False
-            while active.any():
-                restarted = restarted or bool(j and (active > was_active).any())
+            while iany(active):
+                restarted = restarted or bool(j and iany(active > was_active))
                 drafted = drafted + active
                 if restarted:
                     tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
                     spent = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))
                 else:
                     pass_s[j] = draft_pass_s(self.cost, active, j, widths, ctx, prefill)
-                    spent = float(np.sum(pass_s[:j + 1]))   # = the whole-step call's sum
+                    spent = float(pass_s[:j + 1].sum())   # = the whole-step call's np.sum
                 was_active, j = active, j + 1
                 conf = np.where(self._pos < drafted[:, None], draw.confidences, np.nan)
                 state = DraftState(obs, decision, drafted, conf, spent)

@@ -90,7 +90,7 @@ def draft_pass_s(cost, active, j: int, widths, computed, prefill) -> float:
     num_seqs = int(np.count_nonzero(active))
     if widths is None:
         num_tokens = num_seqs
-        ctx = int(computed[active].sum()) + num_seqs * (1 + j)
+        ctx = isum(computed[active]) + num_seqs * (1 + j)
     else:
         feed = np.where(active, 1 if j == 0 else widths[:, j - 1], 0)
         num_tokens = int(feed.sum())
