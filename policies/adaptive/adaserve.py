@@ -1,6 +1,8 @@
 """AdaServe (Li et al., arXiv 2501.12162): SLO-customized token trees under a token budget."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from policies.adaptive.request_state import AcceptanceTracker
@@ -70,8 +72,9 @@ class AdaServe(Policy):
 
     def shape(self, n: int, k_max: int) -> tuple[int, int]:
         """(depth, width) of the candidate tree for n requests (eqs. 8-9)."""
-        d = int(np.clip(np.floor(self.B1 / (n + self.c1)) - 1, self.d_min, self.d_max))
-        w = 1 if self.chain_only else int(np.clip(self.B2 // n + self.c2, 1, self.w_max))
+        # min/max: np.clip's value on scalars without its wrapper (every step)
+        d = int(min(max(math.floor(self.B1 / (n + self.c1)) - 1, self.d_min), self.d_max))
+        w = 1 if self.chain_only else int(min(max(self.B2 // n + self.c2, 1), self.w_max))
         return min(d, k_max), w
 
     def slo_demand(self, obs: Observation, depth: int, t_spec_s: float) -> np.ndarray:
@@ -143,9 +146,9 @@ class AdaServe(Policy):
         acc = np.asarray(feedback.num_accepted, np.int64)
         width_rows = np.ones((ids.size, 1), np.int64)
         if self._last_widths.size and ids.size:
-            pos = np.searchsorted(self._last_ids, ids, sorter=np.argsort(self._last_ids))
             order = np.argsort(self._last_ids)
-            pos = np.clip(pos, 0, self._last_ids.size - 1)
+            pos = np.minimum(np.searchsorted(self._last_ids, ids, sorter=order),
+                             self._last_ids.size - 1)
             match = self._last_ids[order[pos]] == ids
             width_rows = np.where(match[:, None], self._last_widths[order[pos]], 1)
             depth = (width_rows > 0).sum(axis=1)

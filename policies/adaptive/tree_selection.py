@@ -106,7 +106,8 @@ def slo_phase(F: np.ndarray, A, budget, n_max=None) -> SloPhase:
     slo_order = np.argsort(-A, kind="stable")
     before = np.concatenate([[0], np.cumsum(want[slo_order])[:-1]])
     take = np.zeros(n, np.int64)
-    take[slo_order] = np.clip(float(budget) - before, 0, want[slo_order]).astype(np.int64)
+    take[slo_order] = np.minimum(np.maximum(float(budget) - before, 0),
+                                 want[slo_order]).astype(np.int64)   # np.clip, unwrapped
     return SloPhase(A=A, valid=valid, order=order, f_sorted=f_sorted, take=take)
 
 
@@ -132,7 +133,7 @@ def caterpillar_candidates(accept: np.ndarray, depth: int, width: int,
     leaves hanging off the top-1 chain, so f(j, r) = prod_{m<j} a_m * q_jr (eq. 7's product
     of probabilities along the path). Returns (n, depth * width): column (j-1)*width + r-1.
     """
-    a = np.clip(np.asarray(accept, float), 1e-3, 1.0 - 1e-6)[:, None]
+    a = np.minimum(np.maximum(np.asarray(accept, float), 1e-3), 1.0 - 1e-6)[:, None]
     j = np.arange(1, depth + 1)[None, :]
     a_j = a * depth_decay ** (j - 1)
     chain = np.cumprod(a_j, axis=1) / a_j              # prod_{m<j} a_m
