@@ -259,12 +259,30 @@ class SloGoodput(Policy):
         self.tracker.forget(feedback.finished_ids)
 
 
+class _CalledBack:
+    """A cost model without ``coefficients()`` (as a fitted profile): the plan's kernels
+    then call it between them, a path of its own to compile."""
+
+    def __init__(self, cost):
+        self.cost = cost
+
+    def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return self.cost.target_step_s(num_tokens, num_seqs, sum_context_tokens)
+
+    def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens):
+        return self.cost.draft_step_s(num_tokens, num_seqs, sum_context_tokens)
+
+
 @functools.cache
 def _warm_up_kernels(cls: type) -> None:
     """Every hook of a compiled ``cls`` instance, a few steps at two batch sizes of
-    policies.bench's synthetic batch (its decisions are thrown away)."""
+    policies.bench's synthetic batch, with a cost model the kernels evaluate and one they
+    call back (the decisions are thrown away)."""
     from policies.bench import Batch, step_us
     for n in (3, 40):
         policy, batch = cls(), Batch(n, 8, seed=0)
         for _ in range(4):
+            step_us(policy, batch)
+        batch.cost = _CalledBack(batch.cost)
+        for _ in range(2):
             step_us(policy, batch)

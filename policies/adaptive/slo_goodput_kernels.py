@@ -337,6 +337,56 @@ def _verified_counts(req, pos, cum_v, verify_s, base_value, draft_time_s, n, K):
     return counts
 
 
+def _sum_last(x):
+    """``x.sum(axis=-1)`` of a C-ordered (rows, cols, K) array, in numpy's order: its
+    pairwise sum (from 0, sequential below 8 terms, eight running sums above), which for
+    K <= 128 is one block."""
+    R, G, K = x.shape
+    out = np.empty((R, G))
+    r8 = np.empty(8)
+    for r in range(R):
+        for g in range(G):
+            if K < 8:
+                acc = 0.0
+                for p in range(K):
+                    acc += x[r, g, p]
+            else:
+                for q in range(8):
+                    r8[q] = x[r, g, q]
+                i = 8
+                while i < K - (K % 8):
+                    for q in range(8):
+                        r8[q] += x[r, g, i + q]
+                    i += 8
+                acc = ((r8[0] + r8[1]) + (r8[2] + r8[3])) + ((r8[4] + r8[5]) + (r8[6] + r8[7]))
+                while i < K:
+                    acc += x[r, g, i]
+                    i += 1
+            out[r, g] = acc
+    return out
+
+
+def _plan_rows(order, first, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef,
+               target_coef, tokens_base, seqs, ctx_base, value, tokens, base_value, n, cap_s,
+               guard, max_step_tokens, num_prefill_tokens):
+    """``_best_prefixes``' compiled path in one call: the prefix counts, every draft pass's
+    time (summed over passes in numpy's order), the step times and the best row per
+    ranking: ``PREFIX_COUNTS``, ``DRAFT_PASS_TIMES``, ``STEP_TIMES`` and ``BEST_ROWS``
+    as the Python path chains them, without three returns to Python between them."""
+    n_j, ctx_j, fed_j, ctx_v, ver_v = PREFIX_COUNTS(order, first, context_lens, feed, Ws,
+                                                    b.size, K, chains, full, b)
+    if chains:
+        passes = DRAFT_PASS_TIMES(n_j, n_j, ctx_j, kind, draft_coef)
+        verified = b.astype(np.float64).reshape((1, b.size))
+    else:
+        passes = DRAFT_PASS_TIMES(n_j, fed_j, ctx_j, kind, draft_coef)
+        verified = ver_v
+    T = STEP_TIMES(_sum_last(passes), verified, not chains, ctx_v, kind, target_coef,
+                   tokens_base, seqs, ctx_base)
+    return BEST_ROWS(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
+                     max_step_tokens, num_prefill_tokens, verified, not chains)
+
+
 def _np_max(a, b):
     """np.maximum of two floats (nan if either is)."""
     if a != a or b != b:
@@ -389,6 +439,8 @@ if numba is not None:
     VERIFIED_COUNTS = numba.njit(cache=True)(_verified_counts)
     VERIFY_TIMES = numba.njit(cache=True)(_verify_times)
     SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
+    _sum_last = numba.njit(cache=True)(_sum_last)
+    PLAN_ROWS = numba.njit(cache=True)(_plan_rows)
     _np_max = numba.njit(cache=True)(_np_max)
     _np_min = numba.njit(cache=True)(_np_min)
     # numpy's error model: an SLO of 0 s divides by zero as numpy does (inf, nan), no raise
@@ -396,4 +448,4 @@ if numba is not None:
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
     VERIFY_RANKING = VERIFIED_COUNTS = DRAFT_PASS_TIMES = STEP_TIMES = None
-    CHAIN_RANKINGS = VERIFY_TIMES = SLO_WEIGHTS = None
+    CHAIN_RANKINGS = VERIFY_TIMES = SLO_WEIGHTS = PLAN_ROWS = None

@@ -248,6 +248,7 @@ class KernelCost(NamedTuple):
 
 
 _KINDS = {ROOFLINE: 0, AFFINE: 1}
+_GUARDS = {"off": 0, "step": 1, "per_token": 2}      # the kernels' guard codes
 
 
 def kernel_cost(obs: Observation) -> KernelCost:
@@ -307,7 +308,19 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
     chains = int(W.max(initial=1)) == 1
     prefix_counts = compiled_kernel("PREFIX_COUNTS") if compiled else None
     compiled = prefix_counts is not None
-    if compiled:
+    if compiled and cost is None:
+        cost = kernel_cost(obs)
+    if compiled and cost.kind >= 0:              # counts, costs and choice in one call
+        g, rates, depths, marginals = compiled_kernel("PLAN_ROWS")(
+            order, first, obs.context_lens, feed, Ws, K, chains, full, b, cost.kind,
+            cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base, value,
+            tokens, float(weight.sum() + prefill_value), n,
+            slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)), _GUARDS[guard],
+            -1 if max_step_tokens is None else int(max_step_tokens),
+            int(obs.num_prefill_tokens))
+        return [PrefixPlan(depth=depths[r], rate=float(rates[r]), marginal=float(marginals[r]),
+                           depth_pass=q[r], widths=W[r]) for r in range(nw)]
+    if compiled:                                 # a model called back: its passes in Python
         n_j, ctx_j, fed_j, ctx_v, ver_v = prefix_counts(
             order, first, obs.context_lens, feed, Ws, b.size, K, chains, full, b)
         verified = b.astype(float) if chains else ver_v
@@ -331,25 +344,15 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
         ctx_j = per_depth(((L + pos) if chains else (L + pos) * feed).ravel())
         verified = b.astype(float) if chains else prefix_sum(Ws)   # (B,) broadcasts over rows
         ctx_v = prefix_sum((L + pos + 1) if chains else (L + pos + 1) * Ws)
-    if compiled and cost is None:
-        cost = kernel_cost(obs)
-    if cost is not None and cost.kind >= 0:      # the cost model inside the loops
-        draft = compiled_kernel("DRAFT_PASS_TIMES")(
-            n_j, n_j if chains else fed_j, ctx_j, cost.kind, cost.draft).sum(axis=2)
-        T = compiled_kernel("STEP_TIMES")(draft, np.atleast_2d(verified), not chains, ctx_v,
-                                          cost.kind, cost.target, cost.tokens_base,
-                                          cost.seqs, cost.ctx_base)
-    else:
-        t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else fed_j, n_j, ctx_j),
-                         float)                                       # draft j attends
-        draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                # (nw, B)
-        T = draft + verify_tokens_s(obs, verified, ctx_v)
+    t_j = np.asarray(obs.cost.draft_step_s(n_j if chains else fed_j, n_j, ctx_j),
+                     float)                                           # draft j attends
+    draft = np.where(n_j > 0, t_j, 0.0).sum(axis=2)                    # (nw, B)
+    T = draft + verify_tokens_s(obs, verified, ctx_v)
     cap_s = slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf))
     base_value = weight.sum() + prefill_value
     if compiled:
         g, rates, depths, marginals = compiled_kernel("BEST_ROWS")(
-            T, value, tokens, order, K, b, full, float(base_value), n, cap_s,
-            {"off": 0, "step": 1, "per_token": 2}[guard],
+            T, value, tokens, order, K, b, full, float(base_value), n, cap_s, _GUARDS[guard],
             -1 if max_step_tokens is None else int(max_step_tokens),
             int(obs.num_prefill_tokens), np.atleast_2d(verified), not chains)
         return [PrefixPlan(depth=depths[r], rate=float(rates[r]), marginal=float(marginals[r]),
