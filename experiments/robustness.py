@@ -111,6 +111,10 @@ def class_summary(by_seed: pd.DataFrame, shape: str) -> dict:
     oracle = CLASS_ORACLES[shape]
     members = sorted(p for p in by_seed["policy"].unique()
                      if p not in HINDSIGHT and shape_class_of(p) == shape)
+    if not members or oracle not in set(by_seed["policy"]):
+        # a --policies subset without this class, or without its hindsight runs
+        return {"policies": members, "best_policy": None, "ours": OURS[shape],
+                "skipped": f"no {shape} policy or no {oracle} run in this sweep"}
     mean = {p: [float(_goodputs(by_seed, p, ld).mean()) for ld in loads]
             for p in members + [oracle]}
     to_oracle = {p: [g / o if o > 0 else 1.0 for g, o in zip(mean[p], mean[oracle])]

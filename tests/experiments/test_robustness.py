@@ -31,6 +31,19 @@ def _by_seed(goodput: dict, loads=(1.0, 2.0), seeds=5, jitter=0.01):
     return with_class_oracles(pd.DataFrame(rows))
 
 
+def test_a_sweep_without_tree_policies_summarises_chains_only():
+    """``--policies none,fixed,slo_goodput,oracle,oracle_slo``: no tree policy and no tree
+    oracle ran; the tree class is reported as skipped, the chain class as usual."""
+    t = _by_seed({"none": [1.0, 0.8], "fixed_k3": [1.2, 1.0], "oracle": [1.3, 1.15],
+                  "oracle_slo": [1.35, 1.2], "slo_goodput": [1.3, 1.05]})
+    tree = class_summary(t, "tree")
+    assert tree["policies"] == [] and tree["best_policy"] is None and "skipped" in tree
+    chain = class_summary(t, "chain")
+    assert chain["best_policy"] == "slo_goodput" and chain["beaten"] == []
+    assert headline({"a": {"chain": chain, "tree": tree, "max_ratio_to_class_oracle": 0.9}})[
+        "min_ours_chain_ratio_to_chain_oracle"] == pytest.approx(1.05 / 1.2, rel=0.03)
+
+
 def test_paired_interval_uses_the_pairing():
     seed_effect = np.array([0.5, 1.0, 1.5, 2.0, 2.5])
     ours, ref = 0.95 * seed_effect, seed_effect * np.array([1.0, 1.01, 0.99, 1.0, 1.005])
