@@ -337,52 +337,98 @@ def _verified_counts(req, pos, cum_v, verify_s, base_value, draft_time_s, n, K):
     return counts
 
 
-def _sum_last(x):
-    """``x.sum(axis=-1)`` of a C-ordered (rows, cols, K) array, in numpy's order: its
-    pairwise sum (from 0, sequential below 8 terms, eight running sums above), which for
-    K <= 128 is one block."""
-    R, G, K = x.shape
-    out = np.empty((R, G))
-    r8 = np.empty(8)
-    for r in range(R):
-        for g in range(G):
-            if K < 8:
-                acc = 0.0
-                for p in range(K):
-                    acc += x[r, g, p]
-            else:
-                for q in range(8):
-                    r8[q] = x[r, g, q]
-                i = 8
-                while i < K - (K % 8):
-                    for q in range(8):
-                        r8[q] += x[r, g, i + q]
-                    i += 8
-                acc = ((r8[0] + r8[1]) + (r8[2] + r8[3])) + ((r8[4] + r8[5]) + (r8[6] + r8[7]))
-                while i < K:
-                    acc += x[r, g, i]
-                    i += 1
-            out[r, g] = acc
-    return out
+def _pairwise(x, K):
+    """``x[:K].sum()`` in numpy's order: its pairwise sum (from 0, sequential below 8
+    terms, eight running sums above; one block for K <= 128)."""
+    if K < 8:
+        acc = 0.0
+        for p in range(K):
+            acc += x[p]
+        return acc
+    r0, r1, r2, r3, r4, r5, r6, r7 = x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]
+    i = 8
+    while i < K - (K % 8):
+        r0 += x[i]
+        r1 += x[i + 1]
+        r2 += x[i + 2]
+        r3 += x[i + 3]
+        r4 += x[i + 4]
+        r5 += x[i + 5]
+        r6 += x[i + 6]
+        r7 += x[i + 7]
+        i += 8
+    acc = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < K:
+        acc += x[i]
+        i += 1
+    return acc
+
+
+def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kind,
+                         draft_coef, target_coef, tokens_base, seqs, ctx_base):
+    """Per ranking row and prefix b[g]: the step time (draft passes + verify pass) and the
+    verified tokens, walking the ranked slots once. What ``PREFIX_COUNTS``,
+    ``DRAFT_PASS_TIMES``, their sum over passes and ``STEP_TIMES`` give, without the
+    (rows, prefixes, depths) arrays: per depth the pass's size and context are running
+    sums (integer-valued, so exact in any order) and its time is recomputed only when a
+    slot of that depth joined; the passes are summed in numpy's order (``_pairwise``)."""
+    nw, M = order.shape
+    B = b.size
+    T = np.empty((nw, B))
+    verified = np.empty((1, B) if chains else (nw, B))
+    if chains:
+        for g in range(B):
+            verified[0, g] = float(b[g])
+    n_p = np.zeros(K, np.int64)
+    ctx_p = np.zeros(K)
+    fed_p = np.zeros(K)
+    t_p = np.zeros(K)
+    dirty = np.zeros(K, np.bool_)
+    for r in range(nw):
+        n_p[:] = 0
+        ctx_p[:] = 0.0
+        fed_p[:] = 0.0
+        t_p[:] = 0.0
+        ctx_v = 0.0
+        ver = 0.0
+        s = 0
+        for g in range(B):
+            while s < M and s < b[g]:                 # the slots prefix g adds
+                p = order[r, s] % K
+                lp = float(context_lens[order[r, s] // K]) + p   # draft j attends L + j - 1
+                n_p[p] += 1
+                if chains:
+                    ctx_p[p] += lp
+                    ctx_v += lp + 1.0                 # verify position j attends L + j
+                else:
+                    f = feed[r, s]
+                    ctx_p[p] += lp * f
+                    fed_p[p] += f
+                    ctx_v += (lp + 1.0) * Ws[r, s]
+                    ver += Ws[r, s]
+                dirty[p] = True
+                s += 1
+            for p in range(K):
+                if dirty[p]:
+                    tokens = float(n_p[p]) if chains else float(fed_p[p])
+                    t_p[p] = _pass_s(kind, draft_coef, tokens, float(n_p[p]), ctx_p[p])
+                    dirty[p] = False
+            if not chains:
+                verified[r, g] = ver
+            v = verified[0, g] if chains else ver
+            T[r, g] = _pairwise(t_p, K) + _pass_s(kind, target_coef, tokens_base + v, seqs,
+                                                  ctx_base + ctx_v)
+    return T, verified
 
 
 def _plan_rows(order, first, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef,
                target_coef, tokens_base, seqs, ctx_base, value, tokens, base_value, n, cap_s,
                guard, max_step_tokens, num_prefill_tokens):
-    """``_best_prefixes``' compiled path in one call: the prefix counts, every draft pass's
-    time (summed over passes in numpy's order), the step times and the best row per
-    ranking: ``PREFIX_COUNTS``, ``DRAFT_PASS_TIMES``, ``STEP_TIMES`` and ``BEST_ROWS``
-    as the Python path chains them, without three returns to Python between them."""
-    n_j, ctx_j, fed_j, ctx_v, ver_v = PREFIX_COUNTS(order, first, context_lens, feed, Ws,
-                                                    b.size, K, chains, full, b)
-    if chains:
-        passes = DRAFT_PASS_TIMES(n_j, n_j, ctx_j, kind, draft_coef)
-        verified = b.astype(np.float64).reshape((1, b.size))
-    else:
-        passes = DRAFT_PASS_TIMES(n_j, fed_j, ctx_j, kind, draft_coef)
-        verified = ver_v
-    T = STEP_TIMES(_sum_last(passes), verified, not chains, ctx_v, kind, target_coef,
-                   tokens_base, seqs, ctx_base)
+    """``_best_prefixes``' compiled path in one call: every prefix's step time
+    (``_step_times_streamed``) and the best row per ranking (``BEST_ROWS``)."""
+    T, verified = _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b,
+                                       kind, draft_coef, target_coef, tokens_base, seqs,
+                                       ctx_base)
     return BEST_ROWS(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
                      max_step_tokens, num_prefill_tokens, verified, not chains)
 
@@ -439,7 +485,8 @@ if numba is not None:
     VERIFIED_COUNTS = numba.njit(cache=True)(_verified_counts)
     VERIFY_TIMES = numba.njit(cache=True)(_verify_times)
     SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
-    _sum_last = numba.njit(cache=True)(_sum_last)
+    _pairwise = numba.njit(cache=True)(_pairwise)
+    _step_times_streamed = numba.njit(cache=True)(_step_times_streamed)
     PLAN_ROWS = numba.njit(cache=True)(_plan_rows)
     _np_max = numba.njit(cache=True)(_np_max)
     _np_min = numba.njit(cache=True)(_np_min)
