@@ -41,9 +41,13 @@ def test_validate_quick_bounds_its_errors(tmp_path_factory, tmp_path, capsys):
     # Bounds, not goals (goals: README): a shared 2-core CI machine varies 10-20 % between
     # repeats of these 8-request cells; a twin that lost the plot (wrong limits, wrong
     # acceptance, a twin failing requests) lands far outside them.
-    # ... or within twice the spread the live repeats themselves showed in this run (a
-    # busy machine's repeats spread by 30-40 %: CI measured 0.71 once against a 0.5 bound)
-    assert res["max_mean_tpot_err"] < max(0.5, 2 * res["live_noise"]["mean_tpot"])
+    # The toy pair's plain-vLLM step is ~5 ms of framework overhead, and the profile taken at
+    # the start of the run drifts from the live repeats minutes later: its twin read 0.38 to
+    # 0.71 off the live mean TPOT on these 2-core machines (0.52 with the repeats agreeing
+    # within 7 %), so 0.5 failed on ordinary days. A twin that lost the plot (wrong limits
+    # or acceptance, failed requests) is off by 1 or more; or within twice the spread the
+    # live repeats themselves showed in this run.
+    assert res["max_mean_tpot_err"] < max(0.75, 2 * res["live_noise"]["mean_tpot"])
     assert res["step_latency"]["target"]["median"] < 0.5
     assert res["step_latency"]["draft"]["num_steps"] > 10
     assert res["ranking_tau_min"] == 1.0     # none (5-6 ms) beats fixed k=3 (9-11 ms) in both
