@@ -8,7 +8,8 @@ The numpy paths spend their time in dozens of array operations of a few microsec
 whatever the batch; the kernels do the same arithmetic in loops, and the cost model's calls
 stay Python (``Observation.cost`` is any object).
 Each accumulation runs in the numpy path's order (bincount adds in input order, cumsum is
-sequential, the one pairwise ``sum`` stays numpy), so the plans are bit-identical; the
+sequential, the passes' ``sum`` is numpy's pairwise one, ``_pairwise``; integer-valued sums
+are exact in any order), so the plans are bit-identical; the
 numpy path stays the reference (``compiled=False``, compared in
 tests/policies/test_slo_goodput_kernels.py).
 
@@ -31,35 +32,6 @@ def _pass_s(kind, coef, t, s, c):
     compute = coef[0] * t + coef[1] * c
     memory = coef[2] + coef[3] * c * s / max(t, 1.0)
     return (compute if compute >= memory else memory) + coef[4]
-
-
-def _draft_pass_times(n_j, tokens_j, ctx_j, kind, coef):
-    """Every (row, prefix, depth) cell's draft pass time, 0 where the pass is empty: what
-    ``np.where(n_j > 0, draft_step_s(tokens_j, n_j, ctx_j), 0)`` gives."""
-    nw, B, K = n_j.shape
-    out = np.zeros((nw, B, K))
-    for r in range(nw):
-        for g in range(B):
-            for p in range(K):
-                if n_j[r, g, p] > 0:
-                    out[r, g, p] = _pass_s(kind, coef, float(tokens_j[r, g, p]),
-                                           float(n_j[r, g, p]), ctx_j[r, g, p])
-    return out
-
-
-def _step_times(draft, verified, per_row_verified, ctx_v, kind, coef, tokens_base, seqs,
-                ctx_base):
-    """draft + ``verify_tokens_s`` per (row, prefix): the target pass over the step's
-    ``tokens_base`` tokens plus the prefix's verified drafts, at ``ctx_base`` plus their
-    context."""
-    nw, B = draft.shape
-    T = np.empty((nw, B))
-    for r in range(nw):
-        for g in range(B):
-            v = verified[r, g] if per_row_verified else verified[0, g]
-            T[r, g] = draft[r, g] + _pass_s(kind, coef, tokens_base + v, seqs,
-                                            ctx_base + ctx_v[r, g])
-    return T
 
 
 def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
@@ -367,8 +339,9 @@ def _pairwise(x, K):
 def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kind,
                          draft_coef, target_coef, tokens_base, seqs, ctx_base):
     """Per ranking row and prefix b[g]: the step time (draft passes + verify pass) and the
-    verified tokens, walking the ranked slots once. What ``PREFIX_COUNTS``,
-    ``DRAFT_PASS_TIMES``, their sum over passes and ``STEP_TIMES`` give, without the
+    verified tokens, walking the ranked slots once. What ``_best_prefixes``' numpy path
+    gets from its per-depth counts (``PREFIX_COUNTS`` compiled), the cost model's draft
+    and verify passes and their sum, without the
     (rows, prefixes, depths) arrays: per depth the pass's size and context are running
     sums (integer-valued, so exact in any order) and its time is recomputed only when a
     slot of that depth joined; the passes are summed in numpy's order (``_pairwise``)."""
@@ -475,9 +448,7 @@ except ImportError:                # pragma: no cover - numba is a dependency of
 if numba is not None:
     _pass_s = numba.njit(cache=True)(_pass_s)
     _prefix_into = numba.njit(cache=True)(_prefix_into)
-    DRAFT_PASS_TIMES = numba.njit(cache=True)(_draft_pass_times)
     CHAIN_RANKINGS = numba.njit(cache=True)(_chain_rankings)
-    STEP_TIMES = numba.njit(cache=True)(_step_times)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
     BEST_ROWS = numba.njit(cache=True)(_best_rows)
     DRAFTING_MASKS = numba.njit(cache=True)(_drafting_masks)
@@ -494,5 +465,5 @@ if numba is not None:
     SLO_WEIGHTS = numba.njit(cache=True, error_model="numpy")(_slo_weights)
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
-    VERIFY_RANKING = VERIFIED_COUNTS = DRAFT_PASS_TIMES = STEP_TIMES = None
+    VERIFY_RANKING = VERIFIED_COUNTS = None
     CHAIN_RANKINGS = VERIFY_TIMES = SLO_WEIGHTS = PLAN_ROWS = None
