@@ -17,8 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from policies.adaptive.step_cost import target_seqs, verify_tokens_s
-from policies.interface import AFFINE, ROOFLINE, Observation
+from policies.adaptive.step_cost import (NO_COEFFICIENTS, coefficient_arrays, target_seqs,
+                                         verify_tokens_s)
+from policies.interface import Observation
 
 
 @dataclass(frozen=True)
@@ -247,19 +248,13 @@ class KernelCost(NamedTuple):
     ctx_base: float          # their attention context before any draft
 
 
-_KINDS = {ROOFLINE: 0, AFFINE: 1}
 _GUARDS = {"off": 0, "step": 1, "per_token": 2}      # the kernels' guard codes
 
 
 def kernel_cost(obs: Observation) -> KernelCost:
-    """The step's ``KernelCost``: kind -1 when the cost model has no ``coefficients()``."""
-    get = getattr(obs.cost, "coefficients", None)
-    form = get() if get is not None else None
-    kind = -1 if form is None else _KINDS.get(form.kind, -1)
-    target, draft = np.zeros(5), np.zeros(5)
-    if kind >= 0:
-        target[:len(form.target)] = form.target
-        draft[:len(form.draft)] = form.draft
+    """The step's ``KernelCost``: kind -1 (zero coefficients) when the cost model has no
+    ``coefficients()`` (``step_cost.coefficient_arrays``)."""
+    kind, target, draft = coefficient_arrays(obs.cost) or NO_COEFFICIENTS
     return KernelCost(kind, target, draft, float(obs.num_prefill_tokens + obs.num_requests),
                       float(target_seqs(obs)),
                       obs.sum_prefill_context_tokens + float(obs.context_lens.sum()))

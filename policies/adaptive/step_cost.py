@@ -13,9 +13,11 @@ change which k is best, and the Observation does not say how the engine handles 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from policies.interface import Observation
+from policies.interface import AFFINE, ROOFLINE, Observation
 
 
 def target_seqs(obs: Observation) -> int:
@@ -31,10 +33,10 @@ def uniform_step_s(obs: Observation, ks, compiled: bool = False) -> tuple[np.nda
     ks = np.asarray(ks, np.int64)
     n = obs.num_requests
     ctx = float(obs.context_lens.sum())
-    if compiled:
-        form = compiled_form(obs.cost)
-        if form is not None:
-            from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
+    form = coefficient_arrays(obs.cost) if compiled else None
+    if form is not None:
+        from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
+        if UNIFORM_STEP_TIMES is not None:
             return UNIFORM_STEP_TIMES(ks, n, ctx, int(obs.num_prefill_tokens),
                                       target_seqs(obs), float(obs.sum_prefill_context_tokens),
                                       *form)
@@ -58,15 +60,34 @@ def uniform_step_s(obs: Observation, ks, compiled: bool = False) -> tuple[np.nda
     return draft, (np.full(ks.shape, float(verify)) if verify.ndim == 0 else verify.copy())
 
 
-def compiled_form(cost) -> tuple | None:
-    """``cost``'s coefficients as the compiled loops take them (``kernel_form``), or None
-    when it has none (a fitted profile: its own methods are called) or numba is missing."""
+_KINDS = {ROOFLINE: 0, AFFINE: 1}     # the compiled loops' codes for CostCoefficients.kind
+
+
+def _read_only(values) -> np.ndarray:
+    out = np.zeros(5)
+    out[:len(values)] = values
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _padded(form) -> tuple | None:
+    kind = _KINDS.get(form.kind)
+    return None if kind is None else (kind, _read_only(form.target), _read_only(form.draft))
+
+
+# what a model without coefficients gives kernels that take the arrays anyway (kind -1)
+NO_COEFFICIENTS = (-1, _read_only(()), _read_only(()))
+
+
+def coefficient_arrays(cost) -> tuple | None:
+    """(kind, target, draft) of ``cost.coefficients()`` as the compiled loops take them:
+    kind 0 roofline, 1 affine; each pass's coefficients zero-padded to 5, read-only and kept
+    per form (a cost model answers the same form step after step). None when the model has
+    none (a fitted profile: its own methods are called) or a kind the loops do not know."""
     get = getattr(cost, "coefficients", None)
     form = get() if get is not None else None
-    if form is None:
-        return None
-    from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES, kernel_form
-    return kernel_form(form) if UNIFORM_STEP_TIMES is not None else None
+    return None if form is None else _padded(form)
 
 
 def warm_up_step_cost() -> None:

@@ -11,19 +11,15 @@ compared in tests/policies/test_step_cost.py).
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from policies.adaptive.slo_goodput_kernels import _pass_s, numba
-from policies.interface import AFFINE, ROOFLINE
-
-_KINDS = {ROOFLINE: 0, AFFINE: 1}
 
 
 def _uniform_step_times(ks, n, ctx, num_prefill_tokens, num_target_seqs, prefill_ctx, kind,
                         target, draft):
-    """(draft seconds, verify seconds) per k in ``ks`` when all ``n`` requests draft k."""
+    """(draft seconds, verify seconds) per k in ``ks`` when all ``n`` requests draft k;
+    ``kind``, ``target``, ``draft``: ``step_cost.coefficient_arrays``."""
     kmax = 0
     for i in range(ks.shape[0]):
         if ks[i] > kmax:
@@ -40,21 +36,6 @@ def _uniform_step_times(ks, n, ctx, num_prefill_tokens, num_target_seqs, prefill
         verify_s[i] = _pass_s(kind, target, float(num_prefill_tokens + n * (k + 1)),
                               float(num_target_seqs), context)
     return draft_s, verify_s
-
-
-@functools.lru_cache(maxsize=64)
-def kernel_form(form) -> tuple | None:
-    """(kind, target, draft) of a ``CostCoefficients`` as the loop takes them (kind 0
-    roofline, 1 affine; coefficients zero-padded to 5, read-only), None for another kind."""
-    kind = _KINDS.get(form.kind)
-    if kind is None:
-        return None
-    target, draft = np.zeros(5), np.zeros(5)
-    target[:len(form.target)] = form.target
-    draft[:len(form.draft)] = form.draft
-    target.setflags(write=False)
-    draft.setflags(write=False)
-    return kind, target, draft
 
 
 # the roofline and affine expressions, jitted there (numba loads with that module)
