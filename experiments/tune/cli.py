@@ -9,8 +9,9 @@ groups (conf/) set another trace, model pair, hardware or SLO mix. The load band
 ``--band`` x the trace window's own mean rate. The tuner runs none, every fixed k and the
 untuned ``vllm_dynamic`` at every load under ``--seeds`` seeds, searches tables (Optuna TPE,
 seeded, resumable with the same ``--out``) on the first ``--search-seeds`` of them, scores the
-best few and every fixed k on all seeds, refines the best by one-bucket moves on all seeds
-(``search.refine``), and writes into ``--out``: ``speculative_config.json`` (what vLLM's
+best few and every fixed k on all seeds, refines the best by bucket and boundary moves on all
+seeds (``search.refine``), scores the tuned table and the per-load best fixed k again on
+``--holdout-seeds`` fresh seeds, and writes into ``--out``: ``speculative_config.json`` (what vLLM's
 ``--speculative-config`` takes, checked against the installed vLLM), ``policy.yaml`` (the table
 as this testbed's ``batch_schedule``), ``summary.html``/``summary.png``, ``trials.csv`` and
 ``result.json``; the last line printed is that JSON. ``--verify-live`` tunes the realistic
@@ -48,7 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--finalists", type=int, default=4,
                    help="best search tables scored on every seed")
     p.add_argument("--refine-passes", type=int, default=2,
-                   help="passes of one-bucket moves on every seed (0: none)")
+                   help="passes of bucket and boundary moves on every seed (0: none)")
+    p.add_argument("--holdout-seeds", type=int, default=8,
+                   help="fresh seeds the tuned table and the per-load best fixed k are scored "
+                        "on after the search (0: none): selection over many tables on the same "
+                        "seeds favours tables that fit their noise")
     p.add_argument("--band", default=",".join(map(str, DEFAULT_BAND)),
                    help="loads as multiples of the trace window's own rate")
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +79,8 @@ def parse_args(argv=None):
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         p.error(f"arguments {bad} are not overrides (key=value)")
+    if args.holdout_seeds < 0:
+        p.error("need --holdout-seeds >= 0")
     if args.live_repeats < 1:
         p.error("need --live-repeats >= 1")
     if args.trials < 1 or args.seeds < 1 or not 1 <= args.search_seeds <= args.seeds:

@@ -42,6 +42,11 @@ class Grid:
         # per cell, the tables run there: (k per batch size, largest batch seen, row)
         self._tables: dict[tuple, list] = {}
 
+    def with_seeds(self, seeds) -> "Grid":
+        """The same cells under other seeds (the same pool, cache and plain engine)."""
+        return Grid(self.make_cell, self.loads, tuple(seeds), self.executor, self.cache_dir,
+                    self.plain_config)
+
     def run(self, specs, seeds=None) -> pd.DataFrame:
         """One row per (spec, load, seed) over ``seeds`` (default all).
 
@@ -225,15 +230,56 @@ def finalists(study, k_max: int, max_num_seqs: int, count: int) -> list[SpecTabl
     return out
 
 
+def _bucket_move(table: SpecTable, i: int, step: int, first: int, k_max: int):
+    """Buckets ``first..i`` of ``table`` one k up (``step`` 1) or down (-1), or None where
+    that leaves 0..k_max."""
+    ks = np.asarray(table.ks)
+    ks[first:i + 1] += step
+    if not (0 <= ks).all() or (ks > k_max).any():
+        return None
+    return replace(table, ks=tuple(int(k) for k in ks))
+
+
+def _boundary_moves(table: SpecTable) -> list[SpecTable]:
+    """Every boundary where k changes moved by one batch size, either way: the bucket
+    edges themselves, at the resolution of vLLM's table (one batch size)."""
+    ks, out = table.k_by_batch(), []
+    for b in 1 + np.flatnonzero(ks[1:] != ks[:-1]):       # ks[b] (batch b + 1) starts a k
+        for batch, k in ((b, ks[b - 1]), (b - 1, ks[b])):   # first of the new k, last of old
+            moved = ks.copy()
+            moved[batch] = k
+            out.append(SpecTable.from_k_by_batch(moved, table.max_num_seqs, table.hysteresis))
+    return out
+
+
 def refine(grid: Grid, reference: pd.Series, start: SpecTable, start_score: float, k_max: int,
            max_passes: int = 2, progress=None):
-    """Coordinate ascent on every seed of ``grid``: one bucket's k up or down by one, or
-    every bucket up to it (a "small batches draft one more/less" move), a move kept when it
-    raises the score, until a pass keeps none (or ``max_passes``). It resolves differences of
-    a fraction of a percent that the search seeds cannot (the per-load best fixed k differ
-    by ~0.1 % at light load in the compare setup). Returns (table, score, history)."""
+    """Coordinate ascent on every seed of ``grid``, a move kept when it raises the score:
+    bucket moves (one bucket's k up or down by one, or every bucket up to it: "small
+    batches draft one more/less"), then boundary moves (where k changes, the boundary one
+    batch size up or down, again from each new best), until a pass keeps none (or
+    ``max_passes``). It resolves differences of a fraction of a percent that the search
+    seeds cannot (the per-load best fixed k differ by ~0.1 % at light load in the compare
+    setup). Returns (table, score, history)."""
     best, best_score = start, start_score
     history = [(best, best_score)]
+    tried = {best.schedule}
+
+    def attempt(cand) -> bool:
+        nonlocal best, best_score
+        if cand is None or cand.schedule in tried:
+            return False
+        tried.add(cand.schedule)
+        got = score(goodput_by_load(grid.run([table_spec("candidate", cand)]))["candidate"],
+                    reference)
+        history.append((cand, got))
+        if progress:
+            progress(len(history) - 1, got, cand)
+        if got > best_score:
+            best, best_score = cand, got
+            return True
+        return False
+
     for _ in range(max_passes):
         improved = False
         for i, lo in enumerate(best.edges):
@@ -241,20 +287,11 @@ def refine(grid: Grid, reference: pd.Series, start: SpecTable, start_score: floa
                 continue
             for step in (-1, 1):
                 for first in sorted({i, 0}, reverse=True):     # bucket i alone, then 0..i
-                    ks = np.asarray(best.ks)
-                    ks[first:i + 1] += step
-                    if not (0 <= ks).all() or (ks > k_max).any() or tuple(ks) == best.ks:
-                        continue
-                    cand = replace(best, ks=tuple(int(k) for k in ks))
-                    if any(cand == t for t, _ in history):
-                        continue
-                    got = score(goodput_by_load(grid.run([table_spec("candidate", cand)]))
-                                ["candidate"], reference)
-                    history.append((cand, got))
-                    if progress:
-                        progress(len(history) - 1, got, cand)
-                    if got > best_score:
-                        best, best_score, improved = cand, got, True
+                    improved |= attempt(_bucket_move(best, i, step, first, k_max))
+        moved = True
+        while moved:        # the boundaries of the newest best, until none of them helps
+            moved = any(attempt(cand) for cand in _boundary_moves(best))
+            improved |= moved
         if not improved:
             break
     return best, best_score, history

@@ -54,6 +54,22 @@ class SpecTable:
         return (("schedule", rows), ("default_k", rows[-1][2]),
                 ("hysteresis", self.hysteresis))
 
+    def k_by_batch(self) -> np.ndarray:
+        """k at batch sizes 1..max_num_seqs (index b - 1)."""
+        return self.k_at(np.arange(1, self.max_num_seqs + 1))
+
+    @classmethod
+    def from_k_by_batch(cls, ks, max_num_seqs: int, hysteresis: int = 0) -> "SpecTable":
+        """The table deciding ``ks[b - 1]`` at batch size b: the doubling grid's buckets,
+        split wherever k changes inside one (so bucket moves still act on the grid)."""
+        ks = np.asarray(ks, np.int64)
+        if ks.shape != (max_num_seqs,):
+            raise ValueError(f"need one k per batch size 1..{max_num_seqs}, got {ks.shape}")
+        changes = 1 + np.flatnonzero(ks[1:] != ks[:-1]) + 1        # first batch of a new k
+        edges = tuple(sorted({e for e in EDGES if e <= max_num_seqs}
+                             | {int(b) for b in changes}))
+        return cls(tuple(int(ks[e - 1]) for e in edges), max_num_seqs, edges, hysteresis)
+
     @classmethod
     def fixed(cls, k: int, max_num_seqs: int) -> "SpecTable":
         return cls(tuple([int(k)] * len(EDGES)), max_num_seqs)

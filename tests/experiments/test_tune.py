@@ -6,7 +6,7 @@ import numpy as np
 
 import pytest
 
-from experiments.tune.table import SpecTable, speculative_config
+from experiments.tune.table import EDGES, SpecTable, speculative_config
 
 
 def test_table_buckets_give_vllms_schedule():
@@ -22,6 +22,61 @@ def test_table_buckets_give_vllms_schedule():
     assert read.ks == (6, 6, 6, 6, 6, 7, 5, 5, 5)
     with pytest.raises(ValueError, match="one k per bucket"):
         SpecTable((1, 2), 64)
+
+
+def test_a_table_from_k_per_batch_size_splits_the_grid_where_k_changes():
+    ks = np.array([4] * 5 + [5] * 59)                    # k = 5 from batch 6: inside 5-8
+    t = SpecTable.from_k_by_batch(ks, 64)
+    assert t.edges == (1, 2, 3, 5, 6, 9, 17, 33)         # the doubling grid plus 6
+    assert t.schedule == ((1, 5, 4), (6, 64, 5))
+    assert t.k_by_batch().tolist() == ks.tolist()
+    with pytest.raises(ValueError, match="one k per batch size 1..64"):
+        SpecTable.from_k_by_batch(ks[:10], 64)
+
+
+def test_boundary_moves_shift_each_change_of_k_by_one_batch_size():
+    from experiments.tune.search import _boundary_moves
+    t = SpecTable((6, 4, 5, 5, 5, 5, 5, 5, 5), 16)
+    got = sorted(m.schedule for m in _boundary_moves(t))
+    assert got == sorted([((1, 2, 6), (3, 16, 5)),               # batch 2 takes batch 1's k
+                          ((1, 2, 4), (3, 16, 5)),               # batch 1 takes batch 2's k
+                          ((1, 1, 6), (2, 3, 4), (4, 16, 5)),    # batch 3 takes batch 2's k
+                          ((1, 1, 6), (2, 16, 5))])              # batch 2 takes batch 3's k
+
+
+class _Landscape:
+    """A grid whose goodput is a known function of a table's k per batch size: 10 at the
+    target table, less by 0.1 per unit of k away from it at any batch size (2 loads)."""
+
+    loads, seeds = (1.0, 2.0), (0,)
+
+    def __init__(self, target):
+        self.target = np.asarray(target)
+
+    def run(self, specs, seeds=None):
+        import pandas as pd
+        rows = []
+        for spec in specs:
+            pol = spec.build()
+            ks = np.array([pol.k_for_batch(b) for b in range(1, self.target.size + 1)])
+            gp = 10.0 - 0.1 * np.abs(ks - self.target).sum()
+            rows += [{"trace.rate": ld, "policy": spec.label, "goodput_req_s": gp}
+                     for ld in self.loads]
+        return pd.DataFrame(rows)
+
+
+def test_refinement_moves_a_boundary_the_bucket_grid_cannot_express():
+    """The best table switches k at batch 6, inside the grid's 5-8 bucket: bucket moves
+    alone stop short of it; boundary moves reach it exactly."""
+    import pandas as pd
+    from experiments.tune.search import refine
+    target = [3] * 5 + [5] * 11
+    grid = _Landscape(target)
+    ref = pd.Series({1.0: 10.0, 2.0: 10.0})
+    start = SpecTable.fixed(4, 16)
+    best, got, history = refine(grid, ref, start, 0.84, k_max=6, max_passes=6)
+    assert best.k_by_batch().tolist() == target and got == pytest.approx(1.0)
+    assert max(v for t, v in history if set(t.edges) <= set(EDGES)) < 1.0
 
 
 def test_exported_config_passes_vllms_own_checks():
@@ -44,6 +99,7 @@ def _args(tmp_path, *extra):
     from experiments.tune.cli import parse_args
     return parse_args(["--trials", "8", "--seeds", "2", "--search-seeds", "1",
                        "--finalists", "2", "--band", "0.5,2", "--workers", "1",
+                       "--holdout-seeds", "2",
                        "--out", str(tmp_path), *extra])
 
 
@@ -71,6 +127,11 @@ def test_tune_beats_every_fixed_k_it_tried_and_resumes(tmp_path):
     assert result["tuned_vs_best_fixed_sim"] == pytest.approx(search.score(gp["tuned"], ref),
                                                               abs=1e-4)
     assert result["num_trials"] == 8 and len(result["loads_req_s"]) == 2
+    # held-out seeds: fresh ones, kept out of the tuning rows; each load has its ratio
+    assert result["holdout_seeds"] == [2, 3]
+    assert set(cells["sweep_seed"]) == {0, 1}
+    held = [v["tuned_vs_best_fixed_heldout"] for v in result["per_load"].values()]
+    assert result["tuned_vs_best_fixed_heldout_sim"] == pytest.approx(min(held), abs=1e-4)
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["schedule"] == result["schedule"]
     for name in ("summary.html", "summary.png", "trials.csv", "policy.yaml"):
