@@ -13,7 +13,8 @@ from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, ble
 from policies.adaptive.slo_goodput_plan import (draft_prefix_s, kernel_cost,
                                                  plan_widths_and_caps)
 from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
-from policies.adaptive.slo_goodput_value import prefill_chunk_value, slo_weights
+from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
+                                                  slo_weights)
 from policies.adaptive.step_cost import step_time_ewma, uniform_step_s
 from policies.interface import Decision, DraftState, Feedback, Observation, Policy
 from policies.registry import register
@@ -60,6 +61,9 @@ class SloGoodput(Policy):
     drafter charges nearly in full. Decode-heavy L40 scenario: +22 % goodput at 1x and
     +48 % at 2x saturation; caps (1, 2, 3) gained 3 % more there but lost 3 % on Azure conv
     at 2x (3 seeds each).
+    Fair share (``fair_share`` = gamma, ours): with no queue and every request within its
+    TPOT SLO, w_i is scaled by (1 - a_i)^gamma (proportional fairness between requests; the
+    rule and its evidence: ``slo_goodput_value.fair_share_weights``).
     ``accept_idle_decay`` < 1 lets an idle request's acceptance estimate drift back to the
     fleet's (off by default: mixed results).
 
@@ -101,7 +105,7 @@ class SloGoodput(Policy):
                  chain_only: bool | None = None, calibrate: bool = True,
                  prefill_neutral: bool = True, tree_steps: str = "decode",
                  tree_pass_targets: tuple = (0.7, 0.8, 0.9, 0.95, 0.98),
-                 k_max: int | None = None):
+                 fair_share: float = 1.0, k_max: int | None = None):
         if not 0.0 <= confidence_weight <= 1.0:
             raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
                              f"got {confidence_weight}")
@@ -143,6 +147,9 @@ class SloGoodput(Policy):
         self.num_budget_points = int(num_budget_points)
         self.confidence_verify = bool(confidence_verify)
         self.triage = bool(triage)
+        if fair_share < 0:
+            raise ValueError(f"slo_goodput: fair_share must be >= 0, got {fair_share}")
+        self.fair_share = float(fair_share)
         self.k_max = k_max
         self.tracker = AcceptanceTracker(prior_rate, decay=accept_decay,
                                          global_decay=global_decay,
@@ -186,7 +193,7 @@ class SloGoodput(Policy):
         a = self.tracker.rate(obs.request_ids)
         t_step = self.t_step_s if self.t_step_s is not None else float(
             np.sum(uniform_step_s(obs, [0])))
-        w = self.weights(obs, t_step)
+        w = fair_share_weights(obs, self.weights(obs, t_step), a, self.fair_share)
         prefill_value = self.prefill_value(obs)
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
         widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]

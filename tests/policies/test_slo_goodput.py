@@ -168,7 +168,7 @@ def test_capped_order_finds_one_draft_for_everyone():
     plans, rates = {}, {}
     for caps in ((), (1,)):
         p = make_policy("slo_goodput", chain_caps=caps, probe_positions=0, extend_positions=0,
-                        slo_weight=0.0, prior_rate=0.7)
+                        slo_weight=0.0, prior_rate=0.7, fair_share=0.0)
         for _ in range(30):                       # teach it the two acceptance levels
             p.tracker.observe(obs.request_ids, np.full(40, 4), np.where(a > 0.9, 4, 1))
         k = plans[caps] = p.decide(obs).num_spec_tokens
@@ -179,3 +179,37 @@ def test_capped_order_finds_one_draft_for_everyone():
     assert (plans[()] > 2).any()                  # by value: deep chains for the good ones
     assert (plans[(1,)] == 1).all()               # capped: one draft each, a better step
     assert rates[(1,)] > 1.1 * rates[()]
+
+
+def test_fair_share_weighs_low_acceptance_requests_up_only_with_slack_and_no_queue():
+    from policies.adaptive.slo_goodput_value import fair_share_weights
+    obs = make_obs(3)
+    w = np.array([0.5, 0.5, 0.8])
+    a = np.array([0.9, 0.5, 0.5])
+    got = fair_share_weights(obs, w, a, 1.0)
+    f = np.array([0.1, 0.5, 0.5])
+    assert got == pytest.approx(w * f / f.mean())           # proportional to 1 - a_i
+    assert got[1] / got[0] == pytest.approx(5.0)
+    for other in (make_obs(3, waiting=2),):                  # a queue: throughput first
+        assert fair_share_weights(other, w, a, 1.0) is w
+    behind = np.array([0.5, 1.3, 0.8])                       # one request behind its SLO
+    assert fair_share_weights(obs, behind, a, 1.0) is behind
+    assert fair_share_weights(obs, w, a, 0.0) is w
+
+
+def test_fair_share_shortens_the_good_requests_chain_when_nobody_waits():
+    """Two requests with slack, one accepting every draft and one accepting 1 in 8: the fair
+    plan drafts the good one shallower than the rate-only plan (its deep passes lengthen
+    the poor one's steps too)."""
+    def planned(fair):
+        pol = make_policy("slo_goodput", fair_share=fair, extend_positions=0)
+        for _ in range(30):
+            obs = make_obs(2, tpot=0.2, elapsed=0.1, out=10)
+            pol.decide(obs)
+            pol.observe(feedback(obs, np.array([8, 8]), np.array([8, 1])))
+        pol.decide(make_obs(2, tpot=0.2, elapsed=0.1, out=10))
+        return pol.planned_k.copy()
+    fair, plain = planned(1.0), planned(0.0)
+    assert fair[0] < plain[0]
+    with pytest.raises(ValueError, match="fair_share"):
+        make_policy("slo_goodput", fair_share=-1)
