@@ -61,9 +61,10 @@ class SloGoodput(Policy):
     drafter charges nearly in full. Decode-heavy L40 scenario: +22 % goodput at 1x and
     +48 % at 2x saturation; caps (1, 2, 3) gained 3 % more there but lost 3 % on Azure conv
     at 2x (3 seeds each).
-    Fair share (``fair_share`` = gamma, ours): with no queue and every request within its
-    TPOT SLO, w_i is scaled by (1 - a_i)^gamma (proportional fairness between requests; the
-    rule and its evidence: ``slo_goodput_value.fair_share_weights``).
+    Fair share (``fair_share`` = gamma, ours; default 1, 0 in ``slo_goodput_tree``): with no
+    queue and every request within its TPOT SLO, w_i is scaled by (1 - a_i)^gamma
+    (proportional fairness between requests; the rule and its evidence:
+    ``slo_goodput_value.fair_share_weights``).
     ``accept_idle_decay`` < 1 lets an idle request's acceptance estimate drift back to the
     fleet's (off by default: mixed results).
 
@@ -84,6 +85,7 @@ class SloGoodput(Policy):
     custom_drafting = True
     custom_verify = True
     makes_trees = False   # chain_only=False (slo_goodput_tree): trees, an instance attribute
+    default_fair_share = 1.0
 
     needs_draft_confidences = True
     compiled = True          # an implementation switch, not a parameter: the same plans
@@ -105,7 +107,7 @@ class SloGoodput(Policy):
                  chain_only: bool | None = None, calibrate: bool = True,
                  prefill_neutral: bool = True, tree_steps: str = "decode",
                  tree_pass_targets: tuple = (0.7, 0.8, 0.9, 0.95, 0.98),
-                 fair_share: float = 1.0, k_max: int | None = None):
+                 fair_share: float | None = None, k_max: int | None = None):
         if not 0.0 <= confidence_weight <= 1.0:
             raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
                              f"got {confidence_weight}")
@@ -147,6 +149,8 @@ class SloGoodput(Policy):
         self.num_budget_points = int(num_budget_points)
         self.confidence_verify = bool(confidence_verify)
         self.triage = bool(triage)
+        # None: the registered class's own (1 for slo_goodput, 0 for slo_goodput_tree)
+        fair_share = type(self).default_fair_share if fair_share is None else fair_share
         if fair_share < 0:
             raise ValueError(f"slo_goodput: fair_share must be >= 0, got {fair_share}")
         self.fair_share = float(fair_share)
