@@ -235,17 +235,16 @@ def trim_to_budget(num_drafted: np.ndarray, cum_conf: np.ndarray, budget: int) -
     of every chain: a valid verification (vLLM's adaptive verification, AdaSpec sec. 2.2).
     """
     n, k = cum_conf.shape
-    pos = np.arange(k)[None, :]
-    valid = pos < num_drafted[:, None]
-    score = np.where(valid, cum_conf, -np.inf).ravel()
+    valid = np.arange(k)[None, :] < num_drafted[:, None]
     budget = max(int(budget), 0)
     if budget == 0:
         return np.zeros_like(num_drafted)
-    # stable order: ties keep earlier positions first, so chains stay prefixes
-    order = np.lexsort((np.tile(np.arange(k), n), -score))[:budget]
+    # position-major order, so a stable sort keeps ties at earlier positions first (then
+    # earlier requests) and chains stay prefixes
+    score = np.where(valid, cum_conf, -np.inf).T.ravel()
+    order = np.argsort(-score, kind="stable")[:budget]
     keep = np.zeros(n * k, bool)
     keep[order] = True
-    keep &= valid.ravel()
-    keep = keep.reshape(n, k)
+    keep = keep.reshape(k, n).T & valid
     # prefix property: count leading kept positions
     return np.cumprod(keep, axis=1).sum(axis=1).astype(num_drafted.dtype)

@@ -70,6 +70,25 @@ def test_trim_to_budget_keeps_most_confident_prefixes():
     assert trim_to_budget(np.array([3, 3]), cum, 0).tolist() == [0, 0]
 
 
+def test_trim_to_budget_matches_a_slot_by_slot_ranking_with_ties():
+    """Against the definition: slots ranked by cumulative confidence, ties at earlier
+    positions first, then earlier requests; the kept set is the first ``budget``, counted
+    as each chain's kept prefix. Many ties (confidences 1.0, repeated values)."""
+    rng = np.random.default_rng(7)
+    for case in range(600):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+        drafted = rng.integers(0, k + 1, n)
+        conf = (rng.choice([0.5, 0.9, 1.0], size=(n, k)) if case % 2 else rng.random((n, k)))
+        cum = np.cumprod(conf, axis=1)
+        budget = int(rng.integers(0, drafted.sum() + 2))
+        slots = sorted((-cum[i, j], j, i) for i in range(n) for j in range(drafted[i]))
+        keep = np.zeros((n, k), bool)
+        for _, j, i in slots[:budget]:
+            keep[i, j] = True
+        want = np.cumprod(keep, axis=1).sum(axis=1)
+        assert trim_to_budget(drafted, cum, budget).tolist() == want.tolist(), case
+
+
 def test_default_draft_stop_on_low_confidence():
     obs = make_obs(2)
     dec = Decision(num_spec_tokens=np.array([4, 4]), draft_stop_confidence=0.6)
