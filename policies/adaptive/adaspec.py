@@ -8,8 +8,9 @@ import numpy as np
 
 from policies.adaptive.adaspec_efficiency import (goodput, per_token_score, scalar_goodput,
                                                   scalar_per_token_score, tpot_budgets)
-from policies.adaptive.step_cost import (expected_chain_tokens, same_step, tightest_slo_s,
-                                         uniform_step_s, verify_s, warm_up_step_cost)
+from policies.adaptive.step_cost import (coefficient_arrays, expected_chain_tokens, same_step,
+                                         target_seqs, tightest_slo_s, uniform_step_s,
+                                         verify_s, warm_up_step_cost)
 from policies.interface import (Decision, DraftState, Observation, Policy,
                                 cumulative_confidence, trim_to_budget)
 from policies.registry import register
@@ -37,6 +38,7 @@ class _Step:
     # per_token: each request's TPOT budget b_i (inf where none); None when no request has
     # one, and always None for paper_literal (which uses budget_s as a step budget)
     tpot_s: np.ndarray | None = None
+    g_next: float = np.nan  # the last pre-check's score of one more pass (nan: none ran)
 
 
 @register("adaspec")
@@ -95,7 +97,9 @@ class AdaSpec(Policy):
     custom_verify = True
 
     needs_draft_confidences = True
-    compiled = True    # the step-time table as one loop (step_cost_kernels): the same floats
+    # the step-time table and the confidence verifier as compiled loops (step_cost_kernels,
+    # adaspec_kernels) where the cost model exposes coefficients: the same floats
+    compiled = True
 
     def __init__(self, adaptive_drafter: bool = True, confidence_verifier: bool = True,
                  slo_aware: bool = True, prior_confidence: float = 0.6,
@@ -138,9 +142,11 @@ class AdaSpec(Policy):
         return tpot_budgets(obs, self.step_budget_s)
 
     def warm_up(self) -> None:
-        """Compile the step-time loop (or load it from numba's cache) before timed work."""
+        """Compile the step-time loop and the verifier's (or load them from numba's cache)
+        before timed work."""
         if self.compiled:
             warm_up_step_cost()
+            _warm_up_verify()
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -181,6 +187,9 @@ class AdaSpec(Policy):
             return more
         n = draft.obs.num_requests
         kmax = st.step_s.size - 1
+        if self.compiled:
+            return self._compiled_checks(draft, st, s, n, more, kmax)
+        st.g_next = np.nan
         cum = cumulative_confidence(draft.confidences[:, :s])
         tpot = st.tpot_s
         # post-check: actual confidences of the pass just run
@@ -212,7 +221,26 @@ class AdaSpec(Policy):
         else:
             rows = (cum.sum(axis=1) if rows is None else rows) + last * self.prior
             g_next = scalar_per_token_score(float(rows.sum()), rows, n, t_next, tpot)
+        st.g_next = g_next
         return more if g_next >= st.g_prev else np.zeros_like(more)
+
+    def _compiled_checks(self, draft: DraftState, st: _Step, s: int, n: int,
+                         more: np.ndarray, kmax: int) -> np.ndarray:
+        """``continue_drafting``'s post- and pre-check as one loop (``adaspec_kernels``)."""
+        from policies.adaptive.adaspec_kernels import DRAFTING_CHECKS
+        tpot = st.tpot_s
+        stop_now, st.g_prev, added, count, st.g_next = DRAFTING_CHECKS(
+            draft.confidences, s, n, st.step_s, float(st.budget_s),
+            _NO_TPOT if tpot is None else tpot, tpot is not None, float(st.g_prev),
+            float(self.conf_sum), float(self.conf_count), self.prior_init, bool(more.any()),
+            s >= kmax)
+        if stop_now:
+            return np.zeros_like(more)
+        self.conf_sum += added
+        self.conf_count += count
+        if st.g_next != st.g_next:         # nan: the last pass, or nobody drafts on
+            return more
+        return more if st.g_next >= st.g_prev else np.zeros_like(more)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         drafted = super().select_verify(draft)
@@ -226,17 +254,21 @@ class AdaSpec(Policy):
             target = max(previous_graph_bucket(total + n) - n, 0)
         if target >= total:
             return drafted
+        # the budgets decide() worked out for this step (without one: per_token's from the
+        # observation, paper_literal's none)
+        st = self._step
+        tpot, budget = (st.tpot_s, st.budget_s) if st is not None else \
+            self._tpot_budgets(draft.obs)
+        if self.compiled and self.verify_token_budget is None:
+            coef = coefficient_arrays(draft.obs.cost)
+            if coef is not None:
+                return _compiled_verify(draft, drafted, target, coef, tpot, budget)
         # only the drafted columns: the trim sorts n x max(s_i) scores instead of n x k_max
         # (same result: undrafted positions are never kept, ties keep position order)
         cum = cumulative_confidence(draft.confidences[:, :int(drafted.max())])
         trimmed = trim_to_budget(drafted, cum, target)
         if self.verify_token_budget is not None:
             return trimmed          # a configured budget is a hard limit
-        # the budgets decide() worked out for this step (without one: per_token's from the
-        # observation, paper_literal's none)
-        st = self._step
-        tpot, budget = (st.tpot_s, st.budget_s) if st is not None else \
-            self._tpot_budgets(draft.obs)
 
         def g(s):
             kept = np.arange(cum.shape[1])[None, :] < s[:, None]
@@ -247,3 +279,37 @@ class AdaSpec(Policy):
             return scalar_per_token_score(float(rows.sum()), rows, n, t, tpot)
 
         return trimmed if g(trimmed) >= g(drafted) else drafted
+
+
+_NO_TPOT = np.zeros(0)
+
+
+def _compiled_verify(draft: DraftState, drafted: np.ndarray, target: int, coef: tuple,
+                     tpot: np.ndarray | None, budget: float) -> np.ndarray:
+    """``select_verify``'s trim-and-compare as one loop (``adaspec_kernels``)."""
+    from policies.adaptive.adaspec_kernels import CONFIDENCE_VERIFY
+    obs = draft.obs
+    kind, target_coef, _ = coef
+    return CONFIDENCE_VERIFY(drafted, draft.confidences, int(target),
+                             float(draft.draft_time_s), obs.context_lens,
+                             int(obs.num_prefill_tokens),
+                             float(obs.sum_prefill_context_tokens), int(target_seqs(obs)),
+                             kind, target_coef, _NO_TPOT if tpot is None else tpot,
+                             tpot is not None, float(budget))
+
+
+def _warm_up_verify() -> None:
+    """Compile the verifier's loop (or load it from numba's cache), once per process."""
+    from policies.adaptive.adaspec_kernels import CONFIDENCE_VERIFY
+    if CONFIDENCE_VERIFY is None or CONFIDENCE_VERIFY.signatures:
+        return
+    coef = np.zeros(5)
+    coef.setflags(write=False)
+    from policies.adaptive.adaspec_kernels import DRAFTING_CHECKS
+    conf = np.full((2, 3), 0.5)
+    for tpot, has in ((_NO_TPOT, False), (np.full(2, 0.05), True)):
+        for kind in (0, 1):
+            CONFIDENCE_VERIFY(np.array([3, 2]), conf, 2, 0.001, np.array([10, 20]), 0, 0.0,
+                              2, kind, coef, tpot, has, np.inf)
+        DRAFTING_CHECKS(conf, 1, 2, np.array([0.01, 0.02, 0.03]), np.inf, tpot, has, 0.0, 0.0,
+                        0.0, 0.6, True, False)

@@ -1,0 +1,109 @@
+"""adaspec's compiled confidence verifier gives the numpy path's answers."""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import policies.bench as bench  # noqa: E402
+from policies import make_policy  # noqa: E402
+from policies.interface import DraftState  # noqa: E402
+from tests.policies.helpers import LinearCost, make_obs  # noqa: E402
+from tests.policies.test_slo_goodput_kernels import AffineCost  # noqa: E402
+
+
+def test_pairwise_sum_is_numpys_sum():
+    """numpy's pairwise order, its split above 128 terms included: bit for bit."""
+    from policies.adaptive.adaspec_kernels import _pairwise_sum
+    rng = np.random.default_rng(3)
+    for n in list(range(0, 300)) + [511, 512, 513, 1000, 2049, 4100]:
+        x = rng.random(max(n, 1)) * 10.0 ** rng.integers(-4, 4, max(n, 1))
+        assert _pairwise_sum(x, n) == x[:n].sum(), n
+
+
+def test_compiled_verifier_matches_numpy():
+    """Random steps: three cost forms (a model without coefficients takes the numpy path
+    anyway), batches up to 300, ties (confidences 1.0 and repeats), requests with and without
+    TPOT SLOs, tight ones (the per-token branch), with and without decide's step state."""
+    from sim.core.config import SimConfig
+    from sim.models.cost import make_cost_model
+    rng = np.random.default_rng(11)
+    costs = [bench.RooflineCost(), AffineCost(rng), LinearCost(),
+             make_cost_model(SimConfig(model="llama-2-7b", draft="draft-68m",
+                                       hardware="a100-80g"))]
+    trimmed_cases = 0
+    for case in range(300):
+        n = int(rng.integers(1, 300))
+        tpot = rng.choice([np.inf, 0.01, 0.03, 0.2], n) if case % 3 else np.inf
+        obs = make_obs(n, cost=costs[case % 4], tpot=tpot,
+                       prefill=int(rng.choice([0, 0, 512])))
+        obs = type(obs)(**{**obs.__dict__,
+                           "context_lens": rng.integers(1, 4000, n).astype(np.int64),
+                           "sum_prefill_context_tokens": int(rng.integers(0, 9000))})
+        fast, slow = make_policy("adaspec"), make_policy("adaspec")
+        slow.compiled = False
+        decision = fast.decide(obs)
+        assert np.array_equal(decision.num_spec_tokens, slow.decide(obs).num_spec_tokens)
+        if case % 5 == 0:
+            fast._step = slow._step = None
+        drafted = rng.integers(0, 9, n)
+        conf = (rng.choice([1.0, 0.9, 0.5], (n, 8)) if case % 2 else rng.random((n, 8)))
+        conf = np.where(np.arange(8)[None, :] < drafted[:, None], conf, np.nan)
+        state = DraftState(obs, decision, drafted, conf, float(rng.uniform(0.0, 0.02)))
+        got, want = fast.select_verify(state), slow.select_verify(state)
+        assert got.dtype == want.dtype and np.array_equal(got, want), case
+        trimmed_cases += int(not np.array_equal(want, drafted))
+    assert trimmed_cases > 30          # the trim, not only "verify everything", was compared
+
+
+def test_compiled_drafting_checks_match_numpy():
+    """Pass after pass on random steps, tight and loose TPOT SLOs, ties and unseen drafts:
+    the same stop answers and the same running state (g_prev, the prior's sums)."""
+    rng = np.random.default_rng(12)
+    fast, slow = make_policy("adaspec"), make_policy("adaspec")
+    slow.compiled = False
+    branches, prechecks = set(), 0
+    for case in range(200):
+        n = int(rng.integers(1, 200))
+        tpot = rng.choice([np.inf, 0.005, 0.02, 0.2], n) if case % 3 else np.inf
+        obs = make_obs(n, cost=bench.RooflineCost() if case % 2 else AffineCost(rng),
+                       tpot=tpot)
+        decision = fast.decide(obs)
+        assert np.array_equal(decision.num_spec_tokens, slow.decide(obs).num_spec_tokens)
+        conf_all = rng.choice([1.0, 0.9, 0.5, 0.1], (n, 8)) if case % 2 else rng.random((n, 8))
+        conf_all[rng.random((n, 8)) < 0.05] = np.nan
+        drafted = np.zeros(n, np.int64)
+        k = np.maximum(decision.num_spec_tokens, 1)
+        for _ in range(8):
+            drafted = np.minimum(drafted + 1, k)
+            conf = np.where(np.arange(8)[None, :] < drafted[:, None], conf_all, np.nan)
+            state = DraftState(obs, decision, drafted, conf, 0.001)
+            got, want = fast.continue_drafting(state), slow.continue_drafting(state)
+            assert np.array_equal(got, want), case
+            assert (fast._step.g_prev, fast.conf_sum, fast.conf_count) == \
+                (slow._step.g_prev, slow.conf_sum, slow.conf_count), case
+            g_fast, g_slow = fast._step.g_next, slow._step.g_next   # the pre-check's score
+            assert g_fast == g_slow or (np.isnan(g_fast) and np.isnan(g_slow)), case
+            prechecks += int(not np.isnan(g_slow))
+            branches.add(bool(want.any()))
+            if not want.any():
+                break
+    assert branches == {True, False} and prechecks > 50
+
+
+def test_warm_up_compiles_adaspecs_loops():
+    """In a fresh process: both loops have compiled signatures after warm_up alone."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import json; from policies import make_policy; "
+            "from policies.adaptive import adaspec_kernels as k; "
+            "names = ('CONFIDENCE_VERIFY', 'DRAFTING_CHECKS'); "
+            "before = [len(getattr(k, x).signatures) for x in names]; "
+            "make_policy('adaspec').warm_up(); "
+            "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == [0, 0] and min(after) >= 1, (before, after)
