@@ -97,8 +97,9 @@ class AdaSpec(Policy):
     custom_verify = True
 
     needs_draft_confidences = True
-    # the step-time table and the confidence verifier as compiled loops (step_cost_kernels,
-    # adaspec_kernels) where the cost model exposes coefficients: the same floats
+    # the step-time table, the drafting checks and the confidence verifier as compiled loops
+    # (step_cost_kernels, adaspec_kernels; the table and the verifier where the cost model
+    # exposes coefficients): the same floats
     compiled = True
 
     def __init__(self, adaptive_drafter: bool = True, confidence_verifier: bool = True,
@@ -142,11 +143,11 @@ class AdaSpec(Policy):
         return tpot_budgets(obs, self.step_budget_s)
 
     def warm_up(self) -> None:
-        """Compile the step-time loop and the verifier's (or load them from numba's cache)
-        before timed work."""
+        """Compile the step-time, drafting-check and verifier loops (or load them from
+        numba's cache) before timed work."""
         if self.compiled:
             warm_up_step_cost()
-            _warm_up_verify()
+            _warm_up_loops()
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -298,14 +299,14 @@ def _compiled_verify(draft: DraftState, drafted: np.ndarray, target: int, coef: 
                              tpot is not None, float(budget))
 
 
-def _warm_up_verify() -> None:
-    """Compile the verifier's loop (or load it from numba's cache), once per process."""
-    from policies.adaptive.adaspec_kernels import CONFIDENCE_VERIFY
-    if CONFIDENCE_VERIFY is None or CONFIDENCE_VERIFY.signatures:
+def _warm_up_loops() -> None:
+    """Compile the drafting-check and verifier loops (or load them from numba's cache) for
+    the argument types the hooks pass, once per process."""
+    from policies.adaptive.adaspec_kernels import CONFIDENCE_VERIFY, DRAFTING_CHECKS
+    if CONFIDENCE_VERIFY is None or (CONFIDENCE_VERIFY.signatures and DRAFTING_CHECKS.signatures):
         return
     coef = np.zeros(5)
-    coef.setflags(write=False)
-    from policies.adaptive.adaspec_kernels import DRAFTING_CHECKS
+    coef.setflags(write=False)      # coefficient_arrays' are read-only: a type of their own
     conf = np.full((2, 3), 0.5)
     for tpot, has in ((_NO_TPOT, False), (np.full(2, 0.05), True)):
         for kind in (0, 1):
