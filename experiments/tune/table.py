@@ -40,7 +40,7 @@ class SpecTable:
     @property
     def schedule(self) -> tuple[tuple[int, int, int], ...]:
         """Inclusive (lo, hi, k) rows over 1..max_num_seqs, equal neighbours merged."""
-        k = self.k_at(np.arange(1, self.max_num_seqs + 1))
+        k = self.k_by_batch()
         rows, lo = [], 1
         for b in range(2, self.max_num_seqs + 2):
             if b > self.max_num_seqs or k[b - 1] != k[lo - 1]:

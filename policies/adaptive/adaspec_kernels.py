@@ -6,8 +6,9 @@ The numpy paths run ~10-20 array operations per call (the verifier: the global t
 two efficiency evaluations, each with a call into the cost model); the loops do the same
 arithmetic.
 Every float is the numpy path's: cumulative confidences multiply left to right as cumprod
-does, the sums run in numpy's pairwise order (``_pairwise_sum``, its recursive split above
-128 terms included), the verify pass by the models' own expression
+does, the sums run in numpy's pairwise order (``_pairwise_sum``: one block of
+``slo_goodput_kernels._pairwise`` up to 128 terms, numpy's split into halves above), the
+verify pass by the models' own expression
 (``slo_goodput_kernels._pass_s``). The numpy path stays the reference (``compiled=False``,
 compared in tests/policies/test_adaspec_kernels.py).
 """
@@ -15,75 +16,46 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.adaptive.slo_goodput_kernels import _pass_s, numba
-
-
-def _pairwise_block(x, start, n):
-    """numpy's pairwise sum of ``x[start:start + n]`` for n <= 128 (one block)."""
-    if n < 8:
-        acc = 0.0
-        for p in range(n):
-            acc += x[start + p]
-        return acc
-    r0, r1, r2, r3 = x[start], x[start + 1], x[start + 2], x[start + 3]
-    r4, r5, r6, r7 = x[start + 4], x[start + 5], x[start + 6], x[start + 7]
-    i = 8
-    while i < n - (n % 8):
-        r0 += x[start + i]
-        r1 += x[start + i + 1]
-        r2 += x[start + i + 2]
-        r3 += x[start + i + 3]
-        r4 += x[start + i + 4]
-        r5 += x[start + i + 5]
-        r6 += x[start + i + 6]
-        r7 += x[start + i + 7]
-        i += 8
-    acc = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        acc += x[start + i]
-        i += 1
-    return acc
+from policies.adaptive.slo_goodput_kernels import _pairwise, _pass_s, numba
 
 
 def _pairwise_sum(x, n):
-    """``x[:n].sum()`` in numpy's order: blocks of at most 128 terms, split in halves (each
-    a multiple of 8) above that, without recursion (an explicit stack of ranges)."""
+    """``x[:n].sum()`` in numpy's order: ``_pairwise``'s single block up to 128 terms, and
+    above that numpy's split into two halves, the first a multiple of 8."""
     if n <= 128:
-        return _pairwise_block(x, 0, n)
-    # post-order over the split tree: each range's sum is left + right
-    starts = np.empty(64, np.int64)
-    sizes = np.empty(64, np.int64)
-    state = np.zeros(64, np.int64)       # 0: not split yet, 1: left done
-    partial = np.empty(64)
-    top = 0
-    starts[0], sizes[0], state[0] = 0, n, 0
-    result = 0.0
-    while top >= 0:
-        s, m = starts[top], sizes[top]
-        if m <= 128:
-            value = _pairwise_block(x, s, m)
-            top -= 1
-            # hand the value up to the parent
-            while top >= 0:
-                if state[top] == 0:      # left child finished: keep it, go right
-                    partial[top] = value
-                    state[top] = 1
-                    half = sizes[top] // 2
-                    half -= half % 8
-                    top += 1
-                    starts[top], sizes[top], state[top] = starts[top - 1] + half, \
-                        sizes[top - 1] - half, 0
-                    break
-                value = partial[top] + value     # right child finished: left + right
-                top -= 1
-            else:
-                result = value
-            continue
-        half = m // 2
-        half -= half % 8
-        top += 1
-        starts[top], sizes[top], state[top] = s, half, 0
-    return result
+        return _pairwise(x, n)
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(x, half) + _pairwise_sum(x[half:], n - half)
+
+
+def _cumulative_into(confidences, n, s, out):
+    """c_ij = prod_{m<=j} p_im for the first ``s`` drafts, row-major into ``out`` (n * s),
+    multiplied left to right as cumprod does, unset (nan) drafts as 0
+    (``interface.cumulative_confidence``)."""
+    for i in range(n):
+        c = 1.0
+        for j in range(s):
+            p = confidences[i, j]
+            c = c * (0.0 if np.isnan(p) else p)
+            out[i * s + j] = c
+
+
+def _per_token_score(expected, rows, n, t, tpot):
+    """``adaspec_efficiency.scalar_per_token_score``: G where t is within the allowance
+    min_i b_i (1 + e_i), else -t / allowance."""
+    allowance = np.inf
+    for i in range(n):
+        a = tpot[i] * (1.0 + rows[i])
+        if a < allowance:
+            allowance = a
+    return (expected + n) / t if t <= allowance else -t / allowance
+
+
+def _row_sums(flat, n, s, rows):
+    """Each row's sum of a row-major (n, s) table (numpy's ``sum(axis=1)``)."""
+    for i in range(n):
+        rows[i] = _pairwise(flat[i * s:], s)
 
 
 def _efficiency(cum, n, smax, s, draft_time_s, context_lens, prefill_tokens, prefill_ctx,
@@ -99,21 +71,14 @@ def _efficiency(cum, n, smax, s, draft_time_s, context_lens, prefill_tokens, pre
     t = draft_time_s + _pass_s(kind, target, float(tokens), float(seqs), ctx)
     for i in range(n):
         for j in range(smax):
-            flat[i * smax + j] = cum[i, j] if j < s[i] else 0.0
+            flat[i * smax + j] = cum[i * smax + j] if j < s[i] else 0.0
     if not has_tpot or t <= budget:
         expected = _pairwise_sum(flat, n * smax)
         if any_spec and t > budget:
             return -1.0
         return (expected + n) / t
-    for i in range(n):
-        rows[i] = _pairwise_block(flat, i * smax, smax)
-    expected = _pairwise_sum(rows, n)
-    allowance = np.inf
-    for i in range(n):
-        a = tpot[i] * (1.0 + rows[i])
-        if a < allowance:
-            allowance = a
-    return (expected + n) / t if t <= allowance else -t / allowance
+    _row_sums(flat, n, smax, rows)
+    return _per_token_score(_pairwise_sum(rows, n), rows, n, t, tpot)
 
 
 def _confidence_verify(drafted, confidences, target_count, draft_time_s, context_lens,
@@ -127,18 +92,13 @@ def _confidence_verify(drafted, confidences, target_count, draft_time_s, context
     for i in range(n):
         if drafted[i] > smax:
             smax = drafted[i]
-    cum = np.zeros((n, smax))
-    for i in range(n):
-        c = 1.0
-        for j in range(smax):
-            p = confidences[i, j]
-            c = c * (0.0 if np.isnan(p) else p)
-            cum[i, j] = c
+    cum = np.empty(n * smax)
+    _cumulative_into(confidences, n, smax, cum)
     # the global trim (interface.trim_to_budget): position-major scores, stable sort
     score = np.empty(n * smax)
     for j in range(smax):
         for i in range(n):
-            score[j * n + i] = -cum[i, j] if j < drafted[i] else np.inf
+            score[j * n + i] = -cum[i * smax + j] if j < drafted[i] else np.inf
     order = np.argsort(score, kind="mergesort")
     keep = np.zeros((n, smax), np.bool_)
     for r in range(min(target_count, n * smax)):
@@ -173,12 +133,7 @@ def _drafting_checks(confidences, s, n, step_s, budget, tpot, has_tpot, g_prev, 
     ``conf_count``: the prior's running sums before this pass (``prior_init`` without any)."""
     kmax = step_s.shape[0] - 1
     cum = np.empty(n * s)
-    for i in range(n):
-        c = 1.0
-        for j in range(s):
-            p = confidences[i, j]
-            c = c * (0.0 if np.isnan(p) else p)
-            cum[i * s + j] = c
+    _cumulative_into(confidences, n, s, cum)
     t_cur = step_s[min(s, kmax)]
     rows = np.empty(n)
     per_row = False
@@ -186,16 +141,10 @@ def _drafting_checks(confidences, s, n, step_s, budget, tpot, has_tpot, g_prev, 
         expected = _pairwise_sum(cum, n * s)
         g_cur = -1.0 if t_cur > budget else (expected + n) / t_cur
     else:
-        for i in range(n):
-            rows[i] = _pairwise_block(cum, i * s, s)
+        _row_sums(cum, n, s, rows)
         per_row = True
         expected = _pairwise_sum(rows, n)
-        allowance = np.inf
-        for i in range(n):
-            a = tpot[i] * (1.0 + rows[i])
-            if a < allowance:
-                allowance = a
-        g_cur = (expected + n) / t_cur if t_cur <= allowance else -t_cur / allowance
+        g_cur = _per_token_score(expected, rows, n, t_cur, tpot)
     if g_cur < g_prev:
         return True, g_cur, 0.0, -1, np.nan
     seen = np.empty(n)
@@ -218,23 +167,18 @@ def _drafting_checks(confidences, s, n, step_s, budget, tpot, has_tpot, g_prev, 
         g_next = -1.0 if t_next > budget else (g_next + n) / t_next
     else:
         if not per_row:
-            for i in range(n):
-                rows[i] = _pairwise_block(cum, i * s, s)
+            _row_sums(cum, n, s, rows)
         for i in range(n):
             rows[i] = rows[i] + last[i] * prior
-        total = _pairwise_sum(rows, n)
-        allowance = np.inf
-        for i in range(n):
-            a = tpot[i] * (1.0 + rows[i])
-            if a < allowance:
-                allowance = a
-        g_next = (total + n) / t_next if t_next <= allowance else -t_next / allowance
+        g_next = _per_token_score(_pairwise_sum(rows, n), rows, n, t_next, tpot)
     return False, g_cur, added, m, g_next
 
 
 if numba is not None:
-    _pairwise_block = numba.njit(cache=True)(_pairwise_block)
     _pairwise_sum = numba.njit(cache=True)(_pairwise_sum)
+    _cumulative_into = numba.njit(cache=True)(_cumulative_into)
+    _per_token_score = numba.njit(cache=True)(_per_token_score)
+    _row_sums = numba.njit(cache=True)(_row_sums)
     _efficiency = numba.njit(cache=True)(_efficiency)
     CONFIDENCE_VERIFY = numba.njit(cache=True)(_confidence_verify)
     DRAFTING_CHECKS = numba.njit(cache=True)(_drafting_checks)

@@ -1,4 +1,9 @@
 """Observations, feedback and a linear step cost shared by the policy tests."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from policies.interface import DraftState, Feedback, Observation
@@ -52,3 +57,12 @@ def draft_state(obs, decision, drafted, conf):
     c[pos] = np.asarray(conf)[pos]
     return DraftState(obs=obs, decision=decision, num_drafted=drafted, confidences=c,
                       draft_time_s=0.005)
+
+
+def fresh_process_json(code: str):
+    """Run ``code`` in a fresh Python process from the repository root (nothing compiled or
+    imported yet) and return the JSON of its last printed line."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -92,18 +92,12 @@ def test_compiled_drafting_checks_match_numpy():
 
 def test_warm_up_compiles_adaspecs_loops():
     """In a fresh process: both loops have compiled signatures after warm_up alone."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.policies.helpers import fresh_process_json
     code = ("import json; from policies import make_policy; "
             "from policies.adaptive import adaspec_kernels as k; "
             "names = ('CONFIDENCE_VERIFY', 'DRAFTING_CHECKS'); "
             "before = [len(getattr(k, x).signatures) for x in names]; "
             "make_policy('adaspec').warm_up(); "
             "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names]]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    before, after = fresh_process_json(code)
     assert before == [0, 0] and min(after) >= 1, (before, after)

@@ -138,10 +138,7 @@ def test_whole_policy_same_answers(name, n, affine):
 def test_warm_up_compiles_every_kernel_before_timed_work():
     """In a fresh process (this one has compiled them already): the kernels have compiled
     signatures after warm_up alone, and a HookTimer's warm_up is not timed."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.policies.helpers import fresh_process_json
     code = ("import json; from policies import make_policy; "
             "from policies.recording import HookTimer; "
             "from policies.adaptive import slo_goodput_kernels as k; "
@@ -153,10 +150,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names], "
             "t.num_calls]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    before, after, calls = json.loads(out.stdout.strip().splitlines()[-1])
+    before, after, calls = fresh_process_json(code)
     assert before == [0] * 10 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
