@@ -77,6 +77,14 @@ class EagleTrainConfig:
     # training batches against 0.49 on new ones)
     val_files: int = 0
     eval_every: int = 100
+    # share of the cross-entropy taken against the target's whole next-token distribution
+    # (its logits over the sampled vocabulary, recomputed from the stored post-norm features)
+    # instead of its greedy token alone: soft labels carry the target's second choices, which a
+    # head that memorises its ~2,000 greedy sequences otherwise never sees
+    soft_weight: float = 0.0
+    # amplitude of uniform noise added to the target's features read by draft pass 1 (EAGLE,
+    # Li et al. 2024, section 4.1: the head must cope with features it did not see exactly)
+    feature_noise: float = 0.0
 
 
 # -- stage 2: training -----------------------------------------------------------------------
@@ -118,6 +126,18 @@ def unrolled_passes(head, emb, feat, depth: int):
                           torch.eye(t, dtype=torch.bool)], 1)
         out, _, _ = head(emb, feat_j, pos, past_k=k1, past_v=v1, key_mask=mask)
         yield j, out
+
+
+def distill_cross_entropy(logits, label, teacher_logits, soft_weight: float):
+    """(1 - soft_weight) x cross-entropy to the target's greedy token ``label`` + soft_weight x
+    cross-entropy to the target's distribution ``softmax(teacher_logits)`` (rows: positions,
+    columns: the same candidate tokens as ``logits``)."""
+    hard = F.cross_entropy(logits, label)
+    if soft_weight <= 0:
+        return hard
+    teacher = torch.softmax(teacher_logits.detach(), dim=-1)
+    soft = -(teacher * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+    return (1 - soft_weight) * hard + soft_weight * soft
 
 
 @torch.no_grad()
@@ -186,6 +206,8 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
                 rng.choice(greedy_idx, size=n_greedy, replace=False),
                 rng.choice(other_idx, size=cfg.batch_sequences - n_greedy, replace=False)])
         ids_next, feat, feat_next, label, top, valid = make_batch(seqs, idx, pad_id)
+        if cfg.feature_noise > 0:
+            feat = feat + (torch.rand(feat.shape, generator=gen) * 2 - 1) * cfg.feature_noise
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (
             1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
         for g in opt.param_groups:
@@ -209,7 +231,8 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
                     acc = (logits.argmax(-1) == label[m][rows]).float().mean().item()
             else:
                 logits = out[m] @ w_cand.T
-                ce = F.cross_entropy(logits, remap[label[m]])
+                teacher = feat_next[m] @ w_cand.T if cfg.soft_weight > 0 else None
+                ce = distill_cross_entropy(logits, remap[label[m]], teacher, cfg.soft_weight)
                 with torch.no_grad():
                     acc = (cand[logits.argmax(-1)] == label[m]).float().mean().item()
             weight = cfg.depth_decay ** (j - 1)
@@ -274,6 +297,11 @@ def main(argv=None) -> None:
                     help="hold out the last N greedy data batches, measure full-vocabulary "
                          "agreement on them every --eval-every steps and export the best head")
     ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--soft-weight", type=float, default=None,
+                    help="share of the cross-entropy against the target's distribution over the "
+                         "sampled vocabulary (soft labels) instead of its greedy token")
+    ap.add_argument("--feature-noise", type=float, default=None,
+                    help="uniform noise of this amplitude on the features draft pass 1 reads")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from an exported head (fine-tune) instead of the target's "
                          "last layer")
@@ -285,7 +313,9 @@ def main(argv=None) -> None:
                                    ("lr", args.lr), ("greedy_share", args.greedy_share),
                                    ("full_vocab_rows", args.full_vocab_rows),
                                    ("val_files", args.val_files),
-                                   ("eval_every", args.eval_every))
+                                   ("eval_every", args.eval_every),
+                                   ("soft_weight", args.soft_weight),
+                                   ("feature_noise", args.feature_noise))
                  if v is not None}
     if overrides:
         from dataclasses import replace

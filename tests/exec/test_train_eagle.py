@@ -7,7 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from exec.eagle_data import TOP_K, data_files, load_data
 from exec.eagle_head import EagleHead
-from exec.train_eagle import EagleTrainConfig, train, unrolled_passes, validation_agreement
+from exec.train_eagle import (EagleTrainConfig, distill_cross_entropy, train, unrolled_passes,
+                              validation_agreement)
 
 VOCAB = 64
 
@@ -90,3 +91,21 @@ def test_early_stopping_exports_the_best_validated_head(target, tmp_path):
     agree = validation_agreement(head, target.model.embed_tokens.weight,
                                  target.lm_head.weight, val_seqs, depth=2)
     assert agree == pytest.approx(best["val_agreement"], abs=1e-4)
+
+
+
+def test_soft_cross_entropy_is_least_at_the_targets_distribution():
+    """Soft labels: the loss's gradient vanishes where the head's logits equal the target's
+    (up to a constant), and the hard loss still pushes them towards the greedy token."""
+    gen = torch.Generator().manual_seed(5)
+    teacher = torch.randn(6, 10, generator=gen) * 2
+    label = teacher.argmax(-1)
+    for soft_weight, vanishes in ((1.0, True), (0.5, False), (0.0, False)):
+        logits = (teacher + 3.0).clone().requires_grad_(True)
+        distill_cross_entropy(logits, label, teacher, soft_weight).backward()
+        assert (logits.grad.abs().max() < 1e-6) == vanishes, soft_weight
+    hard = distill_cross_entropy(teacher, label, None, 0.0)
+    assert hard == pytest.approx(float(torch.nn.functional.cross_entropy(teacher, label)))
+    mixed = distill_cross_entropy(teacher, label, teacher, 0.25)
+    entropy = float(-(teacher.softmax(-1) * teacher.log_softmax(-1)).sum(-1).mean())
+    assert mixed == pytest.approx(0.75 * float(hard) + 0.25 * entropy, rel=1e-5)
