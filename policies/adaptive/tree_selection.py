@@ -2,6 +2,7 @@
 candidate-tree model the ``adaserve`` policy estimates f(v) with."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,13 +134,33 @@ def caterpillar_candidates(accept: np.ndarray, depth: int, width: int,
     leaves hanging off the top-1 chain, so f(j, r) = prod_{m<j} a_m * q_jr (eq. 7's product
     of probabilities along the path). Returns (n, depth * width): column (j-1)*width + r-1.
     """
-    a = np.minimum(np.maximum(np.asarray(accept, float), 1e-3), 1.0 - 1e-6)[:, None]
-    j = np.arange(1, depth + 1)[None, :]
-    a_j = a * depth_decay ** (j - 1)
+    a_j = depth_rates(accept, depth, depth_decay)
     chain = np.cumprod(a_j, axis=1) / a_j              # prod_{m<j} a_m
-    r = np.arange(width)[None, None, :]
-    q = a_j[:, :, None] * (1.0 - a_j[:, :, None]) ** r
-    return (chain[:, :, None] * q).reshape(a.shape[0], depth * width)
+    q = a_j[:, :, None] * sibling_powers(a_j, width)
+    return (chain[:, :, None] * q).reshape(a_j.shape[0], depth * width)
+
+
+def depth_rates(accept: np.ndarray, depth: int, depth_decay: float = 1.0) -> np.ndarray:
+    """a_j = a * depth_decay^(j-1) per request and depth j = 1..depth, (n, depth), with a
+    clipped to [1e-3, 1 - 1e-6] (``caterpillar_candidates``' model)."""
+    a = np.minimum(np.maximum(np.asarray(accept, float), 1e-3), 1.0 - 1e-6)[:, None]
+    return a * decay_powers(depth_decay, depth)
+
+
+@functools.lru_cache(maxsize=256)
+def decay_powers(depth_decay: float, depth: int) -> np.ndarray:
+    """depth_decay^(j-1) for j = 1..depth, shape (1, depth), read-only: a pure function of
+    the two, kept per pair (every step of a batch size asks for the same powers; the
+    compiled decide reads them as numpy computed them, ``adaserve_kernels``)."""
+    j = np.arange(1, depth + 1)[None, :]
+    out = depth_decay ** (j - 1)
+    out.setflags(write=False)
+    return out
+
+
+def sibling_powers(a_j: np.ndarray, width: int) -> np.ndarray:
+    """(1 - a_j)^(r-1) for the r-th ranked candidate, r = 1..width: (n, depth, width)."""
+    return (1.0 - a_j[:, :, None]) ** np.arange(width)[None, None, :]
 
 
 def widths_per_depth(selected: np.ndarray, depth: int, width: int) -> np.ndarray:
