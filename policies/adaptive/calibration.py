@@ -82,6 +82,11 @@ class ConfidenceCalibrator:
         self.accepted += np.bincount(bins[passed & ok], minlength=self.num_bins)
         self.rejected += np.bincount(bins[failed & ok], minlength=self.num_bins)
 
+    def counts_changed(self) -> None:
+        """Drop the LR tables (rebuilt on next use): the counts were updated in place
+        (``AcceptanceTracker.observe_chains_with``)."""
+        self._lr = self._lr_nan = None
+
     def _lr_table(self) -> np.ndarray | None:
         """LR per bin from the counts (None before any), computed once per observe()."""
         if self._lr is None:

@@ -151,6 +151,38 @@ class AcceptanceTracker:
             self.global_counts = (self.global_counts * self.global_decay
                                   + np.array([acc[drafted].sum(), rej[drafted].sum()]))
 
+    def observe_chains_with(self, calibrator, ids, num_spec, num_accepted, confidences,
+                            finished_ids) -> bool:
+        """``observe(ids, num_spec, num_accepted)``, ``calibrator.observe(confidences,
+        num_spec, num_accepted)`` and ``forget(finished_ids)`` of one chain-verification
+        step in one compiled call (``slo_goodput_step_kernels.OBSERVE_CHAINS``: the same
+        floats and table); False, having done nothing, where that call does not apply
+        (numpy's paths, idle decay)."""
+        from policies.adaptive.slo_goodput_drafting import step_kernel
+        kernel = (step_kernel("OBSERVE_CHAINS")
+                  if self.compiled and calibrator.compiled and self.idle_decay == 1.0 else None)
+        if kernel is None:
+            return False
+        table = self.table
+        finished_ids = np.asarray(finished_ids, np.int64)
+        drafted, is_new, rows, table.ids, table.values, forgot = kernel(
+            table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
+            self.decay, float(self._updates + 1), self.global_counts, self.global_decay,
+            calibrator.accepted, calibrator.rejected, calibrator.decay,
+            np.asarray(confidences, float), calibrator.num_bins, finished_ids,
+            self.max_requests)
+        calibrator.counts_changed()
+        if drafted:
+            self._updates += 1
+            if rows.shape[0]:                    # ids out of order: the sorted insertion
+                table.set(ids[is_new], rows)
+            if len(table) > self.max_requests:
+                last = table.values[:, 2]
+                table.drop(table.ids[last <= np.median(last)])
+        if not forgot:
+            self.forget(finished_ids)
+        return True
+
     def _observe_compiled(self, kernel, ids, spec, num_accepted, width) -> None:
         """``observe``'s update in one loop: rows of known requests in place, new ones
         inserted as ``RequestTable.set`` does (no idle decay: the caller checked)."""

@@ -8,14 +8,16 @@ import numpy as np
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.request_state import AcceptanceTracker
 from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, blended_survival,
-                                                    calibrated_survival, keep_drafting,
-                                                    probe_lengths, verified_lengths)
+                                                    calibrated_survival, drafting_pass,
+                                                    keep_drafting, probe_lengths,
+                                                    survival_cache, verify_pass,
+                                                    verified_lengths)
 from policies.adaptive.slo_goodput_plan import (draft_prefix_s, kernel_cost,
                                                  plan_widths_and_caps)
 from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
 from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
                                                   slo_weights)
-from policies.adaptive.step_cost import step_time_ewma, uniform_step_s
+from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
 from policies.interface import Decision, DraftState, Feedback, Observation, Policy
 from policies.registry import register
 
@@ -240,7 +242,27 @@ class SloGoodput(Policy):
                                              self.compiled)
         return self._survival.survival[:, :confidences.shape[1]]   # a view: callers read it
 
+    def _step_survival(self, draft: DraftState) -> SurvivalCache | None:
+        """The calibrated survival of the planned step ``draft`` belongs to, for the hooks'
+        single compiled calls; None when they do not apply (numpy's path, no calibration,
+        no plan, another step)."""
+        plan = self._plan
+        if (not self.compiled or self.calibrator is None or plan is None
+                or not same_step(plan.obs, draft.obs)):
+            return None
+        if self._survival is None or self._survival.plan is not plan:
+            self._survival = survival_cache(self.calibrator, plan,
+                                            max(draft.confidences.shape[1], plan.obs.k_max),
+                                            True)
+        return self._survival
+
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
+        cached = self._step_survival(draft)
+        if cached is not None:       # the pass in one compiled call where it applies
+            more = drafting_pass(self._plan, draft, cached, self.calibrator.num_bins,
+                                 self.stop_margin, self.pass_cost_stop)
+            if more is not None:
+                return more
         return keep_drafting(self._plan, draft, self.survival, self.stop_margin,
                              self.pass_cost_stop, self.compiled)
 
@@ -249,6 +271,11 @@ class SloGoodput(Policy):
         with SLO weights): slots ranked by w_i * c_ij (blended confidence as in stopping),
         the verified prefix b maximising (sum w + w_p + top-b values) / (drafting spent +
         t_verify(b))."""
+        cached = self._step_survival(draft) if self.confidence_verify else None
+        if cached is not None:       # in one compiled call where it applies
+            verified = verify_pass(self._plan, draft, cached, self.calibrator.num_bins)
+            if verified is not None:
+                return verified
         return verified_lengths(self._plan, draft, super().select_verify(draft), self.survival,
                                 self.confidence_verify, self.compiled)
 
@@ -258,15 +285,20 @@ class SloGoodput(Policy):
         ids = np.asarray(feedback.request_ids, np.int64)
         spec = np.asarray(feedback.num_spec_tokens, np.int64)
         plan = self._plan
+        step = float(feedback.draft_time_s + feedback.verify_time_s)
+        if step > 0:     # before the tracker: nothing below reads it
+            self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
         if plan is not None and plan.width > 1 and np.array_equal(ids, plan.obs.request_ids):
             self.tracker.observe(ids, spec // plan.widths, feedback.num_accepted, plan.widths)
+        elif (self.compiled and self.calibrator is not None
+              and self.tracker.observe_chains_with(self.calibrator, ids, spec,
+                                                   feedback.num_accepted, feedback.confidences,
+                                                   feedback.finished_ids)):
+            return                   # forgotten the finished requests too, in one call
         else:
             self.tracker.observe(ids, spec, feedback.num_accepted)
             if self.calibrator is not None:
                 self.calibrator.observe(feedback.confidences, spec, feedback.num_accepted)
-        step = float(feedback.draft_time_s + feedback.verify_time_s)
-        if step > 0:
-            self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
         self.tracker.forget(feedback.finished_ids)
 
 

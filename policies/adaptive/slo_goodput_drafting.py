@@ -30,6 +30,7 @@ prefixes maximise weighted expected tokens per second given the drafting time sp
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,7 @@ class StepPlan:
     rows: np.ndarray = field(init=False)          # int (n,), 0..n-1
     context_lens: np.ndarray = field(init=False)  # float (n,), obs.context_lens
     kernel_cost: object = field(init=False, default=None)  # KernelCost, on first compiled use
+    base_value: float | None = field(init=False, default=None)  # sum w + w_p, on first use
 
     def __post_init__(self):
         # read by every continue_drafting call of the step: computed once
@@ -82,9 +84,36 @@ class SurvivalCache:
     plan: StepPlan               # the step it belongs to
     survival: np.ndarray         # float (n, >= K), columns [:filled] computed
     filled: int                  # draft columns computed so far
-    prior_odds: np.ndarray | None   # (n, 1), None before the calibrator's min_observations
+    # (n, 1), None before the calibrator's min_observations (and unused with a table)
+    prior_odds: np.ndarray | None
     table: np.ndarray | None     # (n, bins + 1) posterior per request and confidence bin
     rows: np.ndarray             # int (n, 1), 0..n-1, to index ``table`` by request
+
+
+@functools.cache
+def step_kernel(name: str):
+    """A compiled hook of ``slo_goodput_step_kernels`` (numba loaded on first use), or None."""
+    from policies.adaptive import slo_goodput_step_kernels
+    return getattr(slo_goodput_step_kernels, name)
+
+
+def survival_cache(calibrator: ConfidenceCalibrator, plan: StepPlan, columns: int,
+                   compiled: bool = False) -> SurvivalCache:
+    """A step's empty ``SurvivalCache`` (room for ``columns`` drafts) with its posterior
+    table; ``compiled``: the prior odds and the table in one loop
+    (``slo_goodput_step_kernels.POSTERIOR_TABLE``, the same floats)."""
+    n = plan.base_k.size
+    kernel = step_kernel("POSTERIOR_TABLE") if compiled else None
+    if kernel is not None:
+        status, table = kernel(plan.accept, calibrator.accepted, calibrator.rejected,
+                               calibrator.prior_weight, calibrator.min_observations)
+        if status != 2:          # 2: counts without outcomes (LR 1): numpy's path below
+            return SurvivalCache(plan, np.empty((n, columns)), 0, None,
+                                 table if status == 1 else None, np.arange(n)[:, None])
+    odds = calibrator.prior_odds(plan.accept)
+    return SurvivalCache(plan, np.empty((n, columns)), 0, odds,
+                         None if odds is None else calibrator.posterior_table(odds),
+                         np.arange(n)[:, None])
 
 
 def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
@@ -99,10 +128,7 @@ def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,
     columns in one loop (``slo_goodput_kernels``), the same floats."""
     n, want = confidences.shape
     if cached is None or cached.plan is not plan:
-        odds = calibrator.prior_odds(plan.accept)
-        cached = SurvivalCache(plan, np.empty((n, max(want, plan.obs.k_max))), 0, odds,
-                               None if odds is None else calibrator.posterior_table(odds),
-                               np.arange(n)[:, None])
+        cached = survival_cache(calibrator, plan, max(want, plan.obs.k_max), compiled)
     have, surv = cached.filled, cached.survival
     if want > have:
         if want > surv.shape[1]:                     # more columns than k_max: grow
@@ -163,6 +189,45 @@ def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margi
     if pass_cost_stop and plan.width == 1:
         more &= ~extension_not_worth_it(plan, draft, more, next_value)
     return more
+
+
+def drafting_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,
+                  num_bins: int, stop_margin: float, pass_cost_stop: bool) -> np.ndarray | None:
+    """``keep_drafting(compiled=True)`` with the calibrated survival in one compiled call
+    (``slo_goodput_step_kernels.DRAFTING_PASS``: the same answers), for ``draft`` of the
+    planned step, ``cached`` its survival; None where that call does not apply (no
+    posterior table yet, a cost model without coefficients): the caller runs
+    ``keep_drafting``."""
+    cost, conf = plan.kernel_cost, draft.confidences
+    if (cost is None or cost.kind < 0 or cached.table is None
+            or conf.shape[1] > cached.survival.shape[1]):
+        return None
+    more, cached.filled = step_kernel("DRAFTING_PASS")(
+        draft.num_drafted, draft.decision.num_spec_tokens, conf, cached.table, num_bins,
+        cached.survival, cached.filled, plan.weight, plan.accept, stop_margin * plan.marginal,
+        plan.base_k, draft.obs.context_lens, pass_cost_stop and plan.width == 1, cost.kind,
+        cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base, plan.rate)
+    return more
+
+
+def verify_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,
+                num_bins: int) -> np.ndarray | None:
+    """``verified_lengths`` with ``confidence_verify`` on a chain plan's step, no verify
+    budget, in one compiled call (``slo_goodput_step_kernels.VERIFY_PASS``: the same
+    answers); None where that call does not apply (as ``drafting_pass``)."""
+    cost, conf = plan.kernel_cost, draft.confidences
+    if (cost is None or cost.kind < 0 or cached.table is None or plan.width > 1
+            or draft.decision.verify_token_budget is not None
+            or conf.shape[1] > cached.survival.shape[1]):
+        return None
+    if plan.base_value is None:          # sum w + w_p, once per step
+        plan.base_value = float(plan.weight.sum() + plan.prefill_value)
+    drafted = draft.num_drafted
+    counts, cached.filled = step_kernel("VERIFY_PASS")(
+        plan.weight, cached.table, conf, num_bins, cached.survival, cached.filled, drafted,
+        draft.obs.context_lens, cost.kind, cost.target, cost.tokens_base, cost.seqs,
+        cost.ctx_base, plan.base_value, float(draft.draft_time_s))
+    return counts.astype(drafted.dtype, copy=False)
 
 
 def verified_lengths(plan: StepPlan | None, draft: DraftState, drafted: np.ndarray, survival,

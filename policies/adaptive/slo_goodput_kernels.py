@@ -253,15 +253,18 @@ def _verify_ranking(value, drafted, context_lens):
     position then request (lexsort's order: a stable sort of the position-major scores);
     returns (request and position of each ranked slot, value and context prefix sums)."""
     n, K = value.shape
+    # only the drafted slots are sorted, in position-major order: the stable sort of all
+    # n K scores puts the others (inf) last and keeps these in the same order
     score = np.empty(n * K)
+    slot = np.empty(n * K, np.int64)
     num = 0
     for j in range(K):
         for i in range(n):
-            ok = j < drafted[i]
-            score[j * n + i] = -value[i, j] if ok else np.inf
-            if ok:
+            if j < drafted[i]:
+                score[num] = -value[i, j]
+                slot[num] = j * n + i
                 num += 1
-    by_pos = np.argsort(score, kind="mergesort")[:num]
+    by_pos = slot[np.argsort(score[:num], kind="mergesort")]
     req = np.empty(num, np.int64)
     pos = np.empty(num, np.int64)
     cum_v = np.zeros(num + 1)

@@ -145,13 +145,16 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "names = ('PREFIX_COUNTS', 'BEST_ROWS', 'DRAFTING_MASKS', 'SURVIVAL_COLUMNS', "
             "'VERIFY_RANKING', 'VERIFIED_COUNTS', 'PLAN_ROWS', "
             "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS'); "
-            "before = [len(getattr(k, x).signatures) for x in names]; "
+            "from policies.adaptive import slo_goodput_step_kernels as s; "
+            "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS'); "
+            "count = lambda: [len(getattr(k, x).signatures) for x in names] "
+            "+ [len(getattr(s, x).signatures) for x in fused]; "
+            "before = count(); "
             "t = HookTimer(make_policy('slo_goodput')); t.warm_up(); "
             "make_policy('fixed', k=3).warm_up(); "
-            "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names], "
-            "t.num_calls]))")
+            "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 10 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 14 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -216,3 +219,140 @@ def test_slo_weights_match_numpy():
         kinds |= {"floor"} if (want == 1e-3).any() else set()
         kinds |= {"boost"} if (want > 1.0).any() else set()
     assert kinds == {"nan", "floor", "boost"}    # every branch was reached
+
+
+def test_fused_observe_matches_numpy():
+    """The tracker's and calibrator's observe plus forget as one call
+    (``observe_chains_with``) against the numpy paths, step by step over random outcomes:
+    requests joining in and out of id order (the kernel's append and the table's sorted
+    insertion), idle steps, finished requests and a table pruned at ``max_requests``."""
+    from policies.adaptive.calibration import ConfidenceCalibrator
+    from policies.adaptive.request_state import AcceptanceTracker
+    rng = np.random.default_rng(5)
+    fast_t, slow_t = AcceptanceTracker(max_requests=24), AcceptanceTracker(max_requests=24)
+    fast_c, slow_c = ConfidenceCalibrator(), ConfidenceCalibrator()
+    slow_t.compiled = slow_c.compiled = False
+    live, next_id, seen = list(range(8)), 8, set()
+    for step in range(400):
+        ids = np.array(sorted(rng.choice(live, size=min(len(live), rng.integers(1, 12)),
+                                         replace=False)), np.int64)
+        if step % 7 == 3:
+            ids = ids[::-1].copy()                   # new ids out of order: sorted insertion
+        n, K = ids.size, 6
+        spec = (rng.integers(0, K + 1, n) * (rng.random(n) < 0.8)).astype(np.int64)
+        if step % 11 == 5:
+            spec[:] = 0                              # nobody drafted: only the decays
+        acc = np.minimum(rng.integers(0, K + 1, n), spec)
+        conf = np.where(rng.random((n, K)) < 0.1, np.nan, rng.random((n, K)))
+        finished = np.array(rng.choice(ids, size=min(n, int(rng.integers(0, 3))),
+                                       replace=False) if rng.random() < 0.4 else [], np.int64)
+        before = len(slow_t.table)
+        assert fast_t.observe_chains_with(fast_c, ids, spec, acc, conf, finished)
+        slow_t.observe(ids, spec, acc)
+        slow_c.observe(conf, spec, acc)
+        slow_t.forget(finished)
+        assert np.array_equal(fast_t.table.ids, slow_t.table.ids), step
+        assert np.array_equal(fast_t.table.values, slow_t.table.values), step
+        assert np.array_equal(fast_t.global_counts, slow_t.global_counts)
+        assert fast_t._updates == slow_t._updates
+        assert np.array_equal(fast_c.accepted, slow_c.accepted)
+        assert np.array_equal(fast_c.rejected, slow_c.rejected)
+        probe = np.append(ids, next_id + 100)
+        assert np.array_equal(fast_t.rate(probe), slow_t.rate(probe))
+        seen |= {"pruned"} if len(slow_t.table) < before - finished.size else set()
+        seen |= {"appended"} if (spec > 0).any() and ids[-1] >= next_id - 3 else set()
+        for gone in finished:
+            live.remove(int(gone))
+        while len(live) < 30:
+            live.append(next_id)
+            next_id += 1
+    assert len(fast_t.table) > 3 and fast_c.num_observations > 100
+    assert seen == {"pruned", "appended"}, seen
+
+
+def test_posterior_table_matches_numpy():
+    """The step's posterior table in one loop: numpy's prior odds and table bit for bit,
+    no table before ``min_observations``, numpy's path (status 2) without outcomes."""
+    from policies.adaptive.calibration import ConfidenceCalibrator
+    from policies.adaptive.slo_goodput_step_kernels import POSTERIOR_TABLE
+    rng = np.random.default_rng(9)
+    statuses = set()
+    for case in range(200):
+        cal = ConfidenceCalibrator(num_bins=int(rng.choice([1, 7, 20, 40])),
+                                   min_observations=float(rng.choice([0.0, 64.0])))
+        scale = float(rng.choice([0.0, 3.0, 300.0]))
+        cal.accepted = rng.random(cal.num_bins) * scale
+        cal.rejected = rng.random(cal.num_bins) * scale
+        accept = np.append(rng.random(int(rng.integers(1, 50))), [0.0, 1.0])
+        status, table = POSTERIOR_TABLE(accept, cal.accepted, cal.rejected, cal.prior_weight,
+                                        cal.min_observations)
+        odds = cal.prior_odds(accept)
+        want = None if odds is None else cal.posterior_table(odds)
+        statuses.add(int(status))
+        if status == 0:
+            assert odds is None
+        elif status == 2:
+            assert odds is not None and want is None
+        else:
+            assert want is not None and np.array_equal(table, want), case
+    assert statuses == {0, 1, 2}
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 300])
+def test_drafting_and_verify_passes_match_numpy(n):
+    """One compiled call per draft pass and per verify (``drafting_pass``,
+    ``verify_pass``) against ``keep_drafting`` and ``verified_lengths`` on numpy's path,
+    pass after pass over random plans (stop margins that stop some requests, planned
+    depths that send others into the extension check, both cost forms), with the
+    survival's columns filled by each side's own calls."""
+    from policies.adaptive.calibration import ConfidenceCalibrator
+    from policies.adaptive.slo_goodput_drafting import (StepPlan, calibrated_survival,
+                                                        drafting_pass, keep_drafting,
+                                                        survival_cache, verified_lengths,
+                                                        verify_pass)
+    from policies.adaptive.slo_goodput_plan import kernel_cost
+    from policies.interface import Decision, DraftState
+    rng = np.random.default_rng(n)
+    outcomes = {"stopped": 0, "extension_cut": 0, "extension_kept": 0, "verify_cut": 0}
+    for case in range(40):
+        K = int(rng.choice([4, 8]))
+        obs, w, a = random_case(rng, n, K, 1 + case % 2)     # roofline, affine
+        cal = ConfidenceCalibrator()
+        cal.accepted, cal.rejected = rng.random(20) * 200, rng.random(20) * 100
+        base = rng.integers(0, K + 1, n)
+        plan = StepPlan(obs=obs, base_k=base, weight=w, accept=a,
+                        marginal=float(rng.uniform(0.0, 1.5)), prefill_value=0.3,
+                        widths=np.ones(n, np.int64), rate=float(10 ** rng.uniform(0.0, 5.0)))
+        plan.kernel_cost = kernel_cost(obs)
+        k = np.minimum(base + int(rng.integers(0, 4)), K).astype(np.int64)
+        decision = Decision(num_spec_tokens=k)
+        conf_all = rng.random((n, K))
+        fast = survival_cache(cal, plan, K, True)
+        cache = [None]
+
+        def survival(p, c):
+            cache[0] = calibrated_survival(cal, p, c, cache[0], False)
+            return cache[0].survival[:, :c.shape[1]]
+        drafted = np.zeros(n, np.int64)
+        active = k > 0
+        margin = float(rng.choice([0.0, 0.5, 2.0]))
+        while active.any():
+            drafted = drafted + active
+            conf = np.where(np.arange(K)[None, :] < drafted[:, None], conf_all, np.nan)
+            state = DraftState(obs, decision, drafted, conf, 1e-3)
+            got = drafting_pass(plan, state, fast, cal.num_bins, margin, True)
+            want = keep_drafting(plan, state, survival, margin, True, False)
+            assert got is not None and np.array_equal(got, want), case
+            no_check = keep_drafting(plan, state, survival, margin, False, False)
+            past = no_check & (drafted >= base)
+            outcomes["stopped"] += int((~want & (drafted < k)).sum())
+            if past.any():
+                outcomes["extension_cut" if not (want & past).any() else "extension_kept"] += 1
+            active = want & (drafted < k)
+        conf = np.where(np.arange(K)[None, :] < drafted[:, None], conf_all, np.nan)
+        state = DraftState(obs, decision, drafted, conf, float(rng.uniform(0.0, 0.05)))
+        got = verify_pass(plan, state, fast, cal.num_bins)
+        want = verified_lengths(plan, state, drafted.copy(), survival, True, False)
+        assert got is not None and got.dtype == want.dtype and np.array_equal(got, want)
+        outcomes["verify_cut"] += int((want < drafted).any())
+    assert min(outcomes.values()) > 0, outcomes

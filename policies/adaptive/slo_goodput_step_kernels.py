@@ -1,0 +1,254 @@
+"""slo_goodput's hooks inside a step as one compiled call each: a draft pass's stop rule
+with the calibrated survival's new columns (``continue_drafting``), the verified prefixes
+(``select_verify``), the step's posterior table, and observe's tracker and calibrator
+updates.
+
+The pieces were compiled loops already (``slo_goodput_kernels``, ``state_kernels``); what
+cost the time was the Python and numpy between them (a dozen small array operations and
+three or four kernel calls per hook, ~1-3 us each). These loops call the same pieces, or
+do their arithmetic operation for operation, so every float is the numpy path's: sums in
+numpy's pairwise order (``adaspec_kernels._pairwise_sum``), np.minimum/np.maximum by
+``_np_min``/``_np_max``, elementwise products as numpy forms them. The numpy path stays
+the reference (``compiled = False``; compared in tests/policies/test_slo_goodput_kernels.py).
+They cover cost models with coefficients (``step_cost.coefficient_arrays``) and the
+calibrated survival; the callers keep the earlier paths for the rest.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.adaptive.adaspec_kernels import _pairwise_sum
+from policies.adaptive.slo_goodput_kernels import (SURVIVAL_COLUMNS, VERIFIED_COUNTS,
+                                                   VERIFY_RANKING, VERIFY_TIMES, _np_max,
+                                                   _np_min, _pass_s, numba)
+
+
+def _posterior_table(accept, accepted, rejected, prior_weight, min_observations):
+    """``ConfidenceCalibrator.prior_odds`` then ``posterior_table``: (status, table), status
+    0 before ``min_observations`` (raw confidences: no table), 2 when no outcome has counts
+    (LR 1 everywhere: the caller's numpy path), 1 with the (n, bins + 1) posteriors."""
+    bins = accepted.size
+    sum_s = _pairwise_sum(accepted, bins)
+    sum_f = _pairwise_sum(rejected, bins)
+    empty = np.empty((0, 0))
+    if sum_s + sum_f < min_observations:           # float(accepted.sum() + rejected.sum())
+        return 0, empty
+    total = sum_s + sum_f
+    if total <= 0:
+        return 2, empty
+    rate = _np_min(_np_max(sum_s / total, 1e-3), 1 - 1e-3)
+    k = prior_weight
+    prior = rate / (1 - rate)
+    lr = np.empty(bins + 1)
+    for b in range(bins):
+        p = _np_min(_np_max((accepted[b] + k * rate) / ((accepted[b] + rejected[b]) + k),
+                            1e-4), 1 - 1e-4)
+        lr[b] = (p / (1 - p)) / prior
+    lr[bins] = 1.0                                  # nan confidences: LR 1
+    n = accept.size
+    table = np.empty((n, bins + 1))
+    for i in range(n):
+        a = _np_min(_np_max(accept[i], 1e-4), 1 - 1e-4)
+        odds_i = a / (1 - a)
+        for b in range(bins + 1):
+            odds = odds_i * lr[b]
+            table[i, b] = odds / (1 + odds)
+    return 1, table
+
+
+def _drafting_pass(s, k_decided, confidences, table, num_bins, surv, filled, weight, accept,
+                   threshold, base_k, context_lens, check_extension, kind, dcoef, tcoef,
+                   tokens_base, seqs, ctx_base, plan_rate):
+    """``keep_drafting`` for one pass: the survival's columns up to the drafts so far
+    (``calibrated_survival``, kept in ``surv`` across the step's
+    passes), the stop rule and, for chains past their planned depth, the extension check
+    priced from the cost coefficients (``_drafting_masks`` then ``_extension_pays``).
+    ``filled``: the survival's columns computed so far. Returns (which requests draft on,
+    the columns computed now)."""
+    n = s.size
+    smax = 0
+    for i in range(n):
+        if s[i] > smax:
+            smax = s[i]
+    want = min(max(smax, 1), confidences.shape[1])
+    if want > filled:
+        SURVIVAL_COLUMNS(table, confidences, filled, want, num_bins, surv)
+        filled = want
+    more = np.empty(n, np.bool_)
+    picked = np.empty(n)
+    n_in = n_ext = 0
+    ctx_in = ctx_ext = 0
+    V = C = tri = 0
+    for i in range(n):
+        si = s[i]
+        c = surv[i, si - 1] if si > 0 else 1.0
+        nv = weight[i] * c * accept[i]
+        m = si < k_decided[i] and (si == 0 or nv >= threshold)
+        more[i] = m
+        V += si
+        C += context_lens[i] * si
+        tri += si * (si + 1)
+        if check_extension and m:
+            if si >= base_k[i]:
+                picked[n_ext] = nv
+                n_ext += 1
+                ctx_ext += context_lens[i] + si
+            else:
+                n_in += 1
+                ctx_in += context_lens[i] + si
+    if n_ext == 0:
+        return more, filled
+    C = C + tri // 2
+    both = float(n_in + n_ext)
+    t1 = _pass_s(kind, dcoef, both, both, float(ctx_in) + float(ctx_ext))
+    t0 = _pass_s(kind, dcoef, float(n_in), float(n_in), float(ctx_in)) if n_in else 0.0
+    Vf, Cf = float(V), float(C)
+    v0 = _pass_s(kind, tcoef, tokens_base + Vf, seqs, ctx_base + Cf)
+    v1 = _pass_s(kind, tcoef, tokens_base + (Vf + n_ext), seqs,
+                 ctx_base + ((Cf + float(ctx_ext)) + n_ext))
+    extra = (t1 - t0) + (v1 - v0)
+    if not _pairwise_sum(picked, n_ext) >= plan_rate * extra:   # next_value[ext].sum()
+        for i in range(n):
+            if more[i] and s[i] >= base_k[i]:
+                more[i] = False
+    return more, filled
+
+
+def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, context_lens,
+                 kind, tcoef, tokens_base, seqs, ctx_base, base_value, draft_time_s):
+    """``verified_lengths``' ``best_verified_prefixes`` for slot values w_i c_ij: the
+    survival's columns up to the most drafts (``calibrated_survival``, as ``_drafting_pass``
+    keeps them), the (n, max drafted) values as numpy forms them, then its ranking, verify
+    times and counts. Returns (verified length per request, the columns computed now)."""
+    n = drafted.size
+    K = 0
+    for i in range(n):
+        if drafted[i] > K:
+            K = drafted[i]
+    if K > filled:
+        SURVIVAL_COLUMNS(table, confidences, filled, K, num_bins, surv)
+        filled = K
+    value = np.empty((n, K))
+    for i in range(n):
+        for j in range(K):
+            value[i, j] = weight[i] * surv[i, j]
+    req, pos, cum_v, cum_ctx = VERIFY_RANKING(value, drafted, context_lens)
+    verify = VERIFY_TIMES(cum_ctx, kind, tcoef, tokens_base, seqs, ctx_base)
+    return VERIFIED_COUNTS(req, pos, cum_v, verify, base_value, draft_time_s, n, K), filled
+
+
+def _observe_chains(table_ids, table_values, ids, spec, accepted, decay, update,
+                    global_counts, global_decay, cal_accepted, cal_rejected, cal_decay,
+                    confidences, num_bins, finished, max_requests):
+    """``AcceptanceTracker.observe`` (chains, no idle decay), ``ConfidenceCalibrator.observe``
+    and ``AcceptanceTracker.forget(finished)`` of one step: known requests' counts, the
+    fleet's counts (only in steps where some request drafted, as there) and the
+    calibrator's decayed bins (every step) in place; new requests appended when their ids
+    come in increasing order past the table's last (engines number requests so), then the
+    finished ones dropped, as ``RequestTable.set`` and ``drop`` do. Returns (whether any
+    request drafted, the mask of new requests and their rows when the caller must insert
+    them itself (``RequestTable.set``; empty when appended here), the table's ids and
+    values, whether ``finished`` were dropped here: not when the caller inserts, nor when
+    the table is past ``max_requests``, whose pruning comes first)."""
+    for b in range(num_bins):
+        cal_accepted[b] = cal_accepted[b] * cal_decay
+        cal_rejected[b] = cal_rejected[b] * cal_decay
+    n = ids.size
+    K = 0
+    any_spec = False
+    for i in range(n):
+        if spec[i] > K:
+            K = spec[i]
+        if spec[i] > 0:
+            any_spec = True
+    if K > 0:
+        passed, failed = _calibration_counts(confidences, spec, accepted, num_bins)
+        for b in range(num_bins):
+            cal_accepted[b] = cal_accepted[b] + float(passed[b])
+            cal_rejected[b] = cal_rejected[b] + float(failed[b])
+    is_new = np.zeros(n, np.bool_)
+    no_rows = np.zeros((0, 3))
+    m = table_ids.size
+    out_ids, out_values = table_ids, table_values
+    if any_spec:
+        rows = np.zeros((n, 3))
+        acc_sum = 0.0
+        rej_sum = 0.0
+        num_new = 0
+        for i in range(n):
+            sp = float(spec[i])
+            if not sp > 0:
+                continue
+            a = min(float(accepted[i]), sp)
+            r = 1.0 if a < sp else 0.0
+            acc_sum += a
+            rej_sum += r
+            p = np.searchsorted(table_ids, ids[i])
+            if p < m and table_ids[p] == ids[i]:
+                table_values[p, 0] = table_values[p, 0] * decay + a
+                table_values[p, 1] = table_values[p, 1] * decay + r
+                table_values[p, 2] = update
+            else:
+                is_new[i] = True
+                rows[num_new, 0] = 0.0 * decay + a
+                rows[num_new, 1] = 0.0 * decay + r
+                rows[num_new, 2] = update
+                num_new += 1
+        global_counts[0] = global_counts[0] * global_decay + acc_sum
+        global_counts[1] = global_counts[1] * global_decay + rej_sum
+        if num_new:
+            increasing = True
+            last = table_ids[m - 1] if m else 0
+            first = True
+            for i in range(n):
+                if is_new[i]:
+                    if (m or not first) and ids[i] <= last:
+                        increasing = False
+                    last = ids[i]
+                    first = False
+            if not increasing:               # RequestTable.set's sorted insertion
+                return True, is_new, rows[:num_new], table_ids, table_values, False
+            out_ids = np.empty(m + num_new, np.int64)
+            out_values = np.empty((m + num_new, 3))
+            out_ids[:m] = table_ids
+            out_values[:m] = table_values
+            j = m
+            for i in range(n):
+                if is_new[i]:
+                    out_ids[j] = ids[i]
+                    j += 1
+            out_values[m:] = rows[:num_new]
+            m += num_new
+        if m > max_requests:                 # pruned (by the caller) before the drop
+            return True, is_new, no_rows, out_ids, out_values, False
+    if finished.size == 0 or m == 0:
+        return any_spec, is_new, no_rows, out_ids, out_values, True
+    keep = np.ones(m, np.bool_)
+    hits = 0
+    for f in range(finished.size):
+        p = min(np.searchsorted(out_ids, finished[f]), m - 1)
+        if out_ids[p] == finished[f] and keep[p]:
+            keep[p] = False
+            hits += 1
+    if hits == 0:
+        return any_spec, is_new, no_rows, out_ids, out_values, True
+    kept_ids = np.empty(m - hits, np.int64)
+    kept_values = np.empty((m - hits, 3))
+    j = 0
+    for p in range(m):
+        if keep[p]:
+            kept_ids[j] = out_ids[p]
+            kept_values[j] = out_values[p]
+            j += 1
+    return any_spec, is_new, no_rows, kept_ids, kept_values, True
+
+
+if numba is not None:
+    from policies.adaptive.state_kernels import state_kernel
+    _calibration_counts = state_kernel("calibration_counts")
+    POSTERIOR_TABLE = numba.njit(cache=True)(_posterior_table)
+    DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
+    VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
+    OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
+else:                              # pragma: no cover - numba is a dependency of the project
+    POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = None
