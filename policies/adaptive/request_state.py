@@ -158,7 +158,7 @@ class AcceptanceTracker:
         step in one compiled call (``slo_goodput_step_kernels.OBSERVE_CHAINS``: the same
         floats and table); False, having done nothing, where that call does not apply
         (numpy's paths, idle decay)."""
-        from policies.adaptive.slo_goodput_drafting import step_kernel
+        from policies.adaptive.slo_goodput_plan import step_kernel
         kernel = (step_kernel("OBSERVE_CHAINS")
                   if self.compiled and calibrator.compiled and self.idle_decay == 1.0 else None)
         if kernel is None:

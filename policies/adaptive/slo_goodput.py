@@ -12,8 +12,8 @@ from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, ble
                                                     keep_drafting, probe_lengths,
                                                     survival_cache, verify_pass,
                                                     verified_lengths)
-from policies.adaptive.slo_goodput_plan import (draft_prefix_s, kernel_cost,
-                                                 plan_widths_and_caps)
+from policies.adaptive.slo_goodput_plan import (chain_decide, draft_prefix_s, kernel_cost,
+                                                 plan_slots, plan_widths_and_caps)
 from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
 from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
                                                   slo_weights)
@@ -200,10 +200,27 @@ class SloGoodput(Policy):
         t_step = self.t_step_s if self.t_step_s is not None else float(
             np.sum(uniform_step_s(obs, [0])))
         w = fair_share_weights(obs, self.weights(obs, t_step), a, self.fair_share)
-        prefill_value = self.prefill_value(obs)
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
-        widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]
         cost = kernel_cost(obs) if self.compiled else None   # read by the step's hooks
+        if cost is not None and cost.kind >= 0 and not tree:  # one compiled call
+            queue_value = (self.queue_weight * (1 + obs.oldest_waiting_s / self.ttft_ref_s)
+                           if obs.num_prefill_tokens > 0 else 0.0)
+            best, k, prefill_value = chain_decide(
+                obs, w, a, K, self.chain_caps, queue_value, self.prefill_neutral,
+                self.slo_guard, self.slo_step_factor, self.max_step_tokens,
+                self.num_budget_points, self.extend_positions, cost)
+            self._plan = StepPlan(obs=obs, base_k=best.depth, weight=w,
+                                  accept=best.depth_pass, marginal=best.marginal,
+                                  prefill_value=prefill_value, widths=best.widths,
+                                  rate=best.rate)
+            self._plan.kernel_cost = cost
+            if self.probe_positions:
+                k = probe_lengths(obs, self._plan, k, K, self.probe_positions,
+                                  self.probe_max_draft_share, self.slo_guard,
+                                  self.slo_step_factor)
+            return Decision(num_spec_tokens=k)
+        prefill_value = self.prefill_value(obs)
+        widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]
         plans, capped = plan_widths_and_caps(obs, w, a, K, widths, self.chain_caps,
                                              prefill_value, self.slo_guard,
                                              self.slo_step_factor, self.max_step_tokens,
@@ -326,6 +343,14 @@ def _warm_up_kernels(cls: type) -> None:
         policy, batch = cls(), Batch(n, 8, seed=0)
         for _ in range(4):
             step_us(policy, batch)
+        # the plan's pieces as their own calls: chain steps run them inside CHAIN_DECIDE,
+        # tree steps and oracle_slo's slot plans (``plan_slots``) call them
+        obs = batch.observation()
+        w, a = np.ones(n), np.full(n, 0.7)
+        plan_widths_and_caps(obs, w, a, 8, [1], (1,), 0.0, "per_token", 1.5, None, 256)
+        slots = np.ones((n, 8))
+        plan_slots(obs, w, slots, np.ones((n, 8), np.int64), slots[None], 0.0, "per_token",
+                   1.5, None, 256)
         batch.cost = _CalledBack(batch.cost)
         for _ in range(2):
             step_us(policy, batch)

@@ -30,14 +30,13 @@ prefixes maximise weighted expected tokens per second given the drafting time sp
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.slo_goodput_plan import compiled_kernel as _kernel
-from policies.adaptive.slo_goodput_plan import kernel_cost
+from policies.adaptive.slo_goodput_plan import kernel_cost, step_kernel
 from policies.adaptive.step_cost import same_step, step_s, verify_tokens_s
 from policies.interface import DraftState, Observation, cumulative_confidence
 
@@ -88,13 +87,6 @@ class SurvivalCache:
     prior_odds: np.ndarray | None
     table: np.ndarray | None     # (n, bins + 1) posterior per request and confidence bin
     rows: np.ndarray             # int (n, 1), 0..n-1, to index ``table`` by request
-
-
-@functools.cache
-def step_kernel(name: str):
-    """A compiled hook of ``slo_goodput_step_kernels`` (numba loaded on first use), or None."""
-    from policies.adaptive import slo_goodput_step_kernels
-    return getattr(slo_goodput_step_kernels, name)
 
 
 def survival_cache(calibrator: ConfidenceCalibrator, plan: StepPlan, columns: int,

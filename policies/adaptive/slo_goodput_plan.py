@@ -134,11 +134,9 @@ def chain_rankings(kernel, weight: np.ndarray, accept: np.ndarray, K: int, caps)
     """``stack_rankings(width_ranking(.., [1]), capped_ranking(.., caps))`` with the values
     and the sorts in one compiled loop (``slo_goodput_kernels``); the powers stay numpy's."""
     n = weight.size
-    caps = _caps_in_range(tuple(caps), K)
-    j = np.arange(1, K + 1)
-    q = 1.0 - (1.0 - accept[None, :]) ** np.ones((1, n), np.int64)   # width_ranking's q
-    tokens, value, order = kernel((q[:, :, None] ** j).ravel(),
-                                  (accept[:, None] ** j).ravel(), weight, K, caps)
+    caps = caps_in_range(tuple(caps), K)
+    q, tokens_w, tokens_c = chain_powers(accept, K)
+    tokens, value, order = kernel(tokens_w, tokens_c, weight, K, caps)
     R = order.shape[0]
     ones = np.ones((R, n * K))
     depth_pass = np.empty((R, n))
@@ -147,8 +145,17 @@ def chain_rankings(kernel, weight: np.ndarray, accept: np.ndarray, K: int, caps)
     return Ranking(tokens, value, order, ones, ones, depth_pass, np.ones((R, n), np.int64))
 
 
+def chain_powers(accept: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q (1, n), q_i^j and a_i^j raveled (n K,)): the chain slots' expected tokens as
+    ``width_ranking`` (width 1: q = 1 - (1 - a)^1) and ``capped_ranking`` compute them,
+    numpy's powers (a compiled pow need not give the same last bit)."""
+    j = np.arange(1, K + 1)
+    q = 1.0 - (1.0 - accept[None, :]) ** np.ones((1, accept.size), np.int64)
+    return q, (q[:, :, None] ** j).ravel(), (accept[:, None] ** j).ravel()
+
+
 @functools.lru_cache(maxsize=256)
-def _caps_in_range(caps: tuple, K: int) -> np.ndarray:
+def caps_in_range(caps: tuple, K: int) -> np.ndarray:
     """``chain_caps`` in 1..K as the kernel takes them (read-only: shared by every step)."""
     out = np.asarray([int(c) for c in caps if 1 <= int(c) <= K], np.int64)
     out.setflags(write=False)
@@ -265,6 +272,40 @@ def compiled_kernel(name: str):
     """A compiled loop of ``slo_goodput_kernels`` (numba loaded on first use), or None."""
     from policies.adaptive import slo_goodput_kernels
     return getattr(slo_goodput_kernels, name)
+
+
+@functools.cache
+def step_kernel(name: str):
+    """A compiled hook of ``slo_goodput_step_kernels`` (numba loaded on first use), or None."""
+    from policies.adaptive import slo_goodput_step_kernels
+    return getattr(slo_goodput_step_kernels, name)
+
+
+def chain_decide(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, caps,
+                 queue_value: float, prefill_neutral: bool, guard: str,
+                 slo_step_factor: float, max_step_tokens: int | None,
+                 num_budget_points: int, extend: int,
+                 cost: KernelCost) -> tuple[PrefixPlan, np.ndarray, float]:
+    """A chain step's plan in one compiled call (``slo_goodput_step_kernels.CHAIN_DECIDE``),
+    for a cost model with coefficients (``cost``: the step's ``kernel_cost``): the best of
+    ``plan_widths_and_caps(widths=[1], caps)``'s plans as ``SloGoodput.decide`` takes it,
+    the lengths with ``extend`` positions past a planned depth, and the prefill chunk's
+    value (``prefill_chunk_value``; ``queue_value``: its queue term). The same floats."""
+    n = weight.size
+    q, tokens_w, tokens_c = chain_powers(accept, K)
+    b, first = prefix_grid(n * K, num_budget_points)
+    row, rate, depth, marginal, k, prefill_value = step_kernel("CHAIN_DECIDE")(
+        tokens_w, tokens_c, weight, K, caps_in_range(tuple(caps), K), first, b,
+        b.size == n * K + 1, obs.context_lens, cost.kind, cost.draft, cost.target,
+        cost.tokens_base, cost.seqs, cost.ctx_base, obs.tpot_slo_s, slo_step_factor,
+        _GUARDS[guard], -1 if max_step_tokens is None else int(max_step_tokens),
+        int(obs.num_prefill_tokens), float(obs.sum_prefill_context_tokens), queue_value,
+        prefill_neutral, extend)
+    # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
+    plan = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
+                      depth_pass=q[0] if row == 0 else accept.copy(),
+                      widths=np.ones(n, np.int64))
+    return plan, k, float(prefill_value)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,9 +18,57 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
-from policies.adaptive.slo_goodput_kernels import (SURVIVAL_COLUMNS, VERIFIED_COUNTS,
+from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, PLAN_ROWS,
+                                                   SURVIVAL_COLUMNS, VERIFIED_COUNTS,
                                                    VERIFY_RANKING, VERIFY_TIMES, _np_max,
                                                    _np_min, _pass_s, numba)
+
+
+def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_lens, kind,
+                  dcoef, tcoef, tokens_base, seqs, ctx_base, tpot_slo_s, slo_step_factor,
+                  guard, max_step_tokens, num_prefill_tokens, prefill_ctx, queue_value,
+                  prefill_neutral, extend):
+    """``SloGoodput.decide``'s chain plan from the acceptance powers on (``tokens_w``,
+    ``tokens_c``: numpy's, as ``chain_rankings`` takes them): the prefill chunk's value
+    (``prefill_chunk_value``, ``queue_value`` its queue term), the stacked rankings
+    (``CHAIN_RANKINGS``), every row's best prefix (``PLAN_ROWS``), the best row as Python's
+    ``max`` picks it (the first of the highest rates) and the lengths with the extension.
+    Returns (row, its rate, planned depth, marginal slot value, lengths, w_p)."""
+    n = weight.size
+    prefill_value = 0.0
+    if num_prefill_tokens > 0:
+        prefill_value = queue_value
+        if prefill_neutral and n > 0:            # neutral_prefill_value
+            ctx = 0
+            for i in range(n):
+                ctx += context_lens[i]
+            t_dec = _pass_s(kind, tcoef, float(n), float(n), float(ctx))
+            t_all = _pass_s(kind, tcoef, float(num_prefill_tokens + n), float(n + 1),
+                            prefill_ctx + float(ctx))
+            gain = t_all - t_dec
+            if 0.0 > gain:                       # Python's max(gain, 0.0)
+                gain = 0.0
+            prefill_value = prefill_value + (n * gain / t_dec if t_dec > 0 else 0.0)
+    tokens, value, order = CHAIN_RANKINGS(tokens_w, tokens_c, weight, K, caps)
+    ones = np.ones(order.shape)
+    cap_s = np.inf
+    for i in range(n):                           # tpot_slo_s.min(initial=inf)
+        cap_s = _np_min(cap_s, tpot_slo_s[i])
+    g, rates, depths, marginals = PLAN_ROWS(
+        order, first, context_lens, ones, ones, K, True, full, b, kind, dcoef, tcoef,
+        tokens_base, seqs, ctx_base, value, tokens,
+        float(_pairwise_sum(weight, n) + prefill_value), n, slo_step_factor * cap_s, guard,
+        max_step_tokens, num_prefill_tokens)
+    best = 0
+    for r in range(1, rates.size):               # max(plans, key=rate): the first highest
+        if rates[r] > rates[best]:
+            best = r
+    depth = depths[best].copy()
+    k = np.zeros(n, np.int64)
+    for i in range(n):
+        if depth[i] > 0:
+            k[i] = min(depth[i] + extend, K)
+    return best, rates[best], depth, marginals[best], k, prefill_value
 
 
 def _posterior_table(accept, accepted, rejected, prior_weight, min_observations):
@@ -247,8 +295,9 @@ if numba is not None:
     from policies.adaptive.state_kernels import state_kernel
     _calibration_counts = state_kernel("calibration_counts")
     POSTERIOR_TABLE = numba.njit(cache=True)(_posterior_table)
+    CHAIN_DECIDE = numba.njit(cache=True)(_chain_decide)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
-    POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = None
+    POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None

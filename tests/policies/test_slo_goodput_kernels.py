@@ -146,7 +146,8 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "'VERIFY_RANKING', 'VERIFIED_COUNTS', 'PLAN_ROWS', "
             "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS'); "
             "from policies.adaptive import slo_goodput_step_kernels as s; "
-            "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS'); "
+            "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
+            "'CHAIN_DECIDE'); "
             "count = lambda: [len(getattr(k, x).signatures) for x in names] "
             "+ [len(getattr(s, x).signatures) for x in fused]; "
             "before = count(); "
@@ -154,7 +155,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 14 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 15 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -356,3 +357,55 @@ def test_drafting_and_verify_passes_match_numpy(n):
         assert got is not None and got.dtype == want.dtype and np.array_equal(got, want)
         outcomes["verify_cut"] += int((want < drafted).any())
     assert min(outcomes.values()) > 0, outcomes
+
+
+def test_chain_decide_matches_numpy():
+    """decide's chain plan in one compiled call (``chain_decide``) against numpy's path,
+    plan field by field and the lengths: random rates, SLOs (tight, none), queues, prefill
+    chunks (neutral value on and off, a queue term), guards, caps, verified-token caps,
+    both prefix grids, extensions and the two cost forms with coefficients."""
+    from policies.adaptive.slo_goodput import SloGoodput
+    rng = np.random.default_rng(21)
+    seen = set()
+    for case in range(150):
+        n = int(rng.choice([1, 2, 9, 40, 130]))
+        K = int(rng.choice([1, 4, 8]))
+        obs, _, _ = random_case(rng, n, K, 1 + case % 2)
+        obs = type(obs)(**{**obs.__dict__,
+                           "num_waiting": int(rng.choice([0, 3])),
+                           "oldest_waiting_s": float(rng.uniform(0.0, 2.0)),
+                           "decode_elapsed_s": rng.uniform(0.0, 4.0, n),
+                           "num_output_tokens": rng.integers(1, 150, n).astype(np.int64)})
+        kw = dict(slo_guard=str(rng.choice(["off", "step", "per_token"])),
+                  chain_caps=((1,), (1, 2), (2, 5, 9), ())[case % 4],
+                  max_step_tokens=None if case % 3 else int(n * rng.integers(1, 4)),
+                  num_budget_points=int(rng.choice([3, 16, 256])),
+                  extend_positions=int(rng.integers(0, 9)),
+                  queue_weight=float(rng.choice([0.0, 0.5])),
+                  prefill_neutral=bool(case % 5), fair_share=float(rng.choice([0.0, 1.0])))
+        fast, slow = SloGoodput(**kw), SloGoodput(**kw)
+        slow.compiled = False
+        ids = obs.request_ids
+        for _ in range(3):               # the same per-request rates in both
+            spec = rng.integers(0, K + 1, n)
+            acc = np.minimum(rng.integers(0, K + 1, n), spec)
+            for p in (fast, slow):
+                p.tracker.compiled = False
+                p.tracker.observe(ids, spec, acc)
+                p.tracker.compiled = True
+        t_step = float(rng.uniform(0.01, 0.1))
+        fast.t_step_s = slow.t_step_s = t_step
+        a, b = fast.decide(obs), slow.decide(obs)
+        assert np.array_equal(a.num_spec_tokens, b.num_spec_tokens), case
+        assert a.num_spec_tokens.dtype == b.num_spec_tokens.dtype
+        pa, pb = fast._plan, slow._plan
+        assert np.array_equal(pa.base_k, pb.base_k) and pa.base_k.dtype == pb.base_k.dtype
+        assert np.array_equal(pa.accept, pb.accept) and np.array_equal(pa.weight, pb.weight)
+        assert np.array_equal(pa.widths, pb.widths)
+        for field in ("marginal", "prefill_value", "rate"):
+            x, y = getattr(pa, field), getattr(pb, field)
+            assert x == y or (np.isnan(x) and np.isnan(y)), (case, field, x, y)
+        seen |= {"prefill"} if pb.prefill_value > 0 else set()
+        seen |= {"blocked"} if pb.rate == -np.inf else set()
+        seen |= {"drafts"} if b.num_spec_tokens.any() else set()
+    assert {"prefill", "drafts"} <= seen, seen
