@@ -224,6 +224,21 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
     ``plan_widths``'; pass j feeds depth j - 1's width. Returns the best plan of all rows."""
     n, K = slot_pass.shape
     R = rank.shape[0]
+    kernel = step_kernel("SLOT_PLAN") if compiled else None
+    cost = kernel_cost(obs) if kernel is not None else None
+    if cost is not None and cost.kind >= 0:      # orders, plans and choice in one call
+        slot_pass = np.asarray(slot_pass, float)
+        num_live = int(np.count_nonzero(slot_pass > 0))
+        b, first = prefix_grid(num_live, num_budget_points)
+        row, rate, depth, marginal, widest = kernel(
+            slot_pass, np.asarray(slot_widths, np.int64), np.asarray(rank, float), weight,
+            obs.context_lens, num_live, first, b, b.size == num_live + 1, cost.kind,
+            cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base,
+            float(prefill_value), slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)),
+            _GUARDS[guard], -1 if max_step_tokens is None else int(max_step_tokens),
+            int(obs.num_prefill_tokens))
+        return PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
+                          depth_pass=np.full(n, np.nan), widths=widest)
     tokens = np.broadcast_to(np.asarray(slot_pass, float).reshape(1, n * K), (R, n * K))
     value = tokens * np.repeat(weight, K)[None, :]
     # only slots that may pass are ranked (one that cannot only costs); slot index =

@@ -71,6 +71,75 @@ def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_l
     return best, rates[best], depth, marginals[best], k, prefill_value
 
 
+def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, first, b, full,
+               kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value, cap_s, guard,
+               max_step_tokens, num_prefill_tokens):
+    """``plan_slots``' compiled path in one call: the ranked orders of the slots that may
+    pass (np.lexsort's: rank descending, then depth, then slot index; a stable counting
+    sort by depth, then a stable sort by rank), each slot's verified and fed tokens, every
+    row's best prefix (``PLAN_ROWS``) and the best row as Python's ``max`` picks it (the
+    first of the highest rates). ``num_live``: the slots with ``slot_pass`` > 0, for which
+    ``first``/``b`` are ``prefix_grid``'s. Returns (row, its rate, depth, marginal slot
+    value, widest width per request)."""
+    n, K = slot_pass.shape
+    R = rank.shape[0]
+    nK = n * K
+    tokens = np.empty((R, nK))
+    value = np.empty((R, nK))
+    widest = np.ones(n, np.int64)
+    chains = True
+    for i in range(n):
+        top = slot_widths[i, 0]
+        for j in range(K):
+            x = i * K + j
+            t = slot_pass[i, j]
+            v = t * weight[i]
+            for r in range(R):
+                tokens[r, x] = t
+                value[r, x] = v
+            if slot_widths[i, j] > top:
+                top = slot_widths[i, j]
+        widest[i] = top                          # slot_widths.max(axis=1)
+        if top > 1:
+            chains = False
+    count = np.zeros(K + 1, np.int64)            # live slots per depth, then offsets
+    for x in range(nK):
+        if slot_pass[x // K, x % K] > 0:
+            count[x % K + 1] += 1
+    for j in range(K):
+        count[j + 1] += count[j]
+    by_depth = np.empty(num_live, np.int64)      # live slot indices, stably by depth
+    for x in range(nK):
+        if slot_pass[x // K, x % K] > 0:
+            by_depth[count[x % K]] = x
+            count[x % K] += 1
+    order = np.empty((R, num_live), np.int64)
+    Ws = np.empty((R, num_live))
+    feed = np.empty((R, num_live))
+    key = np.empty(num_live)
+    for r in range(R):
+        for y in range(num_live):
+            x = by_depth[y]
+            key[y] = -rank[r, x // K, x % K]
+        perm = np.argsort(key, kind="mergesort")
+        for y in range(num_live):
+            x = by_depth[perm[y]]
+            i, j = x // K, x % K
+            order[r, y] = x
+            Ws[r, y] = float(slot_widths[i, j])
+            feed[r, y] = 1.0 if j == 0 else float(slot_widths[i, j - 1])
+    sum_w = _pairwise_sum(weight, n)
+    g, rates, depths, marginals = PLAN_ROWS(
+        order, first, context_lens, feed, Ws, K, chains, full, b, kind, dcoef, tcoef,
+        tokens_base, seqs, ctx_base, value, tokens, float(sum_w + prefill_value), n, cap_s,
+        guard, max_step_tokens, num_prefill_tokens)
+    best = 0
+    for r in range(1, R):                        # max(plans, key=rate): the first highest
+        if rates[r] > rates[best]:
+            best = r
+    return best, rates[best], depths[best].copy(), marginals[best], widest
+
+
 def _posterior_table(accept, accepted, rejected, prior_weight, min_observations):
     """``ConfidenceCalibrator.prior_odds`` then ``posterior_table``: (status, table), status
     0 before ``min_observations`` (raw confidences: no table), 2 when no outcome has counts
@@ -296,8 +365,10 @@ if numba is not None:
     _calibration_counts = state_kernel("calibration_counts")
     POSTERIOR_TABLE = numba.njit(cache=True)(_posterior_table)
     CHAIN_DECIDE = numba.njit(cache=True)(_chain_decide)
+    SLOT_PLAN = numba.njit(cache=True)(_slot_plan)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
+    SLOT_PLAN = None

@@ -87,18 +87,25 @@ def test_chain_tree_and_capped_plans_match_numpy(n):
 
 
 def test_slot_plans_match_numpy():
+    """``plan_slots``' compiled paths (one call, ``SLOT_PLAN``, for costs with coefficients;
+    the pieces for the others) against numpy's: random ranks with ties, chains and trees,
+    no live slot, guards, token caps, both prefix grids, a prefill value."""
     rng = np.random.default_rng(7)
-    for n in (1, 5, 30):
+    for n in (1, 5, 30, 90):
         for case in range(12):
             K = 6
             obs, w, _ = random_case(rng, n, K, case)
-            slot_pass = (rng.random((n, K)) < 0.7).astype(float)
-            widths = rng.integers(1, 5, (n, K))
-            ranks = np.stack([rng.random((n, K)), slot_pass * 2.0])
+            slot_pass = (rng.random((n, K)) < rng.choice([0.0, 0.7, 1.0])).astype(float)
+            widths = (rng.integers(1, 5, (n, K)) if case % 4 else np.ones((n, K), np.int64))
+            ranks = np.stack([rng.random((n, K)), slot_pass * 2.0,
+                              np.round(rng.random((n, K)), 1)])      # ties
             ranks = np.minimum.accumulate(ranks, axis=2)       # non-rising along depths
-            for guard in ("off", "per_token"):
-                args = (obs, w, slot_pass, widths, ranks, 0.0, guard, 1.5, None, 12)
-                same_plan(plan_slots(*args, compiled=True), plan_slots(*args, compiled=False))
+            for guard in ("off", "step", "per_token"):
+                for cap, points in ((None, 12), (n + 2, 1000), (None, 1000)):
+                    args = (obs, w, slot_pass, widths, ranks, 0.4 * (case % 3), guard, 1.5,
+                            cap, points)
+                    same_plan(plan_slots(*args, compiled=True),
+                              plan_slots(*args, compiled=False))
 
 
 def hook_answers(name, compiled, n, steps=60, affine=False):
@@ -147,7 +154,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS'); "
             "from policies.adaptive import slo_goodput_step_kernels as s; "
             "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
-            "'CHAIN_DECIDE'); "
+            "'CHAIN_DECIDE', 'SLOT_PLAN'); "
             "count = lambda: [len(getattr(k, x).signatures) for x in names] "
             "+ [len(getattr(s, x).signatures) for x in fused]; "
             "before = count(); "
@@ -155,7 +162,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 15 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 16 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
