@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.adaptive.slo_goodput import SloGoodput
-from policies.adaptive.slo_goodput_plan import plan_slots
+from policies.adaptive.slo_goodput_plan import plan_oracle_slots, plan_slots
 from policies.adaptive.step_cost import step_time_ewma, uniform_step_s, verify_tokens_s
 from policies.interface import Decision, Feedback, Observation, Policy
 from policies.registry import register
@@ -142,12 +142,19 @@ class OracleSlo(Policy):
         of depth <= c first -- whose prefixes include the greedy ``oracle``'s plans and
         every fixed k cut at the true match lengths."""
         K = slot_pass.shape[1]
+        prefill_value = self.slo.prefill_value(obs)
+        if self.slo.compiled:        # the orders and the plan in one compiled call
+            plan = plan_oracle_slots(obs, w, slot_pass, widths, prefill_value,
+                                     self.slo.slo_guard, self.slo.slo_step_factor, None,
+                                     self.num_budget_points)
+            if plan is not None:
+                return _Planned(plan.depth, plan.rate, widths)
         density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
         big = float(density.max(initial=0.0)) + 1.0
         capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
         ranks = np.concatenate([density[None], density + big * slot_pass * capped])  # (K, n, K)
         plan = plan_slots(obs, w, slot_pass, widths, ranks,
-                          self.slo.prefill_value(obs), self.slo.slo_guard,
+                          prefill_value, self.slo.slo_guard,
                           self.slo.slo_step_factor, None, self.num_budget_points,
                           self.slo.compiled)
         return _Planned(plan.depth, plan.rate, widths)

@@ -1,6 +1,7 @@
 """slo_goodput: our SLO-first, goodput-driven, queue-aware per-request speculation policy."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -13,7 +14,8 @@ from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, ble
                                                     survival_cache, verify_pass,
                                                     verified_lengths)
 from policies.adaptive.slo_goodput_plan import (chain_decide, draft_prefix_s, kernel_cost,
-                                                 plan_slots, plan_widths_and_caps)
+                                                 plan_oracle_slots, plan_slots,
+                                                 plan_widths_and_caps)
 from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
 from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
                                                   slo_weights)
@@ -246,8 +248,10 @@ class SloGoodput(Policy):
     _draft_s = staticmethod(draft_prefix_s)
 
     def prefill_value(self, obs: Observation) -> float:
-        """w_p: what the step's prefill chunk is worth (``prefill_chunk_value``)."""
-        return prefill_chunk_value(obs, self.queue_weight, self.ttft_ref_s, self.prefill_neutral)
+        """w_p: what the step's prefill chunk is worth (``prefill_chunk_value``;
+        compiled: its target passes from the cost coefficients, the same floats)."""
+        return prefill_chunk_value(obs, self.queue_weight, self.ttft_ref_s, self.prefill_neutral,
+                                   self.compiled)
 
     def survival(self, plan: StepPlan, confidences: np.ndarray) -> np.ndarray:
         """(n, K) chance that drafts 1..j of each request all pass: with ``calibrate`` the
@@ -348,9 +352,11 @@ def _warm_up_kernels(cls: type) -> None:
         obs = batch.observation()
         w, a = np.ones(n), np.full(n, 0.7)
         plan_widths_and_caps(obs, w, a, 8, [1], (1,), 0.0, "per_token", 1.5, None, 256)
-        slots = np.ones((n, 8))
-        plan_slots(obs, w, slots, np.ones((n, 8), np.int64), slots[None], 0.0, "per_token",
-                   1.5, None, 256)
+        slots, ones = np.ones((n, 8)), np.ones((n, 8), np.int64)
+        plan_slots(obs, w, slots, ones, slots[None], 0.0, "per_token", 1.5, None, 256)
+        plan_oracle_slots(obs, w, slots, ones, 0.0, "per_token", 1.5, None, 256)
+        prefill_chunk_value(dataclasses.replace(obs, num_prefill_tokens=8), 0.0, 1.0, True,
+                            True)
         batch.cost = _CalledBack(batch.cost)
         for _ in range(2):
             step_us(policy, batch)

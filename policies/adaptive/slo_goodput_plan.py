@@ -224,21 +224,11 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
     ``plan_widths``'; pass j feeds depth j - 1's width. Returns the best plan of all rows."""
     n, K = slot_pass.shape
     R = rank.shape[0]
-    kernel = step_kernel("SLOT_PLAN") if compiled else None
-    cost = kernel_cost(obs) if kernel is not None else None
-    if cost is not None and cost.kind >= 0:      # orders, plans and choice in one call
-        slot_pass = np.asarray(slot_pass, float)
-        num_live = int(np.count_nonzero(slot_pass > 0))
-        b, first = prefix_grid(num_live, num_budget_points)
-        row, rate, depth, marginal, widest = kernel(
-            slot_pass, np.asarray(slot_widths, np.int64), np.asarray(rank, float), weight,
-            obs.context_lens, num_live, first, b, b.size == num_live + 1, cost.kind,
-            cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base,
-            float(prefill_value), slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)),
-            _GUARDS[guard], -1 if max_step_tokens is None else int(max_step_tokens),
-            int(obs.num_prefill_tokens))
-        return PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
-                          depth_pass=np.full(n, np.nan), widths=widest)
+    plan = _compiled_slot_plan(obs, weight, slot_pass, slot_widths, rank, prefill_value,
+                               guard, slo_step_factor, max_step_tokens, num_budget_points,
+                               compiled)
+    if plan is not None:                         # orders, plans and choice in one call
+        return plan
     tokens = np.broadcast_to(np.asarray(slot_pass, float).reshape(1, n * K), (R, n * K))
     value = tokens * np.repeat(weight, K)[None, :]
     # only slots that may pass are ranked (one that cannot only costs); slot index =
@@ -256,6 +246,46 @@ def plan_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
                            prefill_value, guard, slo_step_factor, max_step_tokens,
                            num_budget_points, compiled)
     return max(plans, key=lambda p: p.rate)
+
+
+def _compiled_slot_plan(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
+                        slot_widths: np.ndarray, rank: np.ndarray | None,
+                        prefill_value: float, guard: str, slo_step_factor: float,
+                        max_step_tokens: int | None, num_budget_points: int,
+                        compiled: bool) -> PrefixPlan | None:
+    """``plan_slots`` in one compiled call (``slo_goodput_step_kernels.SLOT_PLAN``; with
+    ``rank`` None, ``ORACLE_SLOT_PLAN`` over ``OracleSlo``'s orders), for cost models with
+    coefficients; None where it does not apply."""
+    kernel = step_kernel("SLOT_PLAN" if rank is not None else "ORACLE_SLOT_PLAN") \
+        if compiled else None
+    cost = kernel_cost(obs) if kernel is not None else None
+    if cost is None or cost.kind < 0:
+        return None
+    slot_pass = np.asarray(slot_pass, float)
+    num_live = int(np.count_nonzero(slot_pass > 0))
+    b, first = prefix_grid(num_live, num_budget_points)
+    ranks = () if rank is None else (np.asarray(rank, float),)
+    row, rate, depth, marginal, widest = kernel(
+        slot_pass, np.asarray(slot_widths, np.int64), *ranks, weight, obs.context_lens,
+        num_live, first, b, b.size == num_live + 1, cost.kind, cost.draft, cost.target,
+        cost.tokens_base, cost.seqs, cost.ctx_base, float(prefill_value),
+        slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)), _GUARDS[guard],
+        -1 if max_step_tokens is None else int(max_step_tokens), int(obs.num_prefill_tokens))
+    return PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
+                      depth_pass=np.full(slot_pass.shape[0], np.nan), widths=widest)
+
+
+def plan_oracle_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarray,
+                      slot_widths: np.ndarray, prefill_value: float, guard: str,
+                      slo_step_factor: float, max_step_tokens: int | None,
+                      num_budget_points: int) -> PrefixPlan | None:
+    """``plan_slots`` over ``OracleSlo``'s slot orders (SLO weight per verified node, then
+    every cap's), the orders built in the same compiled call
+    (``slo_goodput_step_kernels.ORACLE_RANKS``, numpy's floats); None for a cost model
+    without coefficients (the caller builds the orders and calls ``plan_slots``)."""
+    return _compiled_slot_plan(obs, weight, slot_pass, slot_widths, None, prefill_value,
+                               guard, slo_step_factor, max_step_tokens, num_budget_points,
+                               True)
 
 
 class KernelCost(NamedTuple):

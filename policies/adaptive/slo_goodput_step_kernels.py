@@ -24,6 +24,59 @@ from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, PLAN_ROWS,
                                                    _np_min, _pass_s, numba)
 
 
+def _neutral_prefill_value(context_lens, num_prefill_tokens, prefill_ctx, kind, tcoef):
+    """``slo_goodput_value.neutral_prefill_value`` from the target pass's coefficients."""
+    n = context_lens.size
+    if num_prefill_tokens <= 0 or n == 0:
+        return 0.0
+    ctx = 0
+    for i in range(n):                           # whole tokens: exact in any order
+        ctx += context_lens[i]
+    t_dec = _pass_s(kind, tcoef, float(n), float(n), float(ctx))
+    t_all = _pass_s(kind, tcoef, float(num_prefill_tokens + n), float(n + 1),
+                    prefill_ctx + float(ctx))
+    gain = t_all - t_dec
+    if 0.0 > gain:                               # Python's max(gain, 0.0)
+        gain = 0.0
+    return n * gain / t_dec if t_dec > 0 else 0.0
+
+
+def _oracle_ranks(slot_pass, slot_widths, weight):
+    """``OracleSlo._plan``'s slot orders as numpy forms them: SLO weight per verified node
+    (the running max of the widths along depths), then for every cap c = 1..K - 1 the same
+    plus (its max + 1) on the slots of depth <= c that pass. (K, n, K)."""
+    n, K = slot_pass.shape
+    density = np.empty((n, K))
+    big = 0.0
+    for i in range(n):
+        top = slot_widths[i, 0]
+        for j in range(K):
+            if slot_widths[i, j] > top:
+                top = slot_widths[i, j]
+            d = slot_pass[i, j] * weight[i] / top
+            density[i, j] = d
+            big = _np_max(big, d)                # density.max(initial=0.0)
+    big = big + 1.0
+    ranks = np.empty((K, n, K))
+    for i in range(n):
+        for j in range(K):
+            ranks[0, i, j] = density[i, j]
+            lift = big * slot_pass[i, j]
+            for c in range(1, K):
+                ranks[c, i, j] = density[i, j] + lift * (1.0 if j + 1 <= c else 0.0)
+    return ranks
+
+
+def _oracle_slot_plan(slot_pass, slot_widths, weight, context_lens, num_live, first, b,
+                      full, kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value,
+                      cap_s, guard, max_step_tokens, num_prefill_tokens):
+    """``_slot_plan`` over ``_oracle_ranks``: ``OracleSlo._plan`` in one call."""
+    return SLOT_PLAN(slot_pass, slot_widths, _oracle_ranks(slot_pass, slot_widths, weight),
+                     weight, context_lens, num_live, first, b, full, kind, dcoef, tcoef,
+                     tokens_base, seqs, ctx_base, prefill_value, cap_s, guard,
+                     max_step_tokens, num_prefill_tokens)
+
+
 def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_lens, kind,
                   dcoef, tcoef, tokens_base, seqs, ctx_base, tpot_slo_s, slo_step_factor,
                   guard, max_step_tokens, num_prefill_tokens, prefill_ctx, queue_value,
@@ -38,17 +91,9 @@ def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_l
     prefill_value = 0.0
     if num_prefill_tokens > 0:
         prefill_value = queue_value
-        if prefill_neutral and n > 0:            # neutral_prefill_value
-            ctx = 0
-            for i in range(n):
-                ctx += context_lens[i]
-            t_dec = _pass_s(kind, tcoef, float(n), float(n), float(ctx))
-            t_all = _pass_s(kind, tcoef, float(num_prefill_tokens + n), float(n + 1),
-                            prefill_ctx + float(ctx))
-            gain = t_all - t_dec
-            if 0.0 > gain:                       # Python's max(gain, 0.0)
-                gain = 0.0
-            prefill_value = prefill_value + (n * gain / t_dec if t_dec > 0 else 0.0)
+        if prefill_neutral:
+            prefill_value = prefill_value + _neutral_prefill_value(
+                context_lens, num_prefill_tokens, prefill_ctx, kind, tcoef)
     tokens, value, order = CHAIN_RANKINGS(tokens_w, tokens_c, weight, K, caps)
     ones = np.ones(order.shape)
     cap_s = np.inf
@@ -364,11 +409,16 @@ if numba is not None:
     from policies.adaptive.state_kernels import state_kernel
     _calibration_counts = state_kernel("calibration_counts")
     POSTERIOR_TABLE = numba.njit(cache=True)(_posterior_table)
+    _neutral_prefill_value = numba.njit(cache=True)(_neutral_prefill_value)
+    NEUTRAL_PREFILL_VALUE = _neutral_prefill_value
     CHAIN_DECIDE = numba.njit(cache=True)(_chain_decide)
     SLOT_PLAN = numba.njit(cache=True)(_slot_plan)
+    _oracle_ranks = numba.njit(cache=True)(_oracle_ranks)
+    ORACLE_RANKS = _oracle_ranks
+    ORACLE_SLOT_PLAN = numba.njit(cache=True)(_oracle_slot_plan)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    SLOT_PLAN = None
+    SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None

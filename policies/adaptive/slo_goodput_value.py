@@ -54,14 +54,25 @@ def fair_share_weights(obs: Observation, w: np.ndarray, accept: np.ndarray,
 
 
 def prefill_chunk_value(obs: Observation, queue_weight: float, ttft_ref_s: float,
-                        prefill_neutral: bool) -> float:
+                        prefill_neutral: bool, compiled: bool = False) -> float:
     """w_p: what the step's prefill chunk is worth, in emitted-token units:
     ``neutral_prefill_value`` with ``prefill_neutral``, plus the optional queue term
-    ``queue_weight`` (1 + oldest wait / ``ttft_ref_s``)."""
+    ``queue_weight`` (1 + oldest wait / ``ttft_ref_s``). ``compiled``: the neutral value's
+    two target passes in one loop from the cost coefficients (the same floats)."""
     if obs.num_prefill_tokens <= 0:
         return 0.0
     value = queue_weight * (1 + obs.oldest_waiting_s / ttft_ref_s)
-    return value + (neutral_prefill_value(obs) if prefill_neutral else 0.0)
+    if not prefill_neutral:
+        return value + 0.0
+    if compiled:
+        from policies.adaptive.slo_goodput_plan import step_kernel
+        from policies.adaptive.step_cost import coefficient_arrays
+        kernel = step_kernel("NEUTRAL_PREFILL_VALUE")
+        form = coefficient_arrays(obs.cost) if kernel is not None else None
+        if form is not None:
+            return value + kernel(obs.context_lens, int(obs.num_prefill_tokens),
+                                  float(obs.sum_prefill_context_tokens), form[0], form[1])
+    return value + neutral_prefill_value(obs)
 
 
 def neutral_prefill_value(obs: Observation) -> float:

@@ -154,7 +154,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS'); "
             "from policies.adaptive import slo_goodput_step_kernels as s; "
             "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
-            "'CHAIN_DECIDE', 'SLOT_PLAN'); "
+            "'CHAIN_DECIDE', 'SLOT_PLAN', 'ORACLE_SLOT_PLAN', 'NEUTRAL_PREFILL_VALUE'); "
             "count = lambda: [len(getattr(k, x).signatures) for x in names] "
             "+ [len(getattr(s, x).signatures) for x in fused]; "
             "before = count(); "
@@ -162,7 +162,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 16 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 18 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -416,3 +416,36 @@ def test_chain_decide_matches_numpy():
         seen |= {"blocked"} if pb.rate == -np.inf else set()
         seen |= {"drafts"} if b.num_spec_tokens.any() else set()
     assert {"prefill", "drafts"} <= seen, seen
+
+
+def test_oracle_orders_and_prefill_value_match_numpy():
+    """oracle_slo's slot orders built in the compiled call (``ORACLE_RANKS``) are the
+    numpy ranks ``OracleSlo._plan`` builds, bit for bit (chains and trees, no passing
+    slot); the whole compiled plan is ``plan_slots``' over those ranks; the prefill chunk's
+    value from cost coefficients is the cost model's own (queue term, neutral or not)."""
+    from policies.adaptive.slo_goodput_plan import plan_oracle_slots
+    from policies.adaptive.slo_goodput_step_kernels import ORACLE_RANKS
+    from policies.adaptive.slo_goodput_value import prefill_chunk_value
+    rng = np.random.default_rng(13)
+    for case in range(60):
+        n, K = int(rng.integers(1, 70)), int(rng.choice([1, 3, 8]))
+        obs, w, _ = random_case(rng, n, K, 1 + case % 2)
+        slot_pass = np.cumprod(rng.random((n, K)) < rng.choice([0.0, 0.8]), axis=1).astype(float)
+        widths = (np.where(slot_pass > 0, rng.integers(1, 9, (n, K)), 1) if case % 3 == 0
+                  else np.ones((n, K), np.int64))
+        density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
+        big = float(density.max(initial=0.0)) + 1.0
+        capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
+        ranks = np.concatenate([density[None], density + big * slot_pass * capped])
+        assert np.array_equal(ORACLE_RANKS(slot_pass, widths, w), ranks), case
+        args = (0.25 * (case % 3), "per_token", 1.5, None, int(rng.choice([7, 512])))
+        same_plan(plan_oracle_slots(obs, w, slot_pass, widths, *args),
+                  plan_slots(obs, w, slot_pass, widths, ranks, *args[:3], None, args[4],
+                             compiled=False))
+        obs = type(obs)(**{**obs.__dict__, "num_prefill_tokens": int(rng.choice([0, 64, 900])),
+                           "sum_prefill_context_tokens": int(rng.integers(0, 10 ** 6))})
+        for neutral in (True, False):
+            kw = dict(queue_weight=float(rng.choice([0.0, 0.3])), ttft_ref_s=1.0,
+                      prefill_neutral=neutral)
+            assert (prefill_chunk_value(obs, **kw, compiled=True)
+                    == prefill_chunk_value(obs, **kw, compiled=False)), case
