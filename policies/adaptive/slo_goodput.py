@@ -214,7 +214,7 @@ class SloGoodput(Policy):
             self._plan = StepPlan(obs=obs, base_k=best.depth, weight=w,
                                   accept=best.depth_pass, marginal=best.marginal,
                                   prefill_value=prefill_value, widths=best.widths,
-                                  rate=best.rate)
+                                  rate=best.rate, width=1)
             self._plan.kernel_cost = cost
             if self.probe_positions:
                 k = probe_lengths(obs, self._plan, k, K, self.probe_positions,

@@ -30,6 +30,7 @@ prefixes maximise weighted expected tokens per second given the drafting time sp
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,17 +54,27 @@ class StepPlan:
     prefill_value: float     # w_p
     widths: np.ndarray       # int (n,), token-tree candidates per depth (1 = chain)
     rate: float = float("nan")   # the plan's objective: weighted tokens per second
-    width: int = field(init=False)   # the widest tree in the plan (1: all chains)
-    rows: np.ndarray = field(init=False)          # int (n,), 0..n-1
-    context_lens: np.ndarray = field(init=False)  # float (n,), obs.context_lens
+    # the widest tree in the plan (1: all chains); None: widths.max() on first use
+    width: int | None = None
     kernel_cost: object = field(init=False, default=None)  # KernelCost, on first compiled use
     base_value: float | None = field(init=False, default=None)  # sum w + w_p, on first use
 
     def __post_init__(self):
-        # read by every continue_drafting call of the step: computed once
-        self.width = int(self.widths.max(initial=1))
-        self.rows = np.arange(self.base_k.size)
-        self.context_lens = self.obs.context_lens.astype(float)
+        # read by every continue_drafting call of the step: computed once (a caller that
+        # knows it, as a chain plan, passes it)
+        if self.width is None:
+            self.width = int(self.widths.max(initial=1))
+
+    # numpy's drafting path only: computed on first use, once per step
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """int (n,), 0..n-1."""
+        return np.arange(self.base_k.size)
+
+    @functools.cached_property
+    def context_lens(self) -> np.ndarray:
+        """float (n,), obs.context_lens."""
+        return self.obs.context_lens.astype(float)
 
 
 def blended_survival(plan: StepPlan, confidences: np.ndarray,

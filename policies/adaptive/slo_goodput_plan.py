@@ -149,9 +149,18 @@ def chain_powers(accept: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np
     """(q (1, n), q_i^j and a_i^j raveled (n K,)): the chain slots' expected tokens as
     ``width_ranking`` (width 1: q = 1 - (1 - a)^1) and ``capped_ranking`` compute them,
     numpy's powers (a compiled pow need not give the same last bit)."""
-    j = np.arange(1, K + 1)
-    q = 1.0 - (1.0 - accept[None, :]) ** np.ones((1, accept.size), np.int64)
+    ones, j = _power_exponents(accept.size, K)
+    q = 1.0 - (1.0 - accept[None, :]) ** ones
     return q, (q[:, :, None] ** j).ravel(), (accept[:, None] ** j).ravel()
+
+
+@functools.lru_cache(maxsize=1024)
+def _power_exponents(n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ones (1, n), 1..K) int exponents of ``chain_powers``, read-only, kept per shape."""
+    ones, j = np.ones((1, n), np.int64), np.arange(1, K + 1)
+    ones.setflags(write=False)
+    j.setflags(write=False)
+    return ones, j
 
 
 @functools.lru_cache(maxsize=256)
