@@ -167,7 +167,7 @@ class AcceptanceTracker:
         finished_ids = np.asarray(finished_ids, np.int64)
         drafted, is_new, rows, table.ids, table.values, forgot = kernel(
             table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
-            self.decay, float(self._updates + 1), self.global_counts, self.global_decay,
+            np.asarray(num_accepted, float), self.decay, float(self._updates + 1), self.global_counts, self.global_decay,
             calibrator.accepted, calibrator.rejected, calibrator.decay,
             np.asarray(confidences, float), calibrator.num_bins, finished_ids,
             self.max_requests)

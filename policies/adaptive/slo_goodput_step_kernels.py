@@ -299,7 +299,7 @@ def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, co
     return VERIFIED_COUNTS(req, pos, cum_v, verify, base_value, draft_time_s, n, K), filled
 
 
-def _observe_chains(table_ids, table_values, ids, spec, accepted, decay, update,
+def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, decay, update,
                     global_counts, global_decay, cal_accepted, cal_rejected, cal_decay,
                     confidences, num_bins, finished, max_requests):
     """``AcceptanceTracker.observe`` (chains, no idle decay), ``ConfidenceCalibrator.observe``
@@ -311,7 +311,8 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, decay, update,
     request drafted, the mask of new requests and their rows when the caller must insert
     them itself (``RequestTable.set``; empty when appended here), the table's ids and
     values, whether ``finished`` were dropped here: not when the caller inserts, nor when
-    the table is past ``max_requests``, whose pruning comes first)."""
+    the table is past ``max_requests``, whose pruning comes first). ``accepted``: int, as
+    the calibrator reads it; ``accepted_f``: float, as the tracker does."""
     for b in range(num_bins):
         cal_accepted[b] = cal_accepted[b] * cal_decay
         cal_rejected[b] = cal_rejected[b] * cal_decay
@@ -341,7 +342,7 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, decay, update,
             sp = float(spec[i])
             if not sp > 0:
                 continue
-            a = min(float(accepted[i]), sp)
+            a = min(accepted_f[i], sp)
             r = 1.0 if a < sp else 0.0
             acc_sum += a
             rej_sum += r
