@@ -123,6 +123,8 @@ class OracleSlo(Policy):
         plan = max((self._plan(obs, w, slot_pass, widths)
                     for slot_pass, widths in self.truths(obs, K)), key=lambda p: p.rate)
         k, widths = plan.depth, plan.widths_used
+        if widths.max(initial=1) <= 1:       # a chain (the nodes below would be <= 1)
+            return Decision(num_spec_tokens=k)
         nodes = np.zeros((n, obs.k_max), np.int64)
         nodes[:, :K] = np.where(np.arange(K)[None, :] < k[:, None], widths, 0)
         if nodes.max(initial=1) <= 1:

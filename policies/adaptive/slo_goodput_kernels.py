@@ -34,6 +34,49 @@ def _pass_s(kind, coef, t, s, c):
     return (compute if compute >= memory else memory) + coef[4]
 
 
+def _fix_order(order, key, tie, budget):
+    """Insertion sort of ``order`` (slot indices) in place, ascending by (key[x], tie[x]):
+    the order a stable sort of the keys gives when ``tie`` ranks the slots as their input
+    order does. For an order that is already nearly sorted (a capped ranking built from the
+    value ranking: only the slots whose lifted keys round together move) it costs one pass
+    instead of a sort; False when it would take more than ``budget`` moves or a key is nan
+    (the caller then sorts, and ``order`` is left permuted)."""
+    moves = 0
+    for s in range(order.size):
+        x = order[s]
+        kx = key[x]
+        if kx != kx:
+            return False
+        tx = tie[x]
+        t = s
+        while t > 0:
+            y = order[t - 1]
+            if key[y] > kx or (key[y] == kx and tie[y] > tx):
+                order[t] = y
+                t -= 1
+                moves += 1
+            else:
+                break
+        order[t] = x
+        if moves > budget:
+            return False
+    return True
+
+
+def _capped_from(order0, depth, cap, out):
+    """The slots of ``order0`` of depth <= ``cap`` then the others, each in ``order0``'s
+    order: a capped ranking's order before ``_fix_order`` (``depth``: per slot, from 0)."""
+    num = 0
+    for s in range(order0.size):
+        if depth[order0[s]] < cap:
+            out[num] = order0[s]
+            num += 1
+    for s in range(order0.size):
+        if depth[order0[s]] >= cap:
+            out[num] = order0[s]
+            num += 1
+
+
 def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
     """slo_goodput's chain rankings, stacked: row 0 by slot value (``width_ranking`` with
     width 1), then one row per cap c taking every slot of depth <= c first
@@ -57,6 +100,10 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
             big = vc
     order[0] = np.argsort(key, kind="mergesort")
     big = big + 1.0
+    slot = np.arange(nK)                     # the stable sort's tie-break: slot index
+    depth = np.empty(nK, np.int64)
+    for x in range(nK):
+        depth[x] = x % K
     for r in range(1, R):
         cap = caps[r - 1]
         for x in range(nK):
@@ -64,7 +111,12 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
             tokens[r, x] = tokens_c[x]
             value[r, x] = vc
             key[x] = -(vc + big * (1.0 if x % K + 1 <= cap else 0.0))
-        order[r] = np.argsort(key, kind="mergesort")
+        # row 0's order with the capped depths first is this row's up to the slots whose
+        # keys differ in order (a_i^j vs (1 - (1 - a_i))^j, lifted keys that round
+        # together): an insertion pass fixes those, the sort only when there are many
+        _capped_from(order[0], depth, cap, order[r])
+        if not _fix_order(order[r], key, slot, 4 * nK + 64):
+            order[r] = np.argsort(key, kind="mergesort")
     return tokens, value, order
 
 
@@ -450,6 +502,8 @@ except ImportError:                # pragma: no cover - numba is a dependency of
 
 if numba is not None:
     _pass_s = numba.njit(cache=True)(_pass_s)
+    _fix_order = numba.njit(cache=True)(_fix_order)
+    _capped_from = numba.njit(cache=True)(_capped_from)
     _prefix_into = numba.njit(cache=True)(_prefix_into)
     CHAIN_RANKINGS = numba.njit(cache=True)(_chain_rankings)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)

@@ -278,7 +278,7 @@ def _compiled_slot_plan(obs: Observation, weight: np.ndarray, slot_pass: np.ndar
         slot_pass, np.asarray(slot_widths, np.int64), *ranks, weight, obs.context_lens,
         num_live, first, b, b.size == num_live + 1, cost.kind, cost.draft, cost.target,
         cost.tokens_base, cost.seqs, cost.ctx_base, float(prefill_value),
-        slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)), _GUARDS[guard],
+        obs.tpot_slo_s, float(slo_step_factor), _GUARDS[guard],
         -1 if max_step_tokens is None else int(max_step_tokens), int(obs.num_prefill_tokens))
     return PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                       depth_pass=np.full(slot_pass.shape[0], np.nan), widths=widest)

@@ -20,8 +20,9 @@ import numpy as np
 from policies.adaptive.adaspec_kernels import _pairwise_sum
 from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, PLAN_ROWS,
                                                    SURVIVAL_COLUMNS, VERIFIED_COUNTS,
-                                                   VERIFY_RANKING, VERIFY_TIMES, _np_max,
-                                                   _np_min, _pass_s, numba)
+                                                   VERIFY_RANKING, VERIFY_TIMES, _capped_from,
+                                                   _fix_order, _np_max, _np_min, _pass_s,
+                                                   numba)
 
 
 def _neutral_prefill_value(context_lens, num_prefill_tokens, prefill_ctx, kind, tcoef):
@@ -69,12 +70,14 @@ def _oracle_ranks(slot_pass, slot_widths, weight):
 
 def _oracle_slot_plan(slot_pass, slot_widths, weight, context_lens, num_live, first, b,
                       full, kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value,
-                      cap_s, guard, max_step_tokens, num_prefill_tokens):
-    """``_slot_plan`` over ``_oracle_ranks``: ``OracleSlo._plan`` in one call."""
-    return SLOT_PLAN(slot_pass, slot_widths, _oracle_ranks(slot_pass, slot_widths, weight),
-                     weight, context_lens, num_live, first, b, full, kind, dcoef, tcoef,
-                     tokens_base, seqs, ctx_base, prefill_value, cap_s, guard,
-                     max_step_tokens, num_prefill_tokens)
+                      tpot_slo_s, slo_step_factor, guard, max_step_tokens, num_prefill_tokens):
+    """``_slot_plan`` over ``_oracle_ranks``: ``OracleSlo._plan`` in one call (the orders
+    by ``_oracle_orders``)."""
+    order = _oracle_orders(slot_pass, slot_widths, weight, num_live, 4 * num_live + 64)
+    return _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b, full,
+                         kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value,
+                         tpot_slo_s, slo_step_factor, guard, max_step_tokens,
+                         num_prefill_tokens)
 
 
 def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_lens, kind,
@@ -117,8 +120,8 @@ def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_l
 
 
 def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, first, b, full,
-               kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value, cap_s, guard,
-               max_step_tokens, num_prefill_tokens):
+               kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value, tpot_slo_s,
+               slo_step_factor, guard, max_step_tokens, num_prefill_tokens):
     """``plan_slots``' compiled path in one call: the ranked orders of the slots that may
     pass (np.lexsort's: rank descending, then depth, then slot index; a stable counting
     sort by depth, then a stable sort by rank), each slot's verified and fed tokens, every
@@ -128,6 +131,57 @@ def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, fir
     value, widest width per request)."""
     n, K = slot_pass.shape
     R = rank.shape[0]
+    by_depth = _live_by_depth(slot_pass, num_live)
+    order = np.empty((R, num_live), np.int64)
+    keys = np.empty(n * K)
+    for r in range(R):
+        for x in range(n * K):
+            keys[x] = -rank[r, x // K, x % K]
+        _sorted_slots(keys, by_depth, order[r])
+    return _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b, full,
+                         kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value,
+                         tpot_slo_s, slo_step_factor, guard, max_step_tokens,
+                         num_prefill_tokens)
+
+
+def _live_by_depth(slot_pass, num_live):
+    """The slot indices (request * K + depth - 1) with ``slot_pass`` > 0, stably by depth
+    (a counting sort): lexsort's secondary keys, depth then slot index."""
+    n, K = slot_pass.shape
+    nK = n * K
+    count = np.zeros(K + 1, np.int64)            # live slots per depth, then offsets
+    for x in range(nK):
+        if slot_pass[x // K, x % K] > 0:
+            count[x % K + 1] += 1
+    for j in range(K):
+        count[j + 1] += count[j]
+    by_depth = np.empty(num_live, np.int64)
+    for x in range(nK):
+        if slot_pass[x // K, x % K] > 0:
+            by_depth[count[x % K]] = x
+            count[x % K] += 1
+    return by_depth
+
+
+def _sorted_slots(keys, by_depth, out):
+    """``by_depth`` stably sorted by ``keys`` (per slot index) into ``out``."""
+    num = by_depth.size
+    key = np.empty(num)
+    for y in range(num):
+        key[y] = keys[by_depth[y]]
+    perm = np.argsort(key, kind="mergesort")
+    for y in range(num):
+        out[y] = by_depth[perm[y]]
+
+
+def _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b, full, kind,
+                  dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value, tpot_slo_s,
+                  slo_step_factor, guard, max_step_tokens, num_prefill_tokens):
+    """``_slot_plan`` from its orders on: the slots' values and widths, ``PLAN_ROWS``, the
+    first highest row. The guard's cap: ``slo_step_factor`` x the tightest TPOT SLO
+    (``tpot_slo_s.min(initial=inf)``, nan if one is)."""
+    n, K = slot_pass.shape
+    R, num_live = order.shape
     nK = n * K
     tokens = np.empty((R, nK))
     value = np.empty((R, nK))
@@ -147,32 +201,18 @@ def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, fir
         widest[i] = top                          # slot_widths.max(axis=1)
         if top > 1:
             chains = False
-    count = np.zeros(K + 1, np.int64)            # live slots per depth, then offsets
-    for x in range(nK):
-        if slot_pass[x // K, x % K] > 0:
-            count[x % K + 1] += 1
-    for j in range(K):
-        count[j + 1] += count[j]
-    by_depth = np.empty(num_live, np.int64)      # live slot indices, stably by depth
-    for x in range(nK):
-        if slot_pass[x // K, x % K] > 0:
-            by_depth[count[x % K]] = x
-            count[x % K] += 1
-    order = np.empty((R, num_live), np.int64)
     Ws = np.empty((R, num_live))
     feed = np.empty((R, num_live))
-    key = np.empty(num_live)
     for r in range(R):
         for y in range(num_live):
-            x = by_depth[y]
-            key[y] = -rank[r, x // K, x % K]
-        perm = np.argsort(key, kind="mergesort")
-        for y in range(num_live):
-            x = by_depth[perm[y]]
+            x = order[r, y]
             i, j = x // K, x % K
-            order[r, y] = x
             Ws[r, y] = float(slot_widths[i, j])
             feed[r, y] = 1.0 if j == 0 else float(slot_widths[i, j - 1])
+    cap_s = np.inf
+    for i in range(n):
+        cap_s = _np_min(cap_s, tpot_slo_s[i])
+    cap_s = slo_step_factor * cap_s
     sum_w = _pairwise_sum(weight, n)
     g, rates, depths, marginals = PLAN_ROWS(
         order, first, context_lens, feed, Ws, K, chains, full, b, kind, dcoef, tcoef,
@@ -183,6 +223,51 @@ def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, fir
         if rates[r] > rates[best]:
             best = r
     return best, rates[best], depths[best].copy(), marginals[best], widest
+
+
+def _oracle_orders(slot_pass, slot_widths, weight, num_live, budget):
+    """``_slot_plan``'s orders over ``_oracle_ranks`` (K rows, ``num_live`` slots each)
+    without K sorts: row 0 is sorted; row c's rank only lifts the depths <= c by the same
+    ``big`` (times slot_pass), so row 0's order with those depths first is row c's up to
+    the slots whose lifted ranks round together, which ``_fix_order`` moves (a sort where
+    that takes more than ``budget`` moves). The same keys as numpy's ranks, the same
+    tie-break (depth, then slot index)."""
+    n, K = slot_pass.shape
+    nK = n * K
+    density = np.empty(nK)                       # _oracle_ranks' floats, row by row
+    lift = np.empty(nK)
+    depth = np.empty(nK, np.int64)
+    big = 0.0
+    for i in range(n):
+        top = slot_widths[i, 0]
+        for j in range(K):
+            if slot_widths[i, j] > top:
+                top = slot_widths[i, j]
+            d = slot_pass[i, j] * weight[i] / top
+            density[i * K + j] = d
+            depth[i * K + j] = j
+            big = _np_max(big, d)
+    big = big + 1.0
+    for i in range(n):
+        for j in range(K):
+            lift[i * K + j] = big * slot_pass[i, j]
+    by_depth = _live_by_depth(slot_pass, num_live)
+    order = np.empty((K, num_live), np.int64)
+    keys = np.empty(nK)                          # read at live slots only
+    tie = np.empty(nK, np.int64)
+    for y in range(num_live):
+        x = by_depth[y]
+        keys[x] = -density[x]
+        tie[x] = y                               # by_depth's order: depth, slot index
+    _sorted_slots(keys, by_depth, order[0])
+    for c in range(1, K):
+        for y in range(num_live):
+            x = by_depth[y]
+            keys[x] = -(density[x] + lift[x] * (1.0 if depth[x] + 1 <= c else 0.0))
+        _capped_from(order[0], depth, c, order[c])
+        if not _fix_order(order[c], keys, tie, budget):
+            _sorted_slots(keys, by_depth, order[c])
+    return order
 
 
 def _posterior_table(accept, accepted, rejected, prior_weight, min_observations):
@@ -413,9 +498,14 @@ if numba is not None:
     _neutral_prefill_value = numba.njit(cache=True)(_neutral_prefill_value)
     NEUTRAL_PREFILL_VALUE = _neutral_prefill_value
     CHAIN_DECIDE = numba.njit(cache=True)(_chain_decide)
+    _live_by_depth = numba.njit(cache=True)(_live_by_depth)
+    _sorted_slots = numba.njit(cache=True)(_sorted_slots)
+    _plan_ordered = numba.njit(cache=True)(_plan_ordered)
     SLOT_PLAN = numba.njit(cache=True)(_slot_plan)
     _oracle_ranks = numba.njit(cache=True)(_oracle_ranks)
     ORACLE_RANKS = _oracle_ranks
+    _oracle_orders = numba.njit(cache=True)(_oracle_orders)
+    ORACLE_ORDERS = _oracle_orders
     ORACLE_SLOT_PLAN = numba.njit(cache=True)(_oracle_slot_plan)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
@@ -423,3 +513,4 @@ if numba is not None:
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
+    ORACLE_ORDERS = None

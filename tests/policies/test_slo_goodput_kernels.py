@@ -449,3 +449,59 @@ def test_oracle_orders_and_prefill_value_match_numpy():
                       prefill_neutral=neutral)
             assert (prefill_chunk_value(obs, **kw, compiled=True)
                     == prefill_chunk_value(obs, **kw, compiled=False)), case
+
+
+@pytest.mark.parametrize("budget", [0, 10 ** 9])
+def test_oracle_orders_are_lexsorts_of_the_ranks(budget):
+    """``ORACLE_ORDERS`` (row 0 sorted, the capped rows from it by insertion) is
+    ``plan_slots``' np.lexsort of every row of the numpy ranks, slot for slot: chains and
+    trees, ties (equal weights), lifted ranks that round together (weights apart by less
+    than the lift's last bit), no live slot; ``budget`` 0 takes the sorting fallback."""
+    from policies.adaptive.slo_goodput_step_kernels import ORACLE_ORDERS
+    rng = np.random.default_rng(17)
+    for case in range(120):
+        n, K = int(rng.integers(1, 90)), int(rng.choice([1, 3, 8]))
+        w = rng.uniform(0.2, 3.0, n)
+        if case % 4 == 1:                    # equal weights: ties broken by depth, slot
+            w = rng.choice([0.5, 1.0, 2.0], n)
+        elif case % 4 == 2:                  # 1 ulp apart: d + big rounds together
+            w = 1.0 + rng.integers(0, 4, n) * np.finfo(float).eps
+        slot_pass = np.cumprod(rng.random((n, K)) < rng.choice([0.0, 0.8, 1.0]),
+                               axis=1).astype(float)
+        widths = (np.where(slot_pass > 0, rng.integers(1, 9, (n, K)), 1) if case % 3 == 0
+                  else np.ones((n, K), np.int64))
+        density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
+        big = float(density.max(initial=0.0)) + 1.0
+        capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
+        ranks = np.concatenate([density[None], density + big * slot_pass * capped])
+        live = np.flatnonzero(slot_pass.ravel() > 0)
+        want = live[np.stack([np.lexsort((live % K, -r.reshape(n * K)[live]))
+                              for r in ranks])].reshape(K, live.size)
+        got = ORACLE_ORDERS(slot_pass, widths, w, live.size, budget)
+        assert np.array_equal(got, want), case
+
+
+def test_capped_chain_orders_are_stable_sorts():
+    """``CHAIN_RANKINGS``' capped rows (built from row 0's order by insertion) are the
+    stable sorts of their keys: rates where a^j and (1 - (1 - a))^j differ (a < 0.5),
+    equal weights and rates (ties), weights whose lifted keys round together, several
+    caps."""
+    from policies.adaptive.slo_goodput_kernels import CHAIN_RANKINGS
+    from policies.adaptive.slo_goodput_plan import chain_powers
+    rng = np.random.default_rng(19)
+    for case in range(80):
+        n, K = int(rng.integers(1, 150)), int(rng.choice([1, 4, 8]))
+        a = rng.uniform(0.01, 0.99, n) if case % 3 else rng.choice([0.3, 0.7], n)
+        w = rng.uniform(0.2, 3.0, n) if case % 2 else np.ones(n)
+        if case % 4 == 2:                    # 1 ulp apart: lifted keys round together
+            a, w = np.full(n, 0.7), 1.0 + rng.integers(0, 4, n) * np.finfo(float).eps
+        caps = np.asarray([c for c in (1, 2, 5) if c <= K][:1 + case % 3], np.int64)
+        q, tw, tc = chain_powers(a, K)
+        tokens, value, order = CHAIN_RANKINGS(tw, tc, w, K, caps)
+        assert np.array_equal(order[0], np.argsort(-(tw * np.repeat(w, K)), kind="stable"))
+        vc = tc * np.repeat(w, K)
+        big = float(vc.max(initial=0.0)) + 1.0
+        depth = np.arange(n * K) % K + 1
+        for r, cap in enumerate(caps, 1):
+            key = -(vc + big * (depth <= cap))
+            assert np.array_equal(order[r], np.argsort(key, kind="stable")), (case, cap)
