@@ -179,10 +179,29 @@ def _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b,
                   slo_step_factor, guard, max_step_tokens, num_prefill_tokens):
     """``_slot_plan`` from its orders on: the slots' values and widths, ``PLAN_ROWS``, the
     first highest row. The guard's cap: ``slo_step_factor`` x the tightest TPOT SLO
-    (``tpot_slo_s.min(initial=inf)``, nan if one is)."""
+    (``tpot_slo_s.min(initial=inf)``, nan if one is).
+
+    A row equal to the one before it (oracle_slo's caps past every request's last passing
+    depth lift every slot: the same order) is planned once: rows differ only in their
+    orders, so its plan and rate are the earlier row's, and a repeat never wins Python's
+    first-highest pick over the row it repeats."""
     n, K = slot_pass.shape
-    R, num_live = order.shape
+    R_all, num_live = order.shape
     nK = n * K
+    row_of = np.zeros(R_all, np.int64)           # each row's distinct row
+    R = 1
+    for r in range(1, R_all):
+        same = True
+        for y in range(num_live):
+            if order[r, y] != order[r - 1, y]:
+                same = False
+                break
+        if not same:
+            if R < r:
+                order[R] = order[r]
+            R += 1
+        row_of[r] = R - 1
+    order = order[:R]
     tokens = np.empty((R, nK))
     value = np.empty((R, nK))
     widest = np.ones(n, np.int64)
@@ -222,7 +241,10 @@ def _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b,
     for r in range(1, R):                        # max(plans, key=rate): the first highest
         if rates[r] > rates[best]:
             best = r
-    return best, rates[best], depths[best].copy(), marginals[best], widest
+    first_row = 0                                # the first row planned as ``best``
+    while row_of[first_row] != best:
+        first_row += 1
+    return first_row, rates[best], depths[best].copy(), marginals[best], widest
 
 
 def _oracle_orders(slot_pass, slot_widths, weight, num_live, budget):
