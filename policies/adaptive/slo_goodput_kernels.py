@@ -499,6 +499,9 @@ try:
     import numba
 except ImportError:                # pragma: no cover - numba is a dependency of the project
     numba = None
+else:
+    from policies.adaptive.kernel_cache import drop_stale_kernel_caches
+    drop_stale_kernel_caches()     # before any cached loop of this folder is loaded
 
 if numba is not None:
     _pass_s = numba.njit(cache=True)(_pass_s)

@@ -100,4 +100,6 @@ def state_kernel(name: str):
         import numba
     except ImportError:            # pragma: no cover - numba is a dependency of the project
         return None
+    from policies.adaptive.kernel_cache import drop_stale_kernel_caches
+    drop_stale_kernel_caches()     # before any cached loop of this folder is loaded
     return numba.njit(cache=True)(globals()["_" + name])

@@ -26,6 +26,16 @@ try:
     import numba
 except ImportError:          # the numpy epoch path in sim/fast/epoch.py still runs
     numba = None
+else:
+    # the folder's cached kernels call jitted functions of these files (numba checks a cache
+    # against its own file only: policies/adaptive/kernel_cache.py)
+    from pathlib import Path
+
+    from policies.adaptive.kernel_cache import drop_stale_kernel_caches
+    _here = Path(__file__).parent
+    drop_stale_kernel_caches(_here, [*_here.glob("*_kernel.py"),
+                                     _here.parent / "core" / "state.py",
+                                     _here.parent / "models" / "cost.py"])
 
 
 def _loop_sum(a, n):
