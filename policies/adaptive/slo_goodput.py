@@ -222,7 +222,8 @@ class SloGoodput(Policy):
                                   self.slo_step_factor)
             return Decision(num_spec_tokens=k)
         prefill_value = self.prefill_value(obs)
-        widths = tree_widths(a, self.w_max, self.tree_pass_targets) if tree else [1]
+        widths = (tree_widths(a, self.w_max, self.tree_pass_targets, self.compiled) if tree
+                  else [1])
         plans, capped = plan_widths_and_caps(obs, w, a, K, widths, self.chain_caps,
                                              prefill_value, self.slo_guard,
                                              self.slo_step_factor, self.max_step_tokens,
@@ -352,6 +353,9 @@ def _warm_up_kernels(cls: type) -> None:
         obs = batch.observation()
         w, a = np.ones(n), np.full(n, 0.7)
         plan_widths_and_caps(obs, w, a, 8, [1], (1,), 0.0, "per_token", 1.5, None, 256)
+        # a tree step's rankings (TREE_RANKINGS), which the chain plan above does not reach
+        plan_widths_and_caps(obs, w, a, 8, [1, 2], (1,), 0.0, "per_token", 1.5, None, 256)
+        tree_widths(a, 4, (0.7, 0.9), True)
         slots, ones = np.ones((n, 8)), np.ones((n, 8), np.int64)
         plan_slots(obs, w, slots, ones, slots[None], 0.0, "per_token", 1.5, None, 256)
         plan_oracle_slots(obs, w, slots, ones, 0.0, "per_token", 1.5, None, 256)

@@ -120,6 +120,78 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
     return tokens, value, order
 
 
+def _tree_rankings(tokens, W, q, weight, K, tokens_c, accept, caps):
+    """``stack_rankings(width_ranking(widths), capped_ranking(caps))`` past their powers,
+    which stay numpy's (a compiled pow need not give the same last bit): ``tokens``
+    (nw, n K), ``W`` and ``q`` (nw, n) are width_ranking's, ``tokens_c`` (n K,)
+    capped_ranking's a_i^j, ``caps`` those in 1..K (none: no capped rows). Width rows:
+    value = tokens x the request's weight (one product, as numpy's), order the stable sort
+    of -value (ties: slot index), Ws each ranked slot's width, feed its draft tokens (the
+    root pass feeds one). Capped rows (as ``_chain_rankings``'): keys lifted by
+    max(value) + 1 at depths <= the cap, width 1. Returns the stacked Ranking's seven
+    arrays (tokens, value, order, Ws, feed, depth pass q, W)."""
+    nw, nK = tokens.shape
+    n = W.shape[1]
+    R = nw + caps.size
+    tok = np.empty((R, nK))
+    value = np.empty((R, nK))
+    order = np.empty((R, nK), np.int64)
+    Ws = np.ones((R, nK))
+    feed = np.ones((R, nK))
+    q_all = np.empty((R, n))
+    W_all = np.ones((R, n), np.int64)
+    key = np.empty(nK)
+    for r in range(nw):
+        for x in range(nK):
+            tok[r, x] = tokens[r, x]
+            value[r, x] = tokens[r, x] * weight[x // K]
+            key[x] = -value[r, x]
+        order[r] = np.argsort(key, kind="mergesort")
+        for s in range(nK):
+            o = order[r, s]
+            Ws[r, s] = float(W[r, o // K])
+            feed[r, s] = 1.0 if o % K == 0 else Ws[r, s]
+        for i in range(n):
+            q_all[r, i] = q[r, i]
+            W_all[r, i] = W[r, i]
+    if caps.size == 0:
+        return tok, value, order, Ws, feed, q_all, W_all
+    big = 0.0
+    for x in range(nK):
+        vc = tokens_c[x] * weight[x // K]
+        if vc > big:
+            big = vc
+    big = big + 1.0
+    for r in range(nw, R):
+        cap = caps[r - nw]
+        for x in range(nK):
+            vc = tokens_c[x] * weight[x // K]
+            tok[r, x] = tokens_c[x]
+            value[r, x] = vc
+            key[x] = -(vc + big * (1.0 if x % K + 1 <= cap else 0.0))
+        order[r] = np.argsort(key, kind="mergesort")
+        for i in range(n):
+            q_all[r, i] = accept[i]
+    return tok, value, order, Ws, feed, q_all, W_all
+
+
+def _target_widths(q, targets, w_max):
+    """``tree_widths``' per-request widths, one row per target t: the narrowest W (1-based
+    column of ``q`` (n, w_max), numpy's 1 - (1 - a_i)^W) with q >= t, ``w_max`` where none
+    is (nan never passes), as numpy's any/argmax/where."""
+    n = q.shape[0]
+    out = np.empty((targets.size, n), np.int64)
+    for t in range(targets.size):
+        for i in range(n):
+            width = w_max
+            for k in range(q.shape[1]):
+                if q[i, k] >= targets[t]:
+                    width = k + 1
+                    break
+            out[t, i] = width
+    return out
+
+
 def _prefix_counts(order, first, context_lens, feed, Ws, num_prefixes, K, chains, full, b):
     """Per ranking row r, prefix g and depth j: the draft-pass size n_j (int64), its
     attention context (fed-token-weighted for trees) and, for trees, its fed tokens; per
@@ -509,6 +581,8 @@ if numba is not None:
     _capped_from = numba.njit(cache=True)(_capped_from)
     _prefix_into = numba.njit(cache=True)(_prefix_into)
     CHAIN_RANKINGS = numba.njit(cache=True)(_chain_rankings)
+    TREE_RANKINGS = numba.njit(cache=True)(_tree_rankings)
+    TARGET_WIDTHS = numba.njit(cache=True)(_target_widths)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
     BEST_ROWS = numba.njit(cache=True)(_best_rows)
     DRAFTING_MASKS = numba.njit(cache=True)(_drafting_masks)
@@ -526,4 +600,4 @@ if numba is not None:
 else:                              # pragma: no cover
     PREFIX_COUNTS = BEST_ROWS = DRAFTING_MASKS = SURVIVAL_COLUMNS = None
     VERIFY_RANKING = VERIFIED_COUNTS = None
-    CHAIN_RANKINGS = VERIFY_TIMES = SLO_WEIGHTS = PLAN_ROWS = None
+    CHAIN_RANKINGS = VERIFY_TIMES = SLO_WEIGHTS = PLAN_ROWS = TREE_RANKINGS = TARGET_WIDTHS = None

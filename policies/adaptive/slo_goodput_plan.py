@@ -81,7 +81,24 @@ class Ranking(NamedTuple):
 
 def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ranking:
     """One ranking by slot value per tree shape in ``widths`` (see plan_widths)."""
-    n = weight.size
+    chains, W, q, tokens = _width_powers(accept, K, widths)
+    nw = W.shape[0]
+    value = tokens * np.repeat(weight, K)[None, :]
+    order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
+    if chains:
+        Ws = np.ones(order.shape)
+        return Ranking(tokens, value, order, Ws, Ws, q, W)
+    req, pos = np.divmod(order, K)
+    Ws = W[np.arange(nw)[:, None], req].astype(float)                  # width of each slot
+    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
+    return Ranking(tokens, value, order, Ws, feed, q, W)
+
+
+def _width_powers(accept: np.ndarray, K: int, widths):
+    """(chains, W (nw, n) int widths, q (nw, n) depth pass chances, tokens (nw, n K) each
+    slot's unweighted expected tokens q^j): ``width_ranking``'s powers, numpy's (shared
+    with ``tree_rankings`` so its compiled rows start from the same floats)."""
+    n = accept.size
     chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
     if chains:                   # slo_goodput's every step: no width to look up per slot
         W = np.ones((1, n), np.int64)
@@ -92,16 +109,21 @@ def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ran
     nw = W.shape[0]
     q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
     j = np.arange(1, K + 1)
-    tokens = (q[:, :, None] ** j).reshape(nw, n * K)                   # unweighted, per slot
-    value = tokens * np.repeat(weight, K)[None, :]
-    order = np.argsort(-value, axis=1, kind="stable")    # ties: request-major, then depth
-    if chains:
-        Ws = np.ones(order.shape)
-        return Ranking(tokens, value, order, Ws, Ws, q, W)
-    req, pos = np.divmod(order, K)
-    Ws = W[np.arange(nw)[:, None], req].astype(float)                  # width of each slot
-    feed = np.where(pos == 0, 1.0, Ws)                   # the root pass feeds one token
-    return Ranking(tokens, value, order, Ws, feed, q, W)
+    return chains, W, q, (q[:, :, None] ** j).reshape(nw, n * K)       # unweighted, per slot
+
+
+def tree_rankings(weight: np.ndarray, accept: np.ndarray, K: int, widths,
+                  caps) -> Ranking:
+    """``stack_rankings(width_ranking(widths), capped_ranking(caps))`` (the capped rows
+    left out when no cap is in 1..K) with values, sorts, per-slot widths and the stacking
+    in one compiled call (``TREE_RANKINGS``) and the powers numpy's: slo_goodput_tree's
+    rankings in a tree step without ~30 numpy calls of glue."""
+    _, W, q, tokens = _width_powers(accept, K, widths)
+    caps = caps_in_range(tuple(caps), K)
+    j = _power_exponents(accept.size, K)[1]
+    tokens_c = (accept[:, None] ** j).ravel()            # capped_ranking's a_i^j
+    return Ranking(*compiled_kernel("TREE_RANKINGS")(tokens, W, q, weight, K, tokens_c, accept,
+                                                     caps))
 
 
 def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Ranking | None:
@@ -210,6 +232,12 @@ def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarra
                                prefill_value, guard, slo_step_factor, max_step_tokens,
                                num_budget_points, compiled, cost)
         return plans[:1], plans[1:]
+    if compiled and compiled_kernel("TREE_RANKINGS") is not None:
+        ranking = tree_rankings(weight, accept, K, widths, caps)
+        plans = _best_prefixes(obs, weight, K, ranking, prefill_value, guard, slo_step_factor,
+                               max_step_tokens, num_budget_points, compiled, cost)
+        nw = len(widths)
+        return plans[:nw], plans[nw:]
     rankings = [width_ranking(weight, accept, K, widths)]
     capped = capped_ranking(weight, accept, K, caps)
     if capped is not None:

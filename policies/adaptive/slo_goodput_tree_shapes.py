@@ -4,9 +4,11 @@ and when a tree plan replaces the chain plan. The rule and its evidence are
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from policies.adaptive.slo_goodput_plan import PrefixPlan
+from policies.adaptive.slo_goodput_plan import PrefixPlan, compiled_kernel
 from policies.interface import Observation
 
 
@@ -25,18 +27,32 @@ def tree_step(obs: Observation, chain_only: bool, max_requests: int, tree_steps:
                                                or obs.num_prefill_tokens == 0))))
 
 
-def tree_widths(accept: np.ndarray, w_max: int, pass_targets: tuple) -> list:
+def tree_widths(accept: np.ndarray, w_max: int, pass_targets: tuple,
+                compiled: bool = False) -> list:
     """The shapes to plan in a tree step: uniform widths 1..``w_max`` (1: the chain), then per
     target t in ``pass_targets`` the per-request widths: the narrowest whose depth passes
-    w.p. 1 - (1 - a_i)^W >= t, ``w_max`` where none does."""
+    w.p. 1 - (1 - a_i)^W >= t, ``w_max`` where none does. ``compiled``: the per-target
+    search in one compiled call (``TARGET_WIDTHS``; the powers stay numpy's), the same rows."""
     widths = list(range(1, w_max + 1))
     if pass_targets:
         W = np.arange(1, w_max + 1)
         q = 1.0 - (1.0 - accept[:, None]) ** W[None, :]
+        kernel = compiled_kernel("TARGET_WIDTHS") if compiled else None
+        if kernel is not None:
+            widths.extend(kernel(q, _targets(tuple(pass_targets)), w_max))
+            return widths
         for target in pass_targets:
             ok = q >= target
             widths.append(np.where(ok.any(axis=1), W[np.argmax(ok, axis=1)], w_max))
     return widths
+
+
+@functools.lru_cache(maxsize=64)
+def _targets(pass_targets: tuple) -> np.ndarray:
+    """``pass_targets`` as ``TARGET_WIDTHS`` takes them, read-only (shared by every step)."""
+    out = np.asarray(pass_targets, np.float64)
+    out.setflags(write=False)
+    return out
 
 
 def best_plan(chain: PrefixPlan, trees: list[PrefixPlan], min_gain: float) -> PrefixPlan:

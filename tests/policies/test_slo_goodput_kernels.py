@@ -151,7 +151,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "from policies.adaptive import slo_goodput_kernels as k; "
             "names = ('PREFIX_COUNTS', 'BEST_ROWS', 'DRAFTING_MASKS', 'SURVIVAL_COLUMNS', "
             "'VERIFY_RANKING', 'VERIFIED_COUNTS', 'PLAN_ROWS', "
-            "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS'); "
+            "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS', 'TREE_RANKINGS', 'TARGET_WIDTHS'); "
             "from policies.adaptive import slo_goodput_step_kernels as s; "
             "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
             "'CHAIN_DECIDE', 'SLOT_PLAN', 'ORACLE_SLOT_PLAN', 'NEUTRAL_PREFILL_VALUE'); "
@@ -162,7 +162,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 18 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 20 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -505,3 +505,50 @@ def test_capped_chain_orders_are_stable_sorts():
         for r, cap in enumerate(caps, 1):
             key = -(vc + big * (depth <= cap))
             assert np.array_equal(order[r], np.argsort(key, kind="stable")), (case, cap)
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_tree_rankings_match_numpy(n):
+    """``tree_rankings`` (TREE_RANKINGS + CHAIN_RANKINGS' capped rows) gives numpy's stacked
+    width and capped rankings array for array, dtypes included: ties (equal weights and
+    rates), per-request widths, caps out of range and none."""
+    from policies.adaptive.slo_goodput_plan import (capped_ranking, stack_rankings,
+                                                    tree_rankings, width_ranking)
+    rng = np.random.default_rng(100 + n)
+    for case in range(20):
+        K = int(rng.choice([3, 8]))
+        w = rng.uniform(0.2, 3.0, n) if case % 3 else np.ones(n)
+        a = rng.beta(4.0, 2.0, n) if case % 4 else np.full(n, 0.7)
+        shapes = ([1, 2, 4], [1, 3, rng.integers(1, 4, n)], [2])
+        caps = ((1,), (1, 2, K + 3), (), (0, K + 1))[case % 4]
+        for widths in shapes:
+            parts = [width_ranking(w, a, K, widths)]
+            capped = capped_ranking(w, a, K, caps)
+            if capped is not None:
+                parts.append(capped)
+            slow = stack_rankings(*parts)
+            fast = tree_rankings(w, a, K, widths, caps)
+            for x, y in zip(fast, slow):
+                assert x.dtype == y.dtype and x.shape == y.shape
+                assert np.array_equal(x, y)
+
+
+def test_tree_widths_match_numpy():
+    """``tree_widths``' compiled per-target search (TARGET_WIDTHS) gives numpy's rows: rates
+    at the targets exactly, none passing (w_max), nan, one target and several."""
+    from policies.adaptive.slo_goodput_tree_shapes import tree_widths
+    rng = np.random.default_rng(7)
+    for case in range(30):
+        n = int(rng.integers(1, 30))
+        a = rng.beta(2.0, 2.0, n)
+        a[rng.random(n) < 0.2] = 0.7          # 1 - 0.3^1 = 0.7: on a target
+        if case % 5 == 0:
+            a[0] = np.nan
+        w_max = int(rng.integers(1, 9))
+        targets = ((0.7, 0.8, 0.9, 0.95, 0.98), (0.7,), (0.999999,), ())[case % 4]
+        slow = tree_widths(a, w_max, targets)
+        fast = tree_widths(a, w_max, targets, compiled=True)
+        assert len(fast) == len(slow) == w_max + len(targets)
+        for x, y in zip(fast, slow):
+            assert np.asarray(x).dtype == np.asarray(y).dtype
+            assert np.array_equal(x, y)
