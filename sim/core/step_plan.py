@@ -88,13 +88,13 @@ def draft_pass_s(cost, active, j: int, widths, computed, prefill) -> float:
     same expression, the same floats); other models get one-element arrays, so they take
     the very array path of the whole-step call."""
     num_seqs = int(np.count_nonzero(active))
-    if widths is None:
+    if widths is None or j == 0:         # a tree's pass 0 feeds one root token, as a chain
         num_tokens = num_seqs
         ctx = isum(computed[active]) + num_seqs * (1 + j)
-    else:
-        feed = np.where(active, 1 if j == 0 else widths[:, j - 1], 0)
-        num_tokens = int(feed.sum())
-        ctx = int((feed * (computed + 1 + j)).sum())
+    else:                                # integer sums over the active rows alone: exact,
+        feed = widths[active, j - 1]     # without the masked full-batch arrays' numpy calls
+        num_tokens = isum(feed)
+        ctx = isum(feed * (computed[active] + (1 + j)))
     if j == 0:
         n_pre_tok, pre_ctx, n_pre_seqs = prefill
         num_tokens, num_seqs, ctx = num_tokens + n_pre_tok, num_seqs + n_pre_seqs, ctx + pre_ctx
