@@ -13,10 +13,11 @@ from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, ble
                                                     keep_drafting, probe_lengths,
                                                     survival_cache, verify_pass,
                                                     verified_lengths)
-from policies.adaptive.slo_goodput_plan import (chain_decide, draft_prefix_s, kernel_cost,
-                                                 plan_oracle_slots, plan_slots,
-                                                 plan_widths_and_caps)
-from policies.adaptive.slo_goodput_tree_shapes import best_plan, tree_step, tree_widths
+from policies.adaptive.slo_goodput_plan import (PrefixPlan, chain_decide, draft_prefix_s,
+                                                 kernel_cost, plan_oracle_slots, plan_slots,
+                                                 plan_widths_and_caps, tree_plan_arrays)
+from policies.adaptive.slo_goodput_tree_shapes import (best_plan, best_row, tree_step,
+                                                       tree_widths)
 from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
                                                   slo_weights)
 from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
@@ -224,12 +225,18 @@ class SloGoodput(Policy):
         prefill_value = self.prefill_value(obs)
         widths = (tree_widths(a, self.w_max, self.tree_pass_targets, self.compiled) if tree
                   else [1])
-        plans, capped = plan_widths_and_caps(obs, w, a, K, widths, self.chain_caps,
-                                             prefill_value, self.slo_guard,
-                                             self.slo_step_factor, self.max_step_tokens,
-                                             self.num_budget_points, self.compiled, cost)
-        chain = max([plans[0], *capped], key=lambda p: p.rate)
-        best = best_plan(chain, plans[1:], self.tree_min_gain)
+        args = (obs, w, a, K, widths, self.chain_caps, prefill_value, self.slo_guard,
+                self.slo_step_factor, self.max_step_tokens, self.num_budget_points)
+        arrays = tree_plan_arrays(*args, cost) if tree and self.compiled else None
+        if arrays is not None:       # a tree step's ~14 plans: only the one taken is built
+            depths, rates, marginals, q, W = arrays
+            r = best_row(rates.tolist(), depths, len(widths), self.tree_min_gain)
+            best = PrefixPlan(depth=depths[r], rate=float(rates[r]),
+                              marginal=float(marginals[r]), depth_pass=q[r], widths=W[r])
+        else:
+            plans, capped = plan_widths_and_caps(*args, self.compiled, cost)
+            chain = max([plans[0], *capped], key=lambda p: p.rate)
+            best = best_plan(chain, plans[1:], self.tree_min_gain)
         base = best.depth
         self._plan = StepPlan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
                            marginal=best.marginal, prefill_value=prefill_value,

@@ -126,6 +126,22 @@ def tree_rankings(weight: np.ndarray, accept: np.ndarray, K: int, widths,
                                                      caps))
 
 
+def tree_plan_arrays(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: int, widths,
+                     caps, prefill_value: float, guard: str, slo_step_factor: float,
+                     max_step_tokens: int | None, num_budget_points: int,
+                     cost: "KernelCost | None"):
+    """``plan_widths_and_caps``' plans as arrays (``_best_prefixes``' raw: rows the widths',
+    then the caps'), so a tree step builds only the plan it takes; None where that path is
+    not compiled with coefficients (or ``widths`` is the chain alone): callers plan as before."""
+    chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
+    if (chains or cost is None or cost.kind < 0 or compiled_kernel("TREE_RANKINGS") is None
+            or compiled_kernel("PREFIX_COUNTS") is None):
+        return None
+    return _best_prefixes(obs, weight, K, tree_rankings(weight, accept, K, widths, caps),
+                          prefill_value, guard, slo_step_factor, max_step_tokens,
+                          num_budget_points, True, cost, raw=True)
+
+
 def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Ranking | None:
     """One chain ranking per cap c in ``caps``, which takes every slot of depth <= c first
     (then the rest, by value): its prefixes include "every request drafts c", which a ranking
@@ -411,11 +427,14 @@ def prefix_grid(num_slots: int, num_budget_points: int) -> tuple[np.ndarray, np.
 def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Ranking,
                    prefill_value: float, guard: str, slo_step_factor: float,
                    max_step_tokens: int | None, num_budget_points: int,
-                   compiled: bool = True, cost: KernelCost | None = None) -> list[PrefixPlan]:
+                   compiled: bool = True, cost: KernelCost | None = None,
+                   raw: bool = False) -> list[PrefixPlan]:
     """For each row of ``ranking``: the prefix b maximising (sum w + w_p + value of the b
     slots) / T(b) under the guard (``plan_widths``). ``compiled``: the loops of
     ``slo_goodput_kernels`` (the same floats) instead of numpy's array operations; ``cost``:
-    the step's ``kernel_cost(obs)`` if the caller has it."""
+    the step's ``kernel_cost(obs)`` if the caller has it. ``raw`` (compiled with
+    coefficients only): the plans' arrays (depths, rates, marginals, q, W), row r's plan
+    being PrefixPlan(depths[r], rates[r], marginals[r], q[r], W[r])."""
     tokens, value, order, Ws, feed, q, W = ranking
     n, nw = obs.num_requests, order.shape[0]
     M = order.shape[1]                                   # slots ranked (n K unless pruned)
@@ -436,6 +455,8 @@ def _best_prefixes(obs: Observation, weight: np.ndarray, K: int, ranking: Rankin
             slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)), _GUARDS[guard],
             -1 if max_step_tokens is None else int(max_step_tokens),
             int(obs.num_prefill_tokens))
+        if raw:
+            return depths, rates, marginals, q, W
         return [PrefixPlan(depth=depths[r], rate=float(rates[r]), marginal=float(marginals[r]),
                            depth_pass=q[r], widths=W[r]) for r in range(nw)]
     if compiled:                                 # a model called back: its passes in Python

@@ -67,3 +67,21 @@ def best_plan(chain: PrefixPlan, trees: list[PrefixPlan], min_gain: float) -> Pr
                 and not ((plan.depth == 0) & (chain.depth > 0)).any()):
             best = plan
     return best
+
+
+def best_row(rates: list, depths: np.ndarray, nw: int, min_gain: float) -> int:
+    """``best_plan(max([plans[0], *capped], key=rate), plans[1:nw], min_gain)``'s row, from
+    the plans' arrays (rows 0..nw-1 the widths', then the caps'; ``rates`` Python floats):
+    the same comparisons in the same order (max keeps the first of equal rates, a tree must
+    beat the best before it by min_gain and keep every request the chain drafts for)."""
+    chain = 0
+    for r in range(nw, len(rates)):
+        if rates[r] > rates[chain]:
+            chain = r
+    best = chain
+    chain_drafts = depths[chain] > 0
+    for r in range(1, nw):
+        if (rates[r] > rates[best] * (1.0 + min_gain)
+                and not ((depths[r] == 0) & chain_drafts).any()):
+            best = r
+    return best

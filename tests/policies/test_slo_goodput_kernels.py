@@ -552,3 +552,27 @@ def test_tree_widths_match_numpy():
         for x, y in zip(fast, slow):
             assert np.asarray(x).dtype == np.asarray(y).dtype
             assert np.array_equal(x, y)
+
+
+def test_best_row_is_best_plans_choice():
+    """``best_row`` on the plans' arrays picks the plan ``best_plan(max(chain rows), trees)``
+    picks: equal rates (first kept), nan and -inf rates, trees that drop a request the chain
+    drafts for, min_gain 0 and 0.1."""
+    from policies.adaptive.slo_goodput_plan import PrefixPlan
+    from policies.adaptive.slo_goodput_tree_shapes import best_plan, best_row
+    rng = np.random.default_rng(11)
+    picked = set()
+    for case in range(400):
+        n, nw, ncap = int(rng.integers(1, 6)), int(rng.integers(2, 8)), int(rng.integers(0, 3))
+        R = nw + ncap
+        rates = rng.choice([0.5, 1.0, 1.05, 1.2, 2.0, -np.inf, np.nan], R)
+        depths = rng.integers(0, 3, (R, n))
+        q, W = rng.random((R, n)), rng.integers(1, 4, (R, n))
+        plans = [PrefixPlan(depths[r], float(rates[r]), 0.0, q[r], W[r]) for r in range(R)]
+        gain = (0.0, 0.1)[case % 2]
+        chain = max([plans[0], *plans[nw:]], key=lambda p: p.rate)
+        want = best_plan(chain, plans[1:nw], gain)
+        got = best_row(rates.tolist(), depths, nw, gain)
+        assert plans[got] is want, case
+        picked.add(got)
+    assert len(picked) >= 5
