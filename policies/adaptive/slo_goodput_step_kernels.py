@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
-from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, PLAN_ROWS,
+from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, DRAFTING_MASKS, PLAN_ROWS,
                                                    SURVIVAL_COLUMNS, VERIFIED_COUNTS,
                                                    VERIFY_RANKING, VERIFY_TIMES, _capped_from,
                                                    _fix_order, _np_max, _np_min, _pass_s,
@@ -42,12 +42,12 @@ def _neutral_prefill_value(context_lens, num_prefill_tokens, prefill_ctx, kind, 
     return n * gain / t_dec if t_dec > 0 else 0.0
 
 
-def _oracle_ranks(slot_pass, slot_widths, weight):
-    """``OracleSlo._plan``'s slot orders as numpy forms them: SLO weight per verified node
-    (the running max of the widths along depths), then for every cap c = 1..K - 1 the same
-    plus (its max + 1) on the slots of depth <= c that pass. (K, n, K)."""
+def _oracle_density(slot_pass, slot_widths, weight):
+    """The oracle's SLO weight per verified node, row-major (n * K): slot_pass x weight over
+    the running max of the widths along depths; and its max (``initial=0.0``) + 1, the lift
+    that puts a cap's slots first."""
     n, K = slot_pass.shape
-    density = np.empty((n, K))
+    density = np.empty(n * K)
     big = 0.0
     for i in range(n):
         top = slot_widths[i, 0]
@@ -55,16 +55,24 @@ def _oracle_ranks(slot_pass, slot_widths, weight):
             if slot_widths[i, j] > top:
                 top = slot_widths[i, j]
             d = slot_pass[i, j] * weight[i] / top
-            density[i, j] = d
+            density[i * K + j] = d
             big = _np_max(big, d)                # density.max(initial=0.0)
-    big = big + 1.0
+    return density, big + 1.0
+
+
+def _oracle_ranks(slot_pass, slot_widths, weight):
+    """``OracleSlo._plan``'s slot orders as numpy forms them: SLO weight per verified node
+    (the running max of the widths along depths), then for every cap c = 1..K - 1 the same
+    plus (its max + 1) on the slots of depth <= c that pass. (K, n, K)."""
+    n, K = slot_pass.shape
+    density, big = _oracle_density(slot_pass, slot_widths, weight)
     ranks = np.empty((K, n, K))
     for i in range(n):
         for j in range(K):
-            ranks[0, i, j] = density[i, j]
+            ranks[0, i, j] = density[i * K + j]
             lift = big * slot_pass[i, j]
             for c in range(1, K):
-                ranks[c, i, j] = density[i, j] + lift * (1.0 if j + 1 <= c else 0.0)
+                ranks[c, i, j] = density[i * K + j] + lift * (1.0 if j + 1 <= c else 0.0)
     return ranks
 
 
@@ -256,23 +264,13 @@ def _oracle_orders(slot_pass, slot_widths, weight, num_live, budget):
     tie-break (depth, then slot index)."""
     n, K = slot_pass.shape
     nK = n * K
-    density = np.empty(nK)                       # _oracle_ranks' floats, row by row
+    density, big = _oracle_density(slot_pass, slot_widths, weight)   # _oracle_ranks' floats
     lift = np.empty(nK)
     depth = np.empty(nK, np.int64)
-    big = 0.0
-    for i in range(n):
-        top = slot_widths[i, 0]
-        for j in range(K):
-            if slot_widths[i, j] > top:
-                top = slot_widths[i, j]
-            d = slot_pass[i, j] * weight[i] / top
-            density[i * K + j] = d
-            depth[i * K + j] = j
-            big = _np_max(big, d)
-    big = big + 1.0
     for i in range(n):
         for j in range(K):
             lift[i * K + j] = big * slot_pass[i, j]
+            depth[i * K + j] = j
     by_depth = _live_by_depth(slot_pass, num_live)
     order = np.empty((K, num_live), np.int64)
     keys = np.empty(nK)                          # read at live slots only
@@ -343,42 +341,20 @@ def _drafting_pass(s, k_decided, confidences, table, num_bins, surv, filled, wei
     if want > filled:
         SURVIVAL_COLUMNS(table, confidences, filled, want, num_bins, surv)
         filled = want
-    more = np.empty(n, np.bool_)
-    picked = np.empty(n)
-    n_in = n_ext = 0
-    ctx_in = ctx_ext = 0
-    V = C = tri = 0
+    more, ext, next_value, _, extra = DRAFTING_MASKS(
+        s, k_decided, surv, weight, accept, threshold, base_k, context_lens, check_extension,
+        kind, dcoef, tcoef, tokens_base, seqs, ctx_base)
+    picked = np.empty(n)                         # next_value[ext], in request order
+    n_ext = 0
     for i in range(n):
-        si = s[i]
-        c = surv[i, si - 1] if si > 0 else 1.0
-        nv = weight[i] * c * accept[i]
-        m = si < k_decided[i] and (si == 0 or nv >= threshold)
-        more[i] = m
-        V += si
-        C += context_lens[i] * si
-        tri += si * (si + 1)
-        if check_extension and m:
-            if si >= base_k[i]:
-                picked[n_ext] = nv
-                n_ext += 1
-                ctx_ext += context_lens[i] + si
-            else:
-                n_in += 1
-                ctx_in += context_lens[i] + si
+        if ext[i]:
+            picked[n_ext] = next_value[i]
+            n_ext += 1
     if n_ext == 0:
         return more, filled
-    C = C + tri // 2
-    both = float(n_in + n_ext)
-    t1 = _pass_s(kind, dcoef, both, both, float(ctx_in) + float(ctx_ext))
-    t0 = _pass_s(kind, dcoef, float(n_in), float(n_in), float(ctx_in)) if n_in else 0.0
-    Vf, Cf = float(V), float(C)
-    v0 = _pass_s(kind, tcoef, tokens_base + Vf, seqs, ctx_base + Cf)
-    v1 = _pass_s(kind, tcoef, tokens_base + (Vf + n_ext), seqs,
-                 ctx_base + ((Cf + float(ctx_ext)) + n_ext))
-    extra = (t1 - t0) + (v1 - v0)
     if not _pairwise_sum(picked, n_ext) >= plan_rate * extra:   # next_value[ext].sum()
         for i in range(n):
-            if more[i] and s[i] >= base_k[i]:
+            if ext[i]:
                 more[i] = False
     return more, filled
 
@@ -441,29 +417,11 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
     m = table_ids.size
     out_ids, out_values = table_ids, table_values
     if any_spec:
-        rows = np.zeros((n, 3))
-        acc_sum = 0.0
-        rej_sum = 0.0
-        num_new = 0
-        for i in range(n):
-            sp = float(spec[i])
-            if not sp > 0:
-                continue
-            a = min(accepted_f[i], sp)
-            r = 1.0 if a < sp else 0.0
-            acc_sum += a
-            rej_sum += r
-            p = np.searchsorted(table_ids, ids[i])
-            if p < m and table_ids[p] == ids[i]:
-                table_values[p, 0] = table_values[p, 0] * decay + a
-                table_values[p, 1] = table_values[p, 1] * decay + r
-                table_values[p, 2] = update
-            else:
-                is_new[i] = True
-                rows[num_new, 0] = 0.0 * decay + a
-                rows[num_new, 1] = 0.0 * decay + r
-                rows[num_new, 2] = update
-                num_new += 1
+        # chains: a rejection counts once (width 1), as AcceptanceTracker.observe's
+        is_new, rows, acc_sum, rej_sum = _tracker_update(table_ids, table_values, ids, spec,
+                                                         accepted_f, np.ones(n), decay,
+                                                         update)
+        num_new = rows.shape[0]
         global_counts[0] = global_counts[0] * global_decay + acc_sum
         global_counts[1] = global_counts[1] * global_decay + rej_sum
         if num_new:
@@ -516,6 +474,7 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
 if numba is not None:
     from policies.adaptive.state_kernels import state_kernel
     _calibration_counts = state_kernel("calibration_counts")
+    _tracker_update = state_kernel("tracker_update")
     POSTERIOR_TABLE = numba.njit(cache=True)(_posterior_table)
     _neutral_prefill_value = numba.njit(cache=True)(_neutral_prefill_value)
     NEUTRAL_PREFILL_VALUE = _neutral_prefill_value
@@ -524,6 +483,7 @@ if numba is not None:
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
     _plan_ordered = numba.njit(cache=True)(_plan_ordered)
     SLOT_PLAN = numba.njit(cache=True)(_slot_plan)
+    _oracle_density = numba.njit(cache=True)(_oracle_density)
     _oracle_ranks = numba.njit(cache=True)(_oracle_ranks)
     ORACLE_RANKS = _oracle_ranks
     _oracle_orders = numba.njit(cache=True)(_oracle_orders)
