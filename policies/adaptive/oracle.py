@@ -80,6 +80,17 @@ def true_match_lens(obs: Observation, policy_name: str) -> np.ndarray:
     return m
 
 
+def oracle_ranks(slot_pass: np.ndarray, widths: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``OracleSlo._plan``'s slot orders' keys, (K, n, K): SLO weight per verified node (the
+    running max of the widths along depths), then for every cap c = 1..K - 1 the same plus
+    (its max + 1) on the passing slots of depth <= c (``ORACLE_RANKS`` compiled)."""
+    K = slot_pass.shape[1]
+    density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
+    big = float(density.max(initial=0.0)) + 1.0
+    capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
+    return np.concatenate([density[None], density + big * slot_pass * capped])
+
+
 @register("oracle_slo")
 class OracleSlo(Policy):
     """slo_goodput's step plan fed the truth: a draft slot (request i, depth j) is worth w_i,
@@ -143,7 +154,6 @@ class OracleSlo(Policy):
         keeps it non-increasing along a request's depths) and, for every cap c, the slots
         of depth <= c first -- whose prefixes include the greedy ``oracle``'s plans and
         every fixed k cut at the true match lengths."""
-        K = slot_pass.shape[1]
         prefill_value = self.slo.prefill_value(obs)
         if self.slo.compiled:        # the orders and the plan in one compiled call
             plan = plan_oracle_slots(obs, w, slot_pass, widths, prefill_value,
@@ -151,11 +161,7 @@ class OracleSlo(Policy):
                                      self.num_budget_points)
             if plan is not None:
                 return _Planned(plan.depth, plan.rate, widths)
-        density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
-        big = float(density.max(initial=0.0)) + 1.0
-        capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
-        ranks = np.concatenate([density[None], density + big * slot_pass * capped])  # (K, n, K)
-        plan = plan_slots(obs, w, slot_pass, widths, ranks,
+        plan = plan_slots(obs, w, slot_pass, widths, oracle_ranks(slot_pass, widths, w),
                           prefill_value, self.slo.slo_guard,
                           self.slo.slo_step_factor, None, self.num_budget_points,
                           self.slo.compiled)

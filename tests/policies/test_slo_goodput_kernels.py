@@ -424,6 +424,7 @@ def test_oracle_orders_and_prefill_value_match_numpy():
     slot); the whole compiled plan is ``plan_slots``' over those ranks; the prefill chunk's
     value from cost coefficients is the cost model's own (queue term, neutral or not)."""
     from policies.adaptive.slo_goodput_plan import plan_oracle_slots
+    from policies.adaptive.oracle import oracle_ranks
     from policies.adaptive.slo_goodput_step_kernels import ORACLE_RANKS
     from policies.adaptive.slo_goodput_value import prefill_chunk_value
     rng = np.random.default_rng(13)
@@ -433,10 +434,7 @@ def test_oracle_orders_and_prefill_value_match_numpy():
         slot_pass = np.cumprod(rng.random((n, K)) < rng.choice([0.0, 0.8]), axis=1).astype(float)
         widths = (np.where(slot_pass > 0, rng.integers(1, 9, (n, K)), 1) if case % 3 == 0
                   else np.ones((n, K), np.int64))
-        density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
-        big = float(density.max(initial=0.0)) + 1.0
-        capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
-        ranks = np.concatenate([density[None], density + big * slot_pass * capped])
+        ranks = oracle_ranks(slot_pass, widths, w)
         assert np.array_equal(ORACLE_RANKS(slot_pass, widths, w), ranks), case
         args = (0.25 * (case % 3), "per_token", 1.5, None, int(rng.choice([7, 512])))
         same_plan(plan_oracle_slots(obs, w, slot_pass, widths, *args),
@@ -457,6 +455,7 @@ def test_oracle_orders_are_lexsorts_of_the_ranks(budget):
     ``plan_slots``' np.lexsort of every row of the numpy ranks, slot for slot: chains and
     trees, ties (equal weights), lifted ranks that round together (weights apart by less
     than the lift's last bit), no live slot; ``budget`` 0 takes the sorting fallback."""
+    from policies.adaptive.oracle import oracle_ranks
     from policies.adaptive.slo_goodput_step_kernels import ORACLE_ORDERS
     rng = np.random.default_rng(17)
     for case in range(120):
@@ -470,10 +469,7 @@ def test_oracle_orders_are_lexsorts_of_the_ranks(budget):
                                axis=1).astype(float)
         widths = (np.where(slot_pass > 0, rng.integers(1, 9, (n, K)), 1) if case % 3 == 0
                   else np.ones((n, K), np.int64))
-        density = slot_pass * w[:, None] / np.maximum.accumulate(widths, axis=1)
-        big = float(density.max(initial=0.0)) + 1.0
-        capped = np.arange(1, K + 1)[None, None, :] <= np.arange(1, K)[:, None, None]
-        ranks = np.concatenate([density[None], density + big * slot_pass * capped])
+        ranks = oracle_ranks(slot_pass, widths, w)
         live = np.flatnonzero(slot_pass.ravel() > 0)
         want = live[np.stack([np.lexsort((live % K, -r.reshape(n * K)[live]))
                               for r in ranks])].reshape(K, live.size)
