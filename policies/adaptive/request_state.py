@@ -145,9 +145,7 @@ class AcceptanceTracker:
             self._updates += 1
             counts[:, 2] = self._updates
             self.table.set(ids_d, counts, (pos, found))
-            if len(self.table) > self.max_requests:
-                last = self.table.values[:, 2]
-                self.table.drop(self.table.ids[last <= np.median(last)])
+            self._prune()
             self.global_counts = (self.global_counts * self.global_decay
                                   + np.array([acc[drafted].sum(), rej[drafted].sum()]))
 
@@ -167,7 +165,8 @@ class AcceptanceTracker:
         finished_ids = np.asarray(finished_ids, np.int64)
         drafted, is_new, rows, table.ids, table.values, forgot = kernel(
             table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
-            np.asarray(num_accepted, float), self.decay, float(self._updates + 1), self.global_counts, self.global_decay,
+            np.asarray(num_accepted, float), self.decay, float(self._updates + 1),
+            self.global_counts, self.global_decay,
             calibrator.accepted, calibrator.rejected, calibrator.decay,
             np.asarray(confidences, float), calibrator.num_bins, finished_ids,
             self.max_requests)
@@ -176,9 +175,7 @@ class AcceptanceTracker:
             self._updates += 1
             if rows.shape[0]:                    # ids out of order: the sorted insertion
                 table.set(ids[is_new], rows)
-            if len(table) > self.max_requests:
-                last = table.values[:, 2]
-                table.drop(table.ids[last <= np.median(last)])
+            self._prune()
         if not forgot:
             self.forget(finished_ids)
         return True
@@ -195,11 +192,15 @@ class AcceptanceTracker:
         self._updates += 1
         if rows.shape[0]:
             table.set(ids[is_new], rows)
-        if len(table) > self.max_requests:
-            last = table.values[:, 2]
-            table.drop(table.ids[last <= np.median(last)])
+        self._prune()
         self.global_counts = (self.global_counts * self.global_decay
                               + np.array([acc_sum, rej_sum]))
+
+    def _prune(self) -> None:
+        """Past ``max_requests`` rows, drop those updated no later than the median row."""
+        if len(self.table) > self.max_requests:
+            last = self.table.values[:, 2]
+            self.table.drop(self.table.ids[last <= np.median(last)])
 
     def forget(self, ids) -> None:
         self.table.drop(ids)
