@@ -19,7 +19,7 @@ from policies.adaptive.slo_goodput_plan import (PrefixPlan, chain_decide, draft_
 from policies.adaptive.slo_goodput_tree_shapes import (best_plan, best_row, tree_step,
                                                        tree_widths)
 from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
-                                                  slo_weights)
+                                                  queue_value, slo_weights)
 from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
 from policies.interface import Decision, DraftState, Feedback, Observation, Policy
 from policies.registry import register
@@ -206,22 +206,13 @@ class SloGoodput(Policy):
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
         cost = kernel_cost(obs) if self.compiled else None   # read by the step's hooks
         if cost is not None and cost.kind >= 0 and not tree:  # one compiled call
-            queue_value = (self.queue_weight * (1 + obs.oldest_waiting_s / self.ttft_ref_s)
-                           if obs.num_prefill_tokens > 0 else 0.0)
             best, k, prefill_value = chain_decide(
-                obs, w, a, K, self.chain_caps, queue_value, self.prefill_neutral,
+                obs, w, a, K, self.chain_caps,
+                queue_value(obs, self.queue_weight, self.ttft_ref_s), self.prefill_neutral,
                 self.slo_guard, self.slo_step_factor, self.max_step_tokens,
                 self.num_budget_points, self.extend_positions, cost)
-            self._plan = StepPlan(obs=obs, base_k=best.depth, weight=w,
-                                  accept=best.depth_pass, marginal=best.marginal,
-                                  prefill_value=prefill_value, widths=best.widths,
-                                  rate=best.rate, width=1)
-            self._plan.kernel_cost = cost
-            if self.probe_positions:
-                k = probe_lengths(obs, self._plan, k, K, self.probe_positions,
-                                  self.probe_max_draft_share, self.slo_guard,
-                                  self.slo_step_factor)
-            return Decision(num_spec_tokens=k)
+            self._set_plan(obs, best, w, prefill_value, cost, width=1)
+            return self._chain_decision(obs, k, K)
         prefill_value = self.prefill_value(obs)
         widths = (tree_widths(a, self.w_max, self.tree_pass_targets, self.compiled) if tree
                   else [1])
@@ -238,20 +229,28 @@ class SloGoodput(Policy):
             chain = max([plans[0], *capped], key=lambda p: p.rate)
             best = best_plan(chain, plans[1:], self.tree_min_gain)
         base = best.depth
-        self._plan = StepPlan(obs=obs, base_k=base, weight=w, accept=best.depth_pass,
-                           marginal=best.marginal, prefill_value=prefill_value,
-                           widths=best.widths, rate=best.rate)
-        self._plan.kernel_cost = cost
+        self._set_plan(obs, best, w, prefill_value, cost)
         extend = self.extend_positions if best.width == 1 else self.tree_extend_positions
         k = np.where(base > 0, np.minimum(base + extend, K), 0).astype(np.int64)
         if best.width == 1:
-            if self.probe_positions:
-                k = probe_lengths(obs, self._plan, k, K, self.probe_positions,
-                                  self.probe_max_draft_share, self.slo_guard,
-                                  self.slo_step_factor)
-            return Decision(num_spec_tokens=k)
+            return self._chain_decision(obs, k, K)
         widths = np.where(np.arange(obs.k_max)[None, :] < k[:, None], best.widths[:, None], 0)
         return Decision(num_spec_tokens=k, nodes_per_depth=widths.astype(np.int64))
+
+    def _set_plan(self, obs: Observation, best: PrefixPlan, w: np.ndarray,
+                  prefill_value: float, cost, width: int | None = None) -> None:
+        """The step's plan, read by its drafting, verify and observe hooks."""
+        self._plan = StepPlan(obs=obs, base_k=best.depth, weight=w, accept=best.depth_pass,
+                              marginal=best.marginal, prefill_value=prefill_value,
+                              widths=best.widths, rate=best.rate, width=width)
+        self._plan.kernel_cost = cost
+
+    def _chain_decision(self, obs: Observation, k: np.ndarray, K: int) -> Decision:
+        """A chain step's lengths ``k``, with the probes (``probe_positions``) added."""
+        if self.probe_positions:
+            k = probe_lengths(obs, self._plan, k, K, self.probe_positions,
+                              self.probe_max_draft_share, self.slo_guard, self.slo_step_factor)
+        return Decision(num_spec_tokens=k)
 
     _draft_s = staticmethod(draft_prefix_s)
 

@@ -53,6 +53,14 @@ def fair_share_weights(obs: Observation, w: np.ndarray, accept: np.ndarray,
     return w * (f / f.mean())
 
 
+def queue_value(obs: Observation, queue_weight: float, ttft_ref_s: float) -> float:
+    """The queue term of w_p: ``queue_weight`` (1 + oldest wait / ``ttft_ref_s``) in a step
+    with a prefill chunk, else 0."""
+    if obs.num_prefill_tokens <= 0:
+        return 0.0
+    return queue_weight * (1 + obs.oldest_waiting_s / ttft_ref_s)
+
+
 def prefill_chunk_value(obs: Observation, queue_weight: float, ttft_ref_s: float,
                         prefill_neutral: bool, compiled: bool = False) -> float:
     """w_p: what the step's prefill chunk is worth, in emitted-token units:
@@ -61,7 +69,7 @@ def prefill_chunk_value(obs: Observation, queue_weight: float, ttft_ref_s: float
     two target passes in one loop from the cost coefficients (the same floats)."""
     if obs.num_prefill_tokens <= 0:
         return 0.0
-    value = queue_weight * (1 + obs.oldest_waiting_s / ttft_ref_s)
+    value = queue_value(obs, queue_weight, ttft_ref_s)
     if not prefill_neutral:
         return value + 0.0
     if compiled:
