@@ -94,12 +94,17 @@ def width_ranking(weight: np.ndarray, accept: np.ndarray, K: int, widths) -> Ran
     return Ranking(tokens, value, order, Ws, feed, q, W)
 
 
+def _chains_only(widths) -> bool:
+    """``widths`` is the chain alone ([1]): no width to look up per slot."""
+    return len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
+
+
 def _width_powers(accept: np.ndarray, K: int, widths):
     """(chains, W (nw, n) int widths, q (nw, n) depth pass chances, tokens (nw, n K) each
     slot's unweighted expected tokens q^j): ``width_ranking``'s powers, numpy's (shared
     with ``tree_rankings`` so its compiled rows start from the same floats)."""
     n = accept.size
-    chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
+    chains = _chains_only(widths)
     if chains:                   # slo_goodput's every step: no width to look up per slot
         W = np.ones((1, n), np.int64)
     else:
@@ -133,8 +138,7 @@ def tree_plan_arrays(obs: Observation, weight: np.ndarray, accept: np.ndarray, K
     """``plan_widths_and_caps``' plans as arrays (``_best_prefixes``' raw: rows the widths',
     then the caps'), so a tree step builds only the plan it takes; None where that path is
     not compiled with coefficients (or ``widths`` is the chain alone): callers plan as before."""
-    chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
-    if (chains or cost is None or cost.kind < 0 or compiled_kernel("TREE_RANKINGS") is None
+    if (_chains_only(widths) or cost is None or cost.kind < 0 or compiled_kernel("TREE_RANKINGS") is None
             or compiled_kernel("PREFIX_COUNTS") is None):
         return None
     return _best_prefixes(obs, weight, K, tree_rankings(weight, accept, K, widths, caps),
@@ -241,7 +245,7 @@ def plan_widths_and_caps(obs: Observation, weight: np.ndarray, accept: np.ndarra
     """(plan_widths(widths), the chain plans of ``capped_ranking(caps)``) from one pass over
     their stacked rankings: the same plans as apart, for half the array operations.
     ``cost``: the step's ``kernel_cost(obs)`` when the caller has it."""
-    chains = len(widths) == 1 and np.ndim(widths[0]) == 0 and int(widths[0]) == 1
+    chains = _chains_only(widths)
     kernel = compiled_kernel("CHAIN_RANKINGS") if compiled and chains else None
     if kernel is not None:
         plans = _best_prefixes(obs, weight, K, chain_rankings(kernel, weight, accept, K, caps),
@@ -334,7 +338,7 @@ def plan_oracle_slots(obs: Observation, weight: np.ndarray, slot_pass: np.ndarra
                       num_budget_points: int) -> PrefixPlan | None:
     """``plan_slots`` over ``OracleSlo``'s slot orders (SLO weight per verified node, then
     every cap's), the orders built in the same compiled call
-    (``slo_goodput_step_kernels.ORACLE_RANKS``, numpy's floats); None for a cost model
+    (``slo_goodput_step_kernels.ORACLE_SLOT_PLAN``, numpy's floats); None for a cost model
     without coefficients (the caller builds the orders and calls ``plan_slots``)."""
     return _compiled_slot_plan(obs, weight, slot_pass, slot_widths, None, prefill_value,
                                guard, slo_step_factor, max_step_tokens, num_budget_points,
