@@ -138,7 +138,8 @@ def tree_plan_arrays(obs: Observation, weight: np.ndarray, accept: np.ndarray, K
     """``plan_widths_and_caps``' plans as arrays (``_best_prefixes``' raw: rows the widths',
     then the caps'), so a tree step builds only the plan it takes; None where that path is
     not compiled with coefficients (or ``widths`` is the chain alone): callers plan as before."""
-    if (_chains_only(widths) or cost is None or cost.kind < 0 or compiled_kernel("TREE_RANKINGS") is None
+    if (_chains_only(widths) or cost is None or cost.kind < 0
+            or compiled_kernel("TREE_RANKINGS") is None
             or compiled_kernel("PREFIX_COUNTS") is None):
         return None
     return _best_prefixes(obs, weight, K, tree_rankings(weight, accept, K, widths, caps),
