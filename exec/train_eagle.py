@@ -82,9 +82,6 @@ class EagleTrainConfig:
     # instead of its greedy token alone: soft labels carry the target's second choices, which a
     # head that memorises its ~2,000 greedy sequences otherwise never sees
     soft_weight: float = 0.0
-    # amplitude of uniform noise added to the target's features read by draft pass 1 (EAGLE,
-    # Li et al. 2024, section 4.1: the head must cope with features it did not see exactly)
-    feature_noise: float = 0.0
 
 
 # -- stage 2: training -----------------------------------------------------------------------
@@ -206,8 +203,6 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
                 rng.choice(greedy_idx, size=n_greedy, replace=False),
                 rng.choice(other_idx, size=cfg.batch_sequences - n_greedy, replace=False)])
         ids_next, feat, feat_next, label, top, valid = make_batch(seqs, idx, pad_id)
-        if cfg.feature_noise > 0:
-            feat = feat + (torch.rand(feat.shape, generator=gen) * 2 - 1) * cfg.feature_noise
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (
             1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
         for g in opt.param_groups:
@@ -300,8 +295,6 @@ def main(argv=None) -> None:
     ap.add_argument("--soft-weight", type=float, default=None,
                     help="share of the cross-entropy against the target's distribution over the "
                          "sampled vocabulary (soft labels) instead of its greedy token")
-    ap.add_argument("--feature-noise", type=float, default=None,
-                    help="uniform noise of this amplitude on the features draft pass 1 reads")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from an exported head (fine-tune) instead of the target's "
                          "last layer")
@@ -314,8 +307,7 @@ def main(argv=None) -> None:
                                    ("full_vocab_rows", args.full_vocab_rows),
                                    ("val_files", args.val_files),
                                    ("eval_every", args.eval_every),
-                                   ("soft_weight", args.soft_weight),
-                                   ("feature_noise", args.feature_noise))
+                                   ("soft_weight", args.soft_weight))
                  if v is not None}
     if overrides:
         from dataclasses import replace
