@@ -2,13 +2,16 @@
 
 ``generate``: the target's greedy continuations of whole-line code prompts cut from the
 training stdlib files, with each sequence's final hidden states and the target's top-8
-next-token ids. ``teacher``: the same over training-file code itself (teacher forcing, 3x
+next-token ids. With vLLM generating, the hidden states are the ones its forward passes
+computed while generating (``HiddenStateTap``), the features the live drafter reads; HF's
+generate needs a second, teacher-forced pass for them. ``teacher``: the same over training-file code itself (teacher forcing, 3x
 cheaper per token on CPU). Both write ``data_*.pt`` files with a temporary name first, so an
 interrupted run never leaves half a batch that a later run would load.
 """
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,20 +71,110 @@ def save_greedy_batch(target, batch: list[list[int]], continuations: list[list[i
     tmp.rename(path)
 
 
+class HiddenStateTap:
+    """The final (post-norm) hidden state of every token an in-process vLLM engine runs through
+    its target, kept per request and position while it generates.
+
+    vLLM's model runner lays a step's tokens out request by request in its input batch's order
+    (``input_batch.req_ids``), ``scheduler_output.num_scheduled_tokens[req_id]`` rows each
+    (``GPUModelRunner.execute_model``, vLLM 0.32); ``_model_forward`` returns their hidden
+    states and is given their positions. Rows are stored by position, so a recomputed
+    (preempted) request overwrites its own rows. A request's last sampled token never runs
+    through the model: ``hidden(i)`` has one row fewer than prompt + output."""
+
+    def __init__(self, engine):
+        from exec.engine import engine_core
+        self.runner = engine_core(engine).model_executor.driver_worker.worker.model_runner
+        self.rows: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+        self._scheduled = None
+        runner, execute, forward = self.runner, self.runner.execute_model, \
+            self.runner._model_forward
+
+        def execute_model(scheduler_output, *args, **kwargs):
+            self._scheduled = scheduler_output.num_scheduled_tokens
+            try:
+                return execute(scheduler_output, *args, **kwargs)
+            finally:
+                self._scheduled = None
+
+        def model_forward(*args, **kwargs):
+            hidden = forward(*args, **kwargs)
+            if self._scheduled is not None:
+                self._store(hidden, kwargs["positions"])
+            return hidden
+
+        runner.execute_model, runner._model_forward = execute_model, model_forward
+
+    def _store(self, hidden: torch.Tensor, positions: torch.Tensor) -> None:
+        start = 0
+        for req_id in self.runner.input_batch.req_ids:
+            num = self._scheduled.get(req_id, 0)
+            rows = self.rows[req_id]
+            for pos, row in zip(positions[start:start + num].tolist(),
+                                hidden[start:start + num].clone()):
+                rows[pos] = row
+            start += num
+
+    def remove(self) -> None:
+        """Back to the runner's own methods."""
+        for name in ("execute_model", "_model_forward"):
+            self.runner.__dict__.pop(name, None)
+
+    def pop_by_index(self) -> dict[int, dict[int, torch.Tensor]]:
+        """The rows so far keyed by prompt index (``exec.bench_realistic.timed_plain``'s
+        request ids ``p<i>``, vLLM's internal suffix dropped), and a fresh store."""
+        out = {int(r[1:].split("-")[0]): rows for r, rows in self.rows.items()}
+        self.rows = defaultdict(dict)
+        return out
+
+
+def stacked_rows(rows: dict[int, torch.Tensor], num_tokens: int, name: str) -> torch.Tensor:
+    """(num_tokens, hidden): a tapped request's rows of positions 0..num_tokens - 1; an error
+    naming the first position vLLM did not run."""
+    missing = [q for q in range(num_tokens) if q not in rows]
+    if missing:
+        raise RuntimeError(f"vLLM ran no hidden state for position {missing[0]} of {name} "
+                           f"({len(rows)} of {num_tokens} rows); rerun --stage generate")
+    return torch.stack([rows[q] for q in range(num_tokens)])
+
+
+@torch.no_grad()
+def save_tapped_batch(target, batch: list[list[int]], continuations: list[list[int]],
+                      rows: dict[int, dict[int, torch.Tensor]], offset: int, path: Path) -> None:
+    """One ``data_NNNN.pt`` from vLLM's own forward passes (``HiddenStateTap``): the hidden
+    states of prompt + continuation but its last token (never run; training reads up to the
+    second-to-last position), the target's top-k from its LM head over them."""
+    seqs = []
+    for i, (p, c) in enumerate(zip(batch, continuations)):
+        full = p + list(c)
+        hidden = stacked_rows(rows.get(offset + i, {}), len(full) - 1,
+                              f"sequence {offset + i}").float()
+        top = torch.cat([target.lm_head(h).topk(TOP_K, dim=-1).indices
+                         for h in hidden.split(1024)])
+        seqs.append({"ids": torch.tensor(full), "hidden": hidden.half(), "top": top.int(),
+                     "num_prompt": len(p)})
+    tmp = path.with_suffix(".tmp")
+    torch.save(seqs, tmp)
+    tmp.rename(path)
+
+
 @torch.no_grad()
 def generate_data(target, tok, cfg: EagleTrainConfig, work: Path, engine=None) -> None:
     """Greedy continuations + final hidden states + teacher top-k, one file per batch.
 
     With ``engine`` (a plain vLLM engine of the target, ``exec.engine.build_engine``), vLLM
     generates the continuations, two batches at a time (about twice HF's generate's rate on
-    this CPU), and the HF target only runs the teacher-forced pass; the prompts and files
-    are the same either way, and missing batches are filled whichever made the others."""
+    this CPU), and its own forward passes give the hidden states (``HiddenStateTap``): the HF
+    target only runs its LM head for the top-k (a teacher-forced pass took 2/3 of the time).
+    The prompts are the same either way, and missing batches are filled whichever made the
+    others."""
     rng = np.random.default_rng(cfg.seed)
     prompts = cut_train_prompts(tok, cfg, rng)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     todo = [b for b in range(0, len(prompts), cfg.gen_batch)
             if not _batch_path(work, b, cfg).exists()]
     group = 2 if engine is not None else 1
+    tap = HiddenStateTap(engine) if engine is not None else None
     for g in range(0, len(todo), group):
         t0 = time.perf_counter()
         starts = todo[g:g + group]
@@ -91,6 +184,16 @@ def generate_data(target, tok, cfg: EagleTrainConfig, work: Path, engine=None) -
             flat = [p for batch in batches for p in batch]
             _, outs, _ = timed_plain(engine, flat, cfg.new_tokens)
             conts = [outs[i] for i in range(len(flat))]
+            rows = tap.pop_by_index()
+            done = 0
+            for b, batch in zip(starts, batches):
+                save_tapped_batch(target, batch, conts[done:done + len(batch)], rows, done,
+                                  _batch_path(work, b, cfg))
+                done += len(batch)
+            print(f"data batches {[b // cfg.gen_batch for b in starts]}: {done} seqs x "
+                  f"{cfg.new_tokens} new tokens in {time.perf_counter() - t0:.0f} s "
+                  f"(vLLM's hidden states)", flush=True)
+            continue
         else:
             batch = batches[0]
             width = max(len(p) for p in batch)

@@ -295,6 +295,8 @@ def main(argv=None) -> None:
     ap.add_argument("--soft-weight", type=float, default=None,
                     help="share of the cross-entropy against the target's distribution over the "
                          "sampled vocabulary (soft labels) instead of its greedy token")
+    ap.add_argument("--depth", type=int, default=None,
+                    help="draft passes unrolled per training step (live k=4 drafts 4 passes)")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from an exported head (fine-tune) instead of the target's "
                          "last layer")
@@ -307,7 +309,7 @@ def main(argv=None) -> None:
                                    ("full_vocab_rows", args.full_vocab_rows),
                                    ("val_files", args.val_files),
                                    ("eval_every", args.eval_every),
-                                   ("soft_weight", args.soft_weight))
+                                   ("soft_weight", args.soft_weight), ("depth", args.depth))
                  if v is not None}
     if overrides:
         from dataclasses import replace

@@ -260,3 +260,50 @@ def test_ngram_drafter_live_is_lossless():
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["same"] and got["verified"] > 0 and got["accepted"] > 0, got
+
+
+@needs_target
+@pytest.mark.live
+@pytest.mark.slow
+def test_hidden_state_tap_gives_the_targets_features(pair_config, tmp_path):
+    """The EAGLE head's training features taken from vLLM's own forward passes while it
+    generates (chunked prefill: prompts of 120 tokens against a 96-token step) equal the HF
+    target's teacher-forced pass over the same tokens, and its LM head over them gives
+    vLLM's greedy tokens; the stored batch has one row per position but the last token."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from exec.bench_realistic import timed_plain
+    from exec.engine import build_engine
+    from exec.eagle_data import HiddenStateTap, save_tapped_batch, stacked_rows
+    from exec.train_eagle import make_batch
+    target = LlamaForCausalLM.from_pretrained(pair_config.target_model,
+                                              dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, 20000, 120).tolist(), rng.integers(100, 20000, 40).tolist()]
+    engine = build_engine(pair_config.without_speculation(), adapter=False)
+    tap = HiddenStateTap(engine)
+    _, outs, _ = timed_plain(engine, prompts, 12)
+    rows = tap.pop_by_index()
+    assert sorted(rows) == [0, 1]
+    for i, p in enumerate(prompts):
+        full = p + outs[i]
+        tapped = stacked_rows(rows[i], len(full) - 1, f"prompt {i}")
+        with torch.no_grad():
+            ref = target.model(input_ids=torch.tensor([full])).last_hidden_state[0, :-1]
+            greedy = target.lm_head(tapped[len(p) - 1:]).argmax(-1)
+        assert (tapped - ref).abs().max() < 1e-2 * ref.abs().max()
+        assert greedy.tolist() == outs[i]
+    with pytest.raises(RuntimeError, match="position 131 of prompt 0"):
+        stacked_rows(rows[0], len(prompts[0]) + 12 + 1, "prompt 0")
+    path = tmp_path / "data_0000.pt"
+    save_tapped_batch(target, prompts, [outs[0], outs[1]], rows, 0, path)
+    seqs = torch.load(path)
+    assert [len(s["hidden"]) for s in seqs] == [len(s["ids"]) - 1 for s in seqs]
+    assert seqs[0]["top"][len(prompts[0]) - 1:, 0].tolist() == outs[0]
+    *_, label, _, valid = make_batch(seqs, [0, 1], pad_id=0)   # training reads every row
+    n = len(seqs[0]["ids"]) - 2
+    assert int(valid[0].sum()) == n
+    assert label[0, len(prompts[0]) - 2:n].tolist() == outs[0]
+    tap.remove()
+    assert "execute_model" not in tap.runner.__dict__
