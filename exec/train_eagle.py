@@ -13,8 +13,8 @@ Stages, each cached under ``--work`` and resumed when re-run (fixed seed through
    epoch).
 2. ``train``: feature regression (smooth L1) plus cross-entropy to the target's greedy token
    over a sampled vocabulary (the target's top-4 of the batch plus random negatives), unrolled
-   ``depth`` draft passes where pass j > 1 reads the head's own features (the keys of earlier
-   positions stay the target's, as in vLLM's drafting). Checkpoints every ``--save-every``
+   ``depth`` draft passes where pass j > 1 reads the head's own features and attends as
+   vLLM's drafter does (``unrolled_passes``). Checkpoints every ``--save-every``
    steps and resumes from the last one. With ``--val-files N`` the last N greedy batches are
    held out and the head with the best full-vocabulary agreement on them is exported (early
    stopping: the head memorises its training sequences).
@@ -109,19 +109,26 @@ def make_batch(seqs, idx, pad_id: int):
 
 
 def unrolled_passes(head, emb, feat, depth: int):
-    """Yield (j, output) of draft passes j = 1..depth over a batch, as vLLM drafts: pass 1 reads
-    the target's features; pass j at position i reads the head's own output of pass j - 1 at
-    i - 1 and token x_{i+1} (shifted one step on), with the keys of positions <= i - j + 1 from
-    pass 1 (the target's) and itself."""
+    """Yield (j, output) of draft passes j = 1..depth over a batch, as vLLM drafts: pass j at
+    position i belongs to the chain started at s = i - j + 1 and reads that chain's pass-(j-1)
+    output at i - 1 with token x_{i+1}; it attends to pass-1 keys (the target's features) at
+    positions <= s and to the chain's own keys of passes 2..j, at s + 1..i (vLLM's draft KV
+    cache; ``exec.match_lengths.eagle_chain_hits`` drafts chains the same way, by start)."""
     b, t = emb.shape[:2]
     pos = torch.arange(t)[None, :].expand(b, t)
-    out, k1, v1 = head(emb, feat, pos, key_mask=torch.ones(t, t, dtype=torch.bool).tril())
+    ones = torch.ones(t, t, dtype=torch.bool)
+    out, k, v = head(emb, feat, pos, key_mask=ones.tril())
     yield 1, out
+    keys, vals = [k], [v]
     for j in range(2, depth + 1):
         feat_j = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], 1)
-        mask = torch.cat([torch.ones(t, t, dtype=torch.bool).tril(-(j - 1)),
-                          torch.eye(t, dtype=torch.bool)], 1)
-        out, _, _ = head(emb, feat_j, pos, past_k=k1, past_v=v1, key_mask=mask)
+        # pass m's key of this chain sits j - m positions back: a diagonal of its block
+        mask = torch.cat([ones.tril(-(j - 1))] + [ones.tril(-(j - m)) & ones.triu(-(j - m))
+                                                  for m in range(2, j + 1)], 1)
+        out, k, v = head(emb, feat_j, pos, past_k=torch.cat(keys, 2),
+                         past_v=torch.cat(vals, 2), key_mask=mask)
+        keys.append(k)
+        vals.append(v)
         yield j, out
 
 

@@ -109,3 +109,29 @@ def test_soft_cross_entropy_is_least_at_the_targets_distribution():
     mixed = distill_cross_entropy(teacher, label, teacher, 0.25)
     entropy = float(-(teacher.softmax(-1) * teacher.log_softmax(-1)).sum(-1).mean())
     assert mixed == pytest.approx(0.75 * float(hard) + 0.25 * entropy, rel=1e-5)
+
+
+def test_unrolled_passes_draft_as_the_live_chain(target):
+    """Pass j at position i of the training unroll is pass j of the chain started at
+    i - j + 1 as vLLM drafts it (``eagle_chain_hits``: the chain's own keys of passes 2..j
+    in its KV cache), so training meets what the live drafter computes at every depth."""
+    from exec.match_lengths import eagle_chain_hits
+    (s,) = sequences(target, 1, seed=4, length=20)
+    head = EagleHead(target.config)
+    head.init_from_target(target, layer=1)
+    torch.manual_seed(5)
+    with torch.no_grad():          # init closes the residual branches: open them
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    embed, lm_head = target.model.embed_tokens.weight, target.lm_head.weight
+    ids, feat = s["ids"], s["hidden"].float()
+    k_max = 4
+    with torch.no_grad():
+        _, chain_prob = eagle_chain_hits(head, embed, lm_head, feat, ids, k_max)
+        n = len(ids) - 1                  # position t reads f_t and x_{t+1}, as the chain's
+        passes = dict(unrolled_passes(head, embed[ids[1:n + 1]][None], feat[None, :n], k_max))
+    for j, out in passes.items():
+        prob = torch.softmax(out[0] @ lm_head.T, -1).max(-1).values
+        starts = torch.arange(n - j + 1)                 # chains whose pass j is in range
+        assert torch.allclose(prob[starts + j - 1], torch.as_tensor(chain_prob[starts, j - 1]),
+                              atol=1e-5), f"pass {j}"
