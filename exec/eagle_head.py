@@ -81,7 +81,9 @@ class EagleHead(torch.nn.Module):
         features); position i of an unrolled pass attends to past positions < i - j + 1 ... via
         ``key_mask`` (True = may attend) built by the caller, and always to itself.
         """
-        x = self.fc(torch.cat([emb, feat], -1))
+        # residual stream in fp32 under a bf16 autocast too (training's ``bf16``): only the
+        # matmuls round, not the features the head regresses on and passes on
+        x = self.fc(torch.cat([emb, feat], -1)).float()
         q, k, v = self.qkv(x, pos)
         if past_k is None:
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
@@ -89,9 +91,9 @@ class EagleHead(torch.nn.Module):
             keys, vals = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
             attn = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_mask)
         b, _, t, _ = attn.shape
-        h = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1))
+        h = x + self.o_proj(attn.transpose(1, 2).reshape(b, t, -1)).float()
         n = rms_norm(h, self.post_norm, self.eps)
-        out = h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n))
+        out = h + self.down_proj(F.silu(self.gate_proj(n)) * self.up_proj(n)).float()
         return out, k, v
 
     def load_vllm_state(self, state: dict[str, torch.Tensor]) -> None:

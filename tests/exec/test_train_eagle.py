@@ -135,3 +135,29 @@ def test_unrolled_passes_draft_as_the_live_chain(target):
         starts = torch.arange(n - j + 1)                 # chains whose pass j is in range
         assert torch.allclose(prob[starts + j - 1], torch.as_tensor(chain_prob[starts, j - 1]),
                               atol=1e-5), f"pass {j}"
+
+
+def test_bf16_training_keeps_the_residual_stream_in_fp32(target, tmp_path):
+    """Under ``bf16`` only the matmuls round: the head's features stay fp32 and near the fp32
+    pass's, and a short run trains to finite weights."""
+    (s,) = sequences(target, 1, seed=6)
+    head = EagleHead(target.config)
+    head.init_from_target(target, layer=1)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    embed = target.model.embed_tokens.weight
+    ids, feat = s["ids"], s["hidden"].float()
+    n = len(ids) - 2
+    with torch.no_grad():
+        exact = dict(unrolled_passes(head, embed[ids[1:n + 1]][None], feat[None, :n], 3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = dict(unrolled_passes(head, embed[ids[1:n + 1]][None], feat[None, :n], 3))
+    for j in exact:
+        assert rounded[j].dtype == torch.float32
+        assert torch.allclose(rounded[j], exact[j], rtol=0.05, atol=0.05), j
+    cfg = replace(EagleTrainConfig(), steps=3, batch_sequences=2, depth=2, warmup_steps=1,
+                  num_negatives=8, soft_weight=0.5, bf16=True)
+    train(head, target, sequences(target, 4, seed=8), cfg, tmp_path, save_every=100)
+    assert all(torch.isfinite(p).all() for p in head.parameters())
