@@ -4,9 +4,10 @@
 training stdlib files, with each sequence's final hidden states and the target's top-8
 next-token ids. With vLLM generating, the hidden states are the ones its forward passes
 computed while generating (``HiddenStateTap``), the features the live drafter reads; HF's
-generate needs a second, teacher-forced pass for them. ``teacher``: the same over training-file code itself (teacher forcing, 3x
-cheaper per token on CPU). Both write ``data_*.pt`` files with a temporary name first, so an
-interrupted run never leaves half a batch that a later run would load.
+generate needs a second, teacher-forced pass for them. ``teacher``: the same over
+training-file code itself (teacher forcing, 3x cheaper per token on CPU). Both write
+``data_*.pt`` files with a temporary name first, so an interrupted run never leaves half a
+batch that a later run would load.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class HiddenStateTap:
     (``GPUModelRunner.execute_model``, vLLM 0.32); ``_model_forward`` returns their hidden
     states and is given their positions. Rows are stored by position, so a recomputed
     (preempted) request overwrites its own rows. A request's last sampled token never runs
-    through the model: ``hidden(i)`` has one row fewer than prompt + output."""
+    through the model: its rows stop one short of prompt + output."""
 
     def __init__(self, engine):
         from exec.engine import engine_core

@@ -77,9 +77,10 @@ class EagleHead(torch.nn.Module):
     def forward(self, emb, feat, pos, past_k=None, past_v=None, key_mask=None):
         """One draft pass over (B, T) positions; earlier passes' keys/values may be given.
 
-        ``past_k/past_v``: (B, H, T, D) keys of the first pass (computed from the target's
-        features); position i of an unrolled pass attends to past positions < i - j + 1 ... via
-        ``key_mask`` (True = may attend) built by the caller, and always to itself.
+        ``past_k/past_v``: (B, H, P, D) keys and values of earlier passes, concatenated
+        along positions (the first pass's come from the target's features); which of them a
+        position attends to, besides itself, is the caller's ``key_mask`` (True = may attend;
+        ``exec.train_eagle.unrolled_passes``, ``exec.match_lengths.eagle_chain_hits``).
         """
         # residual stream in fp32 under a bf16 autocast too (training's ``bf16``): only the
         # matmuls round, not the features the head regresses on and passes on
