@@ -43,6 +43,14 @@ def cut_train_prompts(tok, cfg: EagleTrainConfig, rng: np.random.Generator) -> l
     return out
 
 
+def save_atomically(obj, path: Path) -> None:
+    """``torch.save`` under a temporary name, then renamed: an interrupted write never leaves
+    a file that a later run would load."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.rename(path)
+
+
 def _batch_path(work: Path, b: int, cfg: EagleTrainConfig) -> Path:
     return work / f"data_{b // cfg.gen_batch:04d}.pt"
 
@@ -67,9 +75,7 @@ def save_greedy_batch(target, batch: list[list[int]], continuations: list[list[i
         s = width - len(f)
         seqs.append({"ids": ids[i, s:].clone(), "hidden": hidden[i, s:].half().clone(),
                      "top": top[i, s:].int().clone(), "num_prompt": len(p)})
-    tmp = path.with_suffix(".tmp")
-    torch.save(seqs, tmp)
-    tmp.rename(path)
+    save_atomically(seqs, path)
 
 
 class HiddenStateTap:
@@ -154,9 +160,7 @@ def save_tapped_batch(target, batch: list[list[int]], continuations: list[list[i
                          for h in hidden.split(1024)])
         seqs.append({"ids": torch.tensor(full), "hidden": hidden.half(), "top": top.int(),
                      "num_prompt": len(p)})
-    tmp = path.with_suffix(".tmp")
-    torch.save(seqs, tmp)
-    tmp.rename(path)
+    save_atomically(seqs, path)
 
 
 @torch.no_grad()
@@ -186,16 +190,8 @@ def generate_data(target, tok, cfg: EagleTrainConfig, work: Path, engine=None) -
             _, outs, _ = timed_plain(engine, flat, cfg.new_tokens)
             conts = [outs[i] for i in range(len(flat))]
             rows = tap.pop_by_index()
-            done = 0
-            for b, batch in zip(starts, batches):
-                save_tapped_batch(target, batch, conts[done:done + len(batch)], rows, done,
-                                  _batch_path(work, b, cfg))
-                done += len(batch)
-            print(f"data batches {[b // cfg.gen_batch for b in starts]}: {done} seqs x "
-                  f"{cfg.new_tokens} new tokens in {time.perf_counter() - t0:.0f} s "
-                  f"(vLLM's hidden states)", flush=True)
-            continue
         else:
+            rows = None
             batch = batches[0]
             width = max(len(p) for p in batch)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
@@ -207,11 +203,15 @@ def generate_data(target, tok, cfg: EagleTrainConfig, work: Path, engine=None) -
             conts = out[:, width:].tolist()
         done = 0
         for b, batch in zip(starts, batches):
-            save_greedy_batch(target, batch, conts[done:done + len(batch)], pad,
-                              _batch_path(work, b, cfg))
+            path = _batch_path(work, b, cfg)
+            if rows is not None:
+                save_tapped_batch(target, batch, conts[done:done + len(batch)], rows, done, path)
+            else:
+                save_greedy_batch(target, batch, conts[done:done + len(batch)], pad, path)
             done += len(batch)
         print(f"data batches {[b // cfg.gen_batch for b in starts]}: {done} seqs x "
-              f"{cfg.new_tokens} new tokens in {time.perf_counter() - t0:.0f} s", flush=True)
+              f"{cfg.new_tokens} new tokens in {time.perf_counter() - t0:.0f} s"
+              + (" (vLLM's hidden states)" if rows is not None else ""), flush=True)
 
 
 @torch.no_grad()
@@ -237,9 +237,7 @@ def teacher_forced_data(target, tok, cfg: EagleTrainConfig, work: Path) -> None:
         seqs = [{"ids": ids[i].clone(), "hidden": hidden[i].half().clone(),
                  "top": top[i].int().clone(), "num_prompt": ids.shape[1]}
                 for i in range(ids.shape[0])]
-        tmp = path.with_suffix(".tmp")
-        torch.save(seqs, tmp)
-        tmp.rename(path)
+        save_atomically(seqs, path)
         print(f"teacher batch {b // cfg.chunk_batch}: {ids.numel()} tokens in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 

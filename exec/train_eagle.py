@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from exec.eagle_head import EagleHead, heldout_acceptance
-from exec.eagle_data import TOP_K, data_files, generate_data, load_data, teacher_forced_data
+from exec.eagle_data import (TOP_K, data_files, generate_data, load_data, save_atomically,
+                             teacher_forced_data)
 
 
 
@@ -189,9 +190,7 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
         row = {"step": step, "val_agreement": [round(a, 4) for a in agree]}
         if best is None or score > best["score"]:
             best = {"step": step, "score": score}
-            tmp = best_path.with_suffix(".tmp")
-            torch.save(head.state_dict(), tmp)
-            tmp.rename(best_path)
+            save_atomically(head.state_dict(), best_path)
         log.append(row | {"best_step": best["step"]})
         print(json.dumps(log[-1]), flush=True)
 
@@ -261,10 +260,8 @@ def train(head, target, seqs, cfg: EagleTrainConfig, work: Path, save_every: int
         if val_seqs and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate()
         if step % save_every == 0 or step == cfg.steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"head": head.state_dict(), "opt": opt.state_dict(), "log": log,
-                        "step": step, "best": best}, tmp)
-            tmp.rename(ckpt)
+            save_atomically({"head": head.state_dict(), "opt": opt.state_dict(), "log": log,
+                             "step": step, "best": best}, ckpt)
     if val_seqs:
         head.load_state_dict(torch.load(best_path))
     return log
