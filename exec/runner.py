@@ -114,14 +114,20 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
             "trace_meta": trace.meta, "num_requests": n, "num_prompts_clamped": num_clamped,
             "cost_model": cost.describe() if hasattr(cost, "describe") else type(cost).__name__,
             "seed": config.seed, "wall_s": clock()}
-    acceptance = None
-    if config.record_acceptance and config.draft_model:
-        from exec.match_lengths import acceptance_traces, eagle_acceptance_traces
-        acceptance = (eagle_acceptance_traces(config.target_model, config.draft_model, outputs,
-                                              config.k_max)
-                      if config.draft_method == "eagle"
-                      else acceptance_traces(config.draft_model, outputs, config.k_max))
+    acceptance = (acceptance_of(config, outputs)
+                  if config.record_acceptance and config.draft_model else None)
     return build_result(request_rows, step_rows, ctl.rows, outputs, meta, acceptance)
+
+
+def acceptance_of(config: LiveConfig, outputs: list[dict]):
+    """The m(p) traces (exec/match_lengths.py) of a run's ``outputs`` (dicts with
+    request_id, prompt_token_ids, output_token_ids) under ``config``'s drafter: its own
+    forward passes over the generated text, after the run."""
+    from exec.match_lengths import acceptance_traces, eagle_acceptance_traces
+    if config.draft_method == "eagle":
+        return eagle_acceptance_traces(config.target_model, config.draft_model, outputs,
+                                       config.k_max)
+    return acceptance_traces(config.draft_model, outputs, config.k_max)
 
 
 def check_policy_fits_drafter(policy: Policy, config: LiveConfig) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 PHASES = ("target", "draft", "step")
 SHAPE_COLUMNS = ("num_seqs", "num_scheduled_tokens", "num_prefill_tokens", "draft_passes",
-                 "sum_context_tokens")
+                 "sum_context_tokens", "num_next_seqs", "draft_ctx_sum")
 MIN_SHAPE_STEPS = 5
 MIN_LIVE_S = 1e-4          # a phase that took less has no relative error (or ratio)
 

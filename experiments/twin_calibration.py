@@ -40,6 +40,8 @@ class TwinCalibration:
     target_ratio: float            # median live / predicted target phase of the others
     source: str                    # "other cells, same engine" | "none: ..." (not calibrated)
     profile: str                   # the calibrated profile CSV the twin's clock runs on
+    num_live_draft_rows: int = 0   # draft passes of the others' live draft phases added
+    draft_ratio: float = 1.0       # median live / predicted draft phase of the others
 
 
 def other_cells(pred: pd.DataFrame, cell: tuple, speculative: dict) -> pd.DataFrame:
@@ -77,8 +79,49 @@ def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
                    zip(pred["load"], pred["policy"], pred["repeat"])]})[ok]
 
 
+def draft_ratio(rows: pd.DataFrame) -> float:
+    """Median live / predicted seconds of the draft phase over ``rows`` (1.0 over none)."""
+    live = rows["live_draft_s"].to_numpy(np.float64)
+    pred = rows["pred_draft_s"].to_numpy(np.float64)
+    ok = (live > MIN_LIVE_S) & (pred > 0)
+    return float(np.median(live[ok] / pred[ok])) if ok.any() else 1.0
+
+
+def live_draft_rows(pred: pd.DataFrame, like: pd.DataFrame, cost) -> pd.DataFrame:
+    """Live steps' draft phases as profile rows of ``like``'s draft model and hardware. A
+    phase is several passes (sim/core/live_mirror.vllm_draft_passes); each pass gets the
+    share of the live phase that ``cost`` (the profile's fit) predicts for it, so a row
+    carries its step's live level and its pass's shape. Sync passes (max k = 0) go to the
+    ``draft_sync`` role where ``like`` has one."""
+    from sim.core.live_mirror import vllm_draft_passes
+
+    draft = like[like["role"] == "draft"].iloc[0]
+    has_sync = bool((like["role"] == "draft_sync").any())
+    sync = getattr(cost, "draft_sync_step_s", cost.draft_step_s)
+    rows = []
+    for r in pred.itertuples():
+        if not r.live_draft_s > MIN_LIVE_S:
+            continue
+        passes = vllm_draft_passes(int(r.num_scheduled_tokens), int(r.num_seqs),
+                                   int(r.sum_context_tokens), int(r.draft_passes),
+                                   int(r.num_next_seqs), int(r.draft_ctx_sum))
+        each = np.array([float((cost.draft_step_s if samples else sync)(n, b, c))
+                         for samples, n, b, c in passes])
+        if not len(passes) or not each.sum() > 0:
+            continue
+        for (samples, n, b, c), share in zip(passes, each / each.sum()):
+            rows.append({"role": "draft" if samples or not has_sync else "draft_sync",
+                         "phase": "prefill" if n > b else "decode", "num_seqs": b,
+                         "num_tokens": n, "sum_context_tokens": c,
+                         "latency_s": r.live_draft_s * share,
+                         "source": f"live step of load {r.load:g} {r.policy} repeat {r.repeat}"})
+    out = pd.DataFrame(rows, columns=["role", "phase", "num_seqs", "num_tokens",
+                                      "sum_context_tokens", "latency_s", "source"])
+    return out.assign(model=draft["model"], hardware=draft["hardware"])[list(like.columns)]
+
+
 def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: dict,
-                   dest: Path) -> TwinCalibration:
+                   dest: Path, draft: str = "rows") -> TwinCalibration:
     """Write ``cell``'s calibrated profile to ``dest`` (or, with no other cell on its engine,
     return ``profile`` itself): ``profile`` (a known name or CSV, the
     engine's own: plain vLLM's for a plain cell) with its target rows scaled by the other
@@ -91,6 +134,7 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
     ``speculative``: (load, policy) -> whether the cell ran on the speculative engine."""
     from experiments.calibrate import scale_profile
     from profiles import load_profile, resolve_profile, save_profile
+    from sim.models.fitted_cost import load_fitted_cost_model
 
     others = other_cells(pred, cell, speculative)
     if not len(others):            # e.g. a one-load quick run: the profile as measured
@@ -98,8 +142,14 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
                                str(resolve_profile(profile).resolve()))
     table = load_profile(resolve_profile(profile))
     ratio = target_ratio(others)
-    table = scale_profile(table, {"target": ratio})
+    d_ratio = draft_ratio(others) if draft == "scale+rows" else 1.0
+    drafts = [r for r in ("draft", "draft_sync") if (table["role"] == r).any()]
+    table0 = table
+    table = scale_profile(table, {"target": ratio, **{r: d_ratio for r in drafts
+                                                      if draft == "scale+rows"}})
     rows = live_target_rows(others, table)
-    path = save_profile(pd.concat([table, rows], ignore_index=True), dest)
+    d_rows = (live_draft_rows(others, table0, load_fitted_cost_model(resolve_profile(profile)))
+              if draft != "none" and drafts and speculative[cell] else table.iloc[:0])
+    path = save_profile(pd.concat([table, rows, d_rows], ignore_index=True), dest)
     return TwinCalibration(int(len(rows)), ratio, "other cells, same engine",
-                           str(path.resolve()))
+                           str(path.resolve()), int(len(d_rows)), d_ratio)

@@ -69,6 +69,11 @@ def _args(argv):
                          "(experiments/twin_calibration.py; default); --no-recalibrate: the "
                          "profile as measured (its figures are reported under profile_only "
                          "either way)")
+    ap.add_argument("--calibrate-draft", default="rows",
+                    choices=("rows", "scale+rows", "none"),
+                    help="calibrated twins: also add the other cells' live draft passes as "
+                         "draft rows (default), and scale the profile's by their level, or "
+                         "keep the draft rows as measured")
     ap.add_argument("--profile-repeats", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep what an interrupted run with the same arguments left in --out "
@@ -186,7 +191,8 @@ def main(argv=None) -> dict:
         if args.recalibrate:
             calibration = calibrate_twin(
                 profile if cell["speculative"] else (plain_profile or profile), pred_all,
-                (load, label), speculative, cell["dir"] / "twin_profile.csv")
+                (load, label), speculative, cell["dir"] / "twin_profile.csv",
+                args.calibrate_draft)
             sim = twin("sim", calibration.profile)
             pred = _predictions(cell, load_fitted_cost_model(calibration.profile))
         else:

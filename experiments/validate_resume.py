@@ -3,7 +3,8 @@
 ``run_live_repeats`` runs every cell's live repeats through ``experiments.sweep.run_sweep``.
 With ``--resume`` what an interrupted run left in its folder is kept: the arguments are recorded in the folder (a resume with other ones is refused); each live
 repeat is marked ``done`` once saved whole; repeat 0's hook calls (the decision replay's
-input) are kept beside it. The profile a run measured is reused by ``validate._profile``.
+input) are kept beside it, and its m(p) traces are computed once every live repeat has run
+(saved into it then, so a resumed run that lacks them computes them). The profile a run measured is reused by ``validate._profile``.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ CALLS_FILE = "calls.pkl"
 
 def check_resume(args, out: Path) -> None:
     """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
-    # --recalibrate changes only the twins, which a resumed run simulates again
+    # --recalibrate and --calibrate-draft change only the twins, which a resumed run simulates again
     mine = {k: v for k, v in sorted(vars(args).items())
-            if k not in ("resume", "out", "recalibrate")}
+            if k not in ("resume", "out", "recalibrate", "calibrate_draft")}
     path = out / ARGS_FILE
     if args.resume and path.is_file():
         theirs = json.loads(path.read_text())
@@ -72,7 +73,7 @@ def run_live_repeats(args, loads, policies, live_cfg, engines, cost, out: Path) 
 
     import numpy as np
 
-    from exec.runner import run_live
+    from exec.runner import acceptance_of, run_live
     from experiments.sweep import run_sweep
     from experiments.validate_cells import run_metrics, validation_trace
     from policies.recording import PolicyRecorder
@@ -107,8 +108,9 @@ def run_live_repeats(args, loads, policies, live_cfg, engines, cost, out: Path) 
         cell = cells[(load, label)]
         recorder = PolicyRecorder(make_policy(cell["name"], **cell["params"]))
         cfg = cell["config"]
-        res = run_live(traces[load], recorder,
-                       replace(cfg, record_acceptance=rep == 0 and cfg.record_acceptance),
+        # m(p) traces are computed after every live repeat has run (below): the drafter's
+        # offline passes between repeats would sit inside the timed period
+        res = run_live(traces[load], recorder, replace(cfg, record_acceptance=False),
                        engine=cell["engine"], cost=cost)
         return {"rep": rep, "load": load, "label": label, "run_dir": store.run_dir(task),
                 "result": res, "calls": recorder.calls if rep == 0 else None}
@@ -125,6 +127,11 @@ def run_live_repeats(args, loads, policies, live_cfg, engines, cost, out: Path) 
         cell["live_dirs"].append(done["run_dir"])
         if done["rep"] == 0:
             cell["calls"] = done["calls"]
-    for cell in cells.values():
+    for key, cell in cells.items():
         cell["speculative"] = cell["config"].speculative
+        first, cfg = cell["live_runs"][0], cell["config"]
+        if first.acceptance is None and cfg.record_acceptance and cfg.draft_model:
+            first = replace(first, acceptance=acceptance_of(cfg, first.outputs.to_dict("records")))
+            cell["live_runs"][0] = first
+            store.save((0, *key), {"rep": 0, "result": first, "calls": cell["calls"]})
     return cells

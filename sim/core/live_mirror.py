@@ -47,19 +47,30 @@ def vllm_draft_s(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int, 
                                 int(decode_ctx.shape[0]), int(decode_ctx.sum()))
 
 
+def vllm_draft_passes(num_tokens: int, num_seqs: int, sum_context_tokens: int, max_k: int,
+                      num_drafting: int, drafting_ctx_sum: int) -> list[tuple[bool, int, int, int]]:
+    """The draft passes of one step as vLLM runs them (see the module doc), each as
+    (samples, num_tokens, num_seqs, sum_context_tokens): pass 0 over the target pass's tokens
+    (``samples`` False when max k is 0: a sync pass), then max k - 1 one-token passes over
+    the batch, attending to the drafting requests' KV (``drafting_ctx_sum`` after the step,
+    ``num_drafting`` requests) plus the drafts so far."""
+    if num_tokens <= 0:
+        return []
+    passes = [(max_k > 0, num_tokens, num_seqs, sum_context_tokens)]
+    if num_drafting and max_k > 1:
+        passes += [(True, num_seqs, num_seqs, drafting_ctx_sum + num_drafting * (j + 1))
+                   for j in range(1, max_k)]
+    return passes
+
+
 def vllm_draft_s_of_sums(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int,
                          max_k: int, num_drafting: int, drafting_ctx_sum: int) -> float:
     """``vllm_draft_s`` from the drafting requests' count and KV sum (a live step's record)."""
-    if num_tokens <= 0:
-        return 0.0
-    pass0 = cost.draft_step_s if max_k > 0 else getattr(cost, "draft_sync_step_s",
-                                                        cost.draft_step_s)
-    total = float(pass0(num_tokens, num_seqs, sum_context_tokens))
-    n = num_drafting
-    if n and max_k > 1:
-        for j in range(1, max_k):
-            total += float(cost.draft_step_s(num_seqs, num_seqs, drafting_ctx_sum + n * (j + 1)))
-    return total
+    sync = getattr(cost, "draft_sync_step_s", cost.draft_step_s)
+    passes = vllm_draft_passes(num_tokens, num_seqs, sum_context_tokens, max_k, num_drafting,
+                               drafting_ctx_sum)
+    return sum((float((cost.draft_step_s if samples else sync)(n, b, s))
+                for samples, n, b, s in passes), 0.0)
 
 
 def drafter_window_full(seq_lens: np.ndarray, k_max: int, max_model_len: int) -> bool:

@@ -6,6 +6,7 @@ import pytest
 
 from experiments.twin_calibration import calibrate_twin
 from profiles import PROFILES_DIR, load_profile
+from sim.core.live_mirror import vllm_draft_s_of_sums
 from sim.models.fitted_cost import load_fitted_cost_model
 
 SPEC = PROFILES_DIR / "cpu-2core_smollm2_135m.csv"
@@ -22,11 +23,15 @@ def _cell(load, policy, cost, factor, draft_factor=1.0, n=40, speculative=True):
     ctx = b * rng.integers(130, 160, n)
     target = np.asarray(cost.target_step_s(tok.astype(float), b.astype(float),
                                            ctx.astype(float)))
-    draft = np.full(n, 0.008) if speculative else np.zeros(n)
+    passes = 3 if speculative else 0
+    draft = (np.array([vllm_draft_s_of_sums(cost, int(t), int(q), int(c), passes, int(q),
+                                            int(c)) for t, q, c in zip(tok, b, ctx)])
+             if speculative else np.zeros(n))
     return pd.DataFrame({
         "step": np.arange(n), "num_seqs": b, "num_scheduled_tokens": tok,
-        "num_prefill_tokens": pre, "draft_passes": 3 if speculative else 0,
-        "sum_context_tokens": ctx, "live_target_s": factor * target, "pred_target_s": target,
+        "num_prefill_tokens": pre, "draft_passes": passes, "sum_context_tokens": ctx,
+        "num_next_seqs": b, "draft_ctx_sum": ctx,
+        "live_target_s": factor * target, "pred_target_s": target,
         "live_draft_s": draft_factor * draft, "pred_draft_s": draft,
         "live_step_s": factor * target + draft_factor * draft, "pred_step_s": target + draft,
         "load": load, "policy": policy, "repeat": 0})
@@ -39,7 +44,7 @@ def test_each_twin_is_calibrated_on_the_other_cells_of_its_engine(tmp_path):
                       _cell(0.5, "none", plain, 1.1, speculative=False)])
     speculative = {(0.5, "fixed:3"): True, (4.0, "fixed:3"): True, (0.5, "none"): False}
     cal = calibrate_twin(str(SPEC), pred, (0.5, "fixed:3"), speculative,
-                         tmp_path / "a.csv")
+                         tmp_path / "a.csv", draft="none")
     # only the other speculative cell's steps: its 40 target phases, its draft ratio
     assert cal.source == "other cells, same engine" and cal.num_live_rows == 40
     assert cal.target_ratio == pytest.approx(1.5)
@@ -59,9 +64,43 @@ def test_each_twin_is_calibrated_on_the_other_cells_of_its_engine(tmp_path):
                        base.loc[d, "latency_s"].sort_values())
     # the one plain cell has no other plain cell: its profile as measured
     cal_plain = calibrate_twin(str(PLAIN), pred, (0.5, "none"), speculative,
-                               tmp_path / "b.csv")
+                               tmp_path / "b.csv", draft="none")
     assert cal_plain.source.startswith("none") and cal_plain.num_live_rows == 0
     assert cal_plain.profile == str(PLAIN.resolve())
+
+
+def _draft_phase(cost, steps):
+    return np.array([vllm_draft_s_of_sums(cost, int(r.num_scheduled_tokens), int(r.num_seqs),
+                                          int(r.sum_context_tokens), int(r.draft_passes),
+                                          int(r.num_next_seqs), int(r.draft_ctx_sum))
+                     for r in steps.itertuples()])
+
+
+@pytest.mark.parametrize("draft", ["rows", "scale+rows"])
+def test_a_twins_draft_passes_follow_the_other_cells_live_draft_phases(tmp_path, draft):
+    spec, plain = load_fitted_cost_model(SPEC), load_fitted_cost_model(PLAIN)
+    pred = pd.concat([_cell(0.5, "fixed:3", spec, 1.0, 0.7),
+                      _cell(4.0, "fixed:3", spec, 1.0, 1.3, n=200),
+                      _cell(0.5, "none", plain, 1.1, speculative=False),
+                      _cell(4.0, "none", plain, 1.1, speculative=False)])
+    speculative = {(0.5, "fixed:3"): True, (4.0, "fixed:3"): True, (0.5, "none"): False,
+                   (4.0, "none"): False}
+    cal = calibrate_twin(str(SPEC), pred, (0.5, "fixed:3"), speculative, tmp_path / "a.csv",
+                         draft=draft)
+    table = load_profile(cal.profile)
+    live = table[table["source"].str.startswith("live step") & (table["role"] == "draft")]
+    # 200 steps x 3 passes of the other cell only, never its own (0.7x) steps
+    assert cal.num_live_draft_rows == len(live) == 600
+    assert live["source"].str.contains("load 4 fixed:3").all()
+    assert cal.draft_ratio == (pytest.approx(1.3) if draft == "scale+rows" else 1.0)
+    # the twin's draft phases run 1.3x the measured profile's on the other cell's shapes
+    other = pred[pred["load"] == 4.0]
+    ratio = _draft_phase(load_fitted_cost_model(cal.profile), other) / other["pred_draft_s"]
+    assert 1.2 < float(np.median(ratio)) < 1.4
+    # a plain cell has no drafter: no draft rows from the speculative cells
+    cal_plain = calibrate_twin(str(PLAIN), pred, (0.5, "none"), speculative,
+                               tmp_path / "b.csv", draft=draft)
+    assert cal_plain.num_live_draft_rows == 0 and cal_plain.num_live_rows > 0
 
 
 def test_a_twins_policy_reads_the_live_predictor_while_its_clock_runs_on_the_calibrated(tmp_path):
