@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 
 import numpy as np
@@ -45,6 +46,7 @@ def run_live(trace, policy: Policy | str, config: LiveConfig, prompts=None, *, e
     if config.warmup_requests:
         _warmup(engine, config.warmup_requests)
     policy.warm_up()             # compiled hooks load before the clock starts
+    gc.collect()                 # what the set-up left is collected now, not inside a step
     cost = cost if cost is not None else MeasuredCost()
     t0 = time.perf_counter()
     clock = lambda: time.perf_counter() - t0  # noqa: E731

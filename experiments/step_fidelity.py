@@ -81,3 +81,11 @@ def shape_noise_floor(pred: pd.DataFrame, by=("policy",)) -> dict:
     err = np.abs(pred["pred_step_s"].to_numpy()[ok] - live) / live
     return {"median": float(np.median(dev)), "p90": float(np.percentile(dev, 90)),
             "model_median": float(np.median(err)), "num_steps": int(ok.sum())}
+
+
+def step_jitter_sigma(pred: pd.DataFrame) -> float:
+    """The machine's step-to-step jitter as a log-normal sigma: the same-shape spread of
+    ``shape_noise_floor`` (median |step / shape median - 1|) over the median |z| of a normal,
+    0.6745. 0.0 where no shape repeats often enough."""
+    floor = shape_noise_floor(pred).get("median")
+    return float(floor / 0.6745) if floor is not None and np.isfinite(floor) else 0.0

@@ -75,7 +75,8 @@ def twin_trace(requests: pd.DataFrame, meta: dict, name: str = "live-twin"):
 
 
 def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu-2core",
-            plain_profile: str | None = None, clock_profile: str | None = None) -> Twin:
+            plain_profile: str | None = None, clock_profile: str | None = None,
+            step_noise_sigma: float = 0.0, replica: int = 0) -> Twin:
     """The twin of the live run saved in ``live_dir``.
 
     ``profile``: a fitted-cost profile name or CSV (profiles/) of the speculative engine;
@@ -83,7 +84,9 @@ def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu
     without a drafter when given; ``clock_profile``: the profile the twin's clock runs on
     instead (experiments/twin_calibration.py), its policy still reading ``profile`` as the
     live policy did; ``model``/``draft``: the pair's shape names in sim/models/shapes.py
-    (exec/pairs.py ``sim_names``).
+    (exec/pairs.py ``sim_names``); ``step_noise_sigma``/``replica``: one member of an
+    ensemble whose steps jitter as the live machine's do (``SimConfig.step_noise_sigma``,
+    seed = the live run's + ``replica``).
     """
     from sim.core.config import AcceptanceConfig, EngineConfig, SimConfig
 
@@ -114,13 +117,15 @@ def twin_of(live_dir, profile: str, model: str, draft: str, hardware: str = "cpu
                         cost_model=f"fitted:{clock}", engine=eng, acceptance=acc,
                         policy_cost_model=(None if clock == policy_profile
                                            else f"fitted:{policy_profile}"),
-                        seed=int(meta.get("seed", 0)))
+                        seed=int(meta.get("seed", 0)) + replica,
+                        step_noise_sigma=step_noise_sigma)
     return Twin(twin_trace(requests, meta), sim_cfg, str(live_dir), how)
 
 
 def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_dir,
                   hardware: str = "cpu-2core", plain_profile: str | None = None,
-                  clock_profile: str | None = None):
+                  clock_profile: str | None = None, step_noise_sigma: float = 0.0,
+                  replica: int = 0):
     """Simulate the twin of ``live_dir`` with ``policy`` (a fresh instance of the live run's
     policy) and save it in ``out_dir`` as a run folder (summary.json included) whose config is
     the live run's with ``backend.name = sim``."""
@@ -130,7 +135,8 @@ def simulate_twin(live_dir, policy, profile: str, model: str, draft: str, out_di
     from experiments import store
     from sim import simulate
 
-    twin = twin_of(live_dir, profile, model, draft, hardware, plain_profile, clock_profile)
+    twin = twin_of(live_dir, profile, model, draft, hardware, plain_profile, clock_profile,
+                   step_noise_sigma, replica)
     res = simulate(twin.trace, policy, twin.config)
     live_meta = json.loads((Path(live_dir) / "meta.json").read_text())
     run_config = json.loads(json.dumps(live_meta.get("run_config", {"policy": {

@@ -11,9 +11,13 @@ noise band.
    policies on the speculative engine. The first repeat records the m(p) traces and every hook
    call of the policy.
 3. Sim: each cell's twin (experiments/twin.py: the same requests, limits, drafter, the fitted
-   profile, the live m(p) replayed), simulated once (it is deterministic), with the profile
-   scaled by the other cells' live steps (experiments/twin_calibration.py: leave one cell
-   out), and once more with the profile as measured (``profile_only`` in the JSON).
+   profile, the live m(p) replayed), its clock calibrated on the other cells' live steps,
+   target and draft passes (experiments/twin_calibration.py: leave one cell out), and once
+   more with the profile as measured (``profile_only`` in the JSON). A live run is one draw
+   of a jittering machine: a request arriving just before or after a step starts waits one
+   step more or less. So the twin's figures are the mean of ``--twin-replicas`` simulations
+   whose steps jitter as much as the other cells' same-shape live steps do
+   (``SimConfig.step_noise_sigma``); the jitter-free twin's are kept beside them.
 4. Reports, per cell and overall: the twin's error against the live mean and whether it lies
    inside the repeats' range; the live noise (the repeats' spread); step-level fidelity (every
    live step predicted from its shape, exec/controller.py + experiments/step_fidelity.py);
@@ -34,10 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.validate_cells import (compare, error_table, k_distribution, policy_spec,
-                                        ranking, run_metrics, slo_met_count, step_summary)
+from experiments.validate_cells import (compare, ensemble_metrics, error_table, k_distribution,
+                                        policy_spec, ranking, run_metrics, slo_met_count,
+                                        step_summary)
 from experiments.validate_resume import check_resume, run_live_repeats
-from experiments.twin_calibration import calibrate_twin
+from experiments.twin_calibration import calibrate_twin, other_cells
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -74,6 +79,12 @@ def _args(argv):
                     help="calibrated twins: also add the other cells' live draft passes as "
                          "draft rows (default), and scale the profile's by their level, or "
                          "keep the draft rows as measured")
+    ap.add_argument("--twin-noise", default="auto",
+                    help="each twin is the mean of --twin-replicas simulations whose steps "
+                         "jitter by exp(sigma * z) (SimConfig.step_noise_sigma): 'auto' takes "
+                         "sigma from the other cells' live steps (their same-shape spread), a "
+                         "number sets it, 0 simulates each twin once without jitter")
+    ap.add_argument("--twin-replicas", type=int, default=8)
     ap.add_argument("--profile-repeats", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep what an interrupted run with the same arguments left in --out "
@@ -135,7 +146,7 @@ def main(argv=None) -> dict:
     from exec.match_lengths import replay_agreement
     from exec.pairs import pair_config, sim_names
     from exec.profiler import hardware_name
-    from experiments.step_fidelity import shape_noise_floor, step_errors
+    from experiments.step_fidelity import shape_noise_floor, step_errors, step_jitter_sigma
     from experiments.twin import check_same_workload, simulate_twin
     from policies.recording import replay
     from policies.registry import make_policy
@@ -180,11 +191,11 @@ def main(argv=None) -> dict:
         lo = {k: float(np.min([m[k] for m in per_rep])) for k in KEYS}
         hi = {k: float(np.max([m[k] for m in per_rep])) for k in KEYS}
 
-        def twin(folder, clock=None):
+        def twin(folder, clock=None, sigma=0.0, replica=0):
             return simulate_twin(cell["live_dirs"][0], make_policy(cell["name"],
                                                                    **cell["params"]),
                                  profile, model, draft, cell["dir"] / folder, hardware,
-                                 plain_profile, clock)
+                                 plain_profile, clock, sigma, replica)
 
         sim_profile_only = twin("sim_profile_only")
         calibration = None
@@ -193,11 +204,17 @@ def main(argv=None) -> dict:
                 profile if cell["speculative"] else (plain_profile or profile), pred_all,
                 (load, label), speculative, cell["dir"] / "twin_profile.csv",
                 args.calibrate_draft)
-            sim = twin("sim", calibration.profile)
+            clock = calibration.profile
             pred = _predictions(cell, load_fitted_cost_model(calibration.profile))
         else:
-            sim, pred = sim_profile_only, base_pred[(load, label)]
-        sm, sm0 = run_metrics(sim.requests), run_metrics(sim_profile_only.requests)
+            clock, pred = None, base_pred[(load, label)]
+        sim = twin("sim", clock) if clock else sim_profile_only
+        sigma = (step_jitter_sigma(other_cells(pred_all, (load, label), speculative))
+                 if args.twin_noise == "auto" else float(args.twin_noise))
+        ensemble = ([twin(f"sim_jitter{i}", clock, sigma, i) for i in range(args.twin_replicas)]
+                    if sigma > 0 and args.twin_replicas > 0 else [sim])
+        sm = ensemble_metrics([run_metrics(x.requests) for x in ensemble])
+        sm0 = run_metrics(sim_profile_only.requests)
         all_pred.append(pred)
         differ = replay(make_policy(cell["name"], **cell["params"]), cell["calls"])
         rows.append({
@@ -213,7 +230,9 @@ def main(argv=None) -> dict:
                            else float("nan") for k in KEYS},
             "sim_in_live_range": {k: bool(lo[k] <= sm[k] <= hi[k]) for k in KEYS},
             "live_slo_met": float(np.mean([slo_met_count(x.requests) for x in runs])),
-            "sim_slo_met": slo_met_count(sim.requests),
+            "sim_slo_met": float(np.mean([slo_met_count(x.requests) for x in ensemble])),
+            "twin_ensemble": {"num_replicas": len(ensemble), "step_noise_sigma": sigma,
+                              "deterministic": run_metrics(sim.requests)},
             "live_steps": step_summary(runs[0].steps), "sim_steps": step_summary(sim.steps),
             "step_errors": step_errors(pred),
             "step_errors_profile_only": step_errors(base_pred[(load, label)]),

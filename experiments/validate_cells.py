@@ -44,6 +44,15 @@ def run_metrics(requests: pd.DataFrame) -> dict:
     return out
 
 
+def ensemble_metrics(members: list[dict]) -> dict:
+    """``run_metrics`` of an ensemble of twins: each figure's mean over the members (counts:
+    the worst member), what a run of the jittering machine is expected to show."""
+    out = {key: float(np.mean([m[key] for m in members])) for key, _, _ in METRICS}
+    out["num_finished"] = min(m["num_finished"] for m in members)
+    out["num_failed"] = max(m["num_failed"] for m in members)
+    return out
+
+
 def compare(live: dict, sim: dict) -> dict:
     """Relative errors |sim - live| / live of each metric (fractions)."""
     return {f"{key}_err": (abs(sim[key] - live[key]) / live[key]

@@ -61,6 +61,10 @@ class SimConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     seed: int = 0
+    # each step's latency times exp(sigma * z), z ~ N(0, 1) drawn per step from ``seed``: the
+    # machine's step-to-step jitter, for an ensemble of a live run's twin (0: the cost model
+    # exactly; the only source of randomness besides acceptance)
+    step_noise_sigma: float = 0.0
     tensor_parallel: int = 1             # target (and draft) sharded this many ways
     record_steps: bool = True            # keep the per-step table (off for huge sweeps)
 

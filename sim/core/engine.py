@@ -34,6 +34,7 @@ from sim.fast import fast_path
 
 
 _EMPTY = np.zeros(0, np.int64)
+STEP_NOISE_STREAM = 7          # the step jitter's key beside the seed (SimConfig.step_noise_sigma)
 _EMPTY.setflags(write=False)          # shared, so never writable
 
 
@@ -79,7 +80,13 @@ class Engine:
                       and self._default_drafting and self._default_verify)
         # multi-step epochs (sim/fast/epoch.py) need a static policy, block draws, per-request drafts
         self._epochs = bool(multi_step and static and hasattr(self.acc, "draw_block")
-                            and eng.draft_passes == "per_request")
+                            and eng.draft_passes == "per_request" and not config.step_noise_sigma)
+        if not config.step_noise_sigma >= 0:
+            raise ValueError(f"step_noise_sigma={config.step_noise_sigma}: must be >= 0 "
+                             "(a relative spread of step latencies, e.g. 0.08)")
+        # its own stream of the seed: acceptance draws are the same with or without noise
+        self._step_noise = (np.random.default_rng([config.seed, STEP_NOISE_STREAM])
+                            if config.step_noise_sigma else None)
         # a static policy reads no confidences: draw them only when a decision needs them
         self._lazy_conf = static and isinstance(self.acc, ParametricAcceptance)
         # ... and then nobody reads a step's confidences unless a verify budget or observe()
@@ -229,6 +236,10 @@ class Engine:
                 [ctx + 1, r.num_computed[pre] + pre_tok])
             draft_s = 0.0 if no_drafter else vllm_draft_s(
                 self.cost, n_tok, int(rows.shape[0]), verify_ctx, self._vllm_max_k, draft_ctx)
+        if self._step_noise is not None:
+            jitter = float(np.exp(self.config.step_noise_sigma
+                                  * self._step_noise.standard_normal()))
+            draft_s, verify_s = draft_s * jitter, verify_s * jitter
         self.pending = PendingStep(now, rows, dec, pre, pre_tok, num_spec, accepted, conf,
                                    draft_s, verify_s, num_waiting, n_pre_tok, n_spec, ctx,
                                    out, obs.request_ids)
