@@ -78,3 +78,27 @@ def test_step_fidelity_predicts_each_phase_and_its_noise_floor():
     assert floor["model_median"] >= floor["median"] - 1e-9
     plain = predict_steps(exact.assign(draft_s=0.0), cost, speculative=False)
     assert (plain["pred_draft_s"] == 0).all()
+
+
+def test_step_jitter_sigma_recovers_a_log_normal_spread():
+    from experiments.step_fidelity import predict_steps, step_jitter_sigma
+    from sim.models.cost import ConstantCostModel
+    cost = ConstantCostModel(0.010, 0.002)
+    rng = np.random.default_rng(0)
+    n = 400
+    latency = 0.015 * np.exp(0.08 * rng.standard_normal(n))
+    pred = predict_steps(_steps(latency, np.full(n, 0.006), draft_passes=3), cost,
+                         speculative=True).assign(policy="fixed:3")
+    assert 0.065 < step_jitter_sigma(pred) < 0.095
+    assert step_jitter_sigma(pred.iloc[:3]) == 0.0            # no shape repeats 5 times
+
+
+def test_a_twin_ensemble_reports_each_figures_mean():
+    from experiments.validate_cells import ensemble_metrics
+    a = {"num_finished": 16, "num_failed": 0, "mean_ttft": 0.2, "mean_tpot": 0.04,
+         "p99_tpot": 0.06}
+    b = {"num_finished": 15, "num_failed": 1, "mean_ttft": 0.3, "mean_tpot": 0.05,
+         "p99_tpot": 0.08}
+    m = ensemble_metrics([a, b])
+    assert m["mean_ttft"] == pytest.approx(0.25) and m["p99_tpot"] == pytest.approx(0.07)
+    assert m["num_finished"] == 15 and m["num_failed"] == 1
