@@ -9,7 +9,8 @@ non-negative slopes between knots spread geometrically over the profiled N (mono
 tokens never cost less; it bends from the weight-streaming floor to the compute slope).
 S is the attention compute; S * B / N estimates the distinct KV read (exact for decode), the
 memory-bound attention term. All coefficients are non-negative, fitted by NNLS on relative
-errors (rows weighted by 1 / latency). A pass with N <= 0 costs nothing.
+errors (rows weighted by 1 / latency). A pass with N <= 0 costs nothing. Exact small token
+counts that the rows repeat often get their own factor on top (``small_token_factors``).
 
 ``python -m sim.tools.fitted_cost_report`` prints held-out errors of every profile in
 profiles/data/ (sim/tools/fitted_cost_report.py).
@@ -27,6 +28,10 @@ from scipy.optimize import nnls
 from profiles import ProfileError, load_profile, resolve_profile
 
 MAX_KNOTS = 12
+SMALL_TOKENS = 16          # token counts up to this get their own factor where rows allow
+MIN_SMALL_TOKEN_ROWS = 8   # rows of one exact count needed for its factor
+SMALL_TOKEN_MIN_EFFECT = 0.01   # a factor within 1 % of 1 is left at 1
+MAX_SMALL_TOKEN_SPREAD = 0.10   # ... and so is one its rows disagree on (median |r / f - 1|)
 EXTRAPOLATION_FACTOR = 2.0  # warn beyond this multiple of the largest profiled value
 
 
@@ -44,6 +49,8 @@ class StepFit:
     max_num_seqs: float
     max_sum_context_tokens: float
     num_points: int
+    # exact small token counts: factor[N - 1] multiplies the model at N tokens (see fit_step)
+    small_token_factors: tuple[float, ...] = ()
 
     @property
     def knot_values(self) -> tuple[float, ...]:
@@ -84,7 +91,32 @@ def fit_step(n, b, s, latency_s) -> StepFit:
     k = len(knots)
     return StepFit(tuple(knots.tolist()), tuple(coef[1:1 + k].tolist()), float(coef[0]),
                    float(coef[1 + k]), float(coef[2 + k]), float(coef[3 + k]),
-                   float(n.max()), float(b.max()), float(s.max()), int(len(y)))
+                   float(n.max()), float(b.max()), float(s.max()), int(len(y)),
+                   small_token_factors(n, y, a @ coef))
+
+
+def small_token_factors(n, latency_s, predicted_s) -> tuple[float, ...]:
+    """Per exact token count N <= SMALL_TOKENS with >= MIN_SMALL_TOKEN_ROWS rows: the median
+    measured / fitted ratio of those rows where it is more than 1 % from 1 and the rows agree
+    on it (their ratios within 10 % of it, median; 1.0 elsewhere; trailing 1.0s dropped). Kernels pick
+    their code path by the row count of a matrix product, and at a few rows that is not
+    monotone: on the 2-core CPU machine a SmolLM2-135M pass over 2 tokens took 41 ms where 1
+    took 36 and 3 or 4 took 33-35 (live steps of a validate run), which no curve
+    non-decreasing in N can follow; there the rows of one count agreed within 4-8 %. Where
+    they disagree, the residual is the curve's misfit over the rows' other dimensions (a public
+    H100 profile's 107 one-token rows over batch sizes and contexts: median ratio 3.1, spread
+    61 %), not a property of the count, and no factor is taken."""
+    ratio = np.asarray(latency_s, np.float64) / np.maximum(predicted_s, 1e-12)
+    out = np.ones(SMALL_TOKENS)
+    for count in range(1, SMALL_TOKENS + 1):
+        rows = n == count
+        if rows.sum() >= MIN_SMALL_TOKEN_ROWS:
+            factor = float(np.median(ratio[rows]))
+            spread = float(np.median(np.abs(ratio[rows] / factor - 1.0)))
+            if abs(factor - 1.0) > SMALL_TOKEN_MIN_EFFECT and spread <= MAX_SMALL_TOKEN_SPREAD:
+                out[count - 1] = factor
+    last = np.flatnonzero(out != 1.0)
+    return tuple(out[:last[-1] + 1].tolist()) if last.size else ()
 
 
 def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
@@ -107,11 +139,15 @@ def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
 class _Predictor:
     """Fast evaluation of one StepFit; warns once when asked far outside its data."""
 
+    _small: tuple | list = ()      # (a predictor pickled before small-count factors: none)
+
     def __init__(self, fit: StepFit, label: str):
         self.fit, self.label, self._warned = fit, label, False
         self._knots, self._values = list(fit.knots), list(fit.knot_values)
         self._slopes = list(fit.slopes)
         self._k_arr, self._v_arr = np.asarray(fit.knots), np.asarray(fit.knot_values)
+        self._small = list(fit.small_token_factors)
+        self._small_arr = np.asarray([1.0, *fit.small_token_factors])   # [0]: no factor
         self._limits = (EXTRAPOLATION_FACTOR * fit.max_num_tokens,
                         EXTRAPOLATION_FACTOR * fit.max_num_seqs,
                         EXTRAPOLATION_FACTOR * fit.max_sum_context_tokens)
@@ -135,8 +171,11 @@ class _Predictor:
                 self._check(n, b, s)
             i = bisect_right(self._knots, n) - 1
             g = 0.0 if i < 0 else self._values[i] + self._slopes[i] * (n - self._knots[i])
-            return (f.base_s + g + f.per_context_token_s * s
-                    + f.per_kv_token_s * s * b / n + f.per_seq_s * b)
+            t = (f.base_s + g + f.per_context_token_s * s
+                 + f.per_kv_token_s * s * b / n + f.per_seq_s * b)
+            if n <= len(self._small) and n == int(n):
+                t *= self._small[int(n) - 1]
+            return t
         n, b, s = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (n, b, s)))
         if not self._warned and n.size:
             self._check(n.max(), b.max(), s.max())
@@ -144,6 +183,9 @@ class _Predictor:
         g = g + f.slopes[-1] * np.maximum(n - self._k_arr[-1], 0.0)
         t = (f.base_s + g + f.per_context_token_s * s
              + f.per_kv_token_s * s * b / np.maximum(n, 1.0) + f.per_seq_s * b)
+        if self._small:
+            exact = np.where((n == np.floor(n)) & (n <= len(self._small)), n, 0.0)
+            t = t * self._small_arr[np.maximum(exact, 0.0).astype(np.int64)]
         return np.where(n > 0, t, 0.0)
 
 

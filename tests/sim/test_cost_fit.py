@@ -132,3 +132,31 @@ def test_draft_rows_fallback_and_errors(tmp_path):
         model.draft_step_s(1, 1, 10)
     with pytest.raises(ProfileError, match="unknown profile 'nope'; known profiles: hw_m, hw_t"):
         resolve_profile("nope", tmp_path)
+
+
+def test_exact_small_token_counts_get_their_own_factor():
+    """A pass over 2 tokens 15 % dearer than the curve through 1 and 3..: a monotone fit
+    cannot follow it, the small-count factor does (both evaluation paths); a count with
+    fewer than 8 rows, or within 1 % of the curve, keeps the curve."""
+    from sim.models.fitted_cost import MIN_SMALL_TOKEN_ROWS
+    rng = np.random.default_rng(3)
+    n = np.repeat(np.arange(1, 65), 10)
+    b = np.ones_like(n)
+    s = n * 100
+    y = 0.03 + 2e-4 * n
+    y = np.where(n == 2, 1.15 * y, y) * np.exp(0.002 * rng.standard_normal(len(n)))
+    five = (n == 5) & (np.arange(len(n)) % 10 >= MIN_SMALL_TOKEN_ROWS - 1)  # 7 rows of N=5
+    y = np.where(n == 5, 1.2 * y, y)
+    keep = (n != 5) | five
+    fit = fit_step(n[keep], b[keep], s[keep], y[keep])
+    model = FittedCostModel(fit)
+    pred = model.target_step_s(np.array([1, 2, 3, 5]), 1, np.array([100, 200, 300, 500]))
+    truth = 0.03 + 2e-4 * np.array([1, 2, 3, 5])
+    assert pred[1] / truth[1] == pytest.approx(1.15, rel=0.02)
+    assert pred[0] / truth[0] == pytest.approx(1.0, rel=0.02)
+    assert pred[2] / truth[2] == pytest.approx(1.0, rel=0.02)
+    assert pred[3] / truth[3] < 1.1 and fit.small_token_factors[4] == 1.0   # 7 rows: curve
+    sca = [model.target_step_s(int(x), 1, float(100 * x)) for x in (1, 2, 3, 5)]
+    assert np.allclose(pred, sca, rtol=1e-12)
+    assert model.target_step_s(2.5, 1, 250.0) == pytest.approx(
+        float(model.target_step_s(np.array([2.5]), 1, 250.0)[0]))    # not a count: no factor
