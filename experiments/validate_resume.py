@@ -19,10 +19,10 @@ CALLS_FILE = "calls.pkl"
 
 def check_resume(args, out: Path) -> None:
     """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
-    # these (--recalibrate, --calibrate-draft, --twin-*) change only the twins, which a resumed run simulates again
+    # these change only the twins, which a resumed run simulates again
+    twin_only = ("recalibrate", "calibrate_draft", "twin_noise", "twin_replicas")
     mine = {k: v for k, v in sorted(vars(args).items())
-            if k not in ("resume", "out", "recalibrate", "calibrate_draft", "twin_noise",
-                          "twin_replicas")}
+            if k not in ("resume", "out", *twin_only)}
     path = out / ARGS_FILE
     if args.resume and path.is_file():
         theirs = json.loads(path.read_text())
