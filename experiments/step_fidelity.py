@@ -85,7 +85,8 @@ def shape_noise_floor(pred: pd.DataFrame, by=("policy",)) -> dict:
 
 def step_jitter_sigma(pred: pd.DataFrame) -> float:
     """The machine's step-to-step jitter as a log-normal sigma: the same-shape spread of
-    ``shape_noise_floor`` (median |step / shape median - 1|) over the median |z| of a normal,
-    0.6745. 0.0 where no shape repeats often enough."""
+    ``shape_noise_floor`` (median |step / shape median - 1|) over the median |z| of a standard
+    normal (its 75th percentile, 0.674). 0.0 where no shape repeats often enough."""
+    from scipy.stats import norm
     floor = shape_noise_floor(pred).get("median")
-    return float(floor / 0.6745) if floor is not None and np.isfinite(floor) else 0.0
+    return float(floor / norm.ppf(0.75)) if floor is not None and np.isfinite(floor) else 0.0

@@ -8,12 +8,11 @@ its prefills not at all. So each twin's clock runs on its profile's target role 
 median live / predicted ratio of the *other* cells run on the same engine (plain vLLM or the
 speculative one) and refitted with those cells' live target phases added as profile rows,
 which carries how live steps differ by shape (prefill against decode, small against large
-batches) and not only a level. The draft roles stay as measured. Before k = 0 steps were
-charged as sync passes (``draft_sync``), the draft ratio was bimodal (~0.4 on smartspec's k = 0
-steps, ~1.05 on fixed k's), its median flipped from 0.92 to 0.50 with the cell left out, and
-scaling by it put one twin 24 % fast; since, scaling the sampling and the sync passes apart by
-the others' ratios (0.94-0.99) moved every draft phase's mean error toward 0 but left mean
-TPOT errors as they were or up to 2 points worse on a re-simulated validate run. A
+batches) and not only a level. The draft roles get the others' live draft phases as rows too
+(``live_draft_rows``): the fitted draft pass had the wrong slope in the batch (live 1.17-1.24x
+the prediction at 1-2 sequences, 0.84-0.93x at 5-9 in one run), which a level cannot mend;
+scaling the draft rows by a level alone was tried before and left mean TPOT errors as they were
+or up to 2 points worse. A
 cell with no other cell on its engine (a one-load quick run) keeps the profile as measured. A
 twin calibrated on its own cell's steps would be fitted to what it predicts; calibrated on the
 other cells' it predicts out of sample, as a user who calibrates on a few live runs and then
@@ -126,8 +125,10 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
     return ``profile`` itself): ``profile`` (a known name or CSV, the
     engine's own: plain vLLM's for a plain cell) with its target rows scaled by the other
     cells' median live / predicted ratio (the level), plus their live target phases as target
-    rows (the shape: where live steps are, they outnumber the profile's grid ~20 to 1); draft
-    rows as measured.
+    rows (the shape: where live steps are, they outnumber the profile's grid ~20 to 1); for
+    a speculative cell with ``draft`` "rows" the others' live draft passes as draft rows too
+    ("scale+rows": the profile's own draft rows also scaled by the others' median draft
+    ratio; "none": draft rows as measured).
 
     ``pred``: experiments.step_fidelity.predict_steps rows of every live repeat of every cell
     under the measured profiles, with ``load``, ``policy`` and ``repeat`` columns;
@@ -144,11 +145,12 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
     ratio = target_ratio(others)
     d_ratio = draft_ratio(others) if draft == "scale+rows" else 1.0
     drafts = [r for r in ("draft", "draft_sync") if (table["role"] == r).any()]
-    table0 = table
+    measured = table
     table = scale_profile(table, {"target": ratio, **{r: d_ratio for r in drafts
                                                       if draft == "scale+rows"}})
     rows = live_target_rows(others, table)
-    d_rows = (live_draft_rows(others, table0, load_fitted_cost_model(resolve_profile(profile)))
+    d_rows = (live_draft_rows(others, measured,
+                              load_fitted_cost_model(resolve_profile(profile)))
               if draft != "none" and drafts and speculative[cell] else table.iloc[:0])
     path = save_profile(pd.concat([table, rows, d_rows], ignore_index=True), dest)
     return TwinCalibration(int(len(rows)), ratio, "other cells, same engine",

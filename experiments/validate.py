@@ -92,6 +92,16 @@ def _args(argv):
     ap.add_argument("--quick", action="store_true",
                     help="embedded toy pair, 1 load x 2 policies, 8 requests, 2 repeats (CI)")
     args = ap.parse_args(argv)
+    if args.twin_noise != "auto":
+        try:
+            ok = float(args.twin_noise) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SystemExit(f"--twin-noise {args.twin_noise!r}: use 'auto' or a sigma >= 0 "
+                             "(e.g. 0.08; 0 runs each twin once without jitter)")
+    if args.twin_replicas < 0:
+        raise SystemExit(f"--twin-replicas {args.twin_replicas}: must be >= 0")
     if args.reprofile is None:
         # quick (CI) too: a profile of another machine of the same kind was 40 % off here,
         # more than the toy pair's live noise, and the quick grid takes ~15 s
