@@ -85,6 +85,9 @@ def _args(argv):
                          "sigma from the other cells' live steps (their same-shape spread), a "
                          "number sets it, 0 simulates each twin once without jitter")
     ap.add_argument("--twin-replicas", type=int, default=8)
+    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                    help="before the repeats, run the lowest load's trace once on each engine, "
+                         "untimed (~80 s)")
     ap.add_argument("--profile-repeats", type=int, default=2)
     ap.add_argument("--resume", action="store_true",
                     help="keep what an interrupted run with the same arguments left in --out "
