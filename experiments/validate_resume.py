@@ -1,10 +1,12 @@
 """``experiments.validate``'s live repeats: run as one sweep, and resumable.
 
-``run_live_repeats`` runs every cell's live repeats through ``experiments.sweep.run_sweep``.
-With ``--resume`` what an interrupted run left in its folder is kept: the arguments are recorded in the folder (a resume with other ones is refused); each live
-repeat is marked ``done`` once saved whole; repeat 0's hook calls (the decision replay's
-input) are kept beside it, and its m(p) traces are computed once every live repeat has run
-(saved into it then, so a resumed run that lacks them computes them). The profile a run measured is reused by ``validate._profile``.
+``run_live_repeats`` runs every cell's live repeats through ``experiments.sweep.run_sweep``,
+after an untimed warm-up run on each engine. With ``--resume`` what an interrupted run left in
+its folder is kept: the arguments are recorded in the folder (a resume with other ones is
+refused); each live repeat is marked ``done`` once saved whole; repeat 0's hook calls (the
+decision replay's input) are kept beside it, and its m(p) traces are computed once every live
+repeat has run (saved into it then, so a resumed run that lacks them computes them). The
+profile a run measured is reused by ``validate._profile``.
 """
 from __future__ import annotations
 

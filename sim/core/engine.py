@@ -34,8 +34,8 @@ from sim.fast import fast_path
 
 
 _EMPTY = np.zeros(0, np.int64)
-STEP_NOISE_STREAM = 7          # the step jitter's key beside the seed (SimConfig.step_noise_sigma)
 _EMPTY.setflags(write=False)          # shared, so never writable
+STEP_NOISE_STREAM = 7          # the step jitter's key beside the seed (SimConfig.step_noise_sigma)
 
 
 class Engine:

@@ -98,9 +98,9 @@ def fit_step(n, b, s, latency_s) -> StepFit:
 def small_token_factors(n, latency_s, predicted_s) -> tuple[float, ...]:
     """Per exact token count N <= SMALL_TOKENS with >= MIN_SMALL_TOKEN_ROWS rows: the median
     measured / fitted ratio of those rows where it is more than 1 % from 1 and the rows agree
-    on it (their ratios within 10 % of it, median; 1.0 elsewhere; trailing 1.0s dropped). Kernels pick
-    their code path by the row count of a matrix product, and at a few rows that is not
-    monotone: on the 2-core CPU machine a SmolLM2-135M pass over 2 tokens took 41 ms where 1
+    on it (their ratios within 10 % of it, median; 1.0 elsewhere; trailing 1.0s dropped).
+    Kernels pick their code path by the row count of a matrix product, and at a few rows that
+    is not monotone: on the 2-core CPU machine a SmolLM2-135M pass over 2 tokens took 41 ms where 1
     took 36 and 3 or 4 took 33-35 (live steps of a validate run), which no curve
     non-decreasing in N can follow; there the rows of one count agreed within 4-8 %. Where
     they disagree, the residual is the curve's misfit over the rows' other dimensions (a public
