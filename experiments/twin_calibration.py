@@ -51,10 +51,11 @@ def other_cells(pred: pd.DataFrame, cell: tuple, speculative: dict) -> pd.DataFr
     return pred[[k != cell and speculative[k] == speculative[cell] for k in keys]]
 
 
-def target_ratio(rows: pd.DataFrame) -> float:
-    """Median live / predicted seconds of the target phase over ``rows`` (1.0 over none)."""
-    live = rows["live_target_s"].to_numpy(np.float64)
-    pred = rows["pred_target_s"].to_numpy(np.float64)
+def phase_ratio(rows: pd.DataFrame, phase: str) -> float:
+    """Median live / predicted seconds of ``phase`` ("target" or "draft") over ``rows`` (1.0
+    over none)."""
+    live = rows[f"live_{phase}_s"].to_numpy(np.float64)
+    pred = rows[f"pred_{phase}_s"].to_numpy(np.float64)
     ok = (live > MIN_LIVE_S) & (pred > 0)
     return float(np.median(live[ok] / pred[ok])) if ok.any() else 1.0
 
@@ -78,25 +79,16 @@ def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
                    zip(pred["load"], pred["policy"], pred["repeat"])]})[ok]
 
 
-def draft_ratio(rows: pd.DataFrame) -> float:
-    """Median live / predicted seconds of the draft phase over ``rows`` (1.0 over none)."""
-    live = rows["live_draft_s"].to_numpy(np.float64)
-    pred = rows["pred_draft_s"].to_numpy(np.float64)
-    ok = (live > MIN_LIVE_S) & (pred > 0)
-    return float(np.median(live[ok] / pred[ok])) if ok.any() else 1.0
-
-
 def live_draft_rows(pred: pd.DataFrame, like: pd.DataFrame, cost) -> pd.DataFrame:
     """Live steps' draft phases as profile rows of ``like``'s draft model and hardware. A
     phase is several passes (sim/core/live_mirror.vllm_draft_passes); each pass gets the
     share of the live phase that ``cost`` (the profile's fit) predicts for it, so a row
     carries its step's live level and its pass's shape. Sync passes (max k = 0) go to the
     ``draft_sync`` role where ``like`` has one."""
-    from sim.core.live_mirror import vllm_draft_passes
+    from sim.core.live_mirror import vllm_draft_passes, vllm_pass_s
 
     draft = like[like["role"] == "draft"].iloc[0]
     has_sync = bool((like["role"] == "draft_sync").any())
-    sync = getattr(cost, "draft_sync_step_s", cost.draft_step_s)
     rows = []
     for r in pred.itertuples():
         if not r.live_draft_s > MIN_LIVE_S:
@@ -104,8 +96,7 @@ def live_draft_rows(pred: pd.DataFrame, like: pd.DataFrame, cost) -> pd.DataFram
         passes = vllm_draft_passes(int(r.num_scheduled_tokens), int(r.num_seqs),
                                    int(r.sum_context_tokens), int(r.draft_passes),
                                    int(r.num_next_seqs), int(r.draft_ctx_sum))
-        each = np.array([float((cost.draft_step_s if samples else sync)(n, b, c))
-                         for samples, n, b, c in passes])
+        each = np.array([vllm_pass_s(cost, *p) for p in passes])
         if not len(passes) or not each.sum() > 0:
             continue
         for (samples, n, b, c), share in zip(passes, each / each.sum()):
@@ -142,8 +133,8 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
         return TwinCalibration(0, 1.0, "none: no other cell on this engine",
                                str(resolve_profile(profile).resolve()))
     table = load_profile(resolve_profile(profile))
-    ratio = target_ratio(others)
-    d_ratio = draft_ratio(others) if draft == "scale+rows" else 1.0
+    ratio = phase_ratio(others, "target")
+    d_ratio = phase_ratio(others, "draft") if draft == "scale+rows" else 1.0
     drafts = [r for r in ("draft", "draft_sync") if (table["role"] == r).any()]
     measured = table
     table = scale_profile(table, {"target": ratio, **{r: d_ratio for r in drafts

@@ -63,14 +63,21 @@ def vllm_draft_passes(num_tokens: int, num_seqs: int, sum_context_tokens: int, m
     return passes
 
 
+def vllm_pass_s(cost, samples: bool, num_tokens: int, num_seqs: int,
+                sum_context_tokens: int) -> float:
+    """Seconds of one ``vllm_draft_passes`` pass: a sync pass (``samples`` False) costs a
+    ``draft_sync`` pass where the cost model has one, else a full draft pass."""
+    step_s = cost.draft_step_s if samples else getattr(cost, "draft_sync_step_s",
+                                                       cost.draft_step_s)
+    return float(step_s(num_tokens, num_seqs, sum_context_tokens))
+
+
 def vllm_draft_s_of_sums(cost, num_tokens: int, num_seqs: int, sum_context_tokens: int,
                          max_k: int, num_drafting: int, drafting_ctx_sum: int) -> float:
     """``vllm_draft_s`` from the drafting requests' count and KV sum (a live step's record)."""
-    sync = getattr(cost, "draft_sync_step_s", cost.draft_step_s)
     passes = vllm_draft_passes(num_tokens, num_seqs, sum_context_tokens, max_k, num_drafting,
                                drafting_ctx_sum)
-    return sum((float((cost.draft_step_s if samples else sync)(n, b, s))
-                for samples, n, b, s in passes), 0.0)
+    return sum((vllm_pass_s(cost, *p) for p in passes), 0.0)
 
 
 def drafter_window_full(seq_lens: np.ndarray, k_max: int, max_model_len: int) -> bool:
