@@ -95,7 +95,8 @@ def aggregate_passes(df: pd.DataFrame) -> pd.DataFrame:
 
     Why: the fitted cost model weighs rows by 1 / latency (relative error), which on a shared,
     noisy machine tracks the fastest passes; the simulator must predict the *mean* step time
-    the live engine sees, so each shape enters the fit once, at its mean.
+    the live engine sees, so each shape enters the fit once, at its mean, weighed as its
+    ``num_passes`` passes.
     """
     per_tok = df["sum_context_tokens"] / df["num_tokens"]
     band = np.floor(np.log2(np.maximum(per_tok, 1.0))).astype(np.int64)
@@ -106,4 +107,4 @@ def aggregate_passes(df: pd.DataFrame) -> pd.DataFrame:
     out["sum_context_tokens"] = np.maximum(np.round(out["sum_context_tokens"]).astype(np.int64),
                                            out["num_tokens"])
     out["source"] = [f"exec.profiler mean of {c} passes" for c in out["count"]]
-    return out.drop(columns=["_band", "count"])
+    return out.rename(columns={"count": "num_passes"}).drop(columns=["_band"])

@@ -76,7 +76,7 @@ def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
         "sum_context_tokens": pred["sum_context_tokens"].to_numpy(np.int64),
         "latency_s": pred["live_target_s"].to_numpy(np.float64),
         "source": [f"live step of load {ld:g} {pol} repeat {r}" for ld, pol, r in
-                   zip(pred["load"], pred["policy"], pred["repeat"])]})[ok]
+                   zip(pred["load"], pred["policy"], pred["repeat"])], "num_passes": 1})[ok]
 
 
 def live_draft_rows(pred: pd.DataFrame, like: pd.DataFrame, cost) -> pd.DataFrame:
@@ -104,9 +104,10 @@ def live_draft_rows(pred: pd.DataFrame, like: pd.DataFrame, cost) -> pd.DataFram
                          "phase": "prefill" if n > b else "decode", "num_seqs": b,
                          "num_tokens": n, "sum_context_tokens": c,
                          "latency_s": r.live_draft_s * share,
-                         "source": f"live step of load {r.load:g} {r.policy} repeat {r.repeat}"})
+                         "source": f"live step of load {r.load:g} {r.policy} repeat {r.repeat}",
+                         "num_passes": 1})
     out = pd.DataFrame(rows, columns=["role", "phase", "num_seqs", "num_tokens",
-                                      "sum_context_tokens", "latency_s", "source"])
+                                      "sum_context_tokens", "latency_s", "source", "num_passes"])
     return out.assign(model=draft["model"], hardware=draft["hardware"])[list(like.columns)]
 
 

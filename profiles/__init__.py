@@ -18,6 +18,8 @@ sum_context_tokens     int     sum over the pass's tokens of the KV context each
                                the token itself included (a fresh prefill of n tokens: n(n+1)/2)
 latency_s              float   wall time of the pass in seconds
 source                 str     where the row comes from (profiler run, public data set + method)
+num_passes             int     optional (1 where absent): passes averaged into ``latency_s``; the
+                               fit weighs a row as that many passes
 =====================  ======  ================================================================
 
 The live executor's profiler (exec/) writes this schema; ``python -m sim.tools.profile_import``
@@ -42,6 +44,8 @@ PROFILE_COLUMNS = {
     "latency_s": "float64",
     "source": "object",
 }
+# optional columns and the value a file without them gets
+OPTIONAL_COLUMNS = {"num_passes": 1}
 ROLES = ("target", "draft", "draft_sync")
 PHASES = ("prefill", "decode", "verify", "mixed")
 PROFILES_DIR = Path(__file__).resolve().parent / "data"
@@ -70,6 +74,13 @@ def validate_profile(df: pd.DataFrame, origin: str = "<table>") -> pd.DataFrame:
             raise ProfileError(f"profile {origin}: column {col!r} has "
                                f"{int(vals.isna().sum())} non-numeric or empty values")
         out[col] = vals.astype(dtype)
+    if "num_passes" not in out.columns:
+        out["num_passes"] = OPTIONAL_COLUMNS["num_passes"]
+    passes = pd.to_numeric(out["num_passes"], errors="coerce")
+    if passes.isna().any() or (passes < 1).any() or (passes != np.floor(passes)).any():
+        raise ProfileError(f"profile {origin}: num_passes must be a whole number >= 1 (the "
+                           "passes averaged into a row; leave the column out for single passes)")
+    out["num_passes"] = passes.astype("int64")
     bad_role = sorted(set(out["role"]) - set(ROLES))
     if bad_role:
         raise ProfileError(f"profile {origin}: unknown role(s) {bad_role}, expected {ROLES}")
@@ -105,7 +116,9 @@ def load_profile(path) -> pd.DataFrame:
 def save_profile(df: pd.DataFrame, path) -> Path:
     """Validate and write a profile CSV (schema columns first, rows in a stable order)."""
     p = Path(path)
-    out = validate_profile(df, str(p))[list(PROFILE_COLUMNS)]
+    out = validate_profile(df, str(p))
+    # num_passes only where a row averages several: single-pass files stay as they were
+    out = out[[*PROFILE_COLUMNS, *(["num_passes"] if (out["num_passes"] > 1).any() else [])]]
     # latency last: duplicate shapes (Vidur repeats some) get one order on every pandas
     out = out.sort_values(["role", "phase", "num_tokens", "num_seqs", "sum_context_tokens",
                            "latency_s"], kind="mergesort").reset_index(drop=True)

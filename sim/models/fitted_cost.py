@@ -2,15 +2,20 @@
 
 Per role (target, draft) one regression, shaped like a roofline but learnt from data:
 
-    t(N, B, S) = c0 + g(N) + c_ctx * S + c_kv * S * B / N + c_seq * B
+    t(N, B, S) = c0 + g(N) + c_ctx * S + c_kv * S * B / N + c_seq * B + h(B)
 
 N = num_tokens, B = num_seqs, S = sum_context_tokens. g is piecewise linear in N with
 non-negative slopes between knots spread geometrically over the profiled N (monotone: more
 tokens never cost less; it bends from the weight-streaming floor to the compute slope).
 S is the attention compute; S * B / N estimates the distinct KV read (exact for decode), the
-memory-bound attention term. All coefficients are non-negative, fitted by NNLS on relative
-errors (rows weighted by 1 / latency). A pass with N <= 0 costs nothing. Exact small token
-counts that the rows repeat often get their own factor on top (``small_token_factors``).
+memory-bound attention term. h adds a non-negative slope per doubling of B from 2 sequences
+on (``seq_knots``): per-sequence work need not be linear in B. On the 2-core CPU machine
+SmolLM2-135M's decode step cost about the same from 1 to 8 sequences and ~2 ms more per
+sequence above 8 (profile: 38 ms at 8, 50-58 ms at 16); linear in B, a twin fitted mostly on
+small batches read decode steps of 11-13 sequences 10-22 % fast. All coefficients are
+non-negative, fitted by NNLS on relative errors (rows weighted by sqrt(num_passes) / latency:
+a row that averages m passes counts as m). A pass with N <= 0 costs nothing. Exact small
+token counts that the rows repeat often get their own factor on top (``small_token_factors``).
 
 ``python -m sim.tools.fitted_cost_report`` prints held-out errors of every profile in
 profiles/data/ (sim/tools/fitted_cost_report.py).
@@ -51,12 +56,27 @@ class StepFit:
     num_points: int
     # exact small token counts: factor[N - 1] multiplies the model at N tokens (see fit_step)
     small_token_factors: tuple[float, ...] = ()
+    # h(B): ``seq_slopes[j]`` is added to per_seq_s from ``seq_knots[j]`` sequences on
+    seq_knots: tuple[float, ...] = ()
+    seq_slopes: tuple[float, ...] = ()
 
     @property
     def knot_values(self) -> tuple[float, ...]:
         """g at each knot (cumulative), g(knots[0]) = 0."""
-        seg = np.diff(np.asarray(self.knots)) * np.asarray(self.slopes[:-1])
-        return tuple(np.concatenate([[0.0], np.cumsum(seg)]).tolist())
+        return _cumulative(self.knots, self.slopes)
+
+    @property
+    def seq_knot_values(self) -> tuple[float, ...]:
+        """h at each of ``seq_knots`` (cumulative), h(seq_knots[0]) = 0."""
+        return _cumulative(self.seq_knots, self.seq_slopes)
+
+
+def _cumulative(knots, slopes) -> tuple[float, ...]:
+    """A piecewise-linear function's values at its knots, 0 at the first."""
+    if not len(knots):
+        return ()
+    seg = np.diff(np.asarray(knots, np.float64)) * np.asarray(slopes[:-1], np.float64)
+    return tuple(np.concatenate([[0.0], np.cumsum(seg)]).tolist())
 
 
 def _knots(n: np.ndarray) -> np.ndarray:
@@ -67,23 +87,38 @@ def _knots(n: np.ndarray) -> np.ndarray:
     return grid if len(grid) else uniq[:1].astype(float)
 
 
-def _design(knots, n, b, s) -> np.ndarray:
-    n, b, s = (np.asarray(x, np.float64) for x in (n, b, s))
+def _seq_knots(b: np.ndarray) -> np.ndarray:
+    """2, 4, 8, ... sequences, below the largest profiled batch (a knot with no batch above
+    it would carry no data)."""
+    top = float(np.max(b))
+    return 2.0 ** np.arange(1, int(np.ceil(np.log2(top)))) if top > 2 else np.zeros(0)
+
+
+def _ramps(x: np.ndarray, knots) -> np.ndarray:
+    """Each segment's share of x: (len(x), len(knots)), the last segment open."""
+    knots = np.asarray(knots, np.float64)
     upper = np.append(knots[1:], np.inf)
-    ramps = np.clip(n[:, None] - knots[None, :], 0.0, upper - knots)  # segment j's token count
+    return np.clip(x[:, None] - knots[None, :], 0.0, upper - knots)
+
+
+def _design(knots, n, b, s, seq_knots=()) -> np.ndarray:
+    n, b, s = (np.asarray(x, np.float64) for x in (n, b, s))
     kv = s * b / np.maximum(n, 1.0)
-    return np.column_stack([np.ones_like(n), ramps, s, kv, b])
+    return np.column_stack([np.ones_like(n), _ramps(n, knots), s, kv, b, _ramps(b, seq_knots)])
 
 
-def fit_step(n, b, s, latency_s) -> StepFit:
-    """NNLS fit of the model above to profiled passes (arrays of equal length)."""
+def fit_step(n, b, s, latency_s, num_passes=None) -> StepFit:
+    """NNLS fit of the model above to profiled passes (arrays of equal length;
+    ``num_passes``: passes averaged into each row, 1 where None)."""
     n, b, s, y = (np.asarray(x, np.float64) for x in (n, b, s, latency_s))
-    knots = _knots(n)
-    a = _design(knots, n, b, s)
+    knots, seq_knots = _knots(n), _seq_knots(b)
+    a = _design(knots, n, b, s, seq_knots)
     need = a.shape[1] + 3
     if len(y) < need:
         raise ProfileError(f"too few points for a fit: {len(y)} passes, need at least {need}")
     w = 1.0 / y                                    # relative error
+    if num_passes is not None:                     # a mean of m passes: variance / m
+        w = w * np.sqrt(np.asarray(num_passes, np.float64))
     aw = a * w[:, None]
     scale = np.abs(aw).max(axis=0)
     scale[scale == 0] = 1.0                        # unused feature: coefficient stays 0
@@ -92,13 +127,22 @@ def fit_step(n, b, s, latency_s) -> StepFit:
     return StepFit(tuple(knots.tolist()), tuple(coef[1:1 + k].tolist()), float(coef[0]),
                    float(coef[1 + k]), float(coef[2 + k]), float(coef[3 + k]),
                    float(n.max()), float(b.max()), float(s.max()), int(len(y)),
-                   small_token_factors(n, y, a @ coef))
+                   small_token_factors(n, y, a @ coef, num_passes), tuple(seq_knots.tolist()),
+                   tuple(coef[4 + k:].tolist()))
 
 
-def small_token_factors(n, latency_s, predicted_s) -> tuple[float, ...]:
+def _weighted_median(x: np.ndarray, weight: np.ndarray) -> float:
+    """The median of ``x`` with each value counted ``weight`` times (the lower middle)."""
+    order = np.argsort(x, kind="stable")
+    cum = np.cumsum(weight[order])
+    return float(x[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def small_token_factors(n, latency_s, predicted_s, num_passes=None) -> tuple[float, ...]:
     """Per exact token count N <= SMALL_TOKENS with >= MIN_SMALL_TOKEN_ROWS rows: the median
     measured / fitted ratio of those rows where it is more than 1 % from 1 and the rows agree
-    on it (their ratios within 10 % of it, median; 1.0 elsewhere; trailing 1.0s dropped).
+    on it (their ratios within 10 % of it, median; 1.0 elsewhere; trailing 1.0s dropped);
+    medians count a row as its ``num_passes``.
     Kernels pick their code path by the row count of a matrix product, and at a few rows that
     is not monotone: on the 2-core CPU machine a SmolLM2-135M pass over 2 tokens took 41 ms where 1
     took 36 and 3 or 4 took 33-35 (live steps of a validate run), which no curve
@@ -107,12 +151,13 @@ def small_token_factors(n, latency_s, predicted_s) -> tuple[float, ...]:
     H100 profile's 107 one-token rows over batch sizes and contexts: median ratio 3.1, spread
     61 %), not a property of the count, and no factor is taken."""
     ratio = np.asarray(latency_s, np.float64) / np.maximum(predicted_s, 1e-12)
+    m = np.ones(len(ratio)) if num_passes is None else np.asarray(num_passes, np.float64)
     out = np.ones(SMALL_TOKENS)
     for count in range(1, SMALL_TOKENS + 1):
         rows = n == count
         if rows.sum() >= MIN_SMALL_TOKEN_ROWS:
-            factor = float(np.median(ratio[rows]))
-            spread = float(np.median(np.abs(ratio[rows] / factor - 1.0)))
+            factor = _weighted_median(ratio[rows], m[rows])
+            spread = _weighted_median(np.abs(ratio[rows] / factor - 1.0), m[rows])
             if abs(factor - 1.0) > SMALL_TOKEN_MIN_EFFECT and spread <= MAX_SMALL_TOKEN_SPREAD:
                 out[count - 1] = factor
     last = np.flatnonzero(out != 1.0)
@@ -126,7 +171,7 @@ def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
     for role, g in df.groupby("role", sort=True):
         try:
             fits[role] = fit_step(g["num_tokens"], g["num_seqs"], g["sum_context_tokens"],
-                                  g["latency_s"])
+                                  g["latency_s"], g["num_passes"] if "num_passes" in g else None)
         except ProfileError as exc:
             if role != "draft_sync":
                 raise
@@ -139,7 +184,9 @@ def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
 class _Predictor:
     """Fast evaluation of one StepFit; warns once when asked far outside its data."""
 
-    _small: tuple | list = ()      # (a predictor pickled before small-count factors: none)
+    # a predictor pickled before small-count factors or h(B) has neither
+    _small: tuple | list = ()
+    _seq_knots: tuple | list = ()
 
     def __init__(self, fit: StepFit, label: str):
         self.fit, self.label, self._warned = fit, label, False
@@ -147,6 +194,8 @@ class _Predictor:
         self._slopes = list(fit.slopes)
         self._k_arr, self._v_arr = np.asarray(fit.knots), np.asarray(fit.knot_values)
         self._small = list(fit.small_token_factors)
+        self._seq_knots, self._seq_slopes = list(fit.seq_knots), list(fit.seq_slopes)
+        self._seq_values = list(fit.seq_knot_values)
         self._small_arr = np.asarray([1.0, *fit.small_token_factors])   # [0]: no factor
         self._limits = (EXTRAPOLATION_FACTOR * fit.max_num_tokens,
                         EXTRAPOLATION_FACTOR * fit.max_num_seqs,
@@ -173,6 +222,10 @@ class _Predictor:
             g = 0.0 if i < 0 else self._values[i] + self._slopes[i] * (n - self._knots[i])
             t = (f.base_s + g + f.per_context_token_s * s
                  + f.per_kv_token_s * s * b / n + f.per_seq_s * b)
+            if self._seq_knots:
+                j = bisect_right(self._seq_knots, b) - 1
+                if j >= 0:
+                    t += self._seq_values[j] + self._seq_slopes[j] * (b - self._seq_knots[j])
             if n <= len(self._small) and n == int(n):
                 t *= self._small[int(n) - 1]
             return t
@@ -183,6 +236,10 @@ class _Predictor:
         g = g + f.slopes[-1] * np.maximum(n - self._k_arr[-1], 0.0)
         t = (f.base_s + g + f.per_context_token_s * s
              + f.per_kv_token_s * s * b / np.maximum(n, 1.0) + f.per_seq_s * b)
+        if self._seq_knots:
+            k = np.asarray(self._seq_knots)
+            t = t + (np.interp(b, k, self._seq_values, left=0.0)
+                     + self._seq_slopes[-1] * np.maximum(b - k[-1], 0.0))
         if self._small:
             exact = np.where((n == np.floor(n)) & (n <= len(self._small)), n, 0.0)
             t = t * self._small_arr[np.maximum(exact, 0.0).astype(np.int64)]

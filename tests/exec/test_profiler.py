@@ -91,6 +91,7 @@ def test_aggregate_passes_means_per_shape():
     assert len(out) == 2                               # 100-110 vs 450 tokens/token: two bands
     assert out.loc[0, "latency_s"] == pytest.approx(0.02)
     assert out.loc[0, "sum_context_tokens"] == 210
+    assert out["num_passes"].tolist() == [2, 1]      # the fit weighs each row as its passes
 
 
 def test_target_rows_carry_the_gap_to_the_next_step():

@@ -160,3 +160,76 @@ def test_exact_small_token_counts_get_their_own_factor():
     assert np.allclose(pred, sca, rtol=1e-12)
     assert model.target_step_s(2.5, 1, 250.0) == pytest.approx(
         float(model.target_step_s(np.array([2.5]), 1, 250.0)[0]))    # not a count: no factor
+
+
+def test_per_sequence_cost_may_bend_above_a_batch(monkeypatch):
+    """Decode passes flat from 1 to 8 sequences and 2 ms dearer per sequence above (the
+    2-core CPU machine's SmolLM2-135M profile): h(B) follows the bend on both evaluation
+    paths, where a cost linear in B read 16 sequences ~20 % fast; the bend's slope is only
+    ever added, so more sequences never cost less."""
+    b = np.repeat(np.array([1, 2, 3, 4, 5, 6, 7, 8, 12, 16]), 6)
+    n, s = b.copy(), b * 300
+    y = 0.033 + 2e-3 * np.maximum(b - 8, 0)
+    y = y * np.exp(0.005 * np.random.default_rng(4).standard_normal(len(b)))
+    # prefill passes of one sequence: tokens alone must not explain the decode bend
+    pn = np.array([32, 64, 128, 256, 512] * 3)
+    n, b, s = np.r_[n, pn], np.r_[b, np.ones_like(pn)], np.r_[s, pn * (pn + 1) // 2]
+    y = np.r_[y, 0.02 + 1e-3 * pn]
+    fit = fit_step(n, b, s, y)
+    assert fit.seq_knots == (2.0, 4.0, 8.0) and fit.seq_slopes[-1] > 0
+    model = FittedCostModel(fit)
+    shapes = np.array([4, 8, 12, 16])
+    pred = model.target_step_s(shapes, shapes, shapes * 300)
+    truth = 0.033 + 2e-3 * np.maximum(shapes - 8, 0)
+    assert np.allclose(pred / truth, 1.0, atol=0.03), pred / truth
+    import sim.models.fitted_cost as fc                  # linear in B: the bend is missed
+    monkeypatch.setattr(fc, "_seq_knots", lambda b: np.zeros(0))
+    linear = FittedCostModel(fit_step(n, b, s, y)).target_step_s(shapes, shapes, shapes * 300)
+    assert np.abs(linear / truth - 1.0).max() > 0.08
+    sca = [model.target_step_s(int(x), int(x), float(300 * x)) for x in shapes]
+    assert np.allclose(pred, sca, rtol=1e-12)
+    assert np.all(np.diff(model.target_step_s(np.full(32, 32), np.arange(1, 33), 32 * 300))
+                  >= 0)
+
+
+def test_a_row_averaging_many_passes_weighs_as_many():
+    """Two disagreeing sets of rows at one shape: 50 single passes on the curve and one row,
+    25 % above it, that averages 400 passes. Unweighted, the fit sides with the 50 rows;
+    with num_passes it sides with the 400 passes."""
+    df = synthetic_profile(np.random.default_rng(5))
+    curve = FittedCostModel(fit_profile_table(df)["target"])
+    for n in (64, 16):               # 16: the small-count factor's median weighs them too
+        t0 = float(curve.target_step_s(n, n, n * 500.0))
+        probe = pd.DataFrame([("m", "target", "hw", "decode", n, n, n * 500, t0, "single")] * 50
+                             + [("m", "target", "hw", "decode", n, n, n * 500, 1.25 * t0,
+                                 "mean of 400")], columns=list(PROFILE_COLUMNS))
+        table = pd.concat([df, probe], ignore_index=True)
+        plain = FittedCostModel(fit_profile_table(table)["target"])
+        weighted_table = table.assign(num_passes=np.r_[np.ones(len(table) - 1, int), 400])
+        weighted = FittedCostModel(fit_profile_table(weighted_table)["target"])
+        assert float(plain.target_step_s(n, n, n * 500.0)) / t0 < 1.05, n
+        assert float(weighted.target_step_s(n, n, n * 500.0)) / t0 > 1.15, n
+
+
+def test_num_passes_column_optional_and_checked(tmp_path):
+    df = synthetic_profile(np.random.default_rng(6))
+    path = save_profile(df, tmp_path / "p.csv")
+    assert "num_passes" not in pd.read_csv(path)     # single passes: the file as before
+    back = load_profile(path)
+    assert (back["num_passes"] == 1).all()           # absent: single passes
+    back = load_profile(save_profile(df.assign(num_passes=3), tmp_path / "q.csv"))
+    assert (back["num_passes"] == 3).all()
+    for bad in (0, 1.5, "x"):
+        with pytest.raises(ProfileError, match="num_passes must be a whole number >= 1"):
+            save_profile(df.assign(num_passes=bad), tmp_path / "r.csv")
+
+
+def test_a_predictor_pickled_before_the_batch_bend_still_predicts():
+    """Recorded hook calls pickle the cost model: one saved before h(B) has no seq knots on
+    the instance and predicts as before (the class default)."""
+    fit = fit_profile_table(synthetic_profile(np.random.default_rng(7)))["target"]
+    model = FittedCostModel(fit)
+    before = float(model.target_step_s(8, 8, 800.0))
+    for name in ("_seq_knots", "_seq_slopes", "_seq_values"):
+        model._target.__dict__.pop(name)
+    assert float(model.target_step_s(8, 8, 800.0)) == pytest.approx(before, rel=0.05)
