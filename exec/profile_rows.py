@@ -89,6 +89,27 @@ def step_rows(steps: pd.DataFrame, passes_per_step: list, prompt: int, batch: in
     return rows
 
 
+def mixed_step_rows(steps: pd.DataFrame, model_name: str, hardware: str = "cpu",
+                    source: str = "exec.profiler") -> list[dict]:
+    """Target rows of a workload's mixed steps (a prefill chunk beside decoding requests):
+    their shapes as the controller recorded them (scheduled tokens, sequences, the target
+    pass's exact attention context), the live seconds of the target phase plus the step gap,
+    as ``step_rows``' target rows. The steps without a prefill, and every step's draft
+    passes, are left to the grid's workloads, whose contexts are known by construction."""
+    rows = []
+    for (_, st), gap_s in zip(steps.iterrows(), step_gaps_s(steps)):
+        if not (int(st["num_prefill_tokens"]) and int(st["num_decode_seqs"])):
+            continue
+        target_s = float(st["latency_s"] - st["draft_s"]) + gap_s
+        if target_s > 0:
+            rows.append(dict(model=model_name, role="target", hardware=hardware, phase="mixed",
+                             num_seqs=int(st["num_seqs"]),
+                             num_tokens=int(st["num_scheduled_tokens"]),
+                             sum_context_tokens=int(st["sum_context_tokens"]),
+                             latency_s=target_s, source=source))
+    return rows
+
+
 def aggregate_passes(df: pd.DataFrame) -> pd.DataFrame:
     """One row per pass shape: mean latency over the passes of equal role, phase, num_seqs,
     num_tokens and context band (per-token context within a factor of 2).

@@ -33,11 +33,16 @@ import numpy as np
 import pandas as pd
 
 from exec.config import LiveConfig
-from exec.profile_rows import MIN_AGGREGATED_ROWS, aggregate_passes, step_gaps_s, step_rows
+from exec.profile_rows import (MIN_AGGREGATED_ROWS, aggregate_passes, mixed_step_rows,
+                               step_gaps_s, step_rows)
 
 # (batch sizes, prompt lengths, output tokens, speculative lengths)
 DEFAULT_GRID = ((1, 4, 8, 16), (32, 128, 384), 12, (0, 1, 3))
 QUICK_GRID = ((1, 4), (32,), 16, (0, 2))
+# mixed steps: (decoding batch sizes, late prompt length, late arrivals); see _mixed_trace
+DEFAULT_MIXED = ((4, 8, 16), 128, 4)
+MIXED_DECODE_PROMPT, MIXED_DECODE_OUTPUT = 32, 48
+MIXED_FIRST_ARRIVAL_STEPS, MIXED_SPACING_STEPS = 4, 8   # in decode steps of this engine
 
 
 @dataclass
@@ -74,11 +79,31 @@ def _workload_trace(batch: int, prompt: int, output: int):
                               dataset="profile", name=f"profile-b{batch}-p{prompt}")
 
 
+def _mixed_trace(batch: int, late_prompt: int, num_late: int, step_s: float):
+    """``batch`` requests of a short prompt that arrive together and decode for a while, and
+    ``num_late`` requests of ``late_prompt`` tokens arriving one by one while they do: each
+    arrival's prefill shares a step with the decoding batch (a mixed step), the shape every
+    arrival under load makes live and the grid's synchronized workloads never do. On the
+    2-core CPU machine such steps at 12-16 sequences ran 1.16-1.18x the prediction of a fit
+    without them (validate runs B and D, speculative engine). Arrivals are spaced in
+    ``step_s``, the engine's decode step as the grid measured it, so that they land while the
+    batch decodes on any machine."""
+    from traces.schema import Trace
+    late = MIXED_FIRST_ARRIVAL_STEPS + MIXED_SPACING_STEPS * np.arange(num_late)
+    arrival = np.r_[np.zeros(batch), late * step_s]
+    prompt = np.r_[np.full(batch, MIXED_DECODE_PROMPT), np.full(num_late, late_prompt)]
+    output = np.r_[np.full(batch, MIXED_DECODE_OUTPUT), np.full(num_late, 2)]
+    return Trace.from_columns(arrival, prompt, output, dataset="profile",
+                              name=f"profile-mixed-b{batch}-p{late_prompt}")
+
+
 def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | None = None,
             repeats: int = 1, aggregate: bool = True,
-            model_names=("embedded-target", "embedded-draft")) -> pd.DataFrame:
+            model_names=("embedded-target", "embedded-draft"), mixed=None) -> pd.DataFrame:
     """Run the grid's workloads on ``config``'s engine; returns the profile table (one row per
-    pass shape at its mean latency, or every measured pass with ``aggregate=False``)."""
+    pass shape at its mean latency, or every measured pass with ``aggregate=False``).
+    ``mixed`` (``DEFAULT_MIXED``'s form; None: none): workloads whose arrivals make mixed
+    steps, which give target rows only (``mixed_step_rows``)."""
     from exec.engine import build_engine, engine_core
     from exec.runner import run_live
     from policies.registry import make_policy
@@ -114,6 +139,20 @@ def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | 
             per_step = per_step[:len(res.steps)]
             rows += step_rows(res.steps, per_step, p, b, k, model_names, hardware=hardware,
                               source=f"exec.profiler b={b} p={p} k={k}")
+        timed = replace(cfg, time_scale=1.0)        # the late requests arrive on the clock
+        batches_m, late_prompt, num_late = mixed or ((), 0, 0)
+        decode_s = [r["latency_s"] for r in rows if r["role"] == "target"
+                    and r["phase"] in ("decode", "verify")]
+        step_s = float(np.median(decode_s)) if decode_s else 0.05
+        for _, b, k in itertools.product(range(repeats), batches_m, ks):
+            if b + num_late > cfg.max_num_seqs or late_prompt + b * (k + 1) \
+                    > cfg.max_num_batched_tokens or late_prompt + 2 > cfg.max_model_len:
+                continue
+            policy = make_policy("fixed", k=k) if k else make_policy("none")
+            res = run_live(_mixed_trace(b, late_prompt, num_late, step_s), policy, timed,
+                           engine=engine, cost=_StepPasses(passes, []))
+            rows += mixed_step_rows(res.steps, model_names[0], hardware=hardware,
+                                    source=f"exec.profiler mixed b={b} p={late_prompt} k={k}")
     finally:
         for h in handles:
             h.remove()
@@ -177,15 +216,17 @@ def main(argv=None) -> Path:
     out = Path(args.out) if args.out else PROFILES_DIR / f"{hardware}_{pair_key(args.pair)}.csv"
     grid = QUICK_GRID if args.quick else DEFAULT_GRID
     profile_pair(cfg, grid, out, hardware=hardware, repeats=args.repeats,
-                 model_names=sim_names(args.pair), aggregate=not args.raw)
+                 model_names=sim_names(args.pair), aggregate=not args.raw,
+                 mixed=None if args.quick else DEFAULT_MIXED)
     return out
 
 
 def profile_pair(config: LiveConfig, grid, path, *, hardware: str, repeats: int, model_names,
-                 engines=(None, None), aggregate: bool = True) -> tuple[Path, Path]:
+                 engines=(None, None), aggregate: bool = True,
+                 mixed=None) -> tuple[Path, Path]:
     """Profile ``config``'s speculative engine into ``path`` and plain vLLM (the same limits,
     no drafter) into ``plain_profile_path(path)``; ``engines``: already built (speculative,
-    plain) engines to reuse. Returns both paths.
+    plain) engines to reuse; ``mixed``: ``profile``'s. Returns both paths.
 
     The two engines' grids alternate, one repeat at a time: this machine's speed drifts from
     one minute to the next, and profiled one after the other, a plain-vLLM profile put a
@@ -202,7 +243,7 @@ def profile_pair(config: LiveConfig, grid, path, *, hardware: str, repeats: int,
         for i, (cfg, engine) in enumerate(zip(cfgs, engines)):
             t0 = time.perf_counter()
             parts[i].append(profile(cfg, grid, engine=engine, hardware=hardware, repeats=1,
-                                    aggregate=False, model_names=model_names))
+                                    aggregate=False, model_names=model_names, mixed=mixed))
             spent_s[i] += time.perf_counter() - t0
     for rows, dest, s in zip(parts, paths, spent_s):
         df = validate_profile(pd.concat(rows, ignore_index=True), "exec.profiler")

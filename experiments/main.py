@@ -80,7 +80,8 @@ def twin_profile(model: str, reprofile: bool, calibrate: bool,
     said on the terminal) scaled to this machine's speed now by a ~30 s probe
     (experiments/calibrate.py) unless ``calibrate`` is off, or fresh ones with ``reprofile``."""
     from exec.pairs import pair_config, sim_names
-    from exec.profiler import DEFAULT_GRID, hardware_name, plain_profile_path, profile_pair
+    from exec.profiler import (DEFAULT_GRID, DEFAULT_MIXED, hardware_name, plain_profile_path,
+                               profile_pair)
     from experiments.calibrate import calibrated_profiles
     from profiles import PROFILES_DIR
     hardware = hardware_name()
@@ -93,7 +94,8 @@ def twin_profile(model: str, reprofile: bool, calibrate: bool,
             path = others[0]
     if reprofile or not path.is_file():
         path, _ = profile_pair(pair_config(model), DEFAULT_GRID, out / f"{hardware}_{model}.csv",
-                               hardware=hardware, repeats=2, model_names=sim_names(model))
+                               hardware=hardware, repeats=2, model_names=sim_names(model),
+                               mixed=DEFAULT_MIXED)
     elif calibrate:
         spec, plain_cal = calibrated_profiles(pair_config(model), path, out / "calibrated",
                                               hardware=hardware, model_names=sim_names(model))

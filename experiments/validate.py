@@ -122,7 +122,8 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     """(speculative-engine profile, plain-vLLM profile or None): given, committed, or measured
     now on ``engines`` (speculative, plain)."""
     from exec.pairs import pair_key, sim_names
-    from exec.profiler import DEFAULT_GRID, QUICK_GRID, plain_profile_path, profile_pair
+    from exec.profiler import (DEFAULT_GRID, DEFAULT_MIXED, QUICK_GRID, plain_profile_path,
+                               profile_pair)
     from profiles import PROFILES_DIR
 
     def with_plain(path: Path) -> tuple[str, str | None]:
@@ -141,7 +142,8 @@ def _profile(args, live_cfg, engines, hardware: str, out: Path) -> tuple[str, st
     path, plain = profile_pair(live_cfg, QUICK_GRID if args.quick else DEFAULT_GRID,
                                measured, hardware=hardware,
                                repeats=1 if args.quick else args.profile_repeats,
-                               model_names=sim_names(args.pair), engines=engines)
+                               model_names=sim_names(args.pair), engines=engines,
+                               mixed=None if args.quick else DEFAULT_MIXED)
     return str(path.resolve()), str(plain.resolve())
 
 

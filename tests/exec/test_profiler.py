@@ -23,7 +23,7 @@ def _pair(tmp_path_factory):
 @pytest.mark.live
 def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
     cfg = pair_config(str(_pair(tmp_path_factory)), max_num_seqs=4)
-    df = profile(cfg, ((1, 2), (16,), 4, (0, 2)), hardware="test-hw")
+    df = profile(cfg, ((1, 2), (16,), 4, (0, 2)), hardware="test-hw", mixed=((2,), 16, 2))
     path = save_profile(df, tmp_path / "p.csv")
     back = load_profile(path)
     assert list(back.columns[:len(PROFILE_COLUMNS)]) == list(PROFILE_COLUMNS)
@@ -37,6 +37,11 @@ def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
     pre = back[(back.role == "target") & (back.phase == "prefill")]
     assert set(zip(pre.num_seqs, pre.num_tokens, pre.sum_context_tokens)) == {
         (1, 16, 136), (2, 32, 272)}
+    # mixed workloads: a late 16-token prefill beside the 2 decoding requests, k = 0 and 2
+    mixed = back[back.phase == "mixed"]
+    assert len(mixed) and (mixed.role == "target").all()
+    assert (mixed.num_seqs >= 3).all() and (mixed.num_tokens >= 16 + 2).all()
+    assert (mixed.sum_context_tokens >= 136 + 2 * 33).all()   # the prefill's + the decodes'
     fits = fit_profile_table(back)
     assert {"target", "draft"} <= set(fits)
 
@@ -51,6 +56,27 @@ def _prefill_then_decode(draft_s: tuple, k: int, accepted: int) -> pd.DataFrame:
         {"step": 1, "latency_s": 0.04, "draft_s": draft_s[1], "num_prefill_tokens": 0,
          "num_scheduled_tokens": 2 * (k + 1), "num_seqs": 2, "num_decode_seqs": 2,
          "spec_request_ids": [0, 1], "spec_k": [k, k], "accepted": [accepted] * 2}])
+
+
+def test_mixed_step_rows_take_the_recorded_shapes_of_mixed_steps_only():
+    from exec.profile_rows import mixed_step_rows
+    steps = pd.DataFrame([
+        {"start_s": 0.0, "latency_s": 0.05, "draft_s": 0.0, "num_prefill_tokens": 64,
+         "num_scheduled_tokens": 64, "num_seqs": 2, "num_decode_seqs": 0,
+         "sum_context_tokens": 1056},
+        {"start_s": 0.051, "latency_s": 0.03, "draft_s": 0.01, "num_prefill_tokens": 0,
+         "num_scheduled_tokens": 8, "num_seqs": 2, "num_decode_seqs": 2,
+         "sum_context_tokens": 270},
+        {"start_s": 0.083, "latency_s": 0.09, "draft_s": 0.01, "num_prefill_tokens": 128,
+         "num_scheduled_tokens": 136, "num_seqs": 3, "num_decode_seqs": 2,
+         "sum_context_tokens": 8256 + 280}])
+    rows = mixed_step_rows(steps, "t", hardware="h", source="s")
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["phase"], r["role"], r["num_seqs"], r["num_tokens"], r["sum_context_tokens"]) == (
+        "mixed", "target", 3, 136, 8536)
+    # the target phase plus the step's gap (the last step takes the median gap, 2 ms)
+    assert r["latency_s"] == pytest.approx(0.09 - 0.01 + 0.0015)
 
 
 def test_step_rows_counts_context_and_draft_passes():
