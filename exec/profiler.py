@@ -40,7 +40,7 @@ from exec.profile_rows import (MIN_AGGREGATED_ROWS, aggregate_passes, mixed_step
 DEFAULT_GRID = ((1, 4, 8, 16), (32, 128, 384), 12, (0, 1, 3))
 QUICK_GRID = ((1, 4), (32,), 16, (0, 2))
 # mixed steps: (decoding batch sizes, late prompt length, late arrivals); see _mixed_trace
-DEFAULT_MIXED = ((4, 8, 16), 128, 4)
+DEFAULT_MIXED = ((4, 8, 12), 128, 4)
 MIXED_DECODE_PROMPT, MIXED_DECODE_OUTPUT = 32, 48
 MIXED_FIRST_ARRIVAL_STEPS, MIXED_SPACING_STEPS = 4, 8   # in decode steps of this engine
 
@@ -145,7 +145,8 @@ def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | 
                     and r["phase"] in ("decode", "verify")]
         step_s = float(np.median(decode_s)) if decode_s else 0.05
         for _, b, k in itertools.product(range(repeats), batches_m, ks):
-            if b + num_late > cfg.max_num_seqs or late_prompt + b * (k + 1) \
+            # the late requests emit 2 tokens each: one at a time joins the batch
+            if b + 1 > cfg.max_num_seqs or late_prompt + b * (k + 1) \
                     > cfg.max_num_batched_tokens or late_prompt + 2 > cfg.max_model_len:
                 continue
             policy = make_policy("fixed", k=k) if k else make_policy("none")
