@@ -19,6 +19,9 @@ rows in the schema of profiles/:
 * draft_sync: the draft rows of k = 0 workloads. There pass 0 only keeps the drafter's KV in
   step and returns before the LM head and sampling (vLLM 0.32, llm_base_proposer.py: "No
   draft tokens requested"), at ~1/3 of a sampling pass on the SmolLM2 pair.
+* mixed target rows (``mixed``, ``DEFAULT_MIXED``): workloads where late requests arrive
+  while a batch decodes, so that a prefill shares a step with decodes, as every arrival does
+  under load; only those steps' target phases become rows (``mixed_step_rows``).
 """
 from __future__ import annotations
 
@@ -143,7 +146,7 @@ def profile(config: LiveConfig, grid=DEFAULT_GRID, engine=None, hardware: str | 
         batches_m, late_prompt, num_late = mixed or ((), 0, 0)
         decode_s = [r["latency_s"] for r in rows if r["role"] == "target"
                     and r["phase"] in ("decode", "verify")]
-        step_s = float(np.median(decode_s)) if decode_s else 0.05
+        step_s = float(np.median(decode_s)) if decode_s else 0.05   # a grid with no decode
         for _, b, k in itertools.product(range(repeats), batches_m, ks):
             # the late requests emit 2 tokens each: one at a time joins the batch
             if b + 1 > cfg.max_num_seqs or late_prompt + b * (k + 1) \

@@ -117,7 +117,9 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
     return ``profile`` itself): ``profile`` (a known name or CSV, the
     engine's own: plain vLLM's for a plain cell) with its target rows scaled by the other
     cells' median live / predicted ratio (the level), plus their live target phases as target
-    rows (the shape: where live steps are, they outnumber the profile's grid ~20 to 1); for
+    rows of one pass each (the shape: where live steps are, they outnumber the profile's
+    grid ~20 to 1 in rows; a profile row counts as the passes it averages, so where they
+    are not, the profile's rows still hold the fit: ``num_passes``); for
     a speculative cell with ``draft`` "rows" the others' live draft passes as draft rows too
     ("scale+rows": the profile's own draft rows also scaled by the others' median draft
     ratio; "none": draft rows as measured).
