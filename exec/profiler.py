@@ -45,7 +45,9 @@ QUICK_GRID = ((1, 4), (32,), 16, (0, 2))
 # mixed steps: (decoding batch sizes, late prompt length, late arrivals); see _mixed_trace
 DEFAULT_MIXED = ((4, 8, 12), 128, 4)
 MIXED_DECODE_PROMPT, MIXED_DECODE_OUTPUT = 32, 48
-MIXED_FIRST_ARRIVAL_STEPS, MIXED_SPACING_STEPS = 4, 8   # in decode steps of this engine
+# in decode steps of this engine: the last arrival (step 11) comes before a batch at k = 3
+# that accepts every draft (4 tokens a step) has emitted its 48 tokens
+MIXED_FIRST_ARRIVAL_STEPS, MIXED_SPACING_STEPS = 2, 3
 
 
 @dataclass

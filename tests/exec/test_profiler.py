@@ -135,3 +135,19 @@ def test_target_rows_carry_the_gap_to_the_next_step():
     rows = pd.DataFrame(step_rows(steps, [[]] * 4, prompt=10, batch=1, k=0))
     tgt = rows[rows.role == "target"].reset_index(drop=True)
     assert list(tgt["latency_s"]) == pytest.approx([0.009 + g for g in gaps])
+
+
+def test_mixed_trace_spaces_late_arrivals_in_decode_steps():
+    """The late requests land while the batch decodes on any machine: their arrivals are
+    counted in the engine's decode step, and the batch decodes for longer than they take."""
+    from exec.profiler import (MIXED_DECODE_OUTPUT, MIXED_FIRST_ARRIVAL_STEPS,
+                               MIXED_SPACING_STEPS, _mixed_trace)
+    for step_s in (0.004, 0.05):
+        trace = _mixed_trace(8, 128, 4, step_s)
+        arrival = np.asarray(trace.arrival_s)
+        assert (arrival[:8] == 0).all() and (np.asarray(trace.num_prompt_tokens)[8:] == 128).all()
+        late = arrival[8:] / step_s
+        assert np.allclose(late, MIXED_FIRST_ARRIVAL_STEPS + MIXED_SPACING_STEPS * np.arange(4))
+        # still decoding at the last arrival, even at k = 3 with every draft accepted
+        assert late[-1] < MIXED_DECODE_OUTPUT / 4
+        assert late[1] - late[0] >= 3                      # the late one before has finished
