@@ -44,7 +44,9 @@ DEFAULT_GRID = ((1, 4, 8, 16), (32, 128, 384), 12, (0, 1, 3))
 QUICK_GRID = ((1, 4), (32,), 16, (0, 2))
 # mixed steps: (decoding batch sizes, late prompt length, late arrivals); see _mixed_trace
 DEFAULT_MIXED = ((4, 8, 12), 128, 4)
-MIXED_DECODE_PROMPT, MIXED_DECODE_OUTPUT = 32, 48
+# a short prompt: the batch's own prefill (12 x 4 tokens) ends before the first arrival (at
+# 32 tokens, 12 x 32 took ~6 decode steps and the first late requests joined that prefill)
+MIXED_DECODE_PROMPT, MIXED_DECODE_OUTPUT = 4, 48
 # in decode steps of this engine: the last arrival (step 11) comes before a batch at k = 3
 # that accepts every draft (4 tokens a step) has emitted its 48 tokens
 MIXED_FIRST_ARRIVAL_STEPS, MIXED_SPACING_STEPS = 2, 3
