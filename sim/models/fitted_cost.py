@@ -132,10 +132,14 @@ def fit_step(n, b, s, latency_s, num_passes=None) -> StepFit:
 
 
 def _weighted_median(x: np.ndarray, weight: np.ndarray) -> float:
-    """The median of ``x`` with each value counted ``weight`` times (the lower middle)."""
+    """The median of ``x`` with each value counted ``weight`` times: np.median's when every
+    weight is 1 (the two middle values averaged where the weight splits evenly at one)."""
     order = np.argsort(x, kind="stable")
-    cum = np.cumsum(weight[order])
-    return float(x[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    xs, cum = x[order], np.cumsum(weight[order])
+    i = int(np.searchsorted(cum, 0.5 * cum[-1]))
+    if cum[i] == 0.5 * cum[-1] and i + 1 < len(xs):
+        return float(0.5 * (xs[i] + xs[i + 1]))
+    return float(xs[i])
 
 
 def small_token_factors(n, latency_s, predicted_s, num_passes=None) -> tuple[float, ...]:

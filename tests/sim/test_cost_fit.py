@@ -233,3 +233,13 @@ def test_a_predictor_pickled_before_the_batch_bend_still_predicts():
     for name in ("_seq_knots", "_seq_slopes", "_seq_values"):
         model._target.__dict__.pop(name)
     assert float(model.target_step_s(8, 8, 800.0)) == pytest.approx(before, rel=0.05)
+
+
+def test_weighted_median_is_numpys_with_unit_weights():
+    """Unweighted rows (every public profile) keep the small-count factors np.median gave."""
+    from sim.models.fitted_cost import _weighted_median
+    rng = np.random.default_rng(8)
+    for size in (1, 2, 5, 8, 9, 40):
+        x = rng.normal(size=size)
+        assert _weighted_median(x, np.ones(size)) == pytest.approx(float(np.median(x)), abs=0)
+    assert _weighted_median(np.array([1.0, 2.0, 10.0]), np.array([1.0, 1.0, 5.0])) == 10.0
