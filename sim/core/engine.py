@@ -30,7 +30,7 @@ from sim.core.step_end import PendingStep, end_step
 from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs, draft_pass_s,
                                 ensure_confidences, prefill_context, uniform_chain_draft_s,
                                 verify_context)
-from sim.fast import fast_path
+from sim.fast import fast_path, steps_compile
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -87,8 +87,15 @@ class Engine:
         # its own stream of the seed: acceptance draws are the same with or without noise
         self._step_noise = (np.random.default_rng([config.seed, STEP_NOISE_STREAM])
                             if config.step_noise_sigma else None)
-        # a static policy reads no confidences: draw them only when a decision needs them
-        self._lazy_conf = static and isinstance(self.acc, ParametricAcceptance)
+        # a static policy reads no confidences, nor one that does not declare it does
+        # (Policy.needs_draft_confidences): draw them only when a decision needs them
+        self._lazy_conf = ((static or not policy.needs_draft_confidences)
+                           and isinstance(self.acc, ParametricAcceptance))
+        # single compiled steps (sim/fast/step_compiled.py) for an adaptive chain policy whose
+        # hooks are decide() and observe(): every step a decision, the rest of it compiled
+        self._compiled_steps = bool(
+            multi_step and not static and steps_compile(policy) and self._lazy_conf
+            and eng.draft_passes == "per_request" and not config.step_noise_sigma)
         # ... and then nobody reads a step's confidences unless a verify budget or observe()
         self._conf_unused = self._lazy_conf and not self._observes
         self.next_arrival_s: float | None = None

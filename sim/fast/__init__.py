@@ -9,13 +9,15 @@ the reference step runs. Same draws, same order, the same tables to the last bit
 from __future__ import annotations
 
 from sim.fast.epoch import epoch_eligible, run_epoch
-from sim.fast.epoch_compiled import KernelInputs, kernel_inputs
+from sim.fast.epoch_compiled import KernelInputs, compiled_enabled, kernel_inputs
 from sim.fast.step_compiled import StepKernels, compiled_plan, compiled_step, step_kernels
 
 
 class FastPath:
     """Epochs for a static policy (``engine._epochs``), compiled when ``kernel_inputs``
-    exist, and compiled steps when ``step_kernels`` exist (EngineConfig.compiled_epochs)."""
+    exist, and compiled steps when ``step_kernels`` exist (EngineConfig.compiled_epochs):
+    after a static policy's decision, or every step of an adaptive chain policy's
+    (``engine._compiled_steps``), which observes each one (``observe_step``)."""
 
     def __init__(self, engine, kernel_inputs: KernelInputs | None,
                  step_kernels: StepKernels | None):
@@ -33,7 +35,9 @@ class FastPath:
         if self.step_kernels is None:
             return None
         e.epoch_ready = False
-        step = e.decide_step(now, compiled_plan(e, self.step_kernels), draw_first=False)
+        # an oracle reads the match lengths before it decides: the kernel gets their uniforms
+        step = e.decide_step(now, compiled_plan(e, self.step_kernels),
+                             draw_first=e.policy.needs_oracle)
         d = step.decision
         if step.widths is None and d.draft_stop_confidence <= 0.0 \
                 and d.verify_token_budget is None:
@@ -41,9 +45,19 @@ class FastPath:
         return e.run_decided(now, step)    # a decision the kernel does not cover
 
 
+def steps_compile(policy) -> bool:
+    """Whether an adaptive policy's steps may run through the compiled step kernel: a chain
+    policy (no trees) whose hooks are decide() and observe() (default drafting and
+    verification) and which reads no draft confidences (``needs_draft_confidences``).
+    The engine adds its own conditions (``Engine._compiled_steps``, the kernels' inputs)."""
+    return not (policy.custom_drafting or policy.custom_verify or policy.makes_trees
+                or policy.needs_tree_oracle or policy.needs_draft_confidences)
+
+
 def fast_path(engine) -> FastPath | None:
-    """The engine's fast path, or None (adaptive policies, per-step runs, other drafters)."""
-    if not engine._epochs:
+    """The engine's fast path, or None (per-step runs, other drafters, and adaptive policies
+    with hooks besides decide and observe, or without the compiled kernels)."""
+    if not engine._epochs and not (engine._compiled_steps and compiled_enabled(engine)):
         return None
     inputs = kernel_inputs(engine)
     return FastPath(engine, inputs, step_kernels(engine, inputs))

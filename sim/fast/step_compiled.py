@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from policies.interface import Feedback
 from sim.core.state import FINISHED, RUNNING
 from sim.fast.epoch_compiled import KernelInputs
 
@@ -28,7 +29,8 @@ class StepKernels(NamedTuple):
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
     """The compiled step and plan kernels when they apply to ``engine`` (its epochs run
     compiled and no step's confidences are read), else None."""
-    if inputs is None or not (engine._epochs and engine._conf_unused):
+    if inputs is None or not ((engine._epochs and engine._conf_unused)
+                              or engine._compiled_steps):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import STEP_KERNEL
@@ -65,7 +67,10 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     rows, dec, pre, pre_tok, k = step.rows, step.dec, step.pre, step.pre_tok, step.k
     n_pre_tok, pre_ctx, ids = step.num_prefill_tokens, step.prefill_context, step.obs.request_ids
     n, kmax = dec.shape[0], acc.k_max
-    u = acc._u.take(n * kmax)             # the draws ParametricAcceptance.draw would take
+    if step.draw is None:                 # the draws ParametricAcceptance.draw would take
+        u = acc._u.take(n * kmax)
+    else:                                 # taken before an oracle's decision: the same
+        u = np.ascontiguousarray(step.draw.uniforms).reshape(-1)
     if not pre.shape[0]:
         pre = pre_tok = np.zeros(0, np.int64)   # (writable: one compiled signature)
     floats, ints, num_spec, accepted, fin = kernels.step(   # bundles spread, as for epochs
@@ -84,8 +89,24 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     engine.rec.add((engine.step_index, now, draft_s + verify_s, draft_s, verify_s,
                     rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
                     n_emit, step.num_waiting, kv_used), (num_spec, accepted, ids))
+    if engine._observes:
+        observe_step(engine, now + (draft_s + verify_s), num_spec, accepted, fin, draft_s,
+                     verify_s, ids)
     engine.step_index += 1
     return draft_s + verify_s
+
+
+def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
+                 verify_s: float, ids) -> None:
+    """The policy observes a compiled step as sim/core/step_end.py has it observe the
+    reference one: the same Feedback, with the confidences a policy that reads none gets
+    there (unset: nan), at once rather than at the step's end (arrivals in between touch
+    neither the policy nor what it is told)."""
+    conf = np.full((num_spec.shape[0], engine.k_max), np.nan)
+    engine.policy.observe(Feedback(
+        now_s=end, request_ids=ids, num_spec_tokens=num_spec, num_accepted=accepted,
+        confidences=conf, draft_time_s=draft_s, verify_time_s=verify_s,
+        finished_ids=engine.reqs.request_ids[fin]))
 
 
 def warm_up_step() -> None:

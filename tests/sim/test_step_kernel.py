@@ -1,7 +1,9 @@
 """The compiled per-step kernels (sim/fast/step_kernel.py, sim/fast/plan_kernel.py, sim/fast/step_compiled.py):
 the steps that carry prefill chunks under a static policy with compiled epochs on must give
 the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
-trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay. Runs in a child process (see tests/sim/test_epochs_kernel.py)."""
+trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay; so
+must every step of an adaptive chain policy that only decides and observes (smartspec, the
+oracles). Runs in a child process (see tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +77,28 @@ for name, (factory, trace, kw) in cases.items():
     print(name, calls["steps"] - before["steps"], calls["trimmed"] - before["trimmed"])
 assert calls["trimmed"] > 0, "no compiled step trimmed its drafts (budget or KV)"
 assert calls["preempting"] > 0 and calls["admitted"] > 0, calls
+# adaptive chain policies whose hooks are decide and observe: every step compiled, no epochs;
+# the observed feedback must be the reference path's (smartspec learns from it, the oracles
+# read the match lengths drawn before their decision)
+observed = {"n": 0}
+observe = sim.fast.step_compiled.observe_step
+
+def counting_observe(*args, **kw):
+    observed["n"] += 1
+    return observe(*args, **kw)
+
+sim.fast.step_compiled.observe_step = counting_observe
+adaptive = {"smartspec": "fixed-tight", "oracle": "kv-short", "oracle_slo": "preempting"}
+for policy, case in adaptive.items():
+    before, seen = dict(calls), observed["n"]
+    trace, kw = cases[case][1], {"seed": 2, **cases[case][2]}
+    fast = simulate_with(trace, make_policy(policy), config(compiled_epochs=True, **kw))
+    slow = simulate_with(trace, make_policy(policy), config(**kw), multi_step=False)
+    assert calls["steps"] > before["steps"] and calls["prefill"] > before["prefill"], policy
+    assert fast.meta["num_epochs"] == 0, policy
+    assert (observed["n"] > seen) == make_policy(policy).needs_feedback, policy
+    assert_same_tables(fast, slow)
+    print(policy, calls["steps"] - before["steps"])
 print("OK", calls)
 '''
 
