@@ -96,6 +96,10 @@ class Engine:
         self._compiled_steps = bool(
             multi_step and not static and steps_compile(policy) and self._lazy_conf
             and eng.draft_passes == "per_request" and not config.step_noise_sigma)
+        # ... and for any other adaptive policy the plan and the step's end compiled
+        # (sim/fast/step_compiled.compiled_end), its hooks run as on the reference path
+        self._compiled_ends = bool(multi_step and not static and not self._compiled_steps
+                                   and eng.draft_passes == "per_request")
         # ... and then nobody reads a step's confidences unless a verify budget or observe()
         self._conf_unused = self._lazy_conf and not self._observes
         self.next_arrival_s: float | None = None

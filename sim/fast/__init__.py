@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from sim.fast.epoch import epoch_eligible, run_epoch
 from sim.fast.epoch_compiled import KernelInputs, compiled_enabled, kernel_inputs
-from sim.fast.step_compiled import StepKernels, compiled_plan, compiled_step, step_kernels
+from sim.fast.step_compiled import (StepKernels, compiled_end, compiled_plan, compiled_step,
+                                   step_kernels)
 
 
 class FastPath:
     """Epochs for a static policy (``engine._epochs``), compiled when ``kernel_inputs``
     exist, and compiled steps when ``step_kernels`` exist (EngineConfig.compiled_epochs):
     after a static policy's decision, or every step of an adaptive chain policy's
-    (``engine._compiled_steps``), which observes each one (``observe_step``)."""
+    (``engine._compiled_steps``), which observes each one (``observe_step``); any other
+    adaptive policy's steps get the compiled plan and end around its hooks
+    (``engine._compiled_ends``)."""
 
     def __init__(self, engine, kernel_inputs: KernelInputs | None,
                  step_kernels: StepKernels | None):
@@ -35,6 +38,11 @@ class FastPath:
         if self.step_kernels is None:
             return None
         e.epoch_ready = False
+        if e._compiled_ends:         # the policy's hooks the reference way, the rest compiled
+            step = e.decide_step(now, compiled_plan(e, self.step_kernels), draw_first=True)
+            latency = e.run_decided(now, step)
+            compiled_end(e, self.step_kernels)
+            return latency
         # an oracle reads the match lengths before it decides: the kernel gets their uniforms
         step = e.decide_step(now, compiled_plan(e, self.step_kernels),
                              draw_first=e.policy.needs_oracle)
@@ -57,7 +65,8 @@ def steps_compile(policy) -> bool:
 def fast_path(engine) -> FastPath | None:
     """The engine's fast path, or None (per-step runs, other drafters, and adaptive policies
     with hooks besides decide and observe, or without the compiled kernels)."""
-    if not engine._epochs and not (engine._compiled_steps and compiled_enabled(engine)):
+    if not engine._epochs and not ((engine._compiled_steps or engine._compiled_ends)
+                                   and compiled_enabled(engine)):
         return None
     inputs = kernel_inputs(engine)
     return FastPath(engine, inputs, step_kernels(engine, inputs))

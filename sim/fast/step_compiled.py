@@ -24,19 +24,20 @@ class StepKernels(NamedTuple):
     inputs: KernelInputs
     step: Callable               # sim/fast/step_kernel.py's STEP_KERNEL
     plan: Callable               # sim/fast/plan_kernel.py's PLAN_KERNEL (Scheduler.plan_base)
+    end: Callable                # sim/fast/step_kernel.py's STEP_END_KERNEL (end_step)
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
     """The compiled step and plan kernels when they apply to ``engine`` (its epochs run
     compiled and no step's confidences are read), else None."""
     if inputs is None or not ((engine._epochs and engine._conf_unused)
-                              or engine._compiled_steps):
+                              or engine._compiled_steps or engine._compiled_ends):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import STEP_KERNEL
+    from sim.fast.step_kernel import STEP_END_KERNEL, STEP_KERNEL
     if STEP_KERNEL is None:
         return None
-    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL)
+    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -96,6 +97,41 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     return draft_s + verify_s
 
 
+def compiled_end(engine, kernels: StepKernels) -> None:
+    """sim/core/step_end.py's ``end_step`` of the engine's pending step, applied now through
+    the compiled ``STEP_END_KERNEL`` (for a policy with its own drafting or verification,
+    whose step ran the reference way up to its latency): the same tables and feedback, at
+    once rather than at the step's end, as compiled steps are."""
+    (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
+     num_waiting, n_pre_tok, n_spec, ctx, out, ids) = engine.pending
+    engine.pending = None
+    r, sched = engine.reqs, engine.sched
+    if not pre.shape[0]:
+        pre = pre_tok = np.zeros(0, np.int64)   # (one compiled signature)
+    (num_computed, num_out, num_known, _, num_target_out, num_drafted, num_accepted,
+     accept_ewma, status, first_token_s, finish_s) = r.arrays
+    end = start + (draft_s + verify_s)
+    n_acc, n_emit, fin = kernels.end(
+        end, dec, ctx, out, num_spec, accepted, n_spec, pre, pre_tok,
+        float(engine.config.engine.accept_ewma_alpha), FINISHED, num_computed, num_out,
+        num_known, num_target_out, num_drafted, num_accepted, accept_ewma, status,
+        first_token_s, finish_s)
+    if n_spec and dec.shape[0] and not engine._lazy_conf:
+        r.last_conf[dec] = conf
+    kv_used = sched.num_kv_blocks - sched.free_blocks
+    if fin.shape[0]:
+        sched.release(fin)
+    engine.rec.add((engine.step_index, start, draft_s + verify_s, draft_s, verify_s,
+                    rows.shape[0], dec.shape[0], n_pre_tok, n_pre_tok + dec.shape[0] + n_spec,
+                    n_spec, n_acc, n_emit, num_waiting, kv_used), (num_spec, accepted, ids))
+    if engine._observes:
+        engine.policy.observe(Feedback(
+            now_s=end, request_ids=ids, num_spec_tokens=num_spec, num_accepted=accepted,
+            confidences=conf, draft_time_s=draft_s, verify_time_s=verify_s,
+            finished_ids=r.request_ids[fin]))
+    engine.step_index += 1
+
+
 def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
                  verify_s: float, ids) -> None:
     """The policy observes a compiled step as sim/core/step_end.py has it observe the
@@ -110,9 +146,9 @@ def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
 
 
 def warm_up_step() -> None:
-    """Compile (or cache-load) the step kernel with the engine's argument types."""
+    """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import STEP_KERNEL
+    from sim.fast.step_kernel import STEP_END_KERNEL, STEP_KERNEL
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -123,3 +159,6 @@ def warm_up_step() -> None:
                 *warm_up_arrays())
     PLAN_KERNEL(rows, rows + 1, 100, 4, True, 100, 16, RUNNING, i64 + 1, i64 + 2, i64.copy(),
                 i64 + 1, np.zeros(2, np.int8))
+    table = warm_up_arrays()
+    STEP_END_KERNEL(0.0, rows, rows + 1, rows + 1, rows + 1, rows.copy(), 1, rows + 1, rows + 1,
+                    0.5, FINISHED, *table[:3], *table[4:])

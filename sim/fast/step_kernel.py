@@ -114,7 +114,24 @@ def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_b
     bad = 1 if (n_tok > max_tokens or free_blocks < 0) else 0
     verify_s = _roofline_s(tcoef, n_tok, num_rows, verify_ctx)
     end = now + (draft_s + verify_s)
-    # sim/core/step_end.py: prefill chunks, then decoding requests
+    n_acc, n_emit, fin = _step_end(end, dec, ctx, out, fit, acc, n_spec, pre, pre_tok, alpha,
+                                   finished_code, num_computed, num_out, num_known,
+                                   num_target_out, num_drafted, num_accepted, accept_ewma,
+                                   status, first_token_s, finish_s)
+    floats = np.array([draft_s, verify_s, end])
+    ints = np.array([n_spec, n_acc, n_emit, free_blocks, bad], np.int64)
+    return floats, ints, fit, acc, fin
+
+
+def _step_end(end, dec, ctx, out, num_spec, acc, n_spec, pre, pre_tok, alpha, finished_code,
+              num_computed, num_out, num_known, num_target_out, num_drafted, num_accepted,
+              accept_ewma, status, first_token_s, finish_s):
+    """sim/core/step_end.py's ``end_step`` on the request table, at ``end``: prefill chunks,
+    then the decoding requests (``num_spec`` verified, ``acc`` accepted; ``ctx``, ``out``
+    as before the step). Returns (accepted tokens, emitted tokens with first tokens,
+    finished rows in end_step's order). The scheduler's release and the step's record
+    stay the caller's."""
+    n = dec.shape[0]
     fin = np.empty(pre.shape[0] + n, np.int64)
     num_fin = n_done = 0
     for p in range(pre.shape[0]):
@@ -140,10 +157,10 @@ def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_b
         n_emit += e
         if n_spec:
             n_acc += acc[i]
-            num_drafted[row] += fit[i]
+            num_drafted[row] += num_spec[i]
             num_accepted[row] += acc[i]
-            if fit[i] > 0:
-                x = acc[i] / fit[i]
+            if num_spec[i] > 0:
+                x = acc[i] / num_spec[i]
                 accept_ewma[row] = _ewma_next(accept_ewma[row], x, alpha)
         if e == left:
             fin[num_fin] = row
@@ -151,9 +168,12 @@ def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_b
     for f in range(num_fin):
         status[fin[f]] = finished_code
         finish_s[fin[f]] = end
-    floats = np.array([draft_s, verify_s, end])
-    ints = np.array([n_spec, n_acc, n_emit + n_done, free_blocks, bad], np.int64)
-    return floats, ints, fit, acc, fin[:num_fin].copy()
+    return n_acc, n_emit + n_done, fin[:num_fin].copy()
 
 
-STEP_KERNEL = numba.njit(cache=True)(_static_step) if numba is not None else None
+if numba is not None:
+    _step_end = numba.njit(cache=True)(_step_end)
+    STEP_KERNEL = numba.njit(cache=True)(_static_step)
+    STEP_END_KERNEL = _step_end
+else:
+    STEP_KERNEL = STEP_END_KERNEL = None

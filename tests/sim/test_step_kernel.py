@@ -3,7 +3,8 @@ the steps that carry prefill chunks under a static policy with compiled epochs o
 the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
 trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay; so
 must every step of an adaptive chain policy that only decides and observes (smartspec, the
-oracles). Runs in a child process (see tests/sim/test_epochs_kernel.py)."""
+oracles), and the compiled plan and end of any other adaptive policy's steps. Runs in a
+child process (see tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,27 @@ for policy, case in adaptive.items():
     assert (observed["n"] > seen) == make_policy(policy).needs_feedback, policy
     assert_same_tables(fast, slow)
     print(policy, calls["steps"] - before["steps"])
+# any other adaptive policy: its hooks the reference way, the plan and the step's end compiled
+# (confidence stops, own verification, trees; learning from the feedback)
+ends = {"n": 0}
+end = sim.fast.compiled_end
+
+def counting_end(*args, **kw):
+    ends["n"] += 1
+    return end(*args, **kw)
+
+sim.fast.compiled_end = counting_end
+others = {"threshold": "fixed-tight", "vllm_adaptive_verify": "kv-short",
+          "adaserve": "preempting", "slo_goodput": "mixed-k", "adaspec": "no-chunk"}
+for policy, case in others.items():
+    before, seen = dict(calls), ends["n"]
+    trace, kw = cases[case][1], {"seed": 2, **cases[case][2]}
+    fast = simulate_with(trace, make_policy(policy), config(compiled_epochs=True, **kw))
+    slow = simulate_with(trace, make_policy(policy), config(**kw), multi_step=False)
+    assert ends["n"] > seen and calls["plans"] > before["plans"], policy
+    assert calls["steps"] == before["steps"] and fast.meta["num_epochs"] == 0, policy
+    assert_same_tables(fast, slow)
+    print(policy, ends["n"] - seen)
 print("OK", calls)
 '''
 
