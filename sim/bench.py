@@ -10,12 +10,14 @@ cache-load time, not in the timings); ``numpy_*`` keys give the default numpy ep
 requests, same process.
 
 Per policy (``--policies``, default every registered one; ``--policy-requests``, default the
-same 10,000 requests): ``policy_sim_tokens_per_s`` on the default path and, where a compiled path
-exists, ``policy_sim_tokens_per_s_compiled``: static policies (compiled epochs and steps) and
-adaptive chain policies whose hooks are decide and observe (compiled steps,
-``sim.fast.steps_compile``). The slowest adaptive policy (oracles apart) on the default path
-is ``worst_adaptive_policy`` at ``worst_adaptive_sim_tokens_per_s``; on its faster path,
-``worst_adaptive_policy_best_path`` at ``worst_adaptive_best_path_sim_tokens_per_s``.
+same 10,000 requests): ``policy_sim_tokens_per_s`` on the default path and
+``policy_sim_tokens_per_s_compiled`` on the compiled one (``EngineConfig.compiled_epochs``):
+static policies run compiled epochs and steps, adaptive chain policies whose hooks are decide
+and observe compiled steps (``sim.fast.steps_compile``), the other adaptive policies their
+hooks between a compiled plan and step end. The slowest adaptive policy (oracles apart) on
+the default path is ``worst_adaptive_policy`` at ``worst_adaptive_sim_tokens_per_s``; on its
+faster path, ``worst_adaptive_policy_best_path`` at
+``worst_adaptive_best_path_sim_tokens_per_s``.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ import numpy as np
 from policies import make_policy
 from sim.core.config import EngineConfig, SimConfig
 from sim.core.run import simulate_with
-from sim.fast import steps_compile
 
 
 def bench_trace(num_requests: int, seed: int, rate_scale: float = 1.0):
@@ -63,8 +64,8 @@ def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool =
 
 
 def per_policy(names: str | None, num_requests: int, seed: int) -> dict:
-    """Simulated output tokens per wall second of each policy on the default path and, for
-    static policies, the compiled one (same requests, same process, one after the other)."""
+    """Simulated output tokens per wall second of each policy on the default path and on
+    the compiled one (same requests, same process, one after the other)."""
     from tqdm import tqdm
 
     from policies.registry import known_policies, policy_class
@@ -75,8 +76,7 @@ def per_policy(names: str | None, num_requests: int, seed: int) -> dict:
         kinds[name] = cls.kind
         default[name] = run_once(num_requests, seed, 1.0, compiled=False,
                                  policy=name)["sim_tokens_per_s"]
-        if cls.static_decisions or steps_compile(cls):
-            compiled[name] = run_once(num_requests, seed, 1.0, policy=name)["sim_tokens_per_s"]
+        compiled[name] = run_once(num_requests, seed, 1.0, policy=name)["sim_tokens_per_s"]
     out = {"policy_requests": num_requests, "policy_sim_tokens_per_s": default,
            "policy_sim_tokens_per_s_compiled": compiled}
     adaptive = {n: v for n, v in default.items() if kinds[n] == "adaptive"}
