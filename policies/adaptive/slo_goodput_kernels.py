@@ -260,7 +260,8 @@ def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
                max_step_tokens, num_prefill_tokens, verified, per_row_verified):
     """Per row: the prefix index maximising (base_value + value of its slots) / T under the
     guard (0 off, 1 step, 2 per_token) and the token cap (-1: none), as ``_best_prefixes``;
-    returns (index, rate, depth per request (nw, n), marginal slot value)."""
+    returns (index, rate, depth per request (nw, n), marginal slot value). ``value`` and
+    ``tokens`` of one row serve every row (rows that differ only in their orders)."""
     nw, M = order.shape
     B = b.size
     best_g = np.zeros(nw, np.int64)
@@ -271,12 +272,13 @@ def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
     cum_v = np.empty(B)
     cum_t = np.empty(B)
     for r in range(nw):
+        vrow = r if value.shape[0] > 1 else 0
         for s in range(M):
-            slot[s] = value[r, order[r, s]]
+            slot[s] = value[vrow, order[r, s]]
         _prefix_into(slot, M, full, b, cum_v)
         if guard == 2:
             for s in range(M):
-                slot[s] = tokens[r, order[r, s]]
+                slot[s] = tokens[vrow, order[r, s]]
             _prefix_into(slot, M, full, b, cum_t)
         first_ok = T[r, 0] <= cap_s
         per_token0 = T[r, 0] / (n + cum_t[0]) if guard == 2 else 0.0
@@ -304,7 +306,7 @@ def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
         take = b[pick]
         for s in range(take):
             depth[r, order[r, s] // K] += 1
-        marginal[r] = value[r, order[r, take - 1]] if take > 0 else np.inf
+        marginal[r] = value[vrow, order[r, take - 1]] if take > 0 else np.inf
     return best_g, best_rate, depth, marginal
 
 

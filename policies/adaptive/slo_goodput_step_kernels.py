@@ -210,8 +210,8 @@ def _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b,
             R += 1
         row_of[r] = R - 1
     order = order[:R]
-    tokens = np.empty((R, nK))
-    value = np.empty((R, nK))
+    tokens = np.empty((1, nK))                   # the same for every row (PLAN_ROWS)
+    value = np.empty((1, nK))
     widest = np.ones(n, np.int64)
     chains = True
     for i in range(n):
@@ -219,18 +219,17 @@ def _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b,
         for j in range(K):
             x = i * K + j
             t = slot_pass[i, j]
-            v = t * weight[i]
-            for r in range(R):
-                tokens[r, x] = t
-                value[r, x] = v
+            tokens[0, x] = t
+            value[0, x] = t * weight[i]
             if slot_widths[i, j] > top:
                 top = slot_widths[i, j]
         widest[i] = top                          # slot_widths.max(axis=1)
         if top > 1:
             chains = False
-    Ws = np.empty((R, num_live))
-    feed = np.empty((R, num_live))
-    for r in range(R):
+    # each ranked slot's width and fed tokens: read for trees only (all 1 in chains)
+    Ws = np.empty((R, num_live) if not chains else (0, 0))
+    feed = np.empty((R, num_live) if not chains else (0, 0))
+    for r in range(R if not chains else 0):
         for y in range(num_live):
             x = order[r, y]
             i, j = x // K, x % K
