@@ -26,6 +26,7 @@ import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
 from policies.adaptive.slo_goodput_kernels import _np_max, _np_min, _pass_s, numba
+from policies.adaptive.sort_kernels import _stable_argsort
 
 
 def _slo_demand(num_output_tokens, decode_elapsed_s, tpot_slo_s, cf_t_spec_s, depth, out):
@@ -109,7 +110,7 @@ def _slo_takes(f_sorted, num_valid, A, n_max, budget, take):
     for i in range(n):
         key[i] = -A[i]
     before = 0
-    for i in np.argsort(key, kind="mergesort"):
+    for i in _stable_argsort(key):
         t = min(max(budget - before, 0.0), float(want[i]))
         take[i] = int(t)
         total += take[i]
@@ -138,7 +139,7 @@ def _free_ranking(f_sorted, take):
                 req[m] = i
                 pos[m] = p
                 m += 1
-    rank = np.argsort(key, kind="mergesort")
+    rank = _stable_argsort(key)
     return req[rank], pos[rank]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.slo_goodput_kernels import _pairwise, _pass_s, numba
+from policies.adaptive.sort_kernels import _stable_argsort
 
 
 def _pairwise_sum(x, n):
@@ -99,7 +100,7 @@ def _confidence_verify(drafted, confidences, target_count, draft_time_s, context
     for j in range(smax):
         for i in range(n):
             score[j * n + i] = -cum[i * smax + j] if j < drafted[i] else np.inf
-    order = np.argsort(score, kind="mergesort")
+    order = _stable_argsort(score)
     keep = np.zeros((n, smax), np.bool_)
     for r in range(min(target_count, n * smax)):
         q = order[r]

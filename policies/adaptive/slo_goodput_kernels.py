@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.adaptive.sort_kernels import _stable_argsort
+
 
 def _pass_s(kind, coef, t, s, c):
     """One pass's seconds from ``CostCoefficients`` (kind 0 roofline, 1 affine), in the
@@ -98,7 +100,7 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
         vc = tokens_c[x] * w
         if vc > big:
             big = vc
-    order[0] = np.argsort(key, kind="mergesort")
+    order[0] = _stable_argsort(key)
     big = big + 1.0
     slot = np.arange(nK)                     # the stable sort's tie-break: slot index
     depth = np.empty(nK, np.int64)
@@ -116,7 +118,7 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
         # together): an insertion pass fixes those, the sort only when there are many
         _capped_from(order[0], depth, cap, order[r])
         if not _fix_order(order[r], key, slot, 4 * nK + 64):
-            order[r] = np.argsort(key, kind="mergesort")
+            order[r] = _stable_argsort(key)
     return tokens, value, order
 
 
@@ -146,7 +148,7 @@ def _tree_rankings(tokens, W, q, weight, K, tokens_c, accept, caps):
             tok[r, x] = tokens[r, x]
             value[r, x] = tokens[r, x] * weight[x // K]
             key[x] = -value[r, x]
-        order[r] = np.argsort(key, kind="mergesort")
+        order[r] = _stable_argsort(key)
         for s in range(nK):
             o = order[r, s]
             Ws[r, s] = float(W[r, o // K])
@@ -169,7 +171,7 @@ def _tree_rankings(tokens, W, q, weight, K, tokens_c, accept, caps):
             tok[r, x] = tokens_c[x]
             value[r, x] = vc
             key[x] = -(vc + big * (1.0 if x % K + 1 <= cap else 0.0))
-        order[r] = np.argsort(key, kind="mergesort")
+        order[r] = _stable_argsort(key)
         for i in range(n):
             q_all[r, i] = accept[i]
     return tok, value, order, Ws, feed, q_all, W_all
@@ -390,7 +392,7 @@ def _verify_ranking(value, drafted, context_lens):
                 score[num] = -value[i, j]
                 slot[num] = j * n + i
                 num += 1
-    by_pos = slot[np.argsort(score[:num], kind="mergesort")]
+    by_pos = slot[_stable_argsort(score[:num])]
     req = np.empty(num, np.int64)
     pos = np.empty(num, np.int64)
     cum_v = np.zeros(num + 1)

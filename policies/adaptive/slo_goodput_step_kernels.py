@@ -23,6 +23,7 @@ from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, DRAFTING_MASK
                                                    VERIFY_RANKING, VERIFY_TIMES, _capped_from,
                                                    _fix_order, _np_max, _np_min, _pass_s,
                                                    numba)
+from policies.adaptive.sort_kernels import _stable_argsort
 
 
 def _neutral_prefill_value(context_lens, num_prefill_tokens, prefill_ctx, kind, tcoef):
@@ -177,7 +178,7 @@ def _sorted_slots(keys, by_depth, out):
     key = np.empty(num)
     for y in range(num):
         key[y] = keys[by_depth[y]]
-    perm = np.argsort(key, kind="mergesort")
+    perm = _stable_argsort(key)
     for y in range(num):
         out[y] = by_depth[perm[y]]
 
