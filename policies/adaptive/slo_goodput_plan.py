@@ -199,8 +199,9 @@ def chain_powers(accept: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np
 
 @functools.lru_cache(maxsize=1024)
 def _power_exponents(n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ones (1, n), 1..K) int exponents of ``chain_powers``, read-only, kept per shape."""
-    ones, j = np.ones((1, n), np.int64), np.arange(1, K + 1)
+    """(ones (1, n), 1..K) exponents of ``chain_powers``, read-only, kept per shape: float,
+    which numpy's power casts int exponents to anyway (the same floats, no cast per call)."""
+    ones, j = np.ones((1, n)), np.arange(1, K + 1, dtype=np.float64)
     ones.setflags(write=False)
     j.setflags(write=False)
     return ones, j
