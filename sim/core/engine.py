@@ -31,6 +31,7 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 ensure_confidences, prefill_context, uniform_chain_draft_s,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
+from sim.fast.step_compiled import compiled_drafting
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -87,10 +88,13 @@ class Engine:
         # its own stream of the seed: acceptance draws are the same with or without noise
         self._step_noise = (np.random.default_rng([config.seed, STEP_NOISE_STREAM])
                             if config.step_noise_sigma else None)
-        # a static policy reads no confidences, nor one that does not declare it does
-        # (Policy.needs_draft_confidences): draw them only when a decision needs them
-        self._lazy_conf = ((static or not policy.needs_draft_confidences)
-                           and isinstance(self.acc, ParametricAcceptance))
+        # a static policy reads no confidences, nor one whose hooks are decide and observe
+        # and that does not declare it does (Policy.needs_draft_confidences): draw them only
+        # when a decision needs them
+        self._lazy_conf = bool(
+            (static or (not policy.needs_draft_confidences and self._default_drafting
+                        and self._default_verify))
+            and isinstance(self.acc, ParametricAcceptance))
         # single compiled steps (sim/fast/step_compiled.py) for an adaptive chain policy whose
         # hooks are decide() and observe(): every step a decision, the rest of it compiled
         self._compiled_steps = bool(
@@ -109,6 +113,9 @@ class Engine:
         self.rejected = admission_errors(self.reqs, eng, self.sched.num_kv_blocks)
         self.pending: PendingStep | None = None        # a begun step, applied at its end
         self.fast = fast_path(self)    # epochs and compiled steps (sim/fast/), or None
+        # a drafting loop's per-pass bookkeeping compiled (sim/fast/step_compiled.py)
+        self._draft_kernels = (self.fast.step_kernels if self.fast is not None
+                               and self._compiled_ends else None)
 
     # ---- simpy processes -------------------------------------------------------------------
     def arrivals(self, env: simpy.Environment):
@@ -269,6 +276,10 @@ class Engine:
         spent = None
         if self._default_drafting and decision.draft_stop_confidence <= 0.0:
             drafted = k          # the default rule drafts exactly k: skip the per-pass calls
+        elif (self._draft_kernels is not None and widths is None
+              and draw.confidences is not None):
+            drafted, spent = compiled_drafting(self, self._draft_kernels, obs, decision, k, ctx,
+                                               prefill, draw.confidences)
         else:
             drafted = np.zeros_like(k)
             active = k > 0

@@ -9,7 +9,7 @@ the reference step runs. Same draws, same order, the same tables to the last bit
 from __future__ import annotations
 
 from sim.fast.epoch import epoch_eligible, run_epoch
-from sim.fast.epoch_compiled import KernelInputs, compiled_enabled, kernel_inputs
+from sim.fast.epoch_compiled import KernelInputs, kernel_inputs
 from sim.fast.step_compiled import (StepKernels, compiled_end, compiled_plan, compiled_step,
                                    step_kernels)
 
@@ -63,10 +63,12 @@ def steps_compile(policy) -> bool:
 
 
 def fast_path(engine) -> FastPath | None:
-    """The engine's fast path, or None (per-step runs, other drafters, and adaptive policies
-    with hooks besides decide and observe, or without the compiled kernels)."""
-    if not engine._epochs and not ((engine._compiled_steps or engine._compiled_ends)
-                                   and compiled_enabled(engine)):
+    """The engine's fast path, or None: per-step runs (``multi_step=False``), and for an
+    adaptive policy vLLM's draft-pass accounting, step jitter, or no compiled kernels (the
+    opt-in, numba, a roofline, parametric acceptance: ``kernel_inputs``)."""
+    if not (engine._epochs or engine._compiled_steps or engine._compiled_ends):
         return None
-    inputs = kernel_inputs(engine)
+    inputs = kernel_inputs(engine)      # None without the opt-in (numba not even imported)
+    if inputs is None and not engine._epochs:
+        return None                     # an adaptive policy: only compiled paths would help
     return FastPath(engine, inputs, step_kernels(engine, inputs))

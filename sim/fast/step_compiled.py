@@ -25,6 +25,7 @@ class StepKernels(NamedTuple):
     step: Callable               # sim/fast/step_kernel.py's STEP_KERNEL
     plan: Callable               # sim/fast/plan_kernel.py's PLAN_KERNEL (Scheduler.plan_base)
     end: Callable                # sim/fast/step_kernel.py's STEP_END_KERNEL (end_step)
+    draft: Callable              # sim/fast/step_kernel.py's DRAFT_PASS_KERNEL (Engine._draft)
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
@@ -34,10 +35,10 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
                               or engine._compiled_steps or engine._compiled_ends):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import STEP_END_KERNEL, STEP_KERNEL
+    from sim.fast.step_kernel import DRAFT_PASS_KERNEL, STEP_END_KERNEL, STEP_KERNEL
     if STEP_KERNEL is None:
         return None
-    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL)
+    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -132,6 +133,36 @@ def compiled_end(engine, kernels: StepKernels) -> None:
     engine.step_index += 1
 
 
+def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, ctx, prefill,
+                      seen) -> tuple:
+    """``Engine._draft``'s loop for a chain under the roofline, each pass's bookkeeping in one
+    compiled call (``DRAFT_PASS_KERNEL``) around the policy's ``continue_drafting``: the
+    same drafted counts, confidences and seconds. Returns (drafted, seconds spent: the
+    last pass's np.sum of the passes so far, or every pass re-costed once a stopped request
+    drafted again, as the loop has it)."""
+    from policies.interface import DraftState
+    from sim.core.step_plan import draft_pass_costs
+    n_pre_tok, pre_ctx, n_pre_seqs = prefill
+    n = k.shape[0]
+    drafted, more = np.zeros(n, np.int64), k > 0
+    was_active = np.zeros(n, np.bool_)
+    pass_s = np.zeros(int(k.max()))
+    j, restarted, spent = 0, False, None
+    while True:
+        go, restarted, drafted, active, conf, spent_now = kernels.draft(
+            more, was_active, drafted, k, ctx, j, restarted, kernels.inputs.draft_coef,
+            n_pre_tok, pre_ctx, n_pre_seqs, pass_s, seen)
+        if not go:
+            return drafted, spent
+        spent = spent_now
+        if restarted:
+            tok, seqs, cctx = draft_pass_costs(drafted, None, ctx, *prefill)
+            spent = float(np.sum(engine.cost.draft_step_s(tok, seqs, cctx)))
+        was_active, j = active, j + 1
+        more = np.asarray(engine.policy.continue_drafting(
+            DraftState(obs, decision, drafted, conf, spent)), bool)
+
+
 def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
                  verify_s: float, ids) -> None:
     """The policy observes a compiled step as sim/core/step_end.py has it observe the
@@ -148,7 +179,7 @@ def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
 def warm_up_step() -> None:
     """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import STEP_END_KERNEL, STEP_KERNEL
+    from sim.fast.step_kernel import DRAFT_PASS_KERNEL, STEP_END_KERNEL, STEP_KERNEL
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -162,3 +193,6 @@ def warm_up_step() -> None:
     table = warm_up_arrays()
     STEP_END_KERNEL(0.0, rows, rows + 1, rows + 1, rows + 1, rows.copy(), 1, rows + 1, rows + 1,
                     0.5, FINISHED, *table[:3], *table[4:])
+    flags = np.ones(1, np.bool_)
+    DRAFT_PASS_KERNEL(flags, flags, rows.copy(), rows + 2, rows + 1, 0, False, np.zeros(5), 0,
+                      0, 0, np.zeros(2), np.full((1, 2), 0.5))

@@ -171,9 +171,56 @@ def _step_end(end, dec, ctx, out, num_spec, acc, n_spec, pre, pre_tok, alpha, fi
     return n_acc, n_emit + n_done, fin[:num_fin].copy()
 
 
+def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_tok, pre_ctx,
+                n_pre_seqs, pass_s, seen):
+    """One pass of ``Engine._draft``'s loop around a policy's ``continue_drafting``, for
+    chains under a roofline: who drafts now (``more`` from the policy, or k > 0 before the
+    first pass, and still short of k), whether a stopped request drafts again
+    (``restarted``), the drafted counts after the pass, pass ``j``'s seconds
+    (``step_plan.draft_pass_s``' scalar roofline, into ``pass_s``) and their np.sum so far
+    (0.0 once restarted: the caller re-costs every pass), and the confidences the policy
+    may see (nan past each request's drafts). Returns (any drafting, restarted, drafted,
+    active, confidences, seconds so far)."""
+    n = k.shape[0]
+    active = np.empty(n, np.bool_)
+    any_active = False
+    for i in range(n):
+        a = more[i] and drafted[i] < k[i]
+        active[i] = a
+        any_active = any_active or a
+    if not any_active:
+        return False, restarted, drafted, active, np.empty((0, 0)), 0.0
+    if j > 0 and not restarted:
+        for i in range(n):
+            if active[i] and not was_active[i]:
+                restarted = True
+    now = drafted.copy()
+    num_seqs = 0
+    csum = 0
+    for i in range(n):
+        if active[i]:
+            now[i] += 1
+            num_seqs += 1
+            csum += ctx[i]
+    spent = 0.0
+    if not restarted:
+        tok, seqs, cc = num_seqs, num_seqs, csum + num_seqs * (1 + j)
+        if j == 0:
+            tok, seqs, cc = tok + n_pre_tok, seqs + n_pre_seqs, cc + pre_ctx
+        pass_s[j] = _roofline_s(dcoef, tok, seqs, cc)
+        spent = _numpy_sum(pass_s, j + 1)
+    kmax = seen.shape[1]
+    conf = np.empty((n, kmax))
+    for i in range(n):
+        for p in range(kmax):
+            conf[i, p] = seen[i, p] if p < now[i] else np.nan
+    return True, restarted, now, active, conf, spent
+
+
 if numba is not None:
     _step_end = numba.njit(cache=True)(_step_end)
     STEP_KERNEL = numba.njit(cache=True)(_static_step)
     STEP_END_KERNEL = _step_end
+    DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
 else:
-    STEP_KERNEL = STEP_END_KERNEL = None
+    STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = None

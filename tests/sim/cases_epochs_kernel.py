@@ -156,3 +156,42 @@ def test_mixed_k_of_eight_sums_draft_passes_in_numpys_order(kernel, monkeypatch)
     assert fast.meta["num_epochs"] > 0
     assert max(int(k.max(initial=0)) for k in fast.steps["spec_k"]) == 8
     assert_same_tables(fast, slow)
+
+
+class _Restarting(Policy):
+    """Stops every other request after its first draft and lets it draft again a pass later
+    (the drafting loop then re-costs every pass by draft position)."""
+
+    custom_drafting = True
+
+    def decide(self, obs):
+        return Decision(num_spec_tokens=np.full(obs.num_requests, 4, np.int64))
+
+    def continue_drafting(self, draft):
+        more = draft.num_drafted < draft.decision.num_spec_tokens
+        if draft.num_drafted.max(initial=0) == 1:
+            more[::2] = False
+        return more
+
+
+@needs_numba
+@pytest.mark.parametrize("factory", [_Restarting, lambda: make_policy("threshold"),
+                                     lambda: make_policy("slo_goodput")])
+def test_compiled_drafting_loop_matches_the_reference_loop(monkeypatch, factory):
+    """An adaptive policy's drafting loop with each pass's bookkeeping compiled
+    (sim/fast/step_compiled.compiled_drafting) gives the reference loop's tables, a request
+    restarted by its policy included."""
+    import sim.core.engine as engine_module
+    calls = {"n": 0}
+    real = engine_module.compiled_drafting
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine_module, "compiled_drafting", counting)
+    trace, kw = poisson_trace(n=120, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
+    fast = simulate_with(trace, factory(), config(compiled_epochs=True, **kw))
+    assert calls["n"] > 0
+    slow = simulate_with(trace, factory(), config(**kw), multi_step=False)
+    assert_same_tables(fast, slow)
