@@ -276,10 +276,9 @@ class Engine:
         spent = None
         if self._default_drafting and decision.draft_stop_confidence <= 0.0:
             drafted = k          # the default rule drafts exactly k: skip the per-pass calls
-        elif (self._draft_kernels is not None and widths is None
-              and draw.confidences is not None):
-            drafted, spent = compiled_drafting(self, self._draft_kernels, obs, decision, k, ctx,
-                                               prefill, draw.confidences)
+        elif self._draft_kernels is not None and draw.confidences is not None:
+            drafted, spent = compiled_drafting(self, self._draft_kernels, obs, decision, k,
+                                               widths, ctx, prefill, draw.confidences)
         else:
             drafted = np.zeros_like(k)
             active = k > 0

@@ -133,9 +133,10 @@ def compiled_end(engine, kernels: StepKernels) -> None:
     engine.step_index += 1
 
 
-def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, ctx, prefill,
+def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ctx, prefill,
                       seen) -> tuple:
-    """``Engine._draft``'s loop for a chain under the roofline, each pass's bookkeeping in one
+    """``Engine._draft``'s loop under the roofline (chains, or trees of ``widths``), each
+    pass's bookkeeping in one
     compiled call (``DRAFT_PASS_KERNEL``) around the policy's ``continue_drafting``: the
     same drafted counts, confidences and seconds. Returns (drafted, seconds spent: the
     last pass's np.sum of the passes so far, or every pass re-costed once a stopped request
@@ -148,19 +149,23 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, ctx, prefi
     was_active = np.zeros(n, np.bool_)
     pass_s = np.zeros(int(k.max()))
     j, restarted, spent = 0, False, None
+    tree = _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
     while True:
         go, restarted, drafted, active, conf, spent_now = kernels.draft(
             more, was_active, drafted, k, ctx, j, restarted, kernels.inputs.draft_coef,
-            n_pre_tok, pre_ctx, n_pre_seqs, pass_s, seen)
+            n_pre_tok, pre_ctx, n_pre_seqs, pass_s, seen, tree)
         if not go:
             return drafted, spent
         spent = spent_now
         if restarted:
-            tok, seqs, cctx = draft_pass_costs(drafted, None, ctx, *prefill)
+            tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
             spent = float(np.sum(engine.cost.draft_step_s(tok, seqs, cctx)))
         was_active, j = active, j + 1
         more = np.asarray(engine.policy.continue_drafting(
             DraftState(obs, decision, drafted, conf, spent)), bool)
+
+
+_NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
 
 
 def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
@@ -195,4 +200,4 @@ def warm_up_step() -> None:
                     0.5, FINISHED, *table[:3], *table[4:])
     flags = np.ones(1, np.bool_)
     DRAFT_PASS_KERNEL(flags, flags, rows.copy(), rows + 2, rows + 1, 0, False, np.zeros(5), 0,
-                      0, 0, np.zeros(2), np.full((1, 2), 0.5))
+                      0, 0, np.zeros(2), np.full((1, 2), 0.5), np.zeros((0, 0), np.int64))

@@ -172,15 +172,16 @@ def _step_end(end, dec, ctx, out, num_spec, acc, n_spec, pre, pre_tok, alpha, fi
 
 
 def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_tok, pre_ctx,
-                n_pre_seqs, pass_s, seen):
-    """One pass of ``Engine._draft``'s loop around a policy's ``continue_drafting``, for
-    chains under a roofline: who drafts now (``more`` from the policy, or k > 0 before the
-    first pass, and still short of k), whether a stopped request drafts again
-    (``restarted``), the drafted counts after the pass, pass ``j``'s seconds
-    (``step_plan.draft_pass_s``' scalar roofline, into ``pass_s``) and their np.sum so far
-    (0.0 once restarted: the caller re-costs every pass), and the confidences the policy
-    may see (nan past each request's drafts). Returns (any drafting, restarted, drafted,
-    active, confidences, seconds so far)."""
+                n_pre_seqs, pass_s, seen, widths):
+    """One pass of ``Engine._draft``'s loop around a policy's ``continue_drafting`` under a
+    roofline: who drafts now (``more`` from the policy, or k > 0 before the first pass, and
+    still short of k), whether a stopped request drafts again (``restarted``), the drafted
+    counts after the pass, pass ``j``'s seconds (``step_plan.draft_pass_s``' scalar
+    roofline, into ``pass_s``; a tree's pass j > 0 feeds each request its width at depth
+    j - 1, ``widths`` (n, k_max), empty for chains) and their np.sum so far (0.0 once
+    restarted: the caller re-costs every pass), and the confidences the policy may see (nan
+    past each request's drafts). Returns (any drafting, restarted, drafted, active,
+    confidences, seconds so far)."""
     n = k.shape[0]
     active = np.empty(n, np.bool_)
     any_active = False
@@ -205,6 +206,13 @@ def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_to
     spent = 0.0
     if not restarted:
         tok, seqs, cc = num_seqs, num_seqs, csum + num_seqs * (1 + j)
+        if j > 0 and widths.shape[0] > 0:        # integer sums: exact in any order
+            tok = cc = 0
+            for i in range(n):
+                if active[i]:
+                    f = widths[i, j - 1]
+                    tok += f
+                    cc += f * (ctx[i] + 1 + j)
         if j == 0:
             tok, seqs, cc = tok + n_pre_tok, seqs + n_pre_seqs, cc + pre_ctx
         pass_s[j] = _roofline_s(dcoef, tok, seqs, cc)

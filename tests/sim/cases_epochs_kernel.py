@@ -176,11 +176,12 @@ class _Restarting(Policy):
 
 @needs_numba
 @pytest.mark.parametrize("factory", [_Restarting, lambda: make_policy("threshold"),
-                                     lambda: make_policy("slo_goodput")])
+                                     lambda: make_policy("slo_goodput"),
+                                     lambda: make_policy("slo_goodput_tree")])
 def test_compiled_drafting_loop_matches_the_reference_loop(monkeypatch, factory):
     """An adaptive policy's drafting loop with each pass's bookkeeping compiled
     (sim/fast/step_compiled.compiled_drafting) gives the reference loop's tables, a request
-    restarted by its policy included."""
+    restarted by its policy and trees included."""
     import sim.core.engine as engine_module
     calls = {"n": 0}
     real = engine_module.compiled_drafting
