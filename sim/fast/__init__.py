@@ -64,8 +64,9 @@ def steps_compile(policy) -> bool:
 
 def fast_path(engine) -> FastPath | None:
     """The engine's fast path, or None: per-step runs (``multi_step=False``), and for an
-    adaptive policy vLLM's draft-pass accounting, step jitter, or no compiled kernels (the
-    opt-in, numba, a roofline, parametric acceptance: ``kernel_inputs``)."""
+    adaptive policy vLLM's draft-pass accounting or no compiled kernels (the opt-in, numba,
+    a roofline, parametric acceptance: ``kernel_inputs``). Step jitter keeps an adaptive
+    policy's steps off the compiled step kernel, not off the compiled plan and end."""
     if not (engine._epochs or engine._compiled_steps or engine._compiled_ends):
         return None
     inputs = kernel_inputs(engine)      # None without the opt-in (numba not even imported)

@@ -13,8 +13,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from policies.interface import Feedback
+from policies.interface import DraftState, Feedback
 from sim.core.state import FINISHED, RUNNING
+from sim.core.step_plan import draft_pass_costs
 from sim.fast.epoch_compiled import KernelInputs
 
 
@@ -126,23 +127,17 @@ def compiled_end(engine, kernels: StepKernels) -> None:
                     rows.shape[0], dec.shape[0], n_pre_tok, n_pre_tok + dec.shape[0] + n_spec,
                     n_spec, n_acc, n_emit, num_waiting, kv_used), (num_spec, accepted, ids))
     if engine._observes:
-        engine.policy.observe(Feedback(
-            now_s=end, request_ids=ids, num_spec_tokens=num_spec, num_accepted=accepted,
-            confidences=conf, draft_time_s=draft_s, verify_time_s=verify_s,
-            finished_ids=r.request_ids[fin]))
+        observe_step(engine, end, num_spec, accepted, fin, draft_s, verify_s, ids, conf)
     engine.step_index += 1
 
 
 def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ctx, prefill,
                       seen) -> tuple:
     """``Engine._draft``'s loop under the roofline (chains, or trees of ``widths``), each
-    pass's bookkeeping in one
-    compiled call (``DRAFT_PASS_KERNEL``) around the policy's ``continue_drafting``: the
-    same drafted counts, confidences and seconds. Returns (drafted, seconds spent: the
-    last pass's np.sum of the passes so far, or every pass re-costed once a stopped request
-    drafted again, as the loop has it)."""
-    from policies.interface import DraftState
-    from sim.core.step_plan import draft_pass_costs
+    pass's bookkeeping in one compiled call (``DRAFT_PASS_KERNEL``) around the policy's
+    ``continue_drafting``: the same drafted counts, confidences and seconds. Returns
+    (drafted, seconds spent: the last pass's np.sum of the passes so far, or every pass
+    re-costed once a stopped request drafted again, as the loop has it)."""
     n_pre_tok, pre_ctx, n_pre_seqs = prefill
     n = k.shape[0]
     drafted, more = np.zeros(n, np.int64), k > 0
@@ -169,12 +164,13 @@ _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's emp
 
 
 def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
-                 verify_s: float, ids) -> None:
+                 verify_s: float, ids, conf=None) -> None:
     """The policy observes a compiled step as sim/core/step_end.py has it observe the
-    reference one: the same Feedback, with the confidences a policy that reads none gets
-    there (unset: nan), at once rather than at the step's end (arrivals in between touch
-    neither the policy nor what it is told)."""
-    conf = np.full((num_spec.shape[0], engine.k_max), np.nan)
+    reference one: the same Feedback (``conf`` None: the confidences a policy that reads
+    none gets there, unset: nan), at once rather than at the step's end (arrivals in
+    between touch neither the policy nor what it is told)."""
+    if conf is None:
+        conf = np.full((num_spec.shape[0], engine.k_max), np.nan)
     engine.policy.observe(Feedback(
         now_s=end, request_ids=ids, num_spec_tokens=num_spec, num_accepted=accepted,
         confidences=conf, draft_time_s=draft_s, verify_time_s=verify_s,
