@@ -10,6 +10,7 @@ the hash changes; the next call compiles afresh (seconds, once).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -46,3 +47,16 @@ def drop_stale_kernel_caches(source_dir: Path = Path(__file__).parent,
     except OSError:
         pass
     return dropped
+
+
+@functools.cache
+def numba_with_fresh_caches():
+    """numba, this folder's stale cached loops dropped first (``drop_stale_kernel_caches``,
+    once per process, before any cached loop of the folder is loaded), or None without
+    numba. The folder's kernel modules get numba here."""
+    try:
+        import numba
+    except ImportError:            # pragma: no cover - numba is a dependency of the project
+        return None
+    drop_stale_kernel_caches()
+    return numba

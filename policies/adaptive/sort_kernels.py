@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.adaptive.kernel_cache import numba_with_fresh_caches
+
 RADIX_MIN_KEYS = 256       # below, the merge sort is as fast (its branches fit the predictor)
 _DIGIT_BITS = 11
 _NUM_DIGITS = 6            # 66 >= 64 bits
@@ -66,11 +68,7 @@ def _stable_argsort(key):
     return idx
 
 
-try:
-    import numba
-except ImportError:                # pragma: no cover - numba is a dependency of the project
-    STABLE_ARGSORT = None
-else:
-    from policies.adaptive.kernel_cache import drop_stale_kernel_caches
-    drop_stale_kernel_caches()     # before any cached loop of this folder is loaded
+numba = numba_with_fresh_caches()
+STABLE_ARGSORT = None
+if numba is not None:
     STABLE_ARGSORT = _stable_argsort = numba.njit(cache=True)(_stable_argsort)

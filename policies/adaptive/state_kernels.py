@@ -96,10 +96,6 @@ def _calibration_counts(confidences, num_verified, num_accepted, num_bins):
 @functools.cache
 def state_kernel(name: str):
     """One of this module's loops compiled (numba, cached on disk), or None without numba."""
-    try:
-        import numba
-    except ImportError:            # pragma: no cover - numba is a dependency of the project
-        return None
-    from policies.adaptive.kernel_cache import drop_stale_kernel_caches
-    drop_stale_kernel_caches()     # before any cached loop of this folder is loaded
-    return numba.njit(cache=True)(globals()["_" + name])
+    from policies.adaptive.kernel_cache import numba_with_fresh_caches
+    numba = numba_with_fresh_caches()
+    return None if numba is None else numba.njit(cache=True)(globals()["_" + name])
