@@ -108,14 +108,16 @@ class OracleSlo(Policy):
     def __init__(self, slo_weight: float = 1.0, max_boost: float = 2.0,
                  slack_discount: float = 0.5, slo_step_factor: float = 1.5,
                  slo_guard: str = "per_token", triage: bool = True,
-                 step_time_ema: float = 0.2, num_budget_points: int = 512):
+                 step_time_ema: float = 0.2, num_budget_points: int = 512,
+                 slo_margin: float = 0.0):
         if num_budget_points < 2:
             raise ValueError(f"{self.name}: num_budget_points must be >= 2, "
                              f"got {num_budget_points}")
         # the SLO weights, guard and prefill value are slo_goodput's, read from one instance
         self.slo = SloGoodput(slo_weight=slo_weight, max_boost=max_boost,
                               slack_discount=slack_discount, slo_step_factor=slo_step_factor,
-                              slo_guard=slo_guard, triage=triage, chain_only=True)
+                              slo_guard=slo_guard, triage=triage, slo_margin=slo_margin,
+                              chain_only=True)
         self.step_time_ema = float(step_time_ema)
         self.num_budget_points = int(num_budget_points)
         self.t_step_s: float | None = None
@@ -197,11 +199,12 @@ class OracleTree(OracleSlo):
     def __init__(self, w_max: int = 8, slo_weight: float = 1.0, max_boost: float = 2.0,
                  slack_discount: float = 0.5, slo_step_factor: float = 1.5,
                  slo_guard: str = "per_token", triage: bool = True,
-                 step_time_ema: float = 0.2, num_budget_points: int = 512):
+                 step_time_ema: float = 0.2, num_budget_points: int = 512,
+                 slo_margin: float = 0.0):
         if w_max < 1:
             raise ValueError(f"{self.name}: w_max must be >= 1, got {w_max}")
         super().__init__(slo_weight, max_boost, slack_discount, slo_step_factor, slo_guard,
-                         triage, step_time_ema, num_budget_points)
+                         triage, step_time_ema, num_budget_points, slo_margin)
         self.tree_oracle_max_width = int(w_max)
 
     def truths(self, obs: Observation, K: int):

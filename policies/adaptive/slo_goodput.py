@@ -34,10 +34,12 @@ class SloGoodput(Policy):
     new requests start from the fleet's rate, so estimates follow load/dataset shifts).
     w_i = 1 + ``slo_weight`` * clip(A_i - 1, -``slack_discount``, ``max_boost``) with A_i the
     tokens request i must emit this step to be on its TPOT SLO (AdaServe eq. 3, t_spec = an
-    EWMA of measured step time): requests behind their SLO get slots first, requests with
-    slack give theirs up under load. With ``triage``, a request more than ``max_boost`` tokens
-    behind sees its boost taper to 0 at 2 * ``max_boost`` (it is unlikely to be saved; slots
-    go to requests that can still make their SLO). Slots are taken in descending value;
+    EWMA of measured step time), taken against (1 - ``slo_margin``) * the SLO so a request
+    brought back on schedule ends a little inside it, not randomly on either side (default
+    0: mixed results, ``slo_goodput_value.slo_weights``): requests behind their SLO get slots
+    first, requests with slack give theirs up under load. With ``triage``, a request more
+    than ``max_boost`` tokens behind sees its boost taper to 0 at 2 * ``max_boost`` (it is
+    unlikely to be saved; slots go to requests that can still make their SLO). Slots are taken in descending value;
     the prefix length b maximises (sum_i w_i + w_p + value of the b slots) / T(b), with T(b)
     the exact draft passes + verify pass from the cost model. Prefill chunks sharing the step
     (``prefill_neutral``, default on): the chunk is valued at the pure-decode step's rate,
@@ -112,7 +114,8 @@ class SloGoodput(Policy):
                  chain_only: bool | None = None, calibrate: bool = True,
                  prefill_neutral: bool = True, tree_steps: str = "decode",
                  tree_pass_targets: tuple = (0.7, 0.8, 0.9, 0.95, 0.98),
-                 fair_share: float | None = None, k_max: int | None = None):
+                 fair_share: float | None = None, k_max: int | None = None,
+                 slo_margin: float = 0.0):
         if not 0.0 <= confidence_weight <= 1.0:
             raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
                              f"got {confidence_weight}")
@@ -122,6 +125,9 @@ class SloGoodput(Policy):
             raise ValueError("slo_goodput: ttft_ref_s and slo_step_factor must be > 0")
         self.slo_weight, self.max_boost = float(slo_weight), float(max_boost)
         self.slack_discount = float(slack_discount)
+        if not 0.0 <= slo_margin < 1.0:
+            raise ValueError(f"slo_goodput: slo_margin must be in [0, 1), got {slo_margin}")
+        self.slo_margin = float(slo_margin)
         self.queue_weight, self.ttft_ref_s = float(queue_weight), float(ttft_ref_s)
         self.slo_step_factor = float(slo_step_factor)
         if slo_guard not in ("per_token", "step", "off"):
@@ -191,7 +197,7 @@ class SloGoodput(Policy):
     def weights(self, obs: Observation, t_step_s: float) -> np.ndarray:
         """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): ``slo_weights``."""
         return slo_weights(obs, t_step_s, self.slo_weight, self.max_boost, self.slack_discount,
-                           self.triage, self.compiled)
+                           self.triage, self.slo_margin, self.compiled)
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests

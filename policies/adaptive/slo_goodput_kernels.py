@@ -560,15 +560,16 @@ def _np_min(a, b):
 
 
 def _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s, slo_weight,
-                 max_boost, slack_discount, triage):
-    """``slo_goodput_value.slo_weights`` request by request, operation for operation."""
+                 max_boost, slack_discount, triage, slo_share):
+    """``slo_goodput_value.slo_weights`` request by request, operation for operation
+    (``slo_share`` = 1 - its ``slo_margin``)."""
     n = tpot_slo_s.shape[0]
     out = np.empty(n)
     for i in range(n):
         o = num_output_tokens[i] - 1
         if o < 0:
             o = 0
-        tpot = tpot_slo_s[i]
+        tpot = tpot_slo_s[i] * slo_share
         behind = 0.0
         if np.isfinite(tpot):
             behind = ((decode_elapsed_s[i] + t_step_s) / tpot - o) - 1.0

@@ -213,3 +213,21 @@ def test_fair_share_shortens_the_good_requests_chain_when_nobody_waits():
     assert fair[0] < plain[0]
     with pytest.raises(ValueError, match="fair_share"):
         make_policy("slo_goodput", fair_share=-1)
+
+
+def test_slo_margin_boosts_requests_exactly_on_schedule():
+    """A request whose next step lands it exactly on its TPOT SLO (A_i = 1) keeps weight 1
+    without a margin and is boosted with one; requests without an SLO stay at 1; a margin
+    outside [0, 1) is refused by name."""
+    from policies.adaptive.slo_goodput_value import slo_weights
+    # o = 20 tokens, 19 intervals after the first: elapsed + t_step = 20 * 0.05 puts A at 1
+    obs = make_obs(3, tpot=np.array([0.05, 0.05, np.inf]), elapsed=0.95, out=20)
+    for compiled in (False, True):
+        plain = slo_weights(obs, 0.05, 1.0, 2.0, 0.5, True, 0.0, compiled=compiled)
+        margin = slo_weights(obs, 0.05, 1.0, 2.0, 0.5, True, 0.05, compiled=compiled)
+        assert np.allclose(plain, 1.0)
+        assert (margin[:2] > 1.0).all() and margin[2] == 1.0
+        assert np.isclose(margin[0], 1.0 + (1.0 / 0.95 * 20 - 19 - 1.0))
+    assert make_policy("slo_goodput").slo_margin == 0.0
+    with pytest.raises(ValueError, match="slo_goodput: slo_margin"):
+        make_policy("slo_goodput", slo_margin=1.0)

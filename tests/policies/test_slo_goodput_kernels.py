@@ -218,7 +218,8 @@ def test_slo_weights_match_numpy():
         obs = type(obs)(**{**obs.__dict__, "decode_elapsed_s": elapsed,
                            "num_output_tokens": rng.integers(0, 200, n).astype(np.int64)})
         args = (float(rng.uniform(0.005, 0.2)), float(rng.uniform(0.0, 2.0)),
-                float(rng.uniform(0.5, 4.0)), float(rng.uniform(0.0, 1.0)), bool(case % 2))
+                float(rng.uniform(0.5, 4.0)), float(rng.uniform(0.0, 1.0)), bool(case % 2),
+                float(rng.choice([0.0, 0.05, 0.3])))
         with np.errstate(all="ignore"):
             want = slo_weights(obs, *args)
         got = slo_weights(obs, *args, compiled=True)
