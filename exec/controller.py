@@ -35,6 +35,7 @@ class RequestInfo:
     request_id: int
     arrival_s: float
     tpot_slo_s: float
+    ttft_slo_s: float = float("inf")
     first_token_s: float = float("nan")
     num_drafted: int = 0
     num_accepted: int = 0
@@ -56,8 +57,10 @@ class LiveController:
         self._step: dict | None = None
 
     # -- requests ---------------------------------------------------------------------------
-    def register(self, ext: str, request_id: int, arrival_s: float, tpot_slo_s: float) -> None:
-        self.info[ext] = RequestInfo(int(request_id), float(arrival_s), float(tpot_slo_s))
+    def register(self, ext: str, request_id: int, arrival_s: float, tpot_slo_s: float,
+                 ttft_slo_s: float = float("inf")) -> None:
+        self.info[ext] = RequestInfo(int(request_id), float(arrival_s), float(tpot_slo_s),
+                                     float(ttft_slo_s))
 
     def verify_len(self, ext: str) -> int:
         return self.verify_k.get(ext, 0)
@@ -223,7 +226,8 @@ class LiveController:
             last_confidences=conf, num_waiting=len(sched.waiting),
             oldest_waiting_s=float(now - min(waiting)) if waiting else 0.0,
             num_prefill_tokens=pre_tokens, sum_prefill_context_tokens=pre_ctx, cost=self.cost,
-            num_prefill_seqs=pre_seqs)
+            num_prefill_seqs=pre_seqs,
+            ttft_slo_s=np.array([i.ttft_slo_s for i in infos], float))
 
     def _upcoming_prefill(self, sched) -> tuple[int, int, int]:
         """Prefill tokens, their attention context and the number of prefilling requests

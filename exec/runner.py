@@ -151,7 +151,8 @@ def check_policy_fits_drafter(policy: Policy, config: LiveConfig) -> None:
 
 def _add(engine, ctl, trace, i, due_s, texts, token_prompts, SamplingParams, TokensPrompt):
     ext = f"r{int(trace.request_ids[i])}"
-    ctl.register(ext, int(trace.request_ids[i]), due_s, float(trace.tpot_slo_s[i]))
+    ctl.register(ext, int(trace.request_ids[i]), due_s, float(trace.tpot_slo_s[i]),
+                 float(trace.ttft_slo_s[i]))
     params = SamplingParams(temperature=0.0, max_tokens=int(trace.num_output_tokens[i]),
                             ignore_eos=True, seed=None)
     prompt = texts[i] if texts is not None else TokensPrompt(prompt_token_ids=token_prompts[i])

@@ -92,6 +92,10 @@ class Observation:
     # passes given depth j - 1 did (the step's sampled per-branch outcome); a value above
     # every width the oracle may use means no width passes
     future_tree_min_widths: np.ndarray | None = None
+    # float (n,), per-request TTFT SLO (inf where none); None: the engine does not say. With
+    # since_arrival_s - decode_elapsed_s (the request's TTFT) it tells which requests have
+    # already missed their SLO, whatever their TPOT
+    ttft_slo_s: np.ndarray | None = None
 
     @property
     def num_requests(self) -> int:

@@ -109,7 +109,7 @@ class OracleSlo(Policy):
                  slack_discount: float = 0.5, slo_step_factor: float = 1.5,
                  slo_guard: str = "per_token", triage: bool = True,
                  step_time_ema: float = 0.2, num_budget_points: int = 512,
-                 slo_margin: float = 0.0):
+                 slo_margin: float = 0.05, lost_weight: float | None = 0.5):
         if num_budget_points < 2:
             raise ValueError(f"{self.name}: num_budget_points must be >= 2, "
                              f"got {num_budget_points}")
@@ -117,7 +117,7 @@ class OracleSlo(Policy):
         self.slo = SloGoodput(slo_weight=slo_weight, max_boost=max_boost,
                               slack_discount=slack_discount, slo_step_factor=slo_step_factor,
                               slo_guard=slo_guard, triage=triage, slo_margin=slo_margin,
-                              chain_only=True)
+                              lost_weight=lost_weight, chain_only=True)
         self.step_time_ema = float(step_time_ema)
         self.num_budget_points = int(num_budget_points)
         self.t_step_s: float | None = None
@@ -200,11 +200,11 @@ class OracleTree(OracleSlo):
                  slack_discount: float = 0.5, slo_step_factor: float = 1.5,
                  slo_guard: str = "per_token", triage: bool = True,
                  step_time_ema: float = 0.2, num_budget_points: int = 512,
-                 slo_margin: float = 0.0):
+                 slo_margin: float = 0.05, lost_weight: float | None = 0.5):
         if w_max < 1:
             raise ValueError(f"{self.name}: w_max must be >= 1, got {w_max}")
         super().__init__(slo_weight, max_boost, slack_discount, slo_step_factor, slo_guard,
-                         triage, step_time_ema, num_budget_points, slo_margin)
+                         triage, step_time_ema, num_budget_points, slo_margin, lost_weight)
         self.tree_oracle_max_width = int(w_max)
 
     def truths(self, obs: Observation, K: int):

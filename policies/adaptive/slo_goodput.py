@@ -35,9 +35,10 @@ class SloGoodput(Policy):
     w_i = 1 + ``slo_weight`` * clip(A_i - 1, -``slack_discount``, ``max_boost``) with A_i the
     tokens request i must emit this step to be on its TPOT SLO (AdaServe eq. 3, t_spec = an
     EWMA of measured step time), taken against (1 - ``slo_margin``) * the SLO so a request
-    brought back on schedule ends a little inside it, not randomly on either side (default
-    0: mixed results, ``slo_goodput_value.slo_weights``): requests behind their SLO get slots
-    first, requests with slack give theirs up under load. With ``triage``, a request more
+    brought back on schedule ends a little inside it, not randomly on either side; a
+    request that has missed its TTFT SLO (it no longer counts) has w_i capped at
+    ``lost_weight`` (``slo_goodput_value.slo_weights``, with the measurements): requests
+    behind their SLO get slots first, requests with slack give theirs up under load. With ``triage``, a request more
     than ``max_boost`` tokens behind sees its boost taper to 0 at 2 * ``max_boost`` (it is
     unlikely to be saved; slots go to requests that can still make their SLO). Slots are taken in descending value;
     the prefix length b maximises (sum_i w_i + w_p + value of the b slots) / T(b), with T(b)
@@ -115,7 +116,7 @@ class SloGoodput(Policy):
                  prefill_neutral: bool = True, tree_steps: str = "decode",
                  tree_pass_targets: tuple = (0.7, 0.8, 0.9, 0.95, 0.98),
                  fair_share: float | None = None, k_max: int | None = None,
-                 slo_margin: float = 0.0):
+                 slo_margin: float = 0.05, lost_weight: float | None = 0.5):
         if not 0.0 <= confidence_weight <= 1.0:
             raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
                              f"got {confidence_weight}")
@@ -128,6 +129,10 @@ class SloGoodput(Policy):
         if not 0.0 <= slo_margin < 1.0:
             raise ValueError(f"slo_goodput: slo_margin must be in [0, 1), got {slo_margin}")
         self.slo_margin = float(slo_margin)
+        if lost_weight is not None and not lost_weight > 0.0:
+            raise ValueError(f"slo_goodput: lost_weight must be > 0 or None (off), "
+                             f"got {lost_weight}")
+        self.lost_weight = None if lost_weight is None else float(lost_weight)
         self.queue_weight, self.ttft_ref_s = float(queue_weight), float(ttft_ref_s)
         self.slo_step_factor = float(slo_step_factor)
         if slo_guard not in ("per_token", "step", "off"):
@@ -197,7 +202,7 @@ class SloGoodput(Policy):
     def weights(self, obs: Observation, t_step_s: float) -> np.ndarray:
         """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): ``slo_weights``."""
         return slo_weights(obs, t_step_s, self.slo_weight, self.max_boost, self.slack_discount,
-                           self.triage, self.slo_margin, self.compiled)
+                           self.triage, self.slo_margin, self.lost_weight, self.compiled)
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests

@@ -560,9 +560,11 @@ def _np_min(a, b):
 
 
 def _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s, slo_weight,
-                 max_boost, slack_discount, triage, slo_share):
+                 max_boost, slack_discount, triage, slo_share, since_arrival_s, ttft_slo_s,
+                 lost_weight, lost):
     """``slo_goodput_value.slo_weights`` request by request, operation for operation
-    (``slo_share`` = 1 - its ``slo_margin``)."""
+    (``slo_share`` = 1 - its ``slo_margin``; ``lost``: its ``lost_weight`` applies, with
+    ``ttft_slo_s`` the SLOs, else that array is unread)."""
     n = tpot_slo_s.shape[0]
     out = np.empty(n)
     for i in range(n):
@@ -576,7 +578,10 @@ def _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s, slo_
         u = _np_min(_np_max(behind, -slack_discount), max_boost)
         if triage and behind > max_boost:
             u = _np_max(2 * max_boost - behind, 0.0)
-        out[i] = _np_max(1.0 + slo_weight * u, 1e-3)
+        w = _np_max(1.0 + slo_weight * u, 1e-3)
+        if lost and (since_arrival_s[i] - decode_elapsed_s[i]) > ttft_slo_s[i]:
+            w = _np_min(w, lost_weight)
+        out[i] = w
     return out
 
 

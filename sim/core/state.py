@@ -86,7 +86,8 @@ class RequestTable:
             num_prefill_tokens=num_prefill_tokens,
             sum_prefill_context_tokens=sum_prefill_context_tokens, cost=cost,
             num_prefill_seqs=num_prefill_seqs,
-            future_match_lens=future_match_lens, future_tree_min_widths=future_tree_min_widths)
+            future_match_lens=future_match_lens, future_tree_min_widths=future_tree_min_widths,
+            ttft_slo_s=self.ttft_slo_s[rows])
 
     def num_missing(self, rows: np.ndarray) -> np.ndarray:
         """Known tokens not yet in the KV cache (1 for a decoding request)."""

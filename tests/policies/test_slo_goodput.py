@@ -228,6 +228,29 @@ def test_slo_margin_boosts_requests_exactly_on_schedule():
         assert np.allclose(plain, 1.0)
         assert (margin[:2] > 1.0).all() and margin[2] == 1.0
         assert np.isclose(margin[0], 1.0 + (1.0 / 0.95 * 20 - 19 - 1.0))
-    assert make_policy("slo_goodput").slo_margin == 0.0
+    assert make_policy("slo_goodput").slo_margin == 0.05
     with pytest.raises(ValueError, match="slo_goodput: slo_margin"):
         make_policy("slo_goodput", slo_margin=1.0)
+
+
+def test_lost_weight_caps_requests_past_their_ttft_slo():
+    """Requests whose TTFT (since arrival - since first token) is over their TTFT SLO have
+    their weight capped at lost_weight, boosted or not; the others, and every request of an
+    engine that gives no TTFT SLOs, keep theirs; numpy and compiled agree."""
+    from policies.adaptive.slo_goodput_value import slo_weights
+    base = make_obs(4, tpot=0.05, elapsed=1.0, out=20)      # a token behind: boosted
+    obs = type(base)(**{**base.__dict__, "since_arrival_s": np.array([1.5, 1.5, 3.5, 3.5]),
+                        "ttft_slo_s": np.array([1.0, np.inf, 1.0, 3.0])})
+    for compiled in (False, True):
+        free = slo_weights(obs, 0.05, 1.0, 2.0, 0.5, True, 0.0, None, compiled=compiled)
+        capped = slo_weights(obs, 0.05, 1.0, 2.0, 0.5, True, 0.0, 0.5, compiled=compiled)
+        assert (free > 1.0).all()
+        # TTFTs 0.5, 0.5, 2.5, 2.5 s against SLOs 1, inf, 1, 3: only the third missed
+        assert np.array_equal(capped, np.where([False, False, True, False], 0.5, free))
+        silent = type(obs)(**{**obs.__dict__, "ttft_slo_s": None})
+        assert np.array_equal(slo_weights(silent, 0.05, 1.0, 2.0, 0.5, True, 0.0, 0.5,
+                                          compiled=compiled), free)
+    assert make_policy("slo_goodput").lost_weight == 0.5
+    assert make_policy("slo_goodput", lost_weight=None).lost_weight is None
+    with pytest.raises(ValueError, match="slo_goodput: lost_weight"):
+        make_policy("slo_goodput", lost_weight=0.0)

@@ -215,11 +215,14 @@ def test_slo_weights_match_numpy():
         obs = make_obs(n, tpot=rng.choice([0.0, 0.01, 0.03, 0.1, np.inf], n))
         elapsed = rng.uniform(0.0, 5.0, n)
         elapsed[rng.random(n) < 0.1] = np.nan
+        ttft = rng.choice([0.5, 2.0, np.inf], n)
         obs = type(obs)(**{**obs.__dict__, "decode_elapsed_s": elapsed,
+                           "since_arrival_s": elapsed + rng.uniform(0.0, 3.0, n),
+                           "ttft_slo_s": None if case % 3 == 0 else ttft,
                            "num_output_tokens": rng.integers(0, 200, n).astype(np.int64)})
         args = (float(rng.uniform(0.005, 0.2)), float(rng.uniform(0.0, 2.0)),
                 float(rng.uniform(0.5, 4.0)), float(rng.uniform(0.0, 1.0)), bool(case % 2),
-                float(rng.choice([0.0, 0.05, 0.3])))
+                float(rng.choice([0.0, 0.05, 0.3])), [None, 0.5, 1.0][case % 5 % 3])
         with np.errstate(all="ignore"):
             want = slo_weights(obs, *args)
         got = slo_weights(obs, *args, compiled=True)
@@ -227,7 +230,10 @@ def test_slo_weights_match_numpy():
         kinds |= {"nan"} if np.isnan(want).any() else set()
         kinds |= {"floor"} if (want == 1e-3).any() else set()
         kinds |= {"boost"} if (want > 1.0).any() else set()
-    assert kinds == {"nan", "floor", "boost"}    # every branch was reached
+        if args[-1] is not None and obs.ttft_slo_s is not None:
+            unboosted = slo_weights(obs, *args[:-1], None)
+            kinds |= {"lost"} if (want < unboosted).any() else set()
+    assert kinds == {"nan", "floor", "boost", "lost"}    # every branch was reached
 
 
 def test_fused_observe_matches_numpy():
