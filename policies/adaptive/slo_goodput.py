@@ -38,9 +38,10 @@ class SloGoodput(Policy):
     brought back on schedule ends a little inside it, not randomly on either side; a
     request that has missed its TTFT SLO (it no longer counts) has w_i capped at
     ``lost_weight`` (``slo_goodput_value.slo_weights``, with the measurements): requests
-    behind their SLO get slots first, requests with slack give theirs up under load. With ``triage``, a request more
-    than ``max_boost`` tokens behind sees its boost taper to 0 at 2 * ``max_boost`` (it is
-    unlikely to be saved; slots go to requests that can still make their SLO). Slots are taken in descending value;
+    behind their SLO get slots first, requests with slack give theirs up under load. With
+    ``triage``, a request more than ``max_boost`` tokens behind sees its boost taper to 0 at
+    2 * ``max_boost`` (it is unlikely to be saved; slots go to requests that can still make
+    their SLO). Slots are taken in descending value;
     the prefix length b maximises (sum_i w_i + w_p + value of the b slots) / T(b), with T(b)
     the exact draft passes + verify pass from the cost model. Prefill chunks sharing the step
     (``prefill_neutral``, default on): the chunk is valued at the pure-decode step's rate,
