@@ -209,7 +209,7 @@ class Engine:
         n = dec.shape[0]
         if draw is None:
             draw = self._draw(dec, out)
-        draw = ensure_confidences(self.acc, draw, dec, decision, widths, not self._lazy_conf)
+        draw = ensure_confidences(self.acc, draw, dec, decision)
         spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
         budget = eng.max_num_batched_tokens - n_pre_tok - n
         fit = sched.fit_speculation(dec, spec, budget, ctx)

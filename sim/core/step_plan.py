@@ -129,13 +129,12 @@ def draft_pass_costs(drafted, widths, computed, n_pre_tok: int, pre_ctx: int, n_
     return tokens, seqs, ctx
 
 
-def ensure_confidences(acc, draw, rows, decision, widths, trees_read: bool = True):
-    """A step drawn without confidences gets them once its decision reads them: a verify
-    budget or a confidence stop, and a tree unless ``trees_read`` is False (the engine's
-    lazy policies: the tree's accepted depth comes from the uniforms, and the confidences
-    would only reach a Feedback the policy declared it does not read)."""
-    if draw.confidences is None and ((trees_read and widths is not None)
-                                     or decision.draft_stop_confidence > 0
+def ensure_confidences(acc, draw, rows, decision):
+    """A step drawn without confidences (only an engine whose policy reads none draws so,
+    ``Engine._lazy_conf``) gets them once its decision makes the engine read them: a verify
+    budget or a confidence stop. A token tree does not: its accepted depth comes from the
+    uniforms."""
+    if draw.confidences is None and (decision.draft_stop_confidence > 0
                                      or decision.verify_token_budget is not None):
         return replace(draw, confidences=acc.confidences(rows, draw.uniforms))
     return draw
