@@ -113,8 +113,7 @@ def _width_powers(accept: np.ndarray, K: int, widths):
             row[:] = x
     nw = W.shape[0]
     q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
-    j = np.arange(1, K + 1)
-    return chains, W, q, (q[:, :, None] ** j).reshape(nw, n * K)       # unweighted, per slot
+    return chains, W, q, depth_powers(q, K).reshape(nw, n * K)        # unweighted, per slot
 
 
 def tree_rankings(weight: np.ndarray, accept: np.ndarray, K: int, widths,
@@ -125,8 +124,7 @@ def tree_rankings(weight: np.ndarray, accept: np.ndarray, K: int, widths,
     rankings in a tree step without ~30 numpy calls of glue."""
     _, W, q, tokens = _width_powers(accept, K, widths)
     caps = caps_in_range(tuple(caps), K)
-    j = _power_exponents(accept.size, K)[1]
-    tokens_c = (accept[:, None] ** j).ravel()            # capped_ranking's a_i^j
+    tokens_c = depth_powers(accept, K).ravel()           # capped_ranking's a_i^j
     return Ranking(*compiled_kernel("TREE_RANKINGS")(tokens, W, q, weight, K, tokens_c, accept,
                                                      caps))
 
@@ -157,8 +155,7 @@ def capped_ranking(weight: np.ndarray, accept: np.ndarray, K: int, caps) -> Rank
     caps = [int(c) for c in caps if 1 <= int(c) <= K]
     if not caps:
         return None
-    j = np.arange(1, K + 1)
-    tokens = (accept[:, None] ** j).reshape(1, n * K)
+    tokens = depth_powers(accept, K).reshape(1, n * K)
     value = tokens * np.repeat(weight, K)[None, :]
     big = float(value.max(initial=0.0)) + 1.0
     depth = (np.arange(n * K) % K + 1)[None, :]
@@ -188,23 +185,34 @@ def chain_rankings(kernel, weight: np.ndarray, accept: np.ndarray, K: int, caps)
     return Ranking(tokens, value, order, ones, ones, depth_pass, np.ones((R, n), np.int64))
 
 
+def depth_powers(x: np.ndarray, K: int) -> np.ndarray:
+    """x^1..x^K along a new last axis, each power the one before times x: a chain's chance
+    that depths 1..j all pass. Products, not numpy's pow (which need not round as a
+    compiled pow does), so the compiled plan (``CHAIN_DECIDE``) forms the same floats in its
+    own loop instead of taking them from numpy."""
+    return np.cumprod(np.broadcast_to(x[..., None], x.shape + (K,)), axis=-1)
+
+
+def chain_q(accept: np.ndarray) -> np.ndarray:
+    """(1, n): the chance one chain depth passes as ``width_ranking`` has it for width 1,
+    q = 1 - (1 - a)^1."""
+    return 1.0 - (1.0 - accept[None, :]) ** _ones(accept.size)
+
+
 def chain_powers(accept: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q (1, n), q_i^j and a_i^j raveled (n K,)): the chain slots' expected tokens as
-    ``width_ranking`` (width 1: q = 1 - (1 - a)^1) and ``capped_ranking`` compute them,
-    numpy's powers (a compiled pow need not give the same last bit)."""
-    ones, j = _power_exponents(accept.size, K)
-    q = 1.0 - (1.0 - accept[None, :]) ** ones
-    return q, (q[:, :, None] ** j).ravel(), (accept[:, None] ** j).ravel()
+    ``width_ranking`` (width 1) and ``capped_ranking`` compute them."""
+    q = chain_q(accept)
+    return q, depth_powers(q[0], K).ravel(), depth_powers(accept, K).ravel()
 
 
 @functools.lru_cache(maxsize=1024)
-def _power_exponents(n: int, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ones (1, n), 1..K) exponents of ``chain_powers``, read-only, kept per shape: float,
-    which numpy's power casts int exponents to anyway (the same floats, no cast per call)."""
-    ones, j = np.ones((1, n)), np.arange(1, K + 1, dtype=np.float64)
+def _ones(n: int) -> np.ndarray:
+    """(1, n) float ones, the exponent of ``chain_q``, read-only, kept per size: float,
+    which numpy's power casts an int exponent to anyway (the same floats, no cast per call)."""
+    ones = np.ones((1, n))
     ones.setflags(write=False)
-    j.setflags(write=False)
-    return ones, j
+    return ones
 
 
 @functools.lru_cache(maxsize=256)
@@ -396,10 +404,10 @@ def chain_decide(obs: Observation, weight: np.ndarray, accept: np.ndarray, K: in
     the lengths with ``extend`` positions past a planned depth, and the prefill chunk's
     value (``prefill_chunk_value``; ``queue_value``: its queue term). The same floats."""
     n = weight.size
-    q, tokens_w, tokens_c = chain_powers(accept, K)
+    q = chain_q(accept)
     b, first = prefix_grid(n * K, num_budget_points)
     row, rate, depth, marginal, k, prefill_value = step_kernel("CHAIN_DECIDE")(
-        tokens_w, tokens_c, weight, K, caps_in_range(tuple(caps), K), first, b,
+        q[0], accept, weight, K, caps_in_range(tuple(caps), K), first, b,
         b.size == n * K + 1, obs.context_lens, cost.kind, cost.draft, cost.target,
         cost.tokens_base, cost.seqs, cost.ctx_base, obs.tpot_slo_s, slo_step_factor,
         _GUARDS[guard], -1 if max_step_tokens is None else int(max_step_tokens),

@@ -89,17 +89,33 @@ def _oracle_slot_plan(slot_pass, slot_widths, weight, context_lens, num_live, fi
                          num_prefill_tokens)
 
 
-def _chain_decide(tokens_w, tokens_c, weight, K, caps, first, b, full, context_lens, kind,
+def _depth_powers(x, K):
+    """``slo_goodput_plan.depth_powers(x, K).ravel()``: x_i^1..x_i^K, each power the one
+    before times x_i (numpy's cumprod, product by product)."""
+    out = np.empty(x.size * K)
+    for i in range(x.size):
+        p = x[i]
+        out[i * K] = p
+        for j in range(1, K):
+            p = p * x[i]
+            out[i * K + j] = p
+    return out
+
+
+def _chain_decide(q, accept, weight, K, caps, first, b, full, context_lens, kind,
                   dcoef, tcoef, tokens_base, seqs, ctx_base, tpot_slo_s, slo_step_factor,
                   guard, max_step_tokens, num_prefill_tokens, prefill_ctx, queue_value,
                   prefill_neutral, extend):
-    """``SloGoodput.decide``'s chain plan from the acceptance powers on (``tokens_w``,
-    ``tokens_c``: numpy's, as ``chain_rankings`` takes them): the prefill chunk's value
-    (``prefill_chunk_value``, ``queue_value`` its queue term), the stacked rankings
-    (``CHAIN_RANKINGS``), every row's best prefix (``PLAN_ROWS``), the best row as Python's
-    ``max`` picks it (the first of the highest rates) and the lengths with the extension.
+    """``SloGoodput.decide``'s chain plan from the depth pass chances on (``q``: a chain
+    depth's, ``slo_goodput_plan.chain_q``; ``accept``: the request's rate): the slots'
+    expected tokens (``chain_powers``), the prefill chunk's value (``prefill_chunk_value``,
+    ``queue_value`` its queue term), the stacked rankings (``CHAIN_RANKINGS``), every row's
+    best prefix (``PLAN_ROWS``), the best row as Python's ``max`` picks it (the first of
+    the highest rates) and the lengths with the extension.
     Returns (row, its rate, planned depth, marginal slot value, lengths, w_p)."""
     n = weight.size
+    tokens_w = _depth_powers(q, K)
+    tokens_c = _depth_powers(accept, K)
     prefill_value = 0.0
     if num_prefill_tokens > 0:
         prefill_value = queue_value
@@ -478,6 +494,7 @@ if numba is not None:
     POSTERIOR_TABLE = numba.njit(cache=True)(_posterior_table)
     _neutral_prefill_value = numba.njit(cache=True)(_neutral_prefill_value)
     NEUTRAL_PREFILL_VALUE = _neutral_prefill_value
+    _depth_powers = numba.njit(cache=True)(_depth_powers)
     CHAIN_DECIDE = numba.njit(cache=True)(_chain_decide)
     _live_by_depth = numba.njit(cache=True)(_live_by_depth)
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
