@@ -90,3 +90,40 @@ def step_jitter_sigma(pred: pd.DataFrame) -> float:
     from scipy.stats import norm
     floor = shape_noise_floor(pred).get("median")
     return float(floor / norm.ppf(0.75)) if floor is not None and np.isfinite(floor) else 0.0
+
+
+def repeat_levels(probes: dict, pred: pd.DataFrame) -> pd.DataFrame:
+    """One row per probed live repeat: load, policy, repeat, the log of its probe's mean
+    (``probes``: (load, policy, repeat) -> [ms before, ms after] or None, from
+    exec/machine_probe.py) and of its step level, the median live / predicted target phase
+    of its steps under the measured profile (``pred``: ``predict_steps`` rows with load,
+    policy and repeat). Repeats without a probe (older runs) or steps are left out."""
+    rows = []
+    for (load, policy, rep), ms in probes.items():
+        part = pred[(pred["load"] == load) & (pred["policy"] == policy)
+                    & (pred["repeat"] == rep)]
+        live = part["live_target_s"].to_numpy(np.float64)
+        base = part["pred_target_s"].to_numpy(np.float64)
+        ok = (live > MIN_LIVE_S) & (base > 0)
+        if ms and ok.any():
+            rows.append((load, policy, rep, float(np.log(np.mean(ms))),
+                         float(np.log(np.median(live[ok] / base[ok])))))
+    return pd.DataFrame(rows, columns=["load", "policy", "repeat", "log_probe", "log_level"])
+
+
+def probe_vs_step_level(levels: pd.DataFrame) -> dict:
+    """The machine probe's range over the live repeats (``repeat_levels``) and its rank
+    correlation with their step level: near 1, the repeats' spread is the machine's state,
+    not the workload."""
+    from scipy.stats import spearmanr
+
+    out = {"num_repeats": int(len(levels))}
+    if not len(levels):
+        return out
+    probe, level = np.exp(levels["log_probe"]), np.exp(levels["log_level"])
+    out.update(min_ms=float(probe.min()), max_ms=float(probe.max()),
+               level_min=float(level.min()), level_max=float(level.max()))
+    if len(levels) >= 3 and np.ptp(probe) > 0 and np.ptp(level) > 0:
+        rho = spearmanr(probe, level)
+        out.update(level_rank_corr=float(rho.statistic), level_rank_corr_p=float(rho.pvalue))
+    return out

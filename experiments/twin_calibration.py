@@ -149,3 +149,43 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
     path = save_profile(pd.concat([table, rows, d_rows], ignore_index=True), dest)
     return TwinCalibration(int(len(rows)), ratio, "other cells, same engine",
                            str(path.resolve()), int(len(d_rows)), d_ratio)
+
+
+@dataclass(frozen=True)
+class StateFactor:
+    """A twin's clock conditioned on the machine's state during its cell's repeats."""
+
+    factor: float                  # multiplies the calibrated twin profile's latencies
+    slope: float                   # beta: d log(step level) / d log(probe), other cells
+    num_other_repeats: int         # the other cells' probed repeats the slope came from
+
+
+def state_factor(levels: pd.DataFrame, cell: tuple) -> StateFactor:
+    """``cell``'s twin clock factor exp(beta (mean log probe of its repeats - mean log probe
+    of the other cells' repeats)): the other cells' live steps set the calibrated level at
+    their average state, and beta, the slope of a repeat's log step level on its log probe
+    within each other cell (a cell's own effect removed), carries the probe to the steps.
+    The slope is the other cells' only, so no twin is fitted to its own steps; factor 1
+    where a cell has no probe or the others give no slope."""
+    keys = list(zip(levels["load"], levels["policy"]))
+    mine = levels[[k == cell for k in keys]]
+    others = levels[[k != cell for k in keys]]
+    if not len(mine) or len(others) < 2:
+        return StateFactor(1.0, 0.0, int(len(others)))
+    g = others.groupby(["load", "policy"])
+    dx = others["log_probe"] - g["log_probe"].transform("mean")
+    dy = others["log_level"] - g["log_level"].transform("mean")
+    sxx = float((dx * dx).sum())
+    slope = max(float((dx * dy).sum()) / sxx, 0.0) if sxx > 0 else 0.0
+    shift = float(mine["log_probe"].mean() - others["log_probe"].mean())
+    return StateFactor(float(np.exp(slope * shift)), slope, int(len(others)))
+
+
+def scaled_profile(profile: str, factor: float, dest: Path) -> Path:
+    """``profile`` (a CSV or known name) with every role's latencies times ``factor``,
+    written to ``dest``."""
+    from experiments.calibrate import scale_profile
+    from profiles import load_profile, resolve_profile, save_profile
+
+    table = load_profile(resolve_profile(profile))
+    return save_profile(scale_profile(table, {r: factor for r in table["role"].unique()}), dest)

@@ -22,7 +22,7 @@ CALLS_FILE = "calls.pkl"
 def check_resume(args, out: Path) -> None:
     """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
     # these change only the twins, which a resumed run simulates again
-    twin_only = ("recalibrate", "calibrate_draft", "twin_noise", "twin_replicas")
+    twin_only = ("recalibrate", "calibrate_draft", "twin_noise", "twin_replicas", "twin_state")
     mine = {k: v for k, v in sorted(vars(args).items())
             if k not in ("resume", "out", *twin_only)}
     path = out / ARGS_FILE
@@ -97,6 +97,7 @@ def run_live_repeats(args, loads, policies, live_cfg, engines, cost, out: Path) 
 
     import numpy as np
 
+    from exec.machine_probe import probe_ms
     from exec.runner import acceptance_of, run_live
     from experiments.sweep import run_sweep
     from experiments.validate_cells import run_metrics, validation_trace
@@ -134,8 +135,10 @@ def run_live_repeats(args, loads, policies, live_cfg, engines, cost, out: Path) 
         cfg = cell["config"]
         # m(p) traces are computed after every live repeat has run (below): the drafter's
         # offline passes between repeats would sit inside the timed period
+        before = probe_ms()                  # the machine's state around the timed run
         res = run_live(traces[load], recorder, replace(cfg, record_acceptance=False),
                        engine=cell["engine"], cost=cost)
+        res.meta["machine_probe_ms"] = [before, probe_ms()]
         return {"rep": rep, "load": load, "label": label, "run_dir": store.run_dir(task),
                 "result": res, "calls": recorder.calls if rep == 0 else None}
 

@@ -93,6 +93,59 @@ def test_step_jitter_sigma_recovers_a_log_normal_spread():
     assert step_jitter_sigma(pred.iloc[:3]) == 0.0            # no shape repeats 5 times
 
 
+def test_probe_vs_step_level_ranks_repeats_by_the_machine_state():
+    """Repeats whose probe read slow have slow steps: the rank correlation is 1; repeats
+    without a probe (older runs) or without steps are left out."""
+    from experiments.step_fidelity import probe_vs_step_level, repeat_levels
+    rng = np.random.default_rng(1)
+    rows, probes = [], {}
+    for rep, (ms, level) in enumerate([(3.5, 0.88), (4.3, 1.01), (3.6, 0.90), (4.2, 0.99)]):
+        pred = 0.02 + 0.01 * rng.random(30)
+        rows.append(pd.DataFrame({"load": 4.0, "policy": "fixed:3", "repeat": rep,
+                                  "pred_target_s": pred, "live_target_s": level * pred}))
+        probes[(4.0, "fixed:3", rep)] = [ms, ms + 0.01]
+    probes[(4.0, "fixed:3", 9)] = [3.0, 3.0]          # no steps: not counted
+    probes[(0.5, "none", 0)] = None                   # no probe: not counted
+    levels = repeat_levels(probes, pd.concat(rows))
+    assert len(levels) == 4
+    out = probe_vs_step_level(levels)
+    assert out["num_repeats"] == 4 and out["level_rank_corr"] == 1.0
+    assert out["min_ms"] == pytest.approx(3.505) and out["max_ms"] == pytest.approx(4.305)
+    assert abs(out["level_min"] - 0.88) < 1e-12 and abs(out["level_max"] - 1.01) < 1e-12
+    assert probe_vs_step_level(repeat_levels({}, pd.concat(rows))) == {"num_repeats": 0}
+
+
+def test_state_factor_carries_the_probe_through_the_other_cells_slope():
+    """Other cells whose step level rises as probe^0.6 within each cell give beta = 0.6; a
+    cell whose repeats probed 10 % slower than theirs gets 1.1^0.6; its own steps are never
+    read (a level of its own that contradicts the slope changes nothing)."""
+    from experiments.twin_calibration import state_factor
+    rng = np.random.default_rng(2)
+    rows = []
+    for c, base in enumerate((0.9, 1.0, 1.1)):
+        for r in range(3):
+            p = 3.5 * (1.0 + 0.2 * rng.random())
+            rows.append((float(c), "fixed:3", r, np.log(p), np.log(base) + 0.6 * np.log(p)))
+    mean_others = np.exp(np.mean([x[3] for x in rows]))
+    for r in range(3):
+        rows.append((9.0, "fixed:3", r, np.log(1.1 * mean_others), np.log(5.0)))
+    levels = pd.DataFrame(rows, columns=["load", "policy", "repeat", "log_probe", "log_level"])
+    got = state_factor(levels, (9.0, "fixed:3"))
+    assert got.slope == pytest.approx(0.6) and got.num_other_repeats == 9
+    assert got.factor == pytest.approx(1.1 ** 0.6)
+    assert state_factor(levels, (7.0, "none")).factor == 1.0      # no probe of its own
+    flat = levels.assign(log_level=0.0)                            # no slope: no change
+    assert state_factor(flat, (9.0, "fixed:3")).factor == 1.0
+
+
+def test_machine_probe_times_its_product():
+    pytest.importorskip("torch")
+    from exec.machine_probe import probe_ms
+    assert 0 < probe_ms(3) < 1e4
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        probe_ms(0)
+
+
 def test_a_twin_ensemble_reports_each_figures_mean():
     from experiments.validate_cells import ensemble_metrics
     a = {"num_finished": 16, "num_failed": 0, "mean_ttft": 0.2, "mean_tpot": 0.04,

@@ -57,6 +57,12 @@ def test_validate_quick_bounds_its_errors(tmp_path_factory, tmp_path, capsys):
     assert all(c["twin_calibration"]["source"].startswith("none") for c in res["details"])
     assert res["profile_only"]["max_mean_tpot_err"] == res["max_mean_tpot_err"]
     assert all(np.isfinite(v) for v in res["live_noise"].values())
+    # the machine probe read before and after every live repeat, and compared with its level
+    for cell in res["details"]:
+        probes = cell["machine_probe_ms"]
+        assert len(probes) == 2 and all(len(p) == 2 and min(p) > 0 for p in probes), probes
+    assert res["machine_probe"]["num_repeats"] == 4
+    assert 0 < res["machine_probe"]["min_ms"] <= res["machine_probe"]["max_ms"]
     table = (tmp_path / "validate_table.md").read_text()
     assert table.startswith("| load") and "[" in table     # live means with their ranges
     # --resume with the same arguments keeps every finished live repeat and its replay input
