@@ -1,13 +1,14 @@
 """``probe_ms``: how fast this machine computes right now, from one fixed kernel.
 
-Why: the 2-core CPU machine runs in two speed states about 11 % apart on the live pair's
-steps and flips between them on a scale of seconds (README, "Simulator fidelity"), so a live
-repeat's level depends on when it ran, and a twin, which predicts the average machine, is off
-by what the states of a cell's few repeats happened to be. A fixed fp32 matrix product (one
-SmolLM2-135M MLP projection over 384 tokens), timed a few times just before and after a
-live repeat, reads the state: ~3.55 ms fast and 4.15-4.45 ms slow here, and its mean
-tracked the steps' level over 16 short runs (rank correlation 0.63). It runs on torch's
-threads, as the engine's CPU kernels do, between runs, never inside a timed one.
+Why: on the 2-core CPU machine the live pair's steps run in two levels about 11 % apart
+that change within seconds (README, "Simulator fidelity"), so a live repeat's figures
+depend on when it ran. validate reads this probe, a fixed fp32 matrix product (one
+SmolLM2-135M MLP projection over 384 tokens), just before and after every live repeat and
+reports how it ranks with the repeats' step level (``machine_probe``). It is a record, not a
+correction: over 16 short runs in one hour its mean tracked their level (rank correlation
+0.63), over the 27 repeats of one validate run only 0.25, and the two readings around one
+repeat often differ as much as the two levels do. It runs on torch's threads, as the
+engine's CPU kernels do, between runs, never inside a timed one.
 """
 from __future__ import annotations
 

@@ -42,8 +42,7 @@ from experiments.validate_cells import (compare, ensemble_metrics, error_table, 
                                         policy_spec, ranking, run_metrics, slo_met_count,
                                         step_summary)
 from experiments.validate_resume import check_resume, run_live_repeats
-from experiments.twin_calibration import (calibrate_twin, other_cells, scaled_profile,
-                                          state_factor)
+from experiments.twin_calibration import calibrate_twin, other_cells
 
 GOALS = {"mean_ttft": 0.05, "mean_tpot": 0.05, "p99_tpot": 0.10, "step_latency_median": 0.05,
          "ranking_tau_min": 1.0}
@@ -86,11 +85,6 @@ def _args(argv):
                          "sigma from the other cells' live steps (their same-shape spread), a "
                          "number sets it, 0 simulates each twin once without jitter")
     ap.add_argument("--twin-replicas", type=int, default=8)
-    ap.add_argument("--twin-state", default="none", choices=("none", "probe"),
-                    help="'probe': also scale each calibrated twin's clock by the machine's "
-                         "state during its cell's repeats, read by the probe around each "
-                         "repeat (exec/machine_probe.py) through the other cells' slope of "
-                         "step level on probe (twin_calibration.state_factor)")
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                     help="before the repeats, run the lowest load's trace once on each engine, "
                          "untimed (~80 s)")
@@ -210,7 +204,6 @@ def main(argv=None) -> dict:
     probes = {(load, label, r): x.meta.get("machine_probe_ms")
               for (load, label), cell in cells.items()
               for r, x in enumerate(cell["live_runs"])}
-    levels = repeat_levels(probes, pred_all)
 
     rows, all_pred = [], []
     for (load, label), cell in cells.items():
@@ -228,18 +221,13 @@ def main(argv=None) -> dict:
 
         sim_profile_only = twin("sim_profile_only")
         calibration = None
-        state = None
         if args.recalibrate:
             calibration = calibrate_twin(
                 profile if cell["speculative"] else (plain_profile or profile), pred_all,
                 (load, label), speculative, cell["dir"] / "twin_profile.csv",
                 args.calibrate_draft)
             clock = calibration.profile
-            if args.twin_state == "probe":
-                state = state_factor(levels, (load, label))
-                clock = str(scaled_profile(clock, state.factor,
-                                           cell["dir"] / "twin_profile_state.csv"))
-            pred = _predictions(cell, load_fitted_cost_model(clock))
+            pred = _predictions(cell, load_fitted_cost_model(calibration.profile))
         else:
             clock, pred = None, base_pred[(load, label)]
         sim = twin("sim", clock) if clock else sim_profile_only
@@ -257,7 +245,6 @@ def main(argv=None) -> dict:
                 m["num_failed"] for m in per_rep)},
             "live_repeats": per_rep, "sim": sm, "errors": compare(live_mean, sm),
             "machine_probe_ms": [x.meta.get("machine_probe_ms") for x in runs],
-            "twin_state": asdict(state) if state else None,
             "twin_calibration": ({k: v for k, v in asdict(calibration).items()
                                   if k != "profile"} if calibration else None),
             "sim_profile_only": sm0, "errors_profile_only": compare(live_mean, sm0),
@@ -323,8 +310,7 @@ def main(argv=None) -> dict:
         "decision_replay_identical": all(c["decision_replay"]["num_differ"] == 0
                                          for c in rows),
         "k_distribution_tv_max": max(c["k_distribution"]["total_variation"] for c in rows),
-        "machine_probe": probe_vs_step_level(levels),
-        "twin_state": args.twin_state,
+        "machine_probe": probe_vs_step_level(repeat_levels(probes, pred_all)),
         "acceptance_replay_agreement_min": min(
             (c["acceptance_replay"]["agreement"] for c in rows
              if c["acceptance_replay"]["num_verifies"]), default=float("nan")),

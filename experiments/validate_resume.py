@@ -22,7 +22,7 @@ CALLS_FILE = "calls.pkl"
 def check_resume(args, out: Path) -> None:
     """Record the arguments in ``out``; ``--resume`` refuses a folder made with other ones."""
     # these change only the twins, which a resumed run simulates again
-    twin_only = ("recalibrate", "calibrate_draft", "twin_noise", "twin_replicas", "twin_state")
+    twin_only = ("recalibrate", "calibrate_draft", "twin_noise", "twin_replicas")
     mine = {k: v for k, v in sorted(vars(args).items())
             if k not in ("resume", "out", *twin_only)}
     path = out / ARGS_FILE

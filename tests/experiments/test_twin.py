@@ -115,29 +115,6 @@ def test_probe_vs_step_level_ranks_repeats_by_the_machine_state():
     assert probe_vs_step_level(repeat_levels({}, pd.concat(rows))) == {"num_repeats": 0}
 
 
-def test_state_factor_carries_the_probe_through_the_other_cells_slope():
-    """Other cells whose step level rises as probe^0.6 within each cell give beta = 0.6; a
-    cell whose repeats probed 10 % slower than theirs gets 1.1^0.6; its own steps are never
-    read (a level of its own that contradicts the slope changes nothing)."""
-    from experiments.twin_calibration import state_factor
-    rng = np.random.default_rng(2)
-    rows = []
-    for c, base in enumerate((0.9, 1.0, 1.1)):
-        for r in range(3):
-            p = 3.5 * (1.0 + 0.2 * rng.random())
-            rows.append((float(c), "fixed:3", r, np.log(p), np.log(base) + 0.6 * np.log(p)))
-    mean_others = np.exp(np.mean([x[3] for x in rows]))
-    for r in range(3):
-        rows.append((9.0, "fixed:3", r, np.log(1.1 * mean_others), np.log(5.0)))
-    levels = pd.DataFrame(rows, columns=["load", "policy", "repeat", "log_probe", "log_level"])
-    got = state_factor(levels, (9.0, "fixed:3"))
-    assert got.slope == pytest.approx(0.6) and got.num_other_repeats == 9
-    assert got.factor == pytest.approx(1.1 ** 0.6)
-    assert state_factor(levels, (7.0, "none")).factor == 1.0      # no probe of its own
-    flat = levels.assign(log_level=0.0)                            # no slope: no change
-    assert state_factor(flat, (9.0, "fixed:3")).factor == 1.0
-
-
 def test_machine_probe_times_its_product():
     pytest.importorskip("torch")
     from exec.machine_probe import probe_ms
