@@ -579,3 +579,23 @@ def test_best_row_is_best_plans_choice():
         assert plans[got] is want, case
         picked.add(got)
     assert len(picked) >= 5
+
+
+def test_depth_powers_are_the_same_products_compiled():
+    """The compiled plan's own depth powers (``_depth_powers``, inside ``CHAIN_DECIDE``) are
+    numpy's ``depth_powers`` to the last bit: x^j formed as x^(j-1) x, not by pow (on an
+    AVX-512 machine numpy's pow and a compiled one round apart in about a third of such
+    entries), for rates near 0 and 1, ties and K up to 12."""
+    from policies.adaptive.slo_goodput_plan import chain_powers, depth_powers
+    from policies.adaptive.slo_goodput_step_kernels import _depth_powers
+    if not hasattr(_depth_powers, "py_func"):
+        pytest.skip("numba is not importable")
+    rng = np.random.default_rng(23)
+    for case in range(60):
+        n, K = int(rng.integers(1, 300)), int(rng.choice([1, 3, 8, 12]))
+        a = rng.uniform(1e-4, 1 - 1e-4, n) if case % 3 else rng.choice([0.3, 0.99], n)
+        want = depth_powers(a, K).ravel()
+        assert np.array_equal(_depth_powers(a, K), want), case
+        q, tokens_w, tokens_c = chain_powers(a, K)
+        assert np.array_equal(_depth_powers(q[0], K), tokens_w)
+        assert np.array_equal(_depth_powers(a, K), tokens_c)
