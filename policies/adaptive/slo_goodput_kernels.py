@@ -84,7 +84,7 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
     """slo_goodput's chain rankings, stacked: row 0 by slot value (``width_ranking`` with
     width 1), then one row per cap c taking every slot of depth <= c first
     (``capped_ranking``). ``tokens_w``/``tokens_c`` (n K,): each slot's expected tokens as
-    the two rankings compute them (numpy's powers). Returns (tokens, value, order), each
+    the two rankings compute them (``depth_powers``). Returns (tokens, value, order), each
     (1 + caps, n K); orders are stable sorts of the descending keys, as numpy's."""
     nK = tokens_w.size
     R = 1 + caps.size
@@ -132,7 +132,7 @@ def _chain_rankings(tokens_w, tokens_c, weight, K, caps):
 
 def _tree_rankings(tokens, W, q, weight, K, tokens_c, accept, caps):
     """``stack_rankings(width_ranking(widths), capped_ranking(caps))`` past their powers,
-    which stay numpy's (a compiled pow need not give the same last bit): ``tokens``
+    which numpy forms (q = 1 - (1 - a)^W by its pow, the depths by ``depth_powers``): ``tokens``
     (nw, n K), ``W`` and ``q`` (nw, n) are width_ranking's, ``tokens_c`` (n K,)
     capped_ranking's a_i^j, ``caps`` those in 1..K (none: no capped rows). Width rows:
     value = tokens x the request's weight (one product, as numpy's), order the stable sort
