@@ -92,23 +92,28 @@ def step_jitter_sigma(pred: pd.DataFrame) -> float:
     return float(floor / norm.ppf(0.75)) if floor is not None and np.isfinite(floor) else 0.0
 
 
+def live_ratios(rows: pd.DataFrame, phase: str) -> np.ndarray:
+    """Live / predicted seconds of ``phase`` ("target" or "draft") of ``rows`` whose live
+    phase took at least ``MIN_LIVE_S`` and has a positive prediction."""
+    live = rows[f"live_{phase}_s"].to_numpy(np.float64)
+    pred = rows[f"pred_{phase}_s"].to_numpy(np.float64)
+    ok = (live > MIN_LIVE_S) & (pred > 0)
+    return live[ok] / pred[ok]
+
+
 def repeat_levels(probes: dict, pred: pd.DataFrame) -> pd.DataFrame:
-    """One row per probed live repeat: load, policy, repeat, the log of its probe's mean
-    (``probes``: (load, policy, repeat) -> [ms before, ms after] or None, from
-    exec/machine_probe.py) and of its step level, the median live / predicted target phase
-    of its steps under the measured profile (``pred``: ``predict_steps`` rows with load,
-    policy and repeat). Repeats without a probe (older runs) or steps are left out."""
+    """One row per probed live repeat: load, policy, repeat, its probe's mean (``probes``:
+    (load, policy, repeat) -> [ms before, ms after] or None, from exec/machine_probe.py) and
+    its step level, the median live / predicted target phase of its steps under the measured
+    profile (``pred``: ``predict_steps`` rows with load, policy and repeat). Repeats without a
+    probe (older runs) or steps are left out."""
+    groups = pred.groupby(["load", "policy", "repeat"])
     rows = []
-    for (load, policy, rep), ms in probes.items():
-        part = pred[(pred["load"] == load) & (pred["policy"] == policy)
-                    & (pred["repeat"] == rep)]
-        live = part["live_target_s"].to_numpy(np.float64)
-        base = part["pred_target_s"].to_numpy(np.float64)
-        ok = (live > MIN_LIVE_S) & (base > 0)
-        if ms and ok.any():
-            rows.append((load, policy, rep, float(np.log(np.mean(ms))),
-                         float(np.log(np.median(live[ok] / base[ok])))))
-    return pd.DataFrame(rows, columns=["load", "policy", "repeat", "log_probe", "log_level"])
+    for key, ms in probes.items():
+        ratios = live_ratios(groups.get_group(key), "target") if key in groups.groups else ()
+        if ms and len(ratios):
+            rows.append((*key, float(np.mean(ms)), float(np.median(ratios))))
+    return pd.DataFrame(rows, columns=["load", "policy", "repeat", "probe_ms", "step_level"])
 
 
 def probe_vs_step_level(levels: pd.DataFrame) -> dict:
@@ -120,7 +125,7 @@ def probe_vs_step_level(levels: pd.DataFrame) -> dict:
     out = {"num_repeats": int(len(levels))}
     if not len(levels):
         return out
-    probe, level = np.exp(levels["log_probe"]), np.exp(levels["log_level"])
+    probe, level = levels["probe_ms"], levels["step_level"]
     out.update(min_ms=float(probe.min()), max_ms=float(probe.max()),
                level_min=float(level.min()), level_max=float(level.max()))
     if len(levels) >= 3 and np.ptp(probe) > 0 and np.ptp(level) > 0:

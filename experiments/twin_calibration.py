@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.step_fidelity import MIN_LIVE_S
+from experiments.step_fidelity import MIN_LIVE_S, live_ratios
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,8 @@ def other_cells(pred: pd.DataFrame, cell: tuple, speculative: dict) -> pd.DataFr
 def phase_ratio(rows: pd.DataFrame, phase: str) -> float:
     """Median live / predicted seconds of ``phase`` ("target" or "draft") over ``rows`` (1.0
     over none)."""
-    live = rows[f"live_{phase}_s"].to_numpy(np.float64)
-    pred = rows[f"pred_{phase}_s"].to_numpy(np.float64)
-    ok = (live > MIN_LIVE_S) & (pred > 0)
-    return float(np.median(live[ok] / pred[ok])) if ok.any() else 1.0
+    ratios = live_ratios(rows, phase)
+    return float(np.median(ratios)) if ratios.size else 1.0
 
 
 def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:

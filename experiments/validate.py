@@ -244,7 +244,7 @@ def main(argv=None) -> dict:
                 m["num_finished"] for m in per_rep), "num_failed": max(
                 m["num_failed"] for m in per_rep)},
             "live_repeats": per_rep, "sim": sm, "errors": compare(live_mean, sm),
-            "machine_probe_ms": [x.meta.get("machine_probe_ms") for x in runs],
+            "machine_probe_ms": [probes[(load, label, r)] for r in range(len(runs))],
             "twin_calibration": ({k: v for k, v in asdict(calibration).items()
                                   if k != "profile"} if calibration else None),
             "sim_profile_only": sm0, "errors_profile_only": compare(live_mean, sm0),
