@@ -10,7 +10,9 @@ seed mean -- with at least ``policy``, ``trace.rate``, ``goodput_req_s`` and
   there, picked in hindsight per load (ties: higher SLO attainment, then smaller k);
 - class oracles (``with_class_oracles``, per load *and seed*, before the seed mean):
   ``chain_oracle`` is the best of the hindsight chain runs (``none``, every ``fixed_k``, the
-  greedy per-step ``oracle`` and the SLO-weighted ``oracle_slo``), ``tree_oracle`` the best
+  greedy per-step ``oracle`` and the SLO-weighted ``oracle_slo``, with this step's demand
+  alone and, as ``oracle_slo_horizon``, with slo_goodput's demand over each request's
+  expected remaining output too), ``tree_oracle`` the best
   of those and ``oracle_tree``; each knows the future acceptance, none is a policy under test;
 - ratio of policy p to a reference at a load: goodput_p / goodput_ref (1 when both are 0);
   "worst" = the minimum over loads;
@@ -32,10 +34,11 @@ from experiments.compare.setup_grid import adaptive_names, shape_class_of
 GOODPUT = "goodput_req_s"
 FIXED_PREFIX = "fixed_k"
 # the hindsight runs each class oracle takes the best of (labels; plus every fixed_k*)
-CHAIN_ORACLE_RUNS = ("none", "oracle", "oracle_slo")
+CHAIN_ORACLE_RUNS = ("none", "oracle", "oracle_slo", "oracle_slo_horizon")
 TREE_ORACLE_RUNS = CHAIN_ORACLE_RUNS + ("oracle_tree",)
 CLASS_ORACLES = {"chain": "chain_oracle", "tree": "tree_oracle"}
-HINDSIGHT = {"oracle", "oracle_slo", "oracle_tree", "oracle_fixed", *CLASS_ORACLES.values()}
+HINDSIGHT = {"oracle", "oracle_slo", "oracle_slo_horizon", "oracle_tree", "oracle_fixed",
+             *CLASS_ORACLES.values()}
 
 
 def _require(table: pd.DataFrame) -> None:
@@ -89,7 +92,8 @@ def with_class_oracles(table: pd.DataFrame) -> pd.DataFrame:
     added = []
     for shape, label in CLASS_ORACLES.items():
         runs = base[_oracle_runs(base["policy"], shape)]
-        if not (runs["policy"].isin(("oracle", "oracle_slo", "oracle_tree"))).any():
+        if not (runs["policy"].isin(("oracle", "oracle_slo", "oracle_slo_horizon",
+                                     "oracle_tree"))).any():
             continue                         # no hindsight run of the class in this sweep
         best = runs.sort_values(keys + [GOODPUT, "slo_attainment"],
                                 ascending=[True] * len(keys) + [False, False],

@@ -34,6 +34,9 @@ def shape_class_of(label: str) -> str:
 
 
 HINDSIGHT_RUNS = ("oracle", "oracle_slo", "oracle_tree")   # the class oracles' per-step runs
+# oracle_slo with slo_goodput's default weights (demand over each request's expected remaining
+# output as well as this step's): where those weights serve better, the oracle has them too
+HINDSIGHT_VARIANTS = (("oracle_slo_horizon", "oracle_slo", (("slo_horizon", "both"),)),)
 FIXED_KS = (1, 2, 3, 4, 5)
 # Load levels as multiples of the no-speculation saturation rate: light to well past it
 # (speculation raises capacity, so "past saturation" for `none` is still feasible for others).
@@ -58,6 +61,7 @@ def default_policy_specs() -> tuple[PolicySpec, ...]:
     specs += [PolicySpec("batch_schedule", "batch_schedule")]
     specs += [PolicySpec(name, name) for name in adaptive_names()]
     specs += [PolicySpec(name, name) for name in HINDSIGHT_RUNS]
+    specs += [PolicySpec(*variant) for variant in HINDSIGHT_VARIANTS]
     return tuple(specs)
 
 

@@ -98,7 +98,9 @@ class OracleSlo(Policy):
     the plan drafts only tokens that will be accepted, SLO-weighted, and only as many as pay
     for their draft and verify time under the cost model (slo_goodput's objective, guard and
     prefill value; see ``SloGoodput``). No early stop, every drafted token verified. A
-    candidate of the chain oracle: unlike the greedy ``oracle`` it weighs SLOs.
+    candidate of the chain oracle: unlike the greedy ``oracle`` it weighs SLOs. Its weights
+    read this step's demand (``slo_horizon`` "step"); the comparisons also run it with
+    slo_goodput's ("both", labelled ``oracle_slo_horizon``) and take the better per seed.
     """
 
     kind = "oracle"
@@ -109,7 +111,8 @@ class OracleSlo(Policy):
                  slack_discount: float = 0.5, slo_step_factor: float = 1.5,
                  slo_guard: str = "per_token", triage: bool = True,
                  step_time_ema: float = 0.2, num_budget_points: int = 512,
-                 slo_margin: float = 0.05, lost_weight: float | None = 0.5):
+                 slo_margin: float = 0.05, lost_weight: float | None = 0.5,
+                 slo_horizon: str = "step"):
         if num_budget_points < 2:
             raise ValueError(f"{self.name}: num_budget_points must be >= 2, "
                              f"got {num_budget_points}")
@@ -117,7 +120,8 @@ class OracleSlo(Policy):
         self.slo = SloGoodput(slo_weight=slo_weight, max_boost=max_boost,
                               slack_discount=slack_discount, slo_step_factor=slo_step_factor,
                               slo_guard=slo_guard, triage=triage, slo_margin=slo_margin,
-                              lost_weight=lost_weight, chain_only=True)
+                              lost_weight=lost_weight, chain_only=True,
+                              slo_horizon=slo_horizon)
         self.step_time_ema = float(step_time_ema)
         self.num_budget_points = int(num_budget_points)
         self.t_step_s: float | None = None
@@ -170,6 +174,7 @@ class OracleSlo(Policy):
         return _Planned(plan.depth, plan.rate, widths)
 
     def observe(self, feedback: Feedback) -> None:
+        self.slo.record_lengths(feedback)        # the weights' output lengths, if they read any
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
@@ -200,11 +205,13 @@ class OracleTree(OracleSlo):
                  slack_discount: float = 0.5, slo_step_factor: float = 1.5,
                  slo_guard: str = "per_token", triage: bool = True,
                  step_time_ema: float = 0.2, num_budget_points: int = 512,
-                 slo_margin: float = 0.05, lost_weight: float | None = 0.5):
+                 slo_margin: float = 0.05, lost_weight: float | None = 0.5,
+                 slo_horizon: str = "step"):
         if w_max < 1:
             raise ValueError(f"{self.name}: w_max must be >= 1, got {w_max}")
         super().__init__(slo_weight, max_boost, slack_discount, slo_step_factor, slo_guard,
-                         triage, step_time_ema, num_budget_points, slo_margin, lost_weight)
+                         triage, step_time_ema, num_budget_points, slo_margin, lost_weight,
+                         slo_horizon)
         self.tree_oracle_max_width = int(w_max)
 
     def truths(self, obs: Observation, K: int):

@@ -204,3 +204,85 @@ class AcceptanceTracker:
 
     def forget(self, ids) -> None:
         self.table.drop(ids)
+
+
+
+class OutputLengths:
+    """Output lengths of the requests seen finishing, for the expected remaining output of
+    running ones: E[L - o | L > o] over the last ``max_samples`` lengths L, o the tokens a
+    request has so far. A policy never sees a request's length in advance (a server does
+    not know it either); the fleet's finished lengths are what it can learn from.
+
+    The window is kept sorted as lengths come and go (``compiled``: one loop per call,
+    ``state_kernels``), with its suffix sums, whole numbers and so exact in any order: the
+    numpy path (``compiled = False``, re-sorted per call) gives the same floats."""
+
+    compiled = True
+
+    def __init__(self, max_samples: int = 4096, min_samples: int = 16):
+        if max_samples < 1 or min_samples < 1:
+            raise ValueError("OutputLengths: max_samples and min_samples must be >= 1")
+        self.max_samples, self.min_samples = int(max_samples), int(min_samples)
+        self._ring = np.zeros(self.max_samples, np.int64)    # the window, oldest at _head
+        self._head = self._size = 0
+        self._sorted = np.zeros(self.max_samples)            # its first _size, ascending
+        self._suffix = np.zeros(self.max_samples + 1)        # sum of _sorted[i:_size]
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def window(self) -> np.ndarray:
+        """The lengths kept, oldest first."""
+        ring = np.roll(self._ring, -self._head) if self._size == self.max_samples else self._ring
+        return ring[:self._size].copy()
+
+    def record(self, lengths) -> None:
+        lengths = np.asarray(lengths, np.int64)
+        if not lengths.size:
+            return
+        kernel = state_kernel("lengths_record") if self.compiled else None
+        if kernel is not None:
+            self._head, self._size = kernel(self._ring, self._head, self._size, self._sorted,
+                                            self._suffix, lengths)
+            return
+        for x in lengths:
+            self._ring[self._head] = x
+            self._head = (self._head + 1) % self.max_samples
+            self._size = min(self._size + 1, self.max_samples)
+        m = self._size
+        self._sorted[:m] = np.sort(self._ring[:m])
+        self._suffix[:m] = np.cumsum(self._sorted[:m][::-1])[::-1]
+        self._suffix[m] = 0.0
+
+    def record_finished(self, ids, num_output_tokens, num_accepted, finished_ids) -> None:
+        """``record`` the lengths of the requests of ``finished_ids`` that are in ``ids``:
+        their ``num_output_tokens`` before a step plus its ``num_accepted`` and bonus
+        tokens."""
+        ids = np.asarray(ids, np.int64)
+        finished_ids = np.asarray(finished_ids, np.int64)
+        if not finished_ids.size:
+            return
+        kernel = state_kernel("finished_lengths") if self.compiled else None
+        if kernel is not None:
+            self.record(kernel(ids, np.asarray(num_output_tokens, np.int64),
+                               np.asarray(num_accepted, np.int64), finished_ids))
+            return
+        done = np.isin(ids, finished_ids)
+        self.record(np.asarray(num_output_tokens, np.int64)[done]
+                    + np.asarray(num_accepted, np.int64)[done] + 1)
+
+    def expected_remaining(self, num_output_tokens) -> np.ndarray | None:
+        """(n,) float: the mean of L - o over the recorded lengths L > o (1 where none is
+        longer: a request past every length seen is taken to be ending); None before
+        ``min_samples`` lengths."""
+        if self._size < self.min_samples:
+            return None
+        o = np.asarray(num_output_tokens, np.int64)
+        kernel = state_kernel("lengths_expected") if self.compiled else None
+        if kernel is not None:
+            return kernel(self._sorted, self._suffix, self._size, o)
+        first = np.searchsorted(self._sorted[:self._size], o, side="right")   # first L > o
+        longer = self._size - first
+        total = self._suffix[first] - o * longer.astype(float)
+        return np.where(longer > 0, total / np.maximum(longer, 1), 1.0)

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from policies.adaptive.calibration import ConfidenceCalibrator
-from policies.adaptive.request_state import AcceptanceTracker
+from policies.adaptive.request_state import AcceptanceTracker, OutputLengths
 from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, blended_survival,
                                                     calibrated_survival, drafting_pass,
                                                     keep_drafting, probe_lengths,
@@ -18,8 +18,9 @@ from policies.adaptive.slo_goodput_plan import (PrefixPlan, chain_decide, draft_
                                                  plan_widths_and_caps, tree_plan_arrays)
 from policies.adaptive.slo_goodput_tree_shapes import (best_plan, best_row, tree_step,
                                                        tree_widths)
-from policies.adaptive.slo_goodput_value import (fair_share_weights, prefill_chunk_value,
-                                                  queue_value, slo_weights)
+from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
+                                                  prefill_chunk_value, queue_value,
+                                                  slo_weights)
 from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
 from policies.interface import Decision, DraftState, Feedback, Observation, Policy
 from policies.registry import register
@@ -95,6 +96,7 @@ class SloGoodput(Policy):
     custom_verify = True
     makes_trees = False   # chain_only=False (slo_goodput_tree): trees, an instance attribute
     default_fair_share = 1.0
+    default_slo_horizon = "both"
 
     needs_draft_confidences = True
     compiled = True          # an implementation switch, not a parameter: the same plans
@@ -117,7 +119,17 @@ class SloGoodput(Policy):
                  prefill_neutral: bool = True, tree_steps: str = "decode",
                  tree_pass_targets: tuple = (0.7, 0.8, 0.9, 0.95, 0.98),
                  fair_share: float | None = None, k_max: int | None = None,
-                 slo_margin: float = 0.05, lost_weight: float | None = 0.5):
+                 slo_margin: float = 0.05, lost_weight: float | None = 0.5,
+                 slo_horizon: str | None = None):
+        # None: the registered class's own ("both" for slo_goodput, "step" for the tree)
+        slo_horizon = type(self).default_slo_horizon if slo_horizon is None else slo_horizon
+        if slo_horizon not in HORIZONS:
+            raise ValueError("slo_goodput: slo_horizon must be one of "
+                             f"{', '.join(map(repr, HORIZONS))}, got {slo_horizon!r}")
+        self.slo_horizon = slo_horizon
+        self.lengths = OutputLengths()
+        # (the step's ids array, a copy of it, its tokens so far), as decide saw them
+        self._outputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if not 0.0 <= confidence_weight <= 1.0:
             raise ValueError("slo_goodput: confidence_weight must be in [0, 1], "
                              f"got {confidence_weight}")
@@ -201,9 +213,28 @@ class SloGoodput(Policy):
         return None if self._plan is None else self._plan.base_k
 
     def weights(self, obs: Observation, t_step_s: float) -> np.ndarray:
-        """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): ``slo_weights``."""
+        """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): ``slo_weights``;
+        with ``slo_horizon`` "request", over each request's expected remaining output."""
+        remaining = None
+        if self.slo_horizon != "step":
+            # a copy: an engine may update its arrays in place before observe reads them
+            self._outputs = (obs.request_ids, obs.request_ids.copy(),
+                             obs.num_output_tokens.copy())
+            remaining = self.lengths.expected_remaining(obs.num_output_tokens)
         return slo_weights(obs, t_step_s, self.slo_weight, self.max_boost, self.slack_discount,
-                           self.triage, self.slo_margin, self.lost_weight, self.compiled)
+                           self.triage, self.slo_margin, self.lost_weight, self.compiled,
+                           remaining, self.slo_horizon)
+
+    def record_lengths(self, feedback: Feedback) -> None:
+        """The output lengths of the step's finished requests (their tokens before the
+        step, as ``weights`` saw them, plus what the step emitted)."""
+        if (self.slo_horizon == "step" or self._outputs is None
+                or not len(feedback.finished_ids)):
+            return
+        array, seen_ids, outputs = self._outputs
+        if feedback.request_ids is array or np.array_equal(feedback.request_ids, seen_ids):
+            self.lengths.record_finished(seen_ids, outputs, feedback.num_accepted,
+                                         feedback.finished_ids)
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -325,6 +356,7 @@ class SloGoodput(Policy):
         ids = np.asarray(feedback.request_ids, np.int64)
         spec = np.asarray(feedback.num_spec_tokens, np.int64)
         plan = self._plan
+        self.record_lengths(feedback)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:     # before the tracker: nothing below reads it
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)

@@ -491,6 +491,15 @@ def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kin
     if chains:
         for g in range(B):
             verified[0, g] = float(b[g])
+    # each slot's request and depth, looked up: x // K and x % K by a runtime K are an
+    # integer division per ranked slot and row
+    n = context_lens.size
+    lp_of = np.empty(n * K)
+    pos_of = np.empty(n * K, np.int64)
+    for i in range(n):
+        for j in range(K):
+            lp_of[i * K + j] = float(context_lens[i]) + j   # draft j attends L + j - 1
+            pos_of[i * K + j] = j
     n_p = np.zeros(K, np.int64)
     ctx_p = np.zeros(K)
     fed_p = np.zeros(K)
@@ -506,8 +515,9 @@ def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kin
         s = 0
         for g in range(B):
             while s < M and s < b[g]:                 # the slots prefix g adds
-                p = order[r, s] % K
-                lp = float(context_lens[order[r, s] // K]) + p   # draft j attends L + j - 1
+                x = order[r, s]
+                p = pos_of[x]
+                lp = lp_of[x]
                 n_p[p] += 1
                 if chains:
                     ctx_p[p] += lp
@@ -561,10 +571,11 @@ def _np_min(a, b):
 
 def _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s, slo_weight,
                  max_boost, slack_discount, triage, slo_share, since_arrival_s, ttft_slo_s,
-                 lost_weight, lost):
+                 lost_weight, lost, remaining, horizon):
     """``slo_goodput_value.slo_weights`` request by request, operation for operation
     (``slo_share`` = 1 - its ``slo_margin``; ``lost``: its ``lost_weight`` applies, with
-    ``ttft_slo_s`` the SLOs, else that array is unread)."""
+    ``ttft_slo_s`` the SLOs, else that array is unread; ``horizon``: its ``HORIZONS`` code,
+    ``remaining`` read unless it is 0)."""
     n = tpot_slo_s.shape[0]
     out = np.empty(n)
     for i in range(n):
@@ -573,8 +584,13 @@ def _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s, slo_
             o = 0
         tpot = tpot_slo_s[i] * slo_share
         behind = 0.0
-        if np.isfinite(tpot):
+        if np.isfinite(tpot_slo_s[i]):
             behind = ((decode_elapsed_s[i] + t_step_s) / tpot - o) - 1.0
+            if horizon != 0:                     # request_demand's rho_i - 1
+                R = _np_max(remaining[i], 1.0)
+                budget = tpot * (num_output_tokens[i] + R - 1.0) - decode_elapsed_s[i]
+                rho = t_step_s * R / budget if budget > 0 else np.inf
+                behind = rho - 1.0 if horizon == 1 else _np_min(behind, rho - 1.0)
         u = _np_min(_np_max(behind, -slack_discount), max_boost)
         if triage and behind > max_boost:
             u = _np_max(2 * max_boost - behind, 0.0)

@@ -11,7 +11,8 @@ from policies.interface import Observation
 
 def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost: float,
                 slack_discount: float, triage: bool, slo_margin: float = 0.0,
-                lost_weight: float | None = None, compiled: bool = False) -> np.ndarray:
+                lost_weight: float | None = None, compiled: bool = False,
+                remaining: np.ndarray | None = None, horizon: str = "both") -> np.ndarray:
     """w_i from the SLO demand A_i (1 for requests without a TPOT SLO): 1 + ``slo_weight`` *
     clip(A_i - 1, -``slack_discount``, ``max_boost``), tapered with ``triage``.
 
@@ -31,7 +32,16 @@ def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost:
     -0.7 / -0.9 / +1.1 %, lost weight alone +0.3 / +2.3 / +0.7 %, both +0.3 / +0.1 / -0.6 %.
     Below saturation no request misses its TTFT and the margin moved goodput by < 0.3 %.
     oracle_slo uses the same weights (its gain with both: +6.5 % on decode-heavy at 2x).
-    ``compiled``: one loop over the requests (``slo_goodput_kernels``), the same floats."""
+    ``compiled``: one loop over the requests (``slo_goodput_kernels``), the same floats.
+
+    ``remaining`` (None: this step's demand alone): each request's expected remaining output
+    R_i (``request_state.OutputLengths``), for the demand over the request's horizon: the
+    tokens per step it must average from now to its end for its mean TPOT to meet the SLO,
+    rho_i (``request_demand``). ``horizon`` "request" reads A_i - 1 as rho_i - 1; "both"
+    as the smaller of the two (a request counts as behind only as far as it is both behind
+    now and behind the pace its expected remaining output needs). ``compiled``: the same
+    floats, ``remaining`` included."""
+    code = HORIZONS[horizon] if remaining is not None else 0
     if compiled:
         from policies.adaptive.slo_goodput_plan import compiled_kernel
         kernel = compiled_kernel("SLO_WEIGHTS")
@@ -41,12 +51,41 @@ def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost:
                           float(t_step_s), float(slo_weight), float(max_boost),
                           float(slack_discount), bool(triage), 1.0 - float(slo_margin),
                           obs.since_arrival_s, obs.ttft_slo_s if lost else obs.tpot_slo_s,
-                          float(lost_weight) if lost else np.inf, lost)
+                          float(lost_weight) if lost else np.inf, lost,
+                          obs.tpot_slo_s if remaining is None
+                          else np.asarray(remaining, np.float64), code)
     o = np.maximum(obs.num_output_tokens - 1, 0)
     target_s = obs.tpot_slo_s * (1.0 - float(slo_margin))
     with np.errstate(divide="ignore", invalid="ignore"):
         A = (obs.decode_elapsed_s + t_step_s) / target_s - o
     behind = np.where(np.isfinite(obs.tpot_slo_s), A - 1.0, 0.0)
+    if code:
+        over_horizon = request_demand(obs, t_step_s, slo_margin, remaining) - 1.0
+        behind = over_horizon if code == 1 else np.minimum(behind, over_horizon)
+    return _weights_from_behind(obs, behind, slo_weight, max_boost, slack_discount, triage,
+                                lost_weight)
+
+
+HORIZONS = {"step": 0, "request": 1, "both": 2}     # slo_weights' horizons, as its kernel codes
+
+
+def request_demand(obs: Observation, t_step_s: float, slo_margin: float,
+                   remaining: np.ndarray) -> np.ndarray:
+    """rho_i: the tokens per step (of ``t_step_s``) request i must average over its expected
+    ``remaining`` output for its mean TPOT to end within (1 - ``slo_margin``) x its SLO; 1
+    for requests without a TPOT SLO, inf where even an instant finish would miss it."""
+    target_s = obs.tpot_slo_s * (1.0 - float(slo_margin))
+    R = np.maximum(np.asarray(remaining, float), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        budget_s = target_s * (obs.num_output_tokens + R - 1.0) - obs.decode_elapsed_s
+        rho = np.where(budget_s > 0, t_step_s * R / budget_s, np.inf)
+    return np.where(np.isfinite(obs.tpot_slo_s), rho, 1.0)
+
+
+def _weights_from_behind(obs: Observation, behind: np.ndarray, slo_weight: float,
+                         max_boost: float, slack_discount: float, triage: bool,
+                         lost_weight: float | None) -> np.ndarray:
+    """w_i from ``behind`` (A_i - 1): the clipped boost, the triage, the lost weight."""
     u = np.minimum(np.maximum(behind, -slack_discount), max_boost)   # np.clip, cheaper
     if triage:     # far behind: the boost tapers to 0 at 2 * max_boost (triage)
         u = np.where(behind > max_boost, np.maximum(2 * max_boost - behind, 0.0), u)

@@ -93,6 +93,58 @@ def _calibration_counts(confidences, num_verified, num_accepted, num_bins):
     return passed, failed
 
 
+def _lengths_record(ring, head, size, sorted_, suffix, lengths):
+    """``OutputLengths.record``: each length into the ring (the oldest out once it is full)
+    and into the sorted window in place; the window's suffix sums after. Returns (head,
+    size)."""
+    cap = ring.size
+    for x in lengths:
+        if size == cap:                          # the oldest leaves the sorted window
+            at = np.searchsorted(sorted_[:size], float(ring[head]))
+            for y in range(at, size - 1):
+                sorted_[y] = sorted_[y + 1]
+            size -= 1
+        ring[head] = x
+        head = (head + 1) % cap
+        at = np.searchsorted(sorted_[:size], float(x), side="right")
+        for y in range(size, at, -1):
+            sorted_[y] = sorted_[y - 1]
+        sorted_[at] = float(x)
+        size += 1
+    run = 0.0
+    suffix[size] = 0.0
+    for y in range(size - 1, -1, -1):            # whole numbers: exact in any order
+        run += sorted_[y]
+        suffix[y] = run
+    return head, size
+
+
+def _finished_lengths(ids, num_output_tokens, num_accepted, finished_ids):
+    """The output lengths of the requests of ``finished_ids`` in ``ids``, in the step's
+    order: tokens before the step plus its accepted and bonus tokens."""
+    found = np.empty(min(finished_ids.size, ids.size), np.int64)
+    num = 0
+    for i in range(ids.size):
+        for gone in finished_ids:
+            if ids[i] == gone:
+                found[num] = num_output_tokens[i] + num_accepted[i] + 1
+                num += 1
+                break
+    return found[:num]
+
+
+def _lengths_expected(sorted_, suffix, size, num_output_tokens):
+    """``OutputLengths.expected_remaining`` request by request."""
+    n = num_output_tokens.size
+    out = np.empty(n)
+    for i in range(n):
+        o = num_output_tokens[i]
+        first = np.searchsorted(sorted_[:size], float(o), side="right")
+        longer = size - first
+        out[i] = (suffix[first] - o * float(longer)) / longer if longer > 0 else 1.0
+    return out
+
+
 @functools.cache
 def state_kernel(name: str):
     """One of this module's loops compiled (numba, cached on disk), or None without numba."""

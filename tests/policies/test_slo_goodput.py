@@ -254,3 +254,79 @@ def test_lost_weight_caps_requests_past_their_ttft_slo():
     assert make_policy("slo_goodput", lost_weight=None).lost_weight is None
     with pytest.raises(ValueError, match="slo_goodput: lost_weight"):
         make_policy("slo_goodput", lost_weight=0.0)
+
+
+def test_output_lengths_expected_remaining_is_the_conditional_mean():
+    """E[L - o | L > o] over the recorded lengths, brute force; 1 past every length; None
+    before min_samples; only the last max_samples lengths count, as the window slides;
+    the compiled and numpy paths give the same floats."""
+    from policies.adaptive.request_state import OutputLengths
+    rng = np.random.default_rng(4)
+    paths = [OutputLengths(max_samples=50, min_samples=5) for _ in range(2)]
+    paths[1].compiled = False
+    seen = [10, 20]
+    for lengths in paths:
+        lengths.record(seen)
+        assert lengths.expected_remaining(np.array([0])) is None
+    o = np.array([0, 5, 100, 250, 399, 400, 1000])
+    for batch in range(12):
+        new = rng.integers(1, 400, int(rng.integers(1, 20)))
+        seen += new.tolist()
+        kept = np.array(seen[-50:])
+        want = [np.mean(kept[kept > x] - x) if (kept > x).any() else 1.0 for x in o]
+        got = [lengths.record(new) or lengths.expected_remaining(o) for lengths in paths]
+        assert np.array_equal(got[0], got[1]) and np.allclose(got[0], want), batch
+        assert np.array_equal(paths[0].window, kept) and np.array_equal(paths[1].window, kept)
+    with pytest.raises(ValueError, match="OutputLengths"):
+        OutputLengths(min_samples=0)
+
+
+def test_request_horizon_weighs_the_pace_the_rest_of_the_request_needs():
+    """rho_i, the tokens per step a request must average over its expected remaining output:
+    exactly 1 for a request on pace; a request a step behind with many tokens left needs
+    little more (its step demand says a full extra token), so with horizon "both" it is
+    boosted less; a request far ahead now that its horizon would boost keeps the step's
+    (smaller) demand under "both"; numpy and compiled agree; unknown horizons are refused."""
+    from policies.adaptive.slo_goodput_value import request_demand, slo_weights
+    # 11 tokens, 10 intervals in 1.0 s at a 0.1 s SLO: on pace; 10 more tokens at 0.1 s steps
+    on_pace = make_obs(1, tpot=0.1, elapsed=1.0, out=11)
+    assert request_demand(on_pace, 0.1, 0.0, np.array([10.0]))[0] == pytest.approx(1.0)
+    behind = make_obs(2, tpot=0.1, elapsed=1.1, out=11)       # one interval late
+    remaining = np.array([2.0, 400.0])
+    rho = request_demand(behind, 0.1, 0.0, remaining)
+    assert rho[0] > rho[1] > 1.0 and rho[1] < 1.01
+    for compiled in (False, True):
+        step = slo_weights(behind, 0.1, 1.0, 2.0, 0.5, True, 0.0, None, compiled)
+        both = slo_weights(behind, 0.1, 1.0, 2.0, 0.5, True, 0.0, None, compiled, remaining,
+                           "both")
+        request = slo_weights(behind, 0.1, 1.0, 2.0, 0.5, True, 0.0, None, compiled,
+                              remaining, "request")
+        assert np.allclose(step, 2.0)                    # A = 2.1 / 0.1 - 10 = 2 tokens
+        assert both[1] < both[0] <= step[0] and np.allclose(both, np.minimum(step, request))
+    # 50 tokens in 0.5 s against a 0.03 s SLO: far ahead now, but 300 more at 0.1 s steps
+    # would need 3 tokens a step
+    slack = make_obs(1, tpot=0.03, elapsed=0.5, out=50)
+    assert request_demand(slack, 0.1, 0.0, np.array([300.0]))[0] > 3.0
+    for compiled in (False, True):
+        step = slo_weights(slack, 0.1, 1.0, 2.0, 0.5, True, 0.0, None, compiled)
+        assert step[0] == 0.5 and np.array_equal(
+            slo_weights(slack, 0.1, 1.0, 2.0, 0.5, True, 0.0, None, compiled,
+                        np.array([300.0]), "both"), step)
+        assert slo_weights(slack, 0.1, 1.0, 2.0, 0.5, True, 0.0, None, compiled,
+                           np.array([300.0]), "request")[0] > 2.0
+    with pytest.raises(ValueError, match="slo_goodput: slo_horizon"):
+        make_policy("slo_goodput", slo_horizon="forever")
+
+
+def test_slo_goodput_learns_output_lengths_from_finished_requests():
+    """With a request horizon the policy records each finished request's tokens (before the
+    step, as decide saw them, plus the step's accepted and bonus tokens), even when the
+    engine updates its arrays in place after decide; with the step horizon it records none."""
+    obs = make_obs(3, out=np.array([40, 7, 90]))
+    for horizon, want in (("both", [41, 93]), ("step", [])):
+        policy = make_policy("slo_goodput", slo_horizon=horizon)
+        policy.decide(obs)
+        obs.num_output_tokens[:] = 1                    # the engine reuses the array
+        policy.observe(feedback(obs, [0, 0, 4], [0, 0, 2], finished=[0, 2]))
+        assert sorted(policy.lengths.window.tolist()) == want
+        obs.num_output_tokens[:] = [40, 7, 90]

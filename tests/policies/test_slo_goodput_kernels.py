@@ -206,7 +206,8 @@ def test_tracker_and_calibrator_state_match_numpy():
 
 def test_slo_weights_match_numpy():
     """Random demands, with SLOs of 0 s (division by zero), none (inf) and unknown elapsed
-    times (nan), boosts and triage on and off: the compiled weights are numpy's, bit for bit."""
+    times (nan), boosts and triage on and off, this step's demand alone and over expected
+    remaining outputs: the compiled weights are numpy's, bit for bit."""
     from policies.adaptive.slo_goodput_value import slo_weights
     rng = np.random.default_rng(11)
     kinds = set()
@@ -227,13 +228,22 @@ def test_slo_weights_match_numpy():
             want = slo_weights(obs, *args)
         got = slo_weights(obs, *args, compiled=True)
         assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), case
+        # over expected remaining outputs (a few unknown), each horizon
+        remaining = rng.uniform(0.0, 300.0, n)
+        remaining[rng.random(n) < 0.05] = np.nan
+        for horizon in ("request", "both"):
+            with np.errstate(all="ignore"):
+                want_h = slo_weights(obs, *args, False, remaining, horizon)
+            got_h = slo_weights(obs, *args, True, remaining, horizon)
+            assert np.array_equal(got_h, want_h, equal_nan=True), (case, horizon)
+            kinds |= {"horizon"} if not np.array_equal(want_h, want, equal_nan=True) else set()
         kinds |= {"nan"} if np.isnan(want).any() else set()
         kinds |= {"floor"} if (want == 1e-3).any() else set()
         kinds |= {"boost"} if (want > 1.0).any() else set()
         if args[-1] is not None and obs.ttft_slo_s is not None:
             unboosted = slo_weights(obs, *args[:-1], None)
             kinds |= {"lost"} if (want < unboosted).any() else set()
-    assert kinds == {"nan", "floor", "boost", "lost"}    # every branch was reached
+    assert kinds == {"nan", "floor", "boost", "lost", "horizon"}   # every branch was reached
 
 
 def test_fused_observe_matches_numpy():
