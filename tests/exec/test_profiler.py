@@ -37,11 +37,16 @@ def test_profiler_writes_valid_profile(tmp_path_factory, tmp_path):
     pre = back[(back.role == "target") & (back.phase == "prefill")]
     assert set(zip(pre.num_seqs, pre.num_tokens, pre.sum_context_tokens)) == {
         (1, 16, 136), (2, 32, 272)}
-    # mixed workloads: a late 16-token prefill beside the 2 decoding requests, k = 0 and 2
+    # mixed workloads: a late 16-token prefill beside the 2 decoding requests, k = 0 and 2.
+    # The arrivals are timed in the grid's step time, so on a machine whose speed changes
+    # between the grid and these runs a decoder may have finished when one lands: each row
+    # is a prefill beside >= 1 decoding request, with its tokens and context counted
     mixed = back[back.phase == "mixed"]
     assert len(mixed) and (mixed.role == "target").all()
-    assert (mixed.num_seqs >= 3).all() and (mixed.num_tokens >= 16 + 2).all()
-    assert (mixed.sum_context_tokens >= 136 + 2 * 5).all()    # the prefill's + the decodes'
+    decoding = mixed.num_seqs - 1
+    assert (decoding >= 1).all() and (decoding == 2).any()
+    assert (mixed.num_tokens >= 16 + decoding).all()
+    assert (mixed.sum_context_tokens >= 136 + 5 * decoding).all()   # the prefill's + decodes'
     fits = fit_profile_table(back)
     assert {"target", "draft"} <= set(fits)
 
