@@ -206,7 +206,6 @@ class AcceptanceTracker:
         self.table.drop(ids)
 
 
-
 class OutputLengths:
     """Output lengths of the requests seen finishing, for the expected remaining output of
     running ones: E[L - o | L > o] over the last ``max_samples`` lengths L, o the tokens a

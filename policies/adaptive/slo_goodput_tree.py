@@ -32,6 +32,6 @@ class SloGoodputTree(SloGoodput):
     # Azure conv at 13 req/s
     default_fair_share = 0.0
     # this step's demand alone: the request horizon ("both", slo_goodput's) cost the tree
-    # variant 1.3-1.7 % of goodput at 9.7-12 req/s in experiments.compare (8 seeds) and won
+    # variant 1.7-1.9 % of goodput at 9.7-12 req/s in experiments.compare (8 seeds) and won
     # 1.6 % at 15
     default_slo_horizon = "step"
