@@ -122,7 +122,7 @@ def _lengths_record(ring, head, size, sorted_, suffix, lengths):
 def _finished_lengths(ids, num_output_tokens, num_accepted, finished_ids):
     """The output lengths of the requests of ``finished_ids`` in ``ids``, in the step's
     order: tokens before the step plus its accepted and bonus tokens."""
-    found = np.empty(min(finished_ids.size, ids.size), np.int64)
+    found = np.empty(ids.size, np.int64)
     num = 0
     for i in range(ids.size):
         for gone in finished_ids:

@@ -228,3 +228,25 @@ def test_without_chunked_prefill_prompts_go_whole():
     chunked = simulate(trace, make_policy("fixed", k=2), config(max_num_batched_tokens=512))
     assert (chunked.requests["status"] == "finished").all()
     assert chunked.steps["num_scheduled_tokens"].max() == 512    # chunks fill the budget
+
+
+def test_slo_goodput_learns_true_output_lengths_in_the_simulator():
+    """In a simulated run slo_goodput's request horizon engages: it records every finished
+    request's output length, exactly or past it by at most k_max (a final step may emit
+    fewer than accepted + 1 when the request stops), same seed same tables, and its plans
+    differ from the step horizon's."""
+    from traces.slo import DEFAULT_SLO_CLASSES, assign_slos
+    trace = assign_slos(poisson_trace(n=300, rate=40.0), DEFAULT_SLO_CLASSES, seed=0)
+    cfg = config(max_num_batched_tokens=512, num_kv_blocks=600, max_num_seqs=32)
+    runs = [(make_policy("slo_goodput"), None) for _ in range(2)]
+    runs = [(p, simulate(trace, p, cfg)) for p, _ in runs]
+    policy, res = runs[0]
+    pd.testing.assert_frame_equal(res.steps, runs[1][1].steps)
+    recorded = np.sort(policy.lengths.window)
+    true = np.sort(res.requests["num_output_tokens"].to_numpy())
+    assert len(recorded) == len(true) == len(trace)           # every finished request
+    # each its request's length, or past it by at most k_max; sorting keeps those bounds
+    over = recorded - true
+    assert (over >= 0).all() and (over <= cfg.engine.k_max).all()
+    step = simulate(trace, make_policy("slo_goodput", slo_horizon="step"), cfg)
+    assert not res.steps["spec_k"].map(tuple).equals(step.steps["spec_k"].map(tuple))
