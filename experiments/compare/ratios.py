@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import LOAD_COLUMN as LOAD
-from experiments.compare.setup_grid import adaptive_names, shape_class_of
+from experiments.compare.setup_grid import HINDSIGHT_LABELS, adaptive_names, shape_class_of
 
 GOODPUT = "goodput_req_s"
 FIXED_PREFIX = "fixed_k"
@@ -37,8 +37,7 @@ FIXED_PREFIX = "fixed_k"
 CHAIN_ORACLE_RUNS = ("none", "oracle", "oracle_slo", "oracle_slo_horizon")
 TREE_ORACLE_RUNS = CHAIN_ORACLE_RUNS + ("oracle_tree",)
 CLASS_ORACLES = {"chain": "chain_oracle", "tree": "tree_oracle"}
-HINDSIGHT = {"oracle", "oracle_slo", "oracle_slo_horizon", "oracle_tree", "oracle_fixed",
-             *CLASS_ORACLES.values()}
+HINDSIGHT = {*HINDSIGHT_LABELS, "oracle_fixed", *CLASS_ORACLES.values()}
 
 
 def _require(table: pd.DataFrame) -> None:
@@ -92,8 +91,7 @@ def with_class_oracles(table: pd.DataFrame) -> pd.DataFrame:
     added = []
     for shape, label in CLASS_ORACLES.items():
         runs = base[_oracle_runs(base["policy"], shape)]
-        if not (runs["policy"].isin(("oracle", "oracle_slo", "oracle_slo_horizon",
-                                     "oracle_tree"))).any():
+        if not runs["policy"].isin(HINDSIGHT_LABELS).any():
             continue                         # no hindsight run of the class in this sweep
         best = runs.sort_values(keys + [GOODPUT, "slo_attainment"],
                                 ascending=[True] * len(keys) + [False, False],

@@ -37,6 +37,8 @@ HINDSIGHT_RUNS = ("oracle", "oracle_slo", "oracle_tree")   # the class oracles' 
 # oracle_slo with slo_goodput's default weights (demand over each request's expected remaining
 # output as well as this step's): where those weights serve better, the oracle has them too
 HINDSIGHT_VARIANTS = (("oracle_slo_horizon", "oracle_slo", (("slo_horizon", "both"),)),)
+# the table labels of those runs
+HINDSIGHT_LABELS = HINDSIGHT_RUNS + tuple(label for label, _, _ in HINDSIGHT_VARIANTS)
 FIXED_KS = (1, 2, 3, 4, 5)
 # Load levels as multiples of the no-speculation saturation rate: light to well past it
 # (speculation raises capacity, so "past saturation" for `none` is still feasible for others).

@@ -8,6 +8,8 @@ import numpy as np
 
 from policies.interface import Observation
 
+HORIZONS = {"step": 0, "request": 1, "both": 2}     # slo_weights' horizons, as its kernel codes
+
 
 def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost: float,
                 slack_discount: float, triage: bool, slo_margin: float = 0.0,
@@ -64,9 +66,6 @@ def slo_weights(obs: Observation, t_step_s: float, slo_weight: float, max_boost:
         behind = over_horizon if code == 1 else np.minimum(behind, over_horizon)
     return _weights_from_behind(obs, behind, slo_weight, max_boost, slack_discount, triage,
                                 lost_weight)
-
-
-HORIZONS = {"step": 0, "request": 1, "both": 2}     # slo_weights' horizons, as its kernel codes
 
 
 def request_demand(obs: Observation, t_step_s: float, slo_margin: float,
