@@ -31,7 +31,7 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 ensure_confidences, prefill_context, uniform_chain_draft_s,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
-from sim.fast.step_compiled import compiled_drafting
+from sim.fast.step_compiled import compiled_draft_s, compiled_drafting
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -312,6 +312,8 @@ class Engine:
             draft_s = 0.0
             if need_time and spent is not None:
                 draft_s = spent                  # the drafting loop costed every pass
+            elif need_time and self._draft_kernels is not None:   # the same floats, one call
+                draft_s = compiled_draft_s(self._draft_kernels, drafted, widths, ctx, prefill)
             elif need_time:
                 tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
                 draft_s = float(np.sum(self.cost.draft_step_s(tok, seqs, cctx)))

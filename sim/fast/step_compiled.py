@@ -15,7 +15,6 @@ import numpy as np
 
 from policies.interface import DraftState, Feedback
 from sim.core.state import FINISHED, RUNNING
-from sim.core.step_plan import draft_pass_costs
 from sim.fast.epoch_compiled import KernelInputs
 
 
@@ -27,6 +26,7 @@ class StepKernels(NamedTuple):
     plan: Callable               # sim/fast/plan_kernel.py's PLAN_KERNEL (Scheduler.plan_base)
     end: Callable                # sim/fast/step_kernel.py's STEP_END_KERNEL (end_step)
     draft: Callable              # sim/fast/step_kernel.py's DRAFT_PASS_KERNEL (Engine._draft)
+    draft_seconds: Callable      # sim/fast/step_kernel.py's DRAFT_SECONDS_KERNEL
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
@@ -36,10 +36,12 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
                               or engine._compiled_steps or engine._compiled_ends):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import DRAFT_PASS_KERNEL, STEP_END_KERNEL, STEP_KERNEL
+    from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, STEP_END_KERNEL,
+                                      STEP_KERNEL)
     if STEP_KERNEL is None:
         return None
-    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL)
+    return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
+                       DRAFT_SECONDS_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -153,14 +155,23 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
             return drafted, spent
         spent = spent_now
         if restarted:
-            tok, seqs, cctx = draft_pass_costs(drafted, widths, ctx, *prefill)
-            spent = float(np.sum(engine.cost.draft_step_s(tok, seqs, cctx)))
+            spent = compiled_draft_s(kernels, drafted, widths, ctx, prefill)
         was_active, j = active, j + 1
         more = np.asarray(engine.policy.continue_drafting(
             DraftState(obs, decision, drafted, conf, spent)), bool)
 
 
 _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
+
+
+def compiled_draft_s(kernels: StepKernels, drafted, widths, ctx, prefill) -> float:
+    """The draft seconds of a step's drafted counts (chains, or trees of ``widths``): what
+    ``np.sum(cost.draft_step_s(*draft_pass_costs(drafted, widths, ctx, *prefill)))`` gives
+    under the roofline, in one compiled call (``DRAFT_SECONDS_KERNEL``)."""
+    n_pre_tok, pre_ctx, n_pre_seqs = prefill
+    tree = _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
+    return kernels.draft_seconds(drafted, tree, ctx, int(n_pre_tok), int(pre_ctx),
+                                 int(n_pre_seqs), kernels.inputs.draft_coef)
 
 
 def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
@@ -180,7 +191,8 @@ def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
 def warm_up_step() -> None:
     """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import DRAFT_PASS_KERNEL, STEP_END_KERNEL, STEP_KERNEL
+    from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, STEP_END_KERNEL,
+                                      STEP_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -197,3 +209,4 @@ def warm_up_step() -> None:
     flags = np.ones(1, np.bool_)
     DRAFT_PASS_KERNEL(flags, flags, rows.copy(), rows + 2, rows + 1, 0, False, np.zeros(5), 0,
                       0, 0, np.zeros(2), np.full((1, 2), 0.5), np.zeros((0, 0), np.int64))
+    DRAFT_SECONDS_KERNEL(rows + 2, np.ones((1, 2), np.int64), rows + 1, 0, 0, 0, np.zeros(5))

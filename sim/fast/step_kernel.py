@@ -225,10 +225,41 @@ def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_to
     return True, restarted, now, active, conf, spent
 
 
+def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
+    """``np.sum(cost.draft_step_s(*step_plan.draft_pass_costs(drafted, widths, ctx, ...)))``
+    under a roofline, in one call: pass j runs for the requests drafting a (j+1)-th token,
+    each fed one token at pass 0 and its width at depth j - 1 after (``widths`` (n, k_max),
+    empty for chains: one token); the draft prefills the step's prompt chunks in pass 0.
+    Integer sums (exact in any order), the roofline's scalar expression (the vector one's
+    floats for tokens > 0; 0.0 for none) and np.sum's order."""
+    n = drafted.shape[0]
+    k = 0
+    for i in range(n):
+        if drafted[i] > k:
+            k = drafted[i]
+    if k == 0:
+        return 0.0
+    passes = np.empty(k)
+    tree = widths.shape[0] > 0
+    for j in range(k):
+        tok = seqs = cc = 0
+        for i in range(n):
+            if drafted[i] > j:
+                f = widths[i, j - 1] if tree and j > 0 else 1
+                tok += f
+                seqs += 1
+                cc += f * (ctx[i] + 1 + j)
+        if j == 0:
+            tok, seqs, cc = tok + n_pre_tok, seqs + n_pre_seqs, cc + pre_ctx
+        passes[j] = _roofline_s(dcoef, tok, seqs, cc) if tok > 0 else 0.0
+    return _numpy_sum(passes, k)
+
+
 if numba is not None:
     _step_end = numba.njit(cache=True)(_step_end)
     STEP_KERNEL = numba.njit(cache=True)(_static_step)
     STEP_END_KERNEL = _step_end
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
+    DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
 else:
-    STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = None
+    STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None

@@ -196,3 +196,51 @@ def test_compiled_drafting_loop_matches_the_reference_loop(monkeypatch, factory)
     assert calls["n"] > 0
     slow = simulate_with(trace, factory(), config(**kw), multi_step=False)
     assert_same_tables(fast, slow)
+
+
+@needs_numba
+def test_draft_seconds_kernel_is_numpys_sum_of_the_draft_passes():
+    """DRAFT_SECONDS_KERNEL against np.sum(cost.draft_step_s(*draft_pass_costs(...))) bit for
+    bit: chains of mixed lengths (up to 12 passes: np.sum's 8-way order), trees, prefill."""
+    from sim.core.step_plan import draft_pass_costs
+    from sim.fast.step_kernel import DRAFT_SECONDS_KERNEL
+    cost = make_cost_model(config(seed=2))
+    cost._draft = (1.2345678e-5, 3.14159e-9, 1.0987654e-4, 2.7182818e-9, 1.3579e-4)
+    rng = np.random.default_rng(5)
+    no_widths = np.zeros((0, 0), np.int64)
+    for case in range(300):
+        n, k_max = int(rng.integers(1, 40)), 12
+        drafted = rng.integers(0, k_max + 1, n).astype(np.int64)
+        ctx = rng.integers(1, 5000, n).astype(np.int64)
+        prefill = (int(rng.integers(0, 600)), int(rng.integers(0, 90000)), int(rng.integers(0, 3)))
+        if not prefill[0]:
+            prefill = (0, 0, 0)
+        widths = (None if case % 2 else np.where(np.arange(k_max)[None, :] < drafted[:, None],
+                                                  rng.integers(1, 5, (n, k_max)), 0))
+        if not drafted.any():
+            continue
+        want = float(np.sum(cost.draft_step_s(*draft_pass_costs(drafted, widths, ctx,
+                                                                  *prefill))))
+        got = DRAFT_SECONDS_KERNEL(drafted, no_widths if widths is None else widths, ctx,
+                                   *prefill, np.array(cost._draft))
+        assert got == want, (case, got, want)
+
+
+@needs_numba
+def test_tree_steps_cost_their_drafts_in_one_compiled_call(monkeypatch):
+    """A tree policy's steps (default drafting, widths) cost their draft passes through
+    DRAFT_SECONDS_KERNEL on the compiled path, with the reference path's tables."""
+    import sim.core.engine as engine_module
+    calls = {"n": 0}
+    real = engine_module.compiled_draft_s
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine_module, "compiled_draft_s", counting)
+    trace, kw = poisson_trace(n=150, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
+    fast = simulate_with(trace, make_policy("adaserve"), config(compiled_epochs=True, **kw))
+    assert calls["n"] > 0
+    slow = simulate_with(trace, make_policy("adaserve"), config(**kw), multi_step=False)
+    assert_same_tables(fast, slow)
