@@ -31,7 +31,7 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 ensure_confidences, prefill_context, uniform_chain_draft_s,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
-from sim.fast.step_compiled import compiled_draft_s, compiled_drafting
+from sim.fast.step_compiled import compiled_draft_s, compiled_drafting, compiled_draw
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -264,6 +264,8 @@ class Engine:
         return draft_s + verify_s
 
     def _draw(self, dec, out):
+        if self._draft_kernels is not None:       # the same draws, one compiled call
+            return compiled_draw(self.acc, self._draft_kernels, dec, not self._lazy_conf)
         if self._lazy_conf:
             return self.acc.draw(dec, out, with_confidences=False)
         return self.acc.draw(dec, out)

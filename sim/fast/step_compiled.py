@@ -15,6 +15,7 @@ import numpy as np
 
 from policies.interface import DraftState, Feedback
 from sim.core.state import FINISHED, RUNNING
+from sim.models.acceptance import StepDraw
 from sim.fast.epoch_compiled import KernelInputs
 
 
@@ -27,6 +28,7 @@ class StepKernels(NamedTuple):
     end: Callable                # sim/fast/step_kernel.py's STEP_END_KERNEL (end_step)
     draft: Callable              # sim/fast/step_kernel.py's DRAFT_PASS_KERNEL (Engine._draft)
     draft_seconds: Callable      # sim/fast/step_kernel.py's DRAFT_SECONDS_KERNEL
+    draw: Callable               # sim/fast/step_kernel.py's DRAW_KERNEL
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
@@ -36,12 +38,12 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
                               or engine._compiled_steps or engine._compiled_ends):
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, STEP_END_KERNEL,
-                                      STEP_KERNEL)
+    from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
+                                      STEP_END_KERNEL, STEP_KERNEL)
     if STEP_KERNEL is None:
         return None
     return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
-                       DRAFT_SECONDS_KERNEL)
+                       DRAFT_SECONDS_KERNEL, DRAW_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -164,6 +166,16 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
 _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
 
 
+def compiled_draw(acc, kernels: StepKernels, rows, with_confidences: bool) -> StepDraw:
+    """``ParametricAcceptance.draw(rows, ..., with_confidences)`` with its match lengths and
+    confidences in one compiled call (``DRAW_KERNEL``): the same uniforms taken from the
+    same pool, the same numbers."""
+    rates = acc._rates(rows)
+    u = acc._u.take(rows.shape[0] * acc.k_max).reshape(rows.shape[0], acc.k_max)
+    match, conf = kernels.draw(u, rates, acc._q_hi, acc._q_lo, with_confidences)
+    return StepDraw(match, conf if with_confidences else None, u, rates)
+
+
 def compiled_draft_s(kernels: StepKernels, drafted, widths, ctx, prefill) -> float:
     """The draft seconds of a step's drafted counts (chains, or trees of ``widths``): what
     ``np.sum(cost.draft_step_s(*draft_pass_costs(drafted, widths, ctx, *prefill)))`` gives
@@ -191,8 +203,8 @@ def observe_step(engine, end: float, num_spec, accepted, fin, draft_s: float,
 def warm_up_step() -> None:
     """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
-    from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, STEP_END_KERNEL,
-                                      STEP_KERNEL)
+    from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
+                                      STEP_END_KERNEL, STEP_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -210,3 +222,6 @@ def warm_up_step() -> None:
     DRAFT_PASS_KERNEL(flags, flags, rows.copy(), rows + 2, rows + 1, 0, False, np.zeros(5), 0,
                       0, 0, np.zeros(2), np.full((1, 2), 0.5), np.zeros((0, 0), np.int64))
     DRAFT_SECONDS_KERNEL(rows + 2, np.ones((1, 2), np.int64), rows + 1, 0, 0, 0, np.zeros(5))
+    for with_confidences in (True, False):
+        DRAW_KERNEL(np.full((1, 2), 0.5), np.full((1, 2), 0.7), np.full(4, 0.8), np.full(4, 0.2),
+                    with_confidences)

@@ -225,6 +225,34 @@ def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_to
     return True, restarted, now, active, conf, spent
 
 
+def _draw(u, rates, q_hi, q_lo, with_confidences):
+    """``ParametricAcceptance.draw``'s match lengths and confidences from its uniforms ``u``
+    (n, k) and the rows' per-position rates ((n, k), or (n, 1) without position decay): a
+    position passes iff u < rate, the match length is the leading passes, and a position's
+    confidence is looked up in its branch's quantile table (``q_hi`` on a pass, ``q_lo`` on
+    a fail) at its uniform rescaled within the branch; the same operations on the same
+    floats as ``_confidences``' array expressions. Returns (match lengths, confidences:
+    (0, 0) without them)."""
+    n, k = u.shape
+    num_q = q_hi.shape[0]
+    match = np.empty(n, np.int64)
+    conf = np.empty((n, k) if with_confidences else (0, 0))
+    for i in range(n):
+        m = k
+        for p in range(k):
+            r = rates[i, p] if rates.shape[1] > 1 else rates[i, 0]
+            ok = u[i, p] < r
+            if not ok and m == k:
+                m = p
+            if with_confidences:
+                safe = min(max(r, 1e-12), 1.0 - 1e-12)
+                v = u[i, p] / safe if ok else (u[i, p] - safe) / (1.0 - safe)
+                idx = min(np.int64(v * num_q), num_q - 1)
+                conf[i, p] = q_hi[idx] if ok else q_lo[idx]
+        match[i] = m
+    return match, conf
+
+
 def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
     """``np.sum(cost.draft_step_s(*step_plan.draft_pass_costs(drafted, widths, ctx, ...)))``
     under a roofline, in one call: pass j runs for the requests drafting a (j+1)-th token,
@@ -261,5 +289,7 @@ if numba is not None:
     STEP_END_KERNEL = _step_end
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
     DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
+    DRAW_KERNEL = numba.njit(cache=True)(_draw)
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
+    DRAW_KERNEL = None

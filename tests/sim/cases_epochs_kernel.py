@@ -244,3 +244,42 @@ def test_tree_steps_cost_their_drafts_in_one_compiled_call(monkeypatch):
     assert calls["n"] > 0
     slow = simulate_with(trace, make_policy("adaserve"), config(**kw), multi_step=False)
     assert_same_tables(fast, slow)
+
+
+@needs_numba
+@pytest.mark.parametrize("decay", [1.0, 0.9])
+def test_draw_kernel_is_the_acceptance_models_draw(decay):
+    """DRAW_KERNEL's match lengths and confidences are ParametricAcceptance.draw's, number
+    for number, from the same pool (rates near 0 and 1 included), with and without
+    position decay; the pools end at the same place."""
+    from sim.fast.step_compiled import compiled_draw
+    from sim.fast.step_kernel import DRAW_KERNEL
+    from sim.models.acceptance import ParametricAcceptance
+
+    class Kernels:
+        draw = DRAW_KERNEL
+
+    acc_cfg = dataclasses.replace(AcceptanceConfig(), position_decay=decay)
+    trace = poisson_trace(n=400, rate=30.0)
+    ref, fast = (ParametricAcceptance(acc_cfg, 8, seed=3) for _ in range(2))
+    for acc in (ref, fast):
+        acc.prepare(trace)
+    ref.rate[:40], ref.rate[40:80] = 1e-14, 1.0 - 1e-14      # the clipped confidences
+    fast.rate[:], ref._rate_table = ref.rate, None
+    for acc in (ref, fast):
+        acc._rate_table = (acc.rate[:, None] * acc._decay[None, :] if decay != 1.0
+                           else acc.rate[:, None])
+    rng = np.random.default_rng(0)
+    for step in range(200):
+        rows = rng.choice(400, int(rng.integers(1, 64)), replace=False).astype(np.int64)
+        with_conf = step % 3 != 0
+        want = ref.draw(rows, rows, with_confidences=with_conf)
+        got = compiled_draw(fast, Kernels, rows, with_conf)
+        assert np.array_equal(got.match_len, want.match_len)
+        assert np.array_equal(got.uniforms, want.uniforms)
+        assert np.array_equal(got.rates, want.rates)
+        if with_conf:
+            assert np.array_equal(got.confidences, want.confidences)
+        else:
+            assert got.confidences is None and want.confidences is None
+    assert np.array_equal(ref._u.take(5), fast._u.take(5))
