@@ -26,7 +26,7 @@ exec/; cost and acceptance information reaches it through the observation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -121,6 +121,25 @@ class DraftState:
     num_drafted: np.ndarray           # int (n,), draft tokens produced so far
     confidences: np.ndarray           # float (n, k_max), draft prob of each drafted token, nan after
     draft_time_s: float               # drafting time spent so far in this step
+
+
+@dataclass(frozen=True)
+class CompiledDrafting:
+    """A policy's ``continue_drafting`` for one step as a compiled rule, which the simulator
+    may run inside its own compiled drafting loop instead of calling the hook once per draft
+    pass (``Policy.compiled_drafting``). After each pass the loop calls
+    ``rule(num_drafted, num_spec_tokens, confidences, draft_time_s, more, state, table_a,
+    table_b)``, arguments as ``DraftState``'s (``confidences`` nan past each request's
+    drafts), and the rule writes the hook's answer into ``more`` (bool (n,)); ``state``,
+    ``table_a`` and ``table_b`` (float64 arrays) are the policy's, the rule may update them in
+    place. After the step's last pass the engine calls ``finish()``, which reads them back.
+    The answers, and the state ``finish`` leaves, must be the hook's, pass for pass."""
+
+    rule: Callable                    # a numba function, as above
+    state: np.ndarray                 # float (m,), read and written by the rule
+    table_a: np.ndarray               # float, the rule's inputs (may be empty)
+    table_b: np.ndarray
+    finish: Callable[[], None]        # after the last pass: the policy reads ``state`` back
 
 
 @dataclass(frozen=True)
@@ -229,6 +248,13 @@ class Policy:
     def warm_up(self) -> None:
         """Compile or load what the hooks run (numba kernels) before timed work; engines and
         benches call it before their clocks start. Default: nothing to do."""
+        return None
+
+    def compiled_drafting(self, obs: Observation, decision: Decision) -> CompiledDrafting | None:
+        """Optional, for a policy with its own ``continue_drafting``: this step's drafting
+        rule as compiled code (``CompiledDrafting``), which a simulator may run in one
+        compiled loop over the draft passes; None (the default): call the hook per pass.
+        Live engines always call the hook."""
         return None
 
 

@@ -48,6 +48,11 @@ def run_once(num_requests: int, seed: int, rate_scale: float, multi_step: bool =
         params = {"k": 4, **params}
     built = make_policy(policy, **params)
     built.warm_up()              # its compiled kernels, if any, load outside the timing
+    if compiled and built.kind != "static":
+        # and the engine's paths it takes, some compiled on first use in a process (a
+        # policy's drafting rule inside the drafting loop): a few requests, a fresh instance
+        simulate_with(bench_trace(60, seed + 1, rate_scale), make_policy(policy, **params),
+                      config)
     t0, c0 = time.perf_counter(), time.process_time()
     result = simulate_with(trace, built, config, multi_step=multi_step)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -11,7 +11,7 @@ from policies.adaptive.adaspec_efficiency import (goodput, per_token_score, scal
 from policies.adaptive.step_cost import (coefficient_arrays, expected_chain_tokens, same_step,
                                          target_seqs, tightest_slo_s, uniform_step_s,
                                          verify_s, warm_up_step_cost)
-from policies.interface import (Decision, DraftState, Observation, Policy,
+from policies.interface import (CompiledDrafting, Decision, DraftState, Observation, Policy,
                                 cumulative_confidence, trim_to_budget)
 from policies.registry import register
 
@@ -225,6 +225,26 @@ class AdaSpec(Policy):
         st.g_next = g_next
         return more if g_next >= st.g_prev else np.zeros_like(more)
 
+    def compiled_drafting(self, obs: Observation, decision: Decision) -> CompiledDrafting | None:
+        """``continue_drafting`` for this step as ``adaspec_kernels``' compiled rule (the
+        same checks, the same floats), for a simulator's compiled drafting loop; None where
+        the hook would not run its checks (no adaptive drafter, no step, numpy's path)."""
+        from policies.adaptive.adaspec_kernels import DRAFTING_RULE
+        st = self._step
+        if (not (self.compiled and self.adaptive_drafter) or DRAFTING_RULE is None
+                or st is None or not same_step(st.obs, obs)):
+            return None
+        tpot = st.tpot_s
+        state = np.array([st.budget_s, float(tpot is not None), st.g_prev, self.conf_sum,
+                          self.conf_count, self.prior_init, st.g_next])
+
+        def finish() -> None:
+            st.g_prev, st.g_next = float(state[2]), float(state[6])
+            self.conf_sum, self.conf_count = float(state[3]), float(state[4])
+
+        return CompiledDrafting(DRAFTING_RULE, state, st.step_s,
+                                _NO_TPOT if tpot is None else tpot, finish)
+
     def _compiled_checks(self, draft: DraftState, st: _Step, s: int, n: int,
                          more: np.ndarray, kmax: int) -> np.ndarray:
         """``continue_drafting``'s post- and pre-check as one loop (``adaspec_kernels``)."""
@@ -302,8 +322,10 @@ def _compiled_verify(draft: DraftState, drafted: np.ndarray, target: int, coef: 
 def _warm_up_loops() -> None:
     """Compile the drafting-check and verifier loops (or load them from numba's cache) for
     the argument types the hooks pass, once per process."""
-    from policies.adaptive.adaspec_kernels import CONFIDENCE_VERIFY, DRAFTING_CHECKS
-    if CONFIDENCE_VERIFY is None or (CONFIDENCE_VERIFY.signatures and DRAFTING_CHECKS.signatures):
+    from policies.adaptive.adaspec_kernels import (CONFIDENCE_VERIFY, DRAFTING_CHECKS,
+                                                   DRAFTING_RULE)
+    if CONFIDENCE_VERIFY is None or (CONFIDENCE_VERIFY.signatures and DRAFTING_CHECKS.signatures
+                                     and DRAFTING_RULE.signatures):
         return
     coef = np.zeros(5)
     coef.setflags(write=False)      # coefficient_arrays' are read-only: a type of their own
@@ -314,3 +336,6 @@ def _warm_up_loops() -> None:
                               2, kind, coef, tpot, has, np.inf)
         DRAFTING_CHECKS(conf, 1, 2, np.array([0.01, 0.02, 0.03]), np.inf, tpot, has, 0.0, 0.0,
                         0.0, 0.6, True, False)
+        DRAFTING_RULE(np.array([1, 1]), np.array([2, 2]), conf, 0.001, np.ones(2, np.bool_),
+                      np.array([np.inf, float(has), 0.0, 0.0, 0.0, 0.6, np.nan]),
+                      np.array([0.01, 0.02, 0.03]), tpot)

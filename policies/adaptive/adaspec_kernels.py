@@ -175,6 +175,37 @@ def _drafting_checks(confidences, s, n, step_s, budget, tpot, has_tpot, g_prev, 
     return False, g_cur, added, m, g_next
 
 
+def _drafting_rule(drafted, k, confidences, draft_time_s, more, state, step_s, tpot):
+    """``AdaSpec.continue_drafting``'s answer after a draft pass, as a
+    ``policies.interface.CompiledDrafting`` rule: ``more`` = drafted < k, cleared when the
+    post- or the pre-check stops (``_drafting_checks``). ``state``: [tightest budget, has
+    TPOT budgets (1/0), g_prev, prior's confidence sum, its count, prior_init, g_next],
+    updated as the hook updates the policy; ``step_s``: T(k) for k = 0..K; ``tpot``: each
+    request's TPOT budget (empty without)."""
+    n = drafted.shape[0]
+    s = 0
+    more_left = False
+    for i in range(n):
+        more[i] = drafted[i] < k[i]
+        more_left = more_left or more[i]
+        if drafted[i] > s:
+            s = drafted[i]
+    if s == 0:
+        return
+    kmax = step_s.shape[0] - 1
+    stop_now, g_prev, added, count, g_next = _drafting_checks(
+        confidences, s, n, step_s, state[0], tpot, state[1] > 0.0, state[2], state[3],
+        state[4], state[5], more_left, s >= kmax)
+    state[2] = g_prev
+    state[6] = g_next
+    if not stop_now:
+        state[3] += added
+        state[4] += count
+    if stop_now or (g_next == g_next and not g_next >= g_prev):
+        for i in range(n):
+            more[i] = False
+
+
 if numba is not None:
     _pairwise_sum = numba.njit(cache=True)(_pairwise_sum)
     _cumulative_into = numba.njit(cache=True)(_cumulative_into)
@@ -183,5 +214,7 @@ if numba is not None:
     _efficiency = numba.njit(cache=True)(_efficiency)
     CONFIDENCE_VERIFY = numba.njit(cache=True)(_confidence_verify)
     DRAFTING_CHECKS = numba.njit(cache=True)(_drafting_checks)
+    _drafting_checks = DRAFTING_CHECKS
+    DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
 else:                                # pragma: no cover - numba is a dependency
-    CONFIDENCE_VERIFY = DRAFTING_CHECKS = None
+    CONFIDENCE_VERIFY = DRAFTING_CHECKS = DRAFTING_RULE = None

@@ -31,7 +31,8 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 ensure_confidences, prefill_context, uniform_chain_draft_s,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
-from sim.fast.step_compiled import compiled_draft_s, compiled_drafting, compiled_draw
+from sim.fast.step_compiled import (compiled_draft_s, compiled_drafting, compiled_draw,
+                                    fused_drafting)
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -279,8 +280,13 @@ class Engine:
         if self._default_drafting and decision.draft_stop_confidence <= 0.0:
             drafted = k          # the default rule drafts exactly k: skip the per-pass calls
         elif self._draft_kernels is not None and draw.confidences is not None:
-            drafted, spent = compiled_drafting(self, self._draft_kernels, obs, decision, k,
-                                               widths, ctx, prefill, draw.confidences)
+            rule = self.policy.compiled_drafting(obs, decision)
+            if rule is not None:     # the policy's rule inside one compiled loop
+                drafted, spent = fused_drafting(self, self._draft_kernels, rule, decision, k,
+                                                widths, ctx, prefill, draw.confidences)
+            else:
+                drafted, spent = compiled_drafting(self, self._draft_kernels, obs, decision,
+                                                   k, widths, ctx, prefill, draw.confidences)
         else:
             drafted = np.zeros_like(k)
             active = k > 0

@@ -166,6 +166,23 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
 _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
 
 
+def fused_drafting(engine, kernels: StepKernels, compiled, decision, k, widths, ctx,
+                   prefill, seen) -> tuple:
+    """``compiled_drafting`` with the policy's rule (``Policy.compiled_drafting``) called
+    inside one compiled loop (``step_kernel.drafting_loop``) instead of its hook per pass:
+    the same drafted counts and seconds (None when no pass ran), and the policy's state
+    read back by ``compiled.finish``."""
+    from sim.fast.step_kernel import drafting_loop
+    n_pre_tok, pre_ctx, n_pre_seqs = prefill
+    tree = _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
+    drafted, spent = drafting_loop(compiled.rule)(
+        k, np.asarray(decision.num_spec_tokens, np.int64), ctx, seen, tree,
+        kernels.inputs.draft_coef, int(n_pre_tok), int(pre_ctx), int(n_pre_seqs),
+        compiled.state, compiled.table_a, compiled.table_b)
+    compiled.finish()
+    return drafted, (None if spent != spent else float(spent))
+
+
 def compiled_draw(acc, kernels: StepKernels, rows, with_confidences: bool) -> StepDraw:
     """``ParametricAcceptance.draw(rows, ..., with_confidences)`` with its match lengths and
     confidences in one compiled call (``DRAW_KERNEL``): the same uniforms taken from the

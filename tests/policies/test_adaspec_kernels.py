@@ -90,14 +90,59 @@ def test_compiled_drafting_checks_match_numpy():
     assert branches == {True, False} and prechecks > 50
 
 
+def test_compiled_drafting_rule_answers_as_the_hook():
+    """Policy.compiled_drafting: adaspec's rule, called pass after pass as a simulator's
+    compiled loop calls it, gives continue_drafting's answers and, after finish(), the same
+    state (g_prev, g_next, the prior's sums); None where the hook would not check."""
+    rng = np.random.default_rng(13)
+    hook, ruled = make_policy("adaspec"), make_policy("adaspec")
+    stops = 0
+    for case in range(150):
+        n = int(rng.integers(1, 120))
+        tpot = rng.choice([np.inf, 0.005, 0.02, 0.2], n) if case % 3 else np.inf
+        obs = make_obs(n, cost=bench.RooflineCost() if case % 2 else AffineCost(rng),
+                       tpot=tpot)
+        decision = hook.decide(obs)
+        assert np.array_equal(decision.num_spec_tokens, ruled.decide(obs).num_spec_tokens)
+        compiled = ruled.compiled_drafting(obs, decision)
+        assert compiled is not None
+        conf_all = rng.choice([1.0, 0.9, 0.5, 0.1], (n, 8)) if case % 2 else rng.random((n, 8))
+        conf_all[rng.random((n, 8)) < 0.05] = np.nan
+        drafted = np.zeros(n, np.int64)
+        k = np.maximum(decision.num_spec_tokens, 1)
+        more = np.empty(n, np.bool_)
+        for _ in range(8):
+            drafted = np.minimum(drafted + 1, k)
+            conf = np.where(np.arange(8)[None, :] < drafted[:, None], conf_all, np.nan)
+            want = hook.continue_drafting(DraftState(obs, decision, drafted, conf, 0.001))
+            compiled.rule(drafted, decision.num_spec_tokens, conf, 0.001, more,
+                          compiled.state, compiled.table_a, compiled.table_b)
+            assert np.array_equal(more, want), case
+            if not want.any():
+                stops += 1
+                break
+        compiled.finish()
+        assert (ruled._step.g_prev, ruled.conf_sum, ruled.conf_count) == \
+            (hook._step.g_prev, hook.conf_sum, hook.conf_count), case
+        g_hook, g_rule = hook._step.g_next, ruled._step.g_next
+        assert g_hook == g_rule or (np.isnan(g_hook) and np.isnan(g_rule)), case
+    assert stops > 20
+    plain = make_policy("adaspec", adaptive_drafter=False)
+    obs = make_obs(4, cost=bench.RooflineCost())
+    assert plain.compiled_drafting(obs, plain.decide(obs)) is None
+    numpy_path = make_policy("adaspec")
+    numpy_path.compiled = False
+    assert numpy_path.compiled_drafting(obs, numpy_path.decide(obs)) is None
+
+
 def test_warm_up_compiles_adaspecs_loops():
     """In a fresh process: both loops have compiled signatures after warm_up alone."""
     from tests.policies.helpers import fresh_process_json
     code = ("import json; from policies import make_policy; "
             "from policies.adaptive import adaspec_kernels as k; "
-            "names = ('CONFIDENCE_VERIFY', 'DRAFTING_CHECKS'); "
+            "names = ('CONFIDENCE_VERIFY', 'DRAFTING_CHECKS', 'DRAFTING_RULE'); "
             "before = [len(getattr(k, x).signatures) for x in names]; "
             "make_policy('adaspec').warm_up(); "
             "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names]]))")
     before, after = fresh_process_json(code)
-    assert before == [0, 0] and min(after) >= 1, (before, after)
+    assert before == [0, 0, 0] and min(after) >= 1, (before, after)

@@ -283,3 +283,73 @@ def test_draw_kernel_is_the_acceptance_models_draw(decay):
         else:
             assert got.confidences is None and want.confidences is None
     assert np.array_equal(ref._u.take(5), fast._u.take(5))
+
+
+def _restart_rule(drafted, k, confidences, draft_time_s, more, state, table_a, table_b):
+    """_Restarting's continue_drafting as a compiled rule; counts its calls in state[0] and
+    sums the seconds it was shown in state[1]."""
+    top = 0
+    for i in range(drafted.shape[0]):
+        more[i] = drafted[i] < k[i]
+        if drafted[i] > top:
+            top = drafted[i]
+    if top == 1:
+        for i in range(0, drafted.shape[0], 2):
+            more[i] = False
+    state[0] += 1.0
+    state[1] += draft_time_s
+
+
+class _RestartingRule(_Restarting):
+    """_Restarting with its hook as a compiled rule (Policy.compiled_drafting)."""
+
+    def __init__(self):
+        import numba
+        self.rule = numba.njit(_restart_rule)
+        self.state = np.zeros(2)
+        self.finished = 0
+
+    def compiled_drafting(self, obs, decision):
+        from policies.interface import CompiledDrafting
+
+        def finish():
+            self.finished += 1
+
+        return CompiledDrafting(self.rule, self.state, np.zeros(0), np.zeros(0), finish)
+
+
+@needs_numba
+@pytest.mark.parametrize("name", ["adaspec", "restarting"])
+def test_policy_rule_in_the_compiled_drafting_loop_matches_its_hook(monkeypatch, name):
+    """A policy's drafting rule run inside one compiled loop (Policy.compiled_drafting,
+    step_kernel.drafting_loop) gives the tables of its hook called per pass, compiled and on
+    the reference path, a request restarted by its rule included; the policy's state after
+    the run (adaspec's confidence prior) is the hook's, and finish() runs once a step."""
+    import sim.core.engine as engine_module
+    calls = {"n": 0}
+    real = engine_module.fused_drafting
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine_module, "fused_drafting", counting)
+    factory = (lambda: make_policy("adaspec")) if name == "adaspec" else _RestartingRule
+    trace, kw = poisson_trace(n=150, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
+    fused_policy = factory()
+    fused = simulate_with(trace, fused_policy, config(compiled_epochs=True, **kw))
+    assert calls["n"] > 0
+    hooked_policy = factory()
+    hooked_policy.compiled_drafting = lambda obs, decision: None     # the hook per pass
+    fused_steps = calls["n"]
+    hooked = simulate_with(trace, hooked_policy, config(compiled_epochs=True, **kw))
+    assert calls["n"] == fused_steps
+    slow = simulate_with(trace, factory(), config(**kw), multi_step=False)
+    assert_same_tables(fused, hooked)
+    assert_same_tables(fused, slow)
+    if name == "adaspec":
+        assert (fused_policy.conf_sum, fused_policy.conf_count) == \
+            (hooked_policy.conf_sum, hooked_policy.conf_count)
+        assert fused_policy.conf_count > 0
+    else:
+        assert fused_policy.finished == fused_steps and fused_policy.state[0] > fused_steps
