@@ -128,18 +128,17 @@ class CompiledDrafting:
     """A policy's ``continue_drafting`` for one step as a compiled rule, which the simulator
     may run inside its own compiled drafting loop instead of calling the hook once per draft
     pass (``Policy.compiled_drafting``). After each pass the loop calls
-    ``rule(num_drafted, num_spec_tokens, confidences, draft_time_s, more, state, table_a,
-    table_b)``, arguments as ``DraftState``'s (``confidences`` nan past each request's
-    drafts), and the rule writes the hook's answer into ``more`` (bool (n,)); ``state``,
-    ``table_a`` and ``table_b`` (float64 arrays) are the policy's, the rule may update them in
-    place. After the step's last pass the engine calls ``finish()``, which reads them back.
-    The answers, and the state ``finish`` leaves, must be the hook's, pass for pass."""
+    ``rule(num_drafted, num_spec_tokens, confidences, draft_time_s, more, args)``, the first
+    four as ``DraftState``'s (``num_spec_tokens``: the decision's; ``confidences`` nan past
+    each request's drafts), and the rule writes the hook's answer into ``more`` (bool (n,)).
+    ``args`` (a tuple of arrays and numbers) is the policy's: its step's plan and state, which
+    the rule may update in place (arrays). After the step's last pass the engine calls
+    ``finish()``, which reads that state back. The answers, and the state ``finish`` leaves,
+    must be the hook's, pass for pass."""
 
     rule: Callable                    # a numba function, as above
-    state: np.ndarray                 # float (m,), read and written by the rule
-    table_a: np.ndarray               # float, the rule's inputs (may be empty)
-    table_b: np.ndarray
-    finish: Callable[[], None]        # after the last pass: the policy reads ``state`` back
+    args: tuple                       # its last argument
+    finish: Callable[[], None]        # after the last pass: the policy reads its state back
 
 
 @dataclass(frozen=True)

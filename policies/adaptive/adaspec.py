@@ -242,8 +242,8 @@ class AdaSpec(Policy):
             st.g_prev, st.g_next = float(state[2]), float(state[6])
             self.conf_sum, self.conf_count = float(state[3]), float(state[4])
 
-        return CompiledDrafting(DRAFTING_RULE, state, st.step_s,
-                                _NO_TPOT if tpot is None else tpot, finish)
+        return CompiledDrafting(DRAFTING_RULE,
+                                (state, st.step_s, _NO_TPOT if tpot is None else tpot), finish)
 
     def _compiled_checks(self, draft: DraftState, st: _Step, s: int, n: int,
                          more: np.ndarray, kmax: int) -> np.ndarray:
@@ -337,5 +337,5 @@ def _warm_up_loops() -> None:
         DRAFTING_CHECKS(conf, 1, 2, np.array([0.01, 0.02, 0.03]), np.inf, tpot, has, 0.0, 0.0,
                         0.0, 0.6, True, False)
         DRAFTING_RULE(np.array([1, 1]), np.array([2, 2]), conf, 0.001, np.ones(2, np.bool_),
-                      np.array([np.inf, float(has), 0.0, 0.0, 0.0, 0.6, np.nan]),
-                      np.array([0.01, 0.02, 0.03]), tpot)
+                      (np.array([np.inf, float(has), 0.0, 0.0, 0.0, 0.6, np.nan]),
+                       np.array([0.01, 0.02, 0.03]), tpot))

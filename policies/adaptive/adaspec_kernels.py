@@ -175,13 +175,14 @@ def _drafting_checks(confidences, s, n, step_s, budget, tpot, has_tpot, g_prev, 
     return False, g_cur, added, m, g_next
 
 
-def _drafting_rule(drafted, k, confidences, draft_time_s, more, state, step_s, tpot):
+def _drafting_rule(drafted, k, confidences, draft_time_s, more, args):
     """``AdaSpec.continue_drafting``'s answer after a draft pass, as a
     ``policies.interface.CompiledDrafting`` rule: ``more`` = drafted < k, cleared when the
-    post- or the pre-check stops (``_drafting_checks``). ``state``: [tightest budget, has
-    TPOT budgets (1/0), g_prev, prior's confidence sum, its count, prior_init, g_next],
-    updated as the hook updates the policy; ``step_s``: T(k) for k = 0..K; ``tpot``: each
-    request's TPOT budget (empty without)."""
+    post- or the pre-check stops (``_drafting_checks``). ``args`` = (state: [tightest
+    budget, has TPOT budgets (1/0), g_prev, prior's confidence sum, its count, prior_init,
+    g_next], updated as the hook updates the policy; step_s: T(k) for k = 0..K; tpot: each
+    request's TPOT budget, empty without)."""
+    state, step_s, tpot = args
     n = drafted.shape[0]
     s = 0
     more_left = False

@@ -10,7 +10,7 @@ from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.request_state import AcceptanceTracker, OutputLengths
 from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, blended_survival,
                                                     calibrated_survival, drafting_pass,
-                                                    keep_drafting, probe_lengths,
+                                                    drafting_rule, keep_drafting, probe_lengths,
                                                     survival_cache, verify_pass,
                                                     verified_lengths)
 from policies.adaptive.slo_goodput_plan import (PrefixPlan, chain_decide, draft_prefix_s,
@@ -22,7 +22,8 @@ from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
                                                   prefill_chunk_value, queue_value,
                                                   slo_weights)
 from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
-from policies.interface import Decision, DraftState, Feedback, Observation, Policy
+from policies.interface import (CompiledDrafting, Decision, DraftState, Feedback, Observation,
+                                Policy)
 from policies.registry import register
 
 
@@ -348,6 +349,20 @@ class SloGoodput(Policy):
                 return more
         return keep_drafting(self._plan, draft, self.survival, self.stop_margin,
                              self.pass_cost_stop, self.compiled)
+
+    def compiled_drafting(self, obs: Observation, decision: Decision) -> CompiledDrafting | None:
+        """``continue_drafting`` for the planned step as one compiled rule
+        (``slo_goodput_drafting.drafting_rule``: the same passes, the same survival cache),
+        where its compiled pass applies; else None (the hook per pass)."""
+        plan = self._plan
+        if (not self.compiled or self.calibrator is None or plan is None
+                or not same_step(plan.obs, obs)):
+            return None
+        if self._survival is None or self._survival.plan is not plan:
+            self._survival = survival_cache(self.calibrator, plan,
+                                            max(obs.k_max, plan.obs.k_max), True)
+        return drafting_rule(plan, self._survival, self.calibrator.num_bins, self.stop_margin,
+                             self.pass_cost_stop, obs.k_max)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         """Verify the drafted slots worth their verification cost (vLLM adaptive verification

@@ -39,7 +39,8 @@ from policies.adaptive.calibration import ConfidenceCalibrator
 from policies.adaptive.slo_goodput_plan import compiled_kernel as _kernel
 from policies.adaptive.slo_goodput_plan import kernel_cost, step_kernel
 from policies.adaptive.step_cost import same_step, step_s, verify_tokens_s
-from policies.interface import DraftState, Observation, cumulative_confidence
+from policies.interface import (CompiledDrafting, DraftState, Observation,
+                                cumulative_confidence)
 
 
 @dataclass
@@ -194,23 +195,54 @@ def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margi
     return more
 
 
+def _pass_inputs(plan: StepPlan, cached: SurvivalCache, num_bins: int, stop_margin: float,
+                 pass_cost_stop: bool, num_columns: int) -> tuple | None:
+    """``DRAFTING_PASS``' inputs after the pass's drafts, confidences and ``filled`` (the
+    step's plan and survival), or None where that call does not apply (no posterior table
+    yet, a cost model without coefficients, more draft columns than the survival holds)."""
+    cost = plan.kernel_cost
+    if (cost is None or cost.kind < 0 or cached.table is None
+            or num_columns > cached.survival.shape[1]):
+        return None
+    return (cached.table, num_bins, cached.survival, plan.weight, plan.accept,
+            stop_margin * plan.marginal, plan.base_k, plan.obs.context_lens,
+            pass_cost_stop and plan.width == 1, cost.kind, cost.draft, cost.target,
+            cost.tokens_base, cost.seqs, cost.ctx_base, plan.rate)
+
+
 def drafting_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,
                   num_bins: int, stop_margin: float, pass_cost_stop: bool) -> np.ndarray | None:
     """``keep_drafting(compiled=True)`` with the calibrated survival in one compiled call
     (``slo_goodput_step_kernels.DRAFTING_PASS``: the same answers), for ``draft`` of the
-    planned step, ``cached`` its survival; None where that call does not apply (no
-    posterior table yet, a cost model without coefficients): the caller runs
-    ``keep_drafting``."""
-    cost, conf = plan.kernel_cost, draft.confidences
-    if (cost is None or cost.kind < 0 or cached.table is None
-            or conf.shape[1] > cached.survival.shape[1]):
+    planned step, ``cached`` its survival; None where that call does not apply
+    (``_pass_inputs``): the caller runs ``keep_drafting``."""
+    conf = draft.confidences
+    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, conf.shape[1])
+    if inputs is None:
         return None
+    table, bins, survival, *rest = inputs
     more, cached.filled = step_kernel("DRAFTING_PASS")(
-        draft.num_drafted, draft.decision.num_spec_tokens, conf, cached.table, num_bins,
-        cached.survival, cached.filled, plan.weight, plan.accept, stop_margin * plan.marginal,
-        plan.base_k, draft.obs.context_lens, pass_cost_stop and plan.width == 1, cost.kind,
-        cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base, plan.rate)
+        draft.num_drafted, draft.decision.num_spec_tokens, conf, table, bins, survival,
+        cached.filled, *rest)
     return more
+
+
+def drafting_rule(plan: StepPlan, cached: SurvivalCache, num_bins: int, stop_margin: float,
+                  pass_cost_stop: bool, num_columns: int) -> CompiledDrafting | None:
+    """``drafting_pass`` for every pass of the step as a ``CompiledDrafting`` rule
+    (``slo_goodput_step_kernels.DRAFTING_RULE``), its survival columns kept in ``cached``
+    (``finish`` writes back how many are filled); None where ``drafting_pass`` would not
+    apply."""
+    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, num_columns)
+    rule = step_kernel("DRAFTING_RULE")
+    if inputs is None or rule is None:
+        return None
+    filled = np.array([cached.filled], np.int64)
+
+    def finish() -> None:
+        cached.filled = int(filled[0])
+
+    return CompiledDrafting(rule, (filled, *inputs), finish)
 
 
 def verify_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,

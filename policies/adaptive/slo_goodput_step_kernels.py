@@ -375,6 +375,21 @@ def _drafting_pass(s, k_decided, confidences, table, num_bins, surv, filled, wei
     return more, filled
 
 
+def _drafting_rule(drafted, k_decided, confidences, draft_time_s, more, args):
+    """``SloGoodput.continue_drafting`` as a ``policies.interface.CompiledDrafting`` rule:
+    ``_drafting_pass`` on ``args`` = (filled: int64 (1,), the survival's columns computed
+    so far, updated; then ``_drafting_pass``' arguments from ``table`` to ``plan_rate``
+    but ``filled``, as ``slo_goodput_drafting._pass_inputs`` lists them)."""
+    (filled, table, num_bins, surv, weight, accept, threshold, base_k, context_lens,
+     check_extension, kind, dcoef, tcoef, tokens_base, seqs, ctx_base, plan_rate) = args
+    answer, filled[0] = _drafting_pass(
+        drafted, k_decided, confidences, table, num_bins, surv, filled[0], weight, accept,
+        threshold, base_k, context_lens, check_extension, kind, dcoef, tcoef, tokens_base,
+        seqs, ctx_base, plan_rate)
+    for i in range(more.shape[0]):
+        more[i] = answer[i]
+
+
 def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, context_lens,
                  kind, tcoef, tokens_base, seqs, ctx_base, base_value, draft_time_s):
     """``verified_lengths``' ``best_verified_prefixes`` for slot values w_i c_ij: the
@@ -507,9 +522,12 @@ if numba is not None:
     ORACLE_ORDERS = _oracle_orders
     ORACLE_SLOT_PLAN = numba.njit(cache=True)(_oracle_slot_plan)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
+    _drafting_pass = DRAFTING_PASS
+    DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
+    DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None

@@ -178,7 +178,7 @@ def fused_drafting(engine, kernels: StepKernels, compiled, decision, k, widths, 
     drafted, spent = drafting_loop(compiled.rule)(
         k, np.asarray(decision.num_spec_tokens, np.int64), ctx, seen, tree,
         kernels.inputs.draft_coef, int(n_pre_tok), int(pre_ctx), int(n_pre_seqs),
-        compiled.state, compiled.table_a, compiled.table_b)
+        compiled.args)
     compiled.finish()
     return drafted, (None if spent != spent else float(spent))
 

@@ -300,8 +300,7 @@ def drafting_loop(rule):
     if loop is not None:
         return loop
 
-    def _loop(k, k_decided, ctx, seen, widths, dcoef, n_pre_tok, pre_ctx, n_pre_seqs, state,
-              table_a, table_b):
+    def _loop(k, k_decided, ctx, seen, widths, dcoef, n_pre_tok, pre_ctx, n_pre_seqs, args):
         n, kmax = seen.shape
         drafted = np.zeros(n, np.int64)
         more = np.empty(n, np.bool_)
@@ -356,7 +355,7 @@ def drafting_loop(rule):
             for i in range(n):
                 was_active[i] = active[i]
             j += 1
-            rule(drafted, k_decided, conf, spent, more, state, table_a, table_b)
+            rule(drafted, k_decided, conf, spent, more, args)
 
     loop = numba.njit(_loop)
     _DRAFTING_LOOPS[rule] = loop

@@ -115,8 +115,7 @@ def test_compiled_drafting_rule_answers_as_the_hook():
             drafted = np.minimum(drafted + 1, k)
             conf = np.where(np.arange(8)[None, :] < drafted[:, None], conf_all, np.nan)
             want = hook.continue_drafting(DraftState(obs, decision, drafted, conf, 0.001))
-            compiled.rule(drafted, decision.num_spec_tokens, conf, 0.001, more,
-                          compiled.state, compiled.table_a, compiled.table_b)
+            compiled.rule(drafted, decision.num_spec_tokens, conf, 0.001, more, compiled.args)
             assert np.array_equal(more, want), case
             if not want.any():
                 stops += 1

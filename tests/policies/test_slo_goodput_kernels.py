@@ -329,12 +329,14 @@ def test_drafting_and_verify_passes_match_numpy(n):
     ``verify_pass``) against ``keep_drafting`` and ``verified_lengths`` on numpy's path,
     pass after pass over random plans (stop margins that stop some requests, planned
     depths that send others into the extension check, both cost forms), with the
-    survival's columns filled by each side's own calls."""
+    survival's columns filled by each side's own calls; and the step's passes as one
+    compiled rule (``drafting_rule``, as a simulator's drafting loop calls it): the same
+    answers, and after ``finish`` the same survival."""
     from policies.adaptive.calibration import ConfidenceCalibrator
     from policies.adaptive.slo_goodput_drafting import (StepPlan, calibrated_survival,
-                                                        drafting_pass, keep_drafting,
-                                                        survival_cache, verified_lengths,
-                                                        verify_pass)
+                                                        drafting_pass, drafting_rule,
+                                                        keep_drafting, survival_cache,
+                                                        verified_lengths, verify_pass)
     from policies.adaptive.slo_goodput_plan import kernel_cost
     from policies.interface import Decision, DraftState
     rng = np.random.default_rng(n)
@@ -353,6 +355,8 @@ def test_drafting_and_verify_passes_match_numpy(n):
         decision = Decision(num_spec_tokens=k)
         conf_all = rng.random((n, K))
         fast = survival_cache(cal, plan, K, True)
+        ruled = survival_cache(cal, plan, K, True)
+        more = np.empty(n, np.bool_)
         cache = [None]
 
         def survival(p, c):
@@ -361,6 +365,7 @@ def test_drafting_and_verify_passes_match_numpy(n):
         drafted = np.zeros(n, np.int64)
         active = k > 0
         margin = float(rng.choice([0.0, 0.5, 2.0]))
+        rule = drafting_rule(plan, ruled, cal.num_bins, margin, True, K)
         while active.any():
             drafted = drafted + active
             conf = np.where(np.arange(K)[None, :] < drafted[:, None], conf_all, np.nan)
@@ -368,12 +373,17 @@ def test_drafting_and_verify_passes_match_numpy(n):
             got = drafting_pass(plan, state, fast, cal.num_bins, margin, True)
             want = keep_drafting(plan, state, survival, margin, True, False)
             assert got is not None and np.array_equal(got, want), case
+            rule.rule(drafted, k, conf, 1e-3, more, rule.args)
+            assert np.array_equal(more, want), case
             no_check = keep_drafting(plan, state, survival, margin, False, False)
             past = no_check & (drafted >= base)
             outcomes["stopped"] += int((~want & (drafted < k)).sum())
             if past.any():
                 outcomes["extension_cut" if not (want & past).any() else "extension_kept"] += 1
             active = want & (drafted < k)
+        rule.finish()
+        assert ruled.filled == fast.filled and np.array_equal(
+            ruled.survival[:, :ruled.filled], fast.survival[:, :fast.filled]), case
         conf = np.where(np.arange(K)[None, :] < drafted[:, None], conf_all, np.nan)
         state = DraftState(obs, decision, drafted, conf, float(rng.uniform(0.0, 0.05)))
         got = verify_pass(plan, state, fast, cal.num_bins)

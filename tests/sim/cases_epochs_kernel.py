@@ -285,9 +285,10 @@ def test_draw_kernel_is_the_acceptance_models_draw(decay):
     assert np.array_equal(ref._u.take(5), fast._u.take(5))
 
 
-def _restart_rule(drafted, k, confidences, draft_time_s, more, state, table_a, table_b):
+def _restart_rule(drafted, k, confidences, draft_time_s, more, args):
     """_Restarting's continue_drafting as a compiled rule; counts its calls in state[0] and
     sums the seconds it was shown in state[1]."""
+    state = args[0]
     top = 0
     for i in range(drafted.shape[0]):
         more[i] = drafted[i] < k[i]
@@ -315,11 +316,11 @@ class _RestartingRule(_Restarting):
         def finish():
             self.finished += 1
 
-        return CompiledDrafting(self.rule, self.state, np.zeros(0), np.zeros(0), finish)
+        return CompiledDrafting(self.rule, (self.state,), finish)
 
 
 @needs_numba
-@pytest.mark.parametrize("name", ["adaspec", "restarting"])
+@pytest.mark.parametrize("name", ["adaspec", "slo_goodput", "slo_goodput_tree", "restarting"])
 def test_policy_rule_in_the_compiled_drafting_loop_matches_its_hook(monkeypatch, name):
     """A policy's drafting rule run inside one compiled loop (Policy.compiled_drafting,
     step_kernel.drafting_loop) gives the tables of its hook called per pass, compiled and on
@@ -334,7 +335,7 @@ def test_policy_rule_in_the_compiled_drafting_loop_matches_its_hook(monkeypatch,
         return real(*args, **kw)
 
     monkeypatch.setattr(engine_module, "fused_drafting", counting)
-    factory = (lambda: make_policy("adaspec")) if name == "adaspec" else _RestartingRule
+    factory = (lambda: make_policy(name)) if name != "restarting" else _RestartingRule
     trace, kw = poisson_trace(n=150, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
     fused_policy = factory()
     fused = simulate_with(trace, fused_policy, config(compiled_epochs=True, **kw))
@@ -351,5 +352,9 @@ def test_policy_rule_in_the_compiled_drafting_loop_matches_its_hook(monkeypatch,
         assert (fused_policy.conf_sum, fused_policy.conf_count) == \
             (hooked_policy.conf_sum, hooked_policy.conf_count)
         assert fused_policy.conf_count > 0
+    elif name.startswith("slo_goodput"):      # the last step's survival columns
+        assert fused_policy._survival.filled == hooked_policy._survival.filled > 0
+        assert np.array_equal(fused_policy._survival.survival, hooked_policy._survival.survival,
+                              equal_nan=True)
     else:
         assert fused_policy.finished == fused_steps and fused_policy.state[0] > fused_steps
