@@ -282,8 +282,8 @@ class Engine:
         elif self._draft_kernels is not None and draw.confidences is not None:
             rule = self.policy.compiled_drafting(obs, decision)
             if rule is not None:     # the policy's rule inside one compiled loop
-                drafted, spent = fused_drafting(self, self._draft_kernels, rule, decision, k,
-                                                widths, ctx, prefill, draw.confidences)
+                drafted, spent = fused_drafting(self._draft_kernels, rule, decision, k, widths,
+                                                ctx, prefill, draw.confidences)
             else:
                 drafted, spent = compiled_drafting(self, self._draft_kernels, obs, decision,
                                                    k, widths, ctx, prefill, draw.confidences)

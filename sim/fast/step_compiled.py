@@ -166,8 +166,8 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
 _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
 
 
-def fused_drafting(engine, kernels: StepKernels, compiled, decision, k, widths, ctx,
-                   prefill, seen) -> tuple:
+def fused_drafting(kernels: StepKernels, compiled, decision, k, widths, ctx, prefill,
+                   seen) -> tuple:
     """``compiled_drafting`` with the policy's rule (``Policy.compiled_drafting``) called
     inside one compiled loop (``step_kernel.drafting_loop``) instead of its hook per pass:
     the same drafted counts and seconds (None when no pass ran), and the policy's state
@@ -187,9 +187,8 @@ def compiled_draw(acc, kernels: StepKernels, rows, with_confidences: bool) -> St
     """``ParametricAcceptance.draw(rows, ..., with_confidences)`` with its match lengths and
     confidences in one compiled call (``DRAW_KERNEL``): the same uniforms taken from the
     same pool, the same numbers."""
-    rates = acc._rates(rows)
-    u = acc._u.take(rows.shape[0] * acc.k_max).reshape(rows.shape[0], acc.k_max)
-    match, conf = kernels.draw(u, rates, acc._q_hi, acc._q_lo, with_confidences)
+    u, rates = acc.step_uniforms(rows)
+    match, conf = kernels.draw(u, rates, *acc.confidence_tables, with_confidences)
     return StepDraw(match, conf if with_confidences else None, u, rates)
 
 

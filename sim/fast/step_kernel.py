@@ -11,6 +11,7 @@ and they touch none of what the step writes. The per-step numpy path stays the r
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -283,9 +284,7 @@ def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
     return _numpy_sum(passes, k)
 
 
-_DRAFTING_LOOPS: dict = {}     # one compiled loop per policy rule, built on first use
-
-
+@functools.cache                  # one compiled loop per policy rule and process
 def drafting_loop(rule):
     """``Engine._draft``'s loop with a policy's compiled rule
     (``policies.interface.CompiledDrafting``) in place of its per-pass ``continue_drafting``
@@ -296,9 +295,6 @@ def drafting_loop(rule):
     drafts), then the rule. Compiled once per rule and process (the rule is the loop's
     callee, not an argument: numba's dispatch of a function argument costs ~6 us a call).
     The loop returns (drafted, seconds spent: nan when no pass ran)."""
-    loop = _DRAFTING_LOOPS.get(rule)
-    if loop is not None:
-        return loop
 
     def _loop(k, k_decided, ctx, seen, widths, dcoef, n_pre_tok, pre_ctx, n_pre_seqs, args):
         n, kmax = seen.shape
@@ -357,9 +353,7 @@ def drafting_loop(rule):
             j += 1
             rule(drafted, k_decided, conf, spent, more, args)
 
-    loop = numba.njit(_loop)
-    _DRAFTING_LOOPS[rule] = loop
-    return loop
+    return numba.njit(_loop)
 
 
 if numba is not None:

@@ -147,13 +147,23 @@ class ParametricAcceptance:
             raise RuntimeError("ParametricAcceptance.prepare(trace) must run before draws")
         return self._rate_table.take(rows, axis=0)
 
+    def step_uniforms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The uniforms (n, k_max) a step's ``draw`` of ``rows`` takes from the pool, and
+        the rows' per-position rates ((n, k_max), or (n, 1) without position decay)."""
+        rates = self._rates(rows)
+        return self._u.take(rows.shape[0] * self.k_max).reshape(rows.shape[0], self.k_max), rates
+
+    @property
+    def confidence_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The quantile tables a confidence is looked up in: (passed, failed) positions'."""
+        return self._q_hi, self._q_lo
+
     def draw(self, rows: np.ndarray, positions: np.ndarray,
              with_confidences: bool = True) -> StepDraw:
         """``with_confidences=False`` leaves ``confidences`` None (the engine's static-policy
         fast path; ``confidences(rows, draw.uniforms)`` gives them later if needed)."""
         n, k = rows.shape[0], self.k_max
-        rates = self._rates(rows)
-        u = self._u.take(n * k).reshape(n, k)
+        u, rates = self.step_uniforms(rows)
         pad = np.zeros((n, k + 1), bool)    # _leading_true's padding, filled in place
         ok = pad[:, :k]
         np.less(u, rates, out=ok)
