@@ -362,7 +362,7 @@ class SloGoodput(Policy):
             self._survival = survival_cache(self.calibrator, plan,
                                             max(obs.k_max, plan.obs.k_max), True)
         return drafting_rule(plan, self._survival, self.calibrator.num_bins, self.stop_margin,
-                             self.pass_cost_stop, obs.k_max)
+                             self.pass_cost_stop, obs, obs.k_max)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         """Verify the drafted slots worth their verification cost (vLLM adaptive verification

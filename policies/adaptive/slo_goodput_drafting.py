@@ -196,16 +196,17 @@ def keep_drafting(plan: StepPlan | None, draft: DraftState, survival, stop_margi
 
 
 def _pass_inputs(plan: StepPlan, cached: SurvivalCache, num_bins: int, stop_margin: float,
-                 pass_cost_stop: bool, num_columns: int) -> tuple | None:
+                 pass_cost_stop: bool, obs: Observation, num_columns: int) -> tuple | None:
     """``DRAFTING_PASS``' inputs after the pass's drafts, confidences and ``filled`` (the
-    step's plan and survival), or None where that call does not apply (no posterior table
-    yet, a cost model without coefficients, more draft columns than the survival holds)."""
+    step's plan and survival, ``obs``' contexts), or None where that call does not apply
+    (no posterior table yet, a cost model without coefficients, more draft columns than
+    the survival holds)."""
     cost = plan.kernel_cost
     if (cost is None or cost.kind < 0 or cached.table is None
             or num_columns > cached.survival.shape[1]):
         return None
     return (cached.table, num_bins, cached.survival, plan.weight, plan.accept,
-            stop_margin * plan.marginal, plan.base_k, plan.obs.context_lens,
+            stop_margin * plan.marginal, plan.base_k, obs.context_lens,
             pass_cost_stop and plan.width == 1, cost.kind, cost.draft, cost.target,
             cost.tokens_base, cost.seqs, cost.ctx_base, plan.rate)
 
@@ -217,7 +218,8 @@ def drafting_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,
     planned step, ``cached`` its survival; None where that call does not apply
     (``_pass_inputs``): the caller runs ``keep_drafting``."""
     conf = draft.confidences
-    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, conf.shape[1])
+    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, draft.obs,
+                          conf.shape[1])
     if inputs is None:
         return None
     table, bins, survival, *rest = inputs
@@ -228,12 +230,14 @@ def drafting_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,
 
 
 def drafting_rule(plan: StepPlan, cached: SurvivalCache, num_bins: int, stop_margin: float,
-                  pass_cost_stop: bool, num_columns: int) -> CompiledDrafting | None:
-    """``drafting_pass`` for every pass of the step as a ``CompiledDrafting`` rule
+                  pass_cost_stop: bool, obs: Observation,
+                  num_columns: int) -> CompiledDrafting | None:
+    """``drafting_pass`` for every pass of ``obs``' step as a ``CompiledDrafting`` rule
     (``slo_goodput_step_kernels.DRAFTING_RULE``), its survival columns kept in ``cached``
     (``finish`` writes back how many are filled); None where ``drafting_pass`` would not
     apply."""
-    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, num_columns)
+    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, obs,
+                          num_columns)
     rule = step_kernel("DRAFTING_RULE")
     if inputs is None or rule is None:
         return None

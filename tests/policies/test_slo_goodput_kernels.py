@@ -365,7 +365,7 @@ def test_drafting_and_verify_passes_match_numpy(n):
         drafted = np.zeros(n, np.int64)
         active = k > 0
         margin = float(rng.choice([0.0, 0.5, 2.0]))
-        rule = drafting_rule(plan, ruled, cal.num_bins, margin, True, K)
+        rule = drafting_rule(plan, ruled, cal.num_bins, margin, True, obs, K)
         while active.any():
             drafted = drafted + active
             conf = np.where(np.arange(K)[None, :] < drafted[:, None], conf_all, np.nan)
