@@ -99,6 +99,8 @@ class SurvivalCache:
     prior_odds: np.ndarray | None
     table: np.ndarray | None     # (n, bins + 1) posterior per request and confidence bin
     rows: np.ndarray             # int (n, 1), 0..n-1, to index ``table`` by request
+    # the step's DRAFTING_PASS inputs (``_pass_inputs``), built at its first compiled pass
+    pass_inputs: tuple | None = None
 
 
 def survival_cache(calibrator: ConfidenceCalibrator, plan: StepPlan, columns: int,
@@ -218,11 +220,14 @@ def drafting_pass(plan: StepPlan, draft: DraftState, cached: SurvivalCache,
     planned step, ``cached`` its survival; None where that call does not apply
     (``_pass_inputs``): the caller runs ``keep_drafting``."""
     conf = draft.confidences
-    inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, draft.obs,
-                          conf.shape[1])
+    inputs = cached.pass_inputs          # built once a step: the same for all its passes
     if inputs is None:
-        return None
-    table, bins, survival, *rest = inputs
+        inputs = _pass_inputs(plan, cached, num_bins, stop_margin, pass_cost_stop, draft.obs,
+                              conf.shape[1])
+        if inputs is None:
+            return None
+        cached.pass_inputs = inputs = (*inputs[:3], inputs[3:])
+    table, bins, survival, rest = inputs
     more, cached.filled = step_kernel("DRAFTING_PASS")(
         draft.num_drafted, draft.decision.num_spec_tokens, conf, table, bins, survival,
         cached.filled, *rest)
