@@ -288,68 +288,33 @@ def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
 def drafting_loop(rule):
     """``Engine._draft``'s loop with a policy's compiled rule
     (``policies.interface.CompiledDrafting``) in place of its per-pass ``continue_drafting``
-    call, as one compiled call: each pass's bookkeeping as ``DRAFT_PASS_KERNEL`` does it
-    (who drafts, restarts, the drafted counts, the pass's roofline seconds and their np.sum
-    so far, or every pass re-costed by draft position once a stopped request drafted again:
-    ``DRAFT_SECONDS_KERNEL``), the confidences the rule may see (nan past each request's
-    drafts), then the rule. Compiled once per rule and process (the rule is the loop's
-    callee, not an argument: numba's dispatch of a function argument costs ~6 us a call).
-    The loop returns (drafted, seconds spent: nan when no pass ran)."""
+    call, as one compiled call: each pass's bookkeeping by ``DRAFT_PASS_KERNEL`` (as
+    ``step_compiled.compiled_drafting`` has it; every pass re-costed by draft position by
+    ``DRAFT_SECONDS_KERNEL`` once a stopped request drafted again), then the rule. Compiled
+    once per rule and process (the rule is the loop's callee, not an argument: numba's
+    dispatch of a function argument costs ~6 us a call). The loop returns (drafted, seconds
+    spent: nan when no pass ran)."""
 
     def _loop(k, k_decided, ctx, seen, widths, dcoef, n_pre_tok, pre_ctx, n_pre_seqs, args):
-        n, kmax = seen.shape
+        n = k.shape[0]
         drafted = np.zeros(n, np.int64)
-        more = np.empty(n, np.bool_)
+        more = k > 0
         was_active = np.zeros(n, np.bool_)
-        active = np.empty(n, np.bool_)
-        top = 0
-        for i in range(n):
-            more[i] = k[i] > 0
-            if k[i] > top:
-                top = k[i]
-        pass_s = np.zeros(top)
-        conf = np.full((n, kmax), np.nan)
+        pass_s = np.zeros(max(k.max(), 1))
         restarted = False
         spent = np.nan
         j = 0
         while True:
-            any_active = False
-            for i in range(n):
-                a = more[i] and drafted[i] < k[i]
-                active[i] = a
-                any_active = any_active or a
-            if not any_active:
+            go, restarted, drafted, active, conf, spent_now = DRAFT_PASS_KERNEL(
+                more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_tok, pre_ctx,
+                n_pre_seqs, pass_s, seen, widths)
+            if not go:
                 return drafted, spent
-            if j > 0 and not restarted:
-                for i in range(n):
-                    if active[i] and not was_active[i]:
-                        restarted = True
-            num_seqs = 0
-            csum = 0
-            for i in range(n):
-                if active[i]:
-                    conf[i, drafted[i]] = seen[i, drafted[i]]
-                    drafted[i] += 1
-                    num_seqs += 1
-                    csum += ctx[i]
+            spent = spent_now
             if restarted:
                 spent = DRAFT_SECONDS_KERNEL(drafted, widths, ctx, n_pre_tok, pre_ctx,
                                              n_pre_seqs, dcoef)
-            else:
-                tok, seqs, cc = num_seqs, num_seqs, csum + num_seqs * (1 + j)
-                if j > 0 and widths.shape[0] > 0:
-                    tok = cc = 0
-                    for i in range(n):
-                        if active[i]:
-                            f = widths[i, j - 1]
-                            tok += f
-                            cc += f * (ctx[i] + 1 + j)
-                if j == 0:
-                    tok, seqs, cc = tok + n_pre_tok, seqs + n_pre_seqs, cc + pre_ctx
-                pass_s[j] = _roofline_s(dcoef, tok, seqs, cc)
-                spent = _numpy_sum(pass_s, j + 1)
-            for i in range(n):
-                was_active[i] = active[i]
+            was_active = active
             j += 1
             rule(drafted, k_decided, conf, spent, more, args)
 
