@@ -55,6 +55,28 @@ def test_compiled_verifier_matches_numpy():
     assert trimmed_cases > 30          # the trim, not only "verify everything", was compared
 
 
+def _random_step(rng, case: int, max_n: int):
+    """A random step for the drafting tests: (observation, every position's confidence).
+    Tight and loose TPOT SLOs, both cost forms, ties and unseen (nan) confidences."""
+    n = int(rng.integers(1, max_n))
+    tpot = rng.choice([np.inf, 0.005, 0.02, 0.2], n) if case % 3 else np.inf
+    obs = make_obs(n, cost=bench.RooflineCost() if case % 2 else AffineCost(rng), tpot=tpot)
+    conf_all = rng.choice([1.0, 0.9, 0.5, 0.1], (n, 8)) if case % 2 else rng.random((n, 8))
+    conf_all[rng.random((n, 8)) < 0.05] = np.nan
+    return obs, conf_all
+
+
+def _passes(decision, conf_all):
+    """(drafted, visible confidences) after each of 8 passes that draft one more token of
+    every request, each up to its k (at least 1)."""
+    n = conf_all.shape[0]
+    drafted = np.zeros(n, np.int64)
+    k = np.maximum(decision.num_spec_tokens, 1)
+    for _ in range(8):
+        drafted = np.minimum(drafted + 1, k)
+        yield drafted, np.where(np.arange(8)[None, :] < drafted[:, None], conf_all, np.nan)
+
+
 def test_compiled_drafting_checks_match_numpy():
     """Pass after pass on random steps, tight and loose TPOT SLOs, ties and unseen drafts:
     the same stop answers and the same running state (g_prev, the prior's sums)."""
@@ -63,19 +85,10 @@ def test_compiled_drafting_checks_match_numpy():
     slow.compiled = False
     branches, prechecks = set(), 0
     for case in range(200):
-        n = int(rng.integers(1, 200))
-        tpot = rng.choice([np.inf, 0.005, 0.02, 0.2], n) if case % 3 else np.inf
-        obs = make_obs(n, cost=bench.RooflineCost() if case % 2 else AffineCost(rng),
-                       tpot=tpot)
+        obs, conf_all = _random_step(rng, case, 200)
         decision = fast.decide(obs)
         assert np.array_equal(decision.num_spec_tokens, slow.decide(obs).num_spec_tokens)
-        conf_all = rng.choice([1.0, 0.9, 0.5, 0.1], (n, 8)) if case % 2 else rng.random((n, 8))
-        conf_all[rng.random((n, 8)) < 0.05] = np.nan
-        drafted = np.zeros(n, np.int64)
-        k = np.maximum(decision.num_spec_tokens, 1)
-        for _ in range(8):
-            drafted = np.minimum(drafted + 1, k)
-            conf = np.where(np.arange(8)[None, :] < drafted[:, None], conf_all, np.nan)
+        for drafted, conf in _passes(decision, conf_all):
             state = DraftState(obs, decision, drafted, conf, 0.001)
             got, want = fast.continue_drafting(state), slow.continue_drafting(state)
             assert np.array_equal(got, want), case
@@ -98,22 +111,13 @@ def test_compiled_drafting_rule_answers_as_the_hook():
     hook, ruled = make_policy("adaspec"), make_policy("adaspec")
     stops = 0
     for case in range(150):
-        n = int(rng.integers(1, 120))
-        tpot = rng.choice([np.inf, 0.005, 0.02, 0.2], n) if case % 3 else np.inf
-        obs = make_obs(n, cost=bench.RooflineCost() if case % 2 else AffineCost(rng),
-                       tpot=tpot)
+        obs, conf_all = _random_step(rng, case, 120)
         decision = hook.decide(obs)
         assert np.array_equal(decision.num_spec_tokens, ruled.decide(obs).num_spec_tokens)
         compiled = ruled.compiled_drafting(obs, decision)
         assert compiled is not None
-        conf_all = rng.choice([1.0, 0.9, 0.5, 0.1], (n, 8)) if case % 2 else rng.random((n, 8))
-        conf_all[rng.random((n, 8)) < 0.05] = np.nan
-        drafted = np.zeros(n, np.int64)
-        k = np.maximum(decision.num_spec_tokens, 1)
-        more = np.empty(n, np.bool_)
-        for _ in range(8):
-            drafted = np.minimum(drafted + 1, k)
-            conf = np.where(np.arange(8)[None, :] < drafted[:, None], conf_all, np.nan)
+        more = np.empty(obs.num_requests, np.bool_)
+        for drafted, conf in _passes(decision, conf_all):
             want = hook.continue_drafting(DraftState(obs, decision, drafted, conf, 0.001))
             compiled.rule(drafted, decision.num_spec_tokens, conf, 0.001, more, compiled.args)
             assert np.array_equal(more, want), case

@@ -158,6 +158,21 @@ def test_mixed_k_of_eight_sums_draft_passes_in_numpys_order(kernel, monkeypatch)
     assert_same_tables(fast, slow)
 
 
+def _count_engine_calls(monkeypatch, name: str) -> dict:
+    """Count the engine's calls of its module-level ``name`` (sim/core/engine.py imports it
+    from sim/fast): the dict's "n"."""
+    import sim.core.engine as engine_module
+    calls = {"n": 0}
+    real = getattr(engine_module, name)
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine_module, name, counting)
+    return calls
+
+
 class _Restarting(Policy):
     """Stops every other request after its first draft and lets it draft again a pass later
     (the drafting loop then re-costs every pass by draft position)."""
@@ -182,15 +197,7 @@ def test_compiled_drafting_loop_matches_the_reference_loop(monkeypatch, factory)
     """An adaptive policy's drafting loop with each pass's bookkeeping compiled
     (sim/fast/step_compiled.compiled_drafting) gives the reference loop's tables, a request
     restarted by its policy and trees included."""
-    import sim.core.engine as engine_module
-    calls = {"n": 0}
-    real = engine_module.compiled_drafting
-
-    def counting(*args, **kw):
-        calls["n"] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(engine_module, "compiled_drafting", counting)
+    calls = _count_engine_calls(monkeypatch, "compiled_drafting")
     trace, kw = poisson_trace(n=120, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
     fast = simulate_with(trace, factory(), config(compiled_epochs=True, **kw))
     assert calls["n"] > 0
@@ -230,15 +237,7 @@ def test_draft_seconds_kernel_is_numpys_sum_of_the_draft_passes():
 def test_tree_steps_cost_their_drafts_in_one_compiled_call(monkeypatch):
     """A tree policy's steps (default drafting, widths) cost their draft passes through
     DRAFT_SECONDS_KERNEL on the compiled path, with the reference path's tables."""
-    import sim.core.engine as engine_module
-    calls = {"n": 0}
-    real = engine_module.compiled_draft_s
-
-    def counting(*args, **kw):
-        calls["n"] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(engine_module, "compiled_draft_s", counting)
+    calls = _count_engine_calls(monkeypatch, "compiled_draft_s")
     trace, kw = poisson_trace(n=150, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
     fast = simulate_with(trace, make_policy("adaserve"), config(compiled_epochs=True, **kw))
     assert calls["n"] > 0
@@ -326,15 +325,7 @@ def test_policy_rule_in_the_compiled_drafting_loop_matches_its_hook(monkeypatch,
     step_kernel.drafting_loop) gives the tables of its hook called per pass, compiled and on
     the reference path, a request restarted by its rule included; the policy's state after
     the run (adaspec's confidence prior) is the hook's, and finish() runs once a step."""
-    import sim.core.engine as engine_module
-    calls = {"n": 0}
-    real = engine_module.fused_drafting
-
-    def counting(*args, **kw):
-        calls["n"] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(engine_module, "fused_drafting", counting)
+    calls = _count_engine_calls(monkeypatch, "fused_drafting")
     factory = (lambda: make_policy(name)) if name != "restarting" else _RestartingRule
     trace, kw = poisson_trace(n=150, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
     fused_policy = factory()
