@@ -148,7 +148,7 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
     was_active = np.zeros(n, np.bool_)
     pass_s = np.zeros(int(k.max()))
     j, restarted, spent = 0, False, None
-    tree = _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
+    tree = _kernel_widths(widths)
     while True:
         go, restarted, drafted, active, conf, spent_now = kernels.draft(
             more, was_active, drafted, k, ctx, j, restarted, kernels.inputs.draft_coef,
@@ -166,6 +166,11 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
 _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
 
 
+def _kernel_widths(widths) -> np.ndarray:
+    """A step's tree widths as the drafting kernels take them (empty for chains)."""
+    return _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
+
+
 def fused_drafting(kernels: StepKernels, compiled, decision, k, widths, ctx, prefill,
                    seen) -> tuple:
     """``compiled_drafting`` with the policy's rule (``Policy.compiled_drafting``) called
@@ -174,7 +179,7 @@ def fused_drafting(kernels: StepKernels, compiled, decision, k, widths, ctx, pre
     read back by ``compiled.finish``."""
     from sim.fast.step_kernel import drafting_loop
     n_pre_tok, pre_ctx, n_pre_seqs = prefill
-    tree = _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
+    tree = _kernel_widths(widths)
     drafted, spent = drafting_loop(compiled.rule)(
         k, np.asarray(decision.num_spec_tokens, np.int64), ctx, seen, tree,
         kernels.inputs.draft_coef, int(n_pre_tok), int(pre_ctx), int(n_pre_seqs),
@@ -197,7 +202,7 @@ def compiled_draft_s(kernels: StepKernels, drafted, widths, ctx, prefill) -> flo
     ``np.sum(cost.draft_step_s(*draft_pass_costs(drafted, widths, ctx, *prefill)))`` gives
     under the roofline, in one compiled call (``DRAFT_SECONDS_KERNEL``)."""
     n_pre_tok, pre_ctx, n_pre_seqs = prefill
-    tree = _NO_WIDTHS if widths is None else np.ascontiguousarray(widths, np.int64)
+    tree = _kernel_widths(widths)
     return kernels.draft_seconds(drafted, tree, ctx, int(n_pre_tok), int(pre_ctx),
                                  int(n_pre_seqs), kernels.inputs.draft_coef)
 
