@@ -107,6 +107,11 @@ class AcceptanceTracker:
         s, f = self.global_counts
         return float(s / (s + f))
 
+    def rate_inputs(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """What ``rate``'s compiled loop reads (ids, counts, fleet rate, prior weight), for a
+        caller that runs it inside a compiled call of its own."""
+        return self.table.ids, self.table.values, self.global_rate, self.prior_weight
+
     def rate(self, ids) -> np.ndarray:
         kernel = state_kernel("tracker_rate") if self.compiled else None
         if kernel is not None:
@@ -270,6 +275,13 @@ class OutputLengths:
         done = np.isin(ids, finished_ids)
         self.record(np.asarray(num_output_tokens, np.int64)[done]
                     + np.asarray(num_accepted, np.int64)[done] + 1)
+
+    def expected_inputs(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """What ``expected_remaining``'s compiled loop reads (the sorted window, its suffix
+        sums, its size), for a caller that runs it inside a compiled call of its own; None
+        where ``expected_remaining`` answers None."""
+        return None if self._size < self.min_samples else (self._sorted, self._suffix,
+                                                            self._size)
 
     def expected_remaining(self, num_output_tokens) -> np.ndarray | None:
         """(n,) float: the mean of L - o over the recorded lengths L > o (1 where none is

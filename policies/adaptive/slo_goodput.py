@@ -13,9 +13,11 @@ from policies.adaptive.slo_goodput_drafting import (StepPlan, SurvivalCache, ble
                                                     drafting_rule, keep_drafting, probe_lengths,
                                                     survival_cache, verify_pass,
                                                     verified_lengths)
-from policies.adaptive.slo_goodput_plan import (PrefixPlan, chain_decide, draft_prefix_s,
+from policies.adaptive.slo_goodput_plan import (_GUARDS, KernelCost, PrefixPlan,
+                                                 caps_in_range, chain_decide, draft_prefix_s,
                                                  kernel_cost, plan_oracle_slots, plan_slots,
-                                                 plan_widths_and_caps, tree_plan_arrays)
+                                                 plan_widths_and_caps, prefix_grid,
+                                                 step_kernel, tree_plan_arrays)
 from policies.adaptive.slo_goodput_tree_shapes import (best_plan, best_row, tree_step,
                                                        tree_widths)
 from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
@@ -255,12 +257,16 @@ class SloGoodput(Policy):
         self._plan = None
         if n == 0 or K == 0:
             return Decision(num_spec_tokens=np.zeros(n, np.int64))
-        a = self.tracker.rate(obs.request_ids)
         t_step = self.t_step_s if self.t_step_s is not None else float(
             np.sum(uniform_step_s(obs, [0])))
-        w = fair_share_weights(obs, self.weights(obs, t_step), a, self.fair_share)
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
         cost = kernel_cost(obs) if self.compiled else None   # read by the step's hooks
+        if cost is not None and cost.kind >= 0 and not tree:
+            decision = self._decide_chain(obs, K, t_step, cost)
+            if decision is not None:
+                return decision
+        a = self.tracker.rate(obs.request_ids)
+        w = fair_share_weights(obs, self.weights(obs, t_step), a, self.fair_share)
         if cost is not None and cost.kind >= 0 and not tree:  # one compiled call
             best, k, prefill_value = chain_decide(
                 obs, w, a, K, self.chain_caps,
@@ -292,6 +298,55 @@ class SloGoodput(Policy):
             return self._chain_decision(obs, k, K)
         widths = np.where(np.arange(obs.k_max)[None, :] < k[:, None], best.widths[:, None], 0)
         return Decision(num_spec_tokens=k, nodes_per_depth=widths.astype(np.int64))
+
+    def _decide_chain(self, obs: Observation, K: int, t_step: float,
+                      cost: KernelCost) -> Decision | None:
+        """A chain step's decision in one compiled call (``DECIDE_CHAIN``: the estimates,
+        the weights with their fair share, the plan, the lengths), the same floats as
+        ``rate``, ``weights``, ``fair_share_weights`` and ``chain_decide`` one by one; None
+        where that call does not apply (a fair share other than 0 or 1, a tracker or
+        length window on numpy's path)."""
+        kernel = step_kernel("DECIDE_CHAIN")
+        if (kernel is None or self.fair_share not in (0.0, 1.0) or not self.tracker.compiled
+                or not self.lengths.compiled):
+            return None
+        horizon, window = 0, None
+        if self.slo_horizon != "step":
+            # as ``weights`` keeps them for ``record_lengths``
+            self._outputs = (obs.request_ids, obs.request_ids.copy(),
+                             obs.num_output_tokens.copy())
+            window = self.lengths.expected_inputs()
+            horizon = 0 if window is None else HORIZONS[self.slo_horizon]
+        sorted_, suffix, size = window or _NO_WINDOW
+        lost = self.lost_weight is not None and obs.ttft_slo_s is not None
+        b, first = prefix_grid(obs.num_requests * K, self.num_budget_points)
+        a, w, q, row, rate, depth, marginal, k, prefill_value = kernel(
+            *self.tracker.rate_inputs(), sorted_, suffix, size,
+            np.asarray(obs.request_ids, np.int64), np.asarray(obs.num_output_tokens, np.int64),
+            obs.decode_elapsed_s, obs.since_arrival_s, obs.tpot_slo_s,
+            obs.ttft_slo_s if lost else obs.tpot_slo_s, lost, horizon, obs.context_lens,
+            int(obs.num_waiting), int(obs.num_prefill_tokens),
+            float(obs.sum_prefill_context_tokens), float(t_step),
+            queue_value(obs, self.queue_weight, self.ttft_ref_s), self._chain_constants, K,
+            caps_in_range(self.chain_caps, K), first, b, cost.kind, cost.draft, cost.target)
+        # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
+        best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
+                          depth_pass=q if row == 0 else a, widths=np.ones(a.size, np.int64))
+        self._set_plan(obs, best, w, float(prefill_value), cost, width=1)
+        return self._chain_decision(obs, k, K)
+
+    @functools.cached_property
+    def _chain_constants(self) -> np.ndarray:
+        """``DECIDE_CHAIN``'s policy constants (``slo_goodput_step_kernels.SLO_WEIGHT`` ..
+        ``EXTEND``), read-only: the parameters are set once, in ``__init__``."""
+        values = np.array([
+            self.slo_weight, self.max_boost, self.slack_discount, float(self.triage),
+            1.0 - self.slo_margin, np.inf if self.lost_weight is None else self.lost_weight,
+            self.fair_share, self.slo_step_factor, _GUARDS[self.slo_guard],
+            -1 if self.max_step_tokens is None else int(self.max_step_tokens),
+            float(self.prefill_neutral), self.extend_positions], np.float64)
+        values.setflags(write=False)
+        return values
 
     def _set_plan(self, obs: Observation, best: PrefixPlan, w: np.ndarray,
                   prefill_value: float, cost, width: int | None = None) -> None:
@@ -401,6 +456,10 @@ class SloGoodput(Policy):
         self.tracker.forget(feedback.finished_ids)
 
 
+# a length window's inputs before it has ``min_samples`` lengths (unread: horizon 0)
+_NO_WINDOW = (np.zeros(1), np.zeros(2), 0)
+
+
 class _CalledBack:
     """A cost model without ``coefficients()`` (as a fitted profile): the plan's kernels
     then call it between them, a path of its own to compile."""
@@ -433,6 +492,10 @@ def _warm_up_kernels(cls: type) -> None:
         # a tree step's rankings (TREE_RANKINGS), which the chain plan above does not reach
         plan_widths_and_caps(obs, w, a, 8, [1, 2], (1,), 0.0, "per_token", 1.5, None, 256)
         tree_widths(a, 4, (0.7, 0.9), True)
+        # decide's chain plan as its own call (DECIDE_CHAIN runs it inside; a fair share
+        # other than 0 or 1 takes the calls one by one)
+        chain_decide(obs, w, a, 8, (1,), 0.0, True, "per_token", 1.5, None, 256, 8,
+                     kernel_cost(obs))
         slots, ones = np.ones((n, 8)), np.ones((n, 8), np.int64)
         plan_slots(obs, w, slots, ones, slots[None], 0.0, "per_token", 1.5, None, 256)
         plan_oracle_slots(obs, w, slots, ones, 0.0, "per_token", 1.5, None, 256)

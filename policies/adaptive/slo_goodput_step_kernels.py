@@ -19,11 +19,12 @@ import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
 from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, DRAFTING_MASKS, PLAN_ROWS,
-                                                   SURVIVAL_COLUMNS, VERIFIED_COUNTS,
+                                                   SLO_WEIGHTS, SURVIVAL_COLUMNS, VERIFIED_COUNTS,
                                                    VERIFY_RANKING, VERIFY_TIMES, _capped_from,
                                                    _fix_order, _np_max, _np_min, _pass_s,
-                                                   numba)
+                                                   _slo_weights, numba)
 from policies.adaptive.sort_kernels import _stable_argsort
+from policies.adaptive.state_kernels import _lengths_expected, _tracker_rate
 
 
 def _neutral_prefill_value(context_lens, num_prefill_tokens, prefill_ctx, kind, tcoef):
@@ -142,6 +143,63 @@ def _chain_decide(q, accept, weight, K, caps, first, b, full, context_lens, kind
         if depth[i] > 0:
             k[i] = min(depth[i] + extend, K)
     return best, rates[best], depth, marginals[best], k, prefill_value
+
+
+# ``_decide_chain``'s policy constants, by index (``SloGoodput._chain_constants``)
+(SLO_WEIGHT, MAX_BOOST, SLACK_DISCOUNT, TRIAGE, SLO_SHARE, LOST_WEIGHT, FAIR_SHARE,
+ SLO_STEP_FACTOR, GUARD, MAX_STEP_TOKENS, PREFILL_NEUTRAL, EXTEND) = range(12)
+
+
+def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+                  lengths_suffix, num_lengths, request_ids, num_output_tokens,
+                  decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
+                  context_lens, num_waiting, num_prefill_tokens, prefill_ctx, t_step_s,
+                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef):
+    """``SloGoodput.decide``'s whole chain step in one call: the acceptance estimates
+    (``AcceptanceTracker.rate``), the expected remaining outputs when ``horizon`` reads them
+    (``OutputLengths.expected_remaining``), the SLO weights (``slo_weights``), the fair share
+    (``fair_share_weights`` with gamma 1: numpy's ``f ** 1.0`` is ``f``) and the plan
+    (``_chain_decide``, its target-pass base as ``kernel_cost`` forms it); ``constants``
+    indexed by this module's SLO_WEIGHT .. EXTEND. ``lost``: the lost weight applies (else
+    ``ttft_slo_s`` is unread). The same floats as those calls one by one.
+    Returns (accept, weight, q, row, its rate, planned depth, marginal slot value, lengths,
+    w_p)."""
+    n = request_ids.size
+    accept = _tracker_rate(tracker_ids, tracker_values, request_ids, global_rate, prior_weight)
+    remaining = tpot_slo_s                       # unread with horizon 0
+    if horizon != 0:
+        remaining = _lengths_expected(lengths_sorted, lengths_suffix, num_lengths,
+                                      num_output_tokens)
+    weight = _slo_weights(num_output_tokens, decode_elapsed_s, tpot_slo_s, t_step_s,
+                          constants[SLO_WEIGHT], constants[MAX_BOOST],
+                          constants[SLACK_DISCOUNT], constants[TRIAGE] != 0.0,
+                          constants[SLO_SHARE], since_arrival_s, ttft_slo_s,
+                          constants[LOST_WEIGHT], lost, remaining, horizon)
+    if constants[FAIR_SHARE] > 0.0 and num_waiting == 0 and n > 0:
+        slack = True
+        for i in range(n):
+            if weight[i] > 1.0:
+                slack = False
+        if slack:                                # w * (f / f.mean())
+            f = np.empty(n)
+            for i in range(n):
+                f[i] = 1.0 - _np_min(_np_max(accept[i], 0.0), 0.95)
+            mean = _pairwise_sum(f, n) / n
+            for i in range(n):
+                weight[i] = weight[i] * (f[i] / mean)
+    q = np.empty(n)
+    for i in range(n):                           # chain_q: 1 - (1 - a)^1
+        q[i] = 1.0 - (1.0 - accept[i])
+    ctx = 0
+    for i in range(n):                           # whole tokens: exact in any order
+        ctx += context_lens[i]
+    row, rate, depth, marginal, k, prefill_value = _chain_decide(
+        q, accept, weight, K, caps, first, b, b.size == n * K + 1, context_lens, kind, dcoef,
+        tcoef, float(num_prefill_tokens + n), float(n + (1 if num_prefill_tokens > 0 else 0)),
+        prefill_ctx + float(ctx), tpot_slo_s, constants[SLO_STEP_FACTOR],
+        int(constants[GUARD]), int(constants[MAX_STEP_TOKENS]), num_prefill_tokens,
+        prefill_ctx, queue_value, constants[PREFILL_NEUTRAL] != 0.0, int(constants[EXTEND]))
+    return accept, weight, q, row, rate, depth, marginal, k, prefill_value
 
 
 def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, first, b, full,
@@ -511,6 +569,12 @@ if numba is not None:
     NEUTRAL_PREFILL_VALUE = _neutral_prefill_value
     _depth_powers = numba.njit(cache=True)(_depth_powers)
     CHAIN_DECIDE = numba.njit(cache=True)(_chain_decide)
+    _chain_decide = CHAIN_DECIDE
+    _tracker_rate = state_kernel("tracker_rate")
+    _lengths_expected = state_kernel("lengths_expected")
+    _slo_weights = SLO_WEIGHTS
+    # numpy's error model as SLO_WEIGHTS': an SLO of 0 s divides as numpy does
+    DECIDE_CHAIN = numba.njit(cache=True, error_model="numpy")(_decide_chain)
     _live_by_depth = numba.njit(cache=True)(_live_by_depth)
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
     _plan_ordered = numba.njit(cache=True)(_plan_ordered)
@@ -528,6 +592,7 @@ if numba is not None:
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
+    DECIDE_CHAIN = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None

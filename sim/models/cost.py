@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from policies.interface import ROOFLINE, CostCoefficients
 from sim.models.hardware import HardwareSpec, get_hardware
 from sim.models.shapes import ModelShape, get_model
 
@@ -52,6 +53,9 @@ class RooflineCostModel:
         # says how much of it sampling takes)
         self._draft_sync = (None if draft is None else self._coefficients(
             draft, hardware.draft_step_overhead_s, lm_head=False))
+        # built once: policies ask for it every step (a new one cost ~2.5 us a call)
+        self._form = (None if draft is None
+                      else CostCoefficients(ROOFLINE, self._target, self._draft))
 
     def _coefficients(self, m: ModelShape, overhead_s: float, lm_head: bool = True) -> tuple:
         hw = self.hardware
@@ -80,10 +84,7 @@ class RooflineCostModel:
 
     def coefficients(self):
         """``policies.interface.CostCoefficients`` of this roofline (None without a draft)."""
-        from policies.interface import ROOFLINE, CostCoefficients
-        if self._draft is None:
-            return None
-        return CostCoefficients(ROOFLINE, self._target, self._draft)
+        return self._form
 
     def scalar_coefficients(self) -> tuple:
         """(target, draft) coefficient tuples (s per token, s per context token, s to stream

@@ -154,7 +154,8 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "'CHAIN_RANKINGS', 'VERIFY_TIMES', 'SLO_WEIGHTS', 'TREE_RANKINGS', 'TARGET_WIDTHS'); "
             "from policies.adaptive import slo_goodput_step_kernels as s; "
             "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
-            "'CHAIN_DECIDE', 'SLOT_PLAN', 'ORACLE_SLOT_PLAN', 'NEUTRAL_PREFILL_VALUE'); "
+            "'CHAIN_DECIDE', 'SLOT_PLAN', 'ORACLE_SLOT_PLAN', 'NEUTRAL_PREFILL_VALUE', "
+            "'DECIDE_CHAIN'); "
             "count = lambda: [len(getattr(k, x).signatures) for x in names] "
             "+ [len(getattr(s, x).signatures) for x in fused]; "
             "before = count(); "
@@ -162,7 +163,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 20 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 21 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -394,10 +395,13 @@ def test_drafting_and_verify_passes_match_numpy(n):
 
 
 def test_chain_decide_matches_numpy():
-    """decide's chain plan in one compiled call (``chain_decide``) against numpy's path,
-    plan field by field and the lengths: random rates, SLOs (tight, none), queues, prefill
-    chunks (neutral value on and off, a queue term), guards, caps, verified-token caps,
-    both prefix grids, extensions and the two cost forms with coefficients."""
+    """decide's chain plan in one compiled call (``DECIDE_CHAIN``: estimates, weights, fair
+    share and plan) against numpy's path, plan field by field and the lengths: random rates,
+    SLOs (tight, none; TTFT SLOs met, missed or absent, the lost weight on and off), the
+    three horizons with and without a window of finished lengths, queues, prefill chunks
+    (neutral value on and off, a queue term), guards, caps, verified-token caps, both prefix
+    grids, extensions, fair shares (0 and 1 in the one call, 0.5 on the calls one by one)
+    and the two cost forms with coefficients."""
     from policies.adaptive.slo_goodput import SloGoodput
     rng = np.random.default_rng(21)
     seen = set()
@@ -405,10 +409,14 @@ def test_chain_decide_matches_numpy():
         n = int(rng.choice([1, 2, 9, 40, 130]))
         K = int(rng.choice([1, 4, 8]))
         obs, _, _ = random_case(rng, n, K, 1 + case % 2)
+        since = rng.uniform(0.0, 6.0, n)
         obs = type(obs)(**{**obs.__dict__,
                            "num_waiting": int(rng.choice([0, 3])),
                            "oldest_waiting_s": float(rng.uniform(0.0, 2.0)),
-                           "decode_elapsed_s": rng.uniform(0.0, 4.0, n),
+                           "decode_elapsed_s": np.minimum(rng.uniform(0.0, 4.0, n), since),
+                           "since_arrival_s": since,
+                           "ttft_slo_s": (None if case % 7 == 0
+                                          else rng.choice([0.5, 2.0, np.inf], n)),
                            "num_output_tokens": rng.integers(1, 150, n).astype(np.int64)})
         kw = dict(slo_guard=str(rng.choice(["off", "step", "per_token"])),
                   chain_caps=((1,), (1, 2), (2, 5, 9), ())[case % 4],
@@ -416,9 +424,15 @@ def test_chain_decide_matches_numpy():
                   num_budget_points=int(rng.choice([3, 16, 256])),
                   extend_positions=int(rng.integers(0, 9)),
                   queue_weight=float(rng.choice([0.0, 0.5])),
-                  prefill_neutral=bool(case % 5), fair_share=float(rng.choice([0.0, 1.0])))
+                  prefill_neutral=bool(case % 5),
+                  fair_share=float(rng.choice([0.0, 1.0, 1.0, 0.5])),
+                  slo_horizon=str(rng.choice(["step", "request", "both"])),
+                  lost_weight=None if case % 4 == 1 else 0.5)
         fast, slow = SloGoodput(**kw), SloGoodput(**kw)
         slow.compiled = False
+        fused = []
+        decide_chain = fast._decide_chain
+        fast._decide_chain = lambda *args: fused.append(decide_chain(*args)) or fused[-1]
         ids = obs.request_ids
         for _ in range(3):               # the same per-request rates in both
             spec = rng.integers(0, K + 1, n)
@@ -427,9 +441,19 @@ def test_chain_decide_matches_numpy():
                 p.tracker.compiled = False
                 p.tracker.observe(ids, spec, acc)
                 p.tracker.compiled = True
+        if case % 3:                     # a window of finished lengths: the horizon applies
+            lengths = rng.integers(1, 400, int(rng.choice([15, 40])))
+            for p in (fast, slow):
+                p.lengths.record(lengths)
         t_step = float(rng.uniform(0.01, 0.1))
         fast.t_step_s = slow.t_step_s = t_step
         a, b = fast.decide(obs), slow.decide(obs)
+        assert len(fused) == 1 and (fused[0] is None) == (kw["fair_share"] == 0.5), case
+        if fused[0] is not None:
+            seen |= {f"horizon {kw['slo_horizon']}"} if len(fast.lengths) >= 16 else set()
+            seen |= {"lost"} if (kw["lost_weight"] and obs.ttft_slo_s is not None
+                                 and (pb_w := slow._plan.weight).size
+                                 and np.any(pb_w == 0.5)) else set()
         assert np.array_equal(a.num_spec_tokens, b.num_spec_tokens), case
         assert a.num_spec_tokens.dtype == b.num_spec_tokens.dtype
         pa, pb = fast._plan, slow._plan
@@ -442,7 +466,8 @@ def test_chain_decide_matches_numpy():
         seen |= {"prefill"} if pb.prefill_value > 0 else set()
         seen |= {"blocked"} if pb.rate == -np.inf else set()
         seen |= {"drafts"} if b.num_spec_tokens.any() else set()
-    assert {"prefill", "drafts"} <= seen, seen
+    assert {"prefill", "drafts", "lost", "horizon step", "horizon request",
+            "horizon both"} <= seen, seen
 
 
 def test_oracle_orders_and_prefill_value_match_numpy():
