@@ -18,8 +18,8 @@ from policies.adaptive.slo_goodput_plan import (_GUARDS, KernelCost, PrefixPlan,
                                                  kernel_cost, plan_oracle_slots, plan_slots,
                                                  plan_widths_and_caps, prefix_grid,
                                                  step_kernel, tree_plan_arrays)
-from policies.adaptive.slo_goodput_tree_shapes import (best_plan, best_row, tree_step,
-                                                       tree_widths)
+from policies.adaptive.slo_goodput_tree_shapes import (_targets, best_plan, best_row,
+                                                       tree_step, tree_widths)
 from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
                                                   prefill_chunk_value, queue_value,
                                                   slo_weights)
@@ -276,6 +276,10 @@ class SloGoodput(Policy):
             self._set_plan(obs, best, w, prefill_value, cost, width=1)
             return self._chain_decision(obs, k, K)
         prefill_value = self.prefill_value(obs)
+        if tree and cost is not None and cost.kind >= 0:
+            decision = self._decide_tree(obs, w, a, K, prefill_value, cost)
+            if decision is not None:
+                return decision
         widths = (tree_widths(a, self.w_max, self.tree_pass_targets, self.compiled) if tree
                   else [1])
         args = (obs, w, a, K, widths, self.chain_caps, prefill_value, self.slo_guard,
@@ -334,6 +338,36 @@ class SloGoodput(Policy):
                           depth_pass=q if row == 0 else a, widths=np.ones(a.size, np.int64))
         self._set_plan(obs, best, w, float(prefill_value), cost, width=1)
         return self._chain_decision(obs, k, K)
+
+    def _decide_tree(self, obs: Observation, w: np.ndarray, a: np.ndarray, K: int,
+                     prefill_value: float, cost: KernelCost) -> Decision | None:
+        """A tree step's plan and decision from its weights in one compiled call
+        (``DECIDE_TREE``: the shapes, their rankings, every row's best prefix, the row taken,
+        the lengths and nodes), the same floats as ``tree_widths``, ``tree_plan_arrays``
+        and ``best_row``; the depth pass chances 1 - (1 - a_i)^W from numpy's power, as
+        those have them. None where the chain alone is the only shape (``w_max`` 1, no
+        targets)."""
+        kernel = step_kernel("DECIDE_TREE")
+        if kernel is None or (self.w_max == 1 and not self.tree_pass_targets):
+            return None
+        n = obs.num_requests
+        pass_table = 1.0 - (1.0 - a[:, None]) ** _widths_up_to(self.w_max)
+        b, first = prefix_grid(n * K, self.num_budget_points)
+        row, rate, depth, marginal, q, widths, widest, k, nodes = kernel(
+            a, pass_table, w, K, _targets(self.tree_pass_targets),
+            caps_in_range(self.chain_caps, K), first, b, obs.context_lens, cost.kind, cost.draft, cost.target, cost.tokens_base,
+            cost.seqs, cost.ctx_base, float(w.sum() + prefill_value),
+            self.slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)),
+            _GUARDS[self.slo_guard],
+            -1 if self.max_step_tokens is None else int(self.max_step_tokens),
+            int(obs.num_prefill_tokens), self.tree_min_gain, self.extend_positions,
+            self.tree_extend_positions, obs.k_max)
+        best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
+                          depth_pass=q, widths=widths)
+        self._set_plan(obs, best, w, prefill_value, cost, width=int(widest))
+        if widest == 1:
+            return self._chain_decision(obs, k, K)
+        return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
 
     @functools.cached_property
     def _chain_constants(self) -> np.ndarray:
@@ -456,6 +490,15 @@ class SloGoodput(Policy):
         self.tracker.forget(feedback.finished_ids)
 
 
+@functools.lru_cache(maxsize=16)
+def _widths_up_to(w_max: int) -> np.ndarray:
+    """(1, w_max) int widths 1..w_max, the exponents of ``tree_widths``' pass chances
+    (read-only, shared by every step)."""
+    out = np.arange(1, w_max + 1)[None, :]
+    out.setflags(write=False)
+    return out
+
+
 # a length window's inputs before it has ``min_samples`` lengths (unread: horizon 0)
 _NO_WINDOW = (np.zeros(1), np.zeros(2), 0)
 
@@ -496,6 +539,8 @@ def _warm_up_kernels(cls: type) -> None:
         # other than 0 or 1 takes the calls one by one)
         chain_decide(obs, w, a, 8, (1,), 0.0, True, "per_token", 1.5, None, 256, 8,
                      kernel_cost(obs))
+        # a tree step's plan in one call (DECIDE_TREE), which a chain class's steps skip
+        cls(chain_only=False)._decide_tree(obs, w, a, 8, 0.0, kernel_cost(obs))
         slots, ones = np.ones((n, 8)), np.ones((n, 8), np.int64)
         plan_slots(obs, w, slots, ones, slots[None], 0.0, "per_token", 1.5, None, 256)
         plan_oracle_slots(obs, w, slots, ones, 0.0, "per_token", 1.5, None, 256)

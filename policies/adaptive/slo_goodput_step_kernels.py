@@ -19,7 +19,8 @@ import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
 from policies.adaptive.slo_goodput_kernels import (CHAIN_RANKINGS, DRAFTING_MASKS, PLAN_ROWS,
-                                                   SLO_WEIGHTS, SURVIVAL_COLUMNS, VERIFIED_COUNTS,
+                                                   SLO_WEIGHTS, SURVIVAL_COLUMNS, TARGET_WIDTHS,
+                                                   TREE_RANKINGS, VERIFIED_COUNTS,
                                                    VERIFY_RANKING, VERIFY_TIMES, _capped_from,
                                                    _fix_order, _np_max, _np_min, _pass_s,
                                                    _slo_weights, numba)
@@ -200,6 +201,78 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
         int(constants[GUARD]), int(constants[MAX_STEP_TOKENS]), num_prefill_tokens,
         prefill_ctx, queue_value, constants[PREFILL_NEUTRAL] != 0.0, int(constants[EXTEND]))
     return accept, weight, q, row, rate, depth, marginal, k, prefill_value
+
+
+def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context_lens, kind,
+                 dcoef, tcoef, tokens_base, seqs, ctx_base, base_value, cap_s, guard,
+                 max_step_tokens, num_prefill_tokens, min_gain, extend, tree_extend, k_max):
+    """``SloGoodput.decide``'s tree step past its weights in one call: the shapes
+    (``tree_widths``: widths 1..w_max, then per target in ``targets`` each request's
+    narrowest passing width, ``TARGET_WIDTHS``), their rankings with the capped chain rows
+    (``tree_rankings``), every row's best prefix (``PLAN_ROWS``), the row taken
+    (``best_row``) and the lengths and nodes per depth. ``pass_table`` (n, w_max) is numpy's
+    1 - (1 - a_i)^W for W = 1..w_max: each row's depth pass chances are looked up in it
+    (numpy's power gives a pair (x, W) the same float wherever it sits in an array), the
+    depths' powers are products as ``depth_powers``' cumprod. The same floats as those
+    calls. Returns (row, its rate, planned depth, marginal slot value, q, widths, its widest
+    width, lengths, nodes per depth (n, k_max): empty for a chain)."""
+    n, w_max = pass_table.shape
+    nw = w_max + targets.size
+    W = np.empty((nw, n), np.int64)
+    q = np.empty((nw, n))
+    for r in range(w_max):
+        for i in range(n):
+            W[r, i] = r + 1
+            q[r, i] = pass_table[i, r]
+    if targets.size:
+        target_widths = TARGET_WIDTHS(pass_table, targets, w_max)
+        for t in range(targets.size):
+            for i in range(n):
+                W[w_max + t, i] = target_widths[t, i]
+                q[w_max + t, i] = pass_table[i, target_widths[t, i] - 1]
+    tokens = np.empty((nw, n * K))
+    for r in range(nw):
+        tokens[r] = _depth_powers(q[r], K)
+    tok, value, order, Ws, feed, q_all, W_all = TREE_RANKINGS(
+        tokens, W, q, weight, K, _depth_powers(accept, K), accept, caps)
+    chains = True
+    for r in range(W_all.shape[0]):
+        for i in range(n):
+            if W_all[r, i] > 1:
+                chains = False
+    _, rates, depths, marginals = PLAN_ROWS(
+        order, first, context_lens, feed, Ws, K, chains, b.size == n * K + 1, b, kind, dcoef,
+        tcoef, tokens_base, seqs, ctx_base, value, tok, base_value, n, cap_s, guard,
+        max_step_tokens, num_prefill_tokens)
+    chain = 0                                    # best_row: the best chain, then the trees
+    for r in range(nw, rates.size):
+        if rates[r] > rates[chain]:
+            chain = r
+    best = chain
+    for r in range(1, nw):
+        if rates[r] > rates[best] * (1.0 + min_gain):
+            starves = False
+            for i in range(n):
+                if depths[r, i] == 0 and depths[chain, i] > 0:
+                    starves = True
+            if not starves:
+                best = r
+    widest = 1
+    for i in range(n):
+        if W_all[best, i] > widest:
+            widest = W_all[best, i]
+    more = extend if widest == 1 else tree_extend
+    k = np.zeros(n, np.int64)
+    for i in range(n):
+        if depths[best, i] > 0:
+            k[i] = min(depths[best, i] + more, K)
+    nodes = np.zeros((n if widest > 1 else 0, k_max), np.int64)
+    if widest > 1:
+        for i in range(n):
+            for j in range(min(k[i], k_max)):
+                nodes[i, j] = W_all[best, i]
+    return (best, rates[best], depths[best].copy(), marginals[best], q_all[best].copy(),
+            W_all[best].copy(), widest, k, nodes)
 
 
 def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, first, b, full,
@@ -575,6 +648,7 @@ if numba is not None:
     _slo_weights = SLO_WEIGHTS
     # numpy's error model as SLO_WEIGHTS': an SLO of 0 s divides as numpy does
     DECIDE_CHAIN = numba.njit(cache=True, error_model="numpy")(_decide_chain)
+    DECIDE_TREE = numba.njit(cache=True)(_decide_tree)
     _live_by_depth = numba.njit(cache=True)(_live_by_depth)
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
     _plan_ordered = numba.njit(cache=True)(_plan_ordered)
@@ -592,7 +666,7 @@ if numba is not None:
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    DECIDE_CHAIN = None
+    DECIDE_CHAIN = DECIDE_TREE = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None

@@ -155,7 +155,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "from policies.adaptive import slo_goodput_step_kernels as s; "
             "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
             "'CHAIN_DECIDE', 'SLOT_PLAN', 'ORACLE_SLOT_PLAN', 'NEUTRAL_PREFILL_VALUE', "
-            "'DECIDE_CHAIN'); "
+            "'DECIDE_CHAIN', 'DECIDE_TREE'); "
             "count = lambda: [len(getattr(k, x).signatures) for x in names] "
             "+ [len(getattr(s, x).signatures) for x in fused]; "
             "before = count(); "
@@ -163,7 +163,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "make_policy('fixed', k=3).warm_up(); "
             "print(json.dumps([before, count(), t.num_calls]))")
     before, after, calls = fresh_process_json(code)
-    assert before == [0] * 21 and min(after) >= 1 and calls == 0, (before, after, calls)
+    assert before == [0] * 22 and min(after) >= 1 and calls == 0, (before, after, calls)
 
 
 def test_tracker_and_calibrator_state_match_numpy():
@@ -468,6 +468,72 @@ def test_chain_decide_matches_numpy():
         seen |= {"drafts"} if b.num_spec_tokens.any() else set()
     assert {"prefill", "drafts", "lost", "horizon step", "horizon request",
             "horizon both"} <= seen, seen
+
+
+def test_tree_decide_matches_numpy():
+    """A tree step's decide in one compiled call (``DECIDE_TREE``: shapes, rankings, prefix
+    search, the row taken, lengths and nodes) against numpy's path: the decision (lengths
+    and nodes per depth) and the plan field by field, over random rates (0 and 1 among
+    them), SLOs, widths up to 1..8 with and without pass targets, caps, minimum gains,
+    extensions, guards, verified-token caps, both prefix grids and both cost forms with
+    coefficients; with ``w_max`` 1 and no targets the calls one by one."""
+    from policies.adaptive.slo_goodput import SloGoodput
+    rng = np.random.default_rng(34)
+    seen = set()
+    for case in range(120):
+        n = int(rng.choice([1, 2, 9, 40]))
+        K = int(rng.choice([1, 4, 8]))
+        obs, _, _ = random_case(rng, n, K, 1 + case % 2)
+        obs = type(obs)(**{**obs.__dict__, "num_prefill_tokens": 0,
+                           "sum_prefill_context_tokens": 0, "num_waiting": 0,
+                           "decode_elapsed_s": rng.uniform(0.0, 4.0, n),
+                           "num_output_tokens": rng.integers(1, 150, n).astype(np.int64)})
+        kw = dict(slo_guard=str(rng.choice(["off", "step", "per_token"])),
+                  chain_caps=((1,), (1, 2), ())[case % 3],
+                  max_step_tokens=None if case % 3 else int(n * rng.integers(1, 6)),
+                  num_budget_points=int(rng.choice([3, 16, 256])),
+                  w_max=int(rng.choice([1, 2, 4, 8])),
+                  tree_pass_targets=((0.7, 0.9), (), (0.5, 0.8, 0.95))[case % 3 if case % 5
+                                                                       else 0],
+                  tree_min_gain=float(rng.choice([0.0, 0.05])),
+                  extend_positions=int(rng.integers(0, 3)),
+                  tree_extend_positions=int(rng.integers(0, 2)))
+        fast, slow = (make_policy("slo_goodput_tree", **kw),
+                      make_policy("slo_goodput_tree", **kw))
+        slow.compiled = False
+        fused = []
+        decide_tree = fast._decide_tree
+        fast._decide_tree = lambda *args: fused.append(decide_tree(*args)) or fused[-1]
+        ids = obs.request_ids
+        for _ in range(3):               # the same per-request rates in both
+            spec = rng.integers(0, K + 1, n)
+            acc = np.minimum(rng.integers(0, K + 1, n), spec)
+            if case % 4 == 0:            # estimates at 0 and near 1
+                acc = np.where(np.arange(n) % 2, spec, 0)
+            for p in (fast, slow):
+                p.tracker.compiled = False
+                p.tracker.observe(ids, spec, acc)
+                p.tracker.compiled = True
+        fast.t_step_s = slow.t_step_s = float(rng.uniform(0.01, 0.1))
+        a, b = fast.decide(obs), slow.decide(obs)
+        chain_only = kw["w_max"] == 1 and not kw["tree_pass_targets"]
+        assert len(fused) == 1 and (fused[0] is None) == chain_only, case
+        assert np.array_equal(a.num_spec_tokens, b.num_spec_tokens), case
+        assert (a.nodes_per_depth is None) == (b.nodes_per_depth is None), case
+        if b.nodes_per_depth is not None:
+            assert np.array_equal(a.nodes_per_depth, b.nodes_per_depth), case
+            assert a.nodes_per_depth.dtype == b.nodes_per_depth.dtype == np.int64
+            seen.add("tree")
+        pa, pb = fast._plan, slow._plan
+        for field in ("base_k", "accept", "weight", "widths"):
+            x, y = getattr(pa, field), getattr(pb, field)
+            assert np.array_equal(x, y) and x.dtype == y.dtype, (case, field)
+        for field in ("marginal", "prefill_value", "rate", "width"):
+            x, y = getattr(pa, field), getattr(pb, field)
+            assert x == y or (np.isnan(x) and np.isnan(y)), (case, field, x, y)
+        seen |= {"chain"} if b.nodes_per_depth is None and b.num_spec_tokens.any() else set()
+        seen |= {"per-request widths"} if len(set(pb.widths.tolist())) > 1 else set()
+    assert {"tree", "chain", "per-request widths"} <= seen, seen
 
 
 def test_oracle_orders_and_prefill_value_match_numpy():
