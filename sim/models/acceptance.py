@@ -77,12 +77,13 @@ class StepDraw:
                              "replayed traces record chains only")
         u = self.uniforms
         fail = np.broadcast_to(1.0 - self.rates, u.shape)
-        # (1-a)^w < 1-u  <=>  w > log(1-u) / log(1-a); the loop below settles rounding by
-        # testing the very inequality tree_accepted tests, width by width
-        out = np.full(u.shape, max_width + 1, np.int64)
-        for w in range(max_width, 0, -1):
-            out[u < 1.0 - fail ** w] = w
-        return out
+        # (1-a)^w < 1-u  <=>  w > log(1-u) / log(1-a); rounding is settled by testing the
+        # very inequality tree_accepted tests, every width at once: an array of integer
+        # widths as the exponent, as there (a Python int exponent would take numpy's
+        # scalar fast paths, e.g. np.square for 2, whose floats its power need not give)
+        passes = u[..., None] < 1.0 - fail[..., None] ** np.arange(1, max_width + 1)
+        return np.where(passes.any(axis=-1), passes.argmax(axis=-1) + 1,
+                        max_width + 1).astype(np.int64, copy=False)
 
 
 def _leading_true(ok: np.ndarray) -> np.ndarray:

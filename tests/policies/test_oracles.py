@@ -131,10 +131,18 @@ def test_tree_min_widths_match_the_simulators_tree_rule():
     u, rates = rng.random((50, 6)), rng.uniform(0.05, 0.95, (50, 1))
     draw = StepDraw(match_len=np.zeros(50, np.int64), confidences=None, uniforms=u, rates=rates)
     minw = draw.tree_min_widths(8)
-    for w in range(1, 9):
-        passes = u < 1.0 - (1.0 - rates) ** w
+    for w in range(1, 9):        # tree_accepted's inequality with every request at width w
+        width = np.full(u.shape, w)
+        passes = u < 1.0 - (1.0 - rates) ** width
         assert ((minw <= w) == passes).all()
-    assert (minw[~(u < 1.0 - (1.0 - rates) ** 8)] == 9).all()
+    assert (minw[~(u < 1.0 - (1.0 - rates) ** np.full(u.shape, 8))] == 9).all()
+    # at the boundary: a uniform equal to the pass chance fails, the next float below passes
+    edge = 1.0 - (1.0 - rates[:1]) ** np.full((1, 6), 2)
+    for shift, want in ((0, 3), (-1, 2)):
+        at = StepDraw(match_len=np.zeros(1, np.int64), confidences=None,
+                      uniforms=np.nextafter(edge, -np.inf) if shift else edge,
+                      rates=rates[:1])
+        assert (at.tree_min_widths(8) <= 2).all() == (want == 2)
     # the accepted depth of the exact tree is the leading run of widths <= 8
     widths = np.minimum(minw, 8)
     assert (draw.tree_accepted(widths) == np.cumprod(minw <= 8, axis=1).sum(axis=1)).all()
