@@ -104,8 +104,8 @@ class AcceptanceTracker:
 
     @property
     def global_rate(self) -> float:
-        s, f = self.global_counts
-        return float(s / (s + f))
+        s, f = self.global_counts.tolist()     # Python floats: the same division, no numpy scalars
+        return s / (s + f)
 
     def rate_inputs(self) -> tuple[np.ndarray, np.ndarray, float, float]:
         """What ``rate``'s compiled loop reads (ids, counts, fleet rate, prior weight), for a
