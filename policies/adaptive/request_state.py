@@ -66,6 +66,11 @@ class RequestTable:
             self.ids, self.values = self.ids[keep], self.values[keep]
 
 
+# OBSERVE_CHAINS' calibrator inputs without one (no bins: unread), and its chains' widths
+_NO_CALIBRATOR = (np.zeros(0), np.zeros(0), 1.0, np.zeros((0, 0)), 0)
+_NO_WIDTHS = np.zeros(0)
+
+
 class AcceptanceTracker:
     """Per-request per-draft-token acceptance estimate from verification outcomes.
 
@@ -155,27 +160,32 @@ class AcceptanceTracker:
                                   + np.array([acc[drafted].sum(), rej[drafted].sum()]))
 
     def observe_chains_with(self, calibrator, ids, num_spec, num_accepted, confidences,
-                            finished_ids) -> bool:
+                            finished_ids, reject_width=None) -> bool:
         """``observe(ids, num_spec, num_accepted)``, ``calibrator.observe(confidences,
         num_spec, num_accepted)`` and ``forget(finished_ids)`` of one chain-verification
         step in one compiled call (``slo_goodput_step_kernels.OBSERVE_CHAINS``: the same
         floats and table); False, having done nothing, where that call does not apply
-        (numpy's paths, idle decay)."""
+        (numpy's paths, idle decay). Token trees: ``observe(ids, num_spec, num_accepted,
+        reject_width)`` and ``forget`` with ``calibrator`` None (a tree step's confidences
+        are not calibrated)."""
         from policies.adaptive.slo_goodput_plan import step_kernel
         kernel = (step_kernel("OBSERVE_CHAINS")
-                  if self.compiled and calibrator.compiled and self.idle_decay == 1.0 else None)
+                  if self.compiled and (calibrator is None or calibrator.compiled)
+                  and self.idle_decay == 1.0 else None)
         if kernel is None:
             return False
         table = self.table
         finished_ids = np.asarray(finished_ids, np.int64)
+        bins = _NO_CALIBRATOR if calibrator is None else (
+            calibrator.accepted, calibrator.rejected, calibrator.decay,
+            np.asarray(confidences, float), calibrator.num_bins)
         drafted, is_new, rows, table.ids, table.values, forgot = kernel(
             table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
             np.asarray(num_accepted, float), self.decay, float(self._updates + 1),
-            self.global_counts, self.global_decay,
-            calibrator.accepted, calibrator.rejected, calibrator.decay,
-            np.asarray(confidences, float), calibrator.num_bins, finished_ids,
-            self.max_requests)
-        calibrator.counts_changed()
+            self.global_counts, self.global_decay, *bins, finished_ids, self.max_requests,
+            _NO_WIDTHS if reject_width is None else np.asarray(reject_width, float))
+        if calibrator is not None:
+            calibrator.counts_changed()
         if drafted:
             self._updates += 1
             if rows.shape[0]:                    # ids out of order: the sorted insertion

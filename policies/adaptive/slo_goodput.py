@@ -477,7 +477,12 @@ class SloGoodput(Policy):
         if step > 0:     # before the tracker: nothing below reads it
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
         if plan is not None and plan.width > 1 and np.array_equal(ids, plan.obs.request_ids):
-            self.tracker.observe(ids, spec // plan.widths, feedback.num_accepted, plan.widths)
+            depths = spec // plan.widths
+            if self.compiled and self.tracker.observe_chains_with(
+                    None, ids, depths, feedback.num_accepted, None, feedback.finished_ids,
+                    plan.widths):
+                return               # forgotten the finished requests too, in one call
+            self.tracker.observe(ids, depths, feedback.num_accepted, plan.widths)
         elif (self.compiled and self.calibrator is not None
               and self.tracker.observe_chains_with(self.calibrator, ids, spec,
                                                    feedback.num_accepted, feedback.confidences,

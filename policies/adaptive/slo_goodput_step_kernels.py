@@ -546,7 +546,7 @@ def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, co
 
 def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, decay, update,
                     global_counts, global_decay, cal_accepted, cal_rejected, cal_decay,
-                    confidences, num_bins, finished, max_requests):
+                    confidences, num_bins, finished, max_requests, width):
     """``AcceptanceTracker.observe`` (chains, no idle decay), ``ConfidenceCalibrator.observe``
     and ``AcceptanceTracker.forget(finished)`` of one step: known requests' counts, the
     fleet's counts (only in steps where some request drafted, as there) and the
@@ -557,7 +557,10 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
     them itself (``RequestTable.set``; empty when appended here), the table's ids and
     values, whether ``finished`` were dropped here: not when the caller inserts, nor when
     the table is past ``max_requests``, whose pruning comes first). ``accepted``: int, as
-    the calibrator reads it; ``accepted_f``: float, as the tracker does."""
+    the calibrator reads it; ``accepted_f``: float, as the tracker does. Token trees
+    (``width`` (n,) float, not empty: ``spec`` their verified depths, a rejected depth
+    counting as its width's rejections, as ``AcceptanceTracker.observe``'s
+    ``reject_width``) with ``num_bins`` 0: no calibrator (its arrays unread)."""
     for b in range(num_bins):
         cal_accepted[b] = cal_accepted[b] * cal_decay
         cal_rejected[b] = cal_rejected[b] * cal_decay
@@ -569,7 +572,7 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
             K = spec[i]
         if spec[i] > 0:
             any_spec = True
-    if K > 0:
+    if K > 0 and num_bins > 0:
         passed, failed = _calibration_counts(confidences, spec, accepted, num_bins)
         for b in range(num_bins):
             cal_accepted[b] = cal_accepted[b] + float(passed[b])
@@ -580,9 +583,9 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
     out_ids, out_values = table_ids, table_values
     if any_spec:
         # chains: a rejection counts once (width 1), as AcceptanceTracker.observe's
-        is_new, rows, acc_sum, rej_sum = _tracker_update(table_ids, table_values, ids, spec,
-                                                         accepted_f, np.ones(n), decay,
-                                                         update)
+        is_new, rows, acc_sum, rej_sum = _tracker_update(
+            table_ids, table_values, ids, spec, accepted_f,
+            width if width.size else np.ones(n), decay, update)
         num_new = rows.shape[0]
         global_counts[0] = global_counts[0] * global_decay + acc_sum
         global_counts[1] = global_counts[1] * global_decay + rej_sum

@@ -247,14 +247,16 @@ def test_slo_weights_match_numpy():
     assert kinds == {"nan", "floor", "boost", "lost", "horizon"}   # every branch was reached
 
 
-def test_fused_observe_matches_numpy():
+@pytest.mark.parametrize("trees", [False, True])
+def test_fused_observe_matches_numpy(trees):
     """The tracker's and calibrator's observe plus forget as one call
     (``observe_chains_with``) against the numpy paths, step by step over random outcomes:
     requests joining in and out of id order (the kernel's append and the table's sorted
-    insertion), idle steps, finished requests and a table pruned at ``max_requests``."""
+    insertion), idle steps, finished requests and a table pruned at ``max_requests``;
+    with ``trees``, token trees' depths with their widths and no calibrator."""
     from policies.adaptive.calibration import ConfidenceCalibrator
     from policies.adaptive.request_state import AcceptanceTracker
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(5 + trees)
     fast_t, slow_t = AcceptanceTracker(max_requests=24), AcceptanceTracker(max_requests=24)
     fast_c, slow_c = ConfidenceCalibrator(), ConfidenceCalibrator()
     slow_t.compiled = slow_c.compiled = False
@@ -273,9 +275,14 @@ def test_fused_observe_matches_numpy():
         finished = np.array(rng.choice(ids, size=min(n, int(rng.integers(0, 3))),
                                        replace=False) if rng.random() < 0.4 else [], np.int64)
         before = len(slow_t.table)
-        assert fast_t.observe_chains_with(fast_c, ids, spec, acc, conf, finished)
-        slow_t.observe(ids, spec, acc)
-        slow_c.observe(conf, spec, acc)
+        if trees:
+            width = rng.integers(1, 5, n)
+            assert fast_t.observe_chains_with(None, ids, spec, acc, None, finished, width)
+            slow_t.observe(ids, spec, acc, width)
+        else:
+            assert fast_t.observe_chains_with(fast_c, ids, spec, acc, conf, finished)
+            slow_t.observe(ids, spec, acc)
+            slow_c.observe(conf, spec, acc)
         slow_t.forget(finished)
         assert np.array_equal(fast_t.table.ids, slow_t.table.ids), step
         assert np.array_equal(fast_t.table.values, slow_t.table.values), step
@@ -292,7 +299,7 @@ def test_fused_observe_matches_numpy():
         while len(live) < 30:
             live.append(next_id)
             next_id += 1
-    assert len(fast_t.table) > 3 and fast_c.num_observations > 100
+    assert len(fast_t.table) > 3 and (fast_c.num_observations > 100) != trees
     assert seen == {"pruned", "appended"}, seen
 
 
