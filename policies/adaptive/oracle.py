@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.adaptive.slo_goodput import SloGoodput
-from policies.adaptive.slo_goodput_plan import plan_oracle_slots, plan_slots
+from policies.adaptive.slo_goodput_plan import (_GUARDS, kernel_cost, plan_oracle_slots,
+                                                 plan_slots, prefix_grid, step_kernel)
 from policies.adaptive.step_cost import step_time_ewma, uniform_step_s, verify_tokens_s
 from policies.interface import Decision, Feedback, Observation, Policy
 from policies.registry import register
@@ -137,6 +138,9 @@ class OracleSlo(Policy):
         t_step = self.t_step_s if self.t_step_s is not None else float(
             np.sum(uniform_step_s(obs, [0])))
         w = self.slo.weights(obs, t_step)
+        decision = self._decide_compiled(obs, w)
+        if decision is not None:
+            return decision
         plan = max((self._plan(obs, w, slot_pass, widths)
                     for slot_pass, widths in self.truths(obs, K)), key=lambda p: p.rate)
         k, widths = plan.depth, plan.widths_used
@@ -147,6 +151,11 @@ class OracleSlo(Policy):
         if nodes.max(initial=1) <= 1:
             return Decision(num_spec_tokens=k)
         return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
+
+    def _decide_compiled(self, obs: Observation, w: np.ndarray) -> Decision | None:
+        """The decision from the weights ``w`` in one compiled call, where a subclass has
+        one (None: the truths' plans one by one, below)."""
+        return None
 
     def truths(self, obs: Observation, K: int):
         """(slot_pass, slot_widths) pairs, each (n, K), of the shapes the oracle may draft:
@@ -187,6 +196,10 @@ class _Planned:
     widths_used: np.ndarray  # int (n, K), width per depth of the truth it was planned on
 
 
+_EVERY_PREFIX = np.zeros(0, np.int64)     # ORACLE_TREE_DECIDE's grid: every prefix
+_EVERY_PREFIX.setflags(write=False)       # (read-only, as prefix_grid's: one signature)
+
+
 @register("oracle_tree")
 class OracleTree(OracleSlo):
     """``oracle_slo`` for token trees: it knows, per request and depth, the narrowest tree
@@ -214,14 +227,42 @@ class OracleTree(OracleSlo):
                          slo_horizon)
         self.tree_oracle_max_width = int(w_max)
 
-    def truths(self, obs: Observation, K: int):
-        """The true trees (each depth at its narrowest passing width) and the true chains
-        (width 1: the leading depths that pass with one candidate)."""
+    def _decide_compiled(self, obs: Observation, w: np.ndarray) -> Decision | None:
+        """Both truths' plans, the better one and its nodes in one compiled call
+        (``slo_goodput_step_kernels.ORACLE_TREE_DECIDE``: the same plans and decision as
+        ``truths``, ``_plan`` and ``decide`` one by one; a second call with the truths'
+        prefix grids where a truth has more passing slots than ``num_budget_points``), for
+        a cost model with coefficients; else None."""
+        kernel = step_kernel("ORACLE_TREE_DECIDE") if self.slo.compiled else None
+        cost = kernel_cost(obs) if kernel is not None else None
+        if cost is None or cost.kind < 0:
+            return None
+        K = obs.k_max
+        args = (np.ascontiguousarray(self._min_widths(obs)[:, :K]), self.tree_oracle_max_width,
+                K, w, obs.context_lens, cost.kind, cost.draft, cost.target, cost.tokens_base,
+                cost.seqs, cost.ctx_base, float(self.slo.prefill_value(obs)), obs.tpot_slo_s,
+                float(self.slo.slo_step_factor), _GUARDS[self.slo.slo_guard],
+                int(obs.num_prefill_tokens), self.num_budget_points)
+        planned, k, nodes, live_tree, live_chain = kernel(*args, _EVERY_PREFIX, _EVERY_PREFIX)
+        if not planned:              # a coarse grid for a truth: the grids, as _plan's
+            planned, k, nodes, _, _ = kernel(
+                *args, prefix_grid(live_tree, self.num_budget_points)[0],
+                prefix_grid(live_chain, self.num_budget_points)[0])
+        if nodes.shape[0] == 0:
+            return Decision(num_spec_tokens=k)
+        return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
+
+    def _min_widths(self, obs: Observation) -> np.ndarray:
         minw = obs.future_tree_min_widths
         if minw is None:
             raise ValueError(f"{self.name}: the engine must fill "
                              "Observation.future_tree_min_widths (needs_tree_oracle is True)")
-        minw = np.asarray(minw, np.int64)[:, :K]
+        return np.asarray(minw, np.int64)
+
+    def truths(self, obs: Observation, K: int):
+        """The true trees (each depth at its narrowest passing width) and the true chains
+        (width 1: the leading depths that pass with one candidate)."""
+        minw = self._min_widths(obs)[:, :K]
         ok = np.cumprod(minw <= self.tree_oracle_max_width, axis=1).astype(bool)
         chain = np.cumprod(minw <= 1, axis=1).astype(float)
         return [(ok.astype(float), np.where(ok, minw, 1)),

@@ -275,6 +275,77 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
             W_all[best].copy(), widest, k, nodes)
 
 
+def _oracle_tree_decide(min_widths, w_max, K, weight, context_lens, kind, dcoef, tcoef,
+                        tokens_base, seqs, ctx_base, prefill_value, tpot_slo_s,
+                        slo_step_factor, guard, num_prefill_tokens, num_budget_points,
+                        tree_grid, chain_grid):
+    """``OracleTree.decide`` past its weights in one call: the true trees (each depth at
+    its narrowest passing width up to the first depth none <= ``w_max`` passes) and the
+    true chains (``OracleTree.truths``), each planned by ``_oracle_slot_plan``, the first
+    of the higher rates taken (Python's ``max``), its lengths and nodes per depth.
+    ``tree_grid`` / ``chain_grid``: each truth's prefix lengths (``prefix_grid`` of its
+    passing slots); empty: every prefix, where ``num_budget_points`` exceeds both truths'
+    passing slots (else nothing is planned, and the caller asks again with the grids).
+    Returns (planned, lengths, nodes (n, k_max): empty when they would all be <= 1, the
+    chain's decision; the trees' and the chains' passing slots)."""
+    n = min_widths.shape[0]
+    k_max = min_widths.shape[1]
+    tree_pass = np.zeros((n, K))
+    tree_widths = np.ones((n, K), np.int64)
+    chain_pass = np.zeros((n, K))
+    live_tree = 0
+    live_chain = 0
+    for i in range(n):
+        ok, chain = True, True
+        for j in range(K):
+            ok = ok and min_widths[i, j] <= w_max
+            chain = chain and min_widths[i, j] <= 1
+            if ok:
+                tree_pass[i, j] = 1.0
+                tree_widths[i, j] = min_widths[i, j]
+                live_tree += 1
+            if chain:
+                chain_pass[i, j] = 1.0
+                live_chain += 1
+    no_nodes = np.zeros((0, k_max), np.int64)
+    if tree_grid.size == 0 and (live_tree + 1 > num_budget_points
+                                or live_chain + 1 > num_budget_points):
+        return False, np.zeros(n, np.int64), no_nodes, live_tree, live_chain
+    rates = np.empty(2)
+    depths = np.zeros((2, n), np.int64)
+    for t in range(2):
+        live = live_tree if t == 0 else live_chain
+        grid = tree_grid if t == 0 else chain_grid
+        b = np.arange(live + 1) if grid.size == 0 else grid.copy()
+        first = np.arange(1, live + 1)           # slot r joins the first prefix b > r
+        if b.size != live + 1:
+            g = 0
+            for r in range(live):
+                while b[g] <= r:
+                    g += 1
+                first[r] = g
+        _, rates[t], depth, _, _ = _oracle_slot_plan(
+            tree_pass if t == 0 else chain_pass,
+            tree_widths if t == 0 else np.ones((n, K), np.int64), weight, context_lens,
+            live, first, b, b.size == live + 1, kind, dcoef, tcoef, tokens_base, seqs,
+            ctx_base, prefill_value, tpot_slo_s, slo_step_factor, guard, -1,
+            num_prefill_tokens)
+        depths[t] = depth
+    if rates[1] > rates[0]:                      # max(): the first of the highest rates
+        return True, depths[1].copy(), no_nodes, live_tree, live_chain
+    nodes = np.zeros((n, k_max), np.int64)
+    widest = 1
+    for i in range(n):
+        for j in range(K):
+            if j < depths[0, i]:
+                nodes[i, j] = tree_widths[i, j]
+                if nodes[i, j] > widest:
+                    widest = nodes[i, j]
+    if widest <= 1:
+        return True, depths[0].copy(), no_nodes, live_tree, live_chain
+    return True, depths[0].copy(), nodes, live_tree, live_chain
+
+
 def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, first, b, full,
                kind, dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value, tpot_slo_s,
                slo_step_factor, guard, max_step_tokens, num_prefill_tokens):
@@ -662,6 +733,8 @@ if numba is not None:
     _oracle_orders = numba.njit(cache=True)(_oracle_orders)
     ORACLE_ORDERS = _oracle_orders
     ORACLE_SLOT_PLAN = numba.njit(cache=True)(_oracle_slot_plan)
+    _oracle_slot_plan = ORACLE_SLOT_PLAN
+    ORACLE_TREE_DECIDE = numba.njit(cache=True)(_oracle_tree_decide)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     _drafting_pass = DRAFTING_PASS
     DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
@@ -669,7 +742,7 @@ if numba is not None:
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    DECIDE_CHAIN = DECIDE_TREE = None
+    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None

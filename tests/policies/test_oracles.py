@@ -148,6 +148,43 @@ def test_tree_min_widths_match_the_simulators_tree_rule():
     assert (draw.tree_accepted(widths) == np.cumprod(minw <= 8, axis=1).sum(axis=1)).all()
 
 
+def test_tree_oracle_decides_in_one_call_as_one_by_one():
+    """``OracleTree``'s compiled decide (``ORACLE_TREE_DECIDE``) against its truths planned
+    one by one: the same lengths and nodes per depth over random steps (tree widths
+    passing at every depth, at none, chains only), prefill chunks, tight and absent SLOs,
+    the three guards, both cost forms with coefficients, and prefix grids coarse for one
+    truth or both (``num_budget_points``) as well as every prefix."""
+    from tests.policies.test_slo_goodput_kernels import random_case
+    rng = np.random.default_rng(8)
+    seen = set()
+    for case in range(150):
+        n, K = int(rng.choice([1, 3, 12, 40])), int(rng.choice([1, 4, 8]))
+        obs, _, _ = random_case(rng, n, K, 1 + case % 2)
+        minw = rng.integers(1, 12, (n, K))
+        if case % 5 == 0:
+            minw[:] = 1                              # every depth passes as a chain
+        obs = Observation(**{**obs.__dict__, "future_tree_min_widths": minw,
+                             "decode_elapsed_s": rng.uniform(0.0, 4.0, n),
+                             "num_output_tokens": rng.integers(1, 150, n).astype(np.int64)})
+        kw = dict(w_max=int(rng.choice([2, 4, 8])),
+                  slo_guard=str(rng.choice(["off", "step", "per_token"])),
+                  num_budget_points=int(rng.choice([2, 5, 17, 512])))
+        fast, slow = make_policy("oracle_tree", **kw), make_policy("oracle_tree", **kw)
+        slow._decide_compiled = lambda obs, w: None
+        fast.t_step_s = slow.t_step_s = float(rng.uniform(0.01, 0.1))
+        a, b = fast.decide(obs), slow.decide(obs)
+        assert np.array_equal(a.num_spec_tokens, b.num_spec_tokens), case
+        assert a.num_spec_tokens.dtype == b.num_spec_tokens.dtype == np.int64
+        assert (a.nodes_per_depth is None) == (b.nodes_per_depth is None), case
+        if b.nodes_per_depth is not None:
+            assert np.array_equal(a.nodes_per_depth, b.nodes_per_depth), case
+            seen.add("tree")
+        elif b.num_spec_tokens.any():
+            seen.add("chain")
+        seen |= {"coarse"} if n * K + 1 > kw["num_budget_points"] else set()
+    assert seen == {"tree", "chain", "coarse"}, seen
+
+
 def test_oracles_need_the_truth():
     obs = make_obs(3)
     blind = Observation(**{**obs.__dict__, "future_match_lens": None,
