@@ -9,6 +9,7 @@ plus ``oracle_tree`` (that planner fed the step's sampled per-branch outcomes) f
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,6 +228,13 @@ class OracleTree(OracleSlo):
                          slo_horizon)
         self.tree_oracle_max_width = int(w_max)
 
+    def warm_up(self) -> None:
+        """slo_goodput's plan kernels and the one-call decide (``_decide_compiled``, both
+        its calls) on a few synthetic steps, once per process."""
+        super().warm_up()
+        if self.slo.compiled:
+            _warm_up_tree_oracle()
+
     def _decide_compiled(self, obs: Observation, w: np.ndarray) -> Decision | None:
         """Both truths' plans, the better one and its nodes in one compiled call
         (``slo_goodput_step_kernels.ORACLE_TREE_DECIDE``: the same plans and decision as
@@ -267,6 +275,17 @@ class OracleTree(OracleSlo):
         chain = np.cumprod(minw <= 1, axis=1).astype(float)
         return [(ok.astype(float), np.where(ok, minw, 1)),
                 (chain, np.ones(chain.shape, np.int64))]
+
+
+@functools.cache
+def _warm_up_tree_oracle() -> None:
+    """``OracleTree._decide_compiled`` on policies.bench's synthetic steps, every prefix
+    and coarse grids (the decisions are thrown away)."""
+    from policies.bench import Batch
+    for points in (512, 4):
+        batch = Batch(6, 8, seed=0)
+        obs = batch.observation()
+        OracleTree(num_budget_points=points)._decide_compiled(obs, np.ones(obs.num_requests))
 
 
 @register("oracle_fixed")
