@@ -261,6 +261,8 @@ class OracleTree(OracleSlo):
         return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
 
     def _min_widths(self, obs: Observation) -> np.ndarray:
+        """The step's narrowest passing width per request and depth (int64), which the
+        engine of a tree oracle must fill."""
         minw = obs.future_tree_min_widths
         if minw is None:
             raise ValueError(f"{self.name}: the engine must fill "

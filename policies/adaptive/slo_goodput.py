@@ -331,7 +331,7 @@ class SloGoodput(Policy):
             obs.ttft_slo_s if lost else obs.tpot_slo_s, lost, horizon, obs.context_lens,
             int(obs.num_waiting), int(obs.num_prefill_tokens),
             float(obs.sum_prefill_context_tokens), float(t_step),
-            queue_value(obs, self.queue_weight, self.ttft_ref_s), self._chain_constants, K,
+            queue_value(obs, self.queue_weight, self.ttft_ref_s), self._decide_constants, K,
             caps_in_range(self.chain_caps, K), first, b, cost.kind, cost.draft, cost.target)
         # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
@@ -355,13 +355,10 @@ class SloGoodput(Policy):
         b, first = prefix_grid(n * K, self.num_budget_points)
         row, rate, depth, marginal, q, widths, widest, k, nodes = kernel(
             a, pass_table, w, K, _targets(self.tree_pass_targets),
-            caps_in_range(self.chain_caps, K), first, b, obs.context_lens, cost.kind, cost.draft, cost.target, cost.tokens_base,
-            cost.seqs, cost.ctx_base, float(w.sum() + prefill_value),
-            self.slo_step_factor * float(obs.tpot_slo_s.min(initial=np.inf)),
-            _GUARDS[self.slo_guard],
-            -1 if self.max_step_tokens is None else int(self.max_step_tokens),
-            int(obs.num_prefill_tokens), self.tree_min_gain, self.extend_positions,
-            self.tree_extend_positions, obs.k_max)
+            caps_in_range(self.chain_caps, K), first, b, obs.context_lens, cost.kind,
+            cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base,
+            float(w.sum() + prefill_value), float(obs.tpot_slo_s.min(initial=np.inf)),
+            int(obs.num_prefill_tokens), obs.k_max, self._decide_constants)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                           depth_pass=q, widths=widths)
         self._set_plan(obs, best, w, prefill_value, cost, width=int(widest))
@@ -370,15 +367,17 @@ class SloGoodput(Policy):
         return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
 
     @functools.cached_property
-    def _chain_constants(self) -> np.ndarray:
-        """``DECIDE_CHAIN``'s policy constants (``slo_goodput_step_kernels.SLO_WEIGHT`` ..
-        ``EXTEND``), read-only: the parameters are set once, in ``__init__``."""
+    def _decide_constants(self) -> np.ndarray:
+        """``DECIDE_CHAIN``'s and ``DECIDE_TREE``'s policy constants
+        (``slo_goodput_step_kernels.SLO_WEIGHT`` .. ``TREE_EXTEND``), read-only: the
+        parameters are set once, in ``__init__``."""
         values = np.array([
             self.slo_weight, self.max_boost, self.slack_discount, float(self.triage),
             1.0 - self.slo_margin, np.inf if self.lost_weight is None else self.lost_weight,
             self.fair_share, self.slo_step_factor, _GUARDS[self.slo_guard],
             -1 if self.max_step_tokens is None else int(self.max_step_tokens),
-            float(self.prefill_neutral), self.extend_positions], np.float64)
+            float(self.prefill_neutral), self.extend_positions, self.tree_min_gain,
+            self.tree_extend_positions], np.float64)
         values.setflags(write=False)
         return values
 

@@ -146,9 +146,11 @@ def _chain_decide(q, accept, weight, K, caps, first, b, full, context_lens, kind
     return best, rates[best], depth, marginals[best], k, prefill_value
 
 
-# ``_decide_chain``'s policy constants, by index (``SloGoodput._chain_constants``)
+# ``_decide_chain``'s and ``_decide_tree``'s policy constants, by index
+# (``SloGoodput._decide_constants``)
 (SLO_WEIGHT, MAX_BOOST, SLACK_DISCOUNT, TRIAGE, SLO_SHARE, LOST_WEIGHT, FAIR_SHARE,
- SLO_STEP_FACTOR, GUARD, MAX_STEP_TOKENS, PREFILL_NEUTRAL, EXTEND) = range(12)
+ SLO_STEP_FACTOR, GUARD, MAX_STEP_TOKENS, PREFILL_NEUTRAL, EXTEND, TREE_MIN_GAIN,
+ TREE_EXTEND) = range(14)
 
 
 def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
@@ -204,8 +206,8 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
 
 
 def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context_lens, kind,
-                 dcoef, tcoef, tokens_base, seqs, ctx_base, base_value, cap_s, guard,
-                 max_step_tokens, num_prefill_tokens, min_gain, extend, tree_extend, k_max):
+                 dcoef, tcoef, tokens_base, seqs, ctx_base, base_value, tpot_slo_min_s,
+                 num_prefill_tokens, k_max, constants):
     """``SloGoodput.decide``'s tree step past its weights in one call: the shapes
     (``tree_widths``: widths 1..w_max, then per target in ``targets`` each request's
     narrowest passing width, ``TARGET_WIDTHS``), their rankings with the capped chain rows
@@ -213,10 +215,12 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
     (``best_row``) and the lengths and nodes per depth. ``pass_table`` (n, w_max) is numpy's
     1 - (1 - a_i)^W for W = 1..w_max: each row's depth pass chances are looked up in it
     (numpy's power gives a pair (x, W) the same float wherever it sits in an array), the
-    depths' powers are products as ``depth_powers``' cumprod. The same floats as those
-    calls. Returns (row, its rate, planned depth, marginal slot value, q, widths, its widest
-    width, lengths, nodes per depth (n, k_max): empty for a chain)."""
+    depths' powers are products as ``depth_powers``' cumprod. ``constants`` indexed by
+    this module's SLO_WEIGHT .. TREE_EXTEND. The same floats as those calls. Returns (row,
+    its rate, planned depth, marginal slot value, q, widths, its widest width, lengths,
+    nodes per depth (n, k_max): empty for a chain)."""
     n, w_max = pass_table.shape
+    min_gain = constants[TREE_MIN_GAIN]
     nw = w_max + targets.size
     W = np.empty((nw, n), np.int64)
     q = np.empty((nw, n))
@@ -242,8 +246,9 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
                 chains = False
     _, rates, depths, marginals = PLAN_ROWS(
         order, first, context_lens, feed, Ws, K, chains, b.size == n * K + 1, b, kind, dcoef,
-        tcoef, tokens_base, seqs, ctx_base, value, tok, base_value, n, cap_s, guard,
-        max_step_tokens, num_prefill_tokens)
+        tcoef, tokens_base, seqs, ctx_base, value, tok, base_value, n,
+        constants[SLO_STEP_FACTOR] * tpot_slo_min_s, int(constants[GUARD]),
+        int(constants[MAX_STEP_TOKENS]), num_prefill_tokens)
     chain = 0                                    # best_row: the best chain, then the trees
     for r in range(nw, rates.size):
         if rates[r] > rates[chain]:
@@ -261,7 +266,7 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
     for i in range(n):
         if W_all[best, i] > widest:
             widest = W_all[best, i]
-    more = extend if widest == 1 else tree_extend
+    more = int(constants[EXTEND] if widest == 1 else constants[TREE_EXTEND])
     k = np.zeros(n, np.int64)
     for i in range(n):
         if depths[best, i] > 0:
