@@ -6,6 +6,8 @@ three guards, a verified-token cap and both prefix grids (every prefix, and the 
 ``num_budget_points`` makes); then whole policies run through policies.bench's batch with
 either path and answer every hook the same.
 """
+import functools
+
 import numpy as np
 import pytest
 
@@ -401,6 +403,29 @@ def test_drafting_and_verify_passes_match_numpy(n):
     assert min(outcomes.values()) > 0, outcomes
 
 
+def _compiled_and_numpy(make, kw, rng, ids, K, one_call, extremes=False):
+    """(a compiled policy ``make(**kw)`` whose ``one_call`` method's answers are recorded,
+    one on numpy's path, the recorded answers), their trackers fed the same random outcomes
+    of ``ids`` (``extremes``: every other request accepting all its drafts, the rest none:
+    estimates near 1 and 0)."""
+    fast, slow = make(**kw), make(**kw)
+    slow.compiled = False
+    answers = []
+    method = getattr(fast, one_call)
+    setattr(fast, one_call, lambda *args: answers.append(method(*args)) or answers[-1])
+    n = ids.size
+    for _ in range(3):               # the same per-request rates in both
+        spec = rng.integers(0, K + 1, n)
+        acc = np.minimum(rng.integers(0, K + 1, n), spec)
+        if extremes:
+            acc = np.where(np.arange(n) % 2, spec, 0)
+        for p in (fast, slow):
+            p.tracker.compiled = False
+            p.tracker.observe(ids, spec, acc)
+            p.tracker.compiled = True
+    return fast, slow, answers
+
+
 def test_chain_decide_matches_numpy():
     """decide's chain plan in one compiled call (``DECIDE_CHAIN``: estimates, weights, fair
     share and plan) against numpy's path, plan field by field and the lengths: random rates,
@@ -435,19 +460,8 @@ def test_chain_decide_matches_numpy():
                   fair_share=float(rng.choice([0.0, 1.0, 1.0, 0.5])),
                   slo_horizon=str(rng.choice(["step", "request", "both"])),
                   lost_weight=None if case % 4 == 1 else 0.5)
-        fast, slow = SloGoodput(**kw), SloGoodput(**kw)
-        slow.compiled = False
-        fused = []
-        decide_chain = fast._decide_chain
-        fast._decide_chain = lambda *args: fused.append(decide_chain(*args)) or fused[-1]
-        ids = obs.request_ids
-        for _ in range(3):               # the same per-request rates in both
-            spec = rng.integers(0, K + 1, n)
-            acc = np.minimum(rng.integers(0, K + 1, n), spec)
-            for p in (fast, slow):
-                p.tracker.compiled = False
-                p.tracker.observe(ids, spec, acc)
-                p.tracker.compiled = True
+        fast, slow, fused = _compiled_and_numpy(SloGoodput, kw, rng, obs.request_ids, K,
+                                                "_decide_chain")
         if case % 3:                     # a window of finished lengths: the horizon applies
             lengths = rng.integers(1, 400, int(rng.choice([15, 40])))
             for p in (fast, slow):
@@ -505,22 +519,9 @@ def test_tree_decide_matches_numpy():
                   tree_min_gain=float(rng.choice([0.0, 0.05])),
                   extend_positions=int(rng.integers(0, 3)),
                   tree_extend_positions=int(rng.integers(0, 2)))
-        fast, slow = (make_policy("slo_goodput_tree", **kw),
-                      make_policy("slo_goodput_tree", **kw))
-        slow.compiled = False
-        fused = []
-        decide_tree = fast._decide_tree
-        fast._decide_tree = lambda *args: fused.append(decide_tree(*args)) or fused[-1]
-        ids = obs.request_ids
-        for _ in range(3):               # the same per-request rates in both
-            spec = rng.integers(0, K + 1, n)
-            acc = np.minimum(rng.integers(0, K + 1, n), spec)
-            if case % 4 == 0:            # estimates at 0 and near 1
-                acc = np.where(np.arange(n) % 2, spec, 0)
-            for p in (fast, slow):
-                p.tracker.compiled = False
-                p.tracker.observe(ids, spec, acc)
-                p.tracker.compiled = True
+        fast, slow, fused = _compiled_and_numpy(
+            functools.partial(make_policy, "slo_goodput_tree"), kw, rng, obs.request_ids, K,
+            "_decide_tree", extremes=case % 4 == 0)
         fast.t_step_s = slow.t_step_s = float(rng.uniform(0.01, 0.1))
         a, b = fast.decide(obs), slow.decide(obs)
         chain_only = kw["w_max"] == 1 and not kw["tree_pass_targets"]
