@@ -28,10 +28,14 @@ def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
 
     gap = step_gaps_s(steps)
     live_target = steps["latency_s"].to_numpy() - steps["draft_s"].to_numpy() + gap
+    accepted = (steps["num_accepted"].to_numpy(np.float64) if "num_accepted" in steps
+                else np.zeros(len(steps)))
     target = np.asarray(cost.target_step_s(steps["num_scheduled_tokens"].to_numpy(np.float64),
                                            steps["num_seqs"].to_numpy(np.float64),
                                            steps["sum_context_tokens"].to_numpy(np.float64)),
                         np.float64)
+    # as the simulator charges them (sim/core/engine.py): seconds per accepted draft token
+    target = target + float(getattr(cost, "per_accepted_token_s", 0.0)) * accepted
     if speculative:
         draft = np.array([vllm_draft_s_of_sums(cost, int(r.num_scheduled_tokens),
                                                int(r.num_seqs), int(r.sum_context_tokens),
@@ -41,7 +45,7 @@ def predict_steps(steps: pd.DataFrame, cost, speculative: bool) -> pd.DataFrame:
     else:
         draft = np.zeros(len(steps))
     shape = {c: steps[c].to_numpy() for c in SHAPE_COLUMNS}
-    return pd.DataFrame({"step": steps["step"].to_numpy(), **shape,
+    return pd.DataFrame({"step": steps["step"].to_numpy(), **shape, "num_accepted": accepted,
                          "live_target_s": live_target, "pred_target_s": target,
                          "live_draft_s": steps["draft_s"].to_numpy(), "pred_draft_s": draft,
                          "live_step_s": live_target + steps["draft_s"].to_numpy(),

@@ -41,6 +41,7 @@ class TwinCalibration:
     profile: str                   # the calibrated profile CSV the twin's clock runs on
     num_live_draft_rows: int = 0   # draft passes of the others' live draft phases added
     draft_ratio: float = 1.0       # median live / predicted draft phase of the others
+    accepted_token_s: float = 0.0  # the calibrated clock's seconds per accepted draft token
 
 
 def other_cells(pred: pd.DataFrame, cell: tuple, speculative: dict) -> pd.DataFrame:
@@ -74,7 +75,10 @@ def live_target_rows(pred: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
         "sum_context_tokens": pred["sum_context_tokens"].to_numpy(np.int64),
         "latency_s": pred["live_target_s"].to_numpy(np.float64),
         "source": [f"live step of load {ld:g} {pol} repeat {r}" for ld, pol, r in
-                   zip(pred["load"], pred["policy"], pred["repeat"])], "num_passes": 1})[ok]
+                   zip(pred["load"], pred["policy"], pred["repeat"])], "num_passes": 1,
+        # what the twin's clock charges per accepted draft token is fitted from these
+        "num_accepted": (pred["num_accepted"].to_numpy(np.float64) if "num_accepted" in pred
+                         else np.nan)})[ok]
 
 
 def live_draft_rows(pred: pd.DataFrame, like: pd.DataFrame, cost) -> pd.DataFrame:
@@ -146,4 +150,5 @@ def calibrate_twin(profile: str, pred: pd.DataFrame, cell: tuple, speculative: d
               if draft != "none" and drafts and speculative[cell] else table.iloc[:0])
     path = save_profile(pd.concat([table, rows, d_rows], ignore_index=True), dest)
     return TwinCalibration(int(len(rows)), ratio, "other cells, same engine",
-                           str(path.resolve()), int(len(d_rows)), d_ratio)
+                           str(path.resolve()), int(len(d_rows)), d_ratio,
+                           load_fitted_cost_model(path).per_accepted_token_s)

@@ -20,6 +20,11 @@ latency_s              float   wall time of the pass in seconds
 source                 str     where the row comes from (profiler run, public data set + method)
 num_passes             int     optional (1 where absent): passes averaged into ``latency_s``; the
                                fit weighs a row as that many passes
+num_accepted           float   optional (empty where unknown): draft tokens the step's
+                               verification accepted, on target rows of live steps (their
+                               step tables record it); the fit charges each accepted token the
+                               seconds these rows show beyond their shape
+                               (sim/models/fitted_cost.py)
 =====================  ======  ================================================================
 
 The live executor's profiler (exec/) writes this schema; ``python -m sim.tools.profile_import``
@@ -81,6 +86,13 @@ def validate_profile(df: pd.DataFrame, origin: str = "<table>") -> pd.DataFrame:
         raise ProfileError(f"profile {origin}: num_passes must be a whole number >= 1 (the "
                            "passes averaged into a row; leave the column out for single passes)")
     out["num_passes"] = passes.astype("int64")
+    if "num_accepted" in out.columns:
+        accepted = pd.to_numeric(out["num_accepted"], errors="coerce")
+        if ((accepted < 0).any() or np.isinf(accepted).any()
+                or (accepted.isna() & out["num_accepted"].notna()).any()):
+            raise ProfileError(f"profile {origin}: num_accepted must be >= 0 (accepted draft "
+                               "tokens of a live step) or empty where unknown")
+        out["num_accepted"] = accepted.astype("float64")
     bad_role = sorted(set(out["role"]) - set(ROLES))
     if bad_role:
         raise ProfileError(f"profile {origin}: unknown role(s) {bad_role}, expected {ROLES}")
@@ -118,7 +130,9 @@ def save_profile(df: pd.DataFrame, path) -> Path:
     p = Path(path)
     out = validate_profile(df, str(p))
     # num_passes only where a row averages several: single-pass files stay as they were
-    out = out[[*PROFILE_COLUMNS, *(["num_passes"] if (out["num_passes"] > 1).any() else [])]]
+    out = out[[*PROFILE_COLUMNS, *(["num_passes"] if (out["num_passes"] > 1).any() else []),
+               *(["num_accepted"] if "num_accepted" in out.columns
+                 and out["num_accepted"].notna().any() else [])]]
     # latency last: duplicate shapes (Vidur repeats some) get one order on every pandas
     out = out.sort_values(["role", "phase", "num_tokens", "num_seqs", "sum_context_tokens",
                            "latency_s"], kind="mergesort").reset_index(drop=True)

@@ -55,6 +55,9 @@ class Engine:
         self.trace, self.policy, self.config = trace, policy, config
         self.k_max = int(eng.k_max) if config.draft else 0
         self.cost = cost_model if cost_model is not None else make_cost_model(config)
+        # seconds per accepted draft token beyond the target pass (a fitted model's, from
+        # live steps that recorded them: sim/models/fitted_cost.py); 0 for the others
+        self._accepted_token_s = float(getattr(self.cost, "per_accepted_token_s", 0.0))
         self.policy_cost = (self.cost if config.policy_cost_model is None else
                             make_cost_model(replace(config,
                                                     cost_model=config.policy_cost_model)))
@@ -82,7 +85,8 @@ class Engine:
                       and self._default_drafting and self._default_verify)
         # multi-step epochs (sim/fast/epoch.py) need a static policy, block draws, per-request drafts
         self._epochs = bool(multi_step and static and hasattr(self.acc, "draw_block")
-                            and eng.draft_passes == "per_request" and not config.step_noise_sigma)
+                            and eng.draft_passes == "per_request" and not config.step_noise_sigma
+                            and not self._accepted_token_s)
         if not config.step_noise_sigma >= 0:
             raise ValueError(f"step_noise_sigma={config.step_noise_sigma}: must be >= 0 "
                              "(a relative spread of step latencies, e.g. 0.08)")
@@ -100,7 +104,8 @@ class Engine:
         # hooks are decide() and observe(): every step a decision, the rest of it compiled
         self._compiled_steps = bool(
             multi_step and not static and steps_compile(policy) and self._lazy_conf
-            and eng.draft_passes == "per_request" and not config.step_noise_sigma)
+            and eng.draft_passes == "per_request" and not config.step_noise_sigma
+            and not self._accepted_token_s)
         # ... and for any other adaptive policy the plan and the step's end compiled
         # (sim/fast/step_compiled.compiled_end), its hooks run as on the reference path
         self._compiled_ends = bool(multi_step and not static and not self._compiled_steps
@@ -245,6 +250,8 @@ class Engine:
             raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
         verify_ctx = pre_ctx + verify_context(ctx, num_spec, n_spec)
         verify_s = float(self.cost.target_step_s(n_tok, int(rows.shape[0]), verify_ctx))
+        if self._accepted_token_s:
+            verify_s += self._accepted_token_s * isum(accepted)
         if kmax and vllm_mode:                       # charge what vLLM's drafter runs:
             # max(k) of the decision, not what continue_drafting kept (no early stop in vLLM);
             # vLLM also drafts for requests whose prefill ends now (its decision covers them):

@@ -17,6 +17,16 @@ non-negative, fitted by NNLS on relative errors (rows weighted by sqrt(num_passe
 a row that averages m passes counts as m). A pass with N <= 0 costs nothing. Exact small
 token counts that the rows repeat often get their own factor on top (``small_token_factors``).
 
+Rows that carry ``num_accepted`` (live steps' target phases, added by validate's twin
+calibration) give the target role one more term, seconds per accepted draft token
+(``accepted_token_s``), charged by the simulator on top of the step's shape: vLLM spends
+time on each accepted token after the verify pass (its sampling state, output processing,
+the drafter's next inputs), and a step's shape does not say how many drafts passed. On this
+machine's SmolLM2 pair the calibrated shape left the other cells' live steps 0.24-1.3 ms
+per accepted token slow (validate runs L-R), and without the term the speculative twins'
+target phase read fast: mean signed error per step -2.0 % (fixed k = 3) and -0.9 %
+(smartspec), against -0.1 % and 0.0 % with it.
+
 ``python -m sim.tools.fitted_cost_report`` prints held-out errors of every profile in
 profiles/data/ (sim/tools/fitted_cost_report.py).
 """
@@ -24,7 +34,7 @@ from __future__ import annotations
 
 import warnings
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -59,6 +69,8 @@ class StepFit:
     # h(B): ``seq_slopes[j]`` is added to per_seq_s from ``seq_knots[j]`` sequences on
     seq_knots: tuple[float, ...] = ()
     seq_slopes: tuple[float, ...] = ()
+    # seconds per accepted draft token on top of the shape (``accepted_token_s``)
+    per_accepted_token_s: float = 0.0
 
     @property
     def knot_values(self) -> tuple[float, ...]:
@@ -107,9 +119,10 @@ def _design(knots, n, b, s, seq_knots=()) -> np.ndarray:
     return np.column_stack([np.ones_like(n), _ramps(n, knots), s, kv, b, _ramps(b, seq_knots)])
 
 
-def fit_step(n, b, s, latency_s, num_passes=None) -> StepFit:
+def fit_step(n, b, s, latency_s, num_passes=None, num_accepted=None) -> StepFit:
     """NNLS fit of the model above to profiled passes (arrays of equal length;
-    ``num_passes``: passes averaged into each row, 1 where None)."""
+    ``num_passes``: passes averaged into each row, 1 where None; ``num_accepted``: accepted
+    draft tokens per row, nan where unknown, for ``accepted_token_s``)."""
     n, b, s, y = (np.asarray(x, np.float64) for x in (n, b, s, latency_s))
     knots, seq_knots = _knots(n), _seq_knots(b)
     a = _design(knots, n, b, s, seq_knots)
@@ -124,11 +137,35 @@ def fit_step(n, b, s, latency_s, num_passes=None) -> StepFit:
     scale[scale == 0] = 1.0                        # unused feature: coefficient stays 0
     coef = nnls(aw / scale, y * w)[0] / scale
     k = len(knots)
-    return StepFit(tuple(knots.tolist()), tuple(coef[1:1 + k].tolist()), float(coef[0]),
-                   float(coef[1 + k]), float(coef[2 + k]), float(coef[3 + k]),
-                   float(n.max()), float(b.max()), float(s.max()), int(len(y)),
-                   small_token_factors(n, y, a @ coef, num_passes), tuple(seq_knots.tolist()),
-                   tuple(coef[4 + k:].tolist()))
+    fit = StepFit(tuple(knots.tolist()), tuple(coef[1:1 + k].tolist()), float(coef[0]),
+                  float(coef[1 + k]), float(coef[2 + k]), float(coef[3 + k]),
+                  float(n.max()), float(b.max()), float(s.max()), int(len(y)),
+                  small_token_factors(n, y, a @ coef, num_passes), tuple(seq_knots.tolist()),
+                  tuple(coef[4 + k:].tolist()))
+    if num_accepted is None:
+        return fit
+    return replace(fit, per_accepted_token_s=accepted_token_s(
+        fit, n, b, s, y, np.asarray(num_accepted, np.float64), num_passes))
+
+
+def accepted_token_s(fit: StepFit, n, b, s, latency_s, num_accepted, num_passes=None) -> float:
+    """Seconds per accepted draft token: the least-squares slope (through 0, >= 0) of the
+    rows' seconds beyond ``fit``'s shape over their accepted tokens, rows counted as their
+    passes; rows whose ``num_accepted`` is nan are left out (0.0 when none has one > 0).
+    Fitted after the shape, not beside it: in one NNLS the term took 0 wherever the rows
+    that carry it did not span the shapes (a profile's rows do not record acceptance), and
+    the live rows that carry it are those of the other cells, which is what a twin is
+    calibrated on (experiments/twin_calibration.py)."""
+    x = np.asarray(num_accepted, np.float64)
+    known = np.isfinite(x)
+    if not (x[known] > 0).any():
+        return 0.0
+    m = np.ones(len(x)) if num_passes is None else np.asarray(num_passes, np.float64)
+    pred = _Predictor(fit, "accepted_token_s")(*(np.asarray(v, np.float64)[known]
+                                                 for v in (n, b, s)))
+    over = np.asarray(latency_s, np.float64)[known] - pred
+    x, m = x[known], m[known]
+    return max(0.0, float(np.sum(m * x * over) / np.sum(m * x * x)))
 
 
 def _weighted_median(x: np.ndarray, weight: np.ndarray) -> float:
@@ -175,7 +212,8 @@ def fit_profile_table(df: pd.DataFrame) -> dict[str, StepFit]:
     for role, g in df.groupby("role", sort=True):
         try:
             fits[role] = fit_step(g["num_tokens"], g["num_seqs"], g["sum_context_tokens"],
-                                  g["latency_s"], g["num_passes"] if "num_passes" in g else None)
+                                  g["latency_s"], g["num_passes"] if "num_passes" in g else None,
+                                  g["num_accepted"] if "num_accepted" in g else None)
         except ProfileError as exc:
             if role != "draft_sync":
                 raise
@@ -259,9 +297,13 @@ class FittedCostModel:
     without it such a pass costs a full draft pass.
     """
 
+    per_accepted_token_s = 0.0     # a model pickled before the term charges nothing
+
     def __init__(self, target: StepFit, draft: StepFit | None = None, draft_fallback=None,
                  name: str = "fitted", draft_sync: StepFit | None = None):
         self.name = name
+        # seconds per accepted draft token, on top of the target pass (fitted_cost doc)
+        self.per_accepted_token_s = float(target.per_accepted_token_s)
         self._target = _Predictor(target, f"{name} (target)")
         self._draft = _Predictor(draft, f"{name} (draft)") if draft is not None else None
         self._draft_fallback = draft_fallback
@@ -270,6 +312,11 @@ class FittedCostModel:
 
     def target_step_s(self, num_tokens, num_seqs, sum_context_tokens):
         return self._target(num_tokens, num_seqs, sum_context_tokens)
+
+    def accepted_tokens_s(self, num_accepted):
+        """What a step spends on its ``num_accepted`` accepted draft tokens beyond its
+        target pass (0.0 unless fitted from rows that record them)."""
+        return self.per_accepted_token_s * num_accepted
 
     def draft_step_s(self, num_tokens, num_seqs, sum_context_tokens):
         if self._draft is not None:

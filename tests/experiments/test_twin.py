@@ -78,6 +78,12 @@ def test_step_fidelity_predicts_each_phase_and_its_noise_floor():
     assert floor["model_median"] >= floor["median"] - 1e-9
     plain = predict_steps(exact.assign(draft_s=0.0), cost, speculative=False)
     assert (plain["pred_draft_s"] == 0).all()
+    # a clock that charges accepted draft tokens (a calibrated twin's) predicts them too
+    cost.per_accepted_token_s = 1e-3
+    accepted = np.arange(20) % 4
+    charged = predict_steps(exact.assign(num_accepted=accepted), cost, speculative=True)
+    assert np.allclose(charged["pred_target_s"], 0.010 + 1e-3 * accepted)
+    assert np.array_equal(charged["num_accepted"], accepted)
 
 
 def test_step_jitter_sigma_recovers_a_log_normal_spread():

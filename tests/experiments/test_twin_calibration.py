@@ -13,9 +13,11 @@ SPEC = PROFILES_DIR / "cpu-2core_smollm2_135m.csv"
 PLAIN = PROFILES_DIR / "cpu-2core_smollm2_135m-plain.csv"
 
 
-def _cell(load, policy, cost, factor, draft_factor=1.0, n=40, speculative=True):
+def _cell(load, policy, cost, factor, draft_factor=1.0, n=40, speculative=True,
+          accepted_token_s=0.0):
     """Step predictions of one cell whose live steps ran ``factor`` x the profile (draft
-    phases ``draft_factor`` x), over decode batches of 1-8 and one prefill."""
+    phases ``draft_factor`` x), over decode batches of 1-8 and one prefill; a speculative
+    cell's decode steps accept 0-2 drafts per request, each ``accepted_token_s`` more."""
     rng = np.random.default_rng(int(10 * load) + len(policy))
     b = rng.integers(1, 9, n)
     tok = np.where(np.arange(n) == 0, 128, b * (4 if speculative else 1))
@@ -27,13 +29,15 @@ def _cell(load, policy, cost, factor, draft_factor=1.0, n=40, speculative=True):
     draft = (np.array([vllm_draft_s_of_sums(cost, int(t), int(q), int(c), passes, int(q),
                                             int(c)) for t, q, c in zip(tok, b, ctx)])
              if speculative else np.zeros(n))
+    accepted = np.where(pre > 0, 0, rng.integers(0, 3 * b + 1)) if speculative else 0 * b
+    live_target = factor * target + accepted_token_s * accepted
     return pd.DataFrame({
         "step": np.arange(n), "num_seqs": b, "num_scheduled_tokens": tok,
         "num_prefill_tokens": pre, "draft_passes": passes, "sum_context_tokens": ctx,
-        "num_next_seqs": b, "draft_ctx_sum": ctx,
-        "live_target_s": factor * target, "pred_target_s": target,
+        "num_next_seqs": b, "draft_ctx_sum": ctx, "num_accepted": accepted,
+        "live_target_s": live_target, "pred_target_s": target,
         "live_draft_s": draft_factor * draft, "pred_draft_s": draft,
-        "live_step_s": factor * target + draft_factor * draft, "pred_step_s": target + draft,
+        "live_step_s": live_target + draft_factor * draft, "pred_step_s": target + draft,
         "load": load, "policy": policy, "repeat": 0})
 
 
@@ -67,6 +71,36 @@ def test_each_twin_is_calibrated_on_the_other_cells_of_its_engine(tmp_path):
                                tmp_path / "b.csv", draft="none")
     assert cal_plain.source.startswith("none") and cal_plain.num_live_rows == 0
     assert cal_plain.profile == str(PLAIN.resolve())
+
+
+def test_a_twins_clock_charges_what_the_other_cells_accepted_drafts_cost(tmp_path):
+    """The other cells' live steps carry their accepted draft tokens (profile column
+    num_accepted); steps that accept more ran longer, 1.5 ms a token here, and the calibrated
+    clock charges what its shape leaves of that per accepted token. Plain cells accept none."""
+    spec, plain = load_fitted_cost_model(SPEC), load_fitted_cost_model(PLAIN)
+    pred = pd.concat([_cell(0.5, "fixed:3", spec, 1.0),
+                      _cell(1.5, "fixed:3", spec, 1.0, n=200, accepted_token_s=1.5e-3),
+                      _cell(4.0, "fixed:3", spec, 1.0, n=200, accepted_token_s=1.5e-3),
+                      _cell(0.5, "none", plain, 1.0, speculative=False),
+                      _cell(4.0, "none", plain, 1.0, speculative=False)])
+    speculative = {k: k[1] != "none" for k in zip(pred["load"], pred["policy"])}
+    cal = calibrate_twin(str(SPEC), pred, (0.5, "fixed:3"), speculative,
+                         tmp_path / "a.csv", draft="none")
+    # part of it goes into the level and shape first (the target ratio rose with it); what
+    # they leave is charged per token, a slope fitted after the shape (fitted_cost doc)
+    assert cal.target_ratio > 1.05 and 0.3e-3 < cal.accepted_token_s <= 1.5e-3
+    table = load_profile(cal.profile)
+    live = table["source"].str.startswith("live step")
+    assert table.loc[live, "num_accepted"].notna().all() and table.loc[
+        ~live, "num_accepted"].isna().all()
+    assert load_fitted_cost_model(cal.profile).per_accepted_token_s == cal.accepted_token_s
+    # the others accepted drafts at no cost: nothing charged
+    free = pred.assign(live_target_s=pred["pred_target_s"])
+    assert calibrate_twin(str(SPEC), free, (0.5, "fixed:3"), speculative, tmp_path / "b.csv",
+                          draft="none").accepted_token_s < 1e-4
+    cal_plain = calibrate_twin(str(PLAIN), pred, (0.5, "none"), speculative,
+                               tmp_path / "c.csv", draft="none")
+    assert cal_plain.accepted_token_s == 0.0
 
 
 def _draft_phase(cost, steps):

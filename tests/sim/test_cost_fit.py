@@ -243,3 +243,46 @@ def test_weighted_median_is_numpys_with_unit_weights():
         x = rng.normal(size=size)
         assert _weighted_median(x, np.ones(size)) == pytest.approx(float(np.median(x)), abs=0)
     assert _weighted_median(np.array([1.0, 2.0, 10.0]), np.array([1.0, 1.0, 5.0])) == 10.0
+
+
+def _with_accepted(df: pd.DataFrame, rng, per_token_s: float, share: float = 0.5):
+    """``df`` as profile rows (40 passes each, acceptance not recorded) and, as live steps
+    next to them, a share ``share`` of its shapes once more recording 0-12 accepted draft
+    tokens whose latency has ``per_token_s`` each on top."""
+    live = df[rng.random(len(df)) < share]
+    acc = rng.integers(0, 13, len(live)).astype(float)
+    return pd.concat([df.assign(num_passes=40, num_accepted=np.nan),
+                      live.assign(latency_s=live["latency_s"] + per_token_s * acc,
+                                  num_accepted=acc, num_passes=1)], ignore_index=True)
+
+
+def test_seconds_per_accepted_token_are_fitted_from_the_rows_that_record_them(tmp_path):
+    df = synthetic_profile(np.random.default_rng(8))
+    shape = FittedCostModel(fit_profile_table(df)["target"])
+    for truth in (4e-4, 1e-3):
+        table = _with_accepted(df, np.random.default_rng(9), truth)
+        fitted = load_fitted_cost_model(save_profile(table, tmp_path / f"a{truth}.csv"))
+        # what the rows show beyond their shape, per accepted token (the profile rows,
+        # weighing 40 passes each, keep the shape close to the truth's)
+        assert fitted.per_accepted_token_s == pytest.approx(truth, rel=0.1), truth
+        assert fitted.accepted_tokens_s(10) == pytest.approx(10 * fitted.per_accepted_token_s)
+        assert float(fitted.target_step_s(64, 16, 64 * 500.0)) == pytest.approx(
+            float(shape.target_step_s(64, 16, 64 * 500.0)), rel=0.05)
+    # without the column, with it empty, or with rows that run no slower: nothing charged
+    assert shape.per_accepted_token_s == 0.0
+    assert FittedCostModel(fit_profile_table(
+        df.assign(num_accepted=np.nan))["target"]).per_accepted_token_s == 0.0
+    faster = _with_accepted(df, np.random.default_rng(9), -1e-5)
+    assert FittedCostModel(fit_profile_table(faster)["target"]).per_accepted_token_s == 0.0
+
+
+def test_num_accepted_column_optional_kept_and_checked(tmp_path):
+    df = synthetic_profile(np.random.default_rng(10))
+    assert "num_accepted" not in pd.read_csv(save_profile(df, tmp_path / "p.csv"))
+    table = _with_accepted(df, np.random.default_rng(11), 1e-3)
+    back = load_profile(save_profile(table, tmp_path / "q.csv"))
+    assert back["num_accepted"].isna().sum() == table["num_accepted"].isna().sum()
+    assert back["num_accepted"].sum() == table["num_accepted"].sum()
+    for bad in (-1, "x", np.inf):
+        with pytest.raises(ProfileError, match="num_accepted must be >= 0"):
+            save_profile(df.assign(num_accepted=bad), tmp_path / "r.csv")

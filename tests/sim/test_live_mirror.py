@@ -156,3 +156,28 @@ def test_fitted_model_fits_draft_sync_rows(tmp_path):
     assert 0.25 < ratio < 0.42
     without = load_fitted_cost_model(save_profile(df[df.role != "draft_sync"], tmp_path / "b.csv"))
     assert without.draft_sync_step_s(16, 16, 800) == without.draft_step_s(16, 16, 800)
+
+
+class _AcceptedCost(ConstantCostModel):
+    """Constant passes, and seconds per accepted draft token on top of the target pass, as a
+    fitted model calibrated on live steps charges them (sim/models/fitted_cost.py)."""
+
+    def __init__(self, target_s, draft_s, per_accepted_token_s):
+        super().__init__(target_s, draft_s)
+        self.per_accepted_token_s = per_accepted_token_s
+
+
+@pytest.mark.parametrize("mode", ["vllm", "per_request"])
+def test_each_accepted_draft_token_costs_its_seconds_in_the_verify_phase(mode):
+    trace = Trace.from_columns(np.zeros(3), np.full(3, 20), np.full(3, 40), dataset="t")
+    cfg = SimConfig(model="embedded-target", draft="embedded-draft",
+                    engine=EngineConfig(k_max=4, num_kv_blocks=500, max_model_len=256,
+                                        draft_passes=mode))
+    plain, charged = (simulate_with(trace, make_policy("fixed", k=3), cfg,
+                                    cost_model=_AcceptedCost(0.01, 0.001, per)).steps
+                      for per in (0.0, 2e-3))
+    # all requests arrive at once: the same steps, draws and decisions, only their clocks
+    assert len(plain) == len(charged) and charged["num_accepted"].sum() > 10
+    assert np.array_equal(plain["num_accepted"], charged["num_accepted"])
+    assert np.allclose(charged["verify_s"] - plain["verify_s"], 2e-3 * charged["num_accepted"])
+    assert np.allclose(charged["draft_s"], plain["draft_s"])
