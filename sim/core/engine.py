@@ -32,6 +32,7 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
 from sim.fast.step_compiled import (compiled_draft_s, compiled_drafting, compiled_draw,
+                                    compiled_tree_accepted, compiled_tree_min_widths,
                                     fused_drafting)
 
 
@@ -196,7 +197,7 @@ class Engine:
             num_prefill_tokens=seen[0], sum_prefill_context_tokens=seen[1],
             num_prefill_seqs=seen[2],
             future_match_lens=draw.match_len if self.policy.needs_oracle else None,
-            future_tree_min_widths=(draw.tree_min_widths(self.policy.tree_oracle_max_width)
+            future_tree_min_widths=(self._tree_min_widths(dec, draw)
                                     if self.policy.needs_tree_oracle else None))
         decision = self.policy.decide(obs)
         if self.held_feedback is not None:
@@ -243,7 +244,9 @@ class Engine:
         else:
             w = np.where(self._pos < verified[:, None], widths, 0)
             num_spec = w.sum(axis=1)
-            accepted = np.minimum(draw.tree_accepted(w), verified)
+            accepted = np.minimum(
+                draw.tree_accepted(w) if self._draft_kernels is None else
+                compiled_tree_accepted(self.acc, self._draft_kernels, dec, draw, w), verified)
         n_spec = isum(num_spec)
         n_tok = n_pre_tok + n + n_spec
         if n_tok > eng.max_num_batched_tokens or sched.free_blocks < 0:
@@ -277,6 +280,12 @@ class Engine:
         if self._lazy_conf:
             return self.acc.draw(dec, out, with_confidences=False)
         return self.acc.draw(dec, out)
+
+    def _tree_min_widths(self, dec, draw) -> np.ndarray:
+        width = self.policy.tree_oracle_max_width
+        if self._draft_kernels is None:
+            return draw.tree_min_widths(width)
+        return compiled_tree_min_widths(self.acc, self._draft_kernels, dec, draw, width)
 
     def _draft(self, obs, decision, k, widths, ctx, prefill, draw, need_time: bool = True):
         """Draft passes; returns (num drafted, visible confidences, draft seconds: 0.0 when

@@ -29,6 +29,8 @@ class StepKernels(NamedTuple):
     draft: Callable              # sim/fast/step_kernel.py's DRAFT_PASS_KERNEL (Engine._draft)
     draft_seconds: Callable      # sim/fast/step_kernel.py's DRAFT_SECONDS_KERNEL
     draw: Callable               # sim/fast/step_kernel.py's DRAW_KERNEL
+    tree_min_widths: Callable    # sim/fast/step_kernel.py's TREE_MIN_WIDTHS_KERNEL
+    tree_accepted: Callable      # sim/fast/step_kernel.py's TREE_ACCEPTED_KERNEL
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
@@ -39,11 +41,13 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
-                                      STEP_END_KERNEL, STEP_KERNEL)
+                                      STEP_END_KERNEL, STEP_KERNEL, TREE_ACCEPTED_KERNEL,
+                                      TREE_MIN_WIDTHS_KERNEL)
     if STEP_KERNEL is None:
         return None
     return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
-                       DRAFT_SECONDS_KERNEL, DRAW_KERNEL)
+                       DRAFT_SECONDS_KERNEL, DRAW_KERNEL, TREE_MIN_WIDTHS_KERNEL,
+                       TREE_ACCEPTED_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -197,6 +201,39 @@ def compiled_draw(acc, kernels: StepKernels, rows, with_confidences: bool) -> St
     return StepDraw(match, conf if with_confidences else None, u, rates)
 
 
+def compiled_tree_min_widths(acc, kernels: StepKernels, rows, draw: StepDraw,
+                             max_width: int) -> np.ndarray:
+    """``draw.tree_min_widths(max_width)`` for a parametric draw of ``rows`` in one compiled
+    call (``TREE_MIN_WIDTHS_KERNEL``) over the model's ``TreePassTable``: the same powers,
+    formed once per request."""
+    table = acc.tree_pass_table(max_width)
+    u = draw.uniforms
+    out, done = kernels.tree_min_widths(u, rows, table.chances, table.filled)
+    if not done:
+        table.fill(rows)
+        out, done = kernels.tree_min_widths(u, rows, table.chances, table.filled)
+    if table.max_width > max_width:     # a wider table: past max_width is max_width + 1
+        np.minimum(out, max_width + 1, out=out)
+    return out
+
+
+def compiled_tree_accepted(acc, kernels: StepKernels, rows, draw: StepDraw,
+                           widths: np.ndarray) -> np.ndarray:
+    """``draw.tree_accepted(widths)`` for a parametric draw of ``rows`` in one compiled call
+    (``TREE_ACCEPTED_KERNEL``) over the model's ``TreePassTable``; the numpy rule where a
+    width is past the table's."""
+    table = acc.tree_pass_table(_TREE_TABLE_WIDTH)
+    u, widths = draw.uniforms, np.ascontiguousarray(widths, np.int64)
+    out, done = kernels.tree_accepted(u, rows, table.chances, table.filled, widths)
+    if not done:
+        table.fill(rows)
+        out, done = kernels.tree_accepted(u, rows, table.chances, table.filled, widths)
+    return out if done else draw.tree_accepted(widths)
+
+
+_TREE_TABLE_WIDTH = 8     # widths the table holds for tree_accepted (the tree oracle's cap)
+
+
 def compiled_draft_s(kernels: StepKernels, drafted, widths, ctx, prefill) -> float:
     """The draft seconds of a step's drafted counts (chains, or trees of ``widths``): what
     ``np.sum(cost.draft_step_s(*draft_pass_costs(drafted, widths, ctx, *prefill)))`` gives
@@ -225,7 +262,8 @@ def warm_up_step() -> None:
     """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
-                                      STEP_END_KERNEL, STEP_KERNEL)
+                                      STEP_END_KERNEL, STEP_KERNEL, TREE_ACCEPTED_KERNEL,
+                                      TREE_MIN_WIDTHS_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -246,3 +284,6 @@ def warm_up_step() -> None:
     for with_confidences in (True, False):
         DRAW_KERNEL(np.full((1, 2), 0.5), np.full((1, 2), 0.7), np.full(4, 0.8), np.full(4, 0.2),
                     with_confidences)
+    chances, filled = np.full((1, 2, 3), 0.5), np.ones(1, np.bool_)
+    TREE_MIN_WIDTHS_KERNEL(np.full((1, 2), 0.5), rows, chances, filled)
+    TREE_ACCEPTED_KERNEL(np.full((1, 2), 0.5), rows, chances, filled, np.ones((1, 2), np.int64))

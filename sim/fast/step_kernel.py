@@ -254,6 +254,58 @@ def _draw(u, rates, q_hi, q_lo, with_confidences):
     return match, conf
 
 
+def _tree_min_widths(u, rows, chances, filled):
+    """``StepDraw.tree_min_widths(max_width)`` from the requests' ``TreePassTable``
+    (``chances`` (requests, positions or 1, max_width), ``filled``): per request and depth
+    the narrowest width w whose chance passes its uniform (u < chance), max_width + 1 where
+    none does. Returns (widths, False) when a row's chances are not formed yet (nothing
+    else read: the caller fills them and calls again)."""
+    n, k = u.shape
+    W = chances.shape[2]
+    out = np.empty((n, k), np.int64)
+    for i in range(n):
+        if not filled[rows[i]]:
+            return out, False
+    for i in range(n):
+        r = rows[i]
+        for p in range(k):
+            q = p if chances.shape[1] > 1 else 0
+            w = W + 1
+            for c in range(W):
+                if u[i, p] < chances[r, q, c]:
+                    w = c + 1
+                    break
+            out[i, p] = w
+    return out, True
+
+
+def _tree_accepted(u, rows, chances, filled, widths):
+    """``StepDraw.tree_accepted(widths)`` from the requests' ``TreePassTable``: the leading
+    depths whose uniform passes their width's chance (a width of 0 ends the tree). Returns
+    (depths, False) when a row's chances are not formed or a width is past the table's
+    (the caller then fills them, or takes the numpy path)."""
+    n, k = u.shape
+    W = chances.shape[2]
+    out = np.zeros(n, np.int64)
+    for i in range(n):
+        if not filled[rows[i]]:
+            return out, False
+        for p in range(k):
+            if widths[i, p] > W:
+                return out, False
+    for i in range(n):
+        r = rows[i]
+        d = 0
+        for p in range(k):
+            w = widths[i, p]
+            q = p if chances.shape[1] > 1 else 0
+            if w <= 0 or not u[i, p] < chances[r, q, w - 1]:
+                break
+            d += 1
+        out[i] = d
+    return out, True
+
+
 def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
     """``np.sum(cost.draft_step_s(*step_plan.draft_pass_costs(drafted, widths, ctx, ...)))``
     under a roofline, in one call: pass j runs for the requests drafting a (j+1)-th token,
@@ -328,6 +380,8 @@ if numba is not None:
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
     DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
     DRAW_KERNEL = numba.njit(cache=True)(_draw)
+    TREE_MIN_WIDTHS_KERNEL = numba.njit(cache=True)(_tree_min_widths)
+    TREE_ACCEPTED_KERNEL = numba.njit(cache=True)(_tree_accepted)
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
-    DRAW_KERNEL = None
+    DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_ACCEPTED_KERNEL = None

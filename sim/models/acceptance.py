@@ -86,6 +86,29 @@ class StepDraw:
                         max_width + 1).astype(np.int64, copy=False)
 
 
+class TreePassTable:
+    """Per request and draft position, the chance 1 - (1 - a_p)^w that a depth of w
+    candidates passes, w = 1..``max_width``: the very numpy powers ``StepDraw.tree_accepted``
+    and ``tree_min_widths`` form each step, formed once per request instead (a request's
+    rows are filled the first time a step asks for them; ``fill``). The compiled step
+    reads it (sim/fast/step_kernel.py ``TREE_MIN_WIDTHS_KERNEL``)."""
+
+    def __init__(self, rate_table: np.ndarray, max_width: int):
+        self.max_width = int(max_width)
+        self._fail = 1.0 - rate_table                    # (requests, positions or 1)
+        self.chances = np.empty(rate_table.shape + (self.max_width,))
+        self.filled = np.zeros(rate_table.shape[0], bool)
+        # the exponents as tree_min_widths has them: an integer array (see there)
+        self._widths = np.arange(1, self.max_width + 1)
+
+    def fill(self, rows: np.ndarray) -> None:
+        """Form the chances of those of ``rows`` not formed yet."""
+        new = rows[~self.filled[rows]]
+        if new.shape[0]:
+            self.chances[new] = 1.0 - self._fail[new][..., None] ** self._widths
+            self.filled[new] = True
+
+
 def _leading_true(ok: np.ndarray) -> np.ndarray:
     """Number of leading True values along the last axis: the first False of ``ok`` with a
     False column appended (one argmin; an accumulate over many short rows costs far more)."""
@@ -127,6 +150,7 @@ class ParametricAcceptance:
         self._decay = config.position_decay ** np.arange(self.k_max, dtype=np.float64)
         self.rate = np.zeros(0)
         self._rate_table: np.ndarray | None = None     # set by prepare
+        self._tree_table: TreePassTable | None = None
 
     def prepare(self, trace) -> None:
         """Draw every request's acceptance rate (one Beta draw per request, by dataset tag)."""
@@ -142,11 +166,21 @@ class ParametricAcceptance:
         # each request's per-position rates once (the products a step formed): steps gather
         self._rate_table = (rate[:, None] * self._decay[None, :]
                             if self.config.position_decay != 1.0 else rate[:, None])
+        self._tree_table = None
 
     def _rates(self, rows: np.ndarray) -> np.ndarray:
         if self._rate_table is None or self._rate_table.shape[0] != self.rate.shape[0]:
             raise RuntimeError("ParametricAcceptance.prepare(trace) must run before draws")
         return self._rate_table.take(rows, axis=0)
+
+    def tree_pass_table(self, max_width: int) -> TreePassTable:
+        """The requests' ``TreePassTable`` up to ``max_width`` candidates (at least; kept
+        across steps, formed anew after ``prepare``)."""
+        table = self._tree_table
+        if table is None or table.max_width < max_width:
+            self._rates(np.zeros(0, np.int64))        # prepare must have run
+            table = self._tree_table = TreePassTable(self._rate_table, max_width)
+        return table
 
     def step_uniforms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The uniforms (n, k_max) a step's ``draw`` of ``rows`` takes from the pool, and

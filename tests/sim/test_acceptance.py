@@ -96,3 +96,45 @@ def test_replay_gives_min_k_and_recorded_match(tmp_path):
     missing = Trace(**{**missing.__dict__, "request_ids": np.array([123])})
     with pytest.raises(ValueError, match="no records"):
         simulate_with(missing, make_policy("fixed", k=2), cfg)
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.9])
+def test_tree_pass_table_holds_the_steps_powers_and_compiled_lookups_match(decay):
+    """The TreePassTable's chances are the very floats a step's numpy rule forms (both its
+    forms: min widths' broadcast exponents, tree_accepted's integer width array), and the
+    compiled lookups give StepDraw's answers, rows filled on first use, a wider table cut
+    at the asked width, widths past the table on the numpy rule."""
+    from types import SimpleNamespace
+
+    from sim.fast import step_kernel
+    from sim.fast.step_compiled import compiled_tree_accepted, compiled_tree_min_widths
+    if step_kernel.TREE_MIN_WIDTHS_KERNEL is None:
+        pytest.skip("numba is not importable")
+    kernels = SimpleNamespace(tree_min_widths=step_kernel.TREE_MIN_WIDTHS_KERNEL,
+                              tree_accepted=step_kernel.TREE_ACCEPTED_KERNEL)
+    model = ParametricAcceptance(AcceptanceConfig(position_decay=decay), k_max=6, seed=5)
+    model.prepare(Trace.from_columns(np.zeros(400), np.ones(400), np.ones(400)))
+    rng = np.random.default_rng(0)
+    checked = 0
+    for step in range(400):
+        rows = np.sort(rng.choice(400, int(rng.integers(1, 24)), replace=False))
+        draw = model.draw(rows, np.zeros(rows.shape[0], np.int64))
+        width = int(rng.choice([1, 2, 4, 8]))
+        minw = compiled_tree_min_widths(model, kernels, rows, draw, width)
+        assert (minw == draw.tree_min_widths(width)).all()
+        widths = rng.integers(0, 10, draw.uniforms.shape)    # 9: past the table's 8
+        assert (compiled_tree_accepted(model, kernels, rows, draw, widths)
+                == draw.tree_accepted(widths)).all()
+        table = model.tree_pass_table(width)
+        chances = table.chances[rows]
+        fail = np.broadcast_to(1.0 - draw.rates, draw.uniforms.shape)
+        for w in range(1, table.max_width + 1):
+            same_w = np.full(draw.uniforms.shape, w)
+            assert (chances[..., w - 1] == np.broadcast_to(
+                1.0 - (1.0 - draw.rates) ** same_w, same_w.shape)).all()
+            assert (chances[..., w - 1] == (1.0 - fail[..., None] ** np.arange(1, w + 1))
+                    [..., -1]).all()
+        checked += int((minw <= width).sum())
+    assert checked > 1000 and model.tree_pass_table(8).filled.sum() == 400
+    with pytest.raises(RuntimeError, match="prepare"):
+        ParametricAcceptance(AcceptanceConfig(), 4, 1).tree_pass_table(4)

@@ -3,7 +3,8 @@ the steps that carry prefill chunks under a static policy with compiled epochs o
 the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
 trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay; so
 must every step of an adaptive chain policy that only decides and observes (smartspec, the
-oracles), and the compiled plan and end of any other adaptive policy's steps. Runs in a
+oracles), and the compiled plan and end of any other adaptive policy's steps (trees' accepted
+depths and the tree oracle's passing widths looked up compiled). Runs in a
 child process (see tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
@@ -111,7 +112,23 @@ def counting_end(*args, **kw):
 
 sim.fast.compiled_end = counting_end
 others = {"threshold": "fixed-tight", "vllm_adaptive_verify": "kv-short",
-          "adaserve": "preempting", "slo_goodput": "mixed-k", "adaspec": "no-chunk"}
+          "adaserve": "preempting", "slo_goodput": "mixed-k", "adaspec": "no-chunk",
+          # trees: their accepted depths (and the tree oracle's narrowest passing widths)
+          # from the compiled TreePassTable lookups, with and without position decay
+          "oracle_tree": "batch-decay", "slo_goodput_tree": "fixed-tight"}
+trees = {"min_widths": 0, "accepted": 0}
+tree_calls = (sim.core.engine.compiled_tree_min_widths, sim.core.engine.compiled_tree_accepted)
+
+def counting_min_widths(*args):
+    trees["min_widths"] += 1
+    return tree_calls[0](*args)
+
+def counting_accepted(*args):
+    trees["accepted"] += 1
+    return tree_calls[1](*args)
+
+sim.core.engine.compiled_tree_min_widths = counting_min_widths
+sim.core.engine.compiled_tree_accepted = counting_accepted
 for policy, case in others.items():
     before, seen = dict(calls), ends["n"]
     trace, kw = cases[case][1], {"seed": 2, **cases[case][2]}
@@ -121,7 +138,8 @@ for policy, case in others.items():
     assert calls["steps"] == before["steps"] and fast.meta["num_epochs"] == 0, policy
     assert_same_tables(fast, slow)
     print(policy, ends["n"] - seen)
-print("OK", calls)
+assert trees["min_widths"] > 0 and trees["accepted"] > 0, trees
+print("OK", calls, trees)
 '''
 
 
