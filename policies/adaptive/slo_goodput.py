@@ -475,7 +475,8 @@ class SloGoodput(Policy):
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:     # before the tracker: nothing below reads it
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
-        if plan is not None and plan.width > 1 and np.array_equal(ids, plan.obs.request_ids):
+        if plan is not None and plan.width > 1 and (ids is plan.obs.request_ids or np.array_equal(
+                ids, plan.obs.request_ids)):
             depths = spec // plan.widths
             if self.compiled and self.tracker.observe_chains_with(
                     None, ids, depths, feedback.num_accepted, None, feedback.finished_ids,

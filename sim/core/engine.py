@@ -32,7 +32,7 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
 from sim.fast.step_compiled import (compiled_draft_s, compiled_drafting, compiled_draw,
-                                    compiled_tree_accepted, compiled_tree_min_widths,
+                                    compiled_tree_min_widths, compiled_tree_outcome,
                                     fused_drafting)
 
 
@@ -217,7 +217,9 @@ class Engine:
         if draw is None:
             draw = self._draw(dec, out)
         draw = ensure_confidences(self.acc, draw, dec, decision)
-        spec = k if widths is None else (widths * (self._pos < k[:, None])).sum(axis=1)
+        spec = k if widths is None else (
+            (widths * (self._pos < k[:, None])).sum(axis=1) if self._draft_kernels is None
+            else self._draft_kernels.tree_nodes(widths, k))
         budget = eng.max_num_batched_tokens - n_pre_tok - n
         fit = sched.fit_speculation(dec, spec, budget, ctx)
         if widths is None:
@@ -241,12 +243,13 @@ class Engine:
         if widths is None:
             num_spec = verified
             accepted = np.minimum(verified, draw.match_len)
+        elif self._draft_kernels is not None:     # the same counts, one compiled call
+            num_spec, accepted = compiled_tree_outcome(self.acc, self._draft_kernels, dec,
+                                                       draw, widths, verified)
         else:
             w = np.where(self._pos < verified[:, None], widths, 0)
             num_spec = w.sum(axis=1)
-            accepted = np.minimum(
-                draw.tree_accepted(w) if self._draft_kernels is None else
-                compiled_tree_accepted(self.acc, self._draft_kernels, dec, draw, w), verified)
+            accepted = np.minimum(draw.tree_accepted(w), verified)
         n_spec = isum(num_spec)
         n_tok = n_pre_tok + n + n_spec
         if n_tok > eng.max_num_batched_tokens or sched.free_blocks < 0:

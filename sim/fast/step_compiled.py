@@ -30,7 +30,8 @@ class StepKernels(NamedTuple):
     draft_seconds: Callable      # sim/fast/step_kernel.py's DRAFT_SECONDS_KERNEL
     draw: Callable               # sim/fast/step_kernel.py's DRAW_KERNEL
     tree_min_widths: Callable    # sim/fast/step_kernel.py's TREE_MIN_WIDTHS_KERNEL
-    tree_accepted: Callable      # sim/fast/step_kernel.py's TREE_ACCEPTED_KERNEL
+    tree_outcome: Callable       # sim/fast/step_kernel.py's TREE_OUTCOME_KERNEL
+    tree_nodes: Callable         # sim/fast/step_kernel.py's TREE_NODES_KERNEL
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
@@ -41,13 +42,13 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
-                                      STEP_END_KERNEL, STEP_KERNEL, TREE_ACCEPTED_KERNEL,
-                                      TREE_MIN_WIDTHS_KERNEL)
+                                      STEP_END_KERNEL, STEP_KERNEL, TREE_MIN_WIDTHS_KERNEL,
+                                      TREE_NODES_KERNEL, TREE_OUTCOME_KERNEL)
     if STEP_KERNEL is None:
         return None
     return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
                        DRAFT_SECONDS_KERNEL, DRAW_KERNEL, TREE_MIN_WIDTHS_KERNEL,
-                       TREE_ACCEPTED_KERNEL)
+                       TREE_OUTCOME_KERNEL, TREE_NODES_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -217,18 +218,24 @@ def compiled_tree_min_widths(acc, kernels: StepKernels, rows, draw: StepDraw,
     return out
 
 
-def compiled_tree_accepted(acc, kernels: StepKernels, rows, draw: StepDraw,
-                           widths: np.ndarray) -> np.ndarray:
-    """``draw.tree_accepted(widths)`` for a parametric draw of ``rows`` in one compiled call
-    (``TREE_ACCEPTED_KERNEL``) over the model's ``TreePassTable``; the numpy rule where a
-    width is past the table's."""
+def compiled_tree_outcome(acc, kernels: StepKernels, rows, draw: StepDraw, widths: np.ndarray,
+                          verified: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A tree step's (verified nodes, accepted depths) in one compiled call
+    (``TREE_OUTCOME_KERNEL``) over the model's ``TreePassTable``: the widths of each
+    request's first ``verified`` depths summed, and ``draw.tree_accepted`` of those widths;
+    the numpy rule where a width is past the table's."""
     table = acc.tree_pass_table(_TREE_TABLE_WIDTH)
-    u, widths = draw.uniforms, np.ascontiguousarray(widths, np.int64)
-    out, done = kernels.tree_accepted(u, rows, table.chances, table.filled, widths)
+    u = draw.uniforms
+    nodes, depths, done = kernels.tree_outcome(u, rows, table.chances, table.filled, widths,
+                                               verified)
     if not done:
         table.fill(rows)
-        out, done = kernels.tree_accepted(u, rows, table.chances, table.filled, widths)
-    return out if done else draw.tree_accepted(widths)
+        nodes, depths, done = kernels.tree_outcome(u, rows, table.chances, table.filled,
+                                                   widths, verified)
+    if done:
+        return nodes, depths
+    w = np.where(np.arange(widths.shape[1])[None, :] < verified[:, None], widths, 0)
+    return w.sum(axis=1), draw.tree_accepted(w)
 
 
 _TREE_TABLE_WIDTH = 8     # widths the table holds for tree_accepted (the tree oracle's cap)
@@ -262,8 +269,8 @@ def warm_up_step() -> None:
     """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
-                                      STEP_END_KERNEL, STEP_KERNEL, TREE_ACCEPTED_KERNEL,
-                                      TREE_MIN_WIDTHS_KERNEL)
+                                      STEP_END_KERNEL, STEP_KERNEL, TREE_MIN_WIDTHS_KERNEL,
+                                      TREE_NODES_KERNEL, TREE_OUTCOME_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -286,4 +293,6 @@ def warm_up_step() -> None:
                     with_confidences)
     chances, filled = np.full((1, 2, 3), 0.5), np.ones(1, np.bool_)
     TREE_MIN_WIDTHS_KERNEL(np.full((1, 2), 0.5), rows, chances, filled)
-    TREE_ACCEPTED_KERNEL(np.full((1, 2), 0.5), rows, chances, filled, np.ones((1, 2), np.int64))
+    TREE_OUTCOME_KERNEL(np.full((1, 2), 0.5), rows, chances, filled, np.ones((1, 2), np.int64),
+                        rows + 1)
+    TREE_NODES_KERNEL(np.ones((1, 2), np.int64), rows + 1)

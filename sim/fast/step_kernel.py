@@ -279,31 +279,48 @@ def _tree_min_widths(u, rows, chances, filled):
     return out, True
 
 
-def _tree_accepted(u, rows, chances, filled, widths):
-    """``StepDraw.tree_accepted(widths)`` from the requests' ``TreePassTable``: the leading
-    depths whose uniform passes their width's chance (a width of 0 ends the tree). Returns
-    (depths, False) when a row's chances are not formed or a width is past the table's
-    (the caller then fills them, or takes the numpy path)."""
+def _tree_outcome(u, rows, chances, filled, widths, verified):
+    """A tree step's verified nodes and accepted depths from the requests'
+    ``TreePassTable``: per request the widths of its first ``verified`` depths summed, and
+    ``StepDraw.tree_accepted`` of those widths (0 past them): the leading depths whose
+    uniform passes their width's chance (a width of 0 ends the tree). Returns (nodes,
+    depths, False) when a row's chances are not formed or a width is past the table's (the
+    caller then fills them, or takes the numpy path)."""
     n, k = u.shape
     W = chances.shape[2]
-    out = np.zeros(n, np.int64)
+    nodes = np.zeros(n, np.int64)
+    depths = np.zeros(n, np.int64)
     for i in range(n):
         if not filled[rows[i]]:
-            return out, False
-        for p in range(k):
+            return nodes, depths, False
+        for p in range(verified[i]):
             if widths[i, p] > W:
-                return out, False
+                return nodes, depths, False
     for i in range(n):
         r = rows[i]
         d = 0
-        for p in range(k):
+        passing = True
+        for p in range(verified[i]):
             w = widths[i, p]
+            if w > 0:
+                nodes[i] += w
             q = p if chances.shape[1] > 1 else 0
-            if w <= 0 or not u[i, p] < chances[r, q, w - 1]:
-                break
-            d += 1
-        out[i] = d
-    return out, True
+            if passing and w > 0 and u[i, p] < chances[r, q, w - 1]:
+                d += 1
+            else:
+                passing = False
+        depths[i] = d
+    return nodes, depths, True
+
+
+def _tree_nodes(widths, k):
+    """Per request the widths of its first ``k`` depths summed: a tree's nodes."""
+    n = k.shape[0]
+    out = np.zeros(n, np.int64)
+    for i in range(n):
+        for p in range(k[i]):
+            out[i] += widths[i, p]
+    return out
 
 
 def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
@@ -381,7 +398,8 @@ if numba is not None:
     DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
     DRAW_KERNEL = numba.njit(cache=True)(_draw)
     TREE_MIN_WIDTHS_KERNEL = numba.njit(cache=True)(_tree_min_widths)
-    TREE_ACCEPTED_KERNEL = numba.njit(cache=True)(_tree_accepted)
+    TREE_OUTCOME_KERNEL = numba.njit(cache=True)(_tree_outcome)
+    TREE_NODES_KERNEL = numba.njit(cache=True)(_tree_nodes)
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
-    DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_ACCEPTED_KERNEL = None
+    DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_OUTCOME_KERNEL = TREE_NODES_KERNEL = None

@@ -102,16 +102,17 @@ def test_replay_gives_min_k_and_recorded_match(tmp_path):
 def test_tree_pass_table_holds_the_steps_powers_and_compiled_lookups_match(decay):
     """The TreePassTable's chances are the very floats a step's numpy rule forms (both its
     forms: min widths' broadcast exponents, tree_accepted's integer width array), and the
-    compiled lookups give StepDraw's answers, rows filled on first use, a wider table cut
-    at the asked width, widths past the table on the numpy rule."""
+    compiled lookups give StepDraw's answers (and a tree's verified nodes), rows filled on
+    first use, a wider table cut at the asked width, widths past the table on the numpy
+    rule."""
     from types import SimpleNamespace
 
     from sim.fast import step_kernel
-    from sim.fast.step_compiled import compiled_tree_accepted, compiled_tree_min_widths
+    from sim.fast.step_compiled import compiled_tree_min_widths, compiled_tree_outcome
     if step_kernel.TREE_MIN_WIDTHS_KERNEL is None:
         pytest.skip("numba is not importable")
     kernels = SimpleNamespace(tree_min_widths=step_kernel.TREE_MIN_WIDTHS_KERNEL,
-                              tree_accepted=step_kernel.TREE_ACCEPTED_KERNEL)
+                              tree_outcome=step_kernel.TREE_OUTCOME_KERNEL)
     model = ParametricAcceptance(AcceptanceConfig(position_decay=decay), k_max=6, seed=5)
     model.prepare(Trace.from_columns(np.zeros(400), np.ones(400), np.ones(400)))
     rng = np.random.default_rng(0)
@@ -123,8 +124,11 @@ def test_tree_pass_table_holds_the_steps_powers_and_compiled_lookups_match(decay
         minw = compiled_tree_min_widths(model, kernels, rows, draw, width)
         assert (minw == draw.tree_min_widths(width)).all()
         widths = rng.integers(0, 10, draw.uniforms.shape)    # 9: past the table's 8
-        assert (compiled_tree_accepted(model, kernels, rows, draw, widths)
-                == draw.tree_accepted(widths)).all()
+        verified = rng.integers(0, widths.shape[1] + 1, rows.shape[0])
+        cut = np.where(np.arange(widths.shape[1])[None, :] < verified[:, None], widths, 0)
+        nodes, depths = compiled_tree_outcome(model, kernels, rows, draw, widths, verified)
+        assert (nodes == cut.sum(axis=1)).all()
+        assert (depths == draw.tree_accepted(cut)).all()
         table = model.tree_pass_table(width)
         chances = table.chances[rows]
         fail = np.broadcast_to(1.0 - draw.rates, draw.uniforms.shape)

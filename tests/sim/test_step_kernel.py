@@ -117,7 +117,7 @@ others = {"threshold": "fixed-tight", "vllm_adaptive_verify": "kv-short",
           # from the compiled TreePassTable lookups, with and without position decay
           "oracle_tree": "batch-decay", "slo_goodput_tree": "fixed-tight"}
 trees = {"min_widths": 0, "accepted": 0}
-tree_calls = (sim.core.engine.compiled_tree_min_widths, sim.core.engine.compiled_tree_accepted)
+tree_calls = (sim.core.engine.compiled_tree_min_widths, sim.core.engine.compiled_tree_outcome)
 
 def counting_min_widths(*args):
     trees["min_widths"] += 1
@@ -128,7 +128,7 @@ def counting_accepted(*args):
     return tree_calls[1](*args)
 
 sim.core.engine.compiled_tree_min_widths = counting_min_widths
-sim.core.engine.compiled_tree_accepted = counting_accepted
+sim.core.engine.compiled_tree_outcome = counting_accepted
 for policy, case in others.items():
     before, seen = dict(calls), ends["n"]
     trace, kw = cases[case][1], {"seed": 2, **cases[case][2]}
