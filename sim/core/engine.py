@@ -32,8 +32,8 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
                                 verify_context)
 from sim.fast import fast_path, steps_compile
 from sim.fast.step_compiled import (compiled_draft_s, compiled_drafting, compiled_draw,
-                                    compiled_tree_min_widths, compiled_tree_outcome,
-                                    fused_drafting)
+                                    compiled_fit, compiled_tree_min_widths,
+                                    compiled_tree_outcome, fused_drafting)
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -221,7 +221,8 @@ class Engine:
             (widths * (self._pos < k[:, None])).sum(axis=1) if self._draft_kernels is None
             else self._draft_kernels.tree_nodes(widths, k))
         budget = eng.max_num_batched_tokens - n_pre_tok - n
-        fit = sched.fit_speculation(dec, spec, budget, ctx)
+        fit = (sched.fit_speculation(dec, spec, budget, ctx) if self._draft_kernels is None
+               else compiled_fit(self, self._draft_kernels, dec, spec, budget, ctx))
         if widths is None:
             k = fit
         else:                       # a tree that does not fit whole is not speculated
@@ -254,7 +255,9 @@ class Engine:
         n_tok = n_pre_tok + n + n_spec
         if n_tok > eng.max_num_batched_tokens or sched.free_blocks < 0:
             raise AssertionError(f"step {self.step_index}: token budget or KV capacity exceeded")
-        verify_ctx = pre_ctx + verify_context(ctx, num_spec, n_spec)
+        verify_ctx = pre_ctx + (verify_context(ctx, num_spec, n_spec)
+                                if self._draft_kernels is None
+                                else self._draft_kernels.verify_context(ctx, num_spec))
         verify_s = float(self.cost.target_step_s(n_tok, int(rows.shape[0]), verify_ctx))
         if self._accepted_token_s:
             verify_s += self._accepted_token_s * isum(accepted)

@@ -32,6 +32,8 @@ class StepKernels(NamedTuple):
     tree_min_widths: Callable    # sim/fast/step_kernel.py's TREE_MIN_WIDTHS_KERNEL
     tree_outcome: Callable       # sim/fast/step_kernel.py's TREE_OUTCOME_KERNEL
     tree_nodes: Callable         # sim/fast/step_kernel.py's TREE_NODES_KERNEL
+    fit: Callable                # sim/fast/step_kernel.py's FIT_KERNEL (fit_speculation)
+    verify_context: Callable     # sim/fast/step_kernel.py's VERIFY_CONTEXT_KERNEL
 
 
 def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
@@ -42,13 +44,15 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
         return None
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
-                                      STEP_END_KERNEL, STEP_KERNEL, TREE_MIN_WIDTHS_KERNEL,
-                                      TREE_NODES_KERNEL, TREE_OUTCOME_KERNEL)
+                                      FIT_KERNEL, STEP_END_KERNEL, STEP_KERNEL,
+                                      TREE_MIN_WIDTHS_KERNEL, TREE_NODES_KERNEL,
+                                      TREE_OUTCOME_KERNEL, VERIFY_CONTEXT_KERNEL)
     if STEP_KERNEL is None:
         return None
     return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
                        DRAFT_SECONDS_KERNEL, DRAW_KERNEL, TREE_MIN_WIDTHS_KERNEL,
-                       TREE_OUTCOME_KERNEL, TREE_NODES_KERNEL)
+                       TREE_OUTCOME_KERNEL, TREE_NODES_KERNEL, FIT_KERNEL,
+                       VERIFY_CONTEXT_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -202,6 +206,16 @@ def compiled_draw(acc, kernels: StepKernels, rows, with_confidences: bool) -> St
     return StepDraw(match, conf if with_confidences else None, u, rates)
 
 
+def compiled_fit(engine, kernels: StepKernels, rows, spec, budget: int, computed) -> np.ndarray:
+    """``Scheduler.fit_speculation(rows, spec, budget, computed)`` in one compiled call
+    (``FIT_KERNEL``): the same counts, the same blocks allocated."""
+    sched = engine.sched
+    fit, sched.free_blocks = kernels.fit(rows, computed, spec, int(budget),
+                                         engine.reqs.num_blocks, sched.free_blocks,
+                                         engine.config.engine.block_size)
+    return fit
+
+
 def compiled_tree_min_widths(acc, kernels: StepKernels, rows, draw: StepDraw,
                              max_width: int) -> np.ndarray:
     """``draw.tree_min_widths(max_width)`` for a parametric draw of ``rows`` in one compiled
@@ -269,8 +283,9 @@ def warm_up_step() -> None:
     """Compile (or cache-load) the step kernels with the engine's argument types."""
     from sim.fast.plan_kernel import PLAN_KERNEL
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
-                                      STEP_END_KERNEL, STEP_KERNEL, TREE_MIN_WIDTHS_KERNEL,
-                                      TREE_NODES_KERNEL, TREE_OUTCOME_KERNEL)
+                                      FIT_KERNEL, STEP_END_KERNEL, STEP_KERNEL,
+                                      TREE_MIN_WIDTHS_KERNEL, TREE_NODES_KERNEL,
+                                      TREE_OUTCOME_KERNEL, VERIFY_CONTEXT_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -296,3 +311,5 @@ def warm_up_step() -> None:
     TREE_OUTCOME_KERNEL(np.full((1, 2), 0.5), rows, chances, filled, np.ones((1, 2), np.int64),
                         rows + 1)
     TREE_NODES_KERNEL(np.ones((1, 2), np.int64), rows + 1)
+    FIT_KERNEL(rows, rows + 1, rows + 1, 10, i64 + 1, 10, 16)
+    VERIFY_CONTEXT_KERNEL(rows + 1, rows + 1)

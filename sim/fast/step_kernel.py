@@ -19,21 +19,12 @@ import numpy as np
 from sim.fast.epoch_kernel import _ewma_next, _loop_sum, _numpy_sum, _roofline_s, numba
 
 
-def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
-                 block_size, n_pre_tok, pre_ctx, num_rows, now, alpha, finished_code, tcoef,
-                 dcoef, decay, num_computed, num_out, num_known, num_blocks, num_target_out,
-                 num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
-    """Returns (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit incl. first
-    tokens, free blocks after the step's allocation, 1 if budget or KV was exceeded],
-    num_spec (n,), num_accepted (n,), finished rows)."""
+def _fit_speculation(dec, ctx, k, budget, num_blocks, free_blocks, bs):
+    """``Scheduler.fit_speculation``: the draft counts ``k`` of decoding rows ``dec``
+    (``ctx``: their num_computed) trimmed to the leftover token ``budget`` and the free KV
+    blocks, in running order, the blocks allocated in ``num_blocks``. Returns (the counts
+    that fit, a new array; the free blocks left)."""
     n = dec.shape[0]
-    bs = block_size
-    ctx = np.empty(n, np.int64)
-    out = np.empty(n, np.int64)
-    for i in range(n):
-        ctx[i] = num_computed[dec[i]]
-        out[i] = num_out[dec[i]]
-    # Scheduler.fit_speculation
     fit = k.copy()
     ksum = 0
     for i in range(n):
@@ -71,6 +62,35 @@ def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_b
         for i in range(n):
             num_blocks[dec[i]] += extra[i]
         free_blocks -= num_extra
+    return fit, free_blocks
+
+
+def _verify_context(ctx, num_spec):
+    """``step_plan.verify_context``: the decode token plus ``num_spec`` drafts of each
+    decoding request attend to num_computed + 1 .. num_computed + num_spec + 1 (exact
+    integers)."""
+    total = 0
+    for i in range(ctx.shape[0]):
+        t = num_spec[i] + 1
+        total += t * ctx[i] + t * (t + 1) // 2
+    return total
+
+
+def _static_step(u, kmax, rate, dec, k, pre, pre_tok, budget, max_tokens, free_blocks,
+                 block_size, n_pre_tok, pre_ctx, num_rows, now, alpha, finished_code, tcoef,
+                 dcoef, decay, num_computed, num_out, num_known, num_blocks, num_target_out,
+                 num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
+    """Returns (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit incl. first
+    tokens, free blocks after the step's allocation, 1 if budget or KV was exceeded],
+    num_spec (n,), num_accepted (n,), finished rows)."""
+    n = dec.shape[0]
+    bs = block_size
+    ctx = np.empty(n, np.int64)
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        ctx[i] = num_computed[dec[i]]
+        out[i] = num_out[dec[i]]
+    fit, free_blocks = _fit_speculation(dec, ctx, k, budget, num_blocks, free_blocks, bs)
     # Engine._draft (default drafting: exactly k), chain draft passes
     n_spec = K = csum = 0
     uniform = True
@@ -392,6 +412,9 @@ def drafting_loop(rule):
 
 if numba is not None:
     _step_end = numba.njit(cache=True)(_step_end)
+    _fit_speculation = numba.njit(cache=True)(_fit_speculation)
+    FIT_KERNEL = _fit_speculation
+    VERIFY_CONTEXT_KERNEL = numba.njit(cache=True)(_verify_context)
     STEP_KERNEL = numba.njit(cache=True)(_static_step)
     STEP_END_KERNEL = _step_end
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
@@ -403,3 +426,4 @@ if numba is not None:
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
     DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_OUTCOME_KERNEL = TREE_NODES_KERNEL = None
+    FIT_KERNEL = VERIFY_CONTEXT_KERNEL = None
