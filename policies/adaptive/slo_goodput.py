@@ -335,7 +335,7 @@ class SloGoodput(Policy):
             caps_in_range(self.chain_caps, K), first, b, cost.kind, cost.draft, cost.target)
         # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
-                          depth_pass=q if row == 0 else a, widths=np.ones(a.size, np.int64))
+                          depth_pass=q if row == 0 else a, widths=_chain_widths(a.size))
         self._set_plan(obs, best, w, float(prefill_value), cost, width=1)
         return self._chain_decision(obs, k, K)
 
@@ -493,6 +493,14 @@ class SloGoodput(Policy):
             if self.calibrator is not None:
                 self.calibrator.observe(feedback.confidences, spec, feedback.num_accepted)
         self.tracker.forget(feedback.finished_ids)
+
+
+@functools.lru_cache(maxsize=1024)
+def _chain_widths(n: int) -> np.ndarray:
+    """int (n,) ones: a chain plan's width per request (read-only, shared by its steps)."""
+    out = np.ones(n, np.int64)
+    out.setflags(write=False)
+    return out
 
 
 @functools.lru_cache(maxsize=16)

@@ -98,9 +98,13 @@ class SurvivalCache:
     # (n, 1), None before the calibrator's min_observations (and unused with a table)
     prior_odds: np.ndarray | None
     table: np.ndarray | None     # (n, bins + 1) posterior per request and confidence bin
-    rows: np.ndarray             # int (n, 1), 0..n-1, to index ``table`` by request
     # the step's DRAFTING_PASS inputs (``_pass_inputs``), built at its first compiled pass
     pass_inputs: tuple | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """int (n, 1), 0..n-1, to index ``table`` by request (numpy's path only)."""
+        return np.arange(self.survival.shape[0])[:, None]
 
 
 def survival_cache(calibrator: ConfidenceCalibrator, plan: StepPlan, columns: int,
@@ -115,11 +119,10 @@ def survival_cache(calibrator: ConfidenceCalibrator, plan: StepPlan, columns: in
                                calibrator.prior_weight, calibrator.min_observations)
         if status != 2:          # 2: counts without outcomes (LR 1): numpy's path below
             return SurvivalCache(plan, np.empty((n, columns)), 0, None,
-                                 table if status == 1 else None, np.arange(n)[:, None])
+                                 table if status == 1 else None)
     odds = calibrator.prior_odds(plan.accept)
     return SurvivalCache(plan, np.empty((n, columns)), 0, odds,
-                         None if odds is None else calibrator.posterior_table(odds),
-                         np.arange(n)[:, None])
+                         None if odds is None else calibrator.posterior_table(odds))
 
 
 def calibrated_survival(calibrator: ConfidenceCalibrator, plan: StepPlan,

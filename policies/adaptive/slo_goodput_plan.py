@@ -374,9 +374,12 @@ def kernel_cost(obs: Observation) -> KernelCost:
     """The step's ``KernelCost``: kind -1 (zero coefficients) when the cost model has no
     ``coefficients()`` (``step_cost.coefficient_arrays``)."""
     kind, target, draft = coefficient_arrays(obs.cost) or NO_COEFFICIENTS
+    ctx = obs.context_lens
+    # whole tokens: exact in any order (a Python sum over a short list costs a quarter)
+    ctx_sum = (sum(ctx.tolist()) if ctx.shape[0] <= 48 and ctx.dtype.kind in "iu"
+               else ctx.sum())
     return KernelCost(kind, target, draft, float(obs.num_prefill_tokens + obs.num_requests),
-                      float(target_seqs(obs)),
-                      obs.sum_prefill_context_tokens + float(obs.context_lens.sum()))
+                      float(target_seqs(obs)), obs.sum_prefill_context_tokens + float(ctx_sum))
 
 
 @functools.cache
