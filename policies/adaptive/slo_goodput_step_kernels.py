@@ -234,21 +234,61 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
             for i in range(n):
                 W[w_max + t, i] = target_widths[t, i]
                 q[w_max + t, i] = pass_table[i, target_widths[t, i] - 1]
-    tokens = np.empty((nw, n * K))
+    # a shape row equal to an earlier one (a target's widths the same for every request as
+    # a width row's, as at one request) has the same pass chances, ranking and plan: it is
+    # planned once, and a repeat never wins best_row's pick over the row it repeats (the
+    # same rate is not higher, the same depths starve alike)
+    row_of = np.empty(nw, np.int64)
+    distinct = np.empty(nw, np.int64)
+    nd = 0
     for r in range(nw):
-        tokens[r] = _depth_powers(q[r], K)
-    tok, value, order, Ws, feed, q_all, W_all = TREE_RANKINGS(
-        tokens, W, q, weight, K, _depth_powers(accept, K), accept, caps)
+        row_of[r] = -1
+        for d in range(nd):
+            same = True
+            for i in range(n):
+                if W[distinct[d], i] != W[r, i]:
+                    same = False
+                    break
+            if same:
+                row_of[r] = d
+                break
+        if row_of[r] < 0:
+            distinct[nd] = r
+            row_of[r] = nd
+            nd += 1
+    tokens = np.empty((nd, n * K))
+    for d in range(nd):
+        tokens[d] = _depth_powers(q[distinct[d]], K)
+    tok, value, order, Ws, feed, q_d, W_d = TREE_RANKINGS(
+        tokens, W[distinct[:nd]], q[distinct[:nd]], weight, K, _depth_powers(accept, K),
+        accept, caps)
     chains = True
-    for r in range(W_all.shape[0]):
+    for r in range(W_d.shape[0]):
         for i in range(n):
-            if W_all[r, i] > 1:
+            if W_d[r, i] > 1:
                 chains = False
-    _, rates, depths, marginals = PLAN_ROWS(
+    _, rates_d, depths_d, marginals_d = PLAN_ROWS(
         order, first, context_lens, feed, Ws, K, chains, b.size == n * K + 1, b, kind, dcoef,
         tcoef, tokens_base, seqs, ctx_base, value, tok, base_value, n,
         constants[SLO_STEP_FACTOR] * tpot_slo_min_s, int(constants[GUARD]),
         int(constants[MAX_STEP_TOKENS]), num_prefill_tokens)
+    R = nw + caps.size                           # every row, as numbered before the repeats
+    take = np.empty(R, np.int64)
+    for r in range(nw):
+        take[r] = row_of[r]
+    for c in range(caps.size):
+        take[nw + c] = nd + c
+    rates = np.empty(R)
+    marginals = np.empty(R)
+    depths = np.empty((R, n), np.int64)
+    q_all = np.empty((R, n))
+    W_all = np.empty((R, n), np.int64)
+    for r in range(R):
+        rates[r] = rates_d[take[r]]
+        marginals[r] = marginals_d[take[r]]
+        depths[r] = depths_d[take[r]]
+        q_all[r] = q_d[take[r]]
+        W_all[r] = W_d[take[r]]
     chain = 0                                    # best_row: the best chain, then the trees
     for r in range(nw, rates.size):
         if rates[r] > rates[chain]:
