@@ -265,6 +265,10 @@ class SloGoodput(Policy):
             decision = self._decide_chain(obs, K, t_step, cost)
             if decision is not None:
                 return decision
+        if cost is not None and cost.kind >= 0 and tree:
+            decision = self._decide_tree_fused(obs, K, t_step, cost)
+            if decision is not None:
+                return decision
         a = self.tracker.rate(obs.request_ids)
         w = fair_share_weights(obs, self.weights(obs, t_step), a, self.fair_share)
         if cost is not None and cost.kind >= 0 and not tree:  # one compiled call
@@ -311,24 +315,11 @@ class SloGoodput(Policy):
         where that call does not apply (a fair share other than 0 or 1, a tracker or
         length window on numpy's path)."""
         kernel = step_kernel("DECIDE_CHAIN")
-        if (kernel is None or self.fair_share not in (0.0, 1.0) or not self.tracker.compiled
-                or not self.lengths.compiled):
+        if kernel is None or not self._weights_compile():
             return None
-        horizon, window = 0, None
-        if self.slo_horizon != "step":
-            # as ``weights`` keeps them for ``record_lengths``
-            self._outputs = (obs.request_ids, obs.request_ids.copy(),
-                             obs.num_output_tokens.copy())
-            window = self.lengths.expected_inputs()
-            horizon = 0 if window is None else HORIZONS[self.slo_horizon]
-        sorted_, suffix, size = window or _NO_WINDOW
-        lost = self.lost_weight is not None and obs.ttft_slo_s is not None
         b, first = prefix_grid(obs.num_requests * K, self.num_budget_points)
         a, w, q, row, rate, depth, marginal, k, prefill_value = kernel(
-            *self.tracker.rate_inputs(), sorted_, suffix, size,
-            np.asarray(obs.request_ids, np.int64), np.asarray(obs.num_output_tokens, np.int64),
-            obs.decode_elapsed_s, obs.since_arrival_s, obs.tpot_slo_s,
-            obs.ttft_slo_s if lost else obs.tpot_slo_s, lost, horizon, obs.context_lens,
+            *self.tracker.rate_inputs(), *self._weight_inputs(obs), obs.context_lens,
             int(obs.num_waiting), int(obs.num_prefill_tokens),
             float(obs.sum_prefill_context_tokens), float(t_step),
             queue_value(obs, self.queue_weight, self.ttft_ref_s), self._decide_constants, K,
@@ -339,8 +330,52 @@ class SloGoodput(Policy):
         self._set_plan(obs, best, w, float(prefill_value), cost, width=1)
         return self._chain_decision(obs, k, K)
 
+    def _weights_compile(self) -> bool:
+        """Whether the step's estimates and weights run inside a compiled call
+        (``slo_goodput_step_kernels._step_weights``): a fair share of 0 or 1, the tracker
+        and the length window on their compiled paths."""
+        return (self.fair_share in (0.0, 1.0) and self.tracker.compiled
+                and self.lengths.compiled)
+
+    def _weight_inputs(self, obs: Observation) -> tuple:
+        """``_step_weights``' inputs after the tracker's, from ``obs``: the output-length
+        window (sorted lengths, suffix sums, size: unread with horizon 0), ids, output
+        tokens, decode elapsed, since arrival, TPOT SLOs, TTFT SLOs or the TPOT ones where
+        the lost weight does not apply, whether it does, the horizon code; keeps the step's
+        ids and outputs for ``record_lengths`` as ``weights`` does."""
+        horizon, window = 0, None
+        if self.slo_horizon != "step":
+            # a copy: an engine may update its arrays in place before observe reads them
+            self._outputs = (obs.request_ids, obs.request_ids.copy(),
+                             obs.num_output_tokens.copy())
+            window = self.lengths.expected_inputs()
+            horizon = 0 if window is None else HORIZONS[self.slo_horizon]
+        lost = self.lost_weight is not None and obs.ttft_slo_s is not None
+        return (*(window or _NO_WINDOW), np.asarray(obs.request_ids, np.int64),
+                np.asarray(obs.num_output_tokens, np.int64), obs.decode_elapsed_s,
+                obs.since_arrival_s, obs.tpot_slo_s, obs.ttft_slo_s if lost else obs.tpot_slo_s,
+                lost, horizon)
+
+    def _decide_tree_fused(self, obs: Observation, K: int, t_step: float,
+                           cost: KernelCost) -> Decision | None:
+        """A tree step's estimates, weights, prefill value, base value and tightest SLO in
+        one compiled call (``TREE_INPUTS``: the same floats as ``rate``, ``weights``,
+        ``fair_share_weights`` and ``prefill_value`` one by one), then its plan
+        (``_decide_tree``); None where either call does not apply."""
+        kernel = step_kernel("TREE_INPUTS")
+        if (kernel is None or not self._weights_compile()
+                or (self.w_max == 1 and not self.tree_pass_targets)):
+            return None
+        a, w, prefill_value, base_value, tightest = kernel(
+            *self.tracker.rate_inputs(), *self._weight_inputs(obs), int(obs.num_waiting),
+            float(t_step), self._decide_constants, obs.context_lens,
+            int(obs.num_prefill_tokens), float(obs.sum_prefill_context_tokens),
+            queue_value(obs, self.queue_weight, self.ttft_ref_s), cost.kind, cost.target)
+        return self._decide_tree(obs, w, a, K, prefill_value, cost, base_value, tightest)
+
     def _decide_tree(self, obs: Observation, w: np.ndarray, a: np.ndarray, K: int,
-                     prefill_value: float, cost: KernelCost) -> Decision | None:
+                     prefill_value: float, cost: KernelCost, base_value: float | None = None,
+                     tightest_slo_s: float | None = None) -> Decision | None:
         """A tree step's plan and decision from its weights in one compiled call
         (``DECIDE_TREE``: the shapes, their rankings, every row's best prefix, the row taken,
         the lengths and nodes), the same floats as ``tree_widths``, ``tree_plan_arrays``
@@ -357,7 +392,9 @@ class SloGoodput(Policy):
             a, pass_table, w, K, _targets(self.tree_pass_targets),
             caps_in_range(self.chain_caps, K), first, b, obs.context_lens, cost.kind,
             cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base,
-            float(w.sum() + prefill_value), float(obs.tpot_slo_s.min(initial=np.inf)),
+            float(w.sum() + prefill_value) if base_value is None else float(base_value),
+            (float(obs.tpot_slo_s.min(initial=np.inf)) if tightest_slo_s is None
+             else float(tightest_slo_s)),
             int(obs.num_prefill_tokens), obs.k_max, self._decide_constants)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                           depth_pass=q, widths=widths)
@@ -554,6 +591,7 @@ def _warm_up_kernels(cls: type) -> None:
                      kernel_cost(obs))
         # a tree step's plan in one call (DECIDE_TREE), which a chain class's steps skip
         cls(chain_only=False)._decide_tree(obs, w, a, 8, 0.0, kernel_cost(obs))
+        cls(chain_only=False)._decide_tree_fused(obs, 8, 0.02, kernel_cost(obs))
         slots, ones = np.ones((n, 8)), np.ones((n, 8), np.int64)
         plan_slots(obs, w, slots, ones, slots[None], 0.0, "per_token", 1.5, None, 256)
         plan_oracle_slots(obs, w, slots, ones, 0.0, "per_token", 1.5, None, 256)

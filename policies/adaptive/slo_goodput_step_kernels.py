@@ -153,20 +153,16 @@ def _chain_decide(q, accept, weight, K, caps, first, b, full, context_lens, kind
  TREE_EXTEND) = range(14)
 
 
-def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+def _step_weights(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
                   lengths_suffix, num_lengths, request_ids, num_output_tokens,
                   decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
-                  context_lens, num_waiting, num_prefill_tokens, prefill_ctx, t_step_s,
-                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef):
-    """``SloGoodput.decide``'s whole chain step in one call: the acceptance estimates
-    (``AcceptanceTracker.rate``), the expected remaining outputs when ``horizon`` reads them
-    (``OutputLengths.expected_remaining``), the SLO weights (``slo_weights``), the fair share
-    (``fair_share_weights`` with gamma 1: numpy's ``f ** 1.0`` is ``f``) and the plan
-    (``_chain_decide``, its target-pass base as ``kernel_cost`` forms it); ``constants``
-    indexed by this module's SLO_WEIGHT .. EXTEND. ``lost``: the lost weight applies (else
-    ``ttft_slo_s`` is unread). The same floats as those calls one by one.
-    Returns (accept, weight, q, row, its rate, planned depth, marginal slot value, lengths,
-    w_p)."""
+                  num_waiting, t_step_s, constants):
+    """The step's acceptance estimates (``AcceptanceTracker.rate``) and SLO weights: the
+    expected remaining outputs when ``horizon`` reads them
+    (``OutputLengths.expected_remaining``), ``slo_weights``, the fair share
+    (``fair_share_weights`` with gamma 1: numpy's ``f ** 1.0`` is ``f``); ``lost``: the
+    lost weight applies (else ``ttft_slo_s`` is unread). The same floats as those calls.
+    Returns (accept, weight)."""
     n = request_ids.size
     accept = _tracker_rate(tracker_ids, tracker_values, request_ids, global_rate, prior_weight)
     remaining = tpot_slo_s                       # unread with horizon 0
@@ -190,6 +186,57 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
             mean = _pairwise_sum(f, n) / n
             for i in range(n):
                 weight[i] = weight[i] * (f[i] / mean)
+    return accept, weight
+
+
+def _tree_inputs(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+                 lengths_suffix, num_lengths, request_ids, num_output_tokens,
+                 decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
+                 num_waiting, t_step_s, constants, context_lens, num_prefill_tokens,
+                 prefill_ctx, queue_value, kind, tcoef):
+    """What ``SloGoodput.decide`` reads before a tree step's plan, in one call:
+    ``_step_weights``, the prefill chunk's value (``prefill_chunk_value``: ``queue_value``
+    plus, with ``PREFILL_NEUTRAL``, the neutral value from the target pass's coefficients),
+    the plan's base value (sum w + w_p, numpy's pairwise sum) and the tightest TPOT SLO
+    (``tpot_slo_s.min(initial=inf)``). Returns (accept, weight, w_p, base value, tightest
+    SLO)."""
+    accept, weight = _step_weights(
+        tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+        lengths_suffix, num_lengths, request_ids, num_output_tokens, decode_elapsed_s,
+        since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon, num_waiting, t_step_s,
+        constants)
+    n = request_ids.size
+    prefill_value = 0.0
+    if num_prefill_tokens > 0:
+        prefill_value = queue_value + (_neutral_prefill_value(
+            context_lens, num_prefill_tokens, prefill_ctx, kind, tcoef)
+            if constants[PREFILL_NEUTRAL] != 0.0 else 0.0)
+    tightest = np.inf
+    for i in range(n):
+        tightest = _np_min(tightest, tpot_slo_s[i])
+    return accept, weight, prefill_value, _pairwise_sum(weight, n) + prefill_value, tightest
+
+
+def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+                  lengths_suffix, num_lengths, request_ids, num_output_tokens,
+                  decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
+                  context_lens, num_waiting, num_prefill_tokens, prefill_ctx, t_step_s,
+                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef):
+    """``SloGoodput.decide``'s whole chain step in one call: the acceptance estimates
+    (``AcceptanceTracker.rate``), the expected remaining outputs when ``horizon`` reads them
+    (``OutputLengths.expected_remaining``), the SLO weights (``slo_weights``), the fair share
+    (``fair_share_weights`` with gamma 1: numpy's ``f ** 1.0`` is ``f``) and the plan
+    (``_chain_decide``, its target-pass base as ``kernel_cost`` forms it); ``constants``
+    indexed by this module's SLO_WEIGHT .. EXTEND. ``lost``: the lost weight applies (else
+    ``ttft_slo_s`` is unread). The same floats as those calls one by one.
+    Returns (accept, weight, q, row, its rate, planned depth, marginal slot value, lengths,
+    w_p)."""
+    n = request_ids.size
+    accept, weight = _step_weights(
+        tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+        lengths_suffix, num_lengths, request_ids, num_output_tokens, decode_elapsed_s,
+        since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon, num_waiting, t_step_s,
+        constants)
     q = np.empty(n)
     for i in range(n):                           # chain_q: 1 - (1 - a)^1
         q[i] = 1.0 - (1.0 - accept[i])
@@ -766,7 +813,9 @@ if numba is not None:
     _lengths_expected = state_kernel("lengths_expected")
     _slo_weights = SLO_WEIGHTS
     # numpy's error model as SLO_WEIGHTS': an SLO of 0 s divides as numpy does
+    _step_weights = numba.njit(cache=True, error_model="numpy")(_step_weights)
     DECIDE_CHAIN = numba.njit(cache=True, error_model="numpy")(_decide_chain)
+    TREE_INPUTS = numba.njit(cache=True, error_model="numpy")(_tree_inputs)
     DECIDE_TREE = numba.njit(cache=True)(_decide_tree)
     _live_by_depth = numba.njit(cache=True)(_live_by_depth)
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
@@ -787,7 +836,7 @@ if numba is not None:
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = None
+    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = TREE_INPUTS = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None
