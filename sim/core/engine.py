@@ -288,6 +288,7 @@ class Engine:
         return self.acc.draw(dec, out)
 
     def _tree_min_widths(self, dec, draw) -> np.ndarray:
+        """What a tree oracle knows of the step's draws (``StepDraw.tree_min_widths``)."""
         width = self.policy.tree_oracle_max_width
         if self._draft_kernels is None:
             return draw.tree_min_widths(width)
