@@ -165,10 +165,12 @@ def checked_num_spec_tokens(decision: Decision, n: int, k_max: int,
                          f" expected ({n},)")
     if k.dtype != np.int64:
         k = k.astype(np.int64)
-    # a Python min/max over a short list costs a fifth of numpy's two reductions
-    v = k.tolist() if k.shape[0] <= 48 else None
-    if k.shape[0] and ((min(v) < 0 or max(v) > k_max) if v is not None
-                       else (k.min() < 0 or k.max() > k_max)):
+    if k.shape[0] <= 48:     # a Python min/max over a short list: a fifth of numpy's two
+        v = k.tolist()
+        out_of_range = bool(v) and (min(v) < 0 or max(v) > k_max)
+    else:
+        out_of_range = bool(k.min() < 0 or k.max() > k_max)
+    if out_of_range:
         k = np.minimum(np.maximum(k, 0), k_max)
     return k
 
