@@ -17,7 +17,8 @@ from policies.adaptive.slo_goodput_plan import (_GUARDS, KernelCost, PrefixPlan,
                                                  caps_in_range, chain_decide, draft_prefix_s,
                                                  kernel_cost, plan_oracle_slots, plan_slots,
                                                  plan_widths_and_caps, prefix_grid,
-                                                 step_kernel, tree_plan_arrays)
+                                                 step_kernel, tree_pass_chances,
+                                                 tree_plan_arrays)
 from policies.adaptive.slo_goodput_tree_shapes import (_targets, best_plan, best_row,
                                                        tree_step, tree_widths)
 from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
@@ -358,20 +359,27 @@ class SloGoodput(Policy):
 
     def _decide_tree_fused(self, obs: Observation, K: int, t_step: float,
                            cost: KernelCost) -> Decision | None:
-        """A tree step's estimates, weights, prefill value, base value and tightest SLO in
-        one compiled call (``TREE_INPUTS``: the same floats as ``rate``, ``weights``,
-        ``fair_share_weights`` and ``prefill_value`` one by one), then its plan
-        (``_decide_tree``); None where either call does not apply."""
-        kernel = step_kernel("TREE_INPUTS")
+        """A tree step's decision in one compiled call (``DECIDE_TREE_STEP``: the estimates,
+        weights, prefill value, base value and tightest SLO as ``_tree_inputs``, the pass
+        chances as ``tree_pass_chances``, the plan as ``DECIDE_TREE``: the same floats as
+        ``rate``, ``weights``, ``fair_share_weights``, ``prefill_value`` and
+        ``_decide_tree`` one by one); None where that call does not apply."""
+        kernel = step_kernel("DECIDE_TREE_STEP")
         if (kernel is None or not self._weights_compile()
                 or (self.w_max == 1 and not self.tree_pass_targets)):
             return None
-        a, w, prefill_value, base_value, tightest = kernel(
+        b, first = prefix_grid(obs.num_requests * K, self.num_budget_points)
+        (w, prefill_value, row, rate, depth, marginal, q, widths, widest, k,
+         nodes) = kernel(
             *self.tracker.rate_inputs(), *self._weight_inputs(obs), int(obs.num_waiting),
             float(t_step), self._decide_constants, obs.context_lens,
             int(obs.num_prefill_tokens), float(obs.sum_prefill_context_tokens),
-            queue_value(obs, self.queue_weight, self.ttft_ref_s), cost.kind, cost.target)
-        return self._decide_tree(obs, w, a, K, prefill_value, cost, base_value, tightest)
+            queue_value(obs, self.queue_weight, self.ttft_ref_s), cost.kind, cost.draft,
+            cost.target, self.w_max, K, _targets(self.tree_pass_targets),
+            caps_in_range(self.chain_caps, K), first, b, cost.tokens_base, cost.seqs,
+            cost.ctx_base, obs.k_max)
+        return self._tree_decision(obs, K, w, prefill_value, cost, rate, depth, marginal, q,
+                                   widths, widest, k, nodes)
 
     def _decide_tree(self, obs: Observation, w: np.ndarray, a: np.ndarray, K: int,
                      prefill_value: float, cost: KernelCost, base_value: float | None = None,
@@ -379,14 +387,13 @@ class SloGoodput(Policy):
         """A tree step's plan and decision from its weights in one compiled call
         (``DECIDE_TREE``: the shapes, their rankings, every row's best prefix, the row taken,
         the lengths and nodes), the same floats as ``tree_widths``, ``tree_plan_arrays``
-        and ``best_row``; the depth pass chances 1 - (1 - a_i)^W from numpy's power, as
-        those have them. None where the chain alone is the only shape (``w_max`` 1, no
-        targets)."""
+        and ``best_row``, the depth pass chances ``tree_pass_chances``'. None where the
+        chain alone is the only shape (``w_max`` 1, no targets)."""
         kernel = step_kernel("DECIDE_TREE")
         if kernel is None or (self.w_max == 1 and not self.tree_pass_targets):
             return None
         n = obs.num_requests
-        pass_table = 1.0 - (1.0 - a[:, None]) ** _widths_up_to(self.w_max)
+        pass_table = tree_pass_chances(a, self.w_max)
         b, first = prefix_grid(n * K, self.num_budget_points)
         row, rate, depth, marginal, q, widths, widest, k, nodes = kernel(
             a, pass_table, w, K, _targets(self.tree_pass_targets),
@@ -396,6 +403,13 @@ class SloGoodput(Policy):
             (float(obs.tpot_slo_s.min(initial=np.inf)) if tightest_slo_s is None
              else float(tightest_slo_s)),
             int(obs.num_prefill_tokens), obs.k_max, self._decide_constants)
+        return self._tree_decision(obs, K, w, prefill_value, cost, rate, depth, marginal, q,
+                                   widths, widest, k, nodes)
+
+    def _tree_decision(self, obs: Observation, K: int, w: np.ndarray, prefill_value: float,
+                       cost: KernelCost, rate, depth, marginal, q, widths, widest, k,
+                       nodes) -> Decision:
+        """The plan and decision of a compiled tree step (``DECIDE_TREE``'s results)."""
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                           depth_pass=q, widths=widths)
         self._set_plan(obs, best, w, prefill_value, cost, width=int(widest))
@@ -536,15 +550,6 @@ class SloGoodput(Policy):
 def _chain_widths(n: int) -> np.ndarray:
     """int (n,) ones: a chain plan's width per request (read-only, shared by its steps)."""
     out = np.ones(n, np.int64)
-    out.setflags(write=False)
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _widths_up_to(w_max: int) -> np.ndarray:
-    """(1, w_max) int widths 1..w_max, the exponents of ``tree_widths``' pass chances
-    (read-only, shared by every step)."""
-    out = np.arange(1, w_max + 1)[None, :]
     out.setflags(write=False)
     return out
 

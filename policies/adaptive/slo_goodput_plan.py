@@ -112,7 +112,8 @@ def _width_powers(accept: np.ndarray, K: int, widths):
         for row, x in zip(W, widths):      # a width for all, or one per request
             row[:] = x
     nw = W.shape[0]
-    q = 1.0 - (1.0 - accept[None, :]) ** W                             # (nw, n)
+    table = tree_pass_chances(accept, int(W.max(initial=1)))            # (n, widest)
+    q = table[np.arange(n)[None, :], W - 1]                             # (nw, n)
     return chains, W, q, depth_powers(q, K).reshape(nw, n * K)        # unweighted, per slot
 
 
@@ -191,6 +192,14 @@ def depth_powers(x: np.ndarray, K: int) -> np.ndarray:
     compiled pow does), so the compiled plan (``CHAIN_DECIDE``) forms the same floats in its
     own loop instead of taking them from numpy."""
     return np.cumprod(np.broadcast_to(x[..., None], x.shape + (K,)), axis=-1)
+
+
+def tree_pass_chances(accept: np.ndarray, w_max: int) -> np.ndarray:
+    """(n, w_max): the chance that a tree depth of W candidates passes, 1 - (1 - a_i)^W for
+    W = 1..w_max (independent siblings). The powers are products, as ``depth_powers``', so
+    the compiled tree step (``DECIDE_TREE_STEP``) forms the same floats in its own loop;
+    W = 1 gives a_i's own chain chance, 1 - (1 - a_i)."""
+    return 1.0 - depth_powers(1.0 - accept, w_max)
 
 
 def chain_q(accept: np.ndarray) -> np.ndarray:

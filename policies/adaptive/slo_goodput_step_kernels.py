@@ -217,6 +217,43 @@ def _tree_inputs(tracker_ids, tracker_values, global_rate, prior_weight, lengths
     return accept, weight, prefill_value, _pairwise_sum(weight, n) + prefill_value, tightest
 
 
+def _tree_pass_chances(accept, w_max):
+    """``slo_goodput_plan.tree_pass_chances``: 1 - (1 - a_i)^W for W = 1..w_max, (n, w_max),
+    each power the one before times 1 - a_i (numpy's cumprod, product by product)."""
+    n = accept.size
+    out = np.empty((n, w_max))
+    for i in range(n):
+        x = 1.0 - accept[i]
+        p = x
+        out[i, 0] = 1.0 - p
+        for w in range(1, w_max):
+            p = p * x
+            out[i, w] = 1.0 - p
+    return out
+
+
+def _decide_tree_step(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+                      lengths_suffix, num_lengths, request_ids, num_output_tokens,
+                      decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost,
+                      horizon, num_waiting, t_step_s, constants, context_lens,
+                      num_prefill_tokens, prefill_ctx, queue_value, kind, dcoef, tcoef,
+                      w_max, K, targets, caps, first, b, tokens_base, seqs, ctx_base, k_max):
+    """``SloGoodput.decide``'s whole tree step in one call: its inputs (``_tree_inputs``),
+    the depth pass chances (``_tree_pass_chances``) and the plan (``_decide_tree``), the
+    same floats as those calls one by one. Returns (weight, w_p, then ``_decide_tree``'s
+    tuple)."""
+    accept, weight, prefill_value, base_value, tightest = _tree_inputs(
+        tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
+        lengths_suffix, num_lengths, request_ids, num_output_tokens, decode_elapsed_s,
+        since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon, num_waiting, t_step_s,
+        constants, context_lens, num_prefill_tokens, prefill_ctx, queue_value, kind, tcoef)
+    row, rate, depth, marginal, q, widths, widest, k, nodes = _decide_tree(
+        accept, _tree_pass_chances(accept, w_max), weight, K, targets, caps, first, b,
+        context_lens, kind, dcoef, tcoef, tokens_base, seqs, ctx_base, base_value, tightest,
+        num_prefill_tokens, k_max, constants)
+    return weight, prefill_value, row, rate, depth, marginal, q, widths, widest, k, nodes
+
+
 def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
                   lengths_suffix, num_lengths, request_ids, num_output_tokens,
                   decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
@@ -259,10 +296,9 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
     (``tree_widths``: widths 1..w_max, then per target in ``targets`` each request's
     narrowest passing width, ``TARGET_WIDTHS``), their rankings with the capped chain rows
     (``tree_rankings``), every row's best prefix (``PLAN_ROWS``), the row taken
-    (``best_row``) and the lengths and nodes per depth. ``pass_table`` (n, w_max) is numpy's
-    1 - (1 - a_i)^W for W = 1..w_max: each row's depth pass chances are looked up in it
-    (numpy's power gives a pair (x, W) the same float wherever it sits in an array), the
-    depths' powers are products as ``depth_powers``' cumprod. ``constants`` indexed by
+    (``best_row``) and the lengths and nodes per depth. ``pass_table`` (n, w_max) is
+    ``tree_pass_chances``' 1 - (1 - a_i)^W for W = 1..w_max: each row's depth pass chances
+    are looked up in it, the depths' powers are products as ``depth_powers``' cumprod. ``constants`` indexed by
     this module's SLO_WEIGHT .. TREE_EXTEND. The same floats as those calls. Returns (row,
     its rate, planned depth, marginal slot value, q, widths, its widest width, lengths,
     nodes per depth (n, k_max): empty for a chain)."""
@@ -815,8 +851,11 @@ if numba is not None:
     # numpy's error model as SLO_WEIGHTS': an SLO of 0 s divides as numpy does
     _step_weights = numba.njit(cache=True, error_model="numpy")(_step_weights)
     DECIDE_CHAIN = numba.njit(cache=True, error_model="numpy")(_decide_chain)
-    TREE_INPUTS = numba.njit(cache=True, error_model="numpy")(_tree_inputs)
+    _tree_inputs = numba.njit(cache=True, error_model="numpy")(_tree_inputs)
     DECIDE_TREE = numba.njit(cache=True)(_decide_tree)
+    _decide_tree = DECIDE_TREE
+    _tree_pass_chances = numba.njit(cache=True)(_tree_pass_chances)
+    DECIDE_TREE_STEP = numba.njit(cache=True, error_model="numpy")(_decide_tree_step)
     _live_by_depth = numba.njit(cache=True)(_live_by_depth)
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
     _plan_ordered = numba.njit(cache=True)(_plan_ordered)
@@ -836,7 +875,7 @@ if numba is not None:
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = TREE_INPUTS = None
+    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from policies.adaptive.slo_goodput_plan import PrefixPlan, compiled_kernel
+from policies.adaptive.slo_goodput_plan import PrefixPlan, compiled_kernel, tree_pass_chances
 from policies.interface import Observation
 
 
@@ -31,12 +31,13 @@ def tree_widths(accept: np.ndarray, w_max: int, pass_targets: tuple,
                 compiled: bool = False) -> list:
     """The shapes to plan in a tree step: uniform widths 1..``w_max`` (1: the chain), then per
     target t in ``pass_targets`` the per-request widths: the narrowest whose depth passes
-    w.p. 1 - (1 - a_i)^W >= t, ``w_max`` where none does. ``compiled``: the per-target
-    search in one compiled call (``TARGET_WIDTHS``; the powers stay numpy's), the same rows."""
+    w.p. 1 - (1 - a_i)^W >= t (``tree_pass_chances``), ``w_max`` where none does.
+    ``compiled``: the per-target search in one compiled call (``TARGET_WIDTHS``), the same
+    rows."""
     widths = list(range(1, w_max + 1))
     if pass_targets:
         W = np.arange(1, w_max + 1)
-        q = 1.0 - (1.0 - accept[:, None]) ** W[None, :]
+        q = tree_pass_chances(accept, w_max)
         kernel = compiled_kernel("TARGET_WIDTHS") if compiled else None
         if kernel is not None:
             widths.extend(kernel(q, _targets(tuple(pass_targets)), w_max))

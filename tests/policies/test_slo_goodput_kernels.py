@@ -157,7 +157,7 @@ def test_warm_up_compiles_every_kernel_before_timed_work():
             "from policies.adaptive import slo_goodput_step_kernels as s; "
             "fused = ('POSTERIOR_TABLE', 'DRAFTING_PASS', 'VERIFY_PASS', 'OBSERVE_CHAINS', "
             "'CHAIN_DECIDE', 'SLOT_PLAN', 'ORACLE_SLOT_PLAN', 'NEUTRAL_PREFILL_VALUE', "
-            "'DECIDE_CHAIN', 'DECIDE_TREE', 'TREE_INPUTS'); "
+            "'DECIDE_CHAIN', 'DECIDE_TREE', 'DECIDE_TREE_STEP'); "
             "count = lambda: [len(getattr(k, x).signatures) for x in names] "
             "+ [len(getattr(s, x).signatures) for x in fused]; "
             "before = count(); "
@@ -492,8 +492,10 @@ def test_chain_decide_matches_numpy():
 
 
 def test_tree_decide_matches_numpy():
-    """A tree step's decide in one compiled call (``DECIDE_TREE``: shapes, rankings, prefix
-    search, the row taken, lengths and nodes) against numpy's path: the decision (lengths
+    """A tree step's decide in one compiled call (``DECIDE_TREE_STEP``: estimates, weights,
+    pass chances, shapes, rankings, prefix search, the row taken, lengths and nodes; with a
+    fair share of 0.5 the inputs one by one, then ``DECIDE_TREE``) against numpy's path:
+    the decision (lengths
     and nodes per depth) and the plan field by field, over random rates (0 and 1 among
     them), SLOs, widths up to 1..8 with and without pass targets, caps, minimum gains,
     extensions, guards, verified-token caps, both prefix grids and both cost forms with
@@ -519,9 +521,13 @@ def test_tree_decide_matches_numpy():
                   tree_min_gain=float(rng.choice([0.0, 0.05])),
                   extend_positions=int(rng.integers(0, 3)),
                   tree_extend_positions=int(rng.integers(0, 2)))
+        # a fair share other than 0 or 1 takes the inputs one by one, then DECIDE_TREE
+        one_by_one = case % 7 == 0
+        if one_by_one:
+            kw["fair_share"] = 0.5
         fast, slow, fused = _compiled_and_numpy(
             functools.partial(make_policy, "slo_goodput_tree"), kw, rng, obs.request_ids, K,
-            "_decide_tree", extremes=case % 4 == 0)
+            "_decide_tree" if one_by_one else "_decide_tree_fused", extremes=case % 4 == 0)
         fast.t_step_s = slow.t_step_s = float(rng.uniform(0.01, 0.1))
         a, b = fast.decide(obs), slow.decide(obs)
         chain_only = kw["w_max"] == 1 and not kw["tree_pass_targets"]
@@ -541,7 +547,8 @@ def test_tree_decide_matches_numpy():
             assert x == y or (np.isnan(x) and np.isnan(y)), (case, field, x, y)
         seen |= {"chain"} if b.nodes_per_depth is None and b.num_spec_tokens.any() else set()
         seen |= {"per-request widths"} if len(set(pb.widths.tolist())) > 1 else set()
-    assert {"tree", "chain", "per-request widths"} <= seen, seen
+        seen |= {"one by one"} if one_by_one and b.nodes_per_depth is not None else set()
+    assert {"tree", "chain", "per-request widths", "one by one"} <= seen, seen
 
 
 def test_oracle_orders_and_prefill_value_match_numpy():
