@@ -378,3 +378,71 @@ def best_verified_prefixes(obs: Observation, value: np.ndarray, drafted: np.ndar
     keep = np.zeros(n * K, bool)
     keep[order[:int(np.argmax(rate))]] = True
     return np.cumprod(keep.reshape(n, K), axis=1).sum(axis=1).astype(drafted.dtype)
+
+
+def unverified_outcomes(table: np.ndarray, confidences: np.ndarray, verified: np.ndarray,
+                        accepted: np.ndarray, num_bins: int):
+    """The expected outcomes of a chain step's drafted but unverified tokens (EM's E-step
+    for censored chains), where the step saw no rejection (accepted = verified).
+
+    Why: verification stops where a draft's confidence says it will likely fail
+    (``select_verify``), so the tokens it leaves out are mostly failures nobody counts: an
+    estimate from verified outcomes alone is biased high (chains end where the
+    confidence, not the target, says) and so is the calibrator's overall rate. Each left-out
+    token j of request i is compared iff all before it pass: it counts S_{j-1} comparisons
+    and S_j passes, S_j the product of the calibrated posteriors
+    P(accept | confidence, a_i) (``table``, the step's ``SurvivalCache.table``) from the
+    first left-out token to j. Per request that is sum_j S_j expected passes and 1 - S_last
+    expected rejections; per confidence bin, the same passes and S_{j-1} - S_j rejections.
+
+    Returns (passes (n,), rejections (n,), passes per bin, rejections per bin), float;
+    sums in a fixed order (columns left to right, bins in row-major order), as the compiled
+    ``slo_goodput_step_kernels.IMPUTE_UNVERIFIED`` forms them."""
+    conf = np.asarray(confidences, float)
+    n, K = conf.shape
+    v = np.asarray(verified, np.int64)
+    drafted = (~np.isnan(conf)).sum(axis=1)
+    j = np.arange(K)[None, :]
+    mask = (j >= v[:, None]) & (j < drafted[:, None]) & (np.asarray(accepted) >= v)[:, None]
+    cols = np.minimum(np.maximum(
+        (np.where(np.isnan(conf), -1.0, conf) * num_bins).astype(np.int64), -1), num_bins - 1)
+    post = np.where(mask, table[np.arange(n)[:, None], cols], 1.0)
+    S = np.cumprod(post, axis=1)
+    prev = np.ones_like(S)
+    prev[:, 1:] = S[:, :-1]
+    passes = np.zeros(n)
+    for c in range(K):
+        passes += np.where(mask[:, c], S[:, c], 0.0)
+    rejections = np.where(mask.any(axis=1), 1.0 - S[:, -1] if K else 0.0, 0.0)
+    b = np.maximum(cols, 0)[mask]
+    return (passes, rejections, np.bincount(b, weights=S[mask], minlength=num_bins),
+            np.bincount(b, weights=(prev - S)[mask], minlength=num_bins))
+
+
+def impute_unverified(tracker, calibrator: ConfidenceCalibrator, table: np.ndarray,
+                      confidences: np.ndarray, ids: np.ndarray, verified: np.ndarray,
+                      accepted: np.ndarray, compiled: bool = False) -> None:
+    """Add ``unverified_outcomes`` to the tracker's counts of the requests it has rows for
+    (and to the fleet's counts) and to the calibrator's bins, before the step's own
+    outcomes are recorded. ``compiled``: in one loop
+    (``slo_goodput_step_kernels.IMPUTE_UNVERIFIED``), the same floats."""
+    ids = np.asarray(ids, np.int64)
+    kernel = step_kernel("IMPUTE_UNVERIFIED") if compiled else None
+    if kernel is not None:
+        kernel(table, np.asarray(confidences, float), np.asarray(verified, np.int64),
+               np.asarray(accepted, np.int64), calibrator.num_bins, tracker.table.ids,
+               tracker.table.values, ids, tracker.global_counts, calibrator.accepted,
+               calibrator.rejected)
+        calibrator.counts_changed()
+        return
+    passes, rejections, bin_passes, bin_rejections = unverified_outcomes(
+        table, confidences, verified, accepted, calibrator.num_bins)
+    pos, found = tracker.table._find(ids)
+    use = found & ((passes > 0) | (rejections > 0))
+    tracker.table.values[pos[use], 0] += passes[use]
+    tracker.table.values[pos[use], 1] += rejections[use]
+    tracker.global_counts = tracker.global_counts + np.array([passes[use].sum(),
+                                                              rejections[use].sum()])
+    calibrator.accepted += bin_passes
+    calibrator.rejected += bin_rejections
+    calibrator.counts_changed()

@@ -743,6 +743,56 @@ def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, co
     return VERIFIED_COUNTS(req, pos, cum_v, verify, base_value, draft_time_s, n, K), filled
 
 
+def _impute_unverified(table, confidences, verified, accepted, num_bins, table_ids,
+                       table_values, ids, global_counts, cal_accepted, cal_rejected):
+    """``slo_goodput_drafting.impute_unverified`` in one loop, in place: the expected
+    outcomes of each request's drafted but unverified tokens (``unverified_outcomes``: the
+    same products and sums in the same order) added to the tracker's rows it has, the
+    fleet's counts (numpy's pairwise sums) and the calibrator's bins."""
+    n, K = confidences.shape
+    m = table_ids.size
+    bin_passes = np.zeros(num_bins)
+    bin_rejections = np.zeros(num_bins)
+    used_passes = np.empty(n)
+    used_rejections = np.empty(n)
+    num_used = 0
+    for i in range(n):
+        if accepted[i] < verified[i]:
+            continue
+        drafted = 0
+        for c in range(K):
+            if not np.isnan(confidences[i, c]):
+                drafted += 1
+        if drafted <= verified[i]:
+            continue
+        s = 1.0
+        passes = 0.0
+        for c in range(K):
+            if c >= verified[i] and c < drafted:
+                col = min(max(int(confidences[i, c] * num_bins), -1), num_bins - 1)
+                before = s
+                s = s * table[i, col]
+                passes += s
+                b = max(col, 0)
+                bin_passes[b] += s
+                bin_rejections[b] += before - s
+        rejections = 1.0 - s
+        if not (passes > 0 or rejections > 0):
+            continue
+        p = np.searchsorted(table_ids, ids[i])
+        if p < m and table_ids[p] == ids[i]:
+            table_values[p, 0] += passes
+            table_values[p, 1] += rejections
+            used_passes[num_used] = passes
+            used_rejections[num_used] = rejections
+            num_used += 1
+    global_counts[0] = global_counts[0] + _pairwise_sum(used_passes, num_used)
+    global_counts[1] = global_counts[1] + _pairwise_sum(used_rejections, num_used)
+    for b in range(num_bins):
+        cal_accepted[b] += bin_passes[b]
+        cal_rejected[b] += bin_rejections[b]
+
+
 def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, decay, update,
                     global_counts, global_decay, cal_accepted, cal_rejected, cal_decay,
                     confidences, num_bins, finished, max_requests, width):
@@ -873,8 +923,10 @@ if numba is not None:
     DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
+    IMPUTE_UNVERIFIED = numba.njit(cache=True)(_impute_unverified)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
+    IMPUTE_UNVERIFIED = None
     DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
