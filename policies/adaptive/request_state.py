@@ -66,9 +66,10 @@ class RequestTable:
             self.ids, self.values = self.ids[keep], self.values[keep]
 
 
-# OBSERVE_CHAINS' calibrator inputs without one (no bins: unread), and its chains' widths
+# OBSERVE_CHAINS' calibrator inputs without one (no bins: unread), its chains' widths
 _NO_CALIBRATOR = (np.zeros(0), np.zeros(0), 1.0, np.zeros((0, 0)), 0)
 _NO_WIDTHS = np.zeros(0)
+_NO_TABLE = np.zeros((0, 0))      # nothing imputed
 
 
 class AcceptanceTracker:
@@ -160,14 +161,16 @@ class AcceptanceTracker:
                                   + np.array([acc[drafted].sum(), rej[drafted].sum()]))
 
     def observe_chains_with(self, calibrator, ids, num_spec, num_accepted, confidences,
-                            finished_ids, reject_width=None) -> bool:
+                            finished_ids, reject_width=None, imputed=None) -> bool:
         """``observe(ids, num_spec, num_accepted)``, ``calibrator.observe(confidences,
         num_spec, num_accepted)`` and ``forget(finished_ids)`` of one chain-verification
         step in one compiled call (``slo_goodput_step_kernels.OBSERVE_CHAINS``: the same
         floats and table); False, having done nothing, where that call does not apply
         (numpy's paths, idle decay). Token trees: ``observe(ids, num_spec, num_accepted,
         reject_width)`` and ``forget`` with ``calibrator`` None (a tree step's confidences
-        are not calibrated)."""
+        are not calibrated). ``imputed``: the step's posterior table (chains with a
+        calibrator), its unverified drafts imputed first, as
+        ``slo_goodput_drafting.impute_unverified`` does."""
         from policies.adaptive.slo_goodput_plan import step_kernel
         kernel = (step_kernel("OBSERVE_CHAINS")
                   if self.compiled and (calibrator is None or calibrator.compiled)
@@ -183,7 +186,8 @@ class AcceptanceTracker:
             table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
             np.asarray(num_accepted, float), self.decay, float(self._updates + 1),
             self.global_counts, self.global_decay, *bins, finished_ids, self.max_requests,
-            _NO_WIDTHS if reject_width is None else np.asarray(reject_width, float))
+            _NO_WIDTHS if reject_width is None else np.asarray(reject_width, float),
+            _NO_TABLE if imputed is None or calibrator is None else imputed)
         if calibrator is not None:
             calibrator.counts_changed()
         if drafted:

@@ -532,18 +532,17 @@ class SloGoodput(Policy):
         return verified_lengths(self._plan, draft, super().select_verify(draft), self.survival,
                                 self.confidence_verify, self.compiled)
 
-    def _impute(self, feedback: Feedback, ids: np.ndarray, verified: np.ndarray) -> None:
-        """The step's drafted but unverified tokens into the estimates
-        (``impute_unverified``), with the posteriors its drafting used; nothing where the
-        step had none (no calibration table yet, another step's survival)."""
+    def _imputed_table(self, feedback: Feedback, ids: np.ndarray) -> np.ndarray | None:
+        """The posterior table the step's drafting used, for imputing its unverified drafts
+        (``impute_unverified``); None where the step had none (no calibration table yet,
+        another step's survival, no confidences)."""
         cached, plan = self._survival, self._plan
         if (self.calibrator is None or cached is None or cached.plan is not plan
                 or cached.table is None or feedback.confidences is None
                 or not (ids is plan.obs.request_ids
                         or np.array_equal(ids, plan.obs.request_ids))):
-            return
-        impute_unverified(self.tracker, self.calibrator, cached.table, feedback.confidences,
-                          ids, verified, feedback.num_accepted, self.compiled)
+            return None
+        return cached.table
 
     def observe(self, feedback: Feedback) -> None:
         """Tree steps report num_spec_tokens = nodes (width x depth): the tracker gets the
@@ -552,8 +551,8 @@ class SloGoodput(Policy):
         spec = np.asarray(feedback.num_spec_tokens, np.int64)
         plan = self._plan
         self.record_lengths(feedback)
-        if self.impute_unverified and plan is not None and plan.width == 1:
-            self._impute(feedback, ids, spec)
+        imputed = (self._imputed_table(feedback, ids)
+                   if self.impute_unverified and plan is not None and plan.width == 1 else None)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:     # before the tracker: nothing below reads it
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
@@ -568,9 +567,12 @@ class SloGoodput(Policy):
         elif (self.compiled and self.calibrator is not None
               and self.tracker.observe_chains_with(self.calibrator, ids, spec,
                                                    feedback.num_accepted, feedback.confidences,
-                                                   feedback.finished_ids)):
-            return                   # forgotten the finished requests too, in one call
+                                                   feedback.finished_ids, imputed=imputed)):
+            return                   # imputed, observed, forgotten the finished: one call
         else:
+            if imputed is not None:
+                impute_unverified(self.tracker, self.calibrator, imputed, feedback.confidences,
+                                  ids, spec, feedback.num_accepted)
             self.tracker.observe(ids, spec, feedback.num_accepted)
             if self.calibrator is not None:
                 self.calibrator.observe(feedback.confidences, spec, feedback.num_accepted)

@@ -397,7 +397,7 @@ def unverified_outcomes(table: np.ndarray, confidences: np.ndarray, verified: np
 
     Returns (passes (n,), rejections (n,), passes per bin, rejections per bin), float;
     sums in a fixed order (columns left to right, bins in row-major order), as the compiled
-    ``slo_goodput_step_kernels.IMPUTE_UNVERIFIED`` forms them."""
+    ``slo_goodput_step_kernels._impute_unverified`` forms them."""
     conf = np.asarray(confidences, float)
     n, K = conf.shape
     v = np.asarray(verified, np.int64)
@@ -421,23 +421,14 @@ def unverified_outcomes(table: np.ndarray, confidences: np.ndarray, verified: np
 
 def impute_unverified(tracker, calibrator: ConfidenceCalibrator, table: np.ndarray,
                       confidences: np.ndarray, ids: np.ndarray, verified: np.ndarray,
-                      accepted: np.ndarray, compiled: bool = False) -> None:
+                      accepted: np.ndarray) -> None:
     """Add ``unverified_outcomes`` to the tracker's counts of the requests it has rows for
     (and to the fleet's counts) and to the calibrator's bins, before the step's own
-    outcomes are recorded. ``compiled``: in one loop
-    (``slo_goodput_step_kernels.IMPUTE_UNVERIFIED``), the same floats."""
-    ids = np.asarray(ids, np.int64)
-    kernel = step_kernel("IMPUTE_UNVERIFIED") if compiled else None
-    if kernel is not None:
-        kernel(table, np.asarray(confidences, float), np.asarray(verified, np.int64),
-               np.asarray(accepted, np.int64), calibrator.num_bins, tracker.table.ids,
-               tracker.table.values, ids, tracker.global_counts, calibrator.accepted,
-               calibrator.rejected)
-        calibrator.counts_changed()
-        return
+    outcomes are recorded: numpy's path (the compiled one runs inside
+    ``AcceptanceTracker.observe_chains_with``, the same floats)."""
     passes, rejections, bin_passes, bin_rejections = unverified_outcomes(
         table, confidences, verified, accepted, calibrator.num_bins)
-    pos, found = tracker.table._find(ids)
+    pos, found = tracker.table._find(np.asarray(ids, np.int64))
     use = found & ((passes > 0) | (rejections > 0))
     tracker.table.values[pos[use], 0] += passes[use]
     tracker.table.values[pos[use], 1] += rejections[use]

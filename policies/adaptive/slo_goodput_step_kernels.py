@@ -745,7 +745,8 @@ def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, co
 
 def _impute_unverified(table, confidences, verified, accepted, num_bins, table_ids,
                        table_values, ids, global_counts, cal_accepted, cal_rejected):
-    """``slo_goodput_drafting.impute_unverified`` in one loop, in place: the expected
+    """``slo_goodput_drafting.impute_unverified`` in one loop (``OBSERVE_CHAINS``' first
+    part), in place: the expected
     outcomes of each request's drafted but unverified tokens (``unverified_outcomes``: the
     same products and sums in the same order) added to the tracker's rows it has, the
     fleet's counts (numpy's pairwise sums) and the calibrator's bins."""
@@ -795,7 +796,7 @@ def _impute_unverified(table, confidences, verified, accepted, num_bins, table_i
 
 def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, decay, update,
                     global_counts, global_decay, cal_accepted, cal_rejected, cal_decay,
-                    confidences, num_bins, finished, max_requests, width):
+                    confidences, num_bins, finished, max_requests, width, imputed):
     """``AcceptanceTracker.observe`` (chains, no idle decay), ``ConfidenceCalibrator.observe``
     and ``AcceptanceTracker.forget(finished)`` of one step: known requests' counts, the
     fleet's counts (only in steps where some request drafted, as there) and the
@@ -809,7 +810,13 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
     the calibrator reads it; ``accepted_f``: float, as the tracker does. Token trees
     (``width`` (n,) float, not empty: ``spec`` their verified depths, a rejected depth
     counting as its width's rejections, as ``AcceptanceTracker.observe``'s
-    ``reject_width``) with ``num_bins`` 0: no calibrator (its arrays unread)."""
+    ``reject_width``) with ``num_bins`` 0: no calibrator (its arrays unread). ``imputed``
+    (n, bins + 1), not empty: the step's posterior table, its unverified drafts imputed
+    first (``_impute_unverified``, as ``SloGoodput.observe``'s numpy path does before the
+    updates)."""
+    if imputed.shape[0] > 0:
+        _impute_unverified(imputed, confidences, spec, accepted, num_bins, table_ids,
+                           table_values, ids, global_counts, cal_accepted, cal_rejected)
     for b in range(num_bins):
         cal_accepted[b] = cal_accepted[b] * cal_decay
         cal_rejected[b] = cal_rejected[b] * cal_decay
@@ -922,11 +929,10 @@ if numba is not None:
     _drafting_pass = DRAFTING_PASS
     DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
+    _impute_unverified = numba.njit(cache=True)(_impute_unverified)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
-    IMPUTE_UNVERIFIED = numba.njit(cache=True)(_impute_unverified)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    IMPUTE_UNVERIFIED = None
     DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None

@@ -728,15 +728,16 @@ def test_depth_powers_are_the_same_products_compiled():
 
 
 def test_imputed_unverified_outcomes_match_numpy():
-    """A chain step's drafted but unverified tokens imputed in one compiled call
-    (``IMPUTE_UNVERIFIED``) against numpy's path (``unverified_outcomes`` and its
-    application): the tracker's rows and fleet counts and the calibrator's bins, bit for
-    bit, over random drafts (none, some, all verified; a rejection seen or not), tables
-    with and without the step's requests, and many requests (the fleet sums' pairwise
-    order past 8 and 128 terms)."""
+    """A chain step's drafted but unverified tokens imputed inside the fused observe
+    (``observe_chains_with(..., imputed=table)``: ``OBSERVE_CHAINS``) against numpy's path
+    (``impute_unverified``, then the tracker's and calibrator's observe and forget): the
+    tracker's rows and fleet counts and the calibrator's bins, bit for bit, over random
+    drafts (none, some, all verified; a rejection seen or not), requests the tracker has
+    rows for or not, finished requests, and many requests (the fleet sums' pairwise order
+    past 8 and 128 terms)."""
     from policies.adaptive.calibration import ConfidenceCalibrator
     from policies.adaptive.request_state import AcceptanceTracker
-    from policies.adaptive.slo_goodput_drafting import impute_unverified
+    from policies.adaptive.slo_goodput_drafting import impute_unverified, unverified_outcomes
     rng = np.random.default_rng(71)
     seen = set()
     for case in range(200):
@@ -744,26 +745,36 @@ def test_imputed_unverified_outcomes_match_numpy():
         ids = np.sort(rng.choice(4 * n, size=n, replace=False)).astype(np.int64)
         drafted = rng.integers(0, K + 1, n)
         conf = np.where(np.arange(K)[None, :] < drafted[:, None], rng.random((n, K)), np.nan)
-        verified = np.minimum(rng.integers(0, K + 1, n), drafted)
+        verified = np.minimum(rng.integers(0, K + 1, n), drafted).astype(np.int64)
         accepted = np.where(rng.random(n) < 0.6, verified,
-                            np.minimum(rng.integers(0, K + 1, n), verified))
-        cal = ConfidenceCalibrator(num_bins=int(rng.choice([4, 20])))
-        table = rng.random((n, cal.num_bins + 1))
+                            np.minimum(rng.integers(0, K + 1, n), verified)).astype(np.int64)
+        finished = ids[rng.random(n) < 0.1]
+        bins = int(rng.choice([4, 20]))
+        table = rng.random((n, bins + 1))
+        known = ids[rng.random(n) < 0.7]
         pair = []
         for compiled in (True, False):
-            t, c = AcceptanceTracker(), ConfidenceCalibrator(num_bins=cal.num_bins)
-            known = ids[rng.random(n) < 0.7] if compiled else pair[0][0].table.ids
+            t, c = AcceptanceTracker(), ConfidenceCalibrator(num_bins=bins)
             t.table.set(known, np.tile([1.5, 0.5, 1.0], (known.size, 1)))
-            c.accepted[:] = np.arange(c.num_bins)
-            impute_unverified(t, c, table, conf, ids, verified, accepted, compiled)
+            c.accepted[:] = np.arange(bins)
+            if compiled:
+                assert t.observe_chains_with(c, ids, verified, accepted, conf, finished,
+                                             imputed=table)
+            else:
+                t.compiled = c.compiled = False
+                impute_unverified(t, c, table, conf, ids, verified, accepted)
+                t.observe(ids, verified, accepted)
+                c.observe(conf, verified, accepted)
+                t.forget(finished)
             pair.append((t, c))
         (ft, fc), (st, sc) = pair
+        assert np.array_equal(ft.table.ids, st.table.ids), case
         assert np.array_equal(ft.table.values, st.table.values), case
         assert np.array_equal(ft.global_counts, st.global_counts), case
         assert np.array_equal(fc.accepted, sc.accepted), case
         assert np.array_equal(fc.rejected, sc.rejected), case
-        moved = not np.array_equal(st.table.values, np.tile([1.5, 0.5, 1.0],
-                                                            (len(st.table), 1)))
+        passes, rejections, _, _ = unverified_outcomes(table, conf, verified, accepted, bins)
+        moved = bool(((passes > 0) | (rejections > 0))[np.isin(ids, known)].any())
         seen |= {"imputed"} if moved else set()
         seen |= {"many"} if moved and n == 300 else set()
     assert {"imputed", "many"} <= seen, seen
