@@ -298,10 +298,10 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
     (``tree_rankings``), every row's best prefix (``PLAN_ROWS``), the row taken
     (``best_row``) and the lengths and nodes per depth. ``pass_table`` (n, w_max) is
     ``tree_pass_chances``' 1 - (1 - a_i)^W for W = 1..w_max: each row's depth pass chances
-    are looked up in it, the depths' powers are products as ``depth_powers``' cumprod. ``constants`` indexed by
-    this module's SLO_WEIGHT .. TREE_EXTEND. The same floats as those calls. Returns (row,
-    its rate, planned depth, marginal slot value, q, widths, its widest width, lengths,
-    nodes per depth (n, k_max): empty for a chain)."""
+    are looked up in it, the depths' powers are products as ``depth_powers``' cumprod.
+    ``constants`` indexed by this module's SLO_WEIGHT .. TREE_EXTEND. The same floats as
+    those calls. Returns (row, its rate, planned depth, marginal slot value, q, widths, its
+    widest width, lengths, nodes per depth (n, k_max): empty for a chain)."""
     n, w_max = pass_table.shape
     min_gain = constants[TREE_MIN_GAIN]
     nw = w_max + targets.size
@@ -746,10 +746,10 @@ def _verify_pass(weight, table, confidences, num_bins, surv, filled, drafted, co
 def _impute_unverified(table, confidences, verified, accepted, num_bins, table_ids,
                        table_values, ids, global_counts, cal_accepted, cal_rejected):
     """``slo_goodput_drafting.impute_unverified`` in one loop (``OBSERVE_CHAINS``' first
-    part), in place: the expected
-    outcomes of each request's drafted but unverified tokens (``unverified_outcomes``: the
-    same products and sums in the same order) added to the tracker's rows it has, the
-    fleet's counts (numpy's pairwise sums) and the calibrator's bins."""
+    part), in place: the expected outcomes of each request's drafted but unverified tokens
+    (``unverified_outcomes``: the same products and sums in the same order) added to the
+    tracker's rows it has, the fleet's counts (numpy's pairwise sums) and the calibrator's
+    bins."""
     n, K = confidences.shape
     m = table_ids.size
     bin_passes = np.zeros(num_bins)
