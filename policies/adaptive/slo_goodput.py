@@ -398,8 +398,7 @@ class SloGoodput(Policy):
                                    widths, widest, k, nodes)
 
     def _decide_tree(self, obs: Observation, w: np.ndarray, a: np.ndarray, K: int,
-                     prefill_value: float, cost: KernelCost, base_value: float | None = None,
-                     tightest_slo_s: float | None = None) -> Decision | None:
+                     prefill_value: float, cost: KernelCost) -> Decision | None:
         """A tree step's plan and decision from its weights in one compiled call
         (``DECIDE_TREE``: the shapes, their rankings, every row's best prefix, the row taken,
         the lengths and nodes), the same floats as ``tree_widths``, ``tree_plan_arrays``
@@ -415,9 +414,7 @@ class SloGoodput(Policy):
             a, pass_table, w, K, _targets(self.tree_pass_targets),
             caps_in_range(self.chain_caps, K), first, b, obs.context_lens, cost.kind,
             cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base,
-            float(w.sum() + prefill_value) if base_value is None else float(base_value),
-            (float(obs.tpot_slo_s.min(initial=np.inf)) if tightest_slo_s is None
-             else float(tightest_slo_s)),
+            float(w.sum() + prefill_value), float(obs.tpot_slo_s.min(initial=np.inf)),
             int(obs.num_prefill_tokens), obs.k_max, self._decide_constants)
         return self._tree_decision(obs, K, w, prefill_value, cost, rate, depth, marginal, q,
                                    widths, widest, k, nodes)

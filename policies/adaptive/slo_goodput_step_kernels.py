@@ -217,21 +217,6 @@ def _tree_inputs(tracker_ids, tracker_values, global_rate, prior_weight, lengths
     return accept, weight, prefill_value, _pairwise_sum(weight, n) + prefill_value, tightest
 
 
-def _tree_pass_chances(accept, w_max):
-    """``slo_goodput_plan.tree_pass_chances``: 1 - (1 - a_i)^W for W = 1..w_max, (n, w_max),
-    each power the one before times 1 - a_i (numpy's cumprod, product by product)."""
-    n = accept.size
-    out = np.empty((n, w_max))
-    for i in range(n):
-        x = 1.0 - accept[i]
-        p = x
-        out[i, 0] = 1.0 - p
-        for w in range(1, w_max):
-            p = p * x
-            out[i, w] = 1.0 - p
-    return out
-
-
 def _decide_tree_step(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
                       lengths_suffix, num_lengths, request_ids, num_output_tokens,
                       decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost,
@@ -239,18 +224,18 @@ def _decide_tree_step(tracker_ids, tracker_values, global_rate, prior_weight, le
                       num_prefill_tokens, prefill_ctx, queue_value, kind, dcoef, tcoef,
                       w_max, K, targets, caps, first, b, tokens_base, seqs, ctx_base, k_max):
     """``SloGoodput.decide``'s whole tree step in one call: its inputs (``_tree_inputs``),
-    the depth pass chances (``_tree_pass_chances``) and the plan (``_decide_tree``), the
-    same floats as those calls one by one. Returns (weight, w_p, then ``_decide_tree``'s
-    tuple)."""
+    the depth pass chances (``tree_pass_chances``: 1 minus the powers of 1 - a_i as
+    ``_depth_powers`` forms them) and the plan (``_decide_tree``), the same floats as those
+    calls one by one. Returns (weight, w_p, then ``_decide_tree``'s tuple)."""
     accept, weight, prefill_value, base_value, tightest = _tree_inputs(
         tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
         lengths_suffix, num_lengths, request_ids, num_output_tokens, decode_elapsed_s,
         since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon, num_waiting, t_step_s,
         constants, context_lens, num_prefill_tokens, prefill_ctx, queue_value, kind, tcoef)
     row, rate, depth, marginal, q, widths, widest, k, nodes = _decide_tree(
-        accept, _tree_pass_chances(accept, w_max), weight, K, targets, caps, first, b,
-        context_lens, kind, dcoef, tcoef, tokens_base, seqs, ctx_base, base_value, tightest,
-        num_prefill_tokens, k_max, constants)
+        accept, 1.0 - _depth_powers(1.0 - accept, w_max).reshape(accept.size, w_max),
+        weight, K, targets, caps, first, b, context_lens, kind, dcoef, tcoef, tokens_base,
+        seqs, ctx_base, base_value, tightest, num_prefill_tokens, k_max, constants)
     return weight, prefill_value, row, rate, depth, marginal, q, widths, widest, k, nodes
 
 
@@ -911,7 +896,6 @@ if numba is not None:
     _tree_inputs = numba.njit(cache=True, error_model="numpy")(_tree_inputs)
     DECIDE_TREE = numba.njit(cache=True)(_decide_tree)
     _decide_tree = DECIDE_TREE
-    _tree_pass_chances = numba.njit(cache=True)(_tree_pass_chances)
     DECIDE_TREE_STEP = numba.njit(cache=True, error_model="numpy")(_decide_tree_step)
     _live_by_depth = numba.njit(cache=True)(_live_by_depth)
     _sorted_slots = numba.njit(cache=True)(_sorted_slots)
