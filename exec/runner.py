@@ -133,8 +133,13 @@ def acceptance_of(config: LiveConfig, outputs: list[dict]):
 
 
 def check_policy_fits_drafter(policy: Policy, config: LiveConfig) -> None:
-    """Before starting: a tree policy cannot run on vLLM (it verifies chains), and a policy
-    that reads draft confidences needs a model drafter."""
+    """Before starting: a hindsight policy reads what a live engine cannot know, a tree
+    policy cannot run on vLLM (it verifies chains), and a policy that reads draft
+    confidences needs a model drafter."""
+    if policy.needs_oracle or policy.needs_tree_oracle or policy.needs_rates:
+        raise ValueError(f"policy {policy.name!r} reads the future (hindsight: this step's "
+                         f"match lengths or each request's true acceptance rate), which a "
+                         f"live engine cannot know: it runs in the simulator only")
     if policy.makes_trees and config.speculative:
         fix = (f"run its chain variant policy={policy.chain_variant}" if policy.chain_variant
                else "run its chain variant with policy.chain_only=true")

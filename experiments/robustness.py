@@ -22,9 +22,13 @@ Goodput ratios are of seed means (ratio of means), with 95 % bootstrap confidenc
 paired by seed (``scipy.stats.bootstrap``). Per scenario and class: the best policy (highest
 worst-load ratio to its class oracle), our policy's (``slo_goodput`` for chains,
 ``slo_goodput_tree`` for trees) worst-load ratio to its class oracle and to the best other
-policy of its class, and the loads where another policy of the class is ahead beyond the CI.
+policy of its class, and the loads where another policy of the class is ahead beyond the CI;
+for chains also ours against ``oracle_rate`` (ours told each request's true acceptance
+rate: what better estimates could bring) and ``oracle_rate`` against the chain oracle (the
+part of the gap that knowing the rates leaves: a step's outcomes before drafting).
 The last line is one JSON object: ``scenarios``, ``min_ours_chain_ratio_to_chain_oracle``,
-``scenarios_where_ours_chain_is_beaten``, ``max_ratio_to_class_oracle`` and ``wall_s``.
+``scenarios_where_ours_chain_is_beaten``, ``max_ratio_to_class_oracle``,
+``min_rate_oracle_ratio_to_chain_oracle`` and ``wall_s``.
 Every cell is kept under ``<out>/<scenario>/cells``: the same command with the same
 ``--out`` resumes.
 """
@@ -48,6 +52,7 @@ from experiments.launchers import add_launcher_args, sweep_executor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OURS = {"chain": "slo_goodput", "tree": "slo_goodput_tree"}
+RATE_ORACLE = "oracle_rate"      # ours told each request's true acceptance rate
 LOAD_FACTORS = (0.5, 1.0, 2.0)       # x the scenario's saturation rate of `none`
 # a second SLO mix: half the requests interactive (40 ms), half relaxed (120 ms)
 TWO_CLASS_SLOS = (("interactive", 0.5, 0.040, 4.0), ("relaxed", 0.5, 0.120, 12.0))
@@ -135,6 +140,13 @@ def class_summary(by_seed: pd.DataFrame, shape: str) -> dict:
                  "ratio_to_oracle_ci": list(paired_ratio_ci(g_ours, g_oracle, seed=i)),
                  "best_other": other, "ratio_to_best_other": mean[ours][i] / mean[other][i]
                  if mean[other][i] > 0 else 1.0, "ratio_to_best_other_ci": list(ci_other)}
+        g_rate = _goodputs(by_seed, RATE_ORACLE, ld) if shape == "chain" else np.zeros(0)
+        if g_rate.size and g_rate.size == g_oracle.size:
+            # ours told the true rates: the part of the gap better estimates could close
+            entry.update({"ratio_to_rate_oracle": _ratio_of_means(g_ours, g_rate),
+                          "ratio_to_rate_oracle_ci": list(paired_ratio_ci(g_ours, g_rate,
+                                                                          seed=i)),
+                          "rate_oracle_ratio_to_oracle": _ratio_of_means(g_rate, g_oracle)})
         per_load.append(entry)
         if ci_other[1] < 1.0:                 # ahead of ours beyond the interval
             beaten.append({"load": ld, "policy": other, "ratio": entry["ratio_to_best_other"],
@@ -148,7 +160,16 @@ def class_summary(by_seed: pd.DataFrame, shape: str) -> dict:
                 "ours_worst_best_other": worst_b["best_other"],
                 "ours_worst_best_other_ci": worst_b["ratio_to_best_other_ci"],
                 "beaten": beaten, "per_load": per_load})
+    if all("ratio_to_rate_oracle" in e for e in per_load):
+        out.update({"ours_worst_ratio_to_rate_oracle":
+                    min(e["ratio_to_rate_oracle"] for e in per_load),
+                    "rate_oracle_worst_ratio_to_oracle":
+                    min(e["rate_oracle_ratio_to_oracle"] for e in per_load)})
     return out
+
+
+def _ratio_of_means(num: np.ndarray, den: np.ndarray) -> float:
+    return float(num.mean() / den.mean()) if den.mean() > 0 else 1.0
 
 
 def fixed_vs_none(table: pd.DataFrame) -> dict:
@@ -188,11 +209,14 @@ def headline(per_scenario: dict) -> dict:
     excess = [s["max_ratio_to_class_oracle"] for s in per_scenario.values()
               if s["max_ratio_to_class_oracle"] is not None]
     beaten = sorted(n for n, s in per_scenario.items() if s["chain"].get("beaten"))
+    rate = [c["rate_oracle_worst_ratio_to_oracle"] for c in chain
+            if "rate_oracle_worst_ratio_to_oracle" in c]
     return {"min_ours_chain_ratio_to_chain_oracle":
             min((c["ours_worst_ratio_to_oracle"] for c in chain), default=None),
             "scenarios_where_ours_chain_is_beaten": len(beaten),
             "scenarios_where_ours_chain_is_beaten_names": beaten,
-            "max_ratio_to_class_oracle": max(excess, default=None)}
+            "max_ratio_to_class_oracle": max(excess, default=None),
+            "min_rate_oracle_ratio_to_chain_oracle": min(rate, default=None)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

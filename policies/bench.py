@@ -96,7 +96,8 @@ class Batch:
             future_match_lens=np.minimum(m, self.k_max).astype(np.int64),
             # narrowest passing tree width per depth: P(w candidates pass) = 1 - (1 - a)^w
             future_tree_min_widths=self.tree_rng.geometric(
-                np.repeat(self.rate[:, None], self.k_max, axis=1)).astype(np.int64))
+                np.repeat(self.rate[:, None], self.k_max, axis=1)).astype(np.int64),
+            true_accept_rates=self.rate.copy())
 
     def confidences(self) -> np.ndarray:
         hit = self.rng.random((self.n, self.k_max)) < self.rate[:, None]

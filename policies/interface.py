@@ -96,6 +96,9 @@ class Observation:
     # since_arrival_s - decode_elapsed_s (the request's TTFT) it tells which requests have
     # already missed their SLO, whatever their TPOT
     ttft_slo_s: np.ndarray | None = None
+    # float (n,) hindsight, rate oracles only (Policy.needs_rates): each request's true
+    # per-token acceptance rate (the simulator's per-request draw), not this step's outcome
+    true_accept_rates: np.ndarray | None = None
 
     @property
     def num_requests(self) -> int:
@@ -192,6 +195,7 @@ class Policy:
     needs_oracle = False  # True: the engine fills Observation.future_match_lens
     needs_tree_oracle = False  # True: it also fills Observation.future_tree_min_widths,
     tree_oracle_max_width = 8  # capped at this width + 1
+    needs_rates = False   # True: the engine fills Observation.true_accept_rates
     # True: decisions read draft confidences (DraftState/Feedback.confidences), which only a
     # model drafter gives; live, a model-free drafter (vLLM's n-gram lookup) is refused.
     needs_draft_confidences = False

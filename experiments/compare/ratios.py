@@ -12,13 +12,17 @@ seed mean -- with at least ``policy``, ``trace.rate``, ``goodput_req_s`` and
   ``chain_oracle`` is the best of the hindsight chain runs (``none``, every ``fixed_k``, the
   greedy per-step ``oracle`` and the SLO-weighted ``oracle_slo``, with this step's demand
   alone and, as ``oracle_slo_horizon``, with slo_goodput's demand over each request's
-  expected remaining output too), ``tree_oracle`` the best
+  expected remaining output too, and ``oracle_rate``, slo_goodput told each request's true
+  acceptance rate), ``tree_oracle`` the best
   of those and ``oracle_tree``; each knows the future acceptance, none is a policy under test;
 - ratio of policy p to a reference at a load: goodput_p / goodput_ref (1 when both are 0);
   "worst" = the minimum over loads;
 - best adaptive (chain class) / best tree: among the non-oracle adaptive policies of the
   class, the one whose worst ratio to best fixed is highest. Ratios go to the class's oracle
-  (``oracle`` in the chain keys); ``max_ratio_to_class_oracle`` is the largest ratio of any
+  (``oracle`` in the chain keys) and, for chains, to ``oracle_rate`` (``rate_oracle`` in the
+  keys: what true acceptance rates, without any step's outcome, would bring;
+  ``rate_oracle_worst_ratio_to_oracle`` is its own worst ratio to the chain oracle: the part
+  of the gap that rates cannot close); ``max_ratio_to_class_oracle`` is the largest ratio of any
   non-oracle policy to its class oracle at any load (an oracle that bounds keeps it <= 1).
 """
 from __future__ import annotations
@@ -34,7 +38,7 @@ from experiments.compare.setup_grid import HINDSIGHT_LABELS, adaptive_names, sha
 GOODPUT = "goodput_req_s"
 FIXED_PREFIX = "fixed_k"
 # the hindsight runs each class oracle takes the best of (labels; plus every fixed_k*)
-CHAIN_ORACLE_RUNS = ("none", "oracle", "oracle_slo", "oracle_slo_horizon")
+CHAIN_ORACLE_RUNS = ("none", "oracle", "oracle_slo", "oracle_slo_horizon", "oracle_rate")
 TREE_ORACLE_RUNS = CHAIN_ORACLE_RUNS + ("oracle_tree",)
 CLASS_ORACLES = {"chain": "chain_oracle", "tree": "tree_oracle"}
 HINDSIGHT = {*HINDSIGHT_LABELS, "oracle_fixed", *CLASS_ORACLES.values()}
@@ -137,6 +141,7 @@ def ratio_report(table: pd.DataFrame, adaptive=None) -> dict:
                for shape, label in CLASS_ORACLES.items()}
     if oracles["chain"] is None:
         oracles["chain"] = _series(table, "oracle", GOODPUT, loads)
+    rate_oracle = _series(table, "oracle_rate", GOODPUT, loads)
     per_policy, best = {}, {}
     for shape in ("chain", "tree"):
         refs = {"best_fixed": best_fixed,
@@ -144,6 +149,8 @@ def ratio_report(table: pd.DataFrame, adaptive=None) -> dict:
         if shape == "chain" and best_fixed is not None and oracles["chain"] is not None:
             refs["max_oracle_best_fixed"] = [max(a, b) for a, b in zip(oracles["chain"],
                                                                         best_fixed)]
+        if shape == "chain" and rate_oracle is not None:
+            refs["rate_oracle"] = rate_oracle
         for name in adaptive:
             g = _series(table, name, GOODPUT, loads)
             if g is None or shape_class_of(name) != shape:
@@ -163,9 +170,13 @@ def ratio_report(table: pd.DataFrame, adaptive=None) -> dict:
                                    else math.inf))
     out = {"loads": loads, "ratios": per_policy, "best_adaptive": best["chain"],
            "best_tree": best["tree"]}
-    for ref_name in ("oracle", "best_fixed", "max_oracle_best_fixed"):
+    for ref_name in ("oracle", "best_fixed", "max_oracle_best_fixed", "rate_oracle"):
         key = f"worst_ratio_to_{ref_name}"
         out[f"best_adaptive_{key}"] = per_policy[best["chain"]].get(key) if best["chain"] else None
+    # how far knowing every request's true acceptance rate (and no step's outcome) gets
+    out["rate_oracle_worst_ratio_to_oracle"] = (
+        _worst(rate_oracle, oracles["chain"], loads)["worst"]
+        if rate_oracle is not None and oracles["chain"] is not None else None)
     for ref_name in ("tree_oracle", "best_fixed"):
         key = f"worst_ratio_to_{ref_name}"
         out[f"best_tree_{key}"] = per_policy[best["tree"]].get(key) if best["tree"] else None

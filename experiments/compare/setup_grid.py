@@ -33,7 +33,9 @@ def shape_class_of(label: str) -> str:
     return shape_class(label)
 
 
-HINDSIGHT_RUNS = ("oracle", "oracle_slo", "oracle_tree")   # the class oracles' per-step runs
+# the class oracles' per-step runs; oracle_rate (slo_goodput told the true acceptance
+# rates) also shows how much of slo_goodput's gap to them better estimates could close
+HINDSIGHT_RUNS = ("oracle", "oracle_slo", "oracle_tree", "oracle_rate")
 # oracle_slo with slo_goodput's default weights (demand over each request's expected remaining
 # output as well as this step's): where those weights serve better, the oracle has them too
 HINDSIGHT_VARIANTS = (("oracle_slo_horizon", "oracle_slo", (("slo_horizon", "both"),)),)

@@ -4,7 +4,8 @@ best fixed k picked by a sweep.
 The *class oracles* a comparison reports (``chain_oracle``, ``tree_oracle``;
 ``experiments.compare.ratios.with_class_oracles``) are the best, per load and seed, of these
 hindsight runs: the greedy per-step ``oracle``, ``oracle_slo`` (slo_goodput's SLO-weighted
-planner fed the true match lengths), every fixed k and no speculation for chains; the same
+planner fed the true match lengths), ``oracle_rate`` (slo_goodput fed the true per-request
+acceptance rates, no step's outcome), every fixed k and no speculation for chains; the same
 plus ``oracle_tree`` (that planner fed the step's sampled per-branch outcomes) for trees.
 """
 from __future__ import annotations
@@ -288,6 +289,42 @@ def _warm_up_tree_oracle() -> None:
         batch = Batch(6, 8, seed=0)
         obs = batch.observation()
         OracleTree(num_budget_points=points)._decide_compiled(obs, np.ones(obs.num_requests))
+
+
+@register("oracle_rate")
+class OracleRate(SloGoodput):
+    """``slo_goodput`` told each request's true per-token acceptance rate
+    (``Observation.true_accept_rates``) in place of its estimate, and nothing of any step's
+    outcomes: its weights, plan, drafting and verification are slo_goodput's.
+
+    Not a bound (it knows no more than the rates, and plans as slo_goodput does): a
+    reference that splits slo_goodput's gap to the chain oracle in two. What ``oracle_rate``
+    gains over slo_goodput, better acceptance estimates could bring; the rest of the gap is
+    what knowing a step's match lengths before drafting is worth, which no policy that sees
+    only the past and the drafts has (in the simulator's acceptance model positions pass
+    independently given the rate: nothing before drafting predicts them). A hindsight run:
+    a candidate of the chain oracle, never a member of the chain class."""
+
+    kind = "oracle"
+    needs_rates = True
+
+    def estimates(self, obs: Observation) -> np.ndarray:
+        rates = obs.true_accept_rates
+        if rates is None:
+            raise ValueError(f"{self.name}: the engine must fill Observation.true_accept_rates "
+                             "(policy.needs_rates is True): run it in the simulator with "
+                             "parametric acceptance")
+        rates = np.asarray(rates, np.float64)
+        if rates.shape != (obs.num_requests,) or not ((rates >= 0) & (rates <= 1)).all():
+            raise ValueError(f"{self.name}: true_accept_rates must be {obs.num_requests} "
+                             f"rates in [0, 1], got {rates}")
+        return rates
+
+    def _decide_chain(self, obs, K, t_step, cost):
+        return None        # the fused call reads the tracker's estimates: decide's steps instead
+
+    def _decide_tree_fused(self, obs, K, t_step, cost):
+        return None
 
 
 @register("oracle_fixed")

@@ -286,7 +286,7 @@ class SloGoodput(Policy):
             decision = self._decide_tree_fused(obs, K, t_step, cost)
             if decision is not None:
                 return decision
-        a = self.tracker.rate(obs.request_ids)
+        a = self.estimates(obs)
         w = fair_share_weights(obs, self.weights(obs, t_step), a, self.fair_share)
         if cost is not None and cost.kind >= 0 and not tree:  # one compiled call
             best, k, prefill_value = chain_decide(
@@ -323,6 +323,10 @@ class SloGoodput(Policy):
             return self._chain_decision(obs, k, K)
         widths = np.where(np.arange(obs.k_max)[None, :] < k[:, None], best.widths[:, None], 0)
         return Decision(num_spec_tokens=k, nodes_per_depth=widths.astype(np.int64))
+
+    def estimates(self, obs: Observation) -> np.ndarray:
+        """a_i: each request's per-token acceptance estimate (``AcceptanceTracker.rate``)."""
+        return self.tracker.rate(obs.request_ids)
 
     def _decide_chain(self, obs: Observation, K: int, t_step: float,
                       cost: KernelCost) -> Decision | None:

@@ -67,6 +67,14 @@ class Engine:
         self.reqs = RequestTable(trace, self.k_max)
         self.reqs.validate_trace()
         self.acc.prepare(trace)
+        # a rate oracle reads each request's true acceptance rate: the parametric model's draw
+        self._true_rates = getattr(self.acc, "rate", None) if policy.needs_rates else None
+        if policy.needs_rates and (self._true_rates is None
+                                   or self._true_rates.shape != (len(trace),)):
+            raise ValueError(f"policy {policy.name!r} reads each request's true acceptance rate, "
+                             f"which only the parametric acceptance model draws "
+                             f"(acceptance.kind={config.acceptance.kind!r}): use "
+                             f"acceptance.kind=parametric or another policy")
         self.sched = Scheduler(self.reqs, eng, derive_num_kv_blocks(config))
         self.rec = StepRecorder(config.record_steps)
         self.step_index = 0
@@ -198,7 +206,8 @@ class Engine:
             num_prefill_seqs=seen[2],
             future_match_lens=draw.match_len if self.policy.needs_oracle else None,
             future_tree_min_widths=(self._tree_min_widths(dec, draw)
-                                    if self.policy.needs_tree_oracle else None))
+                                    if self.policy.needs_tree_oracle else None),
+            true_accept_rates=None if self._true_rates is None else self._true_rates[dec])
         decision = self.policy.decide(obs)
         if self.held_feedback is not None:
             self.policy.observe(self.held_feedback)

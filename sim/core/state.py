@@ -72,7 +72,8 @@ class RequestTable:
     def observation(self, rows, ctx, out, now: float, step_index: int, k_max: int, cost, *,
                     num_waiting: int = 0, oldest_waiting_s: float = 0.0,
                     num_prefill_tokens: int = 0, sum_prefill_context_tokens: int = 0,
-                    num_prefill_seqs: int = 0, future_match_lens=None, future_tree_min_widths=None) -> Observation:
+                    num_prefill_seqs: int = 0, future_match_lens=None, future_tree_min_widths=None,
+                    true_accept_rates=None) -> Observation:
         """What a policy sees of decoding ``rows`` (``ctx``/``out``: their KV entries and
         output tokens, gathered by the caller) at ``now``: the one place an engine path,
         per step or epoch, builds an Observation."""
@@ -88,7 +89,7 @@ class RequestTable:
             sum_prefill_context_tokens=sum_prefill_context_tokens, cost=cost,
             num_prefill_seqs=num_prefill_seqs,
             future_match_lens=future_match_lens, future_tree_min_widths=future_tree_min_widths,
-            ttft_slo_s=self.ttft_slo_s[rows])
+            ttft_slo_s=self.ttft_slo_s[rows], true_accept_rates=true_accept_rates)
 
     def num_missing(self, rows: np.ndarray) -> np.ndarray:
         """Known tokens not yet in the KV cache (1 for a decoding request)."""

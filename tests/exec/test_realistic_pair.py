@@ -216,6 +216,11 @@ def test_confidence_policy_refuses_the_ngram_drafter(tmp_path):
         check_policy_fits_drafter(make_policy("adaserve"), cfg)
     with pytest.raises(ValueError, match=r"'slo_goodput_tree' makes token trees.*policy=slo_goodput;"):
         check_policy_fits_drafter(make_policy("slo_goodput_tree"), cfg)
+    # hindsight policies read what no live engine knows; the best fixed k is a fixed k
+    for name in ("oracle", "oracle_slo", "oracle_tree", "oracle_rate"):
+        with pytest.raises(ValueError, match=rf"policy '{name}' reads the future.*simulator"):
+            check_policy_fits_drafter(make_policy(name), cfg)
+    check_policy_fits_drafter(make_policy("oracle_fixed"), cfg)
     with pytest.raises(ValueError, match="set draft_model=None"):
         LiveConfig(target_model=str(tmp_path), draft_model=str(tmp_path), draft_method="ngram")
     with pytest.raises(ValueError, match="unknown draft_method='medusa'"):

@@ -93,6 +93,26 @@ def test_ratios_and_best_adaptive_by_hand():
         (1.0, "slo_goodput_tree", "tree"), (2.0, "slo_goodput_tree", "tree")]
 
 
+def test_rate_oracle_splits_the_gap_and_is_a_chain_oracle_candidate():
+    """oracle_rate (slo_goodput told the true rates): ours against it, and it against the
+    chain oracle; a hindsight run, so the chain oracle takes it where it is best and it is
+    never ranked as a policy."""
+    rated = pd.concat([HAND, _table([("oracle_rate", 1.0, 1.01, 1.0),
+                                     ("oracle_rate", 2.0, 1.33, 0.8)])], ignore_index=True)
+    t = with_class_oracles(rated)
+    chain = t[t["policy"] == "chain_oracle"].set_index("trace.rate")
+    assert chain["oracle_pick"].tolist() == ["oracle_rate", "oracle_slo"]
+    rep = ratio_report(t)
+    assert "oracle_rate" not in rep["ratios"] and rep["best_adaptive"] == "slo_goodput"
+    assert rep["ratios"]["slo_goodput"]["ratio_to_rate_oracle"] == pytest.approx(
+        [0.97 / 1.01, 1.32 / 1.33])
+    assert rep["best_adaptive_worst_ratio_to_rate_oracle"] == pytest.approx(0.97 / 1.01)
+    assert rep["rate_oracle_worst_ratio_to_oracle"] == pytest.approx(1.33 / 1.4)
+    assert "ratio_to_rate_oracle" not in rep["ratios"]["slo_goodput_tree"]
+    # a sweep without it reports none
+    assert ratio_report(with_class_oracles(HAND))["rate_oracle_worst_ratio_to_oracle"] is None
+
+
 def test_zero_goodput_and_bad_tables():
     assert ratio(0.0, 0.0) == 1.0 and math.isinf(ratio(1.0, 0.0)) and ratio(1.0, 4.0) == 0.25
     with pytest.raises(KeyError, match="goodput_req_s"):

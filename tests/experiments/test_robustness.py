@@ -77,6 +77,30 @@ def test_class_summary_finds_the_policy_ahead_beyond_the_interval():
     assert h["max_ratio_to_class_oracle"] == 0.99
 
 
+def test_chain_summary_splits_the_gap_at_the_rate_oracle():
+    """With oracle_rate in the sweep: ours against it per load (with its paired interval)
+    and it against the chain oracle; the headline takes the smallest of the latter."""
+    t = _by_seed({"none": [1.0, 0.8], "fixed_k3": [1.2, 1.0], "oracle_slo": [1.35, 1.2],
+                  "slo_goodput": [1.3, 1.05], "oracle_rate": [1.31, 1.06]}, jitter=0.0)
+    chain = class_summary(t, "chain")
+    assert "oracle_rate" not in chain["policies"]
+    first = chain["per_load"][0]
+    assert first["ratio_to_rate_oracle"] == pytest.approx(1.3 / 1.35 / (1.31 / 1.35))
+    lo, hi = first["ratio_to_rate_oracle_ci"]
+    assert lo == pytest.approx(hi) == pytest.approx(1.3 / 1.31)   # no jitter: no spread
+    assert chain["ours_worst_ratio_to_rate_oracle"] == pytest.approx(1.05 / 1.06)
+    assert chain["rate_oracle_worst_ratio_to_oracle"] == pytest.approx(1.06 / 1.2)
+    h = headline({"a": {"chain": chain, "max_ratio_to_class_oracle": 0.99},
+                  "b": {"chain": {**chain, "rate_oracle_worst_ratio_to_oracle": 0.8},
+                        "max_ratio_to_class_oracle": 0.98}})
+    assert h["min_rate_oracle_ratio_to_chain_oracle"] == 0.8
+    without = class_summary(_by_seed({"none": [1.0, 0.8], "oracle_slo": [1.35, 1.2],
+                                      "slo_goodput": [1.3, 1.05]}), "chain")
+    assert "ours_worst_ratio_to_rate_oracle" not in without
+    assert headline({"a": {"chain": without, "max_ratio_to_class_oracle": 0.9}})[
+        "min_rate_oracle_ratio_to_chain_oracle"] is None
+
+
 def test_the_matrix_spans_setups_slo_mixes_and_a_decode_heavy_case():
     matrix = scenarios()
     assert len(matrix) >= 4

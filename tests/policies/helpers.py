@@ -24,8 +24,13 @@ class LinearCost:
 
 
 def make_obs(n, k_max=8, cost=None, tpot=np.inf, elapsed=0.5, out=20, waiting=0,
-             oldest=0.0, future=None, ids=None, ctx=500, prefill=0, tree_future=None):
+             oldest=0.0, future=None, ids=None, ctx=500, prefill=0, tree_future=None,
+             rates=None):
     rng = np.random.default_rng(n)
+    future = rng.integers(0, k_max + 1, n) if future is None else np.asarray(future)
+    tree_future = (rng.integers(1, 10, (n, k_max)) if tree_future is None
+                   else np.asarray(tree_future))
+    rates = rng.uniform(0.3, 0.95, n) if rates is None else np.asarray(rates, float)
     return Observation(
         now_s=1.0, step_index=3, k_max=k_max,
         request_ids=np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64),
@@ -35,9 +40,7 @@ def make_obs(n, k_max=8, cost=None, tpot=np.inf, elapsed=0.5, out=20, waiting=0,
         accept_rate_ewma=np.full(n, np.nan), last_confidences=np.full((n, k_max), np.nan),
         num_waiting=waiting, oldest_waiting_s=oldest, num_prefill_tokens=prefill,
         sum_prefill_context_tokens=prefill * (prefill + 1) // 2, cost=cost or LinearCost(),
-        future_match_lens=rng.integers(0, k_max + 1, n) if future is None else np.asarray(future),
-        future_tree_min_widths=(rng.integers(1, 10, (n, k_max)) if tree_future is None
-                                else np.asarray(tree_future)))
+        future_match_lens=future, future_tree_min_widths=tree_future, true_accept_rates=rates)
 
 
 def feedback(obs, k, accepted, conf=0.8, finished=()):

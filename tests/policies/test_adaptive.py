@@ -8,7 +8,8 @@ from policies.interface import DraftState, Feedback, Observation
 from tests.policies.helpers import LinearCost, draft_state, feedback, make_obs
 
 ADAPTIVE = ["smartspec", "adaspec", "threshold", "adaserve", "vllm_dynamic",
-            "vllm_adaptive_verify", "oracle", "oracle_fixed", "oracle_slo", "oracle_tree",
+            "vllm_adaptive_verify", "oracle", "oracle_fixed", "oracle_rate", "oracle_slo",
+            "oracle_tree",
             "slo_goodput", "slo_goodput_tree"]
 
 
@@ -17,7 +18,7 @@ def test_policy_kinds_list_every_registered_policy_once():
     kinds = {k: policies_of_kind(k) for k in ("static", "adaptive", "oracle")}
     assert sorted(sum(kinds.values(), [])) == known_policies()
     assert kinds["static"] == ["batch_schedule", "fixed", "none"]
-    assert kinds["oracle"] == ["oracle", "oracle_fixed", "oracle_slo", "oracle_tree"]
+    assert kinds["oracle"] == ["oracle", "oracle_fixed", "oracle_rate", "oracle_slo", "oracle_tree"]
     assert set(ADAPTIVE) == set(kinds["adaptive"]) | set(kinds["oracle"])
 
 

@@ -192,6 +192,30 @@ def test_oracles_need_the_truth():
     for name in ("oracle", "oracle_slo", "oracle_tree"):
         with pytest.raises(ValueError, match=f"{name}: the engine must fill"):
             make_policy(name).decide(blind)
+    unrated = Observation(**{**obs.__dict__, "true_accept_rates": None})
+    with pytest.raises(ValueError, match="oracle_rate: the engine must fill"):
+        make_policy("oracle_rate").decide(unrated)
+    odd = Observation(**{**obs.__dict__, "true_accept_rates": np.array([0.5, 1.5, 0.2])})
+    with pytest.raises(ValueError, match=r"oracle_rate: true_accept_rates must be 3 rates"):
+        make_policy("oracle_rate").decide(odd)
+
+
+def test_rate_oracle_is_slo_goodput_told_the_true_rates():
+    """A fresh slo_goodput estimates every new request at the fleet's prior rate: told that
+    rate, oracle_rate decides as it does (both the compiled path, with a cost model of
+    coefficients, and numpy's); told higher rates, it drafts deeper."""
+    from policies.bench import RooflineCost
+    for cost in (LinearCost(), RooflineCost()):
+        for n in (1, 5, 40):
+            ours = make_policy("slo_goodput")
+            told = np.full(n, ours.tracker.global_rate)
+            obs = make_obs(n, cost=cost, tpot=0.05, elapsed=0.5, out=10, rates=told)
+            assert np.array_equal(make_policy("oracle_rate").decide(obs).num_spec_tokens,
+                                  ours.decide(obs).num_spec_tokens), (type(cost).__name__, n)
+    depth = {a: make_policy("oracle_rate").decide(make_obs(
+        8, cost=LinearCost(per_token=5e-3), rates=np.full(8, a))).num_spec_tokens.sum()
+        for a in (0.3, 0.9)}
+    assert depth[0.9] > depth[0.3], depth
     with pytest.raises(ValueError, match="oracle_tree: w_max"):
         make_policy("oracle_tree", w_max=0)
 

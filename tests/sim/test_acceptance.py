@@ -142,3 +142,13 @@ def test_tree_pass_table_holds_the_steps_powers_and_compiled_lookups_match(decay
     assert checked > 1000 and model.tree_pass_table(8).filled.sum() == 400
     with pytest.raises(RuntimeError, match="prepare"):
         ParametricAcceptance(AcceptanceConfig(), 4, 1).tree_pass_table(4)
+
+
+def test_rate_oracle_needs_the_parametric_models_rates(tmp_path):
+    """Replayed match lengths have no per-request rate to tell ``oracle_rate``: refused
+    before the run, naming the fix."""
+    trace = Trace.from_columns([0.0, 0.0], [20, 20], [60, 30])
+    trace = Trace(**{**trace.__dict__, "request_ids": np.array([7, 9])})
+    cfg = config(acceptance=AcceptanceConfig(kind="replay", replay_path=str(_record(tmp_path))))
+    with pytest.raises(ValueError, match=r"'oracle_rate'.*acceptance.kind='replay'.*parametric"):
+        simulate_with(trace, make_policy("oracle_rate"), cfg)

@@ -156,6 +156,39 @@ def test_oracle_sees_match_lengths_drawn_before_deciding():
     assert k.sum() > 0 and np.array_equal(k, acc)
 
 
+class RateReader(Policy):
+    """Drafts one token and keeps the true acceptance rates it is told, by request id."""
+
+    name = "test-rates"
+    needs_rates = True
+
+    def __init__(self):
+        self.told = {}
+
+    def decide(self, obs):
+        self.told.update(zip(obs.request_ids.tolist(), obs.true_accept_rates.tolist()))
+        return Decision(num_spec_tokens=np.ones(obs.num_requests, np.int64))
+
+
+def test_rate_oracle_is_told_each_requests_drawn_rate():
+    from sim.models.acceptance import make_acceptance_model
+    trace = poisson_trace(n=40, rate=10.0)
+    cfg = config(seed=3)
+    reader = RateReader()
+    simulate(trace, reader, cfg)
+    drawn = make_acceptance_model(cfg.acceptance, cfg.engine.k_max, cfg.seed)
+    drawn.prepare(trace)
+    assert len(reader.told) == len(trace) and len(set(reader.told.values())) == len(trace)
+    for row, rid in enumerate(trace.request_ids.tolist()):
+        assert reader.told[rid] == drawn.rate[row]
+    assert MatchOracle.needs_rates is False         # the others are told nothing
+    seen = []
+    probe = type("Probe", (MatchOracle,), {"decide": lambda self, obs: (
+        seen.append(obs.true_accept_rates), MatchOracle.decide(self, obs))[1]})()
+    simulate(poisson_trace(n=5, rate=10.0), probe, cfg)
+    assert seen and all(x is None for x in seen)
+
+
 class StopEarly(Policy):
     name = "test-stop"
 
