@@ -137,4 +137,10 @@ def findings_text(table: pd.DataFrame, report: dict, saturation: dict | None = N
                      ("met." if not short else "missed at " + "; ".join(
                          f"{ld:g} req/s (x{o:.3f} oracle, x{f:.3f} best fixed)"
                          for ld, o, f in short)))
+    rate = report.get("rate_oracle_worst_ratio_to_oracle")
+    if sg and rate is not None and sg.get("worst_ratio_to_rate_oracle") is not None:
+        lines.append(f"Told each request's true acceptance rate (oracle_rate), slo_goodput "
+                     f"reaches x{rate:.3f} of the chain oracle at worst; its own estimates "
+                     f"give x{sg['worst_ratio_to_rate_oracle']:.3f} of that: the rest of the "
+                     f"gap is the oracle's knowledge of each step's outcome before drafting.")
     return "\n".join(lines) + "\n"

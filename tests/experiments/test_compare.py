@@ -163,8 +163,10 @@ def test_quick_sweep_prints_json_last(tmp_path):
     assert out["best_adaptive"] in out["ratios"]
     for key in ("best_adaptive_worst_ratio_to_oracle", "best_adaptive_worst_ratio_to_best_fixed",
                 "best_adaptive_worst_ratio_to_max_oracle_best_fixed", "oracle_below_others",
-                "best_tree_worst_ratio_to_tree_oracle", "max_ratio_to_class_oracle"):
+                "best_tree_worst_ratio_to_tree_oracle", "max_ratio_to_class_oracle",
+                "best_adaptive_worst_ratio_to_rate_oracle", "rate_oracle_worst_ratio_to_oracle"):
         assert key in out
+    assert 0.0 < out["rate_oracle_worst_ratio_to_oracle"] <= 1.0     # a chain-oracle candidate
     # the class oracles bound every policy of their class in this sweep too
     assert out["max_ratio_to_class_oracle"] <= 1.0, out["oracle_below_others"]
     table = pd.read_parquet(tmp_path / "summary.parquet")
@@ -177,6 +179,7 @@ def test_quick_sweep_prints_json_last(tmp_path):
     # each figure shows one class: the chain one no tree policy, the tree one no chain policy
     findings = (tmp_path / "findings.md").read_text()
     assert "Chain policies (what vLLM runs)" in findings and "tree oracle" in findings
+    assert "Told each request's true acceptance rate (oracle_rate)" in findings
 
 
 def test_same_seed_same_rows():

@@ -115,8 +115,10 @@ def test_the_matrix_spans_setups_slo_mixes_and_a_decode_heavy_case():
 def test_quick_matrix_prints_json_last(tmp_path):
     out, _ = run_module("experiments.robustness", "--quick", "--out", str(tmp_path))
     for key in ("scenarios", "min_ours_chain_ratio_to_chain_oracle",
-                "scenarios_where_ours_chain_is_beaten", "max_ratio_to_class_oracle"):
+                "scenarios_where_ours_chain_is_beaten", "max_ratio_to_class_oracle",
+                "min_rate_oracle_ratio_to_chain_oracle"):
         assert key in out
+    assert 0.0 < out["min_rate_oracle_ratio_to_chain_oracle"] <= 1.0
     assert set(out["scenarios"]) == {s.name for s in scenarios()}
     for name, sc in out["scenarios"].items():
         assert len(sc["loads"]) == 3, name
@@ -125,6 +127,7 @@ def test_quick_matrix_prints_json_last(tmp_path):
             for entry in sc[shape]["per_load"]:
                 lo, hi = entry["ratio_to_best_other_ci"]
                 assert lo <= entry["ratio_to_best_other"] <= hi + 1e-9, (name, shape, entry)
+                assert ("ratio_to_rate_oracle" in entry) == (shape == "chain"), (name, shape)
     again, stderr = run_module("experiments.robustness", "--quick", "--out", str(tmp_path),
                                "--scenarios", "azure_conv_a100")
     # resumed from the kept cells: the same numbers, nothing recomputed
