@@ -314,17 +314,17 @@ class OracleRate(SloGoodput):
             raise ValueError(f"{self.name}: the engine must fill Observation.true_accept_rates "
                              "(policy.needs_rates is True): run it in the simulator with "
                              "parametric acceptance")
-        rates = np.asarray(rates, np.float64)
+        rates = np.array(rates, np.float64)      # a writable copy, as the fused step takes
         if rates.shape != (obs.num_requests,) or not ((rates >= 0) & (rates <= 1)).all():
             raise ValueError(f"{self.name}: true_accept_rates must be {obs.num_requests} "
                              f"rates in [0, 1], got {rates}")
         return rates
 
-    def _decide_chain(self, obs, K, t_step, cost):
-        return None        # the fused call reads the tracker's estimates: decide's steps instead
+    def known_rates(self, obs: Observation) -> np.ndarray:
+        return self.estimates(obs)          # the fused chain step reads them, not the tracker
 
     def _decide_tree_fused(self, obs, K, t_step, cost):
-        return None
+        return None        # the fused tree step reads the tracker's estimates: decide's steps
 
 
 @register("oracle_fixed")

@@ -31,6 +31,9 @@ from policies.interface import (CompiledDrafting, Decision, DraftState, Feedback
 from policies.registry import register
 
 
+_NO_RATES = np.empty(0)      # writable, as the true rates are: one compiled signature
+
+
 @register("slo_goodput")
 class SloGoodput(Policy):
     """Per-request lengths from a weighted-goodput plan, stopped early by draft confidence.
@@ -328,6 +331,11 @@ class SloGoodput(Policy):
         """a_i: each request's per-token acceptance estimate (``AcceptanceTracker.rate``)."""
         return self.tracker.rate(obs.request_ids)
 
+    def known_rates(self, obs: Observation) -> np.ndarray:
+        """Rates that replace the tracker's estimates inside the fused chain step
+        (``DECIDE_CHAIN``): none here (empty); ``oracle_rate``'s true rates."""
+        return _NO_RATES
+
     def _decide_chain(self, obs: Observation, K: int, t_step: float,
                       cost: KernelCost) -> Decision | None:
         """A chain step's decision in one compiled call (``DECIDE_CHAIN``: the estimates,
@@ -344,7 +352,8 @@ class SloGoodput(Policy):
             int(obs.num_waiting), int(obs.num_prefill_tokens),
             float(obs.sum_prefill_context_tokens), float(t_step),
             queue_value(obs, self.queue_weight, self.ttft_ref_s), self._decide_constants, K,
-            caps_in_range(self.chain_caps, K), first, b, cost.kind, cost.draft, cost.target)
+            caps_in_range(self.chain_caps, K), first, b, cost.kind, cost.draft, cost.target,
+            self.known_rates(obs))
         # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                           depth_pass=q if row == 0 else a, widths=_chain_widths(a.size))

@@ -156,15 +156,20 @@ def _chain_decide(q, accept, weight, K, caps, first, b, full, context_lens, kind
 def _step_weights(tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
                   lengths_suffix, num_lengths, request_ids, num_output_tokens,
                   decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
-                  num_waiting, t_step_s, constants):
-    """The step's acceptance estimates (``AcceptanceTracker.rate``) and SLO weights: the
+                  num_waiting, t_step_s, constants, known_rates):
+    """The step's acceptance estimates (``AcceptanceTracker.rate``; ``known_rates`` instead
+    where it has one entry per request: ``oracle_rate``'s true rates) and SLO weights: the
     expected remaining outputs when ``horizon`` reads them
     (``OutputLengths.expected_remaining``), ``slo_weights``, the fair share
     (``fair_share_weights`` with gamma 1: numpy's ``f ** 1.0`` is ``f``); ``lost``: the
     lost weight applies (else ``ttft_slo_s`` is unread). The same floats as those calls.
     Returns (accept, weight)."""
     n = request_ids.size
-    accept = _tracker_rate(tracker_ids, tracker_values, request_ids, global_rate, prior_weight)
+    if known_rates.size == n and n > 0:
+        accept = known_rates.copy()
+    else:
+        accept = _tracker_rate(tracker_ids, tracker_values, request_ids, global_rate,
+                               prior_weight)
     remaining = tpot_slo_s                       # unread with horizon 0
     if horizon != 0:
         remaining = _lengths_expected(lengths_sorted, lengths_suffix, num_lengths,
@@ -204,7 +209,7 @@ def _tree_inputs(tracker_ids, tracker_values, global_rate, prior_weight, lengths
         tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
         lengths_suffix, num_lengths, request_ids, num_output_tokens, decode_elapsed_s,
         since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon, num_waiting, t_step_s,
-        constants)
+        constants, np.empty(0))
     n = request_ids.size
     prefill_value = 0.0
     if num_prefill_tokens > 0:
@@ -243,14 +248,15 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
                   lengths_suffix, num_lengths, request_ids, num_output_tokens,
                   decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
                   context_lens, num_waiting, num_prefill_tokens, prefill_ctx, t_step_s,
-                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef):
+                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef, known_rates):
     """``SloGoodput.decide``'s whole chain step in one call: the acceptance estimates
     (``AcceptanceTracker.rate``), the expected remaining outputs when ``horizon`` reads them
     (``OutputLengths.expected_remaining``), the SLO weights (``slo_weights``), the fair share
     (``fair_share_weights`` with gamma 1: numpy's ``f ** 1.0`` is ``f``) and the plan
     (``_chain_decide``, its target-pass base as ``kernel_cost`` forms it); ``constants``
     indexed by this module's SLO_WEIGHT .. EXTEND. ``lost``: the lost weight applies (else
-    ``ttft_slo_s`` is unread). The same floats as those calls one by one.
+    ``ttft_slo_s`` is unread). ``known_rates``: empty, or the rates to use instead of the
+    tracker's (``_step_weights``). The same floats as those calls one by one.
     Returns (accept, weight, q, row, its rate, planned depth, marginal slot value, lengths,
     w_p)."""
     n = request_ids.size
@@ -258,7 +264,7 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
         tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
         lengths_suffix, num_lengths, request_ids, num_output_tokens, decode_elapsed_s,
         since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon, num_waiting, t_step_s,
-        constants)
+        constants, known_rates)
     q = np.empty(n)
     for i in range(n):                           # chain_q: 1 - (1 - a)^1
         q[i] = 1.0 - (1.0 - accept[i])

@@ -212,6 +212,14 @@ def test_rate_oracle_is_slo_goodput_told_the_true_rates():
             obs = make_obs(n, cost=cost, tpot=0.05, elapsed=0.5, out=10, rates=told)
             assert np.array_equal(make_policy("oracle_rate").decide(obs).num_spec_tokens,
                                   ours.decide(obs).num_spec_tokens), (type(cost).__name__, n)
+    # told rates that differ by request: the fused chain step decides as numpy's path
+    for n in (3, 40):
+        obs = make_obs(n, cost=RooflineCost(), tpot=0.05, out=10)
+        fused, plain = make_policy("oracle_rate"), make_policy("oracle_rate")
+        plain.compiled = False
+        assert np.array_equal(fused.decide(obs).num_spec_tokens,
+                              plain.decide(obs).num_spec_tokens)
+        assert np.allclose(fused._plan.accept, obs.true_accept_rates, rtol=1e-12, atol=0)
     depth = {a: make_policy("oracle_rate").decide(make_obs(
         8, cost=LinearCost(per_token=5e-3), rates=np.full(8, a))).num_spec_tokens.sum()
         for a in (0.3, 0.9)}
