@@ -16,9 +16,12 @@ import pandas as pd
 
 from analysis.tables import LOAD_COLUMN  # the offered-load column the figures plot on x
 
-# Rough relative cost per policy (measured once, 600 requests): slow jobs start first so two
-# workers finish together.
-_COST_HINT = {"slo_goodput": 16, "adaserve": 14, "adaspec": 9, "threshold": 8}
+# Relative cost per request of each policy's cells (registry names; others: 8), from the
+# cells' wall seconds per request in one compare sweep (session 32, 8 seeds, 7 loads): slow
+# jobs start first so two workers finish together.
+_COST_HINT = {"slo_goodput_tree": 38, "oracle_rate": 38, "slo_goodput": 30, "oracle_slo": 30,
+              "adaspec": 28, "oracle": 28, "threshold": 25, "smartspec": 24,
+              "vllm_adaptive_verify": 23, "adaserve": 20, "oracle_tree": 19}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def run_jobs(jobs, workers: int = 2, progress=None, cache_dir=None,
 
     rows = run_sweep(jobs, run_job, store=RowCache(cache_dir, job_key) if cache_dir else None,
                      workers=workers, executor=executor, progress=progress,
-                     cost=lambda j: _COST_HINT.get(j.spec.name, 3) * len(j.trace),
+                     cost=lambda j: _COST_HINT.get(j.spec.name, 8) * len(j.trace),
                      describe=lambda j: f"{j.spec.label} at {j.load} req/s")
     frame = pd.DataFrame(rows)
     return frame.sort_values([LOAD_COLUMN, "policy", "sweep_seed"],
