@@ -315,7 +315,9 @@ class OracleRate(SloGoodput):
                              "(policy.needs_rates is True): run it in the simulator with "
                              "parametric acceptance")
         rates = np.array(rates, np.float64)      # a writable copy, as the fused step takes
-        if rates.shape != (obs.num_requests,) or not ((rates >= 0) & (rates <= 1)).all():
+        # min/max, not a mask: this runs every step
+        if rates.shape != (obs.num_requests,) or (rates.size and not (
+                0.0 <= rates.min() and rates.max() <= 1.0)):
             raise ValueError(f"{self.name}: true_accept_rates must be {obs.num_requests} "
                              f"rates in [0, 1], got {rates}")
         return rates
