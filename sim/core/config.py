@@ -33,7 +33,9 @@ class AcceptanceConfig:
 
     ``kind="parametric"``: per request an acceptance rate a ~ Beta(alpha, beta) of its dataset
     tag (``per_dataset``, falling back to ``default``), per-position Bernoulli with rate
-    a * position_decay**p, and a draft-confidence signal correlated with acceptance.
+    a * position_decay**p, and a draft-confidence signal correlated with acceptance;
+    ``step_correlation`` > 0 makes a request's outcomes at a draft position correlated from
+    one of its verify steps to the next, as measured live (sim/models/acceptance.py).
     ``kind="replay"``: recorded match lengths m(p) and confidences from a live run
     (``replay_path``): a request drafting k at position p gets min(k, m(p)).
     """
@@ -45,6 +47,10 @@ class AcceptanceConfig:
     confidence_sharpness: float = 8.0                   # how well confidence predicts acceptance
     confidence_accept_mean: float = 0.85  # mean draft prob of a token the target accepts
     confidence_reject_mean: float = 0.3   # mean draft prob of a token the target rejects
+    # correlation (0 <= rho < 1) of the latent behind a request's pass at a draft position
+    # from one of its verify steps to the next (a Gaussian copula, AR(1) over its steps): the
+    # pass chances, hence every request's match-length distribution, stay those of rho = 0
+    step_correlation: float = 0.0
     replay_path: str | None = None
 
 

@@ -94,6 +94,7 @@ class Engine:
                       and self._default_drafting and self._default_verify)
         # multi-step epochs (sim/fast/epoch.py) need a static policy, block draws, per-request drafts
         self._epochs = bool(multi_step and static and hasattr(self.acc, "draw_block")
+                            and self.acc.steps_independent
                             and eng.draft_passes == "per_request" and not config.step_noise_sigma
                             and not self._accepted_token_s)
         if not config.step_noise_sigma >= 0:
@@ -110,9 +111,10 @@ class Engine:
                         and self._default_verify))
             and isinstance(self.acc, ParametricAcceptance))
         # single compiled steps (sim/fast/step_compiled.py) for an adaptive chain policy whose
-        # hooks are decide() and observe(): every step a decision, the rest of it compiled
+        # hooks are decide() and observe(), or a static one without epochs (correlated
+        # acceptance steps): every step a decision, the rest of it compiled
         self._compiled_steps = bool(
-            multi_step and not static and steps_compile(policy) and self._lazy_conf
+            multi_step and not self._epochs and steps_compile(policy) and self._lazy_conf
             and eng.draft_passes == "per_request" and not config.step_noise_sigma
             and not self._accepted_token_s)
         # ... and for any other adaptive policy the plan and the step's end compiled

@@ -84,7 +84,7 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     n_pre_tok, pre_ctx, ids = step.num_prefill_tokens, step.prefill_context, step.obs.request_ids
     n, kmax = dec.shape[0], acc.k_max
     if step.draw is None:                 # the draws ParametricAcceptance.draw would take
-        u = acc._u.take(n * kmax)
+        u = acc.take_uniforms(dec)
     else:                                 # taken before an oracle's decision: the same
         u = np.ascontiguousarray(step.draw.uniforms).reshape(-1)
     if not pre.shape[0]:
@@ -173,6 +173,7 @@ def compiled_drafting(engine, kernels: StepKernels, obs, decision, k, widths, ct
 
 
 _NO_WIDTHS = np.zeros((0, 0), np.int64)      # chains: the drafting kernel's empty widths
+_NO_TABLE = np.zeros(0)      # DRAW_KERNEL's quantile tables when no confidence is looked up
 
 
 def _kernel_widths(widths) -> np.ndarray:
@@ -202,7 +203,8 @@ def compiled_draw(acc, kernels: StepKernels, rows, with_confidences: bool) -> St
     confidences in one compiled call (``DRAW_KERNEL``): the same uniforms taken from the
     same pool, the same numbers."""
     u, rates = acc.step_uniforms(rows)
-    match, conf = kernels.draw(u, rates, *acc.confidence_tables, with_confidences)
+    tables = acc.confidence_tables if with_confidences else (_NO_TABLE, _NO_TABLE)
+    match, conf = kernels.draw(u, rates, *tables, with_confidences)
     return StepDraw(match, conf if with_confidences else None, u, rates)
 
 

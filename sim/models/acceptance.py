@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
+from scipy.special import ndtr
 
 
 _QUANTILES = 4096
@@ -109,6 +112,14 @@ class TreePassTable:
             self.filled[new] = True
 
 
+def correlated_uniforms(latent: np.ndarray, innovations: np.ndarray,
+                        rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """One AR(1) step of standard-normal latents, z' = rho z + sqrt(1 - rho^2) e (z' is
+    again N(0, 1), correlated rho with z), and their uniforms Phi(z'). Returns (z', u)."""
+    z = rho * latent + math.sqrt(1.0 - rho * rho) * innovations
+    return z, ndtr(z)
+
+
 def _leading_true(ok: np.ndarray) -> np.ndarray:
     """Number of leading True values along the last axis: the first False of ``ok`` with a
     False column appended (one argmin; an accumulate over many short rows costs far more)."""
@@ -124,6 +135,13 @@ class ParametricAcceptance:
     Draft confidence at a position is Beta-distributed around ``confidence_accept_mean`` when
     that position's Bernoulli passes and around ``confidence_reject_mean`` when it fails, with
     concentration ``confidence_sharpness`` (higher: confidence separates the two better).
+
+    ``step_correlation`` rho > 0: live, a request's accepted counts are correlated from one
+    verify to the next beyond its own mean (text that is easy to draft comes in stretches).
+    Each request and draft position keeps a latent z ~ N(0, 1) that moves by one AR(1) step
+    per verify step of the request, z' = rho z + sqrt(1 - rho^2) e, and the position's uniform
+    is Phi(z') (``correlated_uniforms``): each uniform is still U(0, 1), so pass chances and
+    match-length distributions are those of rho = 0; only successive steps are tied.
     """
 
     def __init__(self, config, k_max: int, seed: int):
@@ -134,19 +152,28 @@ class ParametricAcceptance:
                                  f"got ({alpha}, {beta})")
         if not 0.0 < config.position_decay <= 1.0:
             raise ValueError(f"position_decay must be in (0, 1], got {config.position_decay}")
+        self.step_correlation = float(config.step_correlation)
+        if not 0.0 <= self.step_correlation < 1.0:
+            raise ValueError(f"acceptance step_correlation must be in [0, 1), got "
+                             f"{config.step_correlation} (0: independent verify steps)")
         ss = np.random.SeedSequence([int(seed), 0xACC])
-        self._rng_rate, rng_u, rng_conf = (np.random.default_rng(s) for s in ss.spawn(3))
+        # (the fourth stream, the latents' start, leaves the first three as they were)
+        self._rng_rate, rng_u, rng_conf, self._rng_latent = (
+            np.random.default_rng(s) for s in ss.spawn(4))
         s = float(config.confidence_sharpness)
         hi, lo = config.confidence_accept_mean, config.confidence_reject_mean
         if s <= 0 or not (0 < lo < 1 and 0 < hi < 1):
             raise ValueError("confidence_sharpness must be > 0 and confidence means in (0, 1)")
-        self._u = _Pool(rng_u.random)
+        # the pool hands out uniforms, or with correlated steps the latents' innovations
+        self._u = _Pool(rng_u.standard_normal if self.step_correlation else rng_u.random)
+        self._latent = np.zeros((0, self.k_max))      # (requests, k_max), set by prepare
         # Quantile tables of the two confidence Betas: a confidence is looked up from the
         # position's own uniform, rescaled within its pass/fail branch (u/rate or
-        # (u-rate)/(1-rate) is again uniform), so no extra random draws per step.
-        q = (np.arange(_QUANTILES) + 0.5) / _QUANTILES
-        self._q_hi = np.quantile(rng_conf.beta(s * hi, s * (1 - hi), 1 << 17), q)
-        self._q_lo = np.quantile(rng_conf.beta(s * lo, s * (1 - lo), 1 << 17), q)
+        # (u-rate)/(1-rate) is again uniform), so no extra random draws per step. Formed at
+        # the first confidence asked for (from their own stream: the same numbers whenever;
+        # most runs read none, and forming them costs more than many a short run)
+        self._rng_conf = rng_conf
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None
         self._decay = config.position_decay ** np.arange(self.k_max, dtype=np.float64)
         self.rate = np.zeros(0)
         self._rate_table: np.ndarray | None = None     # set by prepare
@@ -167,6 +194,25 @@ class ParametricAcceptance:
         self._rate_table = (rate[:, None] * self._decay[None, :]
                             if self.config.position_decay != 1.0 else rate[:, None])
         self._tree_table = None
+        if self.step_correlation:                      # stationary start: z ~ N(0, 1)
+            self._latent = self._rng_latent.standard_normal((len(trace), self.k_max))
+
+    @property
+    def steps_independent(self) -> bool:
+        """Whether a step's draws depend on nothing but the pool's order (multi-step epochs
+        draw blocks of steps ahead and give back what did not run: only then)."""
+        return not self.step_correlation
+
+    def take_uniforms(self, rows: np.ndarray) -> np.ndarray:
+        """The next step's uniforms of decoding ``rows``, flat (n * k_max), row-major; with
+        correlated steps the rows' latents move one step (``correlated_uniforms``)."""
+        count = rows.shape[0] * self.k_max
+        if not self.step_correlation:
+            return self._u.take(count)
+        z, u = correlated_uniforms(self._latent[rows], self._u.take(count).reshape(
+            rows.shape[0], self.k_max), self.step_correlation)
+        self._latent[rows] = z
+        return u.reshape(-1)
 
     def _rates(self, rows: np.ndarray) -> np.ndarray:
         if self._rate_table is None or self._rate_table.shape[0] != self.rate.shape[0]:
@@ -186,12 +232,19 @@ class ParametricAcceptance:
         """The uniforms (n, k_max) a step's ``draw`` of ``rows`` takes from the pool, and
         the rows' per-position rates ((n, k_max), or (n, 1) without position decay)."""
         rates = self._rates(rows)
-        return self._u.take(rows.shape[0] * self.k_max).reshape(rows.shape[0], self.k_max), rates
+        return self.take_uniforms(rows).reshape(rows.shape[0], self.k_max), rates
 
     @property
     def confidence_tables(self) -> tuple[np.ndarray, np.ndarray]:
         """The quantile tables a confidence is looked up in: (passed, failed) positions'."""
-        return self._q_hi, self._q_lo
+        if self._tables is None:
+            c = self.config
+            s, hi, lo = float(c.confidence_sharpness), c.confidence_accept_mean, \
+                c.confidence_reject_mean
+            q = (np.arange(_QUANTILES) + 0.5) / _QUANTILES
+            self._tables = (np.quantile(self._rng_conf.beta(s * hi, s * (1 - hi), 1 << 17), q),
+                            np.quantile(self._rng_conf.beta(s * lo, s * (1 - lo), 1 << 17), q))
+        return self._tables
 
     def draw(self, rows: np.ndarray, positions: np.ndarray,
              with_confidences: bool = True) -> StepDraw:
@@ -209,7 +262,8 @@ class ParametricAcceptance:
         safe = np.minimum(np.maximum(rates, 1e-12), 1.0 - 1e-12)
         v = np.where(ok, u / safe, (u - safe) / (1.0 - safe))
         idx = np.minimum((v * _QUANTILES).astype(np.int64), _QUANTILES - 1)
-        return np.where(ok, self._q_hi[idx], self._q_lo[idx])
+        q_hi, q_lo = self.confidence_tables
+        return np.where(ok, q_hi[idx], q_lo[idx])
 
     # ---- multi-step epochs (sim/fast/epoch.py) ---------------------------------------------------
     def draw_block(self, rows: np.ndarray, num_steps: int, num_positions: int | None = None):
@@ -218,6 +272,9 @@ class ParametricAcceptance:
         calls of ``draw`` would take, in the same order (positions do not matter here).
         Only the first ``num_positions`` positions are tested (the match length is capped
         there: enough for ``min(k, m)`` with k <= num_positions)."""
+        if not self.steps_independent:
+            raise RuntimeError("draw_block needs independent steps (step_correlation 0): a "
+                               "block given back would leave the latents moved")
         n, k = rows.shape[0], self.k_max
         p = k if num_positions is None else min(int(num_positions), k)
         u = self._u.take(num_steps * n * k).reshape(num_steps, n, k)

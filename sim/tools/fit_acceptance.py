@@ -12,6 +12,14 @@ request_id, position, match_len, confidences and optionally dataset):
 * Beta(alpha, beta) per dataset by the method of moments on the a_i, with each estimate's
   sampling variance (inverse Fisher information) removed from their spread.
 * Confidence means: mean draft probability of passed positions and of the first failed one.
+* Step correlation (``fit_step_correlation``): the chains a policy drafting k_max every step
+  would verify (from a request's first position p, the next verify is at p + m(p) + 1) give
+  each request's sequence of match lengths. Their successive deviations from the request's
+  own mean have a Spearman correlation (``successive_correlation``); the model's is measured
+  on sequences of the same lengths drawn by the simulator's own ``ParametricAcceptance`` at
+  each correlation of a grid (the statistic is biased low on short sequences, alike for
+  both), and the correlation whose statistic matches the traces' is taken; its 95 %
+  interval maps a bootstrap interval over requests (scipy.stats.bootstrap) the same way.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import json
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from sim.core.config import AcceptanceConfig
 
@@ -145,6 +154,97 @@ def fit_acceptance(df: pd.DataFrame, k_max: int | None = None) -> dict:
             "mean_match_len": float(np.minimum(df["match_len"], k).mean())}
 
 
+def verify_chains(df: pd.DataFrame, k_max: int) -> list[np.ndarray]:
+    """Per request (in request-id order), the match lengths min(m(p), k_max) that drafting
+    k_max every step verifies: from its first recorded position p, the next verify is at
+    p + m + 1 (m accepted drafts, then the target's own token); a chain ends at the first
+    position not recorded."""
+    chains = []
+    for _, g in df.sort_values(["request_id", "position"]).groupby("request_id", sort=True):
+        m_at = dict(zip(g["position"].tolist(), np.minimum(g["match_len"], k_max).tolist()))
+        p, seq = int(g["position"].iloc[0]), []
+        while p in m_at:
+            seq.append(m_at[p])
+            p += m_at[p] + 1
+        chains.append(np.asarray(seq, np.float64))
+    return chains
+
+
+def successive_correlation(chains: list[np.ndarray], lag: int = 1) -> float:
+    """Spearman correlation, pooled over requests, of each verify's deviation from its
+    request's mean match length with the deviation ``lag`` verifies later: the part of a
+    step's outcome its request's previous ones tell beyond the request's own rate (nan
+    without pairs). Biased low on short chains (removing the mean ties the deviations)."""
+    first, then = [], []
+    for c in chains:
+        if c.size > lag and c.std() > 0:
+            d = c - c.mean()
+            first.append(d[:-lag])
+            then.append(d[lag:])
+    if not first:
+        return float("nan")
+    return float(stats.spearmanr(np.concatenate(first), np.concatenate(then)).statistic)
+
+
+def model_chains(config: AcceptanceConfig, lengths: np.ndarray, k_max: int,
+                 seed: int) -> list[np.ndarray]:
+    """Match-length chains of the given lengths drawn by the simulator's parametric model
+    (``ParametricAcceptance``, each request a verify step per draw, as the engine draws)."""
+    from sim.models.acceptance import ParametricAcceptance
+    from traces.schema import Trace
+
+    n = lengths.shape[0]
+    model = ParametricAcceptance(config, k_max, seed)
+    model.prepare(Trace.from_columns(np.zeros(n), np.ones(n, np.int64),
+                                     np.maximum(lengths, 1), dataset="default"))
+    out = np.zeros((n, int(lengths.max(initial=0))))
+    for t in range(out.shape[1]):
+        rows = np.flatnonzero(lengths > t)
+        out[rows, t] = model.draw(rows, np.full(rows.shape[0], t),
+                                  with_confidences=False).match_len
+    return [out[i, :lengths[i]] for i in range(n)]
+
+
+def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
+                         grid: np.ndarray | None = None, replicates: int = 8,
+                         n_resamples: int = 999, seed: int = 0) -> dict:
+    """``AcceptanceConfig.step_correlation`` from m(p) traces (module docstring): the grid
+    value whose model statistic matches the traces' (linear between grid points), with a 95 %
+    interval. ``config``: the fitted parametric model without correlation."""
+    from dataclasses import replace
+
+    chains = verify_chains(df, k_max)
+    observed = successive_correlation(chains)
+    if not np.isfinite(observed):
+        raise ValueError("acceptance traces: no request has 2 verify steps with different "
+                         "match lengths, nothing to fit a step correlation from")
+    lengths = np.array([c.size for c in chains], np.int64)
+    grid = np.round(np.arange(0.0, 0.951, 0.05), 2) if grid is None else np.asarray(grid)
+    curve = np.array([np.mean([successive_correlation(model_chains(
+        replace(config, step_correlation=float(rho)), lengths, k_max, seed + r))
+        for r in range(replicates)]) for rho in grid])
+    rising = np.maximum.accumulate(curve)          # the statistic grows with rho
+
+    def rho_of(value: float) -> float:
+        return float(np.interp(value, rising, grid))
+
+    boot = stats.bootstrap((np.arange(len(chains)),), lambda idx: successive_correlation(
+        [chains[i] for i in idx]), vectorized=False, n_resamples=n_resamples, method="percentile",
+        random_state=np.random.default_rng(seed))
+    low, high = boot.confidence_interval
+    rho = rho_of(observed)
+    lag2_model = np.mean([successive_correlation(model_chains(
+        replace(config, step_correlation=rho), lengths, k_max, seed + r), lag=2)
+        for r in range(replicates)])
+    return {"step_correlation": rho, "step_correlation_ci": [rho_of(low), rho_of(high)],
+            "successive_spearman": observed, "successive_spearman_ci": [float(low), float(high)],
+            "successive_spearman_independent": float(curve[0]),
+            "successive_spearman_lag2": successive_correlation(chains, lag=2),
+            "successive_spearman_lag2_model": float(lag2_model),
+            "num_chains": int(sum(c.size >= 2 for c in chains)),
+            "num_verify_pairs": int(sum(max(c.size - 1, 0) for c in chains))}
+
+
 def to_acceptance_config(fit: dict, **overrides) -> AcceptanceConfig:
     """The fitted parameters as a parametric AcceptanceConfig (first dataset is the default)."""
     ds = fit["datasets"]
@@ -156,6 +256,8 @@ def to_acceptance_config(fit: dict, **overrides) -> AcceptanceConfig:
         v = fit[name]
         if np.isfinite(v):
             kw[name] = float(np.clip(v, 0.01, 0.99))
+    if "step_correlation" in fit:
+        kw["step_correlation"] = float(fit["step_correlation"])
     kw.update(overrides)
     return AcceptanceConfig(**kw)
 
@@ -164,6 +266,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("traces", nargs="+", help="acceptance parquet(s) (exec record_acceptance)")
     ap.add_argument("--k-max", type=int, default=None)
+    ap.add_argument("--no-step-correlation", action="store_true",
+                    help="skip fitting the step-to-step correlation (fit_step_correlation)")
+    ap.add_argument("--resamples", type=int, default=999,
+                    help="bootstrap resamples of the step correlation's 95 %% interval")
     args = ap.parse_args(argv)
     frames = []
     for i, path in enumerate(args.traces):
@@ -171,7 +277,11 @@ def main(argv=None) -> dict:
         if len(args.traces) > 1:   # keep request ids of different files apart
             df = df.assign(request_id=df["request_id"] + i * (1 << 32))
         frames.append(df)
-    fit = fit_acceptance(pd.concat(frames, ignore_index=True), args.k_max)
+    df = pd.concat(frames, ignore_index=True)
+    fit = fit_acceptance(df, args.k_max)
+    if not args.no_step_correlation:
+        fit.update(fit_step_correlation(df, to_acceptance_config(fit), fit["k_max"],
+                                        n_resamples=args.resamples))
     for tag, v in fit["datasets"].items():
         print(f"{tag}: Beta(alpha={v['alpha']:.3f}, beta={v['beta']:.3f}) mean rate "
               f"{v['mean_rate']:.3f} over {v['num_requests']} requests")
@@ -179,6 +289,14 @@ def main(argv=None) -> dict:
           f"mean match_len={fit['mean_match_len']:.3f} (drafts, bonus token not counted)")
     print(f"confidence_accept_mean={fit['confidence_accept_mean']:.3f} "
           f"confidence_reject_mean={fit['confidence_reject_mean']:.3f}")
+    if "step_correlation" in fit:
+        lo, hi = fit["step_correlation_ci"]
+        print(f"step_correlation={fit['step_correlation']:.3f} [{lo:.3f}, {hi:.3f}]: successive "
+              f"verifies' Spearman {fit['successive_spearman']:.3f} over "
+              f"{fit['num_verify_pairs']} pairs (independent steps: "
+              f"{fit['successive_spearman_independent']:.3f}); lag 2 "
+              f"{fit['successive_spearman_lag2']:.3f}, model "
+              f"{fit['successive_spearman_lag2_model']:.3f}")
     print(json.dumps(fit))
     return fit
 

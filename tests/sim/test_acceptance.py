@@ -50,6 +50,80 @@ def test_parametric_is_seeded_and_validates():
         make_acceptance_model(AcceptanceConfig(kind="replay"), 4, 0)
 
 
+def _position_passes(rho, steps=60, n=1500, seed=4):
+    """(steps, n, k) pass indicators of ``steps`` successive draws of the same requests."""
+    model = ParametricAcceptance(AcceptanceConfig(default=(3.0, 2.0), position_decay=0.9,
+                                                  step_correlation=rho), 3, seed)
+    model.prepare(Trace.from_columns(np.zeros(n), np.ones(n), np.ones(n)))
+    rows = np.arange(n)
+    draws = [model.draw(rows, rows) for _ in range(steps)]
+    return model, np.stack([d.uniforms < d.rates for d in draws]), draws
+
+
+def test_step_correlation_ties_successive_steps_and_keeps_each_steps_chances():
+    independent, ok0, _ = _position_passes(0.0)
+    model, ok, draws = _position_passes(0.8)
+    # same per-request rates (their stream is untouched), same pass chances per position
+    assert np.array_equal(model.rate, independent.rate)
+    expected = model.rate[:, None] * 0.9 ** np.arange(3)
+    assert np.abs(ok0.mean(axis=0) - expected).mean() < 0.06
+    for passes in (ok0, ok):         # (correlated steps: a request's mean is noisier)
+        assert passes.mean(axis=(0, 1)) == pytest.approx(expected.mean(axis=0), abs=0.02)
+        high = model.rate > np.median(model.rate)
+        assert passes[:, high].mean() - passes[:, ~high].mean() == pytest.approx(
+            expected[high].mean() - expected[~high].mean(), abs=0.03)
+    # uniforms stay uniform
+    u = np.concatenate([d.uniforms.ravel() for d in draws])
+    assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 0.09 * u.size
+    # a position's pass now follows its pass one step before, beyond the request's rate
+    def lag1(passes):
+        dev = passes - passes.mean(axis=0)
+        return float((dev[1:] * dev[:-1]).mean() / (dev * dev).mean())
+    assert abs(lag1(ok0)) < 0.03
+    assert lag1(ok) > 0.3
+    # match lengths too; requests not drawn keep their latents
+    m = np.stack([d.match_len for d in draws]).astype(float)
+    dev = m - m.mean(axis=0)
+    assert (dev[1:] * dev[:-1]).mean() / (dev * dev).mean() > 0.2
+    held = model._latent[5].copy()
+    model.draw(np.arange(5), np.zeros(5, np.int64))
+    assert np.array_equal(model._latent[5], held)
+
+
+def test_step_correlation_is_seeded_validated_and_refuses_blocks():
+    trace = Trace.from_columns(np.zeros(30), np.ones(30), np.ones(30))
+    cfg = AcceptanceConfig(step_correlation=0.5)
+    a, b = ParametricAcceptance(cfg, 4, 7), ParametricAcceptance(cfg, 4, 7)
+    for mdl in (a, b):
+        mdl.prepare(trace)
+    rows = np.arange(30)
+    for _ in range(3):
+        assert np.array_equal(a.draw(rows, rows).uniforms, b.draw(rows, rows).uniforms)
+    assert not a.steps_independent and ParametricAcceptance(AcceptanceConfig(), 4, 7).steps_independent
+    with pytest.raises(RuntimeError, match="independent steps"):
+        a.draw_block(rows, 2)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="step_correlation must be in"):
+            ParametricAcceptance(AcceptanceConfig(step_correlation=bad), 4, 0)
+
+
+def test_engine_runs_correlated_steps_without_epochs():
+    from tests.sim.helpers import poisson_trace
+    trace = poisson_trace(n=120, rate=25.0)
+    runs = {rho: simulate_with(trace, make_policy("fixed", k=3), config(
+        acceptance=AcceptanceConfig(step_correlation=rho), seed=1)) for rho in (0.0, 0.9)}
+    assert runs[0.0].meta["num_epochs"] > 0 and runs[0.9].meta["num_epochs"] == 0
+    for res in runs.values():
+        assert (res.requests["status"] == "finished").all()
+    # the same pass chances: mean accepted per verified draft alike; the sequence not
+    acc = {rho: r.steps["num_accepted"].sum() / r.steps["num_spec_tokens"].sum()
+           for rho, r in runs.items()}
+    assert acc[0.9] == pytest.approx(acc[0.0], abs=0.06)
+    again = simulate_with(trace, make_policy("fixed", k=3), config(
+        acceptance=AcceptanceConfig(step_correlation=0.9), seed=1))
+    assert again.requests.equals(runs[0.9].requests)
+
+
 def _record(tmp_path, n_out=60):
     """Request 7 has m(p) = p % 4 at every output position p; request 9 only at p = 1."""
     pos = np.arange(1, n_out)

@@ -41,10 +41,13 @@ def test_fit_recovers_known_parameters(alpha, beta, decay):
 def test_fit_cli_prints_parameters(tmp_path, capsys):
     path = tmp_path / "acc.parquet"
     synthetic_traces(6.0, 2.0, 1.0, num_requests=50, positions=40).to_parquet(path)
-    fit = fit_main([str(path)])
+    fit = fit_main([str(path), "--resamples", "99"])
     out = capsys.readouterr().out
-    assert "Beta(alpha=" in out and "position_decay=" in out
+    assert "Beta(alpha=" in out and "position_decay=" in out and "step_correlation=" in out
     assert fit["num_records"] == 2000
+    low, high = fit["step_correlation_ci"]
+    assert low <= fit["step_correlation"] <= high and low < 0.1   # drawn independent
+    assert "step_correlation" not in fit_main([str(path), "--no-step-correlation"])
 
 
 def test_fit_rejects_bad_input():
@@ -90,3 +93,41 @@ def test_replay_gives_min_k_m(tmp_path):
             checked += k > 0
             pos[rid] = min(p + acc + 1, n_out)
     assert checked > 20
+
+
+def _chain_records(rho, num_requests=300, steps=30, seed=5):
+    """m(p) records at the verify positions of chains drawn with step correlation ``rho``."""
+    from sim.tools.fit_acceptance import model_chains
+    cfg = AcceptanceConfig(default=(3.0, 2.0), step_correlation=rho)
+    chains = model_chains(cfg, np.full(num_requests, steps), 4, seed)
+    rows = []
+    for rid, chain in enumerate(chains):
+        p = 0
+        for m in chain.astype(int):
+            rows.append((rid, p, m))
+            p += m + 1
+    return pd.DataFrame(rows, columns=["request_id", "position", "match_len"]), chains
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.6])
+def test_fit_recovers_the_step_correlation(rho):
+    from sim.tools.fit_acceptance import fit_step_correlation, verify_chains
+    df, chains = _chain_records(rho)
+    # the chains walked back from the records are the drawn ones
+    assert all(np.array_equal(a, b) for a, b in zip(verify_chains(df, 4), chains))
+    fit = fit_acceptance(df, k_max=4)
+    got = fit_step_correlation(df, to_acceptance_config(fit), 4, replicates=4,
+                               n_resamples=199)
+    low, high = got["step_correlation_ci"]
+    assert low <= rho <= high and high - low < 0.4
+    assert got["step_correlation"] == pytest.approx(rho, abs=0.15)
+    # short chains bias the statistic low; the fit compares like with like
+    assert got["successive_spearman_independent"] < 0.0
+    assert to_acceptance_config({**fit, **got}).step_correlation == got["step_correlation"]
+
+
+def test_step_correlation_needs_chains():
+    from sim.tools.fit_acceptance import fit_step_correlation
+    df = pd.DataFrame({"request_id": [0, 1], "position": [0, 0], "match_len": [1, 2]})
+    with pytest.raises(ValueError, match="2 verify steps"):
+        fit_step_correlation(df, AcceptanceConfig(), 4)

@@ -139,6 +139,22 @@ for policy, case in others.items():
     assert_same_tables(fast, slow)
     print(policy, ends["n"] - seen)
 assert trees["min_widths"] > 0 and trees["accepted"] > 0, trees
+# correlated verify steps (AcceptanceConfig.step_correlation): no epochs (a block given back
+# would leave the latents moved), every other compiled path takes the same uniforms
+correlated = AcceptanceConfig(step_correlation=0.7, position_decay=0.9)
+for policy, case in {"fixed": "fixed-tight", "oracle": "kv-short", "smartspec": "mixed-k",
+                     "slo_goodput_tree": "preempting"}.items():
+    before, seen = dict(calls), ends["n"]
+    trace, kw = cases[case][1], {**cases[case][2], "seed": 2, "acceptance": correlated}
+    fast = simulate_with(trace, make_policy(policy), config(compiled_epochs=True, **kw))
+    slow = simulate_with(trace, make_policy(policy), config(**kw), multi_step=False)
+    independent = simulate_with(trace, make_policy(policy), config(**{**kw, "acceptance": decay}),
+                                multi_step=False)
+    assert fast.meta["num_epochs"] == 0, policy
+    assert calls["steps"] > before["steps"] or ends["n"] > seen, policy
+    assert_same_tables(fast, slow)
+    assert not slow.steps["num_accepted"].equals(independent.steps["num_accepted"]), policy
+    print("correlated", policy)
 print("OK", calls, trees)
 '''
 
