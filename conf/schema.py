@@ -50,6 +50,7 @@ class AcceptanceConf:
     per_dataset: list[Any] = field(default_factory=list)  # [[tag, alpha, beta], ...]
     position_decay: float = 1.0
     confidence_sharpness: float = 8.0
+    step_correlation: float = 0.0        # outcomes tied from one verify step to the next
     replay_path: str | None = None
 
 

@@ -119,7 +119,8 @@ def build_sim_config(cfg):
         kind=a.kind, default=(float(a.alpha), float(a.beta)),
         per_dataset=tuple((str(r[0]), float(r[1]), float(r[2])) for r in a.per_dataset),
         position_decay=float(a.position_decay),
-        confidence_sharpness=float(a.confidence_sharpness), replay_path=a.replay_path)
+        confidence_sharpness=float(a.confidence_sharpness),
+        step_correlation=float(a.step_correlation), replay_path=a.replay_path)
     limits = OmegaConf.to_container(cfg.engine, resolve=True)
     limits.pop("name")
     engine = EngineConfig(**limits)

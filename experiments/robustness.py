@@ -47,7 +47,8 @@ import pandas as pd
 from analysis.tables import LOAD_COLUMN as LOAD
 from experiments.compare.ratios import (CLASS_ORACLES, GOODPUT, HINDSIGHT, paired_ratio_ci,
                                         strict_json)
-from experiments.compare.setup_grid import CompareSetup, select_specs, shape_class_of
+from experiments.compare.setup_grid import (CompareSetup, select_specs, shape_class_of,
+                                            with_step_correlation)
 from experiments.launchers import add_launcher_args, sweep_executor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +232,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--policies", default=None, help="comma list (experiments.compare's)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 2 seeds, a few requests per run (CI)")
+    p.add_argument("--step-correlation", type=float, default=0.0,
+                   help="every scenario's acceptance outcomes correlated from one verify step "
+                        "of a request to the next (AcceptanceConfig.step_correlation); default 0")
     return p.parse_args(argv)
 
 
@@ -248,6 +252,8 @@ def main(argv=None) -> dict:
     if args.seeds < 2:
         raise SystemExit("error: --seeds must be >= 2 (confidence intervals pair seeds)")
     seeds = 2 if args.quick else args.seeds
+    matrix = tuple(replace(s, setup=with_step_correlation(s.setup, args.step_correlation))
+                   for s in matrix)
     if args.quick:
         matrix = tuple(replace(s, setup=replace(s.setup, duration_s=2.0, min_requests=10,
                                                 max_requests=16, saturation_requests=40,

@@ -31,7 +31,8 @@ from experiments.compare.ratios import (compare_json, ratio_report, with_class_o
                                         with_oracle_fixed)
 from experiments.compare.setup_grid import (CompareSetup, base_workload, load_levels, quick_setup,
                                        num_requests_at, saturation_rate, select_specs,
-                                       plain_sim_config, sim_config, workload_at)
+                                       plain_sim_config, sim_config, with_step_correlation,
+                                       workload_at)
 from experiments.compare.sweep import Job, mean_over_seeds, run_jobs
 from experiments.launchers import add_launcher_args, sweep_executor
 
@@ -56,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds of arrivals per run (requests = rate x duration, clamped)")
     p.add_argument("--loads", default=None, help="explicit req/s levels (skips saturation)")
     p.add_argument("--trace", default=None, help="trace name (traces.catalog), default azure_conv")
+    p.add_argument("--step-correlation", type=float, default=0.0,
+                   help="acceptance outcomes correlated from one verify step of a request to "
+                        "the next (AcceptanceConfig.step_correlation, in [0, 1); fitted from "
+                        "m(p) traces by python -m sim.tools.fit_acceptance); default 0")
     return p.parse_args(argv)
 
 
@@ -75,7 +80,8 @@ def make_setup(args) -> CompareSetup:
     if args.trace:
         window_end = 600.0 if args.trace.startswith("azure_conv") else None
         setup = replace(setup, trace_name=args.trace, window_end_s=window_end)
-    return setup
+    return with_step_correlation(setup, args.step_correlation)
+
 
 
 def _log(msg: str) -> None:

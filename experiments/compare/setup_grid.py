@@ -110,6 +110,9 @@ class CompareSetup:
     tensor_parallel: int = 1         # GPUs the target is split over (hardware.tensor_parallel_size)
     acceptance: tuple = (7.0, 3.0)   # Beta(alpha, beta) per request (conf/model/llama2_7b_68m)
     per_dataset_acceptance: tuple = ()   # (tag, alpha, beta): per dataset tag (Spec-Bench)
+    # a request's outcomes correlated from one verify step to the next
+    # (AcceptanceConfig.step_correlation; 0: independent steps)
+    step_correlation: float = 0.0
     # request lengths: "trace" (the trace's own), "spec_bench" (each arrival a Spec-Bench
     # question, AdaSpec's workload; tags = its category group) or "decode_heavy" (short
     # prompts, long outputs: decode-bound large batches)
@@ -120,6 +123,14 @@ class CompareSetup:
     # comparison: each request pays the passes it asked for) or "vllm" (what vLLM's
     # draft-model proposer runs, k = 0 sync passes included: the tuner's vLLM configs)
     draft_passes: str = "per_request"
+
+
+def with_step_correlation(setup: CompareSetup, rho: float) -> CompareSetup:
+    """``setup`` with its acceptance outcomes correlated ``rho`` from step to step."""
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"--step-correlation must be in [0, 1), got {rho} (0: independent "
+                         "verify steps; fit it with python -m sim.tools.fit_acceptance)")
+    return replace(setup, step_correlation=float(rho))
 
 
 def quick_setup(setup: CompareSetup) -> CompareSetup:
@@ -201,7 +212,8 @@ def sim_config(setup: CompareSetup):
                                          draft_passes=setup.draft_passes),
                      acceptance=AcceptanceConfig(
                          default=tuple(setup.acceptance),
-                         per_dataset=tuple(tuple(x) for x in setup.per_dataset_acceptance)),
+                         per_dataset=tuple(tuple(x) for x in setup.per_dataset_acceptance),
+                         step_correlation=float(setup.step_correlation)),
                      seed=_seeds(setup.seed)[1], tensor_parallel=int(setup.tensor_parallel))
 
 

@@ -293,3 +293,14 @@ def test_none_runs_an_engine_without_a_drafter(tmp_path, monkeypatch):
     monkeypatch.setattr(sim, "simulate", spy_sim)
     assert saturation_rate(setup, base_workload(setup))["saturation_rate_req_s"] > 0
     assert [c.draft for c in configs] == [""]
+
+
+def test_step_correlation_reaches_every_run_and_is_checked():
+    from experiments.compare.cli import make_setup, parse_args
+    from experiments.compare.setup_grid import plain_sim_config, sim_config
+    setup = make_setup(parse_args(["--quick", "--step-correlation", "0.3"]))
+    assert sim_config(setup).acceptance.step_correlation == 0.3
+    assert make_setup(parse_args(["--quick"])).step_correlation == 0.0
+    assert plain_sim_config(setup).acceptance.step_correlation == 0.3
+    with pytest.raises(ValueError, match=r"--step-correlation must be in \[0, 1\)"):
+        make_setup(parse_args(["--step-correlation", "1"]))

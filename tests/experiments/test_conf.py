@@ -82,6 +82,7 @@ def test_unknown_option_lists_valid_ones(group, value):
     ("slo.classes.0.tpot_slo_ms=-5", "tpot_slo_ms"),
     ("engine.gpu_memory_utilization=1.5", "gpu_memory_utilization"),
     ("model.acceptance.alpha=0", "alpha"),
+    ("model.acceptance.step_correlation=1.0", "step_correlation: must be in [0, 1)"),
     ("hardware.tensor_parallel_size=0", "tensor_parallel_size"),
     ("trace.name=nosuchtrace", "unknown trace"),
     ("model.target=gpt-9", "unknown sim model"),
