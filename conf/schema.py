@@ -51,6 +51,7 @@ class AcceptanceConf:
     position_decay: float = 1.0
     confidence_sharpness: float = 8.0
     step_correlation: float = 0.0        # outcomes tied from one verify step to the next
+    correlated_share: float = 1.0        # the share of an outcome's latent that is tied
     replay_path: str | None = None
 
 

@@ -72,6 +72,9 @@ def _check_model(m, bad: list[str]) -> None:
     if not 0 <= a.step_correlation < 1:
         bad.append(f"model.acceptance.step_correlation: must be in [0, 1), got "
                    f"{a.step_correlation} (0: independent verify steps)")
+    if not 0 < a.correlated_share <= 1:
+        bad.append(f"model.acceptance.correlated_share: must be in (0, 1], got "
+                   f"{a.correlated_share}")
     for row in a.per_dataset:
         if len(row) != 3 or not (row[1] > 0 and row[2] > 0):
             bad.append(f"model.acceptance.per_dataset: rows are [tag, alpha>0, beta>0], got {row}")

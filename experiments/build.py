@@ -120,7 +120,8 @@ def build_sim_config(cfg):
         per_dataset=tuple((str(r[0]), float(r[1]), float(r[2])) for r in a.per_dataset),
         position_decay=float(a.position_decay),
         confidence_sharpness=float(a.confidence_sharpness),
-        step_correlation=float(a.step_correlation), replay_path=a.replay_path)
+        step_correlation=float(a.step_correlation),
+        correlated_share=float(a.correlated_share), replay_path=a.replay_path)
     limits = OmegaConf.to_container(cfg.engine, resolve=True)
     limits.pop("name")
     engine = EngineConfig(**limits)

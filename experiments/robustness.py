@@ -235,6 +235,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--step-correlation", type=float, default=0.0,
                    help="every scenario's acceptance outcomes correlated from one verify step "
                         "of a request to the next (AcceptanceConfig.step_correlation); default 0")
+    p.add_argument("--correlated-share", type=float, default=1.0,
+                   help="the share of each outcome's latent that follows it "
+                        "(AcceptanceConfig.correlated_share); default 1")
     return p.parse_args(argv)
 
 
@@ -252,7 +255,8 @@ def main(argv=None) -> dict:
     if args.seeds < 2:
         raise SystemExit("error: --seeds must be >= 2 (confidence intervals pair seeds)")
     seeds = 2 if args.quick else args.seeds
-    matrix = tuple(replace(s, setup=with_step_correlation(s.setup, args.step_correlation))
+    matrix = tuple(replace(s, setup=with_step_correlation(s.setup, args.step_correlation,
+                                                             args.correlated_share))
                    for s in matrix)
     if args.quick:
         matrix = tuple(replace(s, setup=replace(s.setup, duration_s=2.0, min_requests=10,

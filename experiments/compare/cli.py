@@ -61,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="acceptance outcomes correlated from one verify step of a request to "
                         "the next (AcceptanceConfig.step_correlation, in [0, 1); fitted from "
                         "m(p) traces by python -m sim.tools.fit_acceptance); default 0")
+    p.add_argument("--correlated-share", type=float, default=1.0,
+                   help="the share of each outcome's latent that follows that correlation "
+                        "(AcceptanceConfig.correlated_share, in (0, 1]); default 1")
     return p.parse_args(argv)
 
 
@@ -80,7 +83,7 @@ def make_setup(args) -> CompareSetup:
     if args.trace:
         window_end = 600.0 if args.trace.startswith("azure_conv") else None
         setup = replace(setup, trace_name=args.trace, window_end_s=window_end)
-    return with_step_correlation(setup, args.step_correlation)
+    return with_step_correlation(setup, args.step_correlation, args.correlated_share)
 
 
 

@@ -111,8 +111,9 @@ class CompareSetup:
     acceptance: tuple = (7.0, 3.0)   # Beta(alpha, beta) per request (conf/model/llama2_7b_68m)
     per_dataset_acceptance: tuple = ()   # (tag, alpha, beta): per dataset tag (Spec-Bench)
     # a request's outcomes correlated from one verify step to the next
-    # (AcceptanceConfig.step_correlation; 0: independent steps)
+    # (AcceptanceConfig.step_correlation, correlated_share; 0: independent steps)
     step_correlation: float = 0.0
+    correlated_share: float = 1.0
     # request lengths: "trace" (the trace's own), "spec_bench" (each arrival a Spec-Bench
     # question, AdaSpec's workload; tags = its category group) or "decode_heavy" (short
     # prompts, long outputs: decode-bound large batches)
@@ -125,12 +126,15 @@ class CompareSetup:
     draft_passes: str = "per_request"
 
 
-def with_step_correlation(setup: CompareSetup, rho: float) -> CompareSetup:
-    """``setup`` with its acceptance outcomes correlated ``rho`` from step to step."""
+def with_step_correlation(setup: CompareSetup, rho: float, share: float = 1.0) -> CompareSetup:
+    """``setup`` with its acceptance outcomes' latents correlated ``share`` * ``rho``^l l
+    verify steps apart (AcceptanceConfig.step_correlation, correlated_share)."""
     if not 0.0 <= rho < 1.0:
         raise ValueError(f"--step-correlation must be in [0, 1), got {rho} (0: independent "
                          "verify steps; fit it with python -m sim.tools.fit_acceptance)")
-    return replace(setup, step_correlation=float(rho))
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"--correlated-share must be in (0, 1], got {share}")
+    return replace(setup, step_correlation=float(rho), correlated_share=float(share))
 
 
 def quick_setup(setup: CompareSetup) -> CompareSetup:
@@ -213,7 +217,8 @@ def sim_config(setup: CompareSetup):
                      acceptance=AcceptanceConfig(
                          default=tuple(setup.acceptance),
                          per_dataset=tuple(tuple(x) for x in setup.per_dataset_acceptance),
-                         step_correlation=float(setup.step_correlation)),
+                         step_correlation=float(setup.step_correlation),
+                         correlated_share=float(setup.correlated_share)),
                      seed=_seeds(setup.seed)[1], tensor_parallel=int(setup.tensor_parallel))
 
 

@@ -51,6 +51,9 @@ class AcceptanceConfig:
     # from one of its verify steps to the next (a Gaussian copula, AR(1) over its steps): the
     # pass chances, hence every request's match-length distribution, stay those of rho = 0
     step_correlation: float = 0.0
+    # the share (0 < w <= 1) of each outcome's latent that follows that AR(1); the rest is
+    # drawn anew each step: outcomes l steps apart have latents correlated w * rho^l
+    correlated_share: float = 1.0
     replay_path: str | None = None
 
 

@@ -112,12 +112,17 @@ class TreePassTable:
             self.filled[new] = True
 
 
-def correlated_uniforms(latent: np.ndarray, innovations: np.ndarray,
-                        rho: float) -> tuple[np.ndarray, np.ndarray]:
-    """One AR(1) step of standard-normal latents, z' = rho z + sqrt(1 - rho^2) e (z' is
-    again N(0, 1), correlated rho with z), and their uniforms Phi(z'). Returns (z', u)."""
-    z = rho * latent + math.sqrt(1.0 - rho * rho) * innovations
-    return z, ndtr(z)
+def correlated_uniforms(latent: np.ndarray, innovations: np.ndarray, rho: float,
+                        share: float = 1.0, fresh: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the latents behind a request's outcomes: the slow part moves one AR(1)
+    step, s' = rho s + sqrt(1 - rho^2) e (again N(0, 1), correlated rho with s), and the
+    outcome's latent is z = sqrt(share) s' + sqrt(1 - share) f with ``fresh`` f ~ N(0, 1)
+    drawn anew (share 1: z = s'). Returns (s', the uniforms Phi(z))."""
+    slow = rho * latent + math.sqrt(1.0 - rho * rho) * innovations
+    if share >= 1.0:
+        return slow, ndtr(slow)
+    return slow, ndtr(math.sqrt(share) * slow + math.sqrt(1.0 - share) * fresh)
 
 
 def _leading_true(ok: np.ndarray) -> np.ndarray:
@@ -138,10 +143,12 @@ class ParametricAcceptance:
 
     ``step_correlation`` rho > 0: live, a request's accepted counts are correlated from one
     verify to the next beyond its own mean (text that is easy to draft comes in stretches).
-    Each request and draft position keeps a latent z ~ N(0, 1) that moves by one AR(1) step
-    per verify step of the request, z' = rho z + sqrt(1 - rho^2) e, and the position's uniform
-    is Phi(z') (``correlated_uniforms``): each uniform is still U(0, 1), so pass chances and
-    match-length distributions are those of rho = 0; only successive steps are tied.
+    Each request and draft position keeps a slow latent s ~ N(0, 1) that moves by one AR(1)
+    step per verify step of the request, s' = rho s + sqrt(1 - rho^2) e; the position's
+    uniform is Phi(z), z = sqrt(w) s' + sqrt(1 - w) f with f drawn anew each step and
+    w = ``correlated_share`` (``correlated_uniforms``), so outcomes l steps apart have latents
+    correlated w rho^l. Each uniform is still U(0, 1), so pass chances and match-length
+    distributions are those of rho = 0; only a request's steps are tied to each other.
     """
 
     def __init__(self, config, k_max: int, seed: int):
@@ -156,6 +163,10 @@ class ParametricAcceptance:
         if not 0.0 <= self.step_correlation < 1.0:
             raise ValueError(f"acceptance step_correlation must be in [0, 1), got "
                              f"{config.step_correlation} (0: independent verify steps)")
+        self.correlated_share = float(config.correlated_share)
+        if not 0.0 < self.correlated_share <= 1.0:
+            raise ValueError(f"acceptance correlated_share must be in (0, 1], got "
+                             f"{config.correlated_share} (1: every outcome follows its latent)")
         ss = np.random.SeedSequence([int(seed), 0xACC])
         # (the fourth stream, the latents' start, leaves the first three as they were)
         self._rng_rate, rng_u, rng_conf, self._rng_latent = (
@@ -209,9 +220,12 @@ class ParametricAcceptance:
         count = rows.shape[0] * self.k_max
         if not self.step_correlation:
             return self._u.take(count)
-        z, u = correlated_uniforms(self._latent[rows], self._u.take(count).reshape(
-            rows.shape[0], self.k_max), self.step_correlation)
-        self._latent[rows] = z
+        share = self.correlated_share
+        parts = 1 if share >= 1.0 else 2             # innovations, then fresh draws
+        normals = self._u.take(parts * count).reshape(parts, rows.shape[0], self.k_max)
+        slow, u = correlated_uniforms(self._latent[rows], normals[0], self.step_correlation,
+                                      share, normals[-1])
+        self._latent[rows] = slow
         return u.reshape(-1)
 
     def _rates(self, rows: np.ndarray) -> np.ndarray:

@@ -14,12 +14,12 @@ request_id, position, match_len, confidences and optionally dataset):
 * Confidence means: mean draft probability of passed positions and of the first failed one.
 * Step correlation (``fit_step_correlation``): the chains a policy drafting k_max every step
   would verify (from a request's first position p, the next verify is at p + m(p) + 1) give
-  each request's sequence of match lengths. Their successive deviations from the request's
-  own mean have a Spearman correlation (``successive_correlation``); the model's is measured
-  on sequences of the same lengths drawn by the simulator's own ``ParametricAcceptance`` at
-  each correlation of a grid (the statistic is biased low on short sequences, alike for
-  both), and the correlation whose statistic matches the traces' is taken; its 95 %
-  interval maps a bootstrap interval over requests (scipy.stats.bootstrap) the same way.
+  each request's sequence of match lengths. Deviations from the request's own mean, l
+  verifies apart, have a Spearman correlation (``successive_correlation``; l = 1..6: the lag
+  profile). The model's profile is measured on sequences of the same lengths drawn by the
+  simulator's own ``ParametricAcceptance`` (the statistic is biased low on short sequences,
+  alike for both) over a grid of (step_correlation, correlated_share), and the pair nearest
+  the traces' profile is taken.
 """
 from __future__ import annotations
 
@@ -205,49 +205,120 @@ def model_chains(config: AcceptanceConfig, lengths: np.ndarray, k_max: int,
     return [out[i, :lengths[i]] for i in range(n)]
 
 
+def lag_profile(chains: list[np.ndarray], lags: int) -> np.ndarray:
+    """``successive_correlation`` at lags 1..``lags``."""
+    return np.array([successive_correlation(chains, lag) for lag in range(1, lags + 1)])
+
+
+RHO_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+SHARE_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
 def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
-                         grid: np.ndarray | None = None, replicates: int = 8,
-                         n_resamples: int = 999, seed: int = 0) -> dict:
-    """``AcceptanceConfig.step_correlation`` from m(p) traces (module docstring): the grid
-    value whose model statistic matches the traces' (linear between grid points), with a 95 %
-    interval. ``config``: the fitted parametric model without correlation."""
+                         rhos=RHO_GRID, shares=SHARE_GRID, lags: int = 6,
+                         replicates: int = 4, n_resamples: int = 499, seed: int = 0) -> dict:
+    """``AcceptanceConfig.step_correlation`` and ``correlated_share`` from m(p) traces
+    (module docstring): the grid pair whose model lag profile (``lag_profile`` of chains of
+    the traces' lengths drawn by the simulator's model, averaged over ``replicates`` with
+    common random numbers) is nearest the traces' in squared error weighted by the traces'
+    bootstrap variances (95 % percentile intervals over requests, scipy.stats.bootstrap).
+    ``config``: the fitted parametric model without correlation."""
     from dataclasses import replace
 
     chains = verify_chains(df, k_max)
-    observed = successive_correlation(chains)
-    if not np.isfinite(observed):
+    observed = lag_profile(chains, lags)
+    if not np.isfinite(observed[0]):
         raise ValueError("acceptance traces: no request has 2 verify steps with different "
                          "match lengths, nothing to fit a step correlation from")
     lengths = np.array([c.size for c in chains], np.int64)
-    grid = np.round(np.arange(0.0, 0.951, 0.05), 2) if grid is None else np.asarray(grid)
-    curve = np.array([np.mean([successive_correlation(model_chains(
-        replace(config, step_correlation=float(rho)), lengths, k_max, seed + r))
-        for r in range(replicates)]) for rho in grid])
-    rising = np.maximum.accumulate(curve)          # the statistic grows with rho
-
-    def rho_of(value: float) -> float:
-        return float(np.interp(value, rising, grid))
-
-    boot = stats.bootstrap((np.arange(len(chains)),), lambda idx: successive_correlation(
-        [chains[i] for i in idx]), vectorized=False, n_resamples=n_resamples, method="percentile",
-        random_state=np.random.default_rng(seed))
+    boot = stats.bootstrap((np.arange(len(chains)),), lambda idx: lag_profile(
+        [chains[i] for i in idx], lags), vectorized=False, n_resamples=n_resamples,
+        method="percentile", random_state=np.random.default_rng(seed))
     low, high = boot.confidence_interval
-    rho = rho_of(observed)
-    lag2_model = np.mean([successive_correlation(model_chains(
-        replace(config, step_correlation=rho), lengths, k_max, seed + r), lag=2)
-        for r in range(replicates)])
-    return {"step_correlation": rho, "step_correlation_ci": [rho_of(low), rho_of(high)],
-            "successive_spearman": observed, "successive_spearman_ci": [float(low), float(high)],
-            "successive_spearman_independent": float(curve[0]),
-            "successive_spearman_lag2": successive_correlation(chains, lag=2),
-            "successive_spearman_lag2_model": float(lag2_model),
+    weight = 1.0 / np.maximum(np.nan_to_num(boot.standard_error, nan=1.0), 1e-3) ** 2
+    keep = np.isfinite(observed)
+
+    def model(rho: float, share: float) -> np.ndarray:
+        cfg = replace(config, step_correlation=float(rho), correlated_share=float(share))
+        return np.mean([lag_profile(model_chains(cfg, lengths, k_max, seed + r), lags)
+                        for r in range(replicates)], axis=0)
+
+    independent = model(0.0, 1.0)
+    best = (float("inf"), 0.0, 1.0, independent)
+    for rho in (r for r in rhos if r > 0):
+        for share in shares:
+            got = model(rho, share)
+            err = float((weight * (got - observed) ** 2)[keep].sum())
+            if err < best[0]:
+                best = (err, float(rho), float(share), got)
+    err0 = float((weight * (independent - observed) ** 2)[keep].sum())
+    if err0 <= best[0]:
+        best = (err0, 0.0, 1.0, independent)
+    _, rho, share, fitted = best
+    inside = (low <= fitted) & (fitted <= high)
+    # a slow part moves each request's realised rate over its life: the spread of the
+    # per-request rates the Beta was fitted to holds that drift already, so the Beta is
+    # narrowed until the model's spread of per-request means is the traces' again
+    target = float(np.var([c.mean() for c in chains if c.size]))
+    scale = 1.0
+    if rho > 0.0:
+        scale = _dispersion_scale(replace(config, step_correlation=rho, correlated_share=share),
+                                  lengths, k_max, target, replicates, seed)
+    datasets = {str(tag): {"alpha": a * scale, "beta": b * scale}
+                for tag, a, b in (config.per_dataset or (("default", *config.default),))}
+    return {"step_correlation": rho, "correlated_share": share,
+            "concentration_scale": scale, "datasets_narrowed": datasets,
+            "chain_mean_var": target, "chain_mean_var_model": _chain_mean_var(
+                _scaled(replace(config, step_correlation=rho, correlated_share=share), scale),
+                lengths, k_max, replicates, seed),
+            "successive_spearman": float(observed[0]),
+            "successive_spearman_ci": [float(low[0]), float(high[0])],
+            "successive_spearman_independent": float(independent[0]),
+            "lag_profile": observed.tolist(), "lag_profile_model": fitted.tolist(),
+            "lag_profile_independent": independent.tolist(),
+            "lag_profile_ci": np.stack([low, high], axis=1).tolist(),
+            "lags_within_ci": int(inside[keep].sum()),
+            "lags_within_ci_independent": int(((low <= independent) & (independent <= high))[
+                keep].sum()),
             "num_chains": int(sum(c.size >= 2 for c in chains)),
             "num_verify_pairs": int(sum(max(c.size - 1, 0) for c in chains))}
 
 
+def _scaled(config: AcceptanceConfig, scale: float) -> AcceptanceConfig:
+    """``config`` with every Beta's concentration times ``scale`` (means kept)."""
+    from dataclasses import replace
+    return replace(config, default=(config.default[0] * scale, config.default[1] * scale),
+                   per_dataset=tuple((t, a * scale, b * scale) for t, a, b in config.per_dataset))
+
+
+def _chain_mean_var(config, lengths, k_max, replicates, seed) -> float:
+    """The model's variance of per-request mean match lengths on chains of ``lengths``."""
+    return float(np.mean([np.var([c.mean() for c in model_chains(config, lengths, k_max,
+                                                                  seed + r) if c.size])
+                          for r in range(replicates)]))
+
+
+def _dispersion_scale(config, lengths, k_max, target: float, replicates: int, seed: int,
+                      steps: int = 14) -> float:
+    """The concentration factor (>= 1: the Beta only narrows; bisection on its log) at which
+    the model's variance of per-request means is ``target``; the widest bound reached when
+    even that leaves it above."""
+    lo, hi = 0.0, np.log(MAX_CONCENTRATION / max(sum(config.default), MIN_CONCENTRATION))
+    if _chain_mean_var(config, lengths, k_max, replicates, seed) <= target:
+        return 1.0
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        if _chain_mean_var(_scaled(config, float(np.exp(mid))), lengths, k_max, replicates,
+                           seed) > target:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.exp(0.5 * (lo + hi)))
+
+
 def to_acceptance_config(fit: dict, **overrides) -> AcceptanceConfig:
     """The fitted parameters as a parametric AcceptanceConfig (first dataset is the default)."""
-    ds = fit["datasets"]
+    ds = fit.get("datasets_narrowed") or fit["datasets"]
     first = next(iter(ds.values()))
     kw = dict(kind="parametric", default=(first["alpha"], first["beta"]),
               per_dataset=tuple((t, v["alpha"], v["beta"]) for t, v in ds.items()),
@@ -256,8 +327,9 @@ def to_acceptance_config(fit: dict, **overrides) -> AcceptanceConfig:
         v = fit[name]
         if np.isfinite(v):
             kw[name] = float(np.clip(v, 0.01, 0.99))
-    if "step_correlation" in fit:
-        kw["step_correlation"] = float(fit["step_correlation"])
+    for name in ("step_correlation", "correlated_share"):
+        if name in fit:
+            kw[name] = float(fit[name])
     kw.update(overrides)
     return AcceptanceConfig(**kw)
 
@@ -290,13 +362,23 @@ def main(argv=None) -> dict:
     print(f"confidence_accept_mean={fit['confidence_accept_mean']:.3f} "
           f"confidence_reject_mean={fit['confidence_reject_mean']:.3f}")
     if "step_correlation" in fit:
-        lo, hi = fit["step_correlation_ci"]
-        print(f"step_correlation={fit['step_correlation']:.3f} [{lo:.3f}, {hi:.3f}]: successive "
-              f"verifies' Spearman {fit['successive_spearman']:.3f} over "
-              f"{fit['num_verify_pairs']} pairs (independent steps: "
-              f"{fit['successive_spearman_independent']:.3f}); lag 2 "
-              f"{fit['successive_spearman_lag2']:.3f}, model "
-              f"{fit['successive_spearman_lag2_model']:.3f}")
+        def row(values):
+            return " ".join(f"{v:+.3f}" for v in values)
+        print(f"step_correlation={fit['step_correlation']:.3f} "
+              f"correlated_share={fit['correlated_share']:.3f}: successive verifies' Spearman "
+              f"by lag 1..{len(fit['lag_profile'])} over {fit['num_verify_pairs']} pairs")
+        print(f"  traces      {row(fit['lag_profile'])}")
+        print(f"  95% low     {row(lo for lo, _ in fit['lag_profile_ci'])}")
+        print(f"  95% high    {row(hi for _, hi in fit['lag_profile_ci'])}")
+        print(f"  model       {row(fit['lag_profile_model'])} ({fit['lags_within_ci']} lags "
+              f"within the interval)")
+        print(f"  independent {row(fit['lag_profile_independent'])} "
+              f"({fit['lags_within_ci_independent']} within)")
+        narrowed = ", ".join(f"{t}: Beta({v['alpha']:.3f}, {v['beta']:.3f})"
+                             for t, v in fit["datasets_narrowed"].items())
+        print(f"  the drift's share of the rates' spread taken out: concentration x "
+              f"{fit['concentration_scale']:.3f} ({narrowed}); variance of per-request "
+              f"means {fit['chain_mean_var']:.3f}, model {fit['chain_mean_var_model']:.3f}")
     print(json.dumps(fit))
     return fit
 

@@ -105,6 +105,30 @@ def test_step_correlation_is_seeded_validated_and_refuses_blocks():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="step_correlation must be in"):
             ParametricAcceptance(AcceptanceConfig(step_correlation=bad), 4, 0)
+    with pytest.raises(ValueError, match="correlated_share must be in"):
+        ParametricAcceptance(AcceptanceConfig(step_correlation=0.5, correlated_share=0.0), 4, 0)
+
+
+def test_correlated_share_keeps_a_slow_part_and_draws_the_rest_anew():
+    """Latents l steps apart correlate share * rho^l: a slow part with a small share stays
+    about as correlated 6 steps apart as 1; a fast AR(1) with share 1 decays."""
+    n, steps = 3000, 8
+    def passes(rho, share):
+        model = ParametricAcceptance(AcceptanceConfig(default=(3.0, 2.0), step_correlation=rho,
+                                                      correlated_share=share), 2, 9)
+        model.prepare(Trace.from_columns(np.zeros(n), np.ones(n), np.ones(n)))
+        rows = np.arange(n)
+        ok = np.stack([(lambda d: d.uniforms < d.rates)(model.draw(rows, rows))
+                       for _ in range(steps)])
+        return ok - model.rate[None, :, None]      # deviations from each request's chance
+    def corr(dev, lag):
+        dev = dev[:, :, 0]
+        return float((dev[lag:] * dev[:-lag]).mean() / (dev * dev).mean())
+    slow, fast = passes(0.99, 0.3), passes(0.5, 1.0)
+    assert 0.1 < corr(slow, 6) and corr(slow, 6) > 0.7 * corr(slow, 1)
+    assert corr(fast, 1) > 0.2 and abs(corr(fast, 6)) < 0.06
+    for dev in (slow, fast):        # still each position's chance
+        assert dev.mean() == pytest.approx(0.0, abs=0.02)
 
 
 def test_engine_runs_correlated_steps_without_epochs():
