@@ -178,3 +178,49 @@ def replay_agreement(decisions: pd.DataFrame, acceptance: pd.DataFrame | None) -
                      zip(d["request_id"], d["position"], d["vllm_k"])], np.int64)
     return {"num_verifies": int(len(d)),
             "agreement": float((pred == d["accepted"].to_numpy()).mean()) if len(d) else 1.0}
+
+
+def main(argv=None) -> dict:
+    """``python -m exec.match_lengths --pair smollm2_135m --prompts 200 --tokens 128 --out F``:
+    m(p) traces of a pair over many distinct prompts (plain vLLM's greedy outputs, then the
+    drafter's teacher-forced match lengths), for ``python -m sim.tools.fit_acceptance F``."""
+    import argparse
+    import json
+    import time
+
+    from exec.bench_realistic import timed_plain
+    from exec.engine import build_engine
+    from exec.pairs import pair_config
+    from exec.prompts import load_prompt_texts
+    from exec.runner import acceptance_of
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--pair", default="smollm2_135m")
+    ap.add_argument("--prompts", type=int, default=200, help="distinct prompts (the first N)")
+    ap.add_argument("--prompt-tokens", type=int, default=256, help="each prompt's last N tokens")
+    ap.add_argument("--tokens", type=int, default=128, help="greedy output tokens per prompt")
+    ap.add_argument("--out", type=Path, required=True, help="parquet to write")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    cfg = pair_config(args.pair, max_num_seqs=16, time_scale=0.0, warmup_requests=0, seed=0)
+    plain = build_engine(cfg.without_speculation(), adapter=False)
+    tok = plain.get_tokenizer()
+    texts = load_prompt_texts(cfg.default_prompts_path())
+    if args.prompts > len(texts):
+        raise SystemExit(f"error: --prompts {args.prompts}: the pair has {len(texts)} prompts")
+    ids = [tok.encode(t, add_special_tokens=False)[-args.prompt_tokens:]
+           for t in texts[:args.prompts]]
+    _, outs, _ = timed_plain(plain, ids, args.tokens)
+    outputs = [{"request_id": i, "prompt_token_ids": ids[i], "output_token_ids": outs[i]}
+               for i in range(len(ids))]
+    traces = acceptance_of(cfg, outputs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    traces.to_parquet(args.out)
+    result = {"out": str(args.out), "num_requests": int(traces["request_id"].nunique()),
+              "num_records": int(len(traces)), "wall_s": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -221,7 +221,10 @@ def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
     (module docstring): the grid pair whose model lag profile (``lag_profile`` of chains of
     the traces' lengths drawn by the simulator's model, averaged over ``replicates`` with
     common random numbers) is nearest the traces' in squared error weighted by the traces'
-    bootstrap variances (95 % percentile intervals over requests, scipy.stats.bootstrap).
+    bootstrap variances (95 % percentile intervals over requests, scipy.stats.bootstrap),
+    among the pairs whose drift alone (every request the same rate) spreads per-request mean
+    match lengths no more than the traces do; the Beta is then narrowed to keep that spread
+    (``_dispersion_scale``).
     ``config``: the fitted parametric model without correlation."""
     from dataclasses import replace
 
@@ -231,46 +234,56 @@ def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
         raise ValueError("acceptance traces: no request has 2 verify steps with different "
                          "match lengths, nothing to fit a step correlation from")
     lengths = np.array([c.size for c in chains], np.int64)
+
     boot = stats.bootstrap((np.arange(len(chains)),), lambda idx: lag_profile(
-        [chains[i] for i in idx], lags), vectorized=False, n_resamples=n_resamples,
-        method="percentile", random_state=np.random.default_rng(seed))
-    low, high = boot.confidence_interval
-    weight = 1.0 / np.maximum(np.nan_to_num(boot.standard_error, nan=1.0), 1e-3) ** 2
+        [chains[i] for i in idx], lags), vectorized=False,
+                           n_resamples=n_resamples, method="percentile",
+                           random_state=np.random.default_rng(seed))
+    low, high = (x[:lags] for x in boot.confidence_interval)
+    se = np.nan_to_num(boot.standard_error[:lags], nan=1.0)
+    weight = 1.0 / np.maximum(se, 1e-3) ** 2
+    target = float(np.var([c.mean() for c in chains if c.size]))
     keep = np.isfinite(observed)
 
-    def model(rho: float, share: float) -> np.ndarray:
-        cfg = replace(config, step_correlation=float(rho), correlated_share=float(share))
+    def correlated(rho: float, share: float) -> AcceptanceConfig:
+        return replace(config, step_correlation=float(rho), correlated_share=float(share))
+
+    def model(cfg: AcceptanceConfig) -> np.ndarray:
         return np.mean([lag_profile(model_chains(cfg, lengths, k_max, seed + r), lags)
                         for r in range(replicates)], axis=0)
 
-    independent = model(0.0, 1.0)
-    best = (float("inf"), 0.0, 1.0, independent)
+    def error(profile: np.ndarray) -> float:
+        return float((weight * (profile - observed) ** 2)[keep].sum())
+
+    independent = model(correlated(0.0, 1.0))
+    best = (error(independent), 0.0, 1.0, independent)
+    widest = MAX_CONCENTRATION / max(sum(config.default), MIN_CONCENTRATION)
+    infeasible = 0
     for rho in (r for r in rhos if r > 0):
         for share in shares:
-            got = model(rho, share)
-            err = float((weight * (got - observed) ** 2)[keep].sum())
-            if err < best[0]:
-                best = (err, float(rho), float(share), got)
-    err0 = float((weight * (independent - observed) ** 2)[keep].sum())
-    if err0 <= best[0]:
-        best = (err0, 0.0, 1.0, independent)
+            got = model(correlated(rho, share))
+            err = error(got)
+            if err >= best[0]:
+                continue
+            if _chain_mean_var(_scaled(correlated(rho, share), widest), lengths, k_max,
+                               replicates, seed) > target:
+                infeasible += 1        # its drift alone spreads requests more than seen
+                continue
+            best = (err, float(rho), float(share), got)
     _, rho, share, fitted = best
     inside = (low <= fitted) & (fitted <= high)
     # a slow part moves each request's realised rate over its life: the spread of the
     # per-request rates the Beta was fitted to holds that drift already, so the Beta is
     # narrowed until the model's spread of per-request means is the traces' again
-    target = float(np.var([c.mean() for c in chains if c.size]))
-    scale = 1.0
-    if rho > 0.0:
-        scale = _dispersion_scale(replace(config, step_correlation=rho, correlated_share=share),
-                                  lengths, k_max, target, replicates, seed)
+    scale = (_dispersion_scale(correlated(rho, share), lengths, k_max, target, replicates,
+                               seed) if rho > 0.0 else 1.0)
     datasets = {str(tag): {"alpha": a * scale, "beta": b * scale}
                 for tag, a, b in (config.per_dataset or (("default", *config.default),))}
     return {"step_correlation": rho, "correlated_share": share,
             "concentration_scale": scale, "datasets_narrowed": datasets,
             "chain_mean_var": target, "chain_mean_var_model": _chain_mean_var(
-                _scaled(replace(config, step_correlation=rho, correlated_share=share), scale),
-                lengths, k_max, replicates, seed),
+                _scaled(correlated(rho, share), scale), lengths, k_max, replicates, seed),
+            "pairs_spreading_too_much": infeasible,
             "successive_spearman": float(observed[0]),
             "successive_spearman_ci": [float(low[0]), float(high[0])],
             "successive_spearman_independent": float(independent[0]),

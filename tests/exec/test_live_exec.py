@@ -226,3 +226,19 @@ def test_slo_goodput_live_compiled_hooks_equal_numpy(config, engine):
     assert replay(numpy_path, rec.calls) == []
     assert chosen_k(rec.calls).sum() > 20 and sum(c.hook == "continue_drafting"
                                                   for c in rec.calls) > 20
+
+
+def test_match_length_traces_of_many_prompts_feed_the_fit(tmp_path):
+    """``python -m exec.match_lengths``: greedy outputs of distinct prompts and the drafter's
+    m(p) over them, in the format ``sim.tools.fit_acceptance`` fits."""
+    from exec.match_lengths import main
+    from sim.tools.fit_acceptance import fit_acceptance, verify_chains
+    out = tmp_path / "mp.parquet"
+    got = main(["--pair", "embedded", "--prompts", "4", "--tokens", "16", "--out", str(out)])
+    df = pd.read_parquet(out)
+    assert got["num_requests"] == 4 and got["num_records"] == len(df) == 4 * 16
+    assert df.groupby("request_id")["position"].apply(list).map(
+        lambda p: p == list(range(16))).all()
+    assert df["match_len"].between(0, 4).all()
+    assert all(c.size >= 2 for c in verify_chains(df, 4))
+    assert fit_acceptance(df, k_max=4)["num_records"] == 64
