@@ -129,3 +129,18 @@ def test_none_simulates_an_engine_without_a_drafter():
     plain = build_sim_config(compose_run(["policy=none", "model=llama2_7b_68m"]))
     assert spec.draft and plain.draft == ""
     assert derive_num_kv_blocks(plain) > derive_num_kv_blocks(spec)
+
+
+def test_realistic_pair_carries_its_fitted_drift_into_the_simulator():
+    """conf/model/smollm2_135m.yaml's acceptance (fitted by sim.tools.fit_acceptance on the
+    head's m(p)) reaches the simulator's config, drift included, and runs."""
+    from experiments.build import build_sim_config
+    from policies import make_policy
+    from sim import simulate
+    from traces.embedded import embedded_trace
+    cfg = build_sim_config(compose_run(["model=smollm2_135m", "hardware=cpu"]))
+    acc = cfg.acceptance
+    assert acc.kind == "parametric" and 0 < acc.step_correlation < 1
+    assert 0 < acc.correlated_share <= 1
+    res = simulate(embedded_trace(num_requests=20, seed=0), make_policy("fixed", k=3), cfg)
+    assert res.meta["num_epochs"] == 0 and (res.requests["status"] == "finished").any()
