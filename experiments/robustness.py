@@ -273,7 +273,9 @@ def main(argv=None) -> dict:
             per[sc.name] = run_scenario(sc, specs, Path(out) / sc.name, args.workers, seeds,
                                         executor)
     result = {"scenarios": per, **headline(per), "seeds": seeds,
-              "load_factors": list(LOAD_FACTORS), "out_dir": str(out),
+              "load_factors": list(LOAD_FACTORS),
+              "acceptance_step_correlation": args.step_correlation,
+              "acceptance_correlated_share": args.correlated_share, "out_dir": str(out),
               "wall_s": round(time.perf_counter() - t0, 1)}
     result = strict_json(result)
     Path(out).mkdir(parents=True, exist_ok=True)

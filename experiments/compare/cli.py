@@ -190,6 +190,8 @@ def run_compare(setup: CompareSetup, specs, out_dir: Path, workers: int = 2,
              "trace": setup.trace_name,
              "window_s": [setup.window_start_s, setup.window_end_s],
              "setup": f"{setup.model} + {setup.draft} on {setup.hardware}, k_max {setup.k_max}",
+             "acceptance_step_correlation": setup.step_correlation,
+             "acceptance_correlated_share": setup.correlated_share,
              "figures": [str(p) for p in figs], "wall_s": round(time.perf_counter() - t0, 1)}
     result = compare_json(table, extra=extra)
     (out_dir / "result.json").write_text(json.dumps(result, indent=2, allow_nan=False))

@@ -157,6 +157,7 @@ def test_quick_sweep_prints_json_last(tmp_path):
                                                               "tree_oracle"}
     assert set(out["policies"]) == expected
     assert len(out["loads"]) == 3 and out["saturation"]["saturation_rate_req_s"] > 0
+    assert (out["acceptance_step_correlation"], out["acceptance_correlated_share"]) == (0.0, 1.0)
     for name, entry in out["policies"].items():
         assert len(entry["goodput"]) == 3 and len(entry["slo_attainment"]) == 3, name
         assert all(0.0 <= a <= 1.0 for a in entry["slo_attainment"]), name

@@ -118,6 +118,7 @@ def test_quick_matrix_prints_json_last(tmp_path):
                 "scenarios_where_ours_chain_is_beaten", "max_ratio_to_class_oracle",
                 "min_rate_oracle_ratio_to_chain_oracle"):
         assert key in out
+    assert (out["acceptance_step_correlation"], out["acceptance_correlated_share"]) == (0.0, 1.0)
     assert 0.0 < out["min_rate_oracle_ratio_to_chain_oracle"] <= 1.0
     assert set(out["scenarios"]) == {s.name for s in scenarios()}
     for name, sc in out["scenarios"].items():
@@ -134,3 +135,13 @@ def test_quick_matrix_prints_json_last(tmp_path):
     assert "[compare] " not in stderr.replace("[compare] none saturates", "")
     assert again["scenarios"]["azure_conv_a100"]["chain"] == \
         out["scenarios"]["azure_conv_a100"]["chain"]
+
+
+def test_drift_flags_are_checked_before_anything_runs(tmp_path):
+    from experiments.robustness import main
+    with pytest.raises(ValueError, match=r"--step-correlation must be in \[0, 1\)"):
+        main(["--quick", "--out", str(tmp_path), "--step-correlation", "1.5"])
+    with pytest.raises(ValueError, match=r"--correlated-share must be in \(0, 1\]"):
+        main(["--quick", "--out", str(tmp_path), "--step-correlation", "0.5",
+              "--correlated-share", "0"])
+    assert not any(tmp_path.iterdir())
