@@ -8,9 +8,8 @@ recovered/bonus token is not counted). Drawing m first is what lets oracle polic
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
@@ -253,8 +252,8 @@ class ParametricAcceptance:
         """The quantile tables a confidence is looked up in: (passed, failed) positions'."""
         if self._tables is None:
             c = self.config
-            s, hi, lo = float(c.confidence_sharpness), c.confidence_accept_mean, \
-                c.confidence_reject_mean
+            s, hi, lo = (float(c.confidence_sharpness), c.confidence_accept_mean,
+                         c.confidence_reject_mean)
             q = (np.arange(_QUANTILES) + 0.5) / _QUANTILES
             self._tables = (np.quantile(self._rng_conf.beta(s * hi, s * (1 - hi), 1 << 17), q),
                             np.quantile(self._rng_conf.beta(s * lo, s * (1 - lo), 1 << 17), q))

@@ -19,7 +19,9 @@ request_id, position, match_len, confidences and optionally dataset):
   profile). The model's profile is measured on sequences of the same lengths drawn by the
   simulator's own ``ParametricAcceptance`` (the statistic is biased low on short sequences,
   alike for both) over a grid of (step_correlation, correlated_share), and the pair nearest
-  the traces' profile is taken.
+  the traces' profile is taken among those whose drift alone spreads per-request means no
+  more than the traces do; the Beta is then narrowed to keep the traces' spread (a drift
+  moves each request's realised rate, so part of the spread the Beta was fitted to is it).
 """
 from __future__ import annotations
 
