@@ -50,6 +50,8 @@ class AcceptanceConf:
     per_dataset: list[Any] = field(default_factory=list)  # [[tag, alpha, beta], ...]
     position_decay: float = 1.0
     confidence_sharpness: float = 8.0
+    confidence_accept_mean: float = 0.85  # mean draft prob of a token the target accepts
+    confidence_reject_mean: float = 0.3   # ... and of one it rejects
     step_correlation: float = 0.0        # outcomes tied from one verify step to the next
     correlated_share: float = 1.0        # the share of an outcome's latent that is tied
     replay_path: str | None = None

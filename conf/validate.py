@@ -69,6 +69,9 @@ def _check_model(m, bad: list[str]) -> None:
             bad.append(f"model.acceptance.{key}: must be > 0, got {getattr(a, key)}")
     if not 0 < a.position_decay <= 1:
         bad.append(f"model.acceptance.position_decay: must be in (0, 1], got {a.position_decay}")
+    for key in ("confidence_accept_mean", "confidence_reject_mean"):
+        if not 0 < getattr(a, key) < 1:
+            bad.append(f"model.acceptance.{key}: must be in (0, 1), got {getattr(a, key)}")
     if not 0 <= a.step_correlation < 1:
         bad.append(f"model.acceptance.step_correlation: must be in [0, 1), got "
                    f"{a.step_correlation} (0: independent verify steps)")

@@ -120,6 +120,8 @@ def build_sim_config(cfg):
         per_dataset=tuple((str(r[0]), float(r[1]), float(r[2])) for r in a.per_dataset),
         position_decay=float(a.position_decay),
         confidence_sharpness=float(a.confidence_sharpness),
+        confidence_accept_mean=float(a.confidence_accept_mean),
+        confidence_reject_mean=float(a.confidence_reject_mean),
         step_correlation=float(a.step_correlation),
         correlated_share=float(a.correlated_share), replay_path=a.replay_path)
     limits = OmegaConf.to_container(cfg.engine, resolve=True)

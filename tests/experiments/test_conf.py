@@ -83,6 +83,7 @@ def test_unknown_option_lists_valid_ones(group, value):
     ("engine.gpu_memory_utilization=1.5", "gpu_memory_utilization"),
     ("model.acceptance.alpha=0", "alpha"),
     ("model.acceptance.step_correlation=1.0", "step_correlation: must be in [0, 1)"),
+    ("model.acceptance.confidence_reject_mean=1.0", "confidence_reject_mean: must be in (0, 1)"),
     ("hardware.tensor_parallel_size=0", "tensor_parallel_size"),
     ("trace.name=nosuchtrace", "unknown trace"),
     ("model.target=gpt-9", "unknown sim model"),
@@ -142,5 +143,6 @@ def test_realistic_pair_carries_its_fitted_drift_into_the_simulator():
     acc = cfg.acceptance
     assert acc.kind == "parametric" and 0 < acc.step_correlation < 1
     assert 0 < acc.correlated_share <= 1
+    assert acc.confidence_reject_mean < acc.confidence_accept_mean < 0.85  # fitted, not default
     res = simulate(embedded_trace(num_requests=20, seed=0), make_policy("fixed", k=3), cfg)
     assert res.meta["num_epochs"] == 0 and (res.requests["status"] == "finished").any()
