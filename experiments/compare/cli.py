@@ -86,7 +86,6 @@ def make_setup(args) -> CompareSetup:
     return with_step_correlation(setup, args.step_correlation, args.correlated_share)
 
 
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

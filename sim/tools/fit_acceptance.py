@@ -237,9 +237,9 @@ def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
                          "match lengths, nothing to fit a step correlation from")
     lengths = np.array([c.size for c in chains], np.int64)
 
-    boot = stats.bootstrap((np.arange(len(chains)),), lambda idx: lag_profile(
-        [chains[i] for i in idx], lags), vectorized=False,
-                           n_resamples=n_resamples, method="percentile",
+    boot = stats.bootstrap((np.arange(len(chains)),),
+                           lambda idx: lag_profile([chains[i] for i in idx], lags),
+                           vectorized=False, n_resamples=n_resamples, method="percentile",
                            random_state=np.random.default_rng(seed))
     low, high = (x[:lags] for x in boot.confidence_interval)
     se = np.nan_to_num(boot.standard_error[:lags], nan=1.0)
@@ -259,7 +259,7 @@ def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
 
     independent = model(correlated(0.0, 1.0))
     best = (error(independent), 0.0, 1.0, independent)
-    widest = MAX_CONCENTRATION / max(sum(config.default), MIN_CONCENTRATION)
+    widest = _widest_scale(config)
     infeasible = 0
     for rho in (r for r in rhos if r > 0):
         for share in shares:
@@ -279,12 +279,13 @@ def fit_step_correlation(df: pd.DataFrame, config: AcceptanceConfig, k_max: int,
     # narrowed until the model's spread of per-request means is the traces' again
     scale = (_dispersion_scale(correlated(rho, share), lengths, k_max, target, replicates,
                                seed) if rho > 0.0 else 1.0)
-    datasets = {str(tag): {"alpha": a * scale, "beta": b * scale}
-                for tag, a, b in (config.per_dataset or (("default", *config.default),))}
+    narrowed = _scaled(correlated(rho, share), scale)
+    datasets = {str(tag): {"alpha": a, "beta": b}
+                for tag, a, b in (narrowed.per_dataset or (("default", *narrowed.default),))}
     return {"step_correlation": rho, "correlated_share": share,
             "concentration_scale": scale, "datasets_narrowed": datasets,
-            "chain_mean_var": target, "chain_mean_var_model": _chain_mean_var(
-                _scaled(correlated(rho, share), scale), lengths, k_max, replicates, seed),
+            "chain_mean_var": target,
+            "chain_mean_var_model": _chain_mean_var(narrowed, lengths, k_max, replicates, seed),
             "pairs_spreading_too_much": infeasible,
             "successive_spearman": float(observed[0]),
             "successive_spearman_ci": [float(low[0]), float(high[0])],
@@ -306,6 +307,12 @@ def _scaled(config: AcceptanceConfig, scale: float) -> AcceptanceConfig:
                    per_dataset=tuple((t, a * scale, b * scale) for t, a, b in config.per_dataset))
 
 
+def _widest_scale(config: AcceptanceConfig) -> float:
+    """The largest concentration factor ``_scaled`` is taken to (the default Beta's
+    concentration up to MAX_CONCENTRATION: every request nearly the same rate)."""
+    return MAX_CONCENTRATION / max(sum(config.default), MIN_CONCENTRATION)
+
+
 def _chain_mean_var(config, lengths, k_max, replicates, seed) -> float:
     """The model's variance of per-request mean match lengths on chains of ``lengths``."""
     return float(np.mean([np.var([c.mean() for c in model_chains(config, lengths, k_max,
@@ -318,7 +325,7 @@ def _dispersion_scale(config, lengths, k_max, target: float, replicates: int, se
     """The concentration factor (>= 1: the Beta only narrows; bisection on its log) at which
     the model's variance of per-request means is ``target``; the widest bound reached when
     even that leaves it above."""
-    lo, hi = 0.0, np.log(MAX_CONCENTRATION / max(sum(config.default), MIN_CONCENTRATION))
+    lo, hi = 0.0, np.log(_widest_scale(config))
     if _chain_mean_var(config, lengths, k_max, replicates, seed) <= target:
         return 1.0
     for _ in range(steps):
