@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.interface import (DraftState, Feedback, Observation, Policy,
-                                checked_num_spec_tokens)
+from policies.drafting_replay import replay_drafting
+from policies.interface import Feedback, Observation, Policy, checked_num_spec_tokens
 
 # Live-only step columns (exec/results.py keeps them beside analysis/schema.py's STEP_COLUMNS):
 # the shape of the step's passes, from which a fitted cost model predicts its latency.
@@ -132,20 +132,14 @@ class LiveController:
         for j, e in enumerate(exts):
             if e in row and conf is not None:
                 c[j, :min(num_cols, self.k_max)] = conf[row[e], :self.k_max]
-        cap = np.minimum(k, num_cols)
-        drafted = (cap > 0).astype(np.int64)
-        while True:  # AdaSpec's adaptive drafter, replayed on the batched vLLM drafts
-            seen = np.where(np.arange(self.k_max)[None, :] < drafted[:, None], c, np.nan)
-            state = DraftState(obs, decision, drafted.copy(), seen,
-                               draft_s * drafted.max(initial=0) / max(num_cols, 1))
-            more = np.asarray(self.policy.continue_drafting(state), bool) & (drafted < cap)
-            if not more.any():
-                break
-            drafted = drafted + more
-        verify = np.clip(np.asarray(self.policy.select_verify(state), np.int64), 0, drafted)
+        # AdaSpec's adaptive drafter, replayed on the batched vLLM drafts
+        state = replay_drafting(self.policy, obs, decision, np.minimum(k, num_cols), c,
+                                draft_s, num_cols)
+        verify = np.clip(np.asarray(self.policy.select_verify(state), np.int64), 0,
+                         state.num_drafted)
         self.verify_k = dict(zip(exts, verify.tolist()))
         for j, e in enumerate(exts):
-            self.conf[e] = seen[j]
+            self.conf[e] = state.confidences[j]
 
     def after_verify(self, out, emitted: dict) -> None:
         st = self._step

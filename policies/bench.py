@@ -2,7 +2,11 @@
 
 One engine step calls ``decide``, then ``continue_drafting`` after every draft pass (for
 policies that declare ``custom_drafting``), ``select_verify`` (``custom_verify``) and
-``observe`` (``needs_feedback``), as both engines do. This drives each policy through a
+``observe`` (``needs_feedback``), as both engines do; where a policy offers its drafting as a
+compiled rule (``Policy.compiled_drafting``) both engines run the rule over every pass in
+one compiled call instead (the live engine replays it over the drafts vLLM made,
+``policies.drafting_replay``), and so does this bench, timing the hook per pass beside it
+(interleaved, same steps: ``us_per_step_hook_per_pass``). This drives each policy through a
 steady decode batch of ``n`` requests (n = 1, 16, 64, 256) that finish and are replaced at
 random, with contexts that grow, per-request acceptance rates and draft confidences drawn
 per step, TPOT SLOs of three classes and a small queue. Each step's hook time is measured
@@ -14,7 +18,8 @@ draft on an A100-80G (the compare setup's pair), written here because
 ``policies/`` imports nothing of ours.
 
 Last line: one JSON object ``{"us_per_step": {policy: {batch: us}}, "worst_policy_at_64",
-"worst_us_at_64", "worst_policy_at_256", "worst_us_at_256"}``.
+"worst_us_at_64", "worst_policy_at_256", "worst_us_at_256", "us_per_step_hook_per_pass":
+{policy with a compiled rule: {batch: us}}}``.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ import time
 
 import numpy as np
 
-from policies.interface import ROOFLINE, CostCoefficients, DraftState, Feedback, Observation
+from policies.drafting_replay import replay_drafting
+from policies.interface import (ROOFLINE, CostCoefficients, DraftState, Feedback, Observation,
+                                Policy)
 from policies.registry import known_policies, make_policy
 
 BATCHES = (1, 16, 64, 256)
@@ -133,31 +140,56 @@ class Batch:
         return finished
 
 
-def step_us(policy, batch: Batch) -> float:
-    """One engine step's hook calls on ``batch``; returns their time in microseconds."""
+class _HookClock:
+    """A policy's ``continue_drafting`` with the time of its calls summed in ``seconds``."""
+
+    def __init__(self, policy):
+        self.hook, self.seconds = policy.continue_drafting, 0.0
+
+    def __call__(self, draft: DraftState):
+        t0 = time.perf_counter()
+        try:
+            return self.hook(draft)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def step_us(policy, batch: Batch, compiled_drafting: bool = True) -> float:
+    """One engine step's hook calls on ``batch``; returns their time in microseconds. The
+    drafting hooks run as the live engine runs them (``policies.drafting_replay``): over
+    drafts the batched drafter has made, in one compiled call where the policy offers a
+    compiled rule and ``compiled_drafting``, else one ``continue_drafting`` call per pass."""
     obs = batch.observation()
     conf_all = batch.confidences()
     t0 = time.perf_counter()
     decision = policy.decide(obs)
     spent = time.perf_counter() - t0
     k = np.clip(np.asarray(decision.num_spec_tokens, np.int64), 0, batch.k_max)
+    num_passes = int(k.max(initial=0))
     pos = np.arange(batch.k_max)[None, :]
+    conf = np.where(pos < num_passes, conf_all, np.nan)
     drafted = k
+    state = DraftState(obs, decision, drafted, np.where(pos < k[:, None], conf_all, np.nan),
+                       1e-3 * num_passes)
     if policy.custom_drafting or decision.draft_stop_confidence > 0.0:
-        drafted = np.zeros_like(k)
-        active = k > 0
-        while active.any():
-            drafted = drafted + active
-            conf = np.where(pos < drafted[:, None], conf_all, np.nan)
-            state = DraftState(obs, decision, drafted, conf, 1e-3)
+        if compiled_drafting:        # the rule's making, its replay and read-back: all timed
             t0 = time.perf_counter()
-            more = np.asarray(policy.continue_drafting(state), bool)
+            state = replay_drafting(policy, obs, decision, k, conf, 1e-3 * num_passes,
+                                    num_passes)
             spent += time.perf_counter() - t0
-            active = more & (drafted < k)
-    conf = np.where(pos < drafted[:, None], conf_all, np.nan)
+        else:                        # the hook's calls timed, not the engine's loop between
+            spent_in_hook = _HookClock(policy)
+            policy.continue_drafting = spent_in_hook
+            try:
+                state = replay_drafting(policy, obs, decision, k, conf, 1e-3 * num_passes,
+                                        num_passes, compiled_rule=False)
+            finally:
+                del policy.continue_drafting
+            spent += spent_in_hook.seconds
+        drafted = state.num_drafted
+    conf = state.confidences
     verified = drafted
     if policy.custom_verify or decision.verify_token_budget is not None:
-        state = DraftState(obs, decision, drafted, conf, 1e-3)
         t0 = time.perf_counter()
         answer = policy.select_verify(state)
         spent += time.perf_counter() - t0
@@ -177,12 +209,30 @@ def step_us(policy, batch: Batch) -> float:
     return spent * 1e6
 
 
-def measure(name: str, n: int, steps: int, warmup: int, k_max: int, seed: int) -> float:
-    policy = make_policy(name)
-    batch = Batch(n, k_max, seed)
+def has_compiled_rule(name: str) -> bool:
+    """Whether policy ``name`` offers its drafting as a compiled rule
+    (``Policy.compiled_drafting`` overridden)."""
+    cls = type(make_policy(name))
+    return cls.compiled_drafting is not Policy.compiled_drafting
+
+
+def measure(name: str, n: int, steps: int, warmup: int, k_max: int, seed: int,
+            per_pass: bool = False) -> tuple[float, float | None]:
+    """Median microseconds per step of ``name`` at batch ``n``, drafting as the engines run
+    it; with ``per_pass`` also of a second instance on the same steps whose drafting calls
+    the hook once per pass, the two interleaved step by step (else None)."""
+    runs = [(make_policy(name), Batch(n, k_max, seed), True)]
+    if per_pass:
+        runs.append((make_policy(name), Batch(n, k_max, seed), False))
     for _ in range(warmup):
-        step_us(policy, batch)
-    return float(np.median([step_us(policy, batch) for _ in range(steps)]))
+        for policy, batch, rule in runs:
+            step_us(policy, batch, rule)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(steps):
+        for (policy, batch, rule), out in zip(runs, times):
+            out.append(step_us(policy, batch, rule))
+    medians = [float(np.median(t)) for t in times]
+    return medians[0], (medians[1] if per_pass else None)
 
 
 def main(argv=None) -> dict:
@@ -197,13 +247,20 @@ def main(argv=None) -> dict:
     names = args.policies.split(",") if args.policies else known_policies()
     batches = [int(b) for b in args.batches.split(",")]
     table: dict[str, dict[str, float]] = {}
+    per_pass: dict[str, dict[str, float]] = {}
     for name in names:
         table[name] = {}
+        rule = has_compiled_rule(name)
         for n in batches:
-            us = measure(name, n, args.steps, args.warmup, args.k_max, args.seed)
+            us, us_hooks = measure(name, n, args.steps, args.warmup, args.k_max, args.seed,
+                                   per_pass=rule)
             table[name][str(n)] = round(us, 1)
-            print(f"{name:22s} batch {n:4d}: {us:10.1f} us per step", flush=True)
-    out: dict = {"us_per_step": table}
+            line = f"{name:22s} batch {n:4d}: {us:10.1f} us per step"
+            if us_hooks is not None:
+                per_pass.setdefault(name, {})[str(n)] = round(us_hooks, 1)
+                line += f" ({us_hooks:.1f} with continue_drafting per pass)"
+            print(line, flush=True)
+    out: dict = {"us_per_step": table, "us_per_step_hook_per_pass": per_pass}
     for n in ("64", "256"):
         have = {p: v[n] for p, v in table.items() if n in v}
         if have:

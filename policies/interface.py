@@ -129,8 +129,9 @@ class DraftState:
 @dataclass(frozen=True)
 class CompiledDrafting:
     """A policy's ``continue_drafting`` for one step as a compiled rule, which the simulator
-    may run inside its own compiled drafting loop instead of calling the hook once per draft
-    pass (``Policy.compiled_drafting``). After each pass the loop calls
+    may run inside its own compiled drafting loop, and the live engine in one compiled replay
+    over the drafts vLLM made (``policies.drafting_replay``), instead of calling the hook once
+    per draft pass (``Policy.compiled_drafting``). After each pass the loop calls
     ``rule(num_drafted, num_spec_tokens, confidences, draft_time_s, more, args)``, the first
     four as ``DraftState``'s (``num_spec_tokens``: the decision's; ``confidences`` nan past
     each request's drafts), and the rule writes the hook's answer into ``more`` (bool (n,)).
@@ -261,8 +262,9 @@ class Policy:
     def compiled_drafting(self, obs: Observation, decision: Decision) -> CompiledDrafting | None:
         """Optional, for a policy with its own ``continue_drafting``: this step's drafting
         rule as compiled code (``CompiledDrafting``), which a simulator may run in one
-        compiled loop over the draft passes; None (the default): call the hook per pass.
-        Live engines always call the hook."""
+        compiled loop over the draft passes and the live engine replays over its drafts in
+        one compiled call (``policies.drafting_replay``); None (the default): the hook per
+        pass."""
         return None
 
 

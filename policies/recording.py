@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.interface import Decision, DraftState, Feedback, Observation, Policy
+from policies.interface import (CompiledDrafting, Decision, DraftState, Feedback,
+                                Observation, Policy)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,10 @@ def chosen_k(calls: list[HookCall]) -> np.ndarray:
 class HookTimer(Policy):
     """``policy`` with the wall time of its hook calls summed in ``hook_s`` (``num_calls``
     counts them): what the policy itself costs inside an engine's step. The live controller
-    calls every hook whatever a policy declares, so timing them all adds no calls there."""
+    calls every hook whatever a policy declares, so timing them all adds no calls there.
+    A step's drafting offered as a compiled rule (``compiled_drafting``) counts as one call,
+    timed from the rule's making to its ``finish``: the rule, the engine's replay of it over
+    the passes and the read-back."""
 
     needs_feedback = custom_drafting = custom_verify = True
 
@@ -144,6 +148,19 @@ class HookTimer(Policy):
 
     def observe(self, feedback: Feedback) -> None:
         self._timed("observe", feedback)
+
+    def compiled_drafting(self, obs: Observation, decision: Decision) -> CompiledDrafting | None:
+        t0 = self._clock()
+        compiled = self.policy.compiled_drafting(obs, decision)
+        if compiled is None:
+            self.hook_s += self._clock() - t0
+            return None
+
+        def finish() -> None:
+            compiled.finish()
+            self.hook_s += self._clock() - t0
+            self.num_calls += 1
+        return CompiledDrafting(compiled.rule, compiled.args, finish)
 
     def warm_up(self) -> None:        # not timed: it runs before the engine's clock starts
         self.policy.warm_up()

@@ -11,6 +11,7 @@ from policies.adaptive.adaspec_efficiency import (goodput, per_token_score, scal
 from policies.adaptive.step_cost import (coefficient_arrays, expected_chain_tokens, same_step,
                                          target_seqs, tightest_slo_s, uniform_step_s,
                                          verify_s, warm_up_step_cost)
+from policies.drafting_replay import warm_up_replay
 from policies.interface import (CompiledDrafting, Decision, DraftState, Observation, Policy,
                                 cumulative_confidence, trim_to_budget)
 from policies.registry import register
@@ -336,6 +337,8 @@ def _warm_up_loops() -> None:
                               2, kind, coef, tpot, has, np.inf)
         DRAFTING_CHECKS(conf, 1, 2, np.array([0.01, 0.02, 0.03]), np.inf, tpot, has, 0.0, 0.0,
                         0.0, 0.6, True, False)
+        args = (np.array([np.inf, float(has), 0.0, 0.0, 0.0, 0.6, np.nan]),
+                np.array([0.01, 0.02, 0.03]), tpot)
         DRAFTING_RULE(np.array([1, 1]), np.array([2, 2]), conf, 0.001, np.ones(2, np.bool_),
-                      (np.array([np.inf, float(has), 0.0, 0.0, 0.0, 0.6, np.nan]),
-                       np.array([0.01, 0.02, 0.03]), tpot))
+                      args)
+        warm_up_replay(DRAFTING_RULE, args)      # the live engine's replay of the rule

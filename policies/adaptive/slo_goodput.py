@@ -623,8 +623,8 @@ def _warm_up_kernels(cls: type) -> None:
     from policies.bench import Batch, step_us
     for n in (3, 40):
         policy, batch = cls(), Batch(n, 8, seed=0)
-        for _ in range(4):
-            step_us(policy, batch)
+        for step in range(6):    # drafting as a compiled replay (the engines') and per pass
+            step_us(policy, batch, compiled_drafting=step % 2 == 0)
         # the plan's pieces as their own calls: chain steps run them inside CHAIN_DECIDE,
         # tree steps and oracle_slo's slot plans (``plan_slots``) call them
         obs = batch.observation()
