@@ -228,6 +228,34 @@ def test_slo_goodput_live_compiled_hooks_equal_numpy(config, engine):
                                                   for c in rec.calls) > 20
 
 
+@pytest.mark.parametrize("name", ["slo_goodput", "adaspec"])
+def test_compiled_drafting_replayed_live_is_lossless(config, engine, name):
+    """A policy's compiled drafting rule replayed over vLLM's drafts in one call
+    (policies.drafting_replay) inside the live step: used in most steps (its hook per pass
+    only where the rule does not apply yet), and the greedy tokens are plain vLLM's."""
+    from policies.bench import RooflineCost
+    trace = small_trace(12, seed=6)
+    policy, counts = make_policy(name), {"rules": 0, "hook_after_rule": 0, "last": None}
+    make_rule, hook = policy.compiled_drafting, policy.continue_drafting
+
+    def counted_rule(obs, decision):
+        rule = make_rule(obs, decision)
+        counts["rules"] += rule is not None
+        counts["last"] = rule
+        return rule
+
+    def counted_hook(draft):      # the replay's fallback: only where no rule was offered
+        counts["hook_after_rule"] += counts["last"] is not None
+        return hook(draft)
+    policy.compiled_drafting, policy.continue_drafting = counted_rule, counted_hook
+    res = run(trace, policy, config, engine, cost=RooflineCost())
+    plain = run(trace, make_policy("none"), config, engine)
+    assert (res.requests["status"] == "finished").all(), res.requests["fail_reason"]
+    assert res.output_token_ids() == plain.output_token_ids()
+    assert res.decisions["vllm_k"].sum() > 20
+    assert counts["rules"] > len(res.steps) // 2 and counts["hook_after_rule"] == 0, counts
+
+
 def test_match_length_traces_of_many_prompts_feed_the_fit(tmp_path):
     """``python -m exec.match_lengths``: greedy outputs of distinct prompts and the drafter's
     m(p) over them, in the format ``sim.tools.fit_acceptance`` fits."""
