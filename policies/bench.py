@@ -141,10 +141,10 @@ class Batch:
 
 
 class _HookClock:
-    """A policy's ``continue_drafting`` with the time of its calls summed in ``seconds``."""
+    """A policy's ``continue_drafting`` with the time of its ``calls`` summed in ``seconds``."""
 
     def __init__(self, policy):
-        self.hook, self.seconds = policy.continue_drafting, 0.0
+        self.hook, self.seconds, self.calls = policy.continue_drafting, 0.0, 0
 
     def __call__(self, draft: DraftState):
         t0 = time.perf_counter()
@@ -152,6 +152,7 @@ class _HookClock:
             return self.hook(draft)
         finally:
             self.seconds += time.perf_counter() - t0
+            self.calls += 1
 
 
 def step_us(policy, batch: Batch, compiled_drafting: bool = True) -> float:
@@ -172,20 +173,18 @@ def step_us(policy, batch: Batch, compiled_drafting: bool = True) -> float:
     state = DraftState(obs, decision, drafted, np.where(pos < k[:, None], conf_all, np.nan),
                        1e-3 * num_passes)
     if policy.custom_drafting or decision.draft_stop_confidence > 0.0:
-        if compiled_drafting:        # the rule's making, its replay and read-back: all timed
+        hook = _HookClock(policy)
+        policy.continue_drafting = hook
+        try:
             t0 = time.perf_counter()
             state = replay_drafting(policy, obs, decision, k, conf, 1e-3 * num_passes,
-                                    num_passes)
-            spent += time.perf_counter() - t0
-        else:                        # the hook's calls timed, not the engine's loop between
-            spent_in_hook = _HookClock(policy)
-            policy.continue_drafting = spent_in_hook
-            try:
-                state = replay_drafting(policy, obs, decision, k, conf, 1e-3 * num_passes,
-                                        num_passes, compiled_rule=False)
-            finally:
-                del policy.continue_drafting
-            spent += spent_in_hook.seconds
+                                    num_passes, compiled_rule=compiled_drafting)
+            replay_s = time.perf_counter() - t0
+        finally:
+            del policy.continue_drafting
+        # a rule replayed: its making, the passes and the read-back; else the hook's calls,
+        # not the engine's loop between them
+        spent += replay_s if hook.calls == 0 else hook.seconds
         drafted = state.num_drafted
     conf = state.confidences
     verified = drafted
