@@ -2,6 +2,7 @@
 ``threshold``, its efficiency model ``adaspec_efficiency``."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,6 +157,9 @@ class AdaSpec(Policy):
         if n == 0:
             self._step = None
             return Decision(num_spec_tokens=np.zeros(0, np.int64))
+        decided = self._decide_compiled(obs, kmax)
+        if decided is not None:
+            return decided
         ks = np.arange(kmax + 1)
         draft, verify = uniform_step_s(obs, ks, self.compiled)
         step = draft + verify
@@ -180,6 +184,25 @@ class AdaSpec(Policy):
         self._step = _Step(obs=obs, step_s=step, budget_s=budget, g_prev=float(g[0]),
                            tpot_s=tpot)
         return Decision(num_spec_tokens=np.full(n, k, np.int64))
+
+    def _decide_compiled(self, obs: Observation, kmax: int) -> Decision | None:
+        """``decide`` with the adaptive drafter and the per_token estimator in one compiled
+        call (``adaspec_kernels.DECIDE_ADAPTIVE``: the same floats as the steps below), for
+        a cost model with coefficients and whole-token contexts; None elsewhere."""
+        if not (self.compiled and self.adaptive_drafter and self.slo_aware and self._per_token
+                and obs.context_lens.dtype.kind in "iu"):
+            return None
+        coef = coefficient_arrays(obs.cost)
+        kernel = _kernels().DECIDE_ADAPTIVE
+        if coef is None or kernel is None:
+            return None
+        k, step, budget, g0, has_budget, budgets = kernel(
+            kmax, obs.num_requests, obs.context_lens, int(obs.num_prefill_tokens),
+            target_seqs(obs), float(obs.sum_prefill_context_tokens), *coef, obs.tpot_slo_s,
+            np.inf if self.step_budget_s is None else float(self.step_budget_s), self.prior)
+        self._step = _Step(obs=obs, step_s=step, budget_s=float(budget), g_prev=float(g0),
+                           tpot_s=budgets if has_budget else None)
+        return Decision(num_spec_tokens=k)
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
         more = draft.num_drafted < draft.decision.num_spec_tokens
@@ -320,17 +343,27 @@ def _compiled_verify(draft: DraftState, drafted: np.ndarray, target: int, coef: 
                              tpot is not None, float(budget))
 
 
+@functools.cache
+def _kernels():
+    """``adaspec_kernels`` (numba loaded on first use)."""
+    from policies.adaptive import adaspec_kernels
+    return adaspec_kernels
+
+
 def _warm_up_loops() -> None:
     """Compile the drafting-check and verifier loops (or load them from numba's cache) for
     the argument types the hooks pass, once per process."""
-    from policies.adaptive.adaspec_kernels import (CONFIDENCE_VERIFY, DRAFTING_CHECKS,
-                                                   DRAFTING_RULE)
+    from policies.adaptive.adaspec_kernels import (CONFIDENCE_VERIFY, DECIDE_ADAPTIVE,
+                                                   DRAFTING_CHECKS, DRAFTING_RULE)
     if CONFIDENCE_VERIFY is None or (CONFIDENCE_VERIFY.signatures and DRAFTING_CHECKS.signatures
-                                     and DRAFTING_RULE.signatures):
+                                     and DRAFTING_RULE.signatures and DECIDE_ADAPTIVE.signatures):
         return
     coef = np.zeros(5)
     coef.setflags(write=False)      # coefficient_arrays' are read-only: a type of their own
     conf = np.full((2, 3), 0.5)
+    for kind in (0, 1):
+        DECIDE_ADAPTIVE(3, 2, np.array([10, 20]), 0, 2, 0.0, kind, coef, coef,
+                        np.full(2, 0.05), np.inf, 0.6)
     for tpot, has in ((_NO_TPOT, False), (np.full(2, 0.05), True)):
         for kind in (0, 1):
             CONFIDENCE_VERIFY(np.array([3, 2]), conf, 2, 0.001, np.array([10, 20]), 0, 0.0,

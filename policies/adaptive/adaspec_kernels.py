@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.adaptive.slo_goodput_kernels import _pairwise, _pass_s, numba
+from policies.adaptive.slo_goodput_kernels import _np_max, _np_min, _pairwise, _pass_s, numba
 from policies.adaptive.sort_kernels import _stable_argsort
+from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
 
 
 def _pairwise_sum(x, n):
@@ -207,7 +208,54 @@ def _drafting_rule(drafted, k, confidences, draft_time_s, more, args):
             more[i] = False
 
 
+def _decide_adaptive(kmax, n, context_lens, num_prefill_tokens, num_target_seqs, prefill_ctx,
+                     kind, target, draft, tpot_slo_s, step_budget_s, prior):
+    """``AdaSpec.decide`` with the adaptive drafter and the per_token SLO estimator in one
+    call: the uniform step times T(k), k = 0..kmax (``step_cost.uniform_step_s``'s loop),
+    each request's TPOT budget b_i = min(its SLO, ``step_budget_s``: inf for none) and their
+    minimum (``step_cost.tpot_budgets``: budgets <= 0 raised to 1e-9), the scores of k = 0
+    and k = kmax at the prior's one expected draft (``per_token_score``, or ``goodput`` with
+    no finite budget) and the k taken. Every float as numpy forms it: np.minimum / min /
+    np.maximum with nan propagating, the scores elementwise as ``np.where`` picks them.
+    Returns (k per request, T(k), tightest budget, score of k = 0, whether any budget is
+    finite, the budgets)."""
+    ks = np.arange(kmax + 1)
+    ctx = 0
+    for i in range(context_lens.shape[0]):       # whole tokens: exact in any order
+        ctx += context_lens[i]
+    draft_s, verify_s = UNIFORM_STEP_TIMES(ks, n, float(ctx), num_prefill_tokens,
+                                           num_target_seqs, prefill_ctx, kind, target, draft)
+    step = np.empty(kmax + 1)
+    for j in range(kmax + 1):
+        step[j] = draft_s[j] + verify_s[j]
+    budgets = np.empty(tpot_slo_s.shape[0])
+    tightest = np.inf
+    for i in range(tpot_slo_s.shape[0]):
+        budgets[i] = _np_min(tpot_slo_s[i], step_budget_s)
+        tightest = _np_min(tightest, budgets[i])
+    has_budget = tightest < np.inf
+    if has_budget and tightest <= 0.0:           # a budget <= 0 is never met: -T/A finite
+        for i in range(budgets.shape[0]):
+            budgets[i] = _np_max(budgets[i], 1e-9)
+        tightest = 1e-9
+    budget = tightest if has_budget else np.inf
+    score = np.empty(2)
+    for j in range(2):                           # e(k) = 0, prior: k = 0 and one draft
+        e = 0.0 if j == 0 else prior
+        t = step[min(j, kmax)]
+        tokens = n * e + n
+        if has_budget:                           # per_token_score: A = b_min (1 + e)
+            allowance = budget * (1.0 + e)
+            score[j] = tokens / t if t <= allowance else -t / allowance
+        else:                                    # goodput: no step budget (inf)
+            spec = j > 0 and kmax > 0                # ks[:2] > 0, broadcast at kmax 0
+            score[j] = -1.0 if spec and t > budget else tokens / t
+    k = kmax if kmax > 0 and score[1] > score[0] else 0
+    return np.full(n, k, np.int64), step, budget, score[0], has_budget, budgets
+
+
 if numba is not None:
+    DECIDE_ADAPTIVE = numba.njit(cache=True, error_model="numpy")(_decide_adaptive)
     _pairwise_sum = numba.njit(cache=True)(_pairwise_sum)
     _cumulative_into = numba.njit(cache=True)(_cumulative_into)
     _per_token_score = numba.njit(cache=True)(_per_token_score)
@@ -218,4 +266,4 @@ if numba is not None:
     _drafting_checks = DRAFTING_CHECKS
     DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
 else:                                # pragma: no cover - numba is a dependency
-    CONFIDENCE_VERIFY = DRAFTING_CHECKS = DRAFTING_RULE = None
+    CONFIDENCE_VERIFY = DRAFTING_CHECKS = DRAFTING_RULE = DECIDE_ADAPTIVE = None

@@ -55,6 +55,45 @@ def test_compiled_verifier_matches_numpy():
     assert trimmed_cases > 30          # the trim, not only "verify everything", was compared
 
 
+def test_compiled_decide_matches_numpy():
+    """Random steps through decide, compiled in one call and by numpy's steps: TPOT SLOs
+    loose, tight, none (inf), 0, negative and nan, with and without a step budget, priors
+    from 0.05 to 0.95, k_max 0 to 8, both cost forms and a prefill chunk: the same lengths
+    and the same step state (T(k), the tightest budget, the score of k = 0, each request's
+    budget), bit for bit; both answers (speculate or not) met many times."""
+    rng = np.random.default_rng(17)
+    costs = [bench.RooflineCost(), AffineCost(rng)]
+    taken = {0: 0, 1: 0}
+    for case in range(400):
+        n = int(rng.integers(1, 200))
+        tpot = rng.choice([np.inf, 0.003, 0.01, 0.03, 0.2, 0.0, -0.01, np.nan], n,
+                          p=[0.3, 0.1, 0.15, 0.15, 0.15, 0.05, 0.05, 0.05])
+        if case % 4 == 0:
+            tpot = np.full(n, np.inf)
+        obs = make_obs(n, cost=costs[case % 2], tpot=tpot, prefill=int(rng.choice([0, 0, 512])))
+        obs = type(obs)(**{**obs.__dict__,
+                           "k_max": int(rng.integers(0, 9)),
+                           "context_lens": rng.integers(1, 4000, n).astype(np.int64),
+                           "sum_prefill_context_tokens": int(rng.integers(0, 9000))})
+        budget = None if case % 3 else float(rng.choice([0.005, 0.02, 0.1]))
+        fast = make_policy("adaspec", step_budget_s=budget)
+        slow = make_policy("adaspec", step_budget_s=budget)
+        slow._decide_compiled = lambda obs, kmax: None       # numpy's steps
+        prior = float(rng.uniform(0.05, 0.95))
+        for p in (fast, slow):
+            p.conf_sum, p.conf_count = prior, 1.0
+        got, want = fast.decide(obs), slow.decide(obs)
+        assert np.array_equal(got.num_spec_tokens, want.num_spec_tokens), case
+        assert got.num_spec_tokens.dtype == np.int64
+        a, b = fast._step, slow._step
+        assert np.array_equal(a.step_s, b.step_s) and a.budget_s == b.budget_s, case
+        assert a.g_prev == b.g_prev or (a.g_prev != a.g_prev and b.g_prev != b.g_prev), case
+        assert (a.tpot_s is None) == (b.tpot_s is None), case
+        assert a.tpot_s is None or np.array_equal(a.tpot_s, b.tpot_s, equal_nan=True), case
+        taken[int(got.num_spec_tokens.max(initial=0) > 0)] += 1
+    assert min(taken.values()) > 40, taken
+
+
 def _random_step(rng, case: int, max_n: int):
     """A random step for the drafting tests: (observation, every position's confidence).
     Tight and loose TPOT SLOs, both cost forms, ties and unseen (nan) confidences."""
@@ -139,13 +178,14 @@ def test_compiled_drafting_rule_answers_as_the_hook():
 
 
 def test_warm_up_compiles_adaspecs_loops():
-    """In a fresh process: both loops have compiled signatures after warm_up alone."""
+    """In a fresh process: every loop has compiled signatures after warm_up alone."""
     from tests.policies.helpers import fresh_process_json
     code = ("import json; from policies import make_policy; "
             "from policies.adaptive import adaspec_kernels as k; "
-            "names = ('CONFIDENCE_VERIFY', 'DRAFTING_CHECKS', 'DRAFTING_RULE'); "
+            "names = ('CONFIDENCE_VERIFY', 'DRAFTING_CHECKS', 'DRAFTING_RULE', "
+            "'DECIDE_ADAPTIVE'); "
             "before = [len(getattr(k, x).signatures) for x in names]; "
             "make_policy('adaspec').warm_up(); "
             "print(json.dumps([before, [len(getattr(k, x).signatures) for x in names]]))")
     before, after = fresh_process_json(code)
-    assert before == [0, 0, 0] and min(after) >= 1, (before, after)
+    assert before == [0, 0, 0, 0] and min(after) >= 1, (before, after)
