@@ -200,11 +200,15 @@ class AdaServe(Policy):
             spec, reject_w = kernel(self._last_ids, self._last_widths, ids, spec, acc)
         else:
             spec, reject_w = self._verified_trees(ids, spec, acc)
-        self.tracker.observe(ids, spec, acc, reject_w)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
             self.t_spec_s = step_time_ewma(self.t_spec_s, step, self.step_time_ema)
-        self.tracker.forget(feedback.finished_ids)
+        # the tracker's update and the finished requests dropped in one compiled call where
+        # it applies (the same table, ``observe_chains_with``), else one by one
+        if not (kernel is not None and self.tracker.observe_chains_with(
+                None, ids, spec, acc, None, feedback.finished_ids, reject_w)):
+            self.tracker.observe(ids, spec, acc, reject_w)
+            self.tracker.forget(feedback.finished_ids)
 
     def _verified_trees(self, ids: np.ndarray, spec: np.ndarray,
                         acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,4 +246,5 @@ def _warm_up_loops() -> None:
     VERIFIED_TREES(ids, np.ones((2, 4), np.int64), ids, two, two)
     tracker = AcceptanceTracker()
     tracker.observe(ids, two, two, two)
+    tracker.observe_chains_with(None, ids, two, two, None, ids[:1], two)   # observe's one call
     tracker.rate(ids)

@@ -291,7 +291,8 @@ def test_lock_step_over_many_steps(n, cost, params):
 
 
 def test_warm_up_compiles_adaserves_loops():
-    """In a fresh process: decide's and observe's loops and the tracker's have compiled
+    """In a fresh process: decide's and observe's loops and the tracker's (its update alone
+    and with the finished requests dropped, ``OBSERVE_CHAINS``) have compiled
     signatures after warm_up alone, and the hooks then need no other (no compile inside a
     timed step), in both the tree and the chain variant."""
     from tests.policies.helpers import fresh_process_json
@@ -299,8 +300,9 @@ def test_warm_up_compiles_adaserves_loops():
             "from policies.adaptive import adaserve_kernels as k; "
             "from policies.adaptive.state_kernels import state_kernel; "
             "from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES as u; "
+            "from policies.adaptive.slo_goodput_step_kernels import OBSERVE_CHAINS as o; "
             "ks = [k.TREE_DECIDE, k.VERIFIED_TREES, state_kernel('tracker_rate'), "
-            "state_kernel('tracker_update'), u]; "
+            "state_kernel('tracker_update'), u, o]; "
             "count = lambda: [len(x.signatures) for x in ks]; "
             "before = count(); make_policy('adaserve').warm_up(); warm = count(); "
             "[b.step_us(make_policy('adaserve', **kw), b.Batch(n, 8, 0)) "
@@ -308,4 +310,4 @@ def test_warm_up_compiles_adaserves_loops():
             " for n in (3, 40, 64) for _ in range(5)]; "
             "print(json.dumps([before, warm, count()]))")
     before, warm, after = fresh_process_json(code)
-    assert before == [0] * 5 and min(warm) >= 1 and after == warm, (before, warm, after)
+    assert before == [0] * 6 and min(warm) >= 1 and after == warm, (before, warm, after)
