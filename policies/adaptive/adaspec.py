@@ -355,8 +355,8 @@ def _warm_up_loops() -> None:
     the argument types the hooks pass, once per process."""
     from policies.adaptive.adaspec_kernels import (CONFIDENCE_VERIFY, DECIDE_ADAPTIVE,
                                                    DRAFTING_CHECKS, DRAFTING_RULE)
-    if CONFIDENCE_VERIFY is None or (CONFIDENCE_VERIFY.signatures and DRAFTING_CHECKS.signatures
-                                     and DRAFTING_RULE.signatures and DECIDE_ADAPTIVE.signatures):
+    loops = (CONFIDENCE_VERIFY, DRAFTING_CHECKS, DRAFTING_RULE, DECIDE_ADAPTIVE)
+    if CONFIDENCE_VERIFY is None or all(loop.signatures for loop in loops):
         return
     coef = np.zeros(5)
     coef.setflags(write=False)      # coefficient_arrays' are read-only: a type of their own

@@ -1,6 +1,7 @@
-"""adaspec's per-pass drafting checks (``AdaSpec.continue_drafting``) and its confidence
-verifier (``select_verify``, for cost models that expose their coefficients:
-``step_cost.coefficient_arrays``) as compiled loops.
+"""adaspec's per-pass drafting checks (``AdaSpec.continue_drafting``), its confidence
+verifier (``select_verify``) and its decide with the adaptive drafter (``DECIDE_ADAPTIVE``),
+the last two for cost models that expose their coefficients
+(``step_cost.coefficient_arrays``), as compiled loops.
 
 The numpy paths run ~10-20 array operations per call (the verifier: the global trim's sort,
 two efficiency evaluations, each with a call into the cost model); the loops do the same
@@ -213,7 +214,7 @@ def _decide_adaptive(kmax, n, context_lens, num_prefill_tokens, num_target_seqs,
     """``AdaSpec.decide`` with the adaptive drafter and the per_token SLO estimator in one
     call: the uniform step times T(k), k = 0..kmax (``step_cost.uniform_step_s``'s loop),
     each request's TPOT budget b_i = min(its SLO, ``step_budget_s``: inf for none) and their
-    minimum (``step_cost.tpot_budgets``: budgets <= 0 raised to 1e-9), the scores of k = 0
+    minimum (``adaspec_efficiency.tpot_budgets``: budgets <= 0 raised to 1e-9), the scores of k = 0
     and k = kmax at the prior's one expected draft (``per_token_score``, or ``goodput`` with
     no finite budget) and the k taken. Every float as numpy forms it: np.minimum / min /
     np.maximum with nan propagating, the scores elementwise as ``np.where`` picks them.
