@@ -32,7 +32,8 @@ import numpy as np
 from policies.drafting_replay import replay_drafting
 from policies.interface import (ROOFLINE, CostCoefficients, DraftState, Feedback, Observation,
                                 Policy)
-from policies.registry import known_policies, make_policy
+from policies.recording import HookTimer
+from policies.registry import known_policies, make_policy, policy_class
 
 BATCHES = (1, 16, 64, 256)
 
@@ -140,21 +141,6 @@ class Batch:
         return finished
 
 
-class _HookClock:
-    """A policy's ``continue_drafting`` with the time of its ``calls`` summed in ``seconds``."""
-
-    def __init__(self, policy):
-        self.hook, self.seconds, self.calls = policy.continue_drafting, 0.0, 0
-
-    def __call__(self, draft: DraftState):
-        t0 = time.perf_counter()
-        try:
-            return self.hook(draft)
-        finally:
-            self.seconds += time.perf_counter() - t0
-            self.calls += 1
-
-
 def step_us(policy, batch: Batch, compiled_drafting: bool = True) -> float:
     """One engine step's hook calls on ``batch``; returns their time in microseconds. The
     drafting hooks run as the live engine runs them (``policies.drafting_replay``): over
@@ -168,25 +154,18 @@ def step_us(policy, batch: Batch, compiled_drafting: bool = True) -> float:
     k = np.clip(np.asarray(decision.num_spec_tokens, np.int64), 0, batch.k_max)
     num_passes = int(k.max(initial=0))
     pos = np.arange(batch.k_max)[None, :]
-    conf = np.where(pos < num_passes, conf_all, np.nan)
-    drafted = k
-    state = DraftState(obs, decision, drafted, np.where(pos < k[:, None], conf_all, np.nan),
-                       1e-3 * num_passes)
     if policy.custom_drafting or decision.draft_stop_confidence > 0.0:
-        hook = _HookClock(policy)
-        policy.continue_drafting = hook
-        try:
-            t0 = time.perf_counter()
-            state = replay_drafting(policy, obs, decision, k, conf, 1e-3 * num_passes,
-                                    num_passes, compiled_rule=compiled_drafting)
-            replay_s = time.perf_counter() - t0
-        finally:
-            del policy.continue_drafting
-        # a rule replayed: its making, the passes and the read-back; else the hook's calls,
-        # not the engine's loop between them
-        spent += replay_s if hook.calls == 0 else hook.seconds
-        drafted = state.num_drafted
-    conf = state.confidences
+        # the policy's part only, as exec.bench times it (``HookTimer``): a replayed rule from
+        # its making to its read-back, else the hook's calls, not the engine's loop between
+        timer = HookTimer(policy)
+        state = replay_drafting(timer, obs, decision, k,
+                                np.where(pos < num_passes, conf_all, np.nan),
+                                1e-3 * num_passes, num_passes, compiled_rule=compiled_drafting)
+        spent += timer.hook_s
+    else:
+        state = DraftState(obs, decision, k, np.where(pos < k[:, None], conf_all, np.nan),
+                           1e-3 * num_passes)
+    drafted, conf = state.num_drafted, state.confidences
     verified = drafted
     if policy.custom_verify or decision.verify_token_budget is not None:
         t0 = time.perf_counter()
@@ -211,8 +190,7 @@ def step_us(policy, batch: Batch, compiled_drafting: bool = True) -> float:
 def has_compiled_rule(name: str) -> bool:
     """Whether policy ``name`` offers its drafting as a compiled rule
     (``Policy.compiled_drafting`` overridden)."""
-    cls = type(make_policy(name))
-    return cls.compiled_drafting is not Policy.compiled_drafting
+    return policy_class(name).compiled_drafting is not Policy.compiled_drafting
 
 
 def measure(name: str, n: int, steps: int, warmup: int, k_max: int, seed: int,

@@ -70,8 +70,8 @@ def _replay_loop(rule):
             if cap[i] > 0:
                 drafted[i] = 1
         more = np.zeros(n, np.bool_)
+        seen = np.empty((n, K))                  # every entry rewritten each pass
         while True:
-            seen = np.empty((n, K))
             top = 0
             for i in range(n):
                 top = max(top, drafted[i])

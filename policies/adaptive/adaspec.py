@@ -2,7 +2,6 @@
 ``threshold``, its efficiency model ``adaspec_efficiency``."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,8 +191,8 @@ class AdaSpec(Policy):
         if not (self.compiled and self.adaptive_drafter and self.slo_aware and self._per_token
                 and obs.context_lens.dtype.kind in "iu"):
             return None
+        from policies.adaptive.adaspec_kernels import DECIDE_ADAPTIVE as kernel
         coef = coefficient_arrays(obs.cost)
-        kernel = _kernels().DECIDE_ADAPTIVE
         if coef is None or kernel is None:
             return None
         k, step, budget, g0, has_budget, budgets = kernel(
@@ -341,13 +340,6 @@ def _compiled_verify(draft: DraftState, drafted: np.ndarray, target: int, coef: 
                              float(obs.sum_prefill_context_tokens), int(target_seqs(obs)),
                              kind, target_coef, _NO_TPOT if tpot is None else tpot,
                              tpot is not None, float(budget))
-
-
-@functools.cache
-def _kernels():
-    """``adaspec_kernels`` (numba loaded on first use)."""
-    from policies.adaptive import adaspec_kernels
-    return adaspec_kernels
 
 
 def _warm_up_loops() -> None:
