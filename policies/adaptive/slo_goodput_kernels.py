@@ -70,14 +70,13 @@ def _capped_from(order0, depth, cap, out):
     """The slots of ``order0`` of depth <= ``cap`` then the others, each in ``order0``'s
     order: a capped ranking's order before ``_fix_order`` (``depth``: per slot, from 0)."""
     num = 0
+    for s in range(order0.size):     # written always, kept by the count: no branch to miss
+        out[num] = order0[s]
+        num += depth[order0[s]] < cap
     for s in range(order0.size):
-        if depth[order0[s]] < cap:
+        if num < out.size:
             out[num] = order0[s]
-            num += 1
-    for s in range(order0.size):
-        if depth[order0[s]] >= cap:
-            out[num] = order0[s]
-            num += 1
+        num += depth[order0[s]] >= cap
 
 
 def _chain_rankings(tokens_w, tokens_c, weight, K, caps):

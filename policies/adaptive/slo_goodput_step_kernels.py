@@ -494,19 +494,22 @@ def _live_by_depth(slot_pass, num_live):
     """The slot indices (request * K + depth - 1) with ``slot_pass`` > 0, stably by depth
     (a counting sort): lexsort's secondary keys, depth then slot index."""
     n, K = slot_pass.shape
-    nK = n * K
     count = np.zeros(K + 1, np.int64)            # live slots per depth, then offsets
-    for x in range(nK):
-        if slot_pass[x // K, x % K] > 0:
-            count[x % K + 1] += 1
+    for i in range(n):
+        for j in range(K):
+            count[j + 1] += slot_pass[i, j] > 0
     for j in range(K):
         count[j + 1] += count[j]
-    by_depth = np.empty(num_live, np.int64)
-    for x in range(nK):
-        if slot_pass[x // K, x % K] > 0:
-            by_depth[count[x % K]] = x
-            count[x % K] += 1
-    return by_depth
+    # every slot written, a dead one to a spare last entry (a select, not a branch: which
+    # slots pass is a coin flip to the predictor)
+    by_depth = np.empty(num_live + 1, np.int64)
+    for i in range(n):
+        for j in range(K):
+            live = slot_pass[i, j] > 0
+            at = count[j]
+            by_depth[at if live else num_live] = i * K + j
+            count[j] += live
+    return by_depth[:num_live]
 
 
 def _sorted_slots(keys, by_depth, out):
