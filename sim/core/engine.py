@@ -33,7 +33,8 @@ from sim.core.step_plan import (DecidedStep, checked_decision, draft_pass_costs,
 from sim.fast import fast_path, steps_compile
 from sim.fast.step_compiled import (compiled_draft_s, compiled_drafting, compiled_draw,
                                     compiled_fit, compiled_tree_min_widths,
-                                    compiled_tree_outcome, fused_drafting)
+                                    compiled_tree_outcome, compiled_uniform_draft_s,
+                                    fused_drafting)
 
 
 _EMPTY = np.zeros(0, np.int64)
@@ -344,8 +345,13 @@ class Engine:
                 active = more & (drafted < k)
         k0, seen = drafted.item(0), draw.confidences   # None: static policy, nobody reads them
         if widths is None and imin_imax(drafted) == (k0, k0):
-            draft_s = (uniform_chain_draft_s(self.cost, k0, isum(ctx), k.shape[0], prefill)
-                       if need_time else 0.0)
+            if not need_time:
+                draft_s = 0.0
+            elif self._draft_kernels is None:
+                draft_s = uniform_chain_draft_s(self.cost, k0, isum(ctx), k.shape[0], prefill)
+            else:                                      # the same floats, one compiled call
+                draft_s = compiled_uniform_draft_s(self._draft_kernels, k0, isum(ctx),
+                                                   k.shape[0], prefill)
             if seen is None and self._conf_unused and decision.verify_token_budget is None:
                 return drafted, None, draft_s        # no select_verify, Feedback or last_conf
             conf = np.full((k.shape[0], self.k_max), np.nan) if seen is None else seen.copy()

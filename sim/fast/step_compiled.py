@@ -28,6 +28,7 @@ class StepKernels(NamedTuple):
     end: Callable                # sim/fast/step_kernel.py's STEP_END_KERNEL (end_step)
     draft: Callable              # sim/fast/step_kernel.py's DRAFT_PASS_KERNEL (Engine._draft)
     draft_seconds: Callable      # sim/fast/step_kernel.py's DRAFT_SECONDS_KERNEL
+    uniform_draft_seconds: Callable   # ... UNIFORM_DRAFT_SECONDS_KERNEL (uniform_chain_draft_s)
     draw: Callable               # sim/fast/step_kernel.py's DRAW_KERNEL
     tree_min_widths: Callable    # sim/fast/step_kernel.py's TREE_MIN_WIDTHS_KERNEL
     tree_outcome: Callable       # sim/fast/step_kernel.py's TREE_OUTCOME_KERNEL
@@ -46,13 +47,14 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
                                       FIT_KERNEL, STEP_END_KERNEL, STEP_KERNEL,
                                       TREE_MIN_WIDTHS_KERNEL, TREE_NODES_KERNEL,
-                                      TREE_OUTCOME_KERNEL, VERIFY_CONTEXT_KERNEL)
+                                      TREE_OUTCOME_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL,
+                                      VERIFY_CONTEXT_KERNEL)
     if STEP_KERNEL is None:
         return None
     return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
-                       DRAFT_SECONDS_KERNEL, DRAW_KERNEL, TREE_MIN_WIDTHS_KERNEL,
-                       TREE_OUTCOME_KERNEL, TREE_NODES_KERNEL, FIT_KERNEL,
-                       VERIFY_CONTEXT_KERNEL)
+                       DRAFT_SECONDS_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
+                       TREE_MIN_WIDTHS_KERNEL, TREE_OUTCOME_KERNEL, TREE_NODES_KERNEL,
+                       FIT_KERNEL, VERIFY_CONTEXT_KERNEL)
 
 
 def compiled_plan(engine, kernels: StepKernels):
@@ -257,6 +259,16 @@ def compiled_tree_outcome(acc, kernels: StepKernels, rows, draw: StepDraw, width
 _TREE_TABLE_WIDTH = 8     # widths the table holds for tree_accepted (the tree oracle's cap)
 
 
+def compiled_uniform_draft_s(kernels: StepKernels, k: int, computed_sum: int, n: int,
+                             prefill) -> float:
+    """``step_plan.uniform_chain_draft_s(cost, k, computed_sum, n, prefill)`` under the
+    roofline in one compiled call (``UNIFORM_DRAFT_SECONDS_KERNEL``): the same floats."""
+    n_pre_tok, pre_ctx, n_pre_seqs = prefill
+    return kernels.uniform_draft_seconds(int(k), int(computed_sum), int(n), int(n_pre_tok),
+                                         int(pre_ctx), int(n_pre_seqs),
+                                         kernels.inputs.draft_coef)
+
+
 def compiled_draft_s(kernels: StepKernels, drafted, widths, ctx, prefill) -> float:
     """The draft seconds of a step's drafted counts (chains, or trees of ``widths``): what
     ``np.sum(cost.draft_step_s(*draft_pass_costs(drafted, widths, ctx, *prefill)))`` gives
@@ -287,7 +299,8 @@ def warm_up_step() -> None:
     from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
                                       FIT_KERNEL, STEP_END_KERNEL, STEP_KERNEL,
                                       TREE_MIN_WIDTHS_KERNEL, TREE_NODES_KERNEL,
-                                      TREE_OUTCOME_KERNEL, VERIFY_CONTEXT_KERNEL)
+                                      TREE_OUTCOME_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL,
+                                      VERIFY_CONTEXT_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -305,6 +318,7 @@ def warm_up_step() -> None:
     DRAFT_PASS_KERNEL(flags, flags, rows.copy(), rows + 2, rows + 1, 0, False, np.zeros(5), 0,
                       0, 0, np.zeros(2), np.full((1, 2), 0.5), np.zeros((0, 0), np.int64))
     DRAFT_SECONDS_KERNEL(rows + 2, np.ones((1, 2), np.int64), rows + 1, 0, 0, 0, np.zeros(5))
+    UNIFORM_DRAFT_SECONDS_KERNEL(2, 10, 1, 0, 0, 0, np.zeros(5))
     for with_confidences in (True, False):
         DRAW_KERNEL(np.full((1, 2), 0.5), np.full((1, 2), 0.7), np.full(4, 0.8), np.full(4, 0.2),
                     with_confidences)

@@ -373,6 +373,19 @@ def _draft_seconds(drafted, widths, ctx, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
     return _numpy_sum(passes, k)
 
 
+def _uniform_draft_seconds(k, computed_sum, n, n_pre_tok, pre_ctx, n_pre_seqs, dcoef):
+    """``step_plan.uniform_chain_draft_s`` under a roofline: ``n`` requests each drafting a
+    chain of ``k`` tokens (the step's prompt chunks in pass 0), each pass's roofline
+    seconds summed one after the other as the Python loop adds them (not np.sum's order)."""
+    total = 0.0
+    for j in range(k):
+        tok, seqs, ctx = n, n, computed_sum + n * (1 + j)
+        if j == 0:
+            tok, seqs, ctx = tok + n_pre_tok, seqs + n_pre_seqs, ctx + pre_ctx
+        total += _roofline_s(dcoef, tok, seqs, ctx)
+    return total
+
+
 @functools.cache                  # one compiled loop per policy rule and process
 def drafting_loop(rule):
     """``Engine._draft``'s loop with a policy's compiled rule
@@ -419,11 +432,13 @@ if numba is not None:
     STEP_END_KERNEL = _step_end
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
     DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
+    UNIFORM_DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_uniform_draft_seconds)
     DRAW_KERNEL = numba.njit(cache=True)(_draw)
     TREE_MIN_WIDTHS_KERNEL = numba.njit(cache=True)(_tree_min_widths)
     TREE_OUTCOME_KERNEL = numba.njit(cache=True)(_tree_outcome)
     TREE_NODES_KERNEL = numba.njit(cache=True)(_tree_nodes)
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
+    UNIFORM_DRAFT_SECONDS_KERNEL = None
     DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_OUTCOME_KERNEL = TREE_NODES_KERNEL = None
     FIT_KERNEL = VERIFY_CONTEXT_KERNEL = None

@@ -4,7 +4,8 @@ the very tables of the numpy per-step path (``multi_step=False``), including bud
 trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay; so
 must every step of an adaptive chain policy that only decides and observes (smartspec, the
 oracles), and the compiled plan and end of any other adaptive policy's steps (trees' accepted
-depths and the tree oracle's passing widths looked up compiled). Runs in a
+depths and the tree oracle's passing widths looked up compiled, uniform chains' draft
+seconds summed compiled). Runs in a
 child process (see tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
@@ -129,6 +130,14 @@ def counting_accepted(*args):
 
 sim.core.engine.compiled_tree_min_widths = counting_min_widths
 sim.core.engine.compiled_tree_outcome = counting_accepted
+uniform_draft_s = sim.core.engine.compiled_uniform_draft_s
+
+def counting_uniform(*args):             # every request drafted the same chain
+    trees["uniform"] += 1
+    return uniform_draft_s(*args)
+
+trees["uniform"] = 0
+sim.core.engine.compiled_uniform_draft_s = counting_uniform
 for policy, case in others.items():
     before, seen = dict(calls), ends["n"]
     trace, kw = cases[case][1], {"seed": 2, **cases[case][2]}
@@ -138,7 +147,7 @@ for policy, case in others.items():
     assert calls["steps"] == before["steps"] and fast.meta["num_epochs"] == 0, policy
     assert_same_tables(fast, slow)
     print(policy, ends["n"] - seen)
-assert trees["min_widths"] > 0 and trees["accepted"] > 0, trees
+assert trees["min_widths"] > 0 and trees["accepted"] > 0 and trees["uniform"] > 0, trees
 # correlated verify steps (AcceptanceConfig.step_correlation): no epochs (a block given back
 # would leave the latents moved), every other compiled path takes the same uniforms
 correlated = AcceptanceConfig(step_correlation=0.7, position_decay=0.9)
