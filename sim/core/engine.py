@@ -122,6 +122,10 @@ class Engine:
         # (sim/fast/step_compiled.compiled_end), its hooks run as on the reference path
         self._compiled_ends = bool(multi_step and not static and not self._compiled_steps
                                    and eng.draft_passes == "per_request")
+        # ... and a plain chain's verify pass and end in one compiled call
+        # (sim/fast/step_compiled.compiled_chain_step) where nothing else prices the step
+        self._chain_steps = bool(self._compiled_ends and not config.step_noise_sigma
+                                 and not self._accepted_token_s)
         # ... and then nobody reads a step's confidences unless a verify budget or observe()
         self._conf_unused = self._lazy_conf and not self._observes
         self.next_arrival_s: float | None = None

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from sim.fast.epoch import epoch_eligible, run_epoch
 from sim.fast.epoch_compiled import KernelInputs, kernel_inputs
-from sim.fast.step_compiled import (StepKernels, compiled_end, compiled_plan, compiled_step,
-                                   step_kernels)
+from sim.fast.step_compiled import (StepKernels, compiled_chain_step, compiled_end,
+                                   compiled_plan, compiled_step, step_kernels)
 
 
 class FastPath:
@@ -40,6 +40,8 @@ class FastPath:
         e.epoch_ready = False
         if e._compiled_ends:         # the policy's hooks the reference way, the rest compiled
             step = e.decide_step(now, compiled_plan(e, self.step_kernels), draw_first=True)
+            if e._chain_steps and step.widths is None:
+                return compiled_chain_step(e, self.step_kernels, now, step)
             latency = e.run_decided(now, step)
             compiled_end(e, self.step_kernels)
             return latency

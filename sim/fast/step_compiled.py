@@ -15,6 +15,7 @@ import numpy as np
 
 from policies.interface import DraftState, Feedback
 from sim.core.state import FINISHED, RUNNING
+from sim.core.step_plan import ensure_confidences
 from sim.models.acceptance import StepDraw
 from sim.fast.epoch_compiled import KernelInputs
 
@@ -29,6 +30,7 @@ class StepKernels(NamedTuple):
     draft: Callable              # sim/fast/step_kernel.py's DRAFT_PASS_KERNEL (Engine._draft)
     draft_seconds: Callable      # sim/fast/step_kernel.py's DRAFT_SECONDS_KERNEL
     uniform_draft_seconds: Callable   # ... UNIFORM_DRAFT_SECONDS_KERNEL (uniform_chain_draft_s)
+    chain_verify_end: Callable   # ... CHAIN_VERIFY_END_KERNEL (run_decided's end + end_step)
     draw: Callable               # sim/fast/step_kernel.py's DRAW_KERNEL
     tree_min_widths: Callable    # sim/fast/step_kernel.py's TREE_MIN_WIDTHS_KERNEL
     tree_outcome: Callable       # sim/fast/step_kernel.py's TREE_OUTCOME_KERNEL
@@ -48,11 +50,12 @@ def step_kernels(engine, inputs: KernelInputs | None) -> StepKernels | None:
                                       FIT_KERNEL, STEP_END_KERNEL, STEP_KERNEL,
                                       TREE_MIN_WIDTHS_KERNEL, TREE_NODES_KERNEL,
                                       TREE_OUTCOME_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL,
-                                      VERIFY_CONTEXT_KERNEL)
+                                      VERIFY_CONTEXT_KERNEL, CHAIN_VERIFY_END_KERNEL)
     if STEP_KERNEL is None:
         return None
     return StepKernels(inputs, STEP_KERNEL, PLAN_KERNEL, STEP_END_KERNEL, DRAFT_PASS_KERNEL,
-                       DRAFT_SECONDS_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
+                       DRAFT_SECONDS_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL,
+                       CHAIN_VERIFY_END_KERNEL, DRAW_KERNEL,
                        TREE_MIN_WIDTHS_KERNEL, TREE_OUTCOME_KERNEL, TREE_NODES_KERNEL,
                        FIT_KERNEL, VERIFY_CONTEXT_KERNEL)
 
@@ -110,6 +113,53 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     if engine._observes:
         observe_step(engine, now + (draft_s + verify_s), num_spec, accepted, fin, draft_s,
                      verify_s, ids)
+    engine.step_index += 1
+    return draft_s + verify_s
+
+
+def compiled_chain_step(engine, kernels: StepKernels, now: float, step) -> float:
+    """``Engine.run_decided`` and ``compiled_end`` at once for a decided plain chain of a
+    policy with its own drafting or verification (``engine._compiled_ends``), drafts
+    priced per request, no step jitter or per-accepted-token seconds
+    (``engine._chain_steps``): the fit, the drafting and the policy's ``select_verify`` as
+    there, then accepted counts, the verify pass and the step's end in one compiled call
+    (``CHAIN_VERIFY_END_KERNEL``). The same tables and feedback; returns the latency."""
+    r, sched, eng = engine.reqs, engine.sched, engine.config.engine
+    dec, ctx, decision, obs = step.dec, step.ctx, step.decision, step.obs
+    pre, pre_tok = step.pre, step.pre_tok
+    n_pre_tok, pre_ctx, n = step.num_prefill_tokens, step.prefill_context, dec.shape[0]
+    draw = ensure_confidences(engine.acc, step.draw, dec, decision)
+    k = compiled_fit(engine, kernels, dec, step.k, eng.max_num_batched_tokens - n_pre_tok - n,
+                     ctx)
+    drafted, conf, draft_s = engine._draft(obs, decision, k, None, ctx,
+                                           (n_pre_tok, pre_ctx, pre.shape[0]), draw)
+    verified = drafted
+    if n and not (engine._default_verify and decision.verify_token_budget is None):
+        verified = np.minimum(np.maximum(np.asarray(engine.policy.select_verify(
+            DraftState(obs, decision, drafted, conf, draft_s)), np.int64), 0), drafted)
+    if not pre.shape[0]:
+        pre = pre_tok = np.zeros(0, np.int64)   # (writable: one compiled signature)
+    (num_computed, num_out, num_known, _, num_target_out, num_drafted, num_accepted,
+     accept_ewma, status, first_token_s, finish_s) = r.arrays
+    verify_s, end, n_spec, n_acc, n_emit, bad, accepted, fin = kernels.chain_verify_end(
+        verified, draw.match_len, float(now), draft_s, dec, ctx, step.out, pre, pre_tok,
+        n_pre_tok, pre_ctx, step.rows.shape[0], eng.max_num_batched_tokens,
+        sched.free_blocks, float(eng.accept_ewma_alpha), FINISHED, kernels.inputs.target_coef,
+        num_computed, num_out, num_known, num_target_out, num_drafted, num_accepted,
+        accept_ewma, status, first_token_s, finish_s)
+    if bad:
+        raise AssertionError(f"step {engine.step_index}: token budget or KV capacity exceeded")
+    if n_spec and n and not engine._lazy_conf:
+        r.last_conf[dec] = conf
+    kv_used = sched.num_kv_blocks - sched.free_blocks       # before the finished release
+    if fin.shape[0]:
+        sched.release(fin)
+    ids = obs.request_ids
+    engine.rec.add((engine.step_index, now, draft_s + verify_s, draft_s, verify_s,
+                    step.rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
+                    n_emit, step.num_waiting, kv_used), (verified, accepted, ids))
+    if engine._observes:
+        observe_step(engine, end, verified, accepted, fin, draft_s, verify_s, ids, conf)
     engine.step_index += 1
     return draft_s + verify_s
 
@@ -300,7 +350,7 @@ def warm_up_step() -> None:
                                       FIT_KERNEL, STEP_END_KERNEL, STEP_KERNEL,
                                       TREE_MIN_WIDTHS_KERNEL, TREE_NODES_KERNEL,
                                       TREE_OUTCOME_KERNEL, UNIFORM_DRAFT_SECONDS_KERNEL,
-                                      VERIFY_CONTEXT_KERNEL)
+                                      VERIFY_CONTEXT_KERNEL, CHAIN_VERIFY_END_KERNEL)
     if STEP_KERNEL is None:
         return
     from sim.fast.epoch_kernel import warm_up_arrays, warm_up_inputs
@@ -314,6 +364,10 @@ def warm_up_step() -> None:
     table = warm_up_arrays()
     STEP_END_KERNEL(0.0, rows, rows + 1, rows + 1, rows + 1, rows.copy(), 1, rows + 1, rows + 1,
                     0.5, FINISHED, *table[:3], *table[4:])
+    table = warm_up_arrays()
+    CHAIN_VERIFY_END_KERNEL(rows + 1, rows + 1, 0.0, 0.0, rows, rows + 1, rows + 1, rows + 1,
+                            rows + 1, 1, 1, 1, 100, 100, 0.5, FINISHED, np.zeros(5),
+                            *table[:3], *table[4:])
     flags = np.ones(1, np.bool_)
     DRAFT_PASS_KERNEL(flags, flags, rows.copy(), rows + 2, rows + 1, 0, False, np.zeros(5), 0,
                       0, 0, np.zeros(2), np.full((1, 2), 0.5), np.zeros((0, 0), np.int64))

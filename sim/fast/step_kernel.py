@@ -192,6 +192,34 @@ def _step_end(end, dec, ctx, out, num_spec, acc, n_spec, pre, pre_tok, alpha, fi
     return n_acc, n_emit + n_done, fin[:num_fin].copy()
 
 
+def _chain_verify_end(verified, match_len, now, draft_s, dec, ctx, out, pre, pre_tok,
+                      n_pre_tok, pre_ctx, num_rows, max_tokens, free_blocks, alpha,
+                      finished_code, tcoef, num_computed, num_out, num_known, num_target_out,
+                      num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
+    """The end of a decided chain step once its verified drafts are known (``Engine.
+    run_decided`` after ``select_verify``, then ``_step_end``): accepted = min(verified, m),
+    the verify pass's context and roofline seconds (``target_step_s``' scalar expression),
+    and the request table at the step's end, now + (draft_s + verify_s). Returns
+    (verify_s, end, verified drafts, accepted, emitted with first tokens, whether the token
+    budget or KV capacity was exceeded, accepted per request, finished rows)."""
+    n = dec.shape[0]
+    accepted = np.empty(n, np.int64)
+    n_spec = 0
+    for i in range(n):
+        accepted[i] = verified[i] if verified[i] <= match_len[i] else match_len[i]
+        n_spec += verified[i]
+    n_tok = n_pre_tok + n + n_spec
+    bad = n_tok > max_tokens or free_blocks < 0
+    verify_ctx = pre_ctx + _verify_context(ctx, verified)
+    verify_s = _roofline_s(tcoef, n_tok, num_rows, verify_ctx) if n_tok > 0 else 0.0
+    end = now + (draft_s + verify_s)
+    n_acc, n_emit, fin = _step_end(end, dec, ctx, out, verified, accepted, n_spec, pre,
+                                   pre_tok, alpha, finished_code, num_computed, num_out,
+                                   num_known, num_target_out, num_drafted, num_accepted,
+                                   accept_ewma, status, first_token_s, finish_s)
+    return verify_s, end, n_spec, n_acc, n_emit, bad, accepted, fin
+
+
 def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_tok, pre_ctx,
                 n_pre_seqs, pass_s, seen, widths):
     """One pass of ``Engine._draft``'s loop around a policy's ``continue_drafting`` under a
@@ -427,18 +455,20 @@ if numba is not None:
     _step_end = numba.njit(cache=True)(_step_end)
     _fit_speculation = numba.njit(cache=True)(_fit_speculation)
     FIT_KERNEL = _fit_speculation
-    VERIFY_CONTEXT_KERNEL = numba.njit(cache=True)(_verify_context)
+    _verify_context = numba.njit(cache=True)(_verify_context)
+    VERIFY_CONTEXT_KERNEL = _verify_context
     STEP_KERNEL = numba.njit(cache=True)(_static_step)
     STEP_END_KERNEL = _step_end
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
     DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
     UNIFORM_DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_uniform_draft_seconds)
+    CHAIN_VERIFY_END_KERNEL = numba.njit(cache=True)(_chain_verify_end)
     DRAW_KERNEL = numba.njit(cache=True)(_draw)
     TREE_MIN_WIDTHS_KERNEL = numba.njit(cache=True)(_tree_min_widths)
     TREE_OUTCOME_KERNEL = numba.njit(cache=True)(_tree_outcome)
     TREE_NODES_KERNEL = numba.njit(cache=True)(_tree_nodes)
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
-    UNIFORM_DRAFT_SECONDS_KERNEL = None
+    UNIFORM_DRAFT_SECONDS_KERNEL = CHAIN_VERIFY_END_KERNEL = None
     DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_OUTCOME_KERNEL = TREE_NODES_KERNEL = None
     FIT_KERNEL = VERIFY_CONTEXT_KERNEL = None

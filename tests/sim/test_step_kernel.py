@@ -112,6 +112,15 @@ def counting_end(*args, **kw):
     return end(*args, **kw)
 
 sim.fast.compiled_end = counting_end
+chain_step = sim.fast.compiled_chain_step
+chains = {"n": 0}
+
+def counting_chain_step(*args, **kw):      # a plain chain's verify and end in one call
+    ends["n"] += 1
+    chains["n"] += 1
+    return chain_step(*args, **kw)
+
+sim.fast.compiled_chain_step = counting_chain_step
 others = {"threshold": "fixed-tight", "vllm_adaptive_verify": "kv-short",
           "adaserve": "preempting", "slo_goodput": "mixed-k", "adaspec": "no-chunk",
           # trees: their accepted depths (and the tree oracle's narrowest passing widths)
@@ -148,6 +157,7 @@ for policy, case in others.items():
     assert_same_tables(fast, slow)
     print(policy, ends["n"] - seen)
 assert trees["min_widths"] > 0 and trees["accepted"] > 0 and trees["uniform"] > 0, trees
+assert chains["n"] > 0, chains
 # correlated verify steps (AcceptanceConfig.step_correlation): no epochs (a block given back
 # would leave the latents moved), every other compiled path takes the same uniforms
 correlated = AcceptanceConfig(step_correlation=0.7, position_decay=0.9)
