@@ -220,15 +220,19 @@ class Engine:
             self.policy.observe(self.held_feedback)
             self.held_feedback = None
         k, widths = checked_decision(decision, dec.shape[0], kmax, self.policy.name)
-        return DecidedStep(rows, tokens, dec, pre, pre_tok, n_pre_tok, pre_ctx, ctx, out,
-                           len(waiting), obs, decision, k, widths, draw)
+        return DecidedStep(rows=rows, tokens=tokens, dec=dec, pre=pre, pre_tok=pre_tok,
+                           num_prefill_tokens=n_pre_tok, prefill_context=pre_ctx, ctx=ctx,
+                           out=out, num_waiting=len(waiting), obs=obs, decision=decision, k=k,
+                           widths=widths, draw=draw)
 
     def run_decided(self, now: float, step: DecidedStep) -> float:
         """Fit, draft, verify a decided step; returns its latency and leaves ``pending``."""
         r, sched, eng, kmax = self.reqs, self.sched, self.config.engine, self.k_max
         vllm_mode = eng.draft_passes == "vllm"
-        (rows, tokens, dec, pre, pre_tok, n_pre_tok, pre_ctx, ctx, out, num_waiting, obs,
-         decision, k, widths, draw) = step
+        rows, tokens, dec, pre, pre_tok = step.rows, step.tokens, step.dec, step.pre, step.pre_tok
+        n_pre_tok, pre_ctx, ctx, out = (step.num_prefill_tokens, step.prefill_context, step.ctx,
+                                        step.out)
+        obs, decision, k, widths, draw = step.obs, step.decision, step.k, step.widths, step.draw
         n = dec.shape[0]
         if draw is None:
             draw = self._draw(dec, out)
@@ -291,9 +295,11 @@ class Engine:
             jitter = float(np.exp(self.config.step_noise_sigma
                                   * self._step_noise.standard_normal()))
             draft_s, verify_s = draft_s * jitter, verify_s * jitter
-        self.pending = PendingStep(now, rows, dec, pre, pre_tok, num_spec, accepted, conf,
-                                   draft_s, verify_s, num_waiting, n_pre_tok, n_spec, ctx,
-                                   out, obs.request_ids)
+        self.pending = PendingStep(
+            start_s=now, rows=rows, dec=dec, pre=pre, pre_tok=pre_tok, num_spec=num_spec,
+            accepted=accepted, confidences=conf, draft_s=draft_s, verify_s=verify_s,
+            num_waiting=step.num_waiting, num_prefill_tokens=n_pre_tok, num_spec_tokens=n_spec,
+            ctx=ctx, out=out, request_ids=obs.request_ids)
         return draft_s + verify_s
 
     def _draw(self, dec, out):

@@ -1,14 +1,41 @@
 """Building the result tables (analysis/schema.py) from the simulator's arrays."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
 from analysis.schema import REQUEST_COLUMNS, STEP_COLUMNS
 from sim.core.state import FAILED, FINISHED, RequestTable
 
-_SCALARS = [c for c, t in STEP_COLUMNS.items() if t != "object"]
-_LISTS = [c for c, t in STEP_COLUMNS.items() if t == "object"]
+
+
+class StepRow(NamedTuple):
+    """One engine step's row of the step table (analysis.schema.STEP_COLUMNS, same names and
+    order). In ``StepRecorder.add_block`` each field holds the values of several steps."""
+
+    step: int
+    start_s: float
+    latency_s: float                  # draft_s + verify_s
+    draft_s: float
+    verify_s: float
+    num_seqs: int                     # sequences in the target pass
+    num_decode_seqs: int
+    num_prefill_tokens: int
+    num_scheduled_tokens: int         # prefill + decode + verified draft tokens
+    num_spec_tokens: int              # verified draft tokens
+    num_accepted: int
+    num_emitted: int
+    num_waiting: int
+    kv_blocks_used: int
+    spec_k: np.ndarray                # int (n,) verified drafts per decoding request
+    accepted: np.ndarray              # int (n,) of those accepted
+    spec_request_ids: np.ndarray      # int (n,) the decoding requests' ids
+
+
+if StepRow._fields != tuple(STEP_COLUMNS):
+    raise ImportError("sim.core.results.StepRow must list analysis.schema.STEP_COLUMNS in order")
 
 
 class StepRecorder:
@@ -17,36 +44,32 @@ class StepRecorder:
 
     def __init__(self, enabled: bool):
         self.enabled, self.n = enabled, 0
-        self._cols = {c: [] for c in _SCALARS}
-        self._lists = {c: [] for c in _LISTS}
+        self._cols = [[] for _ in STEP_COLUMNS]          # StepRow's order
 
-    def add(self, scalars: tuple, lists: tuple) -> None:
-        """``scalars`` in the order of the scalar STEP_COLUMNS, ``lists`` of the object ones."""
+    def add(self, row: StepRow) -> None:
         if not self.enabled:
             return
-        for col, v in zip(self._cols.values(), scalars):
-            col.append(v)
-        for col, v in zip(self._lists.values(), lists):
+        for col, v in zip(self._cols, row):
             col.append(v)
         self.n += 1
 
-    def add_block(self, scalars: tuple, lists: tuple, count: int) -> None:
-        """``count`` rows at once: each scalar column is a sequence of ``count`` values or one
-        value for all rows; each object column a sequence of ``count`` arrays."""
+    def add_block(self, rows: StepRow, count: int) -> None:
+        """``count`` steps at once: each scalar field a sequence of ``count`` values or one
+        value for all of them; each array field a sequence of ``count`` arrays."""
         if not self.enabled:
             return
-        for col, v in zip(self._cols.values(), scalars):
+        for col, v in zip(self._cols, rows):
             col.extend(v if hasattr(v, "__len__") else [v] * count)
-        for col, v in zip(self._lists.values(), lists):
-            col.extend(v)
         self.n += count
 
     def frame(self) -> pd.DataFrame:
-        data = {c: np.asarray(self._cols[c], STEP_COLUMNS[c]) for c in _SCALARS}
-        for c in _LISTS:
-            col = np.empty(self.n, dtype=object)
-            col[:] = self._lists[c] if self.n else []
-            data[c] = col
+        data = {}
+        for (c, dtype), values in zip(STEP_COLUMNS.items(), self._cols):
+            if dtype == "object":
+                data[c] = np.empty(self.n, dtype=object)
+                data[c][:] = values if self.n else []
+            else:
+                data[c] = np.asarray(values, dtype)
         return pd.DataFrame(data, columns=list(STEP_COLUMNS))
 
 

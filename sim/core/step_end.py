@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from policies.interface import Feedback
+from sim.core.results import StepRow
 from sim.core.small_arrays import SMALL, iall, iany, isum
 from sim.core.state import FINISHED
 
@@ -38,8 +39,12 @@ class PendingStep(NamedTuple):
 
 
 def end_step(engine, end: float) -> None:
-    (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
-     num_waiting, n_pre_tok, n_spec, ctx, out, dec_ids) = engine.pending
+    step = engine.pending
+    start, rows, dec, pre, pre_tok = step.start_s, step.rows, step.dec, step.pre, step.pre_tok
+    num_spec, accepted, conf = step.num_spec, step.accepted, step.confidences
+    draft_s, verify_s, num_waiting = step.draft_s, step.verify_s, step.num_waiting
+    n_pre_tok, n_spec = step.num_prefill_tokens, step.num_spec_tokens
+    ctx, out, dec_ids = step.ctx, step.out, step.request_ids
     r, sched = engine.reqs, engine.sched
     fin = _EMPTY
     n_done = 0
@@ -78,10 +83,13 @@ def end_step(engine, end: float) -> None:
         r.status[fin] = FINISHED
         r.finish_s[fin] = end
         sched.release(fin)
-    engine.rec.add((engine.step_index, start, draft_s + verify_s, draft_s, verify_s,
-                    rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec,
-                    n_spec, n_acc, n_emit + n_done, num_waiting, kv_used),
-                   (num_spec, accepted, dec_ids))
+    engine.rec.add(StepRow(
+        step=engine.step_index, start_s=start, latency_s=draft_s + verify_s, draft_s=draft_s,
+        verify_s=verify_s, num_seqs=rows.shape[0], num_decode_seqs=n,
+        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + n + n_spec,
+        num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit + n_done,
+        num_waiting=num_waiting, kv_blocks_used=kv_used, spec_k=num_spec, accepted=accepted,
+        spec_request_ids=dec_ids))
     if engine._observes:
         feedback = Feedback(
             now_s=end, request_ids=dec_ids, num_spec_tokens=num_spec,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.fast.epoch_compiled import run_kernel_epochs
+from sim.core.results import StepRow
 from sim.core.small_arrays import iall
 from sim.core.state import FINISHED
 from sim.core.step_plan import checked_decision
@@ -239,10 +240,12 @@ def _apply(engine, run, k, acc, cum, left, blocks, times, extra: list, n_spec: i
         r.finish_s[fin] = starts[-1] + lat[-1]
         sched.release(fin)
     first = engine.step_index
-    engine.rec.add_block(
-        (range(first, first + S), starts, lat, draft_s, verify_s, n, n, 0, n + n_spec, n_spec,
-         step_acc, step_emit, 0, [used0 + e for e in extra]),
-        ([k] * S, list(acc), [ids] * S), S)
+    engine.rec.add_block(StepRow(
+        step=range(first, first + S), start_s=starts, latency_s=lat, draft_s=draft_s,
+        verify_s=verify_s, num_seqs=n, num_decode_seqs=n, num_prefill_tokens=0,
+        num_scheduled_tokens=n + n_spec, num_spec_tokens=n_spec, num_accepted=step_acc,
+        num_emitted=step_emit, num_waiting=0, kv_blocks_used=[used0 + e for e in extra],
+        spec_k=[k] * S, accepted=list(acc), spec_request_ids=[ids] * S), S)
     engine.step_index += S
     engine.num_epochs += 1
     engine.num_epoch_steps += S

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sim.core.results import StepRow
 from sim.core.state import FINISHED
 
 MAX_KERNEL_STEPS = 128   # compiled steps are cheap: an epoch mostly ends at an event first
@@ -92,9 +93,12 @@ def run_kernel_epoch(engine, now: float, run, k, n_spec: int, ids, inputs: Kerne
     if fin.shape[0]:
         sched.release(fin)
     first = engine.step_index
-    engine.rec.add_block(
-        (range(first, first + S), starts, lat, times[2], times[3], n, n, 0, n + n_spec,
-         n_spec, counts[0], counts[1], 0, counts[2]), ([k] * S, accepted, [ids] * S), S)
+    engine.rec.add_block(StepRow(
+        step=range(first, first + S), start_s=starts, latency_s=lat, draft_s=times[2],
+        verify_s=times[3], num_seqs=n, num_decode_seqs=n, num_prefill_tokens=0,
+        num_scheduled_tokens=n + n_spec, num_spec_tokens=n_spec, num_accepted=counts[0],
+        num_emitted=counts[1], num_waiting=0, kv_blocks_used=counts[2], spec_k=[k] * S,
+        accepted=accepted, spec_request_ids=[ids] * S), S)
     engine.step_index = first + S
     engine.num_epochs += 1
     engine.num_epoch_steps += S

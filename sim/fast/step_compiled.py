@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from policies.interface import DraftState, Feedback
+from sim.core.results import StepRow
 from sim.core.state import FINISHED, RUNNING
 from sim.core.step_plan import ensure_confidences
 from sim.models.acceptance import StepDraw
@@ -107,9 +108,13 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     kv_used = sched.num_kv_blocks - free_blocks
     if fin.shape[0]:
         sched.release(fin)
-    engine.rec.add((engine.step_index, now, draft_s + verify_s, draft_s, verify_s,
-                    rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
-                    n_emit, step.num_waiting, kv_used), (num_spec, accepted, ids))
+    engine.rec.add(StepRow(
+        step=engine.step_index, start_s=now, latency_s=draft_s + verify_s, draft_s=draft_s,
+        verify_s=verify_s, num_seqs=rows.shape[0], num_decode_seqs=n,
+        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + n + n_spec,
+        num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit,
+        num_waiting=step.num_waiting, kv_blocks_used=kv_used, spec_k=num_spec,
+        accepted=accepted, spec_request_ids=ids))
     if engine._observes:
         observe_step(engine, now + (draft_s + verify_s), num_spec, accepted, fin, draft_s,
                      verify_s, ids)
@@ -155,9 +160,13 @@ def compiled_chain_step(engine, kernels: StepKernels, now: float, step) -> float
     if fin.shape[0]:
         sched.release(fin)
     ids = obs.request_ids
-    engine.rec.add((engine.step_index, now, draft_s + verify_s, draft_s, verify_s,
-                    step.rows.shape[0], n, n_pre_tok, n_pre_tok + n + n_spec, n_spec, n_acc,
-                    n_emit, step.num_waiting, kv_used), (verified, accepted, ids))
+    engine.rec.add(StepRow(
+        step=engine.step_index, start_s=now, latency_s=draft_s + verify_s, draft_s=draft_s,
+        verify_s=verify_s, num_seqs=step.rows.shape[0], num_decode_seqs=n,
+        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + n + n_spec,
+        num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit,
+        num_waiting=step.num_waiting, kv_blocks_used=kv_used, spec_k=verified,
+        accepted=accepted, spec_request_ids=ids))
     if engine._observes:
         observe_step(engine, end, verified, accepted, fin, draft_s, verify_s, ids, conf)
     engine.step_index += 1
@@ -169,9 +178,12 @@ def compiled_end(engine, kernels: StepKernels) -> None:
     the compiled ``STEP_END_KERNEL`` (for a policy with its own drafting or verification,
     whose step ran the reference way up to its latency): the same tables and feedback, at
     once rather than at the step's end, as compiled steps are."""
-    (start, rows, dec, pre, pre_tok, num_spec, accepted, conf, draft_s, verify_s,
-     num_waiting, n_pre_tok, n_spec, ctx, out, ids) = engine.pending
-    engine.pending = None
+    step, engine.pending = engine.pending, None
+    start, rows, dec, pre, pre_tok = step.start_s, step.rows, step.dec, step.pre, step.pre_tok
+    num_spec, accepted, conf = step.num_spec, step.accepted, step.confidences
+    draft_s, verify_s, num_waiting = step.draft_s, step.verify_s, step.num_waiting
+    n_pre_tok, n_spec = step.num_prefill_tokens, step.num_spec_tokens
+    ctx, out, ids = step.ctx, step.out, step.request_ids
     r, sched = engine.reqs, engine.sched
     if not pre.shape[0]:
         pre = pre_tok = np.zeros(0, np.int64)   # (one compiled signature)
@@ -188,9 +200,13 @@ def compiled_end(engine, kernels: StepKernels) -> None:
     kv_used = sched.num_kv_blocks - sched.free_blocks
     if fin.shape[0]:
         sched.release(fin)
-    engine.rec.add((engine.step_index, start, draft_s + verify_s, draft_s, verify_s,
-                    rows.shape[0], dec.shape[0], n_pre_tok, n_pre_tok + dec.shape[0] + n_spec,
-                    n_spec, n_acc, n_emit, num_waiting, kv_used), (num_spec, accepted, ids))
+    engine.rec.add(StepRow(
+        step=engine.step_index, start_s=start, latency_s=draft_s + verify_s, draft_s=draft_s,
+        verify_s=verify_s, num_seqs=rows.shape[0], num_decode_seqs=dec.shape[0],
+        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + dec.shape[0] + n_spec,
+        num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit,
+        num_waiting=num_waiting, kv_blocks_used=kv_used, spec_k=num_spec, accepted=accepted,
+        spec_request_ids=ids))
     if engine._observes:
         observe_step(engine, end, num_spec, accepted, fin, draft_s, verify_s, ids, conf)
     engine.step_index += 1
