@@ -130,8 +130,11 @@ class OracleSlo(Policy):
         self.t_step_s: float | None = None
 
     def warm_up(self) -> None:
-        """slo_goodput's plan kernels (``SloGoodput.warm_up``)."""
+        """slo_goodput's plan kernels (``SloGoodput.warm_up``) and the one-call decide of
+        the true chains (``_decide_compiled``), once per process."""
         self.slo.warm_up()
+        if self.slo.compiled:
+            _warm_up_chain_oracle()
 
     def decide(self, obs: Observation) -> Decision:
         n, K = obs.num_requests, obs.k_max
@@ -155,9 +158,25 @@ class OracleSlo(Policy):
         return Decision(num_spec_tokens=k, nodes_per_depth=nodes)
 
     def _decide_compiled(self, obs: Observation, w: np.ndarray) -> Decision | None:
-        """The decision from the weights ``w`` in one compiled call, where a subclass has
-        one (None: the truths' plans one by one, below)."""
-        return None
+        """The decision from the weights ``w`` in one compiled call (``ORACLE_CHAIN_PLAN``:
+        the true chains' slots built from the match lengths, then ``_plan``'s orders and
+        plan; the same floats), for a cost model with coefficients; None: the truths' plans
+        one by one, below."""
+        kernel = step_kernel("ORACLE_CHAIN_PLAN") if self.slo.compiled else None
+        cost = kernel_cost(obs) if kernel is not None else None
+        if cost is None or cost.kind < 0:
+            return None
+        K = obs.k_max
+        m = true_match_lens(obs, self.name)
+        num_live = int(np.minimum(m, K).sum())           # the slots that pass
+        b, first = prefix_grid(num_live, self.num_budget_points)
+        _, _, depth, _, _ = kernel(
+            m, K, w, obs.context_lens, num_live, first, b, b.size == num_live + 1, cost.kind,
+            cost.draft, cost.target, cost.tokens_base, cost.seqs, cost.ctx_base,
+            float(self.slo.prefill_value(obs)), obs.tpot_slo_s,
+            float(self.slo.slo_step_factor), _GUARDS[self.slo.slo_guard], -1,
+            int(obs.num_prefill_tokens))
+        return Decision(num_spec_tokens=depth)
 
     def truths(self, obs: Observation, K: int):
         """(slot_pass, slot_widths) pairs, each (n, K), of the shapes the oracle may draft:
@@ -232,7 +251,7 @@ class OracleTree(OracleSlo):
     def warm_up(self) -> None:
         """slo_goodput's plan kernels and the one-call decide (``_decide_compiled``, both
         its calls) on a few synthetic steps, once per process."""
-        super().warm_up()
+        self.slo.warm_up()
         if self.slo.compiled:
             _warm_up_tree_oracle()
 
@@ -281,6 +300,15 @@ class OracleTree(OracleSlo):
 
 
 @functools.cache
+def _warm_up_chain_oracle() -> None:
+    """``OracleSlo._decide_compiled`` on policies.bench's synthetic steps, every prefix and
+    a coarse grid (the decisions are thrown away)."""
+    from policies.bench import Batch
+    for points in (512, 4):
+        obs = Batch(6, 8, seed=0).observation()
+        OracleSlo(num_budget_points=points)._decide_compiled(obs, np.ones(obs.num_requests))
+
+
 def _warm_up_tree_oracle() -> None:
     """``OracleTree._decide_compiled`` on policies.bench's synthetic steps, every prefix
     and coarse grids (the decisions are thrown away)."""

@@ -91,6 +91,24 @@ def _oracle_slot_plan(slot_pass, slot_widths, weight, context_lens, num_live, fi
                          num_prefill_tokens)
 
 
+def _oracle_chain_plan(match_lens, K, weight, context_lens, num_live, first, b, full, kind,
+                       dcoef, tcoef, tokens_base, seqs, ctx_base, prefill_value, tpot_slo_s,
+                       slo_step_factor, guard, max_step_tokens, num_prefill_tokens):
+    """``_oracle_slot_plan`` over the true chains (``OracleSlo.truths``: slot j of request
+    i passes iff j < m_i, one node per depth), built here from the match lengths rather
+    than as numpy arrays by the caller."""
+    n = match_lens.shape[0]
+    slot_pass = np.zeros((n, K))
+    slot_widths = np.ones((n, K), np.int64)
+    for i in range(n):
+        for j in range(min(match_lens[i], K)):
+            slot_pass[i, j] = 1.0
+    return _oracle_slot_plan(slot_pass, slot_widths, weight, context_lens, num_live, first,
+                             b, full, kind, dcoef, tcoef, tokens_base, seqs, ctx_base,
+                             prefill_value, tpot_slo_s, slo_step_factor, guard,
+                             max_step_tokens, num_prefill_tokens)
+
+
 def _depth_powers(x, K):
     """``slo_goodput_plan.depth_powers(x, K).ravel()``: x_i^1..x_i^K, each power the one
     before times x_i (numpy's cumprod, product by product)."""
@@ -917,6 +935,7 @@ if numba is not None:
     ORACLE_ORDERS = _oracle_orders
     ORACLE_SLOT_PLAN = numba.njit(cache=True)(_oracle_slot_plan)
     _oracle_slot_plan = ORACLE_SLOT_PLAN
+    ORACLE_CHAIN_PLAN = numba.njit(cache=True)(_oracle_chain_plan)
     ORACLE_TREE_DECIDE = numba.njit(cache=True)(_oracle_tree_decide)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     _drafting_pass = DRAFTING_PASS
@@ -928,5 +947,5 @@ else:                              # pragma: no cover - numba is a dependency of
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
     DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = None
     DRAFTING_RULE = None
-    SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = NEUTRAL_PREFILL_VALUE = None
+    SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = ORACLE_CHAIN_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None
