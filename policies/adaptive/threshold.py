@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.interface import Decision, DraftState, Observation, Policy
+from policies.interface import CompiledDrafting, Decision, DraftState, Observation, Policy
 from policies.registry import register
 
 
@@ -41,3 +41,26 @@ class ThresholdDrafting(Policy):
         if latest.size and float(latest.sum()) / latest.size < self.threshold:
             return np.zeros_like(more)
         return more
+
+    def compiled_drafting(self, obs: Observation, decision: Decision) -> CompiledDrafting | None:
+        """``continue_drafting`` as one compiled rule (``threshold_kernels.DRAFTING_RULE``:
+        the same answers, pass for pass); None without numba (the hook per pass)."""
+        from policies.adaptive.threshold_kernels import DRAFTING_RULE
+        if DRAFTING_RULE is None:
+            return None
+        return CompiledDrafting(DRAFTING_RULE, (self.threshold,), _no_state)
+
+    def warm_up(self) -> None:
+        """Compile the rule and its live replay (or load them from numba's cache) before
+        timed work."""
+        from policies.adaptive.threshold_kernels import DRAFTING_RULE
+        if DRAFTING_RULE is None:
+            return
+        from policies.drafting_replay import warm_up_replay
+        DRAFTING_RULE(np.array([1, 1]), np.array([2, 2]), np.full((2, 3), 0.5), 0.001,
+                      np.ones(2, np.bool_), (self.threshold,))
+        warm_up_replay(DRAFTING_RULE, (self.threshold,))
+
+
+def _no_state() -> None:
+    """The rule keeps no state for the policy to read back."""

@@ -103,8 +103,11 @@ def _run(name: str, n: int, rule: bool, steps: int = 40) -> list:
     return out, rules_used
 
 
-@pytest.mark.parametrize("name", ["slo_goodput", "slo_goodput_tree", "oracle_rate", "adaspec"])
-@pytest.mark.parametrize("n", [3, 24])
+@pytest.mark.parametrize("name,n", [(name, n) for name in ("slo_goodput", "slo_goodput_tree",
+                                                            "oracle_rate", "adaspec", "threshold")
+                                     for n in (3, 24)]
+                         # threshold's batch mean over more than 128 drafts: numpy's split sum
+                         + [("threshold", 200)])
 def test_compiled_replay_is_the_hook_per_pass(name, n):
     """The compiled rule's replay leaves what the hook per pass leaves, step after step
     (decisions, drafted counts, confidences seen, drafting time, verified lengths: the

@@ -1,0 +1,45 @@
+"""threshold's stop rule (``ThresholdDrafting.continue_drafting``) as a compiled
+``policies.interface.CompiledDrafting`` rule, which the simulator runs inside its compiled
+drafting loop and the live engine replays over vLLM's drafts in one call, instead of the
+hook once per draft pass. The same answers: the pass's batch-mean confidence is summed in
+numpy's pairwise order (``adaspec_kernels._pairwise_sum``) and divided by its count, as the
+hook's ``latest.sum() / latest.size``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from policies.adaptive.adaspec_kernels import _pairwise_sum
+from policies.adaptive.slo_goodput_kernels import numba
+
+
+def _drafting_rule(drafted, k, confidences, draft_time_s, more, args):
+    """``more`` = drafted < k, all cleared when the mean confidence of the last pass's drafts
+    (the requests that drafted s = max(drafted) tokens, finite confidences only) is below
+    ``args[0]``, the threshold."""
+    threshold = args[0]
+    n = drafted.shape[0]
+    s = 0
+    for i in range(n):
+        more[i] = drafted[i] < k[i]
+        if drafted[i] > s:
+            s = drafted[i]
+    if s == 0:
+        return
+    latest = np.empty(n)
+    m = 0
+    for i in range(n):
+        if drafted[i] >= s and math.isfinite(confidences[i, s - 1]):
+            latest[m] = confidences[i, s - 1]
+            m += 1
+    if m > 0 and _pairwise_sum(latest, m) / m < threshold:
+        for i in range(n):
+            more[i] = False
+
+
+if numba is not None:
+    DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
+else:                                # pragma: no cover - numba is a dependency
+    DRAFTING_RULE = None
