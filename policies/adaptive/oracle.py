@@ -40,16 +40,23 @@ class Oracle(Policy):
 
     kind = "oracle"
     needs_oracle = True
+    compiled = True          # the cap search in one compiled loop where the model allows
 
     def decide(self, obs: Observation) -> Decision:
-        n = obs.num_requests
         m = true_match_lens(obs, self.name)
-        if n == 0:
+        if obs.num_requests == 0:
             return Decision(num_spec_tokens=np.zeros(0, np.int64))
         m = np.minimum(m, obs.k_max)
-        top = int(m.max())
+        found = self._compiled_cap(obs, m)
+        cap = found[0] if found is not None else int(np.argmax(self.cap_rates(obs, m)))
+        return Decision(num_spec_tokens=np.minimum(m, cap))
+
+    def cap_rates(self, obs: Observation, m: np.ndarray) -> np.ndarray:
+        """Tokens per second of every cap c = 0..max(m) (``m``: the true match lengths
+        clipped to k_max), numpy's path: the reference of ``_compiled_cap``."""
+        n, top = obs.num_requests, int(m.max())
         if top == 0:
-            return Decision(num_spec_tokens=m)
+            return np.ones(1)            # one cap, 0
         # Per cap c = 0..top, from counts per match length (contexts are whole tokens, so
         # every sum below is exact in any order): draft pass j runs for the n_j requests with
         # m_i >= j, attending to ctx_j; raising the cap from j - 1 to j adds one token to each
@@ -67,8 +74,31 @@ class Oracle(Policy):
         ctx = np.zeros(top + 1)
         (L_ge + j * n_ge).cumsum(out=ctx[1:])
         verify = verify_tokens_s(obs, tokens, ctx)
-        cap = int(np.argmax((n + tokens) / (draft + verify)))
-        return Decision(num_spec_tokens=np.minimum(m, cap))
+        return (n + tokens) / (draft + verify)
+
+    def _compiled_cap(self, obs: Observation, m: np.ndarray) -> tuple[int, float] | None:
+        """``decide``'s cap and its rate in one compiled call (``oracle_kernels.GREEDY_CAP``:
+        np.argmax over ``cap_rates``' floats), for a cost model with coefficients and
+        whole-token contexts; None elsewhere."""
+        if not self.compiled or obs.context_lens.dtype.kind not in "iu":
+            return None
+        from policies.adaptive.oracle_kernels import GREEDY_CAP
+        cost = kernel_cost(obs) if GREEDY_CAP is not None else None
+        if cost is None or cost.kind < 0:
+            return None
+        return GREEDY_CAP(m, obs.context_lens, cost.kind, cost.draft, cost.target,
+                          cost.tokens_base, cost.seqs, cost.ctx_base)
+
+    def warm_up(self) -> None:
+        """Compile the cap search (or load it from numba's cache) before timed work."""
+        if not self.compiled:
+            return
+        from policies.adaptive.oracle_kernels import GREEDY_CAP
+        if GREEDY_CAP is None:
+            return
+        coef = np.zeros(5)
+        coef.setflags(write=False)     # coefficient_arrays' are read-only: a type of their own
+        GREEDY_CAP(np.array([2, 0]), np.array([10, 20]), 0, coef, coef, 3.0, 2.0, 30.0)
 
 
 def true_match_lens(obs: Observation, policy_name: str) -> np.ndarray:

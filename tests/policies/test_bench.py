@@ -13,7 +13,7 @@ def test_bench_json(capsys):
     assert set(out["us_per_step"]) == {"fixed", "threshold", "slo_goodput"}
     assert all(set(v) == {"1", "64"} and min(v.values()) > 0
                for v in out["us_per_step"].values())
-    # threshold drafts with its hook per pass: no rule, no second figure
-    assert set(out["us_per_step_hook_per_pass"]) == {"slo_goodput"}
+    # fixed has no drafting hook: no rule, no second figure
+    assert set(out["us_per_step_hook_per_pass"]) == {"slo_goodput", "threshold"}
     assert out["worst_policy_at_64"] in out["us_per_step"] and "worst_us_at_256" not in out
-    assert bench.has_compiled_rule("adaspec") and not bench.has_compiled_rule("threshold")
+    assert bench.has_compiled_rule("threshold") and not bench.has_compiled_rule("fixed")

@@ -242,3 +242,31 @@ def test_hook_timer_times_every_hook_and_changes_no_answer():
         d0.num_spec_tokens, 1), 0.9)), timed.continue_drafting(state))
     timed.select_verify(state)
     assert timed.num_calls == 4 and timed.hook_s > 0 and timed.name == "slo_goodput"
+
+
+def test_greedy_oracle_compiled_cap_is_numpy_s():
+    """``oracle``'s cap search in one compiled loop (``oracle_kernels.GREEDY_CAP``) decides
+    as its numpy path, bit for bit, under a roofline and an affine model (their
+    coefficients), prefill in the step or not, match lengths past k_max and all zero; a
+    model without coefficients keeps numpy's path."""
+    from policies.bench import RooflineCost
+    from tests.policies.test_slo_goodput_kernels import AffineCost
+    rng = np.random.default_rng(7)
+    compiled_calls = 0
+    for i in range(120):
+        n = int(rng.choice([1, 3, 17, 64, 300]))
+        cost = [RooflineCost(), AffineCost(rng), LinearCost()][i % 3]
+        future = rng.integers(0, 11, n) if i % 10 else np.zeros(n, np.int64)
+        obs = make_obs(n, cost=cost, future=future, prefill=int(rng.choice([0, 37])))
+        obs = Observation(**{**obs.__dict__, "context_lens": rng.integers(10, 4000, n)})
+        fast, slow = make_policy("oracle"), make_policy("oracle")
+        slow.compiled = False
+        m = np.minimum(future, obs.k_max)
+        found = fast._compiled_cap(obs, m)
+        if found is not None:        # the cap and its rate: np.argmax over numpy's floats
+            compiled_calls += 1
+            rates = slow.cap_rates(obs, m)
+            assert found == (int(np.argmax(rates)), rates[np.argmax(rates)]), (i, n)
+        assert np.array_equal(fast.decide(obs).num_spec_tokens,
+                              slow.decide(obs).num_spec_tokens), (i, n)
+    assert compiled_calls == 80, compiled_calls
