@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.adaptive.step_cost import uniform_step_s, warm_up_step_cost
+from policies.adaptive.step_cost import (coefficient_arrays, target_seqs, uniform_step_s,
+                                         warm_up_step_cost)
 from policies.interface import Decision, Feedback, Observation, Policy
 from policies.registry import register
 
@@ -53,9 +54,18 @@ class SmartSpec(Policy):
         self._steps_since_update = None
 
     def warm_up(self) -> None:
-        """Compile the step-time loop (or load it from numba's cache) before timed work."""
+        """Compile the step-time loop and the choice of k (or load them from numba's cache)
+        before timed work."""
         if self.compiled:
             warm_up_step_cost()
+            from policies.adaptive.smartspec_kernels import SMARTSPEC_K
+            if SMARTSPEC_K is not None:
+                coef = np.zeros(5)
+                coef.setflags(write=False)     # coefficient_arrays' are read-only
+                for kind in (0, 1):
+                    for first_decrease in (False, True):
+                        SMARTSPEC_K(3, 2, 100.0, 0, 2, 0.0, kind, coef, coef, 0.7, 1.1,
+                                    first_decrease)
 
     def expected_tokens(self, k) -> np.ndarray:
         """l(k) = (1 - a^(k+1)) / (1 - a): tokens per request per step, bonus included."""
@@ -80,15 +90,36 @@ class SmartSpec(Policy):
             return Decision(num_spec_tokens=np.zeros(0, np.int64))
         due = self._steps_since_update is None or self._steps_since_update >= self.update_interval
         if due:
-            g = self.goodput(obs)
-            if self.stop_at_first_decrease:
-                drops = np.nonzero(np.diff(g) < 0)[0]
-                self._k = int(drops[0]) if drops.size else int(g.size - 1)
+            found = self._compiled_k(obs)
+            if found is not None:
+                self._k = int(found[0])
             else:
-                self._k = int(np.argmax(g))
+                g = self.goodput(obs)
+                if self.stop_at_first_decrease:
+                    drops = np.nonzero(np.diff(g) < 0)[0]
+                    self._k = int(drops[0]) if drops.size else int(g.size - 1)
+                else:
+                    self._k = int(np.argmax(g))
             self._steps_since_update = 0
         self._steps_since_update += 1
         return Decision(num_spec_tokens=np.full(n, min(self._k, obs.k_max), np.int64))
+
+    def _compiled_k(self, obs: Observation) -> tuple[int, np.ndarray] | None:
+        """``decide``'s k and ``goodput`` in one compiled call
+        (``smartspec_kernels.SMARTSPEC_K``: the same floats and choice), for a cost model
+        with coefficients; None elsewhere (numpy's path, the reference)."""
+        form = coefficient_arrays(obs.cost) if self.compiled else None
+        if form is None:
+            return None
+        from policies.adaptive.smartspec_kernels import SMARTSPEC_K
+        if SMARTSPEC_K is None:
+            return None
+        kmax = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        a = self.alpha if self.alpha >= self.alpha_floor else self.alpha_reset
+        return SMARTSPEC_K(kmax, obs.num_requests, float(obs.context_lens.sum()),
+                           int(obs.num_prefill_tokens), target_seqs(obs),
+                           float(obs.sum_prefill_context_tokens), *form, float(a),
+                           self.no_spec_bonus, self.stop_at_first_decrease)
 
     def observe(self, feedback: Feedback) -> None:
         spec = np.asarray(feedback.num_spec_tokens)

@@ -43,3 +43,30 @@ def test_policies_on_the_step_time_loop_decide_the_same(name, n, affine):
     assert len(fast) == len(slow) >= 60
     for x, y in zip(fast, slow):
         assert np.array_equal(x, y)
+
+
+def test_smartspec_compiled_choice_is_numpy_s():
+    """smartspec's goodput per k and its choice in one compiled call
+    (``smartspec_kernels.SMARTSPEC_K``) against numpy's ``goodput`` and argmax (or first
+    decrease), bit for bit: rooflines and affine fits, prefill or not, estimates below the
+    floor, mid-range and ~1, k_max capped by the policy."""
+    from policies import make_policy
+    rng = np.random.default_rng(11)
+    costs = [bench.RooflineCost(), AffineCost(rng)]
+    for case in range(160):
+        n = int(rng.integers(1, 300))
+        obs = make_obs(n, prefill=int(rng.choice([0, 512])), cost=costs[case % 2])
+        obs = type(obs)(**{**obs.__dict__,
+                           "context_lens": rng.integers(1, 4000, n).astype(np.int64)})
+        policy = make_policy("smartspec", stop_at_first_decrease=bool(case % 4 == 3),
+                             k_max=None if case % 5 else 3)
+        policy.alpha = float(rng.choice([0.1, rng.uniform(0.3, 0.99), 1.0 - 1e-12]))
+        k, g = policy._compiled_k(obs)
+        want = policy.goodput(obs)
+        assert np.array_equal(g, want), case
+        if policy.stop_at_first_decrease:
+            drops = np.nonzero(np.diff(want) < 0)[0]
+            assert k == (drops[0] if drops.size else want.size - 1), case
+        else:
+            assert k == np.argmax(want), case
+    assert make_policy("smartspec")._compiled_k(make_obs(3, cost=LinearCost())) is None
