@@ -189,8 +189,16 @@ class _Restarting(Policy):
         return more
 
 
+def _threshold_per_pass():
+    """threshold with its hook per pass (its compiled rule declined), so the loop runs the
+    hook between the compiled passes; the rule itself runs in test_step_kernel's cases."""
+    policy = make_policy("threshold")
+    policy.compiled_drafting = lambda obs, decision: None
+    return policy
+
+
 @needs_numba
-@pytest.mark.parametrize("factory", [_Restarting, lambda: make_policy("threshold"),
+@pytest.mark.parametrize("factory", [_Restarting, _threshold_per_pass,
                                      lambda: make_policy("slo_goodput"),
                                      lambda: make_policy("slo_goodput_tree")])
 def test_compiled_drafting_loop_matches_the_reference_loop(monkeypatch, factory):
