@@ -33,6 +33,21 @@ class StepRow(NamedTuple):
     accepted: np.ndarray              # int (n,) of those accepted
     spec_request_ids: np.ndarray      # int (n,) the decoding requests' ids
 
+    @classmethod
+    def of(cls, *, step: int, start_s: float, draft_s: float, verify_s: float, num_seqs: int,
+           num_decode_seqs: int, num_prefill_tokens: int, num_spec_tokens: int,
+           num_accepted: int, num_emitted: int, num_waiting: int, kv_blocks_used: int,
+           spec_k: np.ndarray, accepted: np.ndarray,
+           spec_request_ids: np.ndarray) -> "StepRow":
+        """One step's row with its two derived fields formed here, once for every engine
+        path: the latency (draft + verify) and the scheduled tokens (prefill + one per
+        decoding request + verified drafts)."""
+        return cls(step, start_s, draft_s + verify_s, draft_s, verify_s, num_seqs,
+                   num_decode_seqs, num_prefill_tokens,
+                   num_prefill_tokens + num_decode_seqs + num_spec_tokens, num_spec_tokens,
+                   num_accepted, num_emitted, num_waiting, kv_blocks_used, spec_k, accepted,
+                   spec_request_ids)
+
 
 if StepRow._fields != tuple(STEP_COLUMNS):
     raise ImportError("sim.core.results.StepRow must list analysis.schema.STEP_COLUMNS in order")

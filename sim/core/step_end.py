@@ -83,10 +83,9 @@ def end_step(engine, end: float) -> None:
         r.status[fin] = FINISHED
         r.finish_s[fin] = end
         sched.release(fin)
-    engine.rec.add(StepRow(
-        step=engine.step_index, start_s=start, latency_s=draft_s + verify_s, draft_s=draft_s,
-        verify_s=verify_s, num_seqs=rows.shape[0], num_decode_seqs=n,
-        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + n + n_spec,
+    engine.rec.add(StepRow.of(
+        step=engine.step_index, start_s=start, draft_s=draft_s, verify_s=verify_s,
+        num_seqs=rows.shape[0], num_decode_seqs=n, num_prefill_tokens=n_pre_tok,
         num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit + n_done,
         num_waiting=num_waiting, kv_blocks_used=kv_used, spec_k=num_spec, accepted=accepted,
         spec_request_ids=dec_ids))

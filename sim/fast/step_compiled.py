@@ -108,10 +108,9 @@ def compiled_step(engine, kernels: StepKernels, now: float, step) -> float:
     kv_used = sched.num_kv_blocks - free_blocks
     if fin.shape[0]:
         sched.release(fin)
-    engine.rec.add(StepRow(
-        step=engine.step_index, start_s=now, latency_s=draft_s + verify_s, draft_s=draft_s,
-        verify_s=verify_s, num_seqs=rows.shape[0], num_decode_seqs=n,
-        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + n + n_spec,
+    engine.rec.add(StepRow.of(
+        step=engine.step_index, start_s=now, draft_s=draft_s, verify_s=verify_s,
+        num_seqs=rows.shape[0], num_decode_seqs=n, num_prefill_tokens=n_pre_tok,
         num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit,
         num_waiting=step.num_waiting, kv_blocks_used=kv_used, spec_k=num_spec,
         accepted=accepted, spec_request_ids=ids))
@@ -160,10 +159,9 @@ def compiled_chain_step(engine, kernels: StepKernels, now: float, step) -> float
     if fin.shape[0]:
         sched.release(fin)
     ids = obs.request_ids
-    engine.rec.add(StepRow(
-        step=engine.step_index, start_s=now, latency_s=draft_s + verify_s, draft_s=draft_s,
-        verify_s=verify_s, num_seqs=step.rows.shape[0], num_decode_seqs=n,
-        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + n + n_spec,
+    engine.rec.add(StepRow.of(
+        step=engine.step_index, start_s=now, draft_s=draft_s, verify_s=verify_s,
+        num_seqs=step.rows.shape[0], num_decode_seqs=n, num_prefill_tokens=n_pre_tok,
         num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit,
         num_waiting=step.num_waiting, kv_blocks_used=kv_used, spec_k=verified,
         accepted=accepted, spec_request_ids=ids))
@@ -200,10 +198,9 @@ def compiled_end(engine, kernels: StepKernels) -> None:
     kv_used = sched.num_kv_blocks - sched.free_blocks
     if fin.shape[0]:
         sched.release(fin)
-    engine.rec.add(StepRow(
-        step=engine.step_index, start_s=start, latency_s=draft_s + verify_s, draft_s=draft_s,
-        verify_s=verify_s, num_seqs=rows.shape[0], num_decode_seqs=dec.shape[0],
-        num_prefill_tokens=n_pre_tok, num_scheduled_tokens=n_pre_tok + dec.shape[0] + n_spec,
+    engine.rec.add(StepRow.of(
+        step=engine.step_index, start_s=start, draft_s=draft_s, verify_s=verify_s,
+        num_seqs=rows.shape[0], num_decode_seqs=dec.shape[0], num_prefill_tokens=n_pre_tok,
         num_spec_tokens=n_spec, num_accepted=n_acc, num_emitted=n_emit,
         num_waiting=num_waiting, kv_blocks_used=kv_used, spec_k=num_spec, accepted=accepted,
         spec_request_ids=ids))
