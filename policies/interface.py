@@ -146,6 +146,33 @@ class CompiledDrafting:
 
 
 @dataclass(frozen=True)
+class CompiledDecisions:
+    """A policy's ``decide`` and ``observe`` as compiled functions of a pure-decode step, which
+    the simulator may call inside its own compiled loop over a stretch of such steps (nobody
+    waiting, no prefill, until a request finishes, one arrives or the KV cache binds) instead
+    of building an Observation and a Feedback per step (``Policy.compiled_decisions``).
+
+    ``rule`` names the pair of functions (an id of ``policies.adaptive.decision_kernels``,
+    where a policy's pair is registered: a cached compiled loop cannot take functions as
+    arguments). Before each step the loop calls ``decide(state, params, context_lens,
+    match_lens, k_max, num_spec_tokens)``: ``context_lens`` and ``match_lens`` int (n,) as
+    ``Observation``'s (``match_lens``: the step's true match lengths up to k_max, which only
+    an oracle may read), and the rule writes the step's lengths into ``num_spec_tokens`` (int
+    (n,), in 0..k_max) without changing ``state``: the loop may still leave the step to the
+    engine's own path (its drafts would not fit), which then calls the hook. After the step
+    it calls ``commit(state, params, num_spec_tokens, num_accepted)``, which applies what
+    ``decide`` and ``observe`` would have changed. ``state`` (float (m,)) is the policy's,
+    read back by ``finish()`` after the loop; ``params`` (float (p,)) its constants, the
+    cost model's coefficients included. Lengths and state must be the hooks', step for
+    step."""
+
+    rule: int                         # policies.adaptive.decision_kernels' id
+    state: np.ndarray                 # float (m,), updated in place by commit
+    params: np.ndarray                # float (p,), read only
+    finish: Callable[[], None]        # after the loop: the policy reads its state back
+
+
+@dataclass(frozen=True)
 class Feedback:
     """What a step did. ``num_accepted`` does not count the recovered/bonus token."""
 
@@ -265,6 +292,15 @@ class Policy:
         compiled loop over the draft passes and the live engine replays over its drafts in
         one compiled call (``policies.drafting_replay``); None (the default): the hook per
         pass."""
+        return None
+
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """Optional, for a chain policy with default drafting and verification whose
+        decision is a compiled function of the step's contexts and match lengths and of its
+        own state: ``decide`` and ``observe`` as compiled code (``CompiledDecisions``, its
+        constants read from ``obs``, a pure-decode step's observation), which the simulator
+        may call over a stretch of pure-decode steps in one compiled loop; None (the
+        default): the hooks per step."""
         return None
 
 

@@ -18,8 +18,9 @@ import numpy as np
 from policies.adaptive.slo_goodput import SloGoodput
 from policies.adaptive.slo_goodput_plan import (_GUARDS, kernel_cost, plan_oracle_slots,
                                                  plan_slots, prefix_grid, step_kernel)
-from policies.adaptive.step_cost import step_time_ewma, uniform_step_s, verify_tokens_s
-from policies.interface import Decision, Feedback, Observation, Policy
+from policies.adaptive.step_cost import (coefficient_arrays, step_time_ewma, uniform_step_s,
+                                         verify_tokens_s)
+from policies.interface import CompiledDecisions, Decision, Feedback, Observation, Policy
 from policies.registry import register
 from policies.static import FixedK
 
@@ -88,6 +89,20 @@ class Oracle(Policy):
             return None
         return GREEDY_CAP(m, obs.context_lens, cost.kind, cost.draft, cost.target,
                           cost.tokens_base, cost.seqs, cost.ctx_base)
+
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """``decide`` as compiled code for the simulator's pure-decode stretches
+        (``oracle_kernels.DECIDE_STEPS``: the cap search of ``_compiled_cap`` on the same
+        inputs), for a cost model with coefficients and whole-token contexts; else None."""
+        if not self.compiled or obs.context_lens.dtype.kind not in "iu":
+            return None
+        from policies.adaptive.decision_kernels import DECIDE, ORACLE
+        form = coefficient_arrays(obs.cost) if DECIDE is not None else None
+        if form is None:
+            return None
+        kind, target, draft = form
+        params = np.concatenate(([float(kind)], draft, target))
+        return CompiledDecisions(ORACLE, _NO_STATE, params, _no_state)
 
     def warm_up(self) -> None:
         """Compile the cap search (or load it from numba's cache) before timed work."""
@@ -238,6 +253,13 @@ class OracleSlo(Policy):
         step = float(feedback.draft_time_s + feedback.verify_time_s)
         if step > 0:
             self.t_step_s = step_time_ewma(self.t_step_s, step, self.step_time_ema)
+
+
+_NO_STATE = np.zeros(0)          # the greedy oracle keeps none
+
+
+def _no_state() -> None:
+    """``CompiledDecisions.finish`` of a policy without state."""
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,33 @@ def _greedy_cap(m, context_lens, kind, dcoef, tcoef, tokens_base, seqs, ctx_base
     return cap, best
 
 
+def _decide_steps(state, params, context_lens, match_lens, k_max, out):
+    """``Oracle.decide`` on a pure-decode step as ``CompiledDecisions.decide``: k_i =
+    min(m_i, cap) with m clipped to ``k_max`` and the cap ``_greedy_cap``'s under the
+    coefficients in ``params`` (kind, then the draft pass's five, then the target pass's
+    five: ``Oracle.compiled_decisions``) and the step's ``kernel_cost`` (no prefill: n
+    tokens and sequences, the contexts' sum). Stateless."""
+    n = context_lens.shape[0]
+    m = np.empty(n, np.int64)
+    ctx = 0
+    for i in range(n):                   # whole tokens: exact in any order
+        m[i] = min(match_lens[i], k_max)
+        ctx += context_lens[i]
+    cap, _ = _greedy_cap(m, context_lens, int(params[0]), params[1:6], params[6:11],
+                         float(n), float(n), float(ctx))
+    for i in range(n):
+        out[i] = min(m[i], cap)
+
+
+def _commit_steps(state, params, num_spec_tokens, num_accepted):
+    """``Oracle``'s ``CompiledDecisions.commit``: nothing (it keeps no state)."""
+    return
+
+
 if numba is not None:
     GREEDY_CAP = numba.njit(cache=True, error_model="numpy")(_greedy_cap)
+    _greedy_cap = GREEDY_CAP
+    DECIDE_STEPS = numba.njit(cache=True, error_model="numpy")(_decide_steps)
+    COMMIT_STEPS = numba.njit(cache=True)(_commit_steps)
 else:                                # pragma: no cover - numba is a dependency
-    GREEDY_CAP = None
+    GREEDY_CAP = DECIDE_STEPS = COMMIT_STEPS = None

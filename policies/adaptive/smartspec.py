@@ -5,7 +5,7 @@ import numpy as np
 
 from policies.adaptive.step_cost import (coefficient_arrays, target_seqs, uniform_step_s,
                                          warm_up_step_cost)
-from policies.interface import Decision, Feedback, Observation, Policy
+from policies.interface import CompiledDecisions, Decision, Feedback, Observation, Policy
 from policies.registry import register
 
 
@@ -120,6 +120,37 @@ class SmartSpec(Policy):
                            int(obs.num_prefill_tokens), target_seqs(obs),
                            float(obs.sum_prefill_context_tokens), *form, float(a),
                            self.no_spec_bonus, self.stop_at_first_decrease)
+
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """``decide`` and ``observe`` as compiled code for the simulator's pure-decode
+        stretches (``smartspec_kernels.DECIDE_STEPS`` / ``COMMIT_STEPS``: the choice of
+        ``_compiled_k``, the same EMA), its estimate, k and steps since the last choice as
+        the state; for a cost model with coefficients, else None."""
+        form = coefficient_arrays(obs.cost) if self.compiled else None
+        if form is None:
+            return None
+        from policies.adaptive import smartspec_kernels as sk
+        from policies.adaptive.decision_kernels import DECIDE, SMARTSPEC
+        if DECIDE is None:
+            return None
+        kind, target, draft = form
+        params = np.zeros(sk.NUM_PARAMS)
+        params[sk.KIND] = kind
+        params[sk.TARGET:sk.TARGET + 5] = target
+        params[sk.DRAFT:sk.DRAFT + 5] = draft
+        params[sk.K_MAX] = -1 if self.k_max is None else int(self.k_max)
+        params[sk.NO_SPEC_BONUS] = self.no_spec_bonus
+        params[sk.FIRST_DECREASE] = float(self.stop_at_first_decrease)
+        params[sk.EMA], params[sk.UPDATE_INTERVAL] = self.ema, self.update_interval
+        params[sk.ALPHA_FLOOR], params[sk.ALPHA_RESET] = self.alpha_floor, self.alpha_reset
+        since = self._steps_since_update
+        state = np.array([self.alpha, self._k, -1 if since is None else since], float)
+
+        def finish() -> None:
+            self.alpha, self._k = float(state[sk.ALPHA]), int(state[sk.K])
+            self._steps_since_update = None if state[sk.SINCE] < 0 else int(state[sk.SINCE])
+
+        return CompiledDecisions(SMARTSPEC, state, params, finish)
 
     def observe(self, feedback: Feedback) -> None:
         spec = np.asarray(feedback.num_spec_tokens)

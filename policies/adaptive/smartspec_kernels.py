@@ -40,7 +40,61 @@ def _smartspec_k(kmax, n, ctx, num_prefill_tokens, num_target_seqs, prefill_ctx,
     return best, g
 
 
+# ``SmartSpec.compiled_decisions``' state and params, by index
+ALPHA, K, SINCE = range(3)          # SINCE < 0: no update yet (``_steps_since_update`` None)
+(KIND, TARGET, DRAFT, K_MAX, NO_SPEC_BONUS, FIRST_DECREASE, EMA, ALPHA_FLOOR, ALPHA_RESET,
+ UPDATE_INTERVAL) = (0, 1, 6, 11, 12, 13, 14, 15, 16, 17)
+NUM_PARAMS = 18
+
+
+def _due(state, params):
+    """Whether the step's decide chooses k anew (``update_interval`` steps since the last)."""
+    return state[SINCE] < 0 or state[SINCE] >= params[UPDATE_INTERVAL]
+
+
+def _decide_steps(state, params, context_lens, match_lens, k_max, out):
+    """``SmartSpec.decide`` on a pure-decode step as ``CompiledDecisions.decide``: when due,
+    ``_smartspec_k`` with the acceptance estimate after the floor's reset, the contexts' sum
+    and no prefill; else the k kept; every request min(k, k_max). Reads ``state`` only."""
+    n = context_lens.shape[0]
+    if _due(state, params):
+        kmax = k_max if params[K_MAX] < 0 else min(int(params[K_MAX]), k_max)
+        alpha = state[ALPHA]
+        a = alpha if alpha >= params[ALPHA_FLOOR] else params[ALPHA_RESET]
+        ctx = 0
+        for i in range(n):               # whole tokens: exact in any order
+            ctx += context_lens[i]
+        k, _ = _smartspec_k(kmax, n, float(ctx), 0, n, 0.0, int(params[KIND]),
+                            params[TARGET:TARGET + 5], params[DRAFT:DRAFT + 5], a,
+                            params[NO_SPEC_BONUS], params[FIRST_DECREASE] != 0.0)
+    else:
+        k = int(state[K])
+    for i in range(n):
+        out[i] = min(k, k_max)
+
+
+def _commit_steps(state, params, num_spec_tokens, num_accepted):
+    """What ``SmartSpec.decide`` and ``observe`` change after a step: the k chosen (when
+    due) and the steps since, then the EMA of accepted / drafted over the batch."""
+    if _due(state, params):
+        state[K] = num_spec_tokens[0] if num_spec_tokens.shape[0] else 0
+        state[SINCE] = 0.0
+    state[SINCE] += 1.0
+    drafted = 0
+    ratio = 0
+    for i in range(num_spec_tokens.shape[0]):
+        drafted += num_spec_tokens[i]
+        ratio += min(num_accepted[i], num_spec_tokens[i])
+    if drafted > 0:
+        ema = params[EMA]
+        state[ALPHA] = (1.0 - ema) * state[ALPHA] + ema * float(ratio) / drafted
+
+
 if numba is not None and UNIFORM_STEP_TIMES is not None:
     SMARTSPEC_K = numba.njit(cache=True, error_model="numpy")(_smartspec_k)
+    _smartspec_k = SMARTSPEC_K
+    _due = numba.njit(cache=True)(_due)
+    DECIDE_STEPS = numba.njit(cache=True, error_model="numpy")(_decide_steps)
+    COMMIT_STEPS = numba.njit(cache=True, error_model="numpy")(_commit_steps)
 else:                                # pragma: no cover - numba is a dependency
-    SMARTSPEC_K = None
+    SMARTSPEC_K = DECIDE_STEPS = COMMIT_STEPS = None

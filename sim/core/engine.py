@@ -174,6 +174,10 @@ class Engine:
             if latency is None:                       # (None: the fast path declined)
                 latency = self._begin_step(env.now)
             yield env.timeout(latency)
+            if self.fast is not None and self.fast.end_s is not None and env.now < self.fast.end_s:
+                # epochs ran: the rest of their last step (exact: the clock is within a few
+                # last bits of their end)
+                yield env.timeout(self.fast.end_s - env.now)
             self._end_step(env.now)
 
     # ---- one step: plan -> decide -> run -------------------------------------------------

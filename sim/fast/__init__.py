@@ -8,6 +8,10 @@ the reference step runs. Same draws, same order, the same tables to the last bit
 """
 from __future__ import annotations
 
+import math
+
+from sim.fast.decision_epoch import (decision_epoch_eligible, decision_epochs_apply,
+                                     run_decision_epochs)
 from sim.fast.epoch import epoch_eligible, run_epoch
 from sim.fast.epoch_compiled import KernelInputs, kernel_inputs
 from sim.fast.step_compiled import (StepKernels, compiled_chain_step, compiled_end,
@@ -20,23 +24,42 @@ class FastPath:
     after a static policy's decision, or every step of an adaptive chain policy's
     (``engine._compiled_steps``), which observes each one (``observe_step``); any other
     adaptive policy's steps get the compiled plan and end around its hooks
-    (``engine._compiled_ends``)."""
+    (``engine._compiled_ends``). A policy that offers its decisions as compiled code
+    (``Policy.compiled_decisions``) runs its stretches of pure-decode steps as decision
+    epochs (sim/fast/decision_epoch.py)."""
 
     def __init__(self, engine, kernel_inputs: KernelInputs | None,
                  step_kernels: StepKernels | None):
         self.engine = engine
         self.kernel_inputs, self.step_kernels = kernel_inputs, step_kernels
+        self.decision_epochs = step_kernels is not None and decision_epochs_apply(engine)
+        self.end_s: float | None = None       # the last epochs' end (``_until``)
+
+    def _until(self, now: float, end: float) -> float:
+        """A delay that brings simpy's clock (``now + delay``) to ``end`` or just before it,
+        with ``end`` kept for the engine to wait the rest (``end_s``): epochs end at their
+        last step's start + latency, as the per-step clock does, but ``end - now`` rounds
+        when ``end`` > 2 ``now``, and no delay may then land exactly (ties round to even)."""
+        delay = end - now
+        while delay > 0.0 and now + delay > end:
+            delay = math.nextafter(delay, -math.inf)
+        self.end_s = end
+        return delay
 
     def advance(self, now: float) -> float | None:
         """Seconds advanced from ``now`` (the step or epochs are applied, or left pending
         for the engine to end), or None: declined, nothing changed."""
-        e = self.engine
+        e, self.end_s = self.engine, None
         if epoch_eligible(e):
-            latency = run_epoch(e, now, self.kernel_inputs)
-            if latency is not None:
-                return latency
+            end = run_epoch(e, now, self.kernel_inputs)
+            if end is not None:
+                return self._until(now, end)
         if self.step_kernels is None:
             return None
+        if self.decision_epochs and decision_epoch_eligible(e):
+            end = run_decision_epochs(e, now, self.step_kernels)
+            if end is not None:
+                return self._until(now, end)
         e.epoch_ready = False
         if e._compiled_ends:         # the policy's hooks the reference way, the rest compiled
             step = e.decide_step(now, compiled_plan(e, self.step_kernels), draw_first=True)

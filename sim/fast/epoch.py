@@ -39,10 +39,10 @@ def epoch_eligible(engine) -> bool:
 
 
 def run_epoch(engine, now: float, kernel_inputs=None):
-    """Simulate the epoch starting at ``now``; returns its total latency, or None (nothing
-    changed) when its first step needs the per-step path (KV or token budget would bind, or
-    the decision is not a plain chain). With ``kernel_inputs`` compiled epochs run and chain
-    (sim/fast/epoch_compiled.py); without, numpy epochs."""
+    """Simulate the epoch starting at ``now``; returns when it ends (its last step's start
+    plus latency), or None (nothing changed) when its first step needs the per-step path (KV
+    or token budget would bind, or the decision is not a plain chain). With ``kernel_inputs``
+    compiled epochs run and chain (sim/fast/epoch_compiled.py); without, numpy epochs."""
     if kernel_inputs is not None:
         return run_kernel_epochs(engine, now, _decide, kernel_inputs)
     return _numpy_epoch(engine, now)
@@ -115,7 +115,7 @@ def _numpy_epoch(engine, now: float):
     _apply(engine, run, k, acc[:S_used], cum[:S_used], left, blocks[S_used - 1],
            times, extra[:S_used].tolist(), n_spec, (ctx0, out, obs.request_ids),
            bool(done_at[S_used - 1]))
-    return starts[-1] + lat[-1] - now
+    return starts[-1] + lat[-1]
 
 
 def _uniform_costs(cost, n: int, K: int, comp_sum: list, now: float, arrival):

@@ -47,7 +47,7 @@ def kernel_inputs(engine) -> KernelInputs | None:
 
 
 def run_kernel_epochs(engine, now: float, decide, inputs):
-    """Epochs from ``now``; returns their total latency or None (nothing ran). One that ends
+    """Epochs from ``now``; returns when the last ends, or None (nothing ran). One that ends
     at a finish before the next arrival is followed by the next at once, as the engine would
     (``decide(engine, t)``: sim/fast/epoch.py's (k, sum of k, Observation) or None)."""
     t, ran = now, False
@@ -63,7 +63,7 @@ def run_kernel_epochs(engine, now: float, decide, inputs):
         t, ran = end, True
         if not more:
             break
-    return t - now if ran else None
+    return t if ran else None
 
 
 def run_kernel_epoch(engine, now: float, run, k, n_spec: int, ids, inputs: KernelInputs):

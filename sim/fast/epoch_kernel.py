@@ -33,9 +33,12 @@ else:
 
     from policies.adaptive.kernel_cache import drop_stale_kernel_caches
     _here = Path(__file__).parent
+    # (decision_kernel.py's loop calls the policies' compiled decisions: their kernels too)
     drop_stale_kernel_caches(_here, [*_here.glob("*_kernel.py"),
                                      _here.parent / "core" / "state.py",
-                                     _here.parent / "models" / "cost.py"])
+                                     _here.parent / "models" / "cost.py",
+                                     *(_here.parent.parent / "policies" / "adaptive").glob(
+                                         "*_kernels.py")])
 
 
 def _loop_sum(a, n):

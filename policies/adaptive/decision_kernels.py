@@ -1,0 +1,42 @@
+"""The policies' compiled decisions for the simulator's pure-decode stretches
+(``policies.interface.CompiledDecisions``), behind one pair of compiled functions that take
+the rule's id.
+
+Why ids and not the functions themselves: the simulator's loop over a stretch is one cached
+compiled function, and numba's on-disk cache never serves a function that takes another
+jitted function as an argument or callee chosen at run time (the argument's type names the
+process's function object, so every process compiled the loop anew: ~8 s here). A rule is
+added here, under a new id, with its policy's ``decide`` and ``commit`` kernels.
+"""
+from __future__ import annotations
+
+from policies.adaptive import oracle_kernels, smartspec_kernels
+from policies.adaptive.slo_goodput_kernels import numba
+
+ORACLE, SMARTSPEC = 0, 1          # the rules' ids (CompiledDecisions.rule)
+
+
+def _decide(rule, state, params, context_lens, match_lens, k_max, out):
+    """Rule ``rule``'s ``decide`` (``CompiledDecisions``)."""
+    if rule == ORACLE:
+        _oracle_decide(state, params, context_lens, match_lens, k_max, out)
+    elif rule == SMARTSPEC:
+        _smartspec_decide(state, params, context_lens, match_lens, k_max, out)
+
+
+def _commit(rule, state, params, num_spec_tokens, num_accepted):
+    """Rule ``rule``'s ``commit`` (``CompiledDecisions``)."""
+    if rule == ORACLE:
+        _oracle_commit(state, params, num_spec_tokens, num_accepted)
+    elif rule == SMARTSPEC:
+        _smartspec_commit(state, params, num_spec_tokens, num_accepted)
+
+
+_oracle_decide, _oracle_commit = oracle_kernels.DECIDE_STEPS, oracle_kernels.COMMIT_STEPS
+_smartspec_decide = smartspec_kernels.DECIDE_STEPS
+_smartspec_commit = smartspec_kernels.COMMIT_STEPS
+if numba is not None and None not in (_oracle_decide, _smartspec_decide):
+    DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
+    COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)
+else:                                # pragma: no cover - numba is a dependency
+    DECIDE = COMMIT = None

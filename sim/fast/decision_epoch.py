@@ -1,0 +1,111 @@
+"""Stretches of pure-decode steps of an adaptive policy whose decisions are compiled code
+(``policies.interface.CompiledDecisions``: oracle, smartspec), as one compiled loop.
+
+Each step of the loop is what the engine's compiled single steps do for such a policy
+(``step_compiled.compiled_plan``, the policy's ``decide``, ``compiled_step``, its
+``observe``): the plan's KV blocks for the decode tokens, the policy's compiled ``decide`` on
+the step's contexts and match lengths (taken from the step's uniforms, as the engine's draw
+does), the step itself by the same compiled function (``step_kernel.STEP_KERNEL``, the same
+uniforms from the same pool), then the policy's ``commit``. The loop stops where the engine
+would do something else: before a step whose drafts or KV blocks would not fit whole (nothing
+of it applied, its uniforms given back: the engine's own path then runs it, the hook deciding
+again from the same state), after a step in which a request finishes or during which the next
+request arrives. The same tables and the same policy state, to the last bit (tests/sim).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sim.core.results import StepRow
+from sim.core.state import FINISHED
+
+MAX_DECISION_STEPS = 128   # an epoch mostly ends at an arrival or a finish first
+
+
+def decision_epochs_apply(engine) -> bool:
+    """Whether ``engine``'s stretches of pure-decode steps may run as decision epochs: its
+    policy offers compiled decisions (``Policy.compiled_decisions`` overridden) and its
+    steps run compiled (``Engine._compiled_steps``: a chain policy with default drafting and
+    verification, independent parametric steps, per-request draft passes, no step jitter)
+    with block draws."""
+    from policies.interface import Policy
+    from sim.fast.decision_kernel import DECISION_LOOP
+    policy = engine.policy
+    return bool(DECISION_LOOP is not None and engine._compiled_steps and not engine._epochs
+                and type(policy).compiled_decisions is not Policy.compiled_decisions
+                and engine.acc.steps_independent and hasattr(engine.acc, "draw_block"))
+
+
+def decision_epoch_eligible(engine) -> bool:
+    """Pure decode and nobody waiting (``sim.fast.epoch.epoch_eligible``'s batch test)."""
+    sched, r = engine.sched, engine.reqs
+    run = sched.running
+    if sched.waiting or run.shape[0] == 0:
+        return False
+    if engine.epoch_ready:          # an epoch just ran: its survivors all decode
+        return True
+    known = r.num_known[run] - r.num_computed[run]
+    return bool((known == 1).all() and (r.num_out[run] > 0).all())
+
+
+def run_decision_epochs(engine, now: float, kernels) -> float | None:
+    """Decision epochs from ``now`` while the engine would run one next; returns when the
+    last ends, or None (nothing ran: the engine's own step runs)."""
+    t, ran = now, False
+    while decision_epoch_eligible(engine):
+        end, more = run_decision_epoch(engine, t, kernels)
+        if end is None:
+            break
+        t, ran = end, True
+        if not more:
+            break
+    return t if ran else None
+
+
+def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool]:
+    """One decision epoch: (its end, whether another may follow at once), or (None, False)
+    when its first step is left to the engine (the policy offers no compiled decisions for
+    this step, or its drafts or blocks would not fit)."""
+    r, sched, acc, eng, policy = engine.reqs, engine.sched, engine.acc, engine.config.engine, \
+        engine.policy
+    run, kmax = sched.running, acc.k_max
+    n = run.shape[0]
+    ctx = r.num_computed[run]
+    obs = r.observation(run, ctx, r.num_out[run], now, engine.step_index, kmax,
+                        engine.policy_cost)
+    compiled = policy.compiled_decisions(obs)
+    if compiled is None:
+        return None, False
+    u = acc._u.take(MAX_DECISION_STEPS * n * kmax)
+    arrival = engine.next_arrival_s
+    arrival = np.inf if arrival is None else float(arrival)
+    target_coef, draft_coef, decay = kernels.inputs
+    from sim.fast.decision_kernel import DECISION_LOOP
+    S, times, counts, spec_k, accepted, free_blocks, fin = DECISION_LOOP(
+        compiled.rule, u, kmax, acc.rate, run, MAX_DECISION_STEPS, sched.free_blocks, eng.block_size,
+        eng.max_num_batched_tokens, float(now), arrival, float(eng.accept_ewma_alpha),
+        FINISHED, target_coef, draft_coef, decay, compiled.state, compiled.params, *r.arrays)
+    acc.give_back((MAX_DECISION_STEPS - S) * n * kmax)
+    compiled.finish()
+    if S == 0:
+        return None, False
+    sched.free_blocks = free_blocks
+    if fin.shape[0]:
+        sched.release(fin)
+    times, counts = times.tolist(), counts.tolist()
+    first = engine.step_index
+    engine.rec.add_block(StepRow(
+        step=range(first, first + S), start_s=times[0], latency_s=times[1], draft_s=times[2],
+        verify_s=times[3], num_seqs=n, num_decode_seqs=n, num_prefill_tokens=0,
+        num_scheduled_tokens=[n + x for x in counts[0]], num_spec_tokens=counts[0],
+        num_accepted=counts[1], num_emitted=counts[2], num_waiting=0,
+        kv_blocks_used=[sched.num_kv_blocks - x for x in counts[3]], spec_k=list(spec_k),
+        accepted=list(accepted), spec_request_ids=[obs.request_ids] * S), S)
+    engine.step_index = first + S
+    engine.num_epochs += 1
+    engine.num_epoch_steps += S
+    engine.epoch_ready = True
+    end = times[0][-1] + times[1][-1]
+    more = ((fin.shape[0] > 0 or S == MAX_DECISION_STEPS) and end < arrival
+            and sched.running.shape[0] > 0)
+    return end, more

@@ -1,0 +1,117 @@
+"""Run by tests/sim/test_decision_epoch.py in a subprocess. Decision epochs (sim/fast/
+decision_epoch.py, decision_kernel.py): an adaptive policy's compiled decisions
+(``Policy.compiled_decisions``) over stretches of pure-decode steps give the very tables and
+policy state of the numpy per-step path, including the steps they leave to the engine (drafts
+or KV blocks that would not fit whole), and the compiled rules are the hooks' own."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import sim.fast.decision_epoch as de
+from policies import make_policy
+from policies.bench import Batch
+from policies.interface import Feedback
+from sim import simulate_with
+from sim.core.config import AcceptanceConfig
+from sim.fast.decision_kernel import DECISION_LOOP
+from tests.sim.epoch_cases import assert_same_tables
+from tests.sim.helpers import config, poisson_trace
+
+pytestmark = pytest.mark.skipif(DECISION_LOOP is None, reason="numba is not importable")
+
+SMARTSPEC_VARIANTS = [dict(), dict(update_interval=3), dict(stop_at_first_decrease=True, k_max=5),
+                      dict(alpha_init=0.25, alpha_floor=0.3, ema=0.5)]
+CASES = {
+    # drafts past the token budget and KV blocks short within stretches: steps left to the engine
+    "tight": (poisson_trace(n=80, rate=2.0, prompt_med=100, out_med=300),
+              dict(max_num_batched_tokens=40, num_kv_blocks=500, block_size=4, max_num_seqs=32)),
+    "busy": (poisson_trace(n=300, rate=40.0),
+             dict(max_num_batched_tokens=512, num_kv_blocks=600, max_num_seqs=32)),
+    "decay": (poisson_trace(n=200, rate=30.0), dict(acceptance=AcceptanceConfig(position_decay=0.9),
+                                                   seed=0)),
+    "light": (poisson_trace(n=120, rate=4.0, out_med=200), dict(seed=3)),
+}
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Decision epochs run, and those whose first step was left to the engine."""
+    calls = {"ran": 0, "left": 0, "steps": 0}
+    epoch = de.run_decision_epoch
+
+    def counting(engine, now, kernels):
+        before = engine.step_index
+        end, more = epoch(engine, now, kernels)
+        calls["ran" if end is not None else "left"] += 1
+        calls["steps"] += engine.step_index - before
+        return end, more
+
+    monkeypatch.setattr(de, "run_decision_epoch", counting)
+    return calls
+
+
+def _state(policy):
+    return {k: getattr(policy, k) for k in ("alpha", "_k", "_steps_since_update")
+            if hasattr(policy, k)}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("name,params", [("oracle", {})]
+                         + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
+def test_decision_epochs_reproduce_the_per_step_path(case, name, params, counted):
+    trace, kw = CASES[case]
+    fast_policy, slow_policy = make_policy(name, **params), make_policy(name, **params)
+    fast = simulate_with(trace, fast_policy, config(compiled_epochs=True, **kw))
+    slow = simulate_with(trace, slow_policy, config(**kw), multi_step=False)
+    assert counted["ran"] > 0 and fast.meta["num_epochs"] == counted["ran"]
+    assert fast.meta["num_epoch_steps"] == counted["steps"] > 0
+    assert_same_tables(fast, slow)
+    assert _state(fast_policy) == _state(slow_policy)
+    if case == "tight":
+        assert counted["left"] > 0, "no stretch left a step to the engine"
+
+
+def test_a_policy_without_compiled_decisions_takes_no_decision_epoch(counted):
+    trace, kw = CASES["decay"]
+    result = simulate_with(trace, make_policy("oracle_slo"), config(compiled_epochs=True, **kw))
+    assert counted["ran"] == counted["left"] == 0 and result.meta["num_epochs"] == 0
+
+
+def test_correlated_steps_take_no_decision_epoch(counted):
+    trace, _ = CASES["decay"]
+    acceptance = AcceptanceConfig(step_correlation=0.7)
+    simulate_with(trace, make_policy("smartspec"),
+                  config(compiled_epochs=True, acceptance=acceptance))
+    assert counted["ran"] == 0
+
+
+@pytest.mark.parametrize("name,params", [("oracle", {})]
+                         + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
+def test_compiled_rule_is_the_hooks_step_for_step(name, params):
+    """On a pure-decode batch: the rule's lengths are decide's, and commit leaves the state
+    decide and observe leave (``rule`` called as the engine's loop calls it)."""
+    from policies.adaptive.decision_kernels import COMMIT, DECIDE
+    hooks, rules = make_policy(name, **params), make_policy(name, **params)
+    batch = Batch(24, 8, seed=4)
+    for step in range(40):
+        obs = dataclasses.replace(batch.observation(), num_waiting=0, num_prefill_tokens=0,
+                                  sum_prefill_context_tokens=0, num_prefill_seqs=0)
+        compiled = rules.compiled_decisions(obs)
+        assert compiled is not None
+        k = np.empty(obs.num_requests, np.int64)
+        state = compiled.state.copy()
+        DECIDE(compiled.rule, compiled.state, compiled.params, obs.context_lens,
+               obs.future_match_lens, obs.k_max, k)
+        assert np.array_equal(compiled.state, state), "decide changed the state"
+        expected = hooks.decide(obs).num_spec_tokens
+        assert np.array_equal(k, expected), step
+        accepted = np.minimum(k, obs.future_match_lens)
+        COMMIT(compiled.rule, compiled.state, compiled.params, k, accepted)
+        compiled.finish()
+        hooks.observe(Feedback(now_s=batch.now, request_ids=obs.request_ids,
+                               num_spec_tokens=k, num_accepted=accepted,
+                               confidences=np.full((k.size, obs.k_max), np.nan),
+                               draft_time_s=0.004, verify_time_s=0.02))
+        assert _state(rules) == _state(hooks), step
+        batch.advance(k, accepted, 0.02)
