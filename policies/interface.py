@@ -26,7 +26,7 @@ exec/; cost and acceptance information reaches it through the observation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -145,6 +145,19 @@ class CompiledDrafting:
     finish: Callable[[], None]        # after the last pass: the policy reads its state back
 
 
+class DecodeBatch(NamedTuple):
+    """What ``CompiledDecisions.decide`` sees of a pure-decode step: ``Observation``'s
+    per-request columns that such a step's decisions read (no queue, no prefill)."""
+
+    context_lens: np.ndarray          # int64 (n,), KV entries incl. the token being decoded
+    match_lens: np.ndarray            # int64 (n,), true match lengths (oracles only), <= k_max
+    num_output_tokens: np.ndarray     # int64 (n,), tokens emitted so far
+    decode_elapsed_s: np.ndarray      # float (n,), seconds since each request's first token
+    since_arrival_s: np.ndarray       # float (n,), seconds since each request arrived
+    tpot_slo_s: np.ndarray            # float (n,), TPOT SLO (inf: none)
+    ttft_slo_s: np.ndarray            # float (n,), TTFT SLO (inf: none)
+
+
 @dataclass(frozen=True)
 class CompiledDecisions:
     """A policy's ``decide`` and ``observe`` as compiled functions of a pure-decode step, which
@@ -154,17 +167,16 @@ class CompiledDecisions:
 
     ``rule`` names the pair of functions (an id of ``policies.adaptive.decision_kernels``,
     where a policy's pair is registered: a cached compiled loop cannot take functions as
-    arguments). Before each step the loop calls ``decide(state, params, context_lens,
-    match_lens, k_max, num_spec_tokens)``: ``context_lens`` and ``match_lens`` int (n,) as
-    ``Observation``'s (``match_lens``: the step's true match lengths up to k_max, which only
-    an oracle may read), and the rule writes the step's lengths into ``num_spec_tokens`` (int
-    (n,), in 0..k_max) without changing ``state``: the loop may still leave the step to the
-    engine's own path (its drafts would not fit), which then calls the hook. After the step
-    it calls ``commit(state, params, num_spec_tokens, num_accepted)``, which applies what
-    ``decide`` and ``observe`` would have changed. ``state`` (float (m,)) is the policy's,
-    read back by ``finish()`` after the loop; ``params`` (float (p,)) its constants, the
-    cost model's coefficients included. Lengths and state must be the hooks', step for
-    step."""
+    arguments). Before each step the loop calls ``decide(state, params, now_s, batch,
+    k_max, num_spec_tokens)`` (``batch``: a ``DecodeBatch``); the rule writes the step's
+    lengths into ``num_spec_tokens`` (int (n,), in 0..k_max) and returns True, or returns
+    False to leave the step to the engine's own path (which then calls the hook), and never
+    changes ``state``: the loop may still leave the step to the engine (its drafts would not
+    fit). After the step it calls ``commit(state, params, num_spec_tokens, num_accepted,
+    draft_s, verify_s)``, which applies what ``decide`` and ``observe`` would have changed.
+    ``state`` (float (m,)) is the policy's, read back by ``finish()`` after the loop;
+    ``params`` (float (p,)) its constants, the cost model's coefficients included. Lengths
+    and state must be the hooks', step for step."""
 
     rule: int                         # policies.adaptive.decision_kernels' id
     state: np.ndarray                 # float (m,), updated in place by commit

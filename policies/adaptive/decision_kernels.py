@@ -13,29 +13,36 @@ from __future__ import annotations
 from policies.adaptive import oracle_kernels, smartspec_kernels
 from policies.adaptive.slo_goodput_kernels import numba
 
-ORACLE, SMARTSPEC = 0, 1          # the rules' ids (CompiledDecisions.rule)
+ORACLE, SMARTSPEC, ORACLE_SLO = 0, 1, 2     # the rules' ids (CompiledDecisions.rule)
 
 
-def _decide(rule, state, params, context_lens, match_lens, k_max, out):
-    """Rule ``rule``'s ``decide`` (``CompiledDecisions``)."""
+def _decide(rule, state, params, now_s, batch, k_max, out):
+    """Rule ``rule``'s ``decide`` (``CompiledDecisions``): True, or False (declined)."""
     if rule == ORACLE:
-        _oracle_decide(state, params, context_lens, match_lens, k_max, out)
-    elif rule == SMARTSPEC:
-        _smartspec_decide(state, params, context_lens, match_lens, k_max, out)
+        return _oracle_decide(state, params, now_s, batch, k_max, out)
+    if rule == SMARTSPEC:
+        return _smartspec_decide(state, params, now_s, batch, k_max, out)
+    if rule == ORACLE_SLO:
+        return _oracle_slo_decide(state, params, now_s, batch, k_max, out)
+    return False
 
 
-def _commit(rule, state, params, num_spec_tokens, num_accepted):
+def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
     """Rule ``rule``'s ``commit`` (``CompiledDecisions``)."""
     if rule == ORACLE:
-        _oracle_commit(state, params, num_spec_tokens, num_accepted)
+        _oracle_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
     elif rule == SMARTSPEC:
-        _smartspec_commit(state, params, num_spec_tokens, num_accepted)
+        _smartspec_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
+    elif rule == ORACLE_SLO:
+        _oracle_slo_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
 
 
 _oracle_decide, _oracle_commit = oracle_kernels.DECIDE_STEPS, oracle_kernels.COMMIT_STEPS
+_oracle_slo_decide = oracle_kernels.SLO_DECIDE_STEPS
+_oracle_slo_commit = oracle_kernels.SLO_COMMIT_STEPS
 _smartspec_decide = smartspec_kernels.DECIDE_STEPS
 _smartspec_commit = smartspec_kernels.COMMIT_STEPS
-if numba is not None and None not in (_oracle_decide, _smartspec_decide):
+if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide):
     DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
     COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)
 else:                                # pragma: no cover - numba is a dependency

@@ -223,6 +223,42 @@ class OracleSlo(Policy):
             int(obs.num_prefill_tokens))
         return Decision(num_spec_tokens=depth)
 
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """``decide`` and ``observe`` as compiled code for the simulator's pure-decode
+        stretches (``oracle_kernels.SLO_DECIDE_STEPS``: the weights and the true chains'
+        plan of ``_decide_compiled`` on the same inputs; ``SLO_COMMIT_STEPS``: the step-time
+        EWMA), for slo_goodput's compiled weights over the step horizon and a cost model with
+        coefficients; else None."""
+        slo = self.slo
+        if (not slo.compiled or slo.slo_horizon != "step"
+                or obs.context_lens.dtype.kind not in "iu"):
+            return None
+        from policies.adaptive import oracle_kernels as ok
+        from policies.adaptive.decision_kernels import DECIDE, ORACLE_SLO
+        form = coefficient_arrays(obs.cost) if DECIDE is not None else None
+        if form is None:
+            return None
+        kind, target, draft = form
+        params = np.zeros(ok.SLO_NUM_PARAMS)
+        params[ok.SLO_KIND] = kind
+        params[ok.SLO_DRAFT:ok.SLO_DRAFT + 5] = draft
+        params[ok.SLO_TARGET:ok.SLO_TARGET + 5] = target
+        lost = slo.lost_weight is not None and obs.ttft_slo_s is not None
+        params[ok.SLO_WEIGHT:ok.SLO_STEP_FACTOR + 1] = (
+            slo.slo_weight, slo.max_boost, slo.slack_discount, float(slo.triage),
+            1.0 - float(slo.slo_margin), slo.lost_weight if lost else np.inf, float(lost),
+            slo.slo_step_factor)
+        params[ok.SLO_GUARD] = _GUARDS[slo.slo_guard]
+        params[ok.SLO_BUDGET_POINTS] = self.num_budget_points
+        params[ok.SLO_EMA] = self.step_time_ema
+        state = np.array([np.nan if self.t_step_s is None else self.t_step_s])
+
+        def finish() -> None:
+            t = float(state[ok.SLO_T_STEP])
+            self.t_step_s = None if t != t else t
+
+        return CompiledDecisions(ORACLE_SLO, state, params, finish)
+
     def truths(self, obs: Observation, K: int):
         """(slot_pass, slot_widths) pairs, each (n, K), of the shapes the oracle may draft:
         here the true chains (slot j of request i passes iff j <= m_i)."""

@@ -54,27 +54,83 @@ def _greedy_cap(m, context_lens, kind, dcoef, tcoef, tokens_base, seqs, ctx_base
     return cap, best
 
 
-def _decide_steps(state, params, context_lens, match_lens, k_max, out):
+def _decide_steps(state, params, now_s, batch, k_max, out):
     """``Oracle.decide`` on a pure-decode step as ``CompiledDecisions.decide``: k_i =
     min(m_i, cap) with m clipped to ``k_max`` and the cap ``_greedy_cap``'s under the
     coefficients in ``params`` (kind, then the draft pass's five, then the target pass's
     five: ``Oracle.compiled_decisions``) and the step's ``kernel_cost`` (no prefill: n
     tokens and sequences, the contexts' sum). Stateless."""
+    context_lens = batch.context_lens
     n = context_lens.shape[0]
     m = np.empty(n, np.int64)
     ctx = 0
     for i in range(n):                   # whole tokens: exact in any order
-        m[i] = min(match_lens[i], k_max)
+        m[i] = min(batch.match_lens[i], k_max)
         ctx += context_lens[i]
     cap, _ = _greedy_cap(m, context_lens, int(params[0]), params[1:6], params[6:11],
                          float(n), float(n), float(ctx))
     for i in range(n):
         out[i] = min(m[i], cap)
+    return True
 
 
-def _commit_steps(state, params, num_spec_tokens, num_accepted):
+def _commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
     """``Oracle``'s ``CompiledDecisions.commit``: nothing (it keeps no state)."""
     return
+
+
+# ``OracleSlo.compiled_decisions``' state and params, by index
+SLO_T_STEP = 0                       # the step-time EWMA (nan: none yet)
+(SLO_KIND, SLO_DRAFT, SLO_TARGET, SLO_WEIGHT, SLO_MAX_BOOST, SLO_SLACK, SLO_TRIAGE,
+ SLO_SHARE, SLO_LOST_WEIGHT, SLO_LOST, SLO_STEP_FACTOR, SLO_GUARD, SLO_BUDGET_POINTS,
+ SLO_EMA) = (0, 1, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
+SLO_NUM_PARAMS = 22
+
+
+def _slo_decide_steps(state, params, now_s, batch, k_max, out):
+    """``OracleSlo.decide`` on a pure-decode step: slo_goodput's SLO weights (``slo_weights``
+    with the step horizon, ``SLO_WEIGHTS``) at the step-time EWMA, then the true chains'
+    plan (``ORACLE_CHAIN_PLAN``) over every prefix; the same calls on the same inputs as
+    its ``_decide_compiled``. Declines (False) before the first step time is measured (its
+    first guess is numpy's) and where the prefixes would be a coarse grid
+    (``prefix_grid``)."""
+    t_step = state[SLO_T_STEP]
+    if t_step != t_step:
+        return False
+    context_lens = batch.context_lens
+    n = context_lens.shape[0]
+    num_live = 0
+    ctx = 0
+    for i in range(n):                   # whole tokens: exact in any order
+        num_live += min(batch.match_lens[i], k_max)
+        ctx += context_lens[i]
+    if num_live + 1 > params[SLO_BUDGET_POINTS]:
+        return False
+    lost = params[SLO_LOST] != 0.0
+    w = _slo_weights(batch.num_output_tokens, batch.decode_elapsed_s, batch.tpot_slo_s, t_step,
+                     params[SLO_WEIGHT], params[SLO_MAX_BOOST], params[SLO_SLACK],
+                     params[SLO_TRIAGE] != 0.0, params[SLO_SHARE], batch.since_arrival_s,
+                     batch.ttft_slo_s if lost else batch.tpot_slo_s,
+                     params[SLO_LOST_WEIGHT] if lost else np.inf, lost, batch.tpot_slo_s, 0)
+    b = np.arange(num_live + 1)          # prefix_grid's every prefix
+    first = np.arange(1, num_live + 1)
+    _, _, depth, _, _ = _oracle_chain_plan(
+        batch.match_lens, k_max, w, context_lens, num_live, first, b, True,
+        int(params[SLO_KIND]), params[SLO_DRAFT:SLO_DRAFT + 5],
+        params[SLO_TARGET:SLO_TARGET + 5], float(n), float(n), float(ctx), 0.0,
+        batch.tpot_slo_s, params[SLO_STEP_FACTOR], int(params[SLO_GUARD]), -1, 0)
+    for i in range(n):
+        out[i] = depth[i]
+    return True
+
+
+def _slo_commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
+    """``OracleSlo.observe``: the step-time EWMA (``step_time_ewma``)."""
+    step = draft_s + verify_s
+    if step > 0:
+        t = state[SLO_T_STEP]
+        ema = params[SLO_EMA]
+        state[SLO_T_STEP] = step if t != t else (1 - ema) * t + ema * step
 
 
 if numba is not None:
@@ -82,5 +138,10 @@ if numba is not None:
     _greedy_cap = GREEDY_CAP
     DECIDE_STEPS = numba.njit(cache=True, error_model="numpy")(_decide_steps)
     COMMIT_STEPS = numba.njit(cache=True)(_commit_steps)
+    from policies.adaptive.slo_goodput_kernels import SLO_WEIGHTS as _slo_weights
+    from policies.adaptive.slo_goodput_step_kernels import (
+        ORACLE_CHAIN_PLAN as _oracle_chain_plan)
+    SLO_DECIDE_STEPS = numba.njit(cache=True, error_model="numpy")(_slo_decide_steps)
+    SLO_COMMIT_STEPS = numba.njit(cache=True, error_model="numpy")(_slo_commit_steps)
 else:                                # pragma: no cover - numba is a dependency
-    GREEDY_CAP = DECIDE_STEPS = COMMIT_STEPS = None
+    GREEDY_CAP = DECIDE_STEPS = COMMIT_STEPS = SLO_DECIDE_STEPS = SLO_COMMIT_STEPS = None

@@ -52,10 +52,11 @@ def _due(state, params):
     return state[SINCE] < 0 or state[SINCE] >= params[UPDATE_INTERVAL]
 
 
-def _decide_steps(state, params, context_lens, match_lens, k_max, out):
+def _decide_steps(state, params, now_s, batch, k_max, out):
     """``SmartSpec.decide`` on a pure-decode step as ``CompiledDecisions.decide``: when due,
     ``_smartspec_k`` with the acceptance estimate after the floor's reset, the contexts' sum
     and no prefill; else the k kept; every request min(k, k_max). Reads ``state`` only."""
+    context_lens = batch.context_lens
     n = context_lens.shape[0]
     if _due(state, params):
         kmax = k_max if params[K_MAX] < 0 else min(int(params[K_MAX]), k_max)
@@ -71,9 +72,10 @@ def _decide_steps(state, params, context_lens, match_lens, k_max, out):
         k = int(state[K])
     for i in range(n):
         out[i] = min(k, k_max)
+    return True
 
 
-def _commit_steps(state, params, num_spec_tokens, num_accepted):
+def _commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
     """What ``SmartSpec.decide`` and ``observe`` change after a step: the k chosen (when
     due) and the steps since, then the EMA of accepted / drafted over the batch."""
     if _due(state, params):

@@ -50,10 +50,14 @@ def decision_epoch_eligible(engine) -> bool:
 
 def run_decision_epochs(engine, now: float, kernels) -> float | None:
     """Decision epochs from ``now`` while the engine would run one next; returns when the
-    last ends, or None (nothing ran: the engine's own step runs)."""
+    last ends, or None (nothing ran: the engine's own step runs). A policy that offers no
+    compiled decisions for the engine's observations (its ``compiled_decisions`` None: its
+    parameters or the cost model, the same every step) turns them off for the run."""
     t, ran = now, False
     while decision_epoch_eligible(engine):
         end, more = run_decision_epoch(engine, t, kernels)
+        if more is None:
+            engine.fast.decision_epochs = False
         if end is None:
             break
         t, ran = end, True
@@ -62,10 +66,10 @@ def run_decision_epochs(engine, now: float, kernels) -> float | None:
     return t if ran else None
 
 
-def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool]:
-    """One decision epoch: (its end, whether another may follow at once), or (None, False)
-    when its first step is left to the engine (the policy offers no compiled decisions for
-    this step, or its drafts or blocks would not fit)."""
+def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool | None]:
+    """One decision epoch: (its end, whether another may follow at once), (None, False) when
+    its first step is left to the engine (declined, or its drafts or blocks would not fit),
+    or (None, None) when the policy offers no compiled decisions."""
     r, sched, acc, eng, policy = engine.reqs, engine.sched, engine.acc, engine.config.engine, \
         engine.policy
     run, kmax = sched.running, acc.k_max
@@ -75,7 +79,7 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool]
                         engine.policy_cost)
     compiled = policy.compiled_decisions(obs)
     if compiled is None:
-        return None, False
+        return None, None
     u = acc._u.take(MAX_DECISION_STEPS * n * kmax)
     arrival = engine.next_arrival_s
     arrival = np.inf if arrival is None else float(arrival)
@@ -84,7 +88,8 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool]
     S, times, counts, spec_k, accepted, free_blocks, fin = DECISION_LOOP(
         compiled.rule, u, kmax, acc.rate, run, MAX_DECISION_STEPS, sched.free_blocks, eng.block_size,
         eng.max_num_batched_tokens, float(now), arrival, float(eng.accept_ewma_alpha),
-        FINISHED, target_coef, draft_coef, decay, compiled.state, compiled.params, *r.arrays)
+        FINISHED, target_coef, draft_coef, decay, compiled.state, compiled.params, r.arrival_s,
+        r.tpot_slo_s, r.ttft_slo_s, *r.arrays)
     acc.give_back((MAX_DECISION_STEPS - S) * n * kmax)
     compiled.finish()
     if S == 0:

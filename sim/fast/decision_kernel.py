@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.interface import DecodeBatch
 from sim.fast.epoch_kernel import numba
 from sim.fast.step_kernel import STEP_KERNEL
 
 
 def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now, arrival, alpha,
-          finished_code, tcoef, dcoef, decay, state, params, num_computed, num_out,
-          num_known, num_blocks, num_target_out, num_drafted, num_accepted, accept_ewma,
-          status, first_token_s, finish_s):
+          finished_code, tcoef, dcoef, decay, state, params, arrival_s, tpot_slo_s,
+          ttft_slo_s, num_computed, num_out, num_known, num_blocks, num_target_out,
+          num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
     """Returns (steps run, float (4, S): start, latency, draft, verify seconds; int (4, S):
     verified drafts, accepted, emitted tokens, free KV blocks after the step's allocation;
     int (S, n) verified drafts and accepted per request; free blocks; finished rows). Stops
@@ -26,8 +27,9 @@ def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
     counts = np.zeros((4, max_steps), np.int64)
     spec_k = np.zeros((max_steps, n), np.int64)
     accepted = np.zeros((max_steps, n), np.int64)
-    context_lens = np.empty(n, np.int64)
-    match = np.empty(n, np.int64)
+    # the step's DecodeBatch columns (the SLOs the rows' own, the rest refilled per step)
+    batch = DecodeBatch(np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64),
+                        np.empty(n), np.empty(n), tpot_slo_s[run], ttft_slo_s[run])
     k = np.empty(n, np.int64)
     want = np.empty(n, np.int64)
     no_rows = np.zeros(0, np.int64)
@@ -38,14 +40,18 @@ def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
             break
         # a copy: the step kernel's argument types, as the engine's step passes them
         us = u[s * n * kmax:(s + 1) * n * kmax].copy()
-        for i in range(n):                  # the draw's match lengths: u < rate x decay
+        for i in range(n):                  # the batch; match lengths: u < rate x decay
             row = run[i]
-            context_lens[i] = num_computed[row] + 1
+            batch.context_lens[i] = num_computed[row] + 1
+            batch.num_output_tokens[i] = num_out[row]
+            batch.decode_elapsed_s[i] = t - first_token_s[row]
+            batch.since_arrival_s[i] = t - arrival_s[row]
             m = 0
             while m < kmax and us[i * kmax + m] < rate[row] * decay[m]:
                 m += 1
-            match[i] = m
-        DECIDE(rule, state, params, context_lens, match, kmax, k)
+            batch.match_lens[i] = m
+        if not DECIDE(rule, state, params, t, batch, kmax, k):
+            break                               # declined: the engine's step, the hook
         ksum = 0
         for i in range(n):                  # checked_num_spec_tokens' clip
             k[i] = min(max(k[i], 0), kmax)
@@ -69,7 +75,7 @@ def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
             num_computed, num_out, num_known, num_blocks, num_target_out, num_drafted,
             num_accepted, accept_ewma, status, first_token_s, finish_s)
         free_blocks = ints[3]
-        COMMIT(rule, state, params, fit, acc)
+        COMMIT(rule, state, params, fit, acc, floats[0], floats[1])
         times[0, s] = t
         times[1, s] = floats[0] + floats[1]
         times[2, s] = floats[0]

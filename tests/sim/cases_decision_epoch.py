@@ -11,7 +11,7 @@ import pytest
 import sim.fast.decision_epoch as de
 from policies import make_policy
 from policies.bench import Batch
-from policies.interface import Feedback
+from policies.interface import DecodeBatch, Feedback
 from sim import simulate_with
 from sim.core.config import AcceptanceConfig
 from sim.fast.decision_kernel import DECISION_LOOP
@@ -52,13 +52,16 @@ def counted(monkeypatch):
 
 
 def _state(policy):
-    return {k: getattr(policy, k) for k in ("alpha", "_k", "_steps_since_update")
+    return {k: getattr(policy, k) for k in ("alpha", "_k", "_steps_since_update", "t_step_s")
             if hasattr(policy, k)}
 
 
+RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_points=64))]
+         + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("name,params", [("oracle", {})]
-                         + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
+@pytest.mark.parametrize("name,params", RULES)
 def test_decision_epochs_reproduce_the_per_step_path(case, name, params, counted):
     trace, kw = CASES[case]
     fast_policy, slow_policy = make_policy(name, **params), make_policy(name, **params)
@@ -74,8 +77,10 @@ def test_decision_epochs_reproduce_the_per_step_path(case, name, params, counted
 
 def test_a_policy_without_compiled_decisions_takes_no_decision_epoch(counted):
     trace, kw = CASES["decay"]
-    result = simulate_with(trace, make_policy("oracle_slo"), config(compiled_epochs=True, **kw))
-    assert counted["ran"] == counted["left"] == 0 and result.meta["num_epochs"] == 0
+    result = simulate_with(trace, make_policy("oracle_slo", slo_horizon="both"),
+                           config(compiled_epochs=True, **kw))
+    # asked once (its answer holds for the run), then never again
+    assert counted["ran"] == 0 and counted["left"] == 1 and result.meta["num_epochs"] == 0
 
 
 def test_correlated_steps_take_no_decision_epoch(counted):
@@ -86,14 +91,15 @@ def test_correlated_steps_take_no_decision_epoch(counted):
     assert counted["ran"] == 0
 
 
-@pytest.mark.parametrize("name,params", [("oracle", {})]
-                         + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
+@pytest.mark.parametrize("name,params", RULES)
 def test_compiled_rule_is_the_hooks_step_for_step(name, params):
-    """On a pure-decode batch: the rule's lengths are decide's, and commit leaves the state
-    decide and observe leave (``rule`` called as the engine's loop calls it)."""
+    """On a pure-decode batch: the rule's lengths are decide's where it decides, and commit
+    leaves the state decide and observe leave (``rule`` called as the engine's loop calls
+    it; a declined step runs the hooks, as the engine does)."""
     from policies.adaptive.decision_kernels import COMMIT, DECIDE
     hooks, rules = make_policy(name, **params), make_policy(name, **params)
     batch = Batch(24, 8, seed=4)
+    decided = 0
     for step in range(40):
         obs = dataclasses.replace(batch.observation(), num_waiting=0, num_prefill_tokens=0,
                                   sum_prefill_context_tokens=0, num_prefill_seqs=0)
@@ -101,17 +107,30 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
         assert compiled is not None
         k = np.empty(obs.num_requests, np.int64)
         state = compiled.state.copy()
-        DECIDE(compiled.rule, compiled.state, compiled.params, obs.context_lens,
-               obs.future_match_lens, obs.k_max, k)
-        assert np.array_equal(compiled.state, state), "decide changed the state"
+        ttft = obs.tpot_slo_s if obs.ttft_slo_s is None else obs.ttft_slo_s
+        columns = DecodeBatch(obs.context_lens, obs.future_match_lens, obs.num_output_tokens,
+                              obs.decode_elapsed_s, obs.since_arrival_s, obs.tpot_slo_s, ttft)
+        took = DECIDE(compiled.rule, compiled.state, compiled.params, obs.now_s, columns,
+                      obs.k_max, k)
+        assert np.array_equal(compiled.state, state, equal_nan=True), "decide changed the state"
         expected = hooks.decide(obs).num_spec_tokens
-        assert np.array_equal(k, expected), step
+        if took:
+            decided += 1
+            assert np.array_equal(k, expected), step
+        else:
+            k = rules.decide(obs).num_spec_tokens
         accepted = np.minimum(k, obs.future_match_lens)
-        COMMIT(compiled.rule, compiled.state, compiled.params, k, accepted)
-        compiled.finish()
-        hooks.observe(Feedback(now_s=batch.now, request_ids=obs.request_ids,
-                               num_spec_tokens=k, num_accepted=accepted,
-                               confidences=np.full((k.size, obs.k_max), np.nan),
-                               draft_time_s=0.004, verify_time_s=0.02))
+        feedback = Feedback(now_s=batch.now, request_ids=obs.request_ids, num_spec_tokens=k,
+                            num_accepted=accepted,
+                            confidences=np.full((k.size, obs.k_max), np.nan),
+                            draft_time_s=0.004, verify_time_s=0.02 + 1e-4 * step)
+        if took:
+            COMMIT(compiled.rule, compiled.state, compiled.params, k, accepted,
+                   feedback.draft_time_s, feedback.verify_time_s)
+            compiled.finish()
+        else:
+            rules.observe(feedback)
+        hooks.observe(feedback)
         assert _state(rules) == _state(hooks), step
         batch.advance(k, accepted, 0.02)
+    assert decided > 0
