@@ -182,6 +182,10 @@ class CompiledDecisions:
     state: np.ndarray                 # float (m,), updated in place by commit
     params: np.ndarray                # float (p,), read only
     finish: Callable[[], None]        # after the loop: the policy reads its state back
+    # True: the rule also stops the drafts (a policy with its own continue_drafting): after
+    # each draft pass the loop calls draft(state, params, num_drafted, num_spec_tokens,
+    # confidences, draft_time_s, more), ``CompiledDrafting.rule``'s arguments
+    drafting: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,13 +311,22 @@ class Policy:
         return None
 
     def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
-        """Optional, for a chain policy with default drafting and verification whose
-        decision is a compiled function of the step's contexts and match lengths and of its
-        own state: ``decide`` and ``observe`` as compiled code (``CompiledDecisions``, its
-        constants read from ``obs``, a pure-decode step's observation), which the simulator
-        may call over a stretch of pure-decode steps in one compiled loop; None (the
-        default): the hooks per step."""
+        """Optional, for a chain policy with default verification whose decision is a
+        compiled function of a pure-decode step's columns (``DecodeBatch``) and of its own
+        state: ``decide`` and ``observe`` (and its drafting rule, if it has its own) as
+        compiled code (``CompiledDecisions``, its constants read from ``obs``, a pure-decode
+        step's observation), which the simulator may call over a stretch of pure-decode
+        steps in one compiled loop; None (the default): the hooks per step. Only the class
+        that defines it offers it (``offers_compiled_decisions``): a subclass, which may
+        change what the hooks do, inherits none."""
         return None
+
+
+def offers_compiled_decisions(policy: Policy | type) -> bool:
+    """Whether a policy (or class) offers compiled decisions: its own class defines
+    ``compiled_decisions`` (an inherited one may not match the subclass's hooks)."""
+    cls = policy if isinstance(policy, type) else type(policy)
+    return "compiled_decisions" in cls.__dict__ and cls is not Policy
 
 
 def trim_to_budget(num_drafted: np.ndarray, cum_conf: np.ndarray, budget: int) -> np.ndarray:

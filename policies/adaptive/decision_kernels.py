@@ -10,10 +10,10 @@ added here, under a new id, with its policy's ``decide`` and ``commit`` kernels.
 """
 from __future__ import annotations
 
-from policies.adaptive import oracle_kernels, smartspec_kernels
+from policies.adaptive import oracle_kernels, smartspec_kernels, threshold_kernels
 from policies.adaptive.slo_goodput_kernels import numba
 
-ORACLE, SMARTSPEC, ORACLE_SLO = 0, 1, 2     # the rules' ids (CompiledDecisions.rule)
+ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD = 0, 1, 2, 3    # CompiledDecisions.rule
 
 
 def _decide(rule, state, params, now_s, batch, k_max, out):
@@ -24,6 +24,8 @@ def _decide(rule, state, params, now_s, batch, k_max, out):
         return _smartspec_decide(state, params, now_s, batch, k_max, out)
     if rule == ORACLE_SLO:
         return _oracle_slo_decide(state, params, now_s, batch, k_max, out)
+    if rule == THRESHOLD:
+        return _threshold_decide(state, params, now_s, batch, k_max, out)
     return False
 
 
@@ -35,6 +37,15 @@ def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_
         _smartspec_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
     elif rule == ORACLE_SLO:
         _oracle_slo_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
+    elif rule == THRESHOLD:
+        _threshold_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
+
+
+def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
+    """Rule ``rule``'s drafting rule after a draft pass (``CompiledDecisions.drafting``):
+    ``CompiledDrafting``'s arguments, the answer written into ``more``."""
+    if rule == THRESHOLD:
+        _threshold_draft(state, params, drafted, k, confidences, draft_time_s, more)
 
 
 _oracle_decide, _oracle_commit = oracle_kernels.DECIDE_STEPS, oracle_kernels.COMMIT_STEPS
@@ -42,8 +53,13 @@ _oracle_slo_decide = oracle_kernels.SLO_DECIDE_STEPS
 _oracle_slo_commit = oracle_kernels.SLO_COMMIT_STEPS
 _smartspec_decide = smartspec_kernels.DECIDE_STEPS
 _smartspec_commit = smartspec_kernels.COMMIT_STEPS
-if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide):
+_threshold_decide = threshold_kernels.DECIDE_STEPS
+_threshold_commit = threshold_kernels.COMMIT_STEPS
+_threshold_draft = threshold_kernels.DRAFT_STEPS
+if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide,
+                                      _threshold_decide):
     DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
     COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)
+    DRAFT = numba.njit(cache=True)(_draft)
 else:                                # pragma: no cover - numba is a dependency
-    DECIDE = COMMIT = None
+    DECIDE = COMMIT = DRAFT = None

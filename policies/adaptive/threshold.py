@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.interface import CompiledDrafting, Decision, DraftState, Observation, Policy
+from policies.interface import (CompiledDecisions, CompiledDrafting, Decision, DraftState,
+                                Observation, Policy)
 from policies.registry import register
 
 
@@ -50,6 +51,17 @@ class ThresholdDrafting(Policy):
             return None
         return CompiledDrafting(DRAFTING_RULE, (self.threshold,), _no_state)
 
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """``decide`` and the stop rule as compiled code for the simulator's pure-decode
+        stretches (``threshold_kernels.DECIDE_STEPS``, ``DRAFT_STEPS``: ``DRAFTING_RULE``
+        with the same threshold); None without numba."""
+        from policies.adaptive.decision_kernels import DECIDE, THRESHOLD
+        if DECIDE is None:
+            return None
+        params = np.array([-1 if self.k_max is None else int(self.k_max), self.threshold],
+                          float)
+        return CompiledDecisions(THRESHOLD, _NO_STATE, params, _no_state, drafting=True)
+
     def warm_up(self) -> None:
         """Compile the rule and its live replay (or load them from numba's cache) before
         timed work."""
@@ -60,6 +72,9 @@ class ThresholdDrafting(Policy):
         DRAFTING_RULE(np.array([1, 1]), np.array([2, 2]), np.full((2, 3), 0.5), 0.001,
                       np.ones(2, np.bool_), (self.threshold,))
         warm_up_replay(DRAFTING_RULE, (self.threshold,))
+
+
+_NO_STATE = np.zeros(0)
 
 
 def _no_state() -> None:

@@ -10,18 +10,23 @@ import numpy as np
 
 from policies.interface import DecodeBatch
 from sim.fast.epoch_kernel import numba
-from sim.fast.step_kernel import STEP_KERNEL
+from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
+                                  DRAFT_SECONDS_KERNEL, DRAW_KERNEL, STEP_KERNEL,
+                                  UNIFORM_DRAFT_SECONDS_KERNEL)
 
 
-def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now, arrival, alpha,
-          finished_code, tcoef, dcoef, decay, state, params, arrival_s, tpot_slo_s,
-          ttft_slo_s, num_computed, num_out, num_known, num_blocks, num_target_out,
-          num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
+def _loop(rule, drafting, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
+          arrival, alpha, finished_code, tcoef, dcoef, decay, state, params, arrival_s,
+          tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, num_computed, num_out,
+          num_known, num_blocks, num_target_out, num_drafted, num_accepted, accept_ewma,
+          status, first_token_s, finish_s):
     """Returns (steps run, float (4, S): start, latency, draft, verify seconds; int (4, S):
     verified drafts, accepted, emitted tokens, free KV blocks after the step's allocation;
     int (S, n) verified drafts and accepted per request; free blocks; finished rows). Stops
     before a step whose drafts or blocks would not fit whole, after one in which a request
-    finishes or during which the next request arrives (``arrival``)."""
+    finishes or during which the next request arrives (``arrival``). ``drafting``: the
+    policy's drafting rule stops its drafts (``_ruled_step``), else each request drafts its
+    length (``STEP_KERNEL``)."""
     n = run.shape[0]
     times = np.zeros((4, max_steps))
     counts = np.zeros((4, max_steps), np.int64)
@@ -69,11 +74,18 @@ def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
         for i in range(n):
             free_blocks -= want[i] - num_blocks[run[i]]
             num_blocks[run[i]] = want[i]
-        floats, ints, fit, acc, fin = STEP_KERNEL(
-            us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
-            free_blocks, bs, 0, 0, n, t, alpha, finished_code, tcoef, dcoef, decay,
-            num_computed, num_out, num_known, num_blocks, num_target_out, num_drafted,
-            num_accepted, accept_ewma, status, first_token_s, finish_s)
+        if drafting:
+            floats, ints, fit, acc, fin = _ruled_step(
+                rule, state, params, us, kmax, run, k, max_tokens, free_blocks, bs, t, alpha,
+                finished_code, tcoef, dcoef, rate_table, q_hi, q_lo, last_conf, num_computed,
+                num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
+                accept_ewma, status, first_token_s, finish_s)
+        else:
+            floats, ints, fit, acc, fin = STEP_KERNEL(
+                us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
+                free_blocks, bs, 0, 0, n, t, alpha, finished_code, tcoef, dcoef, decay,
+                num_computed, num_out, num_known, num_blocks, num_target_out, num_drafted,
+                num_accepted, accept_ewma, status, first_token_s, finish_s)
         free_blocks = ints[3]
         COMMIT(rule, state, params, fit, acc, floats[0], floats[1])
         times[0, s] = t
@@ -95,8 +107,90 @@ def _loop(rule, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
     return S, times[:, :S], counts[:, :S], spec_k[:S], accepted[:S], free_blocks, fin
 
 
+def _ruled_step(rule, state, params, us, kmax, run, k, max_tokens, free_blocks, bs, now, alpha,
+                finished_code, tcoef, dcoef, rate_table, q_hi, q_lo, last_conf, num_computed,
+                num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
+                accept_ewma, status, first_token_s, finish_s):
+    """A pure-decode chain step whose drafts the policy's rule stops, as
+    ``step_compiled.compiled_chain_step`` runs it for a policy with its own drafting and the
+    default verification: the draw with confidences (``DRAW_KERNEL``), the fit's blocks
+    (it fits whole: checked by the caller), the draft passes with the rule after each
+    (``step_kernel.drafting_loop``'s, the rule by id), the draft seconds as ``Engine._draft``
+    prices them (a uniform chain by ``UNIFORM_DRAFT_SECONDS_KERNEL``, else the passes'), the
+    verify pass and the step's end (``CHAIN_VERIFY_END_KERNEL``), the rows' last
+    confidences. Returns ``STEP_KERNEL``'s (floats [draft_s, verify_s, end], ints [n_spec,
+    n_acc, n_emit, free blocks, bad], verified drafts, accepted, finished rows)."""
+    n = run.shape[0]
+    ctx = np.empty(n, np.int64)
+    out = np.empty(n, np.int64)
+    csum = 0
+    for i in range(n):
+        ctx[i] = num_computed[run[i]]
+        out[i] = num_out[run[i]]
+        csum += ctx[i]
+    match, seen = DRAW_KERNEL(us.reshape(n, kmax), rate_table[run], q_hi, q_lo, True)
+    num_extra = 0                        # Scheduler.fit_speculation's blocks for the drafts
+    ksum = 0
+    for i in range(n):
+        ksum += k[i]
+    if ksum != 0:
+        for i in range(n):
+            e = (ctx[i] + 1 + k[i] + (bs - 1)) // bs - num_blocks[run[i]]
+            if e > 0:
+                num_blocks[run[i]] += e
+                num_extra += e
+    free_blocks -= num_extra
+    drafted = np.zeros(n, np.int64)
+    draft_s = 0.0
+    if ksum != 0:
+        more = np.empty(n, np.bool_)
+        for i in range(n):
+            more[i] = k[i] > 0
+        was_active = np.zeros(n, np.bool_)
+        pass_s = np.zeros(max(k.max(), 1))
+        no_widths = np.zeros((0, 0), np.int64)
+        restarted = False
+        spent = np.nan
+        j = 0
+        while True:
+            go, restarted, drafted, active, conf, spent_now = DRAFT_PASS_KERNEL(
+                more, was_active, drafted, k, ctx, j, restarted, dcoef, 0, 0, 0, pass_s, seen,
+                no_widths)
+            if not go:
+                break
+            spent = spent_now
+            if restarted:
+                spent = DRAFT_SECONDS_KERNEL(drafted, no_widths, ctx, 0, 0, 0, dcoef)
+            was_active = active
+            j += 1
+            DRAFT(rule, state, params, drafted, k, conf, spent, more)
+        uniform = True
+        for i in range(n):
+            uniform = uniform and drafted[i] == drafted[0]
+        if uniform:
+            draft_s = UNIFORM_DRAFT_SECONDS_KERNEL(drafted[0], csum, n, 0, 0, 0, dcoef)
+        elif spent == spent:
+            draft_s = spent
+        else:
+            draft_s = DRAFT_SECONDS_KERNEL(drafted, no_widths, ctx, 0, 0, 0, dcoef)
+    no_rows = np.zeros(0, np.int64)
+    verify_s, end, n_spec, n_acc, n_emit, bad, acc, fin = CHAIN_VERIFY_END_KERNEL(
+        drafted, match, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n, max_tokens,
+        free_blocks, alpha, finished_code, tcoef, num_computed, num_out, num_known,
+        num_target_out, num_drafted, num_accepted, accept_ewma, status, first_token_s,
+        finish_s)
+    if n_spec > 0:                       # what a policy's next Observation shows
+        for i in range(n):
+            for p in range(kmax):
+                last_conf[run[i], p] = seen[i, p] if p < drafted[i] else np.nan
+    floats = np.array([draft_s, verify_s, end])
+    ints = np.array([n_spec, n_acc, n_emit, free_blocks, 1 if bad else 0], np.int64)
+    return floats, ints, drafted, acc, fin
+
+
 if numba is not None and STEP_KERNEL is not None:
-    from policies.adaptive.decision_kernels import COMMIT, DECIDE
+    from policies.adaptive.decision_kernels import COMMIT, DECIDE, DRAFT
+    _ruled_step = numba.njit(cache=True)(_ruled_step)
     DECISION_LOOP = numba.njit(cache=True)(_loop) if DECIDE is not None else None
 else:
     DECISION_LOOP = None

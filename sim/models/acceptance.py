@@ -232,6 +232,13 @@ class ParametricAcceptance:
             raise RuntimeError("ParametricAcceptance.prepare(trace) must run before draws")
         return self._rate_table.take(rows, axis=0)
 
+    @property
+    def rate_table(self) -> np.ndarray:
+        """float (requests, k_max), or (requests, 1) without position decay: each request's
+        per-position pass chances, the rows a step's draw gathers (``step_uniforms``)."""
+        self._rates(np.zeros(0, np.int64))        # prepare must have run
+        return self._rate_table
+
     def tree_pass_table(self, max_width: int) -> TreePassTable:
         """The requests' ``TreePassTable`` up to ``max_width`` candidates (at least; kept
         across steps, formed anew after ``prepare``)."""

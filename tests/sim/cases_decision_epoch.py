@@ -1,8 +1,9 @@
 """Run by tests/sim/test_decision_epoch.py in a subprocess. Decision epochs (sim/fast/
 decision_epoch.py, decision_kernel.py): an adaptive policy's compiled decisions
-(``Policy.compiled_decisions``) over stretches of pure-decode steps give the very tables and
-policy state of the numpy per-step path, including the steps they leave to the engine (drafts
-or KV blocks that would not fit whole), and the compiled rules are the hooks' own."""
+(``Policy.compiled_decisions``; threshold's with its stop rule inside the draft passes) over
+stretches of pure-decode steps give the very tables and policy state of the numpy per-step
+path, including the steps they leave to the engine (drafts or KV blocks that would not fit
+whole, steps a rule declines), and the compiled rules are the hooks' own."""
 import dataclasses
 
 import numpy as np
@@ -56,7 +57,8 @@ def _state(policy):
             if hasattr(policy, k)}
 
 
-RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_points=64))]
+RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_points=64)),
+          ("threshold", {}), ("threshold", dict(threshold=0.45, k_max=5))]
          + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
 
 
@@ -81,6 +83,25 @@ def test_a_policy_without_compiled_decisions_takes_no_decision_epoch(counted):
                            config(compiled_epochs=True, **kw))
     # asked once (its answer holds for the run), then never again
     assert counted["ran"] == 0 and counted["left"] == 1 and result.meta["num_epochs"] == 0
+
+
+def test_only_the_class_that_defines_them_offers_compiled_decisions(counted):
+    """A subclass may change what the hooks do: oracle_tree (oracle_slo's planner on sampled
+    branches) and a smartspec whose decide differs inherit no compiled decisions."""
+    from policies.adaptive.smartspec import SmartSpec
+    from policies.interface import Decision, offers_compiled_decisions
+
+    class AlwaysTwo(SmartSpec):
+        def decide(self, obs):
+            return Decision(num_spec_tokens=np.full(obs.num_requests, 2, np.int64))
+
+    assert offers_compiled_decisions(make_policy("smartspec"))
+    assert not offers_compiled_decisions(make_policy("oracle_tree"))
+    assert not offers_compiled_decisions(AlwaysTwo())
+    trace, kw = CASES["decay"]
+    result = simulate_with(trace, AlwaysTwo(), config(compiled_epochs=True, **kw))
+    assert counted["ran"] == counted["left"] == 0 and result.meta["num_epochs"] == 0
+    assert (result.steps["spec_k"].map(lambda k: set(k.tolist()) <= {0, 1, 2})).all()
 
 
 def test_correlated_steps_take_no_decision_epoch(counted):
@@ -134,3 +155,27 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
         assert _state(rules) == _state(hooks), step
         batch.advance(k, accepted, 0.02)
     assert decided > 0
+
+
+def test_a_ruled_stretch_leaves_the_engine_state_of_the_per_step_path(counted):
+    """Beyond the tables: the rows' last draft confidences (what later observations show)
+    and the KV blocks, after stretches whose drafts threshold's rule stopped."""
+    import simpy
+
+    from sim.core.engine import Engine
+
+    def engine(multi_step, **kw):
+        trace, case = CASES["tight"]
+        eng = Engine(trace, make_policy("threshold", threshold=0.45), config(**case, **kw),
+                     multi_step=multi_step)
+        env = simpy.Environment()
+        env.process(eng.arrivals(env))
+        env.process(eng.run(env))
+        env.run()
+        return eng
+
+    fast, slow = engine(True, compiled_epochs=True), engine(False)
+    assert counted["ran"] > 0
+    np.testing.assert_array_equal(fast.reqs.last_conf, slow.reqs.last_conf)
+    np.testing.assert_array_equal(fast.reqs.num_blocks, slow.reqs.num_blocks)
+    assert fast.sched.free_blocks == slow.sched.free_blocks

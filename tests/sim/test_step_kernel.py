@@ -1,12 +1,13 @@
-"""The compiled per-step kernels (sim/fast/step_kernel.py, sim/fast/plan_kernel.py, sim/fast/step_compiled.py):
-the steps that carry prefill chunks under a static policy with compiled epochs on must give
-the very tables of the numpy per-step path (``multi_step=False``), including budget and KV
-trimming of the drafts, mixed k, admission, preemption (Python plan) and position decay; so
-must every step of an adaptive chain policy that only decides and observes (smartspec, the
-oracles; stretches of pure decode as decision epochs where a policy offers them), and the compiled plan and end of any other adaptive policy's steps (trees' accepted
-depths and the tree oracle's passing widths looked up compiled, uniform chains' draft
-seconds summed compiled). Runs in a
-child process (see tests/sim/test_epochs_kernel.py)."""
+"""The compiled per-step kernels (sim/fast/step_kernel.py, sim/fast/plan_kernel.py,
+sim/fast/step_compiled.py): the steps that carry prefill chunks under a static policy with
+compiled epochs on must give the very tables of the numpy per-step path
+(``multi_step=False``), including budget and KV trimming of the drafts, mixed k, admission,
+preemption (Python plan) and position decay; so must every step of an adaptive chain policy
+that only decides and observes (smartspec, the oracles; stretches of pure decode as
+decision epochs where a policy offers them), and the compiled plan and end of any other
+adaptive policy's steps (trees' accepted depths and the tree oracle's passing widths looked
+up compiled, uniform chains' draft seconds summed compiled). Runs in a child process (see
+tests/sim/test_epochs_kernel.py)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import dataclasses
 import numpy as np
 import sim.core.engine, sim.fast, sim.fast.plan_kernel as pk, sim.fast.step_kernel as sk
 from policies import make_policy
-from policies.interface import Policy
+from policies.interface import offers_compiled_decisions
 from sim import simulate_with
 from sim.core.config import AcceptanceConfig
 from tests.sim.epoch_cases import EightOrOdd, assert_same_tables
@@ -100,7 +101,7 @@ for policy, case in adaptive.items():
     assert calls["steps"] > before["steps"] and calls["prefill"] > before["prefill"], policy
     # smartspec and the greedy oracle run their pure-decode stretches as decision epochs
     # (tests/sim/cases_decision_epoch.py), their other steps compiled one by one
-    offers = type(make_policy(policy)).compiled_decisions is not Policy.compiled_decisions
+    offers = offers_compiled_decisions(make_policy(policy))
     assert (fast.meta["num_epochs"] > 0) == offers, policy
     assert (observed["n"] > seen) == make_policy(policy).needs_feedback, policy
     assert_same_tables(fast, slow)
@@ -156,7 +157,10 @@ for policy, case in others.items():
     fast = simulate_with(trace, make_policy(policy), config(compiled_epochs=True, **kw))
     slow = simulate_with(trace, make_policy(policy), config(**kw), multi_step=False)
     assert ends["n"] > seen and calls["plans"] > before["plans"], policy
-    assert calls["steps"] == before["steps"] and fast.meta["num_epochs"] == 0, policy
+    assert calls["steps"] == before["steps"], policy
+    # threshold's stretches of pure decode run as decision epochs, its rule inside
+    offers = offers_compiled_decisions(make_policy(policy))
+    assert (fast.meta["num_epochs"] > 0) == offers, policy
     assert_same_tables(fast, slow)
     print(policy, ends["n"] - seen)
 assert trees["min_widths"] > 0 and trees["accepted"] > 0 and trees["uniform"] > 0, trees
