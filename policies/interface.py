@@ -186,6 +186,9 @@ class CompiledDecisions:
     # each draft pass the loop calls draft(state, params, num_drafted, num_spec_tokens,
     # confidences, draft_time_s, more), ``CompiledDrafting.rule``'s arguments
     drafting: bool = False
+    # True: the rule also chooses the verified drafts (its own select_verify): the loop calls
+    # verify(state, params, context_lens, num_drafted, confidences, draft_time_s, out)
+    verifying: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ added here, under a new id, with its policy's ``decide`` and ``commit`` kernels.
 """
 from __future__ import annotations
 
-from policies.adaptive import oracle_kernels, smartspec_kernels, threshold_kernels
+from policies.adaptive import (oracle_kernels, smartspec_kernels, threshold_kernels,
+                               vllm_verify_kernels)
 from policies.adaptive.slo_goodput_kernels import numba
 
-ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD = 0, 1, 2, 3    # CompiledDecisions.rule
+# the rules' ids (CompiledDecisions.rule)
+ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY = 0, 1, 2, 3, 4
 
 
 def _decide(rule, state, params, now_s, batch, k_max, out):
@@ -26,6 +28,8 @@ def _decide(rule, state, params, now_s, batch, k_max, out):
         return _oracle_slo_decide(state, params, now_s, batch, k_max, out)
     if rule == THRESHOLD:
         return _threshold_decide(state, params, now_s, batch, k_max, out)
+    if rule == VLLM_ADAPTIVE_VERIFY:
+        return _vllm_verify_decide(state, params, now_s, batch, k_max, out)
     return False
 
 
@@ -39,6 +43,8 @@ def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_
         _oracle_slo_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
     elif rule == THRESHOLD:
         _threshold_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
+    elif rule == VLLM_ADAPTIVE_VERIFY:
+        _vllm_verify_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
 
 
 def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
@@ -46,6 +52,14 @@ def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
     ``CompiledDrafting``'s arguments, the answer written into ``more``."""
     if rule == THRESHOLD:
         _threshold_draft(state, params, drafted, k, confidences, draft_time_s, more)
+
+
+def _verify(rule, state, params, context_lens, drafted, confidences, draft_time_s, out):
+    """Rule ``rule``'s verification (``CompiledDecisions.verifying``): ``select_verify`` on
+    the step's drafts (``context_lens`` as the Observation's, ``confidences`` nan past each
+    request's drafts), the verified counts written into ``out``."""
+    if rule == VLLM_ADAPTIVE_VERIFY:
+        _vllm_verify(state, params, context_lens, drafted, confidences, draft_time_s, out)
 
 
 _oracle_decide, _oracle_commit = oracle_kernels.DECIDE_STEPS, oracle_kernels.COMMIT_STEPS
@@ -56,10 +70,14 @@ _smartspec_commit = smartspec_kernels.COMMIT_STEPS
 _threshold_decide = threshold_kernels.DECIDE_STEPS
 _threshold_commit = threshold_kernels.COMMIT_STEPS
 _threshold_draft = threshold_kernels.DRAFT_STEPS
+_vllm_verify_decide = vllm_verify_kernels.DECIDE_STEPS
+_vllm_verify_commit = vllm_verify_kernels.COMMIT_STEPS
+_vllm_verify = vllm_verify_kernels.VERIFY_STEPS
 if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide,
-                                      _threshold_decide):
+                                      _threshold_decide, _vllm_verify_decide):
     DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
     COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)
     DRAFT = numba.njit(cache=True)(_draft)
+    VERIFY = numba.njit(cache=True)(_verify)
 else:                                # pragma: no cover - numba is a dependency
-    DECIDE = COMMIT = DRAFT = None
+    DECIDE = COMMIT = DRAFT = VERIFY = None

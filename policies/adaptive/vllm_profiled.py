@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.slo_goodput_drafting import best_verified_prefixes
-from policies.adaptive.step_cost import expected_chain_tokens
-from policies.interface import (Decision, DraftState, Observation, Policy,
+from policies.adaptive.step_cost import coefficient_arrays, expected_chain_tokens
+from policies.interface import (CompiledDecisions, Decision, DraftState, Observation, Policy,
                                 cumulative_confidence)
 from policies.registry import register
 from policies.static import BatchSchedule
@@ -91,6 +91,24 @@ class VllmAdaptiveVerify(Policy):
         k = obs.k_max if self.k is None else min(int(self.k), obs.k_max)
         return Decision(num_spec_tokens=np.full(obs.num_requests, k, np.int64))
 
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """``decide`` and ``select_verify`` as compiled code for the simulator's pure-decode
+        stretches (``vllm_verify_kernels``: the compiled path of ``best_verified_prefixes``
+        on the same floats), for a cost model with coefficients; else None."""
+        form = coefficient_arrays(obs.cost) if self.compiled else None
+        if form is None:
+            return None
+        from policies.adaptive import vllm_verify_kernels as vk
+        from policies.adaptive.decision_kernels import DECIDE, VLLM_ADAPTIVE_VERIFY
+        if DECIDE is None:
+            return None
+        params = np.zeros(vk.NUM_PARAMS)
+        params[vk.K] = -1 if self.k is None else int(self.k)
+        params[vk.KIND] = form[0]
+        params[vk.TARGET:vk.TARGET + 5] = form[1]
+        return CompiledDecisions(VLLM_ADAPTIVE_VERIFY, _NO_STATE, params, _no_state,
+                                 verifying=True)
+
     def select_verify(self, draft: DraftState) -> np.ndarray:
         if draft.decision.verify_token_budget is not None:
             drafted = super().select_verify(draft)
@@ -104,3 +122,10 @@ class VllmAdaptiveVerify(Policy):
         return best_verified_prefixes(draft.obs, cumulative_confidence(draft.confidences),
                                       drafted, draft.obs.num_requests, draft.draft_time_s,
                                       self.compiled)
+
+
+_NO_STATE = np.zeros(0)          # vllm_adaptive_verify keeps none
+
+
+def _no_state() -> None:
+    """``CompiledDecisions.finish`` of a policy without state."""

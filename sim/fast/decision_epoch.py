@@ -27,9 +27,8 @@ def decision_epochs_apply(engine) -> bool:
     """Whether ``engine``'s stretches of pure-decode steps may run as decision epochs: its
     policy offers compiled decisions (``policies.interface.offers_compiled_decisions``), its
     steps run compiled (``Engine._compiled_steps``: default drafting and verification;
-    ``Engine._chain_steps``: a chain policy with its own drafting, whose rule then stops the
-    drafts inside the loop, the default verification) on independent parametric steps with
-    block draws."""
+    ``Engine._chain_steps``: a chain policy with its own drafting or verification, whose
+    rules then run inside the loop) on independent parametric steps with block draws."""
     from policies.interface import offers_compiled_decisions
     from sim.fast.decision_kernel import DECISION_LOOP
     policy = engine.policy
@@ -38,8 +37,8 @@ def decision_epochs_apply(engine) -> bool:
             and engine.acc.steps_independent and hasattr(engine.acc, "draw_block")):
         return False
     return engine._compiled_steps or bool(
-        engine._chain_steps and policy.custom_drafting and not policy.custom_verify
-        and not policy.makes_trees and not policy.needs_tree_oracle and not engine._lazy_conf)
+        engine._chain_steps and not policy.makes_trees and not policy.needs_tree_oracle
+        and not engine._lazy_conf)
 
 
 def decision_epoch_eligible(engine) -> bool:
@@ -84,17 +83,19 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     obs = r.observation(run, ctx, r.num_out[run], now, engine.step_index, kmax,
                         engine.policy_cost)
     compiled = policy.compiled_decisions(obs)
-    if compiled is None or compiled.drafting != policy.custom_drafting:
+    if (compiled is None or compiled.drafting != policy.custom_drafting
+            or compiled.verifying != policy.custom_verify):
         return None, None
     u = acc._u.take(MAX_DECISION_STEPS * n * kmax)
     arrival = engine.next_arrival_s
     arrival = np.inf if arrival is None else float(arrival)
     target_coef, draft_coef, decay = kernels.inputs
     from sim.fast.decision_kernel import DECISION_LOOP
-    q_hi, q_lo = acc.confidence_tables if compiled.drafting else (_NO_TABLE, _NO_TABLE)
+    ruled = compiled.drafting or compiled.verifying
+    q_hi, q_lo = acc.confidence_tables if ruled else (_NO_TABLE, _NO_TABLE)
     S, times, counts, spec_k, accepted, free_blocks, fin = DECISION_LOOP(
-        compiled.rule, compiled.drafting, u, kmax, acc.rate, run, MAX_DECISION_STEPS,
-        sched.free_blocks, eng.block_size, eng.max_num_batched_tokens, float(now), arrival,
+        compiled.rule, compiled.drafting, compiled.verifying, u, kmax, acc.rate, run,
+        MAX_DECISION_STEPS, sched.free_blocks, eng.block_size, eng.max_num_batched_tokens, float(now), arrival,
         float(eng.accept_ewma_alpha), FINISHED, target_coef, draft_coef, decay,
         compiled.state, compiled.params, r.arrival_s, r.tpot_slo_s, r.ttft_slo_s,
         acc.rate_table, q_hi, q_lo, r.last_conf, *r.arrays)

@@ -15,7 +15,7 @@ from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
                                   UNIFORM_DRAFT_SECONDS_KERNEL)
 
 
-def _loop(rule, drafting, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
+def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
           arrival, alpha, finished_code, tcoef, dcoef, decay, state, params, arrival_s,
           tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, num_computed, num_out,
           num_known, num_blocks, num_target_out, num_drafted, num_accepted, accept_ewma,
@@ -24,9 +24,9 @@ def _loop(rule, drafting, u, kmax, rate, run, max_steps, free_blocks, bs, max_to
     verified drafts, accepted, emitted tokens, free KV blocks after the step's allocation;
     int (S, n) verified drafts and accepted per request; free blocks; finished rows). Stops
     before a step whose drafts or blocks would not fit whole, after one in which a request
-    finishes or during which the next request arrives (``arrival``). ``drafting``: the
-    policy's drafting rule stops its drafts (``_ruled_step``), else each request drafts its
-    length (``STEP_KERNEL``)."""
+    finishes or during which the next request arrives (``arrival``). ``drafting`` or
+    ``verifying``: the policy's rule stops the drafts or chooses the verified ones
+    (``_ruled_step``), else each request drafts and verifies its length (``STEP_KERNEL``)."""
     n = run.shape[0]
     times = np.zeros((4, max_steps))
     counts = np.zeros((4, max_steps), np.int64)
@@ -74,9 +74,9 @@ def _loop(rule, drafting, u, kmax, rate, run, max_steps, free_blocks, bs, max_to
         for i in range(n):
             free_blocks -= want[i] - num_blocks[run[i]]
             num_blocks[run[i]] = want[i]
-        if drafting:
+        if drafting or verifying:
             floats, ints, fit, acc, fin = _ruled_step(
-                rule, state, params, us, kmax, run, k, max_tokens, free_blocks, bs, t, alpha,
+                rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens, free_blocks, bs, t, alpha,
                 finished_code, tcoef, dcoef, rate_table, q_hi, q_lo, last_conf, num_computed,
                 num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
                 accept_ewma, status, first_token_s, finish_s)
@@ -107,16 +107,17 @@ def _loop(rule, drafting, u, kmax, rate, run, max_steps, free_blocks, bs, max_to
     return S, times[:, :S], counts[:, :S], spec_k[:S], accepted[:S], free_blocks, fin
 
 
-def _ruled_step(rule, state, params, us, kmax, run, k, max_tokens, free_blocks, bs, now, alpha,
-                finished_code, tcoef, dcoef, rate_table, q_hi, q_lo, last_conf, num_computed,
-                num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
-                accept_ewma, status, first_token_s, finish_s):
-    """A pure-decode chain step whose drafts the policy's rule stops, as
-    ``step_compiled.compiled_chain_step`` runs it for a policy with its own drafting and the
-    default verification: the draw with confidences (``DRAW_KERNEL``), the fit's blocks
-    (it fits whole: checked by the caller), the draft passes with the rule after each
-    (``step_kernel.drafting_loop``'s, the rule by id), the draft seconds as ``Engine._draft``
-    prices them (a uniform chain by ``UNIFORM_DRAFT_SECONDS_KERNEL``, else the passes'), the
+def _ruled_step(rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens,
+                free_blocks, bs, now, alpha, finished_code, tcoef, dcoef, rate_table, q_hi,
+                q_lo, last_conf, num_computed, num_out, num_known, num_blocks, num_target_out,
+                num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
+    """A pure-decode chain step of a policy with its own drafting or verification, as
+    ``step_compiled.compiled_chain_step`` runs it: the draw with confidences
+    (``DRAW_KERNEL``), the fit's blocks (it fits whole: checked by the caller), the drafts
+    (with ``drafting``, the draft passes with the rule after each, ``step_kernel.
+    drafting_loop``'s, the rule by id; else each request its length), the draft seconds as
+    ``Engine._draft`` prices them (a uniform chain by ``UNIFORM_DRAFT_SECONDS_KERNEL``, else
+    the passes'), the verified drafts (with ``verifying``, the rule's; else all drafted), the
     verify pass and the step's end (``CHAIN_VERIFY_END_KERNEL``), the rows' last
     confidences. Returns ``STEP_KERNEL``'s (floats [draft_s, verify_s, end], ints [n_spec,
     n_acc, n_emit, free blocks, bad], verified drafts, accepted, finished rows)."""
@@ -142,13 +143,16 @@ def _ruled_step(rule, state, params, us, kmax, run, k, max_tokens, free_blocks, 
     free_blocks -= num_extra
     drafted = np.zeros(n, np.int64)
     draft_s = 0.0
-    if ksum != 0:
+    no_widths = np.zeros((0, 0), np.int64)
+    if ksum != 0 and not drafting:         # the default rule drafts exactly k
+        drafted = k.copy()
+        spent = np.nan
+    elif ksum != 0:
         more = np.empty(n, np.bool_)
         for i in range(n):
             more[i] = k[i] > 0
         was_active = np.zeros(n, np.bool_)
         pass_s = np.zeros(max(k.max(), 1))
-        no_widths = np.zeros((0, 0), np.int64)
         restarted = False
         spent = np.nan
         j = 0
@@ -164,6 +168,7 @@ def _ruled_step(rule, state, params, us, kmax, run, k, max_tokens, free_blocks, 
             was_active = active
             j += 1
             DRAFT(rule, state, params, drafted, k, conf, spent, more)
+    if ksum != 0:
         uniform = True
         for i in range(n):
             uniform = uniform and drafted[i] == drafted[0]
@@ -173,23 +178,33 @@ def _ruled_step(rule, state, params, us, kmax, run, k, max_tokens, free_blocks, 
             draft_s = spent
         else:
             draft_s = DRAFT_SECONDS_KERNEL(drafted, no_widths, ctx, 0, 0, 0, dcoef)
+    visible = np.empty((n, kmax))            # the confidences of the drafts made
+    for i in range(n):
+        for p in range(kmax):
+            visible[i, p] = seen[i, p] if p < drafted[i] else np.nan
+    verified = drafted
+    if verifying and n > 0:
+        verified = np.empty(n, np.int64)
+        VERIFY(rule, state, params, ctx + 1, drafted, visible, draft_s, verified)
+        for i in range(n):                   # clipped to 0..drafted, as the engine does
+            verified[i] = min(max(verified[i], 0), drafted[i])
     no_rows = np.zeros(0, np.int64)
     verify_s, end, n_spec, n_acc, n_emit, bad, acc, fin = CHAIN_VERIFY_END_KERNEL(
-        drafted, match, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n, max_tokens,
+        verified, match, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n, max_tokens,
         free_blocks, alpha, finished_code, tcoef, num_computed, num_out, num_known,
         num_target_out, num_drafted, num_accepted, accept_ewma, status, first_token_s,
         finish_s)
     if n_spec > 0:                       # what a policy's next Observation shows
         for i in range(n):
             for p in range(kmax):
-                last_conf[run[i], p] = seen[i, p] if p < drafted[i] else np.nan
+                last_conf[run[i], p] = visible[i, p]
     floats = np.array([draft_s, verify_s, end])
     ints = np.array([n_spec, n_acc, n_emit, free_blocks, 1 if bad else 0], np.int64)
-    return floats, ints, drafted, acc, fin
+    return floats, ints, verified, acc, fin
 
 
 if numba is not None and STEP_KERNEL is not None:
-    from policies.adaptive.decision_kernels import COMMIT, DECIDE, DRAFT
+    from policies.adaptive.decision_kernels import COMMIT, DECIDE, DRAFT, VERIFY
     _ruled_step = numba.njit(cache=True)(_ruled_step)
     DECISION_LOOP = numba.njit(cache=True)(_loop) if DECIDE is not None else None
 else:

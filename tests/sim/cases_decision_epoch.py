@@ -1,9 +1,10 @@
 """Run by tests/sim/test_decision_epoch.py in a subprocess. Decision epochs (sim/fast/
 decision_epoch.py, decision_kernel.py): an adaptive policy's compiled decisions
-(``Policy.compiled_decisions``; threshold's with its stop rule inside the draft passes) over
-stretches of pure-decode steps give the very tables and policy state of the numpy per-step
-path, including the steps they leave to the engine (drafts or KV blocks that would not fit
-whole, steps a rule declines), and the compiled rules are the hooks' own."""
+(``Policy.compiled_decisions``; threshold's stop rule inside the draft passes,
+vllm_adaptive_verify's verified prefixes) over stretches of pure-decode steps give the very
+tables and policy state of the numpy per-step path, including the steps they leave to the
+engine (drafts or KV blocks that would not fit whole, steps a rule declines), and the
+compiled rules are the hooks' own."""
 import dataclasses
 
 import numpy as np
@@ -58,7 +59,8 @@ def _state(policy):
 
 
 RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_points=64)),
-          ("threshold", {}), ("threshold", dict(threshold=0.45, k_max=5))]
+          ("threshold", {}), ("threshold", dict(threshold=0.45, k_max=5)),
+          ("vllm_adaptive_verify", {}), ("vllm_adaptive_verify", dict(k=4))]
          + [("smartspec", p) for p in SMARTSPEC_VARIANTS])
 
 
@@ -157,16 +159,18 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
     assert decided > 0
 
 
-def test_a_ruled_stretch_leaves_the_engine_state_of_the_per_step_path(counted):
+@pytest.mark.parametrize("name,params", [("threshold", dict(threshold=0.45)),
+                                         ("vllm_adaptive_verify", {})])
+def test_a_ruled_stretch_leaves_the_engine_state_of_the_per_step_path(counted, name, params):
     """Beyond the tables: the rows' last draft confidences (what later observations show)
-    and the KV blocks, after stretches whose drafts threshold's rule stopped."""
+    and the KV blocks, after stretches whose drafts a rule stopped or verified."""
     import simpy
 
     from sim.core.engine import Engine
 
     def engine(multi_step, **kw):
         trace, case = CASES["tight"]
-        eng = Engine(trace, make_policy("threshold", threshold=0.45), config(**case, **kw),
+        eng = Engine(trace, make_policy(name, **params), config(**case, **kw),
                      multi_step=multi_step)
         env = simpy.Environment()
         env.process(eng.arrivals(env))
