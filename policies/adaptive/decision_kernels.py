@@ -26,11 +26,18 @@ def _decide(rule, state, params, now_s, batch, k_max, out):
         return _smartspec_decide(state, params, now_s, batch, k_max, out)
     if rule == ORACLE_SLO:
         return _oracle_slo_decide(state, params, now_s, batch, k_max, out)
-    if rule == THRESHOLD:
-        return _threshold_decide(state, params, now_s, batch, k_max, out)
-    if rule == VLLM_ADAPTIVE_VERIFY:
-        return _vllm_verify_decide(state, params, now_s, batch, k_max, out)
+    if rule == THRESHOLD or rule == VLLM_ADAPTIVE_VERIFY:
+        return _every_request_k(params, k_max, out)
     return False
+
+
+def _every_request_k(params, k_max, out):
+    """A decide of every request drafting ``params[0]`` (k_max where < 0, or if lower):
+    threshold's and vllm_adaptive_verify's."""
+    k = k_max if params[0] < 0 else min(int(params[0]), k_max)
+    for i in range(out.shape[0]):
+        out[i] = k
+    return True
 
 
 def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
@@ -41,10 +48,7 @@ def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_
         _smartspec_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
     elif rule == ORACLE_SLO:
         _oracle_slo_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
-    elif rule == THRESHOLD:
-        _threshold_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
-    elif rule == VLLM_ADAPTIVE_VERIFY:
-        _vllm_verify_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
+    # threshold and vllm_adaptive_verify observe nothing
 
 
 def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
@@ -67,14 +71,11 @@ _oracle_slo_decide = oracle_kernels.SLO_DECIDE_STEPS
 _oracle_slo_commit = oracle_kernels.SLO_COMMIT_STEPS
 _smartspec_decide = smartspec_kernels.DECIDE_STEPS
 _smartspec_commit = smartspec_kernels.COMMIT_STEPS
-_threshold_decide = threshold_kernels.DECIDE_STEPS
-_threshold_commit = threshold_kernels.COMMIT_STEPS
 _threshold_draft = threshold_kernels.DRAFT_STEPS
-_vllm_verify_decide = vllm_verify_kernels.DECIDE_STEPS
-_vllm_verify_commit = vllm_verify_kernels.COMMIT_STEPS
 _vllm_verify = vllm_verify_kernels.VERIFY_STEPS
 if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide,
-                                      _threshold_decide, _vllm_verify_decide):
+                                      _threshold_draft, _vllm_verify):
+    _every_request_k = numba.njit(cache=True)(_every_request_k)
     DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
     COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)
     DRAFT = numba.njit(cache=True)(_draft)

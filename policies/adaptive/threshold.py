@@ -53,8 +53,8 @@ class ThresholdDrafting(Policy):
 
     def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
         """``decide`` and the stop rule as compiled code for the simulator's pure-decode
-        stretches (``threshold_kernels.DECIDE_STEPS``, ``DRAFT_STEPS``: ``DRAFTING_RULE``
-        with the same threshold); None without numba."""
+        stretches (``decision_kernels``' every-request-k; ``threshold_kernels.DRAFT_STEPS``:
+        ``DRAFTING_RULE`` with the same threshold); None without numba."""
         from policies.adaptive.decision_kernels import DECIDE, THRESHOLD
         if DECIDE is None:
             return None

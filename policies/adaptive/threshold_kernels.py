@@ -39,22 +39,9 @@ def _drafting_rule(drafted, k, confidences, draft_time_s, more, args):
             more[i] = False
 
 
-# ``ThresholdDrafting.compiled_decisions``' params, by index (it keeps no state)
+# ``ThresholdDrafting.compiled_decisions``' params, by index (it keeps no state); its
+# decide is ``decision_kernels``' every-request-k (K_MAX first), its observe none
 K_MAX, THRESHOLD = 0, 1              # K_MAX < 0: none (the engine's k_max)
-
-
-def _decide_steps(state, params, now_s, batch, k_max, out):
-    """``ThresholdDrafting.decide`` as ``CompiledDecisions.decide``: every request k_max
-    (or the policy's, if lower)."""
-    k = k_max if params[K_MAX] < 0 else min(int(params[K_MAX]), k_max)
-    for i in range(out.shape[0]):
-        out[i] = k
-    return True
-
-
-def _commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
-    """Nothing: the policy observes nothing."""
-    return
 
 
 def _draft_steps(state, params, drafted, k, confidences, draft_time_s, more):
@@ -65,8 +52,6 @@ def _draft_steps(state, params, drafted, k, confidences, draft_time_s, more):
 if numba is not None:
     DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
     _drafting_rule = DRAFTING_RULE
-    DECIDE_STEPS = numba.njit(cache=True)(_decide_steps)
-    COMMIT_STEPS = numba.njit(cache=True)(_commit_steps)
     DRAFT_STEPS = numba.njit(cache=True)(_draft_steps)
 else:                                # pragma: no cover - numba is a dependency
-    DRAFTING_RULE = DECIDE_STEPS = COMMIT_STEPS = DRAFT_STEPS = None
+    DRAFTING_RULE = DRAFT_STEPS = None

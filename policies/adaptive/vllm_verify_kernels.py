@@ -1,6 +1,6 @@
-"""vllm_adaptive_verify's decide and verify (``VllmAdaptiveVerify``) as a compiled rule of
-``policies.interface.CompiledDecisions``, for the simulator's pure-decode stretches: every
-request drafts k; the verified prefixes are ``best_verified_prefixes``' compiled path
+"""vllm_adaptive_verify's verification (``VllmAdaptiveVerify.select_verify``) as a compiled
+rule of ``policies.interface.CompiledDecisions``, for the simulator's pure-decode stretches:
+the verified prefixes are ``best_verified_prefixes``' compiled path
 (``VERIFY_RANKING``, ``VERIFY_TIMES``, ``VERIFIED_COUNTS``) on the cumulative confidences
 (``cumulative_confidence``: numpy's cumprod, product by product, nan as 0), each request
 weighing 1, no prefill: the same calls on the same floats as the hook's.
@@ -12,22 +12,10 @@ import numpy as np
 from policies.adaptive.slo_goodput_kernels import (VERIFIED_COUNTS, VERIFY_RANKING,
                                                    VERIFY_TIMES, numba)
 
-# ``VllmAdaptiveVerify.compiled_decisions``' params, by index (it keeps no state)
+# ``VllmAdaptiveVerify.compiled_decisions``' params, by index (it keeps no state); its
+# decide is ``decision_kernels``' every-request-k (K first), its observe none
 K, KIND, TARGET = 0, 1, 2            # K < 0: k_max; then the target pass's five coefficients
 NUM_PARAMS = 7
-
-
-def _decide_steps(state, params, now_s, batch, k_max, out):
-    """``VllmAdaptiveVerify.decide``: every request k (or k_max)."""
-    k = k_max if params[K] < 0 else min(int(params[K]), k_max)
-    for i in range(out.shape[0]):
-        out[i] = k
-    return True
-
-
-def _commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
-    """Nothing: the policy observes nothing."""
-    return
 
 
 def _verify_steps(state, params, context_lens, drafted, confidences, draft_time_s, out):
@@ -58,8 +46,6 @@ def _verify_steps(state, params, context_lens, drafted, confidences, draft_time_
 
 
 if numba is not None:
-    DECIDE_STEPS = numba.njit(cache=True)(_decide_steps)
-    COMMIT_STEPS = numba.njit(cache=True)(_commit_steps)
     VERIFY_STEPS = numba.njit(cache=True)(_verify_steps)
 else:                                # pragma: no cover - numba is a dependency
-    DECIDE_STEPS = COMMIT_STEPS = VERIFY_STEPS = None
+    VERIFY_STEPS = None

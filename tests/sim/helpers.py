@@ -34,3 +34,14 @@ def python_last_line(code: str, timeout: int = 300) -> str:
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()[-1]
+
+
+def cases_pass_in_a_subprocess(path: str, timeout: int = 900) -> None:
+    """Run the pytest cases file ``path`` (from the repository root) in a fresh process, as
+    a user's run compiles or loads the kernels, and check that they passed."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           path], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=timeout)
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in proc.stdout and "failed" not in proc.stdout, tail

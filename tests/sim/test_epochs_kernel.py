@@ -3,22 +3,11 @@
 The kernel cases run in a child pytest (a fresh process compiles or loads the kernels as a
 user's run does); numba next to vLLM is tested in tests/exec/test_numba_coexists.py.
 """
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.sim.helpers import python_last_line
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.sim.helpers import cases_pass_in_a_subprocess, python_last_line
 
 
 def test_compiled_epoch_kernel_cases_pass_in_a_subprocess():
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/sim/cases_epochs_kernel.py"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    assert proc.returncode == 0, tail
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, tail
+    cases_pass_in_a_subprocess("tests/sim/cases_epochs_kernel.py", timeout=600)
 
 
 def test_default_simulation_does_not_import_numba():
