@@ -1,12 +1,15 @@
 """Stretches of pure-decode steps of an adaptive policy whose decisions are compiled code
-(``policies.interface.CompiledDecisions``: oracle, smartspec), as one compiled loop.
+(``policies.interface.CompiledDecisions``: oracle, oracle_slo, smartspec, threshold,
+vllm_adaptive_verify), as one compiled loop (sim/fast/decision_kernel.py).
 
 Each step of the loop is what the engine's compiled single steps do for such a policy
-(``step_compiled.compiled_plan``, the policy's ``decide``, ``compiled_step``, its
-``observe``): the plan's KV blocks for the decode tokens, the policy's compiled ``decide`` on
-the step's contexts and match lengths (taken from the step's uniforms, as the engine's draw
-does), the step itself by the same compiled function (``step_kernel.STEP_KERNEL``, the same
-uniforms from the same pool), then the policy's ``commit``. The loop stops where the engine
+(``step_compiled.compiled_plan``, the policy's ``decide``, ``compiled_step`` or
+``compiled_chain_step``, its ``observe``): the plan's KV blocks for the decode tokens, the
+policy's compiled ``decide`` on the step's columns (match lengths from the step's uniforms,
+as the engine's draw has them), the step itself by the same compiled functions
+(``step_kernel.STEP_KERNEL``; or the draw's confidences, draft passes, verification and end
+with the policy's own drafting or verification rule inside; the same uniforms from the same
+pool), then the policy's ``commit``. The loop stops where the engine
 would do something else: before a step whose drafts or KV blocks would not fit whole (nothing
 of it applied, its uniforms given back: the engine's own path then runs it, the hook deciding
 again from the same state), after a step in which a request finishes or during which the next
@@ -75,8 +78,8 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     """One decision epoch: (its end, whether another may follow at once), (None, False) when
     its first step is left to the engine (declined, or its drafts or blocks would not fit),
     or (None, None) when the policy offers no compiled decisions."""
-    r, sched, acc, eng, policy = engine.reqs, engine.sched, engine.acc, engine.config.engine, \
-        engine.policy
+    r, sched, acc, eng = engine.reqs, engine.sched, engine.acc, engine.config.engine
+    policy = engine.policy
     run, kmax = sched.running, acc.k_max
     n = run.shape[0]
     ctx = r.num_computed[run]
@@ -95,8 +98,9 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     q_hi, q_lo = acc.confidence_tables if ruled else (_NO_TABLE, _NO_TABLE)
     S, times, counts, spec_k, accepted, free_blocks, fin = DECISION_LOOP(
         compiled.rule, compiled.drafting, compiled.verifying, u, kmax, acc.rate, run,
-        MAX_DECISION_STEPS, sched.free_blocks, eng.block_size, eng.max_num_batched_tokens, float(now), arrival,
-        float(eng.accept_ewma_alpha), FINISHED, target_coef, draft_coef, decay,
+        MAX_DECISION_STEPS, sched.free_blocks, eng.block_size, eng.max_num_batched_tokens,
+        float(now), arrival, float(eng.accept_ewma_alpha), FINISHED, target_coef, draft_coef,
+        decay,
         compiled.state, compiled.params, r.arrival_s, r.tpot_slo_s, r.ttft_slo_s,
         acc.rate_table, q_hi, q_lo, r.last_conf, *r.arrays)
     acc.give_back((MAX_DECISION_STEPS - S) * n * kmax)

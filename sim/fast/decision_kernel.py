@@ -15,11 +15,11 @@ from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
                                   UNIFORM_DRAFT_SECONDS_KERNEL)
 
 
-def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens, now,
-          arrival, alpha, finished_code, tcoef, dcoef, decay, state, params, arrival_s,
-          tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, num_computed, num_out,
-          num_known, num_blocks, num_target_out, num_drafted, num_accepted, accept_ewma,
-          status, first_token_s, finish_s):
+def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks, bs,
+          max_tokens, now, arrival, alpha, finished_code, tcoef, dcoef, decay, state, params,
+          arrival_s, tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, num_computed,
+          num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
+          accept_ewma, status, first_token_s, finish_s):
     """Returns (steps run, float (4, S): start, latency, draft, verify seconds; int (4, S):
     verified drafts, accepted, emitted tokens, free KV blocks after the step's allocation;
     int (S, n) verified drafts and accepted per request; free blocks; finished rows). Stops
@@ -76,10 +76,10 @@ def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks,
             num_blocks[run[i]] = want[i]
         if drafting or verifying:
             floats, ints, fit, acc, fin = _ruled_step(
-                rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens, free_blocks, bs, t, alpha,
-                finished_code, tcoef, dcoef, rate_table, q_hi, q_lo, last_conf, num_computed,
-                num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
-                accept_ewma, status, first_token_s, finish_s)
+                rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens,
+                free_blocks, bs, t, alpha, finished_code, tcoef, dcoef, rate_table, q_hi, q_lo,
+                last_conf, num_computed, num_out, num_known, num_blocks, num_target_out,
+                num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s)
         else:
             floats, ints, fit, acc, fin = STEP_KERNEL(
                 us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
