@@ -15,18 +15,21 @@ from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
                                   UNIFORM_DRAFT_SECONDS_KERNEL)
 
 
-def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks, bs,
-          max_tokens, now, arrival, alpha, finished_code, tcoef, dcoef, decay, state, params,
-          arrival_s, tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, num_computed,
-          num_out, num_known, num_blocks, num_target_out, num_drafted, num_accepted,
-          accept_ewma, status, first_token_s, finish_s):
+def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_steps,
+          free_blocks, bs, max_tokens, now, arrival, alpha, finished_code, inputs, arrival_s,
+          tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, arrays):
     """Returns (steps run, float (4, S): start, latency, draft, verify seconds; int (4, S):
     verified drafts, accepted, emitted tokens, free KV blocks after the step's allocation;
     int (S, n) verified drafts and accepted per request; free blocks; finished rows). Stops
     before a step whose drafts or blocks would not fit whole, after one in which a request
     finishes or during which the next request arrives (``arrival``). ``drafting`` or
     ``verifying``: the policy's rule stops the drafts or chooses the verified ones
-    (``_ruled_step``), else each request drafts and verifies its length (``STEP_KERNEL``)."""
+    (``_ruled_step``), else each request drafts and verifies its length (``STEP_KERNEL``).
+    ``inputs``: the engine's ``KernelInputs``; ``arrays``: the request table's
+    ``RequestArrays``, written in place."""
+    tcoef, dcoef, decay = inputs
+    num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
+    first_token_s = arrays.first_token_s
     n = run.shape[0]
     times = np.zeros((4, max_steps))
     counts = np.zeros((4, max_steps), np.int64)
@@ -78,14 +81,14 @@ def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks,
             floats, ints, fit, acc, fin = _ruled_step(
                 rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens,
                 free_blocks, bs, t, alpha, finished_code, tcoef, dcoef, rate_table, q_hi, q_lo,
-                last_conf, num_computed, num_out, num_known, num_blocks, num_target_out,
-                num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s)
+                last_conf, arrays)
         else:
             floats, ints, fit, acc, fin = STEP_KERNEL(
                 us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
                 free_blocks, bs, 0, 0, n, t, alpha, finished_code, tcoef, dcoef, decay,
-                num_computed, num_out, num_known, num_blocks, num_target_out, num_drafted,
-                num_accepted, accept_ewma, status, first_token_s, finish_s)
+                num_computed, num_out, arrays.num_known, num_blocks, arrays.num_target_out,
+                arrays.num_drafted, arrays.num_accepted, arrays.accept_ewma, arrays.status,
+                first_token_s, arrays.finish_s)
         free_blocks = ints[3]
         COMMIT(rule, state, params, fit, acc, floats[0], floats[1])
         times[0, s] = t
@@ -109,8 +112,7 @@ def _loop(rule, drafting, verifying, u, kmax, rate, run, max_steps, free_blocks,
 
 def _ruled_step(rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens,
                 free_blocks, bs, now, alpha, finished_code, tcoef, dcoef, rate_table, q_hi,
-                q_lo, last_conf, num_computed, num_out, num_known, num_blocks, num_target_out,
-                num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
+                q_lo, last_conf, arrays):
     """A pure-decode chain step of a policy with its own drafting or verification, as
     ``step_compiled.compiled_chain_step`` runs it: the draw with confidences
     (``DRAW_KERNEL``), the fit's blocks (it fits whole: checked by the caller), the drafts
@@ -121,6 +123,7 @@ def _ruled_step(rule, drafting, verifying, state, params, us, kmax, run, k, max_
     verify pass and the step's end (``CHAIN_VERIFY_END_KERNEL``), the rows' last
     confidences. Returns ``STEP_KERNEL``'s (floats [draft_s, verify_s, end], ints [n_spec,
     n_acc, n_emit, free blocks, bad], verified drafts, accepted, finished rows)."""
+    num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
     n = run.shape[0]
     ctx = np.empty(n, np.int64)
     out = np.empty(n, np.int64)
@@ -191,9 +194,9 @@ def _ruled_step(rule, drafting, verifying, state, params, us, kmax, run, k, max_
     no_rows = np.zeros(0, np.int64)
     verify_s, end, n_spec, n_acc, n_emit, bad, acc, fin = CHAIN_VERIFY_END_KERNEL(
         verified, match, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n, max_tokens,
-        free_blocks, alpha, finished_code, tcoef, num_computed, num_out, num_known,
-        num_target_out, num_drafted, num_accepted, accept_ewma, status, first_token_s,
-        finish_s)
+        free_blocks, alpha, finished_code, tcoef, arrays.num_computed, arrays.num_out,
+        arrays.num_known, arrays.num_target_out, arrays.num_drafted, arrays.num_accepted,
+        arrays.accept_ewma, arrays.status, arrays.first_token_s, arrays.finish_s)
     if n_spec > 0:                       # what a policy's next Observation shows
         for i in range(n):
             for p in range(kmax):
