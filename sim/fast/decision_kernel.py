@@ -1,6 +1,7 @@
 """A decision epoch (sim/fast/decision_epoch.py) as one compiled loop (numba): per step the
 plan's blocks, the policy's compiled decision (``policies.adaptive.decision_kernels``, by the
-rule's id), the step by ``STEP_KERNEL`` and the policy's commit.
+rule's id), the step (``STEP_KERNEL``, or ``_ruled_step`` with the policy's drafting or
+verify rule inside) and the policy's commit.
 
 ``DECISION_LOOP`` is None when numba is not importable (the engine then runs its own steps).
 """
