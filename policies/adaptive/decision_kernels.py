@@ -13,6 +13,7 @@ from __future__ import annotations
 from policies.adaptive import (oracle_kernels, smartspec_kernels, threshold_kernels,
                                vllm_verify_kernels)
 from policies.adaptive.slo_goodput_kernels import numba
+from policies.adaptive.step_cost_kernels import COEFFICIENTS
 
 # the rules' ids (CompiledDecisions.rule)
 ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY = 0, 1, 2, 3, 4
@@ -32,9 +33,10 @@ def _decide(rule, state, params, now_s, batch, k_max, out):
 
 
 def _every_request_k(params, k_max, out):
-    """A decide of every request drafting ``params[0]`` (k_max where < 0, or if lower):
-    threshold's and vllm_adaptive_verify's."""
-    k = k_max if params[0] < 0 else min(int(params[0]), k_max)
+    """A decide of every request drafting the rule's first field (``params[COEFFICIENTS]``;
+    k_max where < 0, or if lower): threshold's and vllm_adaptive_verify's."""
+    k = params[COEFFICIENTS]
+    k = k_max if k < 0 else min(int(k), k_max)
     for i in range(out.shape[0]):
         out[i] = k
     return True

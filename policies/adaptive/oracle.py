@@ -18,8 +18,8 @@ import numpy as np
 from policies.adaptive.slo_goodput import SloGoodput
 from policies.adaptive.slo_goodput_plan import (_GUARDS, kernel_cost, plan_oracle_slots,
                                                  plan_slots, prefix_grid, step_kernel)
-from policies.adaptive.step_cost import (coefficient_arrays, step_time_ewma, uniform_step_s,
-                                         verify_tokens_s)
+from policies.adaptive.step_cost import (coefficient_arrays, decision_params, step_time_ewma,
+                                         uniform_step_s, verify_tokens_s)
 from policies.interface import CompiledDecisions, Decision, Feedback, Observation, Policy
 from policies.registry import register
 from policies.static import FixedK
@@ -100,9 +100,7 @@ class Oracle(Policy):
         form = coefficient_arrays(obs.cost) if DECIDE is not None else None
         if form is None:
             return None
-        kind, target, draft = form
-        params = np.concatenate(([float(kind)], draft, target))
-        return CompiledDecisions(ORACLE, _NO_STATE, params, _no_state)
+        return CompiledDecisions(ORACLE, _NO_STATE, decision_params(form), _no_state)
 
     def warm_up(self) -> None:
         """Compile the cap search (or load it from numba's cache) before timed work."""
@@ -238,19 +236,12 @@ class OracleSlo(Policy):
         form = coefficient_arrays(obs.cost) if DECIDE is not None else None
         if form is None:
             return None
-        kind, target, draft = form
-        params = np.zeros(ok.SLO_NUM_PARAMS)
-        params[ok.SLO_KIND] = kind
-        params[ok.SLO_DRAFT:ok.SLO_DRAFT + 5] = draft
-        params[ok.SLO_TARGET:ok.SLO_TARGET + 5] = target
         lost = slo.lost_weight is not None and obs.ttft_slo_s is not None
-        params[ok.SLO_WEIGHT:ok.SLO_STEP_FACTOR + 1] = (
-            slo.slo_weight, slo.max_boost, slo.slack_discount, float(slo.triage),
+        params = decision_params(      # in oracle_kernels' SLO_WEIGHT .. SLO_EMA order
+            form, slo.slo_weight, slo.max_boost, slo.slack_discount, float(slo.triage),
             1.0 - float(slo.slo_margin), slo.lost_weight if lost else np.inf, float(lost),
-            slo.slo_step_factor)
-        params[ok.SLO_GUARD] = _GUARDS[slo.slo_guard]
-        params[ok.SLO_BUDGET_POINTS] = self.num_budget_points
-        params[ok.SLO_EMA] = self.step_time_ema
+            slo.slo_step_factor, _GUARDS[slo.slo_guard], self.num_budget_points,
+            self.step_time_ema)
         state = np.array([np.nan if self.t_step_s is None else self.t_step_s])
 
         def finish() -> None:

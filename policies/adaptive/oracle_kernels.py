@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.slo_goodput_kernels import _pass_s, numba
+from policies.adaptive.step_cost_kernels import COEFFICIENTS, RULE_COEFFICIENTS
 
 
 def _greedy_cap(m, context_lens, kind, dcoef, tcoef, tokens_base, seqs, ctx_base):
@@ -57,9 +58,9 @@ def _greedy_cap(m, context_lens, kind, dcoef, tcoef, tokens_base, seqs, ctx_base
 def _decide_steps(state, params, now_s, batch, k_max, out):
     """``Oracle.decide`` on a pure-decode step as ``CompiledDecisions.decide``: k_i =
     min(m_i, cap) with m clipped to ``k_max`` and the cap ``_greedy_cap``'s under the
-    coefficients in ``params`` (kind, then the draft pass's five, then the target pass's
-    five: ``Oracle.compiled_decisions``) and the step's ``kernel_cost`` (no prefill: n
-    tokens and sequences, the contexts' sum). Stateless."""
+    coefficients heading ``params`` (``step_cost.decision_params``; nothing else) and the
+    step's ``kernel_cost`` (no prefill: n tokens and sequences, the contexts' sum).
+    Stateless."""
     context_lens = batch.context_lens
     n = context_lens.shape[0]
     m = np.empty(n, np.int64)
@@ -67,8 +68,8 @@ def _decide_steps(state, params, now_s, batch, k_max, out):
     for i in range(n):                   # whole tokens: exact in any order
         m[i] = min(batch.match_lens[i], k_max)
         ctx += context_lens[i]
-    cap, _ = _greedy_cap(m, context_lens, int(params[0]), params[1:6], params[6:11],
-                         float(n), float(n), float(ctx))
+    kind, target, draft = _rule_coefficients(params)
+    cap, _ = _greedy_cap(m, context_lens, kind, draft, target, float(n), float(n), float(ctx))
     for i in range(n):
         out[i] = min(m[i], cap)
     return True
@@ -79,12 +80,11 @@ def _commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, verify_
     return
 
 
-# ``OracleSlo.compiled_decisions``' state and params, by index
+# ``OracleSlo.compiled_decisions``' state and params (after the coefficients), by index
 SLO_T_STEP = 0                       # the step-time EWMA (nan: none yet)
-(SLO_KIND, SLO_DRAFT, SLO_TARGET, SLO_WEIGHT, SLO_MAX_BOOST, SLO_SLACK, SLO_TRIAGE,
- SLO_SHARE, SLO_LOST_WEIGHT, SLO_LOST, SLO_STEP_FACTOR, SLO_GUARD, SLO_BUDGET_POINTS,
- SLO_EMA) = (0, 1, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
-SLO_NUM_PARAMS = 22
+(SLO_WEIGHT, SLO_MAX_BOOST, SLO_SLACK, SLO_TRIAGE, SLO_SHARE, SLO_LOST_WEIGHT, SLO_LOST,
+ SLO_STEP_FACTOR, SLO_GUARD, SLO_BUDGET_POINTS, SLO_EMA) = range(COEFFICIENTS,
+                                                               COEFFICIENTS + 11)
 
 
 def _slo_decide_steps(state, params, now_s, batch, k_max, out):
@@ -114,10 +114,10 @@ def _slo_decide_steps(state, params, now_s, batch, k_max, out):
                      params[SLO_LOST_WEIGHT] if lost else np.inf, lost, batch.tpot_slo_s, 0)
     b = np.arange(num_live + 1)          # prefix_grid's every prefix
     first = np.arange(1, num_live + 1)
+    kind, target, draft = _rule_coefficients(params)
     _, _, depth, _, _ = _oracle_chain_plan(
-        batch.match_lens, k_max, w, context_lens, num_live, first, b, True,
-        int(params[SLO_KIND]), params[SLO_DRAFT:SLO_DRAFT + 5],
-        params[SLO_TARGET:SLO_TARGET + 5], float(n), float(n), float(ctx), 0.0,
+        batch.match_lens, k_max, w, context_lens, num_live, first, b, True, kind, draft,
+        target, float(n), float(n), float(ctx), 0.0,
         batch.tpot_slo_s, params[SLO_STEP_FACTOR], int(params[SLO_GUARD]), -1, 0)
     for i in range(n):
         out[i] = depth[i]
@@ -133,6 +133,7 @@ def _slo_commit_steps(state, params, num_spec_tokens, num_accepted, draft_s, ver
         state[SLO_T_STEP] = step if t != t else (1 - ema) * t + ema * step
 
 
+_rule_coefficients = RULE_COEFFICIENTS
 if numba is not None:
     GREEDY_CAP = numba.njit(cache=True, error_model="numpy")(_greedy_cap)
     _greedy_cap = GREEDY_CAP

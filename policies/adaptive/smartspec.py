@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.adaptive.step_cost import (coefficient_arrays, target_seqs, uniform_step_s,
-                                         warm_up_step_cost)
+from policies.adaptive.step_cost import (coefficient_arrays, decision_params, target_seqs,
+                                         uniform_step_s, warm_up_step_cost)
 from policies.interface import CompiledDecisions, Decision, Feedback, Observation, Policy
 from policies.registry import register
 
@@ -133,16 +133,10 @@ class SmartSpec(Policy):
         from policies.adaptive.decision_kernels import DECIDE, SMARTSPEC
         if DECIDE is None:
             return None
-        kind, target, draft = form
-        params = np.zeros(sk.NUM_PARAMS)
-        params[sk.KIND] = kind
-        params[sk.TARGET:sk.TARGET + 5] = target
-        params[sk.DRAFT:sk.DRAFT + 5] = draft
-        params[sk.K_MAX] = -1 if self.k_max is None else int(self.k_max)
-        params[sk.NO_SPEC_BONUS] = self.no_spec_bonus
-        params[sk.FIRST_DECREASE] = float(self.stop_at_first_decrease)
-        params[sk.EMA], params[sk.UPDATE_INTERVAL] = self.ema, self.update_interval
-        params[sk.ALPHA_FLOOR], params[sk.ALPHA_RESET] = self.alpha_floor, self.alpha_reset
+        params = decision_params(      # in smartspec_kernels' K_MAX .. UPDATE_INTERVAL order
+            form, -1 if self.k_max is None else int(self.k_max), self.no_spec_bonus,
+            float(self.stop_at_first_decrease), self.ema, self.alpha_floor, self.alpha_reset,
+            self.update_interval)
         since = self._steps_since_update
         state = np.array([self.alpha, self._k, -1 if since is None else since], float)
 

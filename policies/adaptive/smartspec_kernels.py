@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.slo_goodput_kernels import numba
-from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
+from policies.adaptive.step_cost_kernels import (COEFFICIENTS, RULE_COEFFICIENTS,
+                                                 UNIFORM_STEP_TIMES)
 
 
 def _smartspec_k(kmax, n, ctx, num_prefill_tokens, num_target_seqs, prefill_ctx, kind, target,
@@ -40,11 +41,10 @@ def _smartspec_k(kmax, n, ctx, num_prefill_tokens, num_target_seqs, prefill_ctx,
     return best, g
 
 
-# ``SmartSpec.compiled_decisions``' state and params, by index
+# ``SmartSpec.compiled_decisions``' state and params (after the coefficients), by index
 ALPHA, K, SINCE = range(3)          # SINCE < 0: no update yet (``_steps_since_update`` None)
-(KIND, TARGET, DRAFT, K_MAX, NO_SPEC_BONUS, FIRST_DECREASE, EMA, ALPHA_FLOOR, ALPHA_RESET,
- UPDATE_INTERVAL) = (0, 1, 6, 11, 12, 13, 14, 15, 16, 17)
-NUM_PARAMS = 18
+(K_MAX, NO_SPEC_BONUS, FIRST_DECREASE, EMA, ALPHA_FLOOR, ALPHA_RESET,
+ UPDATE_INTERVAL) = range(COEFFICIENTS, COEFFICIENTS + 7)
 
 
 def _due(state, params):
@@ -65,8 +65,8 @@ def _decide_steps(state, params, now_s, batch, k_max, out):
         ctx = 0
         for i in range(n):               # whole tokens: exact in any order
             ctx += context_lens[i]
-        k, _ = _smartspec_k(kmax, n, float(ctx), 0, n, 0.0, int(params[KIND]),
-                            params[TARGET:TARGET + 5], params[DRAFT:DRAFT + 5], a,
+        kind, target, draft = RULE_COEFFICIENTS(params)
+        k, _ = _smartspec_k(kmax, n, float(ctx), 0, n, 0.0, kind, target, draft, a,
                             params[NO_SPEC_BONUS], params[FIRST_DECREASE] != 0.0)
     else:
         k = int(state[K])

@@ -90,6 +90,15 @@ def coefficient_arrays(cost) -> tuple | None:
     return None if form is None else _padded(form)
 
 
+def decision_params(form: tuple | None, *fields: float) -> np.ndarray:
+    """A ``CompiledDecisions.params``: the cost model's coefficients (``form``:
+    ``coefficient_arrays``' (kind, target, draft); None: kind -1 and zeros, for a rule that
+    prices nothing) in the layout ``step_cost_kernels.RULE_COEFFICIENTS`` reads, then the
+    rule's own ``fields`` (from index ``step_cost_kernels.COEFFICIENTS``)."""
+    kind, target, draft = form if form is not None else (-1, np.zeros(5), np.zeros(5))
+    return np.array([kind, *target, *draft, *fields], np.float64)
+
+
 def warm_up_step_cost() -> None:
     """Compile ``uniform_step_s``'s loop for the forms and argument types policies pass
     (roofline and affine, an integer or a float context), once per process."""

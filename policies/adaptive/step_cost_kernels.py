@@ -41,3 +41,17 @@ def _uniform_step_times(ks, n, ctx, num_prefill_tokens, num_target_seqs, prefill
 # the roofline and affine expressions, jitted there (numba loads with that module)
 UNIFORM_STEP_TIMES = (numba.njit(cache=True)(_uniform_step_times) if numba is not None
                       else None)
+
+
+# every ``CompiledDecisions.params`` starts with the cost model's coefficients
+# (``step_cost.decision_params``): kind, the target pass's five, the draft pass's five
+COEFFICIENTS = 11
+
+
+def _rule_coefficients(params):
+    """(kind, target, draft) from the head of a rule's ``params``."""
+    return int(params[0]), params[1:6], params[6:11]
+
+
+RULE_COEFFICIENTS = (numba.njit(cache=True)(_rule_coefficients) if numba is not None
+                     else None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.adaptive.step_cost import decision_params
 from policies.interface import (CompiledDecisions, CompiledDrafting, Decision, DraftState,
                                 Observation, Policy)
 from policies.registry import register
@@ -58,8 +59,8 @@ class ThresholdDrafting(Policy):
         from policies.adaptive.decision_kernels import DECIDE, THRESHOLD
         if DECIDE is None:
             return None
-        params = np.array([-1 if self.k_max is None else int(self.k_max), self.threshold],
-                          float)
+        params = decision_params(None, -1 if self.k_max is None else int(self.k_max),
+                                 self.threshold)
         return CompiledDecisions(THRESHOLD, _NO_STATE, params, _no_state, drafting=True)
 
     def warm_up(self) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
 from policies.adaptive.slo_goodput_kernels import numba
+from policies.adaptive.step_cost_kernels import COEFFICIENTS
 
 
 def _drafting_rule(drafted, k, confidences, draft_time_s, more, args):
@@ -39,9 +40,10 @@ def _drafting_rule(drafted, k, confidences, draft_time_s, more, args):
             more[i] = False
 
 
-# ``ThresholdDrafting.compiled_decisions``' params, by index (it keeps no state); its
-# decide is ``decision_kernels``' every-request-k (K_MAX first), its observe none
-K_MAX, THRESHOLD = 0, 1              # K_MAX < 0: none (the engine's k_max)
+# ``ThresholdDrafting.compiled_decisions``' params (after the coefficients, unread), by
+# index (it keeps no state); its decide is ``decision_kernels``' every-request-k (K_MAX
+# first), its observe none
+K_MAX, THRESHOLD = COEFFICIENTS, COEFFICIENTS + 1     # K_MAX < 0: none (the engine's k_max)
 
 
 def _draft_steps(state, params, drafted, k, confidences, draft_time_s, more):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from policies.adaptive.slo_goodput_drafting import best_verified_prefixes
-from policies.adaptive.step_cost import coefficient_arrays, expected_chain_tokens
+from policies.adaptive.step_cost import (coefficient_arrays, decision_params,
+                                         expected_chain_tokens)
 from policies.interface import (CompiledDecisions, Decision, DraftState, Observation, Policy,
                                 cumulative_confidence)
 from policies.registry import register
@@ -98,14 +99,10 @@ class VllmAdaptiveVerify(Policy):
         form = coefficient_arrays(obs.cost) if self.compiled else None
         if form is None:
             return None
-        from policies.adaptive import vllm_verify_kernels as vk
         from policies.adaptive.decision_kernels import DECIDE, VLLM_ADAPTIVE_VERIFY
         if DECIDE is None:
             return None
-        params = np.zeros(vk.NUM_PARAMS)
-        params[vk.K] = -1 if self.k is None else int(self.k)
-        params[vk.KIND] = form[0]
-        params[vk.TARGET:vk.TARGET + 5] = form[1]
+        params = decision_params(form, -1 if self.k is None else int(self.k))
         return CompiledDecisions(VLLM_ADAPTIVE_VERIFY, _NO_STATE, params, _no_state,
                                  verifying=True)
 

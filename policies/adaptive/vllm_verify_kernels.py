@@ -11,11 +11,11 @@ import numpy as np
 
 from policies.adaptive.slo_goodput_kernels import (VERIFIED_COUNTS, VERIFY_RANKING,
                                                    VERIFY_TIMES, numba)
+from policies.adaptive.step_cost_kernels import COEFFICIENTS, RULE_COEFFICIENTS
 
-# ``VllmAdaptiveVerify.compiled_decisions``' params, by index (it keeps no state); its
-# decide is ``decision_kernels``' every-request-k (K first), its observe none
-K, KIND, TARGET = 0, 1, 2            # K < 0: k_max; then the target pass's five coefficients
-NUM_PARAMS = 7
+# ``VllmAdaptiveVerify.compiled_decisions``' params (after the coefficients), by index (it
+# keeps no state); its decide is ``decision_kernels``' every-request-k, its observe none
+K = COEFFICIENTS                     # K < 0: k_max
 
 
 def _verify_steps(state, params, context_lens, drafted, confidences, draft_time_s, out):
@@ -38,8 +38,8 @@ def _verify_steps(state, params, context_lens, drafted, confidences, draft_time_
             run = run * (0.0 if c != c else c) if p > 0 else (0.0 if c != c else c)
             value[i, p] = run
     req, pos, cum_v, cum_ctx = VERIFY_RANKING(value, drafted, context_lens)
-    verify = VERIFY_TIMES(cum_ctx, int(params[KIND]), params[TARGET:TARGET + 5], float(n),
-                          float(n), float(ctx))
+    kind, target, _ = RULE_COEFFICIENTS(params)
+    verify = VERIFY_TIMES(cum_ctx, kind, target, float(n), float(n), float(ctx))
     counts = VERIFIED_COUNTS(req, pos, cum_v, verify, float(n), draft_time_s, n, kmax)
     for i in range(n):
         out[i] = counts[i]

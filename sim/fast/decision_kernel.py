@@ -43,22 +43,22 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
     want = np.empty(n, np.int64)
     no_rows = np.zeros(0, np.int64)
     fin = no_rows
+    ruled = drafting or verifying
     t, S = now, 0
     for s in range(max_steps):
         if s > 0 and t >= arrival:          # the next request arrived during the last step
             break
         # a copy: the step kernel's argument types, as the engine's step passes them
         us = u[s * n * kmax:(s + 1) * n * kmax].copy()
-        for i in range(n):                  # the batch; match lengths: u < rate x decay
+        # the engine's draw of the step (its confidences where a rule reads them)
+        match, seen = DRAW_KERNEL(us.reshape(n, kmax), rate_table[run], q_hi, q_lo, ruled)
+        for i in range(n):                  # the batch
             row = run[i]
             batch.context_lens[i] = num_computed[row] + 1
             batch.num_output_tokens[i] = num_out[row]
             batch.decode_elapsed_s[i] = t - first_token_s[row]
             batch.since_arrival_s[i] = t - arrival_s[row]
-            m = 0
-            while m < kmax and us[i * kmax + m] < rate[row] * decay[m]:
-                m += 1
-            batch.match_lens[i] = m
+            batch.match_lens[i] = match[i]
         if not DECIDE(rule, state, params, t, batch, kmax, k):
             break                               # declined: the engine's step, the hook
         ksum = 0
@@ -78,11 +78,11 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
         for i in range(n):
             free_blocks -= want[i] - num_blocks[run[i]]
             num_blocks[run[i]] = want[i]
-        if drafting or verifying:
+        if ruled:
             floats, ints, fit, acc, fin = _ruled_step(
-                rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens,
-                free_blocks, bs, t, alpha, finished_code, tcoef, dcoef, rate_table, q_hi, q_lo,
-                last_conf, arrays)
+                rule, drafting, verifying, state, params, match, seen, kmax, run, k,
+                max_tokens, free_blocks, bs, t, alpha, finished_code, tcoef, dcoef, last_conf,
+                arrays)
         else:
             floats, ints, fit, acc, fin = STEP_KERNEL(
                 us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
@@ -111,19 +111,20 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
     return S, times[:, :S], counts[:, :S], spec_k[:S], accepted[:S], free_blocks, fin
 
 
-def _ruled_step(rule, drafting, verifying, state, params, us, kmax, run, k, max_tokens,
-                free_blocks, bs, now, alpha, finished_code, tcoef, dcoef, rate_table, q_hi,
-                q_lo, last_conf, arrays):
+def _ruled_step(rule, drafting, verifying, state, params, match, seen, kmax, run, k,
+                max_tokens, free_blocks, bs, now, alpha, finished_code, tcoef, dcoef,
+                last_conf, arrays):
     """A pure-decode chain step of a policy with its own drafting or verification, as
-    ``step_compiled.compiled_chain_step`` runs it: the draw with confidences
-    (``DRAW_KERNEL``), the fit's blocks (it fits whole: checked by the caller), the drafts
-    (with ``drafting``, the draft passes with the rule after each, ``step_kernel.
-    drafting_loop``'s, the rule by id; else each request its length), the draft seconds as
-    ``Engine._draft`` prices them (a uniform chain by ``UNIFORM_DRAFT_SECONDS_KERNEL``, else
-    the passes'), the verified drafts (with ``verifying``, the rule's; else all drafted), the
-    verify pass and the step's end (``CHAIN_VERIFY_END_KERNEL``), the rows' last
-    confidences. Returns ``STEP_KERNEL``'s (floats [draft_s, verify_s, end], ints [n_spec,
-    n_acc, n_emit, free blocks, bad], verified drafts, accepted, finished rows)."""
+    ``step_compiled.compiled_chain_step`` runs it, from the step's draw (``match``, ``seen``:
+    ``DRAW_KERNEL``'s match lengths and confidences): the fit's blocks (it fits whole:
+    checked by the caller), the drafts (with ``drafting``, the draft passes with the rule
+    after each, ``step_kernel.drafting_loop``'s, the rule by id; else each request its
+    length), the draft seconds as ``Engine._draft`` prices them (a uniform chain by
+    ``UNIFORM_DRAFT_SECONDS_KERNEL``, else the passes'), the verified drafts (with
+    ``verifying``, the rule's; else all drafted), the verify pass and the step's end
+    (``CHAIN_VERIFY_END_KERNEL``), the rows' last confidences. Returns ``STEP_KERNEL``'s
+    (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit, free blocks, bad],
+    verified drafts, accepted, finished rows)."""
     num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
     n = run.shape[0]
     ctx = np.empty(n, np.int64)
@@ -133,7 +134,6 @@ def _ruled_step(rule, drafting, verifying, state, params, us, kmax, run, k, max_
         ctx[i] = num_computed[run[i]]
         out[i] = num_out[run[i]]
         csum += ctx[i]
-    match, seen = DRAW_KERNEL(us.reshape(n, kmax), rate_table[run], q_hi, q_lo, True)
     num_extra = 0                        # Scheduler.fit_speculation's blocks for the drafts
     ksum = 0
     for i in range(n):
