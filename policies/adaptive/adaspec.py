@@ -8,12 +8,13 @@ import numpy as np
 
 from policies.adaptive.adaspec_efficiency import (goodput, per_token_score, scalar_goodput,
                                                   scalar_per_token_score, tpot_budgets)
-from policies.adaptive.step_cost import (coefficient_arrays, expected_chain_tokens, same_step,
-                                         target_seqs, tightest_slo_s, uniform_step_s,
-                                         verify_s, warm_up_step_cost)
+from policies.adaptive.step_cost import (coefficient_arrays, decision_params,
+                                         expected_chain_tokens, same_step, target_seqs,
+                                         tightest_slo_s, uniform_step_s, verify_s,
+                                         warm_up_step_cost)
 from policies.drafting_replay import warm_up_replay
-from policies.interface import (CompiledDrafting, Decision, DraftState, Observation, Policy,
-                                cumulative_confidence, trim_to_budget)
+from policies.interface import (CompiledDecisions, CompiledDrafting, Decision, DraftState,
+                                Observation, Policy, cumulative_confidence, trim_to_budget)
 from policies.registry import register
 
 
@@ -202,6 +203,36 @@ class AdaSpec(Policy):
         self._step = _Step(obs=obs, step_s=step, budget_s=float(budget), g_prev=float(g0),
                            tpot_s=budgets if has_budget else None)
         return Decision(num_spec_tokens=k)
+
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """``decide``, the drafter's checks and the confidence verifier as compiled code for
+        the simulator's pure-decode stretches (``adaspec_kernels.DECIDE_STEPS``,
+        ``DRAFT_STEPS``, ``VERIFY_STEPS``: ``DECIDE_ADAPTIVE``, ``DRAFTING_RULE`` and
+        ``CONFIDENCE_VERIFY``, the hooks' own loops), the prior's running sums as the state;
+        where the hooks run those loops (adaptive drafter, per_token estimator, no verify
+        budget, a cost model with coefficients), else None."""
+        form = coefficient_arrays(obs.cost) if self.compiled else None
+        if (form is None or not (self.adaptive_drafter and self.slo_aware and self._per_token)
+                or self.verify_token_budget is not None):
+            return None
+        from policies.adaptive import adaspec_kernels as ak
+        from policies.adaptive.decision_kernels import ADASPEC, DECIDE
+        if DECIDE is None:
+            return None
+        kmax = obs.k_max if self.k_max is None else min(int(self.k_max), obs.k_max)
+        params = decision_params(      # in adaspec_kernels' K_MAX .. VERIFIER order
+            form, -1 if self.k_max is None else int(self.k_max),
+            np.inf if self.step_budget_s is None else float(self.step_budget_s),
+            float(self.confidence_verifier))
+        state = np.zeros(ak.STEP + kmax + 1 + obs.num_requests)
+        state[ak.CONF_SUM], state[ak.CONF_COUNT] = self.conf_sum, self.conf_count
+        state[ak.PRIOR_INIT] = self.prior_init
+
+        def finish() -> None:
+            self.conf_sum, self.conf_count = float(state[ak.CONF_SUM]), float(state[ak.CONF_COUNT])
+            self._step = None        # the stretch's steps are over; the next decide makes one
+
+        return CompiledDecisions(ADASPEC, state, params, finish, drafting=True, verifying=True)
 
     def continue_drafting(self, draft: DraftState) -> np.ndarray:
         more = draft.num_drafted < draft.decision.num_spec_tokens

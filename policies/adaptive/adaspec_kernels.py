@@ -19,7 +19,8 @@ import numpy as np
 
 from policies.adaptive.slo_goodput_kernels import _np_max, _np_min, _pairwise, _pass_s, numba
 from policies.adaptive.sort_kernels import _stable_argsort
-from policies.adaptive.step_cost_kernels import UNIFORM_STEP_TIMES
+from policies.adaptive.step_cost_kernels import (COEFFICIENTS, RULE_COEFFICIENTS,
+                                                 UNIFORM_STEP_TIMES)
 
 
 def _pairwise_sum(x, n):
@@ -268,3 +269,95 @@ if numba is not None:
     DRAFTING_RULE = numba.njit(cache=True)(_drafting_rule)
 else:                                # pragma: no cover - numba is a dependency
     CONFIDENCE_VERIFY = DRAFTING_CHECKS = DRAFTING_RULE = DECIDE_ADAPTIVE = None
+
+
+# ``AdaSpec.compiled_decisions``' state, by index: ``_drafting_rule``'s seven (the step's
+# tightest budget, whether any TPOT budget is finite, g_prev, the prior's confidence sum and
+# count, prior_init, g_next), then the step's T(k) for k = 0..K, then each request's TPOT
+# budget. The sums and prior_init persist (``finish`` reads them back); the rest is the
+# step's scratch, written by decide as the hook writes its ``_Step``.
+BUDGET, HAS_TPOT, G_PREV, CONF_SUM, CONF_COUNT, PRIOR_INIT, G_NEXT, STEP = range(8)
+# its params after the coefficients: k_max (< 0: the engine's), the step budget (inf: none),
+# the confidence verifier (1/0)
+K_MAX, STEP_BUDGET, VERIFIER = COEFFICIENTS, COEFFICIENTS + 1, COEFFICIENTS + 2
+
+
+def _previous_bucket(num_tokens):
+    """``adaspec.previous_graph_bucket``: the largest power of two below ``num_tokens`` up to
+    32, the multiple of 32 below it above."""
+    if num_tokens <= 1:
+        return 0
+    if num_tokens <= 32:
+        b = 1
+        while 2 * b <= num_tokens - 1:
+            b *= 2
+        return b
+    return 32 * ((num_tokens - 1) // 32)
+
+
+def _state_parts(state, n):
+    """The drafting rule's arguments (head, T(k), budgets) as views of ``state``."""
+    K = state.shape[0] - STEP - 1 - n
+    return state[:STEP], state[STEP:STEP + K + 1], state[STEP + K + 1:]
+
+
+def _decide_steps(state, params, now_s, batch, k_max, out):
+    """``AdaSpec.decide`` (adaptive drafter, per_token estimator: ``DECIDE_ADAPTIVE``) on a
+    pure-decode step; its ``_Step`` into the state's scratch. Always decides."""
+    kind, target, draft = RULE_COEFFICIENTS(params)
+    kmax = k_max if params[K_MAX] < 0 else min(int(params[K_MAX]), k_max)
+    n = out.shape[0]
+    count = state[CONF_COUNT]
+    prior = state[CONF_SUM] / count if count > 0 else state[PRIOR_INIT]
+    k, step, budget, g0, has_budget, budgets = DECIDE_ADAPTIVE(
+        kmax, n, batch.context_lens, 0, n, 0.0, kind, target, draft, batch.tpot_slo_s,
+        params[STEP_BUDGET], prior)
+    _, step_s, tpot = _state_parts(state, n)
+    for j in range(kmax + 1):
+        step_s[j] = step[j]
+    for i in range(n):
+        out[i] = k[i]
+        tpot[i] = budgets[i]
+    state[BUDGET] = budget
+    state[HAS_TPOT] = 1.0 if has_budget else 0.0
+    state[G_PREV] = g0
+    state[G_NEXT] = np.nan
+    return True
+
+
+def _draft_steps(state, params, drafted, k, confidences, draft_time_s, more):
+    """``AdaSpec.continue_drafting`` (``DRAFTING_RULE`` on the step's scratch)."""
+    DRAFTING_RULE(drafted, k, confidences, draft_time_s, more,
+                  _state_parts(state, drafted.shape[0]))
+
+
+def _verify_steps(state, params, context_lens, drafted, confidences, draft_time_s, out):
+    """``AdaSpec.select_verify`` (the confidence verifier to the previous graph bucket, no
+    verify budget: ``CONFIDENCE_VERIFY``) into ``out``."""
+    n = drafted.shape[0]
+    total = 0
+    for i in range(n):
+        out[i] = drafted[i]
+        total += drafted[i]
+    if params[VERIFIER] == 0.0 or total == 0:
+        return
+    target_count = max(_previous_bucket(total + n) - n, 0)
+    if target_count >= total:
+        return
+    kind, target, _ = RULE_COEFFICIENTS(params)
+    _, _, tpot = _state_parts(state, n)
+    kept = CONFIDENCE_VERIFY(drafted, confidences, target_count, draft_time_s, context_lens,
+                             0, 0.0, n, kind, target, tpot, state[HAS_TPOT] > 0.0,
+                             state[BUDGET])
+    for i in range(n):
+        out[i] = kept[i]
+
+
+if numba is not None:
+    _previous_bucket = numba.njit(cache=True)(_previous_bucket)
+    _state_parts = numba.njit(cache=True)(_state_parts)
+    DECIDE_STEPS = numba.njit(cache=True, error_model="numpy")(_decide_steps)
+    DRAFT_STEPS = numba.njit(cache=True)(_draft_steps)
+    VERIFY_STEPS = numba.njit(cache=True)(_verify_steps)
+else:                                # pragma: no cover - numba is a dependency
+    DECIDE_STEPS = DRAFT_STEPS = VERIFY_STEPS = None

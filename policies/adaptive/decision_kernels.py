@@ -10,13 +10,13 @@ added here, under a new id, with its policy's ``decide`` and ``commit`` kernels.
 """
 from __future__ import annotations
 
-from policies.adaptive import (oracle_kernels, smartspec_kernels, threshold_kernels,
-                               vllm_verify_kernels)
+from policies.adaptive import (adaspec_kernels, oracle_kernels, smartspec_kernels,
+                               threshold_kernels, vllm_verify_kernels)
 from policies.adaptive.slo_goodput_kernels import numba
 from policies.adaptive.step_cost_kernels import COEFFICIENTS
 
 # the rules' ids (CompiledDecisions.rule)
-ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY = 0, 1, 2, 3, 4
+ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY, ADASPEC = 0, 1, 2, 3, 4, 5
 
 
 def _decide(rule, state, params, now_s, batch, k_max, out):
@@ -29,6 +29,8 @@ def _decide(rule, state, params, now_s, batch, k_max, out):
         return _oracle_slo_decide(state, params, now_s, batch, k_max, out)
     if rule == THRESHOLD or rule == VLLM_ADAPTIVE_VERIFY:
         return _every_request_k(params, k_max, out)
+    if rule == ADASPEC:
+        return _adaspec_decide(state, params, now_s, batch, k_max, out)
     return False
 
 
@@ -50,7 +52,8 @@ def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_
         _smartspec_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
     elif rule == ORACLE_SLO:
         _oracle_slo_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
-    # threshold and vllm_adaptive_verify observe nothing
+    # threshold, vllm_adaptive_verify and adaspec observe nothing (adaspec's prior learns
+    # in its drafting rule)
 
 
 def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
@@ -58,6 +61,8 @@ def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
     ``CompiledDrafting``'s arguments, the answer written into ``more``."""
     if rule == THRESHOLD:
         _threshold_draft(state, params, drafted, k, confidences, draft_time_s, more)
+    elif rule == ADASPEC:
+        _adaspec_draft(state, params, drafted, k, confidences, draft_time_s, more)
 
 
 def _verify(rule, state, params, context_lens, drafted, confidences, draft_time_s, out):
@@ -66,6 +71,8 @@ def _verify(rule, state, params, context_lens, drafted, confidences, draft_time_
     request's drafts), the verified counts written into ``out``."""
     if rule == VLLM_ADAPTIVE_VERIFY:
         _vllm_verify(state, params, context_lens, drafted, confidences, draft_time_s, out)
+    elif rule == ADASPEC:
+        _adaspec_verify(state, params, context_lens, drafted, confidences, draft_time_s, out)
 
 
 _oracle_decide, _oracle_commit = oracle_kernels.DECIDE_STEPS, oracle_kernels.COMMIT_STEPS
@@ -75,8 +82,10 @@ _smartspec_decide = smartspec_kernels.DECIDE_STEPS
 _smartspec_commit = smartspec_kernels.COMMIT_STEPS
 _threshold_draft = threshold_kernels.DRAFT_STEPS
 _vllm_verify = vllm_verify_kernels.VERIFY_STEPS
+_adaspec_decide = adaspec_kernels.DECIDE_STEPS
+_adaspec_draft, _adaspec_verify = adaspec_kernels.DRAFT_STEPS, adaspec_kernels.VERIFY_STEPS
 if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide,
-                                      _threshold_draft, _vllm_verify):
+                                      _threshold_draft, _vllm_verify, _adaspec_decide):
     _every_request_k = numba.njit(cache=True)(_every_request_k)
     DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
     COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)
