@@ -167,28 +167,34 @@ class CompiledDecisions:
 
     ``rule`` names the pair of functions (an id of ``policies.adaptive.decision_kernels``,
     where a policy's pair is registered: a cached compiled loop cannot take functions as
-    arguments). Before each step the loop calls ``decide(state, params, now_s, batch,
+    arguments). Before each step the loop calls ``decide(state, ints, params, now_s, batch,
     k_max, num_spec_tokens)`` (``batch``: a ``DecodeBatch``); the rule writes the step's
     lengths into ``num_spec_tokens`` (int (n,), in 0..k_max) and returns True, or returns
     False to leave the step to the engine's own path (which then calls the hook), and never
-    changes ``state``: the loop may still leave the step to the engine (its drafts would not
-    fit). After the step it calls ``commit(state, params, num_spec_tokens, num_accepted,
-    draft_s, verify_s)``, which applies what ``decide`` and ``observe`` would have changed.
-    ``state`` (float (m,)) is the policy's, read back by ``finish()`` after the loop;
-    ``params`` (float (p,)) its constants, the cost model's coefficients included. Lengths
-    and state must be the hooks', step for step."""
+    changes what ``finish`` reads back (it may fill the step's scratch): the loop may still
+    leave the step to the engine (its drafts would not fit). After the step it calls
+    ``commit(state, ints, params, num_spec_tokens, num_accepted, draft_s, verify_s,
+    confidences, finished)`` (``confidences``: the drafts', nan past each request's, empty
+    (0, k_max) for a step no rule drafted or verified; ``finished``: bool (n,), the requests
+    the step finished), which applies what ``decide`` and ``observe`` would have changed.
+    ``state`` (float (m,)) and ``ints`` (int64 (m',)) are the policy's, read back by
+    ``finish()`` after the loop; ``params`` (float (p,)) its constants, the cost model's
+    coefficients included. Lengths and state must be the hooks', step for step."""
 
     rule: int                         # policies.adaptive.decision_kernels' id
     state: np.ndarray                 # float (m,), updated in place by commit
     params: np.ndarray                # float (p,), read only
     finish: Callable[[], None]        # after the loop: the policy reads its state back
     # True: the rule also stops the drafts (a policy with its own continue_drafting): after
-    # each draft pass the loop calls draft(state, params, num_drafted, num_spec_tokens,
-    # confidences, draft_time_s, more), ``CompiledDrafting.rule``'s arguments
+    # each draft pass the loop calls draft(state, ints, params, num_drafted,
+    # num_spec_tokens, confidences, draft_time_s, more), ``CompiledDrafting.rule``'s
+    # arguments
     drafting: bool = False
     # True: the rule also chooses the verified drafts (its own select_verify): the loop calls
-    # verify(state, params, context_lens, num_drafted, confidences, draft_time_s, out)
+    # verify(state, ints, params, context_lens, num_drafted, confidences, draft_time_s, out)
     verifying: bool = False
+    # int64 (m',): integer state (ids, counts), updated in place as ``state``
+    ints: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)

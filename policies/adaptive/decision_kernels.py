@@ -10,16 +10,16 @@ added here, under a new id, with its policy's ``decide`` and ``commit`` kernels.
 """
 from __future__ import annotations
 
-from policies.adaptive import (adaspec_kernels, oracle_kernels, smartspec_kernels,
-                               threshold_kernels, vllm_verify_kernels)
+from policies.adaptive import (adaspec_kernels, oracle_kernels, slo_goodput_decision_kernels,
+                               smartspec_kernels, threshold_kernels, vllm_verify_kernels)
 from policies.adaptive.slo_goodput_kernels import numba
 from policies.adaptive.step_cost_kernels import COEFFICIENTS
 
 # the rules' ids (CompiledDecisions.rule)
-ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY, ADASPEC = 0, 1, 2, 3, 4, 5
+ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY, ADASPEC, SLO_GOODPUT = range(7)
 
 
-def _decide(rule, state, params, now_s, batch, k_max, out):
+def _decide(rule, state, ints, params, now_s, batch, k_max, out):
     """Rule ``rule``'s ``decide`` (``CompiledDecisions``): True, or False (declined)."""
     if rule == ORACLE:
         return _oracle_decide(state, params, now_s, batch, k_max, out)
@@ -31,6 +31,8 @@ def _decide(rule, state, params, now_s, batch, k_max, out):
         return _every_request_k(params, k_max, out)
     if rule == ADASPEC:
         return _adaspec_decide(state, params, now_s, batch, k_max, out)
+    if rule == SLO_GOODPUT:
+        return _slo_goodput_decide(state, ints, params, now_s, batch, k_max, out)
     return False
 
 
@@ -44,7 +46,8 @@ def _every_request_k(params, k_max, out):
     return True
 
 
-def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_s):
+def _commit(rule, state, ints, params, num_spec_tokens, num_accepted, draft_s, verify_s,
+            confidences, finished):
     """Rule ``rule``'s ``commit`` (``CompiledDecisions``)."""
     if rule == ORACLE:
         _oracle_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
@@ -52,20 +55,25 @@ def _commit(rule, state, params, num_spec_tokens, num_accepted, draft_s, verify_
         _smartspec_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
     elif rule == ORACLE_SLO:
         _oracle_slo_commit(state, params, num_spec_tokens, num_accepted, draft_s, verify_s)
+    elif rule == SLO_GOODPUT:
+        _slo_goodput_commit(state, ints, params, num_spec_tokens, num_accepted, draft_s,
+                            verify_s, confidences, finished)
     # threshold, vllm_adaptive_verify and adaspec observe nothing (adaspec's prior learns
     # in its drafting rule)
 
 
-def _draft(rule, state, params, drafted, k, confidences, draft_time_s, more):
+def _draft(rule, state, ints, params, drafted, k, confidences, draft_time_s, more):
     """Rule ``rule``'s drafting rule after a draft pass (``CompiledDecisions.drafting``):
     ``CompiledDrafting``'s arguments, the answer written into ``more``."""
     if rule == THRESHOLD:
         _threshold_draft(state, params, drafted, k, confidences, draft_time_s, more)
     elif rule == ADASPEC:
         _adaspec_draft(state, params, drafted, k, confidences, draft_time_s, more)
+    elif rule == SLO_GOODPUT:
+        _slo_goodput_draft(state, ints, params, drafted, k, confidences, draft_time_s, more)
 
 
-def _verify(rule, state, params, context_lens, drafted, confidences, draft_time_s, out):
+def _verify(rule, state, ints, params, context_lens, drafted, confidences, draft_time_s, out):
     """Rule ``rule``'s verification (``CompiledDecisions.verifying``): ``select_verify`` on
     the step's drafts (``context_lens`` as the Observation's, ``confidences`` nan past each
     request's drafts), the verified counts written into ``out``."""
@@ -73,6 +81,9 @@ def _verify(rule, state, params, context_lens, drafted, confidences, draft_time_
         _vllm_verify(state, params, context_lens, drafted, confidences, draft_time_s, out)
     elif rule == ADASPEC:
         _adaspec_verify(state, params, context_lens, drafted, confidences, draft_time_s, out)
+    elif rule == SLO_GOODPUT:
+        _slo_goodput_verify(state, ints, params, context_lens, drafted, confidences,
+                            draft_time_s, out)
 
 
 _oracle_decide, _oracle_commit = oracle_kernels.DECIDE_STEPS, oracle_kernels.COMMIT_STEPS
@@ -84,8 +95,13 @@ _threshold_draft = threshold_kernels.DRAFT_STEPS
 _vllm_verify = vllm_verify_kernels.VERIFY_STEPS
 _adaspec_decide = adaspec_kernels.DECIDE_STEPS
 _adaspec_draft, _adaspec_verify = adaspec_kernels.DRAFT_STEPS, adaspec_kernels.VERIFY_STEPS
+_slo_goodput_decide = slo_goodput_decision_kernels.DECIDE_STEPS
+_slo_goodput_commit = slo_goodput_decision_kernels.COMMIT_STEPS
+_slo_goodput_draft = slo_goodput_decision_kernels.DRAFT_STEPS
+_slo_goodput_verify = slo_goodput_decision_kernels.VERIFY_STEPS
 if numba is not None and None not in (_oracle_decide, _oracle_slo_decide, _smartspec_decide,
-                                      _threshold_draft, _vllm_verify, _adaspec_decide):
+                                      _threshold_draft, _vllm_verify, _adaspec_decide,
+                                      _slo_goodput_decide):
     _every_request_k = numba.njit(cache=True)(_every_request_k)
     DECIDE = numba.njit(cache=True, error_model="numpy")(_decide)
     COMMIT = numba.njit(cache=True, error_model="numpy")(_commit)

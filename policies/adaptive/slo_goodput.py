@@ -26,8 +26,8 @@ from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
                                                   prefill_chunk_value, queue_value,
                                                   slo_weights)
 from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
-from policies.interface import (CompiledDrafting, Decision, DraftState, Feedback, Observation,
-                                Policy)
+from policies.interface import (CompiledDecisions, CompiledDrafting, Decision, DraftState,
+                                Feedback, Observation, Policy)
 from policies.registry import register
 
 
@@ -528,6 +528,86 @@ class SloGoodput(Policy):
                                             max(obs.k_max, plan.obs.k_max), True)
         return drafting_rule(plan, self._survival, self.calibrator.num_bins, self.stop_margin,
                              self.pass_cost_stop, obs, obs.k_max)
+
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """A chain step's hooks as compiled code for the simulator's pure-decode stretches
+        (``slo_goodput_decision_kernels``: ``DECIDE_CHAIN``, ``DRAFTING_PASS``,
+        ``VERIFY_PASS``, ``OBSERVE_CHAINS``, the calls the hooks make), the tracker's rows of
+        the stretch's requests, the calibrator's bins, the step time and the length window
+        as the state; where the hooks take those calls (calibrated chains, no probes, a
+        fair share of 0 or 1, a cost model with coefficients), else None. Its decide
+        declines before the first measured step time and the calibrator's first table."""
+        from policies.adaptive import slo_goodput_decision_kernels as sk
+        from policies.adaptive.decision_kernels import DECIDE, SLO_GOODPUT
+        from policies.adaptive.step_cost import coefficient_arrays, decision_params
+        form = coefficient_arrays(obs.cost) if self.compiled else None
+        if (DECIDE is None or form is None or self.calibrator is None or not self.chain_only
+                or self.probe_positions or not self._weights_compile()
+                or not self.calibrator.compiled or self.tracker.idle_decay != 1.0):
+            return None
+        n, k_max = obs.num_requests, obs.k_max
+        K = k_max if self.k_max is None else min(int(self.k_max), k_max)
+        grid, first = prefix_grid(n * K, self.num_budget_points)
+        caps = caps_in_range(self.chain_caps, K)
+        tracker, cal, lengths = self.tracker, self.calibrator, self.lengths
+        window = (lengths.expected_inputs() if self.slo_horizon != "step" else None)
+        if window is None:
+            sorted_, suffix, size, horizon = np.zeros(1), np.zeros(2), 0, 0
+        else:
+            size = window[2]
+            sorted_, suffix, horizon = window[0][:size], window[1][:size + 1], \
+                HORIZONS[self.slo_horizon]
+        params = np.concatenate([decision_params(
+            form, *self._decide_constants, -1 if self.k_max is None else int(self.k_max),
+            k_max, caps.size, grid.size, self.stop_margin, float(self.pass_cost_stop),
+            float(self.confidence_verify), float(self.impute_unverified),
+            float(self.lost_weight is not None and obs.ttft_slo_s is not None), horizon,
+            tracker.prior_weight, tracker.decay, tracker.global_decay, cal.decay,
+            cal.prior_weight, cal.min_observations, cal.num_bins, self.step_time_ema, size),
+            sorted_, suffix])
+        ids = np.asarray(obs.request_ids, np.int64)
+        pos, found = tracker.table._find(ids)
+        held = np.sort(ids[found])
+        m = held.size
+        ints = np.zeros(sk.NUM_INT_ROWS * n + caps.size + grid.size + first.size, np.int64)
+        ints[sk.IDS * n:(sk.IDS + 1) * n] = ids
+        ints[sk.TABLE_IDS * n:sk.TABLE_IDS * n + m] = held
+        ints[sk.NUM_INT_ROWS * n:] = np.concatenate([caps, grid, first])
+        state = np.zeros(sk.float_state_size(n, k_max, cal.num_bins))
+        values, *_, cal_acc, cal_rej = sk.floats(state, n, k_max, cal.num_bins)
+        values[:m] = tracker.table.get(held)
+        cal_acc[:], cal_rej[:] = cal.accepted, cal.rejected
+        state[sk.OFFER] = float(len(tracker.table) + n <= tracker.max_requests)
+        state[sk.T_STEP] = np.nan if self.t_step_s is None else self.t_step_s
+        state[sk.UPDATES] = tracker._updates
+        state[sk.GLOBAL_S:sk.GLOBAL_F + 1] = tracker.global_counts
+        state[sk.NUM_ROWS] = m
+
+        def finish() -> None:
+            t_step = float(state[sk.T_STEP])
+            self.t_step_s = None if t_step != t_step else t_step
+            tracker._updates = int(state[sk.UPDATES])
+            tracker.global_counts = state[sk.GLOBAL_S:sk.GLOBAL_F + 1].copy()
+            rows = int(state[sk.NUM_ROWS])
+            if rows:
+                tracker.table.set(ints[sk.TABLE_IDS * n:sk.TABLE_IDS * n + rows],
+                                  values[:rows])
+            cal.accepted[:], cal.rejected[:] = cal_acc, cal_rej
+            cal.counts_changed()
+            outputs = ints[sk.OUTPUTS * n:(sk.OUTPUTS + 1) * n].copy()
+            finished = ids[ints[sk.FINISHED * n:(sk.FINISHED + 1) * n] != 0]
+            if self.slo_horizon != "step":
+                self._outputs = (ids, ids, outputs)
+                if finished.size:
+                    lengths.record_finished(ids, outputs,
+                                            ints[sk.ACCEPTED * n:(sk.ACCEPTED + 1) * n],
+                                            finished)
+            if finished.size:
+                tracker.forget(finished)
+            self._plan = self._survival = None
+
+        return CompiledDecisions(SLO_GOODPUT, state, params, finish, drafting=True,
+                                 verifying=True, ints=ints)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         """Verify the drafted slots worth their verification cost (vLLM adaptive verification

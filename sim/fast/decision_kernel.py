@@ -16,7 +16,7 @@ from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
                                   UNIFORM_DRAFT_SECONDS_KERNEL)
 
 
-def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_steps,
+def _loop(rule, drafting, verifying, state, ints, params, u, kmax, rate, run, max_steps,
           free_blocks, bs, max_tokens, now, arrival, alpha, finished_code, inputs, arrival_s,
           tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, arrays):
     """Returns (steps run, float (4, S): start, latency, draft, verify seconds; int (4, S):
@@ -42,6 +42,8 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
     k = np.empty(n, np.int64)
     want = np.empty(n, np.int64)
     no_rows = np.zeros(0, np.int64)
+    no_conf = np.zeros((0, kmax))       # a step without drafts' confidences (no rule reads)
+    done = np.zeros(n, np.bool_)
     fin = no_rows
     ruled = drafting or verifying
     t, S = now, 0
@@ -59,7 +61,7 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
             batch.decode_elapsed_s[i] = t - first_token_s[row]
             batch.since_arrival_s[i] = t - arrival_s[row]
             batch.match_lens[i] = match[i]
-        if not DECIDE(rule, state, params, t, batch, kmax, k):
+        if not DECIDE(rule, state, ints, params, t, batch, kmax, k):
             break                               # declined: the engine's step, the hook
         ksum = 0
         for i in range(n):                  # checked_num_spec_tokens' clip
@@ -78,27 +80,32 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
         for i in range(n):
             free_blocks -= want[i] - num_blocks[run[i]]
             num_blocks[run[i]] = want[i]
+        conf = no_conf
         if ruled:
-            floats, ints, fit, acc, fin = _ruled_step(
-                rule, drafting, verifying, state, params, match, seen, kmax, run, k,
+            floats, counted, fit, acc, fin, conf = _ruled_step(
+                rule, drafting, verifying, state, ints, params, match, seen, kmax, run, k,
                 max_tokens, free_blocks, bs, t, alpha, finished_code, tcoef, dcoef, last_conf,
                 arrays)
         else:
-            floats, ints, fit, acc, fin = STEP_KERNEL(
+            floats, counted, fit, acc, fin = STEP_KERNEL(
                 us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
                 free_blocks, bs, 0, 0, n, t, alpha, finished_code, tcoef, dcoef, decay,
                 num_computed, num_out, arrays.num_known, num_blocks, arrays.num_target_out,
                 arrays.num_drafted, arrays.num_accepted, arrays.accept_ewma, arrays.status,
                 first_token_s, arrays.finish_s)
-        free_blocks = ints[3]
-        COMMIT(rule, state, params, fit, acc, floats[0], floats[1])
+        free_blocks = counted[3]
+        for i in range(n):                  # the step's finished requests, by position
+            done[i] = False
+            for f in fin:
+                done[i] = done[i] or run[i] == f
+        COMMIT(rule, state, ints, params, fit, acc, floats[0], floats[1], conf, done)
         times[0, s] = t
         times[1, s] = floats[0] + floats[1]
         times[2, s] = floats[0]
         times[3, s] = floats[1]
-        counts[0, s] = ints[0]
-        counts[1, s] = ints[1]
-        counts[2, s] = ints[2]
+        counts[0, s] = counted[0]
+        counts[1, s] = counted[1]
+        counts[2, s] = counted[2]
         counts[3, s] = free_blocks
         spec_k[s] = fit
         accepted[s] = acc
@@ -111,7 +118,7 @@ def _loop(rule, drafting, verifying, state, params, u, kmax, rate, run, max_step
     return S, times[:, :S], counts[:, :S], spec_k[:S], accepted[:S], free_blocks, fin
 
 
-def _ruled_step(rule, drafting, verifying, state, params, match, seen, kmax, run, k,
+def _ruled_step(rule, drafting, verifying, state, ints, params, match, seen, kmax, run, k,
                 max_tokens, free_blocks, bs, now, alpha, finished_code, tcoef, dcoef,
                 last_conf, arrays):
     """A pure-decode chain step of a policy with its own drafting or verification, as
@@ -124,7 +131,8 @@ def _ruled_step(rule, drafting, verifying, state, params, match, seen, kmax, run
     ``verifying``, the rule's; else all drafted), the verify pass and the step's end
     (``CHAIN_VERIFY_END_KERNEL``), the rows' last confidences. Returns ``STEP_KERNEL``'s
     (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit, free blocks, bad],
-    verified drafts, accepted, finished rows)."""
+    verified drafts, accepted, finished rows) and the drafts' confidences (nan past each
+    request's drafts: the step's Feedback.confidences)."""
     num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
     n = run.shape[0]
     ctx = np.empty(n, np.int64)
@@ -171,7 +179,7 @@ def _ruled_step(rule, drafting, verifying, state, params, match, seen, kmax, run
                 spent = DRAFT_SECONDS_KERNEL(drafted, no_widths, ctx, 0, 0, 0, dcoef)
             was_active = active
             j += 1
-            DRAFT(rule, state, params, drafted, k, conf, spent, more)
+            DRAFT(rule, state, ints, params, drafted, k, conf, spent, more)
     if ksum != 0:
         uniform = True
         for i in range(n):
@@ -189,7 +197,7 @@ def _ruled_step(rule, drafting, verifying, state, params, match, seen, kmax, run
     verified = drafted
     if verifying and n > 0:
         verified = np.empty(n, np.int64)
-        VERIFY(rule, state, params, ctx + 1, drafted, visible, draft_s, verified)
+        VERIFY(rule, state, ints, params, ctx + 1, drafted, visible, draft_s, verified)
         for i in range(n):                   # clipped to 0..drafted, as the engine does
             verified[i] = min(max(verified[i], 0), drafted[i])
     no_rows = np.zeros(0, np.int64)
@@ -203,8 +211,8 @@ def _ruled_step(rule, drafting, verifying, state, params, match, seen, kmax, run
             for p in range(kmax):
                 last_conf[run[i], p] = visible[i, p]
     floats = np.array([draft_s, verify_s, end])
-    ints = np.array([n_spec, n_acc, n_emit, free_blocks, 1 if bad else 0], np.int64)
-    return floats, ints, verified, acc, fin
+    counted = np.array([n_spec, n_acc, n_emit, free_blocks, 1 if bad else 0], np.int64)
+    return floats, counted, verified, acc, fin, visible
 
 
 if numba is not None and STEP_KERNEL is not None:

@@ -54,9 +54,19 @@ def counted(monkeypatch):
 
 
 def _state(policy):
-    return {k: getattr(policy, k) for k in ("alpha", "_k", "_steps_since_update", "t_step_s",
-                                            "conf_sum", "conf_count")
-            if hasattr(policy, k)}
+    """What a policy carries from step to step (what ``finish`` reads back)."""
+    out = {k: getattr(policy, k) for k in ("alpha", "_k", "_steps_since_update", "t_step_s",
+                                           "conf_sum", "conf_count")
+           if hasattr(policy, k)}
+    tracker, cal = getattr(policy, "tracker", None), getattr(policy, "calibrator", None)
+    if tracker is not None:
+        out["tracker"] = (tracker.table.ids.tolist(), tracker.table.values.tolist(),
+                          tracker.global_counts.tolist(), tracker._updates)
+    if cal is not None:
+        out["calibrator"] = (cal.accepted.tolist(), cal.rejected.tolist())
+    if hasattr(policy, "lengths"):
+        out["lengths"] = policy.lengths.window.tolist()
+    return out
 
 
 RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_points=64)),
@@ -64,7 +74,10 @@ RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_poi
           ("vllm_adaptive_verify", {}), ("vllm_adaptive_verify", dict(k=4))]
          + [("smartspec", p) for p in SMARTSPEC_VARIANTS]
          + [("adaspec", {}), ("adaspec", dict(confidence_verifier=False, k_max=4)),
-            ("adaspec", dict(step_budget_s=0.012, prior_confidence=0.8))])
+            ("adaspec", dict(step_budget_s=0.012, prior_confidence=0.8)),
+            ("slo_goodput", {}), ("slo_goodput", dict(confidence_verify=False, k_max=5)),
+            ("slo_goodput", dict(slo_horizon="step", impute_unverified=False, fair_share=0.0,
+                                 pass_cost_stop=False, chain_caps=(1, 2)))])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -136,8 +149,8 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
         ttft = obs.tpot_slo_s if obs.ttft_slo_s is None else obs.ttft_slo_s
         columns = DecodeBatch(obs.context_lens, obs.future_match_lens, obs.num_output_tokens,
                               obs.decode_elapsed_s, obs.since_arrival_s, obs.tpot_slo_s, ttft)
-        took = DECIDE(compiled.rule, compiled.state, compiled.params, obs.now_s, columns,
-                      obs.k_max, k)
+        took = DECIDE(compiled.rule, compiled.state, compiled.ints, compiled.params, obs.now_s,
+                      columns, obs.k_max, k)
         compiled.finish()   # what finish reads back is as before (a step's scratch may change)
         assert _state(rules) == before, "decide changed the state"
         expected = hooks.decide(obs).num_spec_tokens
@@ -147,13 +160,17 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
         else:
             k = rules.decide(obs).num_spec_tokens
         accepted = np.minimum(k, obs.future_match_lens)
+        drafted = np.arange(obs.k_max)[None, :] < k[:, None]
+        finished = batch.left <= accepted + 1
         feedback = Feedback(now_s=batch.now, request_ids=obs.request_ids, num_spec_tokens=k,
                             num_accepted=accepted,
-                            confidences=np.full((k.size, obs.k_max), np.nan),
-                            draft_time_s=0.004, verify_time_s=0.02 + 1e-4 * step)
+                            confidences=np.where(drafted, batch.confidences(), np.nan),
+                            draft_time_s=0.004, verify_time_s=0.02 + 1e-4 * step,
+                            finished_ids=obs.request_ids[finished])
         if took:
-            COMMIT(compiled.rule, compiled.state, compiled.params, k, accepted,
-                   feedback.draft_time_s, feedback.verify_time_s)
+            COMMIT(compiled.rule, compiled.state, compiled.ints, compiled.params, k, accepted,
+                   feedback.draft_time_s, feedback.verify_time_s, feedback.confidences,
+                   finished)
             compiled.finish()
         else:
             rules.observe(feedback)
