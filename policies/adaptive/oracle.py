@@ -435,6 +435,12 @@ class OracleRate(SloGoodput):
     def _decide_tree_fused(self, obs, K, t_step, cost):
         return None        # the fused tree step reads the tracker's estimates: decide's steps
 
+    def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        """slo_goodput's compiled chain step (``SloGoodput._compiled_decisions``) with the
+        stretch's true rates in place of the tracker's estimates, as its fused step reads
+        them."""
+        return self._compiled_decisions(obs, self.known_rates(obs))
+
 
 @register("oracle_fixed")
 class OracleFixed(FixedK):

@@ -530,13 +530,18 @@ class SloGoodput(Policy):
                              self.pass_cost_stop, obs, obs.k_max)
 
     def compiled_decisions(self, obs: Observation) -> CompiledDecisions | None:
+        return self._compiled_decisions(obs, _NO_RATES)
+
+    def _compiled_decisions(self, obs: Observation,
+                            known_rates: np.ndarray) -> CompiledDecisions | None:
         """A chain step's hooks as compiled code for the simulator's pure-decode stretches
         (``slo_goodput_decision_kernels``: ``DECIDE_CHAIN``, ``DRAFTING_PASS``,
         ``VERIFY_PASS``, ``OBSERVE_CHAINS``, the calls the hooks make), the tracker's rows of
         the stretch's requests, the calibrator's bins, the step time and the length window
         as the state; where the hooks take those calls (calibrated chains, no probes, a
         fair share of 0 or 1, a cost model with coefficients), else None. Its decide
-        declines before the first measured step time and the calibrator's first table."""
+        declines before the first measured step time and the calibrator's first table.
+        ``known_rates``: ``known_rates(obs)``, fixed over a stretch (its requests are)."""
         from policies.adaptive import slo_goodput_decision_kernels as sk
         from policies.adaptive.decision_kernels import DECIDE, SLO_GOODPUT
         from policies.adaptive.step_cost import coefficient_arrays, decision_params
@@ -563,8 +568,8 @@ class SloGoodput(Policy):
             float(self.confidence_verify), float(self.impute_unverified),
             float(self.lost_weight is not None and obs.ttft_slo_s is not None), horizon,
             tracker.prior_weight, tracker.decay, tracker.global_decay, cal.decay,
-            cal.prior_weight, cal.min_observations, cal.num_bins, self.step_time_ema, size),
-            sorted_, suffix])
+            cal.prior_weight, cal.min_observations, cal.num_bins, self.step_time_ema, size,
+            known_rates.size), sorted_, suffix, known_rates])
         ids = np.asarray(obs.request_ids, np.int64)
         pos, found = tracker.table._find(ids)
         held = np.sort(ids[found])

@@ -38,13 +38,14 @@ from policies.adaptive.step_cost_kernels import COEFFICIENTS, RULE_COEFFICIENTS
 IDS, TABLE_IDS, OUTPUTS, ACCEPTED, FINISHED, BASE_K, CONTEXT = range(7)
 NUM_INT_ROWS = 7
 # params after the coefficients: decide's constants (``SloGoodput._decide_constants``),
-# then these scalars, then the length window (sorted, suffix sums)
+# then these scalars, then the length window (sorted, suffix sums), then the known rates
+# (``oracle_rate``'s, ``NUM_KNOWN`` of them: none for slo_goodput)
 CONSTANTS = COEFFICIENTS
 NUM_CONSTANTS = 14
 (K_MAX, NUM_COLUMNS, NUM_CAPS, NUM_GRID, STOP_MARGIN, PASS_COST_STOP, CONFIDENCE_VERIFY,
  IMPUTE, LOST, HORIZON, PRIOR_WEIGHT, DECAY, GLOBAL_DECAY, CAL_DECAY, CAL_PRIOR_WEIGHT,
- CAL_MIN_OBSERVATIONS, NUM_BINS, STEP_TIME_EMA, NUM_LENGTHS,
- WINDOW) = range(CONSTANTS + NUM_CONSTANTS, CONSTANTS + NUM_CONSTANTS + 20)
+ CAL_MIN_OBSERVATIONS, NUM_BINS, STEP_TIME_EMA, NUM_LENGTHS, NUM_KNOWN,
+ WINDOW) = range(CONSTANTS + NUM_CONSTANTS, CONSTANTS + NUM_CONSTANTS + 21)
 
 
 def float_state_size(n, k_max, num_bins):
@@ -80,10 +81,13 @@ def _grid(ints, params, n):
 
 
 def _window(params):
-    """The output-length window (sorted lengths, suffix sums, size; unread when empty)."""
+    """The output-length window (sorted lengths, suffix sums, size; unread when empty)
+    and the known rates (empty: the tracker's estimates)."""
     size = int(params[NUM_LENGTHS])
     m = max(size, 1)
-    return params[WINDOW:WINDOW + m], params[WINDOW + m:WINDOW + 2 * m + 1], size
+    known = WINDOW + 2 * m + 1
+    return (params[WINDOW:WINDOW + m], params[WINDOW + m:known], size,
+            params[known:known + int(params[NUM_KNOWN])])
 
 
 def _decide_steps(state, ints, params, now_s, batch, k_max, out):
@@ -98,7 +102,7 @@ def _decide_steps(state, ints, params, now_s, batch, k_max, out):
         state, n, int(params[NUM_COLUMNS]), num_bins)
     caps, grid, first = _grid(ints, params, n)
     m = int(state[NUM_ROWS])
-    sorted_, suffix, size = _window(params)
+    sorted_, suffix, size, known = _window(params)
     kind, tcoef, dcoef = RULE_COEFFICIENTS(params)
     lost = params[LOST] != 0.0
     g_s, g_f = state[GLOBAL_S], state[GLOBAL_F]
@@ -110,7 +114,7 @@ def _decide_steps(state, ints, params, now_s, batch, k_max, out):
         batch.ttft_slo_s if lost else batch.tpot_slo_s, lost, int(params[HORIZON]),
         batch.context_lens, 0, 0, 0.0, state[T_STEP], 0.0,
         params[CONSTANTS:CONSTANTS + NUM_CONSTANTS], K, caps, first, grid, kind, dcoef, tcoef,
-        np.empty(0))
+        known.copy())
     pass_chance = q if row == 0 else a       # the plan's depth_pass
     status, posterior = POSTERIOR_TABLE(pass_chance, cal_acc, cal_rej,
                                         params[CAL_PRIOR_WEIGHT], params[CAL_MIN_OBSERVATIONS])

@@ -73,7 +73,10 @@ class SmartSpec(Policy):
         k = np.asarray(k, float)
         if a >= 1.0 - 1e-9:
             return k + 1.0
-        return (1.0 - a ** (k + 1.0)) / (1.0 - a)
+        # Python's pow (libm's, as the compiled choice's): numpy's SIMD pow rounds apart
+        # from it on AVX-512 machines
+        powers = np.array([a ** (x + 1.0) for x in np.ravel(k).tolist()]).reshape(k.shape)
+        return (1.0 - powers) / (1.0 - a)
 
     def goodput(self, obs: Observation) -> np.ndarray:
         """Predicted goodput (tokens/s) for k = 0..k_max, with the k = 0 bonus applied."""

@@ -83,8 +83,9 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     run, kmax = sched.running, acc.k_max
     n = run.shape[0]
     ctx = r.num_computed[run]
+    rates = engine._true_rates
     obs = r.observation(run, ctx, r.num_out[run], now, engine.step_index, kmax,
-                        engine.policy_cost)
+                        engine.policy_cost, true_accept_rates=None if rates is None else rates[run])
     compiled = policy.compiled_decisions(obs)
     if (compiled is None or compiled.drafting != policy.custom_drafting
             or compiled.verifying != policy.custom_verify):

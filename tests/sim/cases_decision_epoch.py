@@ -77,7 +77,8 @@ RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_poi
             ("adaspec", dict(step_budget_s=0.012, prior_confidence=0.8)),
             ("slo_goodput", {}), ("slo_goodput", dict(confidence_verify=False, k_max=5)),
             ("slo_goodput", dict(slo_horizon="step", impute_unverified=False, fair_share=0.0,
-                                 pass_cost_stop=False, chain_caps=(1, 2)))])
+                                 pass_cost_stop=False, chain_caps=(1, 2))),
+            ("oracle_rate", {})])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

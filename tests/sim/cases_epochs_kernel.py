@@ -334,7 +334,15 @@ def test_policy_rule_in_the_compiled_drafting_loop_matches_its_hook(monkeypatch,
     the reference path, a request restarted by its rule included; the policy's state after
     the run (adaspec's confidence prior) is the hook's, and finish() runs once a step."""
     calls = _count_engine_calls(monkeypatch, "fused_drafting")
-    factory = (lambda: make_policy(name)) if name != "restarting" else _RestartingRule
+
+    def factory():
+        if name == "restarting":
+            return _RestartingRule()
+        policy = make_policy(name)
+        # every step through the engine's drafting loop, none in a decision epoch
+        policy.compiled_decisions = lambda obs: None
+        return policy
+
     trace, kw = poisson_trace(n=150, rate=30.0), {"seed": 2, "max_num_batched_tokens": 400}
     fused_policy = factory()
     fused = simulate_with(trace, fused_policy, config(compiled_epochs=True, **kw))
