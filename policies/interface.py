@@ -158,6 +158,17 @@ class DecodeBatch(NamedTuple):
     ttft_slo_s: np.ndarray            # float (n,), TTFT SLO (inf: none)
 
 
+class RuleArgs(NamedTuple):
+    """``CompiledDecisions`` as a compiled loop takes it (``CompiledDecisions.rule_args``)."""
+
+    rule: int
+    drafting: bool
+    verifying: bool
+    state: np.ndarray
+    ints: np.ndarray
+    params: np.ndarray
+
+
 @dataclass(frozen=True)
 class CompiledDecisions:
     """A policy's ``decide`` and ``observe`` as compiled functions of a pure-decode step, which
@@ -195,6 +206,12 @@ class CompiledDecisions:
     verifying: bool = False
     # int64 (m',): integer state (ids, counts), updated in place as ``state``
     ints: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def rule_args(self) -> RuleArgs:
+        """What the compiled loop reads, as one bundle."""
+        return RuleArgs(self.rule, self.drafting, self.verifying, self.state, self.ints,
+                        self.params)
 
 
 @dataclass(frozen=True)

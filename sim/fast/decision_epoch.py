@@ -97,10 +97,9 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     ruled = compiled.drafting or compiled.verifying
     q_hi, q_lo = acc.confidence_tables if ruled else (_NO_TABLE, _NO_TABLE)
     S, times, counts, spec_k, accepted, free_blocks, fin = DECISION_LOOP(
-        compiled.rule, compiled.drafting, compiled.verifying, compiled.state, compiled.ints,
-        compiled.params, u, kmax, acc.rate, run, MAX_DECISION_STEPS, sched.free_blocks,
-        eng.block_size, eng.max_num_batched_tokens, float(now), arrival, float(eng.accept_ewma_alpha),
-        FINISHED, kernels.inputs, r.arrival_s, r.tpot_slo_s, r.ttft_slo_s, acc.rate_table,
+        compiled.rule_args, u, kmax, acc.rate, run, MAX_DECISION_STEPS, sched.free_blocks,
+        eng.block_size, eng.max_num_batched_tokens, float(now), arrival,
+        float(eng.accept_ewma_alpha), FINISHED, kernels.inputs, r.arrival_s, r.tpot_slo_s, r.ttft_slo_s, acc.rate_table,
         q_hi, q_lo, r.last_conf, r.arrays)
     acc.give_back((MAX_DECISION_STEPS - S) * n * kmax)
     compiled.finish()

@@ -16,18 +16,20 @@ from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
                                   UNIFORM_DRAFT_SECONDS_KERNEL)
 
 
-def _loop(rule, drafting, verifying, state, ints, params, u, kmax, rate, run, max_steps,
+def _loop(decisions, u, kmax, rate, run, max_steps,
           free_blocks, bs, max_tokens, now, arrival, alpha, finished_code, inputs, arrival_s,
           tpot_slo_s, ttft_slo_s, rate_table, q_hi, q_lo, last_conf, arrays):
     """Returns (steps run, float (4, S): start, latency, draft, verify seconds; int (4, S):
     verified drafts, accepted, emitted tokens, free KV blocks after the step's allocation;
     int (S, n) verified drafts and accepted per request; free blocks; finished rows). Stops
     before a step whose drafts or blocks would not fit whole, after one in which a request
-    finishes or during which the next request arrives (``arrival``). ``drafting`` or
-    ``verifying``: the policy's rule stops the drafts or chooses the verified ones
+    finishes or during which the next request arrives (``arrival``). ``decisions``: the
+    policy's ``RuleArgs``; with ``drafting`` or ``verifying`` its rule stops the drafts or
+    chooses the verified ones
     (``_ruled_step``), else each request drafts and verifies its length (``STEP_KERNEL``).
     ``inputs``: the engine's ``KernelInputs``; ``arrays``: the request table's
     ``RequestArrays``, written in place."""
+    rule, drafting, verifying, state, ints, params = decisions
     tcoef, dcoef, decay = inputs
     num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
     first_token_s = arrays.first_token_s
@@ -83,9 +85,8 @@ def _loop(rule, drafting, verifying, state, ints, params, u, kmax, rate, run, ma
         conf = no_conf
         if ruled:
             floats, counted, fit, acc, fin, conf = _ruled_step(
-                rule, drafting, verifying, state, ints, params, match, seen, kmax, run, k,
-                max_tokens, free_blocks, bs, t, alpha, finished_code, tcoef, dcoef, last_conf,
-                arrays)
+                decisions, match, seen, kmax, run, k, max_tokens, free_blocks, bs, t, alpha,
+                finished_code, tcoef, dcoef, last_conf, arrays)
         else:
             floats, counted, fit, acc, fin = STEP_KERNEL(
                 us, kmax, rate, run, k, no_rows, no_rows, max_tokens - n, max_tokens,
@@ -118,7 +119,7 @@ def _loop(rule, drafting, verifying, state, ints, params, u, kmax, rate, run, ma
     return S, times[:, :S], counts[:, :S], spec_k[:S], accepted[:S], free_blocks, fin
 
 
-def _ruled_step(rule, drafting, verifying, state, ints, params, match, seen, kmax, run, k,
+def _ruled_step(decisions, match, seen, kmax, run, k,
                 max_tokens, free_blocks, bs, now, alpha, finished_code, tcoef, dcoef,
                 last_conf, arrays):
     """A pure-decode chain step of a policy with its own drafting or verification, as
@@ -133,6 +134,7 @@ def _ruled_step(rule, drafting, verifying, state, ints, params, match, seen, kma
     (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit, free blocks, bad],
     verified drafts, accepted, finished rows) and the drafts' confidences (nan past each
     request's drafts: the step's Feedback.confidences)."""
+    rule, drafting, verifying, state, ints, params = decisions
     num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
     n = run.shape[0]
     ctx = np.empty(n, np.int64)
