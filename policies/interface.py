@@ -164,6 +164,7 @@ class RuleArgs(NamedTuple):
     rule: int
     drafting: bool
     verifying: bool
+    trees: bool
     state: np.ndarray
     ints: np.ndarray
     params: np.ndarray
@@ -179,7 +180,7 @@ class CompiledDecisions:
     ``rule`` names the pair of functions (an id of ``policies.adaptive.decision_kernels``,
     where a policy's pair is registered: a cached compiled loop cannot take functions as
     arguments). Before each step the loop calls ``decide(state, ints, params, now_s, batch,
-    k_max, num_spec_tokens)`` (``batch``: a ``DecodeBatch``); the rule writes the step's
+    k_max, num_spec_tokens, nodes)`` (``batch``: a ``DecodeBatch``); the rule writes the step's
     lengths into ``num_spec_tokens`` (int (n,), in 0..k_max) and returns True, or returns
     False to leave the step to the engine's own path (which then calls the hook), and never
     changes what ``finish`` reads back (it may fill the step's scratch): the loop may still
@@ -206,12 +207,15 @@ class CompiledDecisions:
     verifying: bool = False
     # int64 (m',): integer state (ids, counts), updated in place as ``state``
     ints: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # True: decide may make token trees, writing a tree step's widths per depth into its
+    # last argument, ``nodes`` (int64 (n, k_max)), which a chain step leaves zero
+    trees: bool = False
 
     @property
     def rule_args(self) -> RuleArgs:
         """What the compiled loop reads, as one bundle."""
-        return RuleArgs(self.rule, self.drafting, self.verifying, self.state, self.ints,
-                        self.params)
+        return RuleArgs(self.rule, self.drafting, self.verifying, self.trees, self.state,
+                        self.ints, self.params)
 
 
 @dataclass(frozen=True)

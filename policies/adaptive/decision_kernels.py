@@ -19,8 +19,10 @@ from policies.adaptive.step_cost_kernels import COEFFICIENTS
 ORACLE, SMARTSPEC, ORACLE_SLO, THRESHOLD, VLLM_ADAPTIVE_VERIFY, ADASPEC, SLO_GOODPUT = range(7)
 
 
-def _decide(rule, state, ints, params, now_s, batch, k_max, out):
-    """Rule ``rule``'s ``decide`` (``CompiledDecisions``): True, or False (declined)."""
+def _decide(rule, state, ints, params, now_s, batch, k_max, out, nodes):
+    """Rule ``rule``'s ``decide`` (``CompiledDecisions``): True, or False (declined); a
+    rule with trees (``CompiledDecisions.trees``) writes a tree step's widths per depth into
+    ``nodes`` (int64 (n, k_max), zeros on entry; left zero: a chain step)."""
     if rule == ORACLE:
         return _oracle_decide(state, params, now_s, batch, k_max, out)
     if rule == SMARTSPEC:
@@ -32,7 +34,7 @@ def _decide(rule, state, ints, params, now_s, batch, k_max, out):
     if rule == ADASPEC:
         return _adaspec_decide(state, params, now_s, batch, k_max, out)
     if rule == SLO_GOODPUT:
-        return _slo_goodput_decide(state, ints, params, now_s, batch, k_max, out)
+        return _slo_goodput_decide(state, ints, params, now_s, batch, k_max, out, nodes)
     return False
 
 

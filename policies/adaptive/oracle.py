@@ -439,6 +439,8 @@ class OracleRate(SloGoodput):
         """slo_goodput's compiled chain step (``SloGoodput._compiled_decisions``) with the
         stretch's true rates in place of the tracker's estimates, as its fused step reads
         them."""
+        if not self.chain_only:     # its tree steps plan on the estimates: the hooks
+            return None
         return self._compiled_decisions(obs, self.known_rates(obs))
 
 

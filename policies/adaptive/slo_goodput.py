@@ -546,9 +546,11 @@ class SloGoodput(Policy):
         from policies.adaptive.decision_kernels import DECIDE, SLO_GOODPUT
         from policies.adaptive.step_cost import coefficient_arrays, decision_params
         form = coefficient_arrays(obs.cost) if self.compiled else None
-        if (DECIDE is None or form is None or self.calibrator is None or not self.chain_only
-                or self.probe_positions or not self._weights_compile()
-                or not self.calibrator.compiled or self.tracker.idle_decay != 1.0):
+        trees = not self.chain_only
+        if (DECIDE is None or form is None or self.calibrator is None or self.probe_positions
+                or not self._weights_compile() or not self.calibrator.compiled
+                or self.tracker.idle_decay != 1.0
+                or (trees and self.w_max == 1 and not self.tree_pass_targets)):
             return None
         n, k_max = obs.num_requests, obs.k_max
         K = k_max if self.k_max is None else min(int(self.k_max), k_max)
@@ -569,7 +571,9 @@ class SloGoodput(Policy):
             float(self.lost_weight is not None and obs.ttft_slo_s is not None), horizon,
             tracker.prior_weight, tracker.decay, tracker.global_decay, cal.decay,
             cal.prior_weight, cal.min_observations, cal.num_bins, self.step_time_ema, size,
-            known_rates.size), sorted_, suffix, known_rates])
+            known_rates.size, self.tree_max_requests if trees else -1, self.w_max,
+            len(self.tree_pass_targets)), sorted_, suffix, known_rates,
+            np.asarray(self.tree_pass_targets, float)])
         ids = np.asarray(obs.request_ids, np.int64)
         pos, found = tracker.table._find(ids)
         held = np.sort(ids[found])
@@ -612,7 +616,7 @@ class SloGoodput(Policy):
             self._plan = self._survival = None
 
         return CompiledDecisions(SLO_GOODPUT, state, params, finish, drafting=True,
-                                 verifying=True, ints=ints)
+                                 verifying=True, ints=ints, trees=trees)
 
     def select_verify(self, draft: DraftState) -> np.ndarray:
         """Verify the drafted slots worth their verification cost (vLLM adaptive verification

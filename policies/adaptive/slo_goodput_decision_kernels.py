@@ -23,29 +23,31 @@ import numpy as np
 
 from policies.adaptive.adaspec_kernels import _pairwise_sum
 from policies.adaptive.slo_goodput_kernels import numba
-from policies.adaptive.slo_goodput_step_kernels import (DECIDE_CHAIN, DRAFTING_PASS,
-                                                        OBSERVE_CHAINS, POSTERIOR_TABLE,
-                                                        VERIFY_PASS)
+from policies.adaptive.slo_goodput_step_kernels import (DECIDE_CHAIN, DECIDE_TREE_STEP,
+                                                        DRAFTING_PASS, OBSERVE_CHAINS,
+                                                        POSTERIOR_TABLE, VERIFY_PASS)
 from policies.adaptive.step_cost_kernels import COEFFICIENTS, RULE_COEFFICIENTS
 
 # the float state: scalars, then (n, 3) tracker values, weights, the plan's pass chances,
 # the posterior table (n, bins + 1), the survival (n, k_max), the calibrator's two bins
 (OFFER, T_STEP, UPDATES, GLOBAL_S, GLOBAL_F, NUM_ROWS, FILLED, MARGINAL, RATE,
- PREFILL_VALUE, BASE_VALUE, CTX_BASE, HEAD) = range(13)
+ PREFILL_VALUE, BASE_VALUE, CTX_BASE, WIDEST, HEAD) = range(14)
 # the int state, n each: the requests' ids (batch order), the tracker rows' ids (sorted),
 # their outputs before the step, the step's accepted drafts, finished (1/0), the planned
-# depths, the contexts; then the constants: caps, the prefix grid, each slot's first prefix
-IDS, TABLE_IDS, OUTPUTS, ACCEPTED, FINISHED, BASE_K, CONTEXT = range(7)
-NUM_INT_ROWS = 7
+# depths, the contexts, the plan's widths; then the constants: caps, the prefix grid, each
+# slot's first prefix
+IDS, TABLE_IDS, OUTPUTS, ACCEPTED, FINISHED, BASE_K, CONTEXT, WIDTHS = range(8)
+NUM_INT_ROWS = 8
 # params after the coefficients: decide's constants (``SloGoodput._decide_constants``),
-# then these scalars, then the length window (sorted, suffix sums), then the known rates
-# (``oracle_rate``'s, ``NUM_KNOWN`` of them: none for slo_goodput)
+# then these scalars, then the length window (sorted, suffix sums), the known rates
+# (``oracle_rate``'s, ``NUM_KNOWN`` of them: none for slo_goodput) and the tree pass
+# targets (``NUM_TARGETS``); ``TREE_MAX_REQUESTS`` < 0: chains only
 CONSTANTS = COEFFICIENTS
 NUM_CONSTANTS = 14
 (K_MAX, NUM_COLUMNS, NUM_CAPS, NUM_GRID, STOP_MARGIN, PASS_COST_STOP, CONFIDENCE_VERIFY,
  IMPUTE, LOST, HORIZON, PRIOR_WEIGHT, DECAY, GLOBAL_DECAY, CAL_DECAY, CAL_PRIOR_WEIGHT,
- CAL_MIN_OBSERVATIONS, NUM_BINS, STEP_TIME_EMA, NUM_LENGTHS, NUM_KNOWN,
- WINDOW) = range(CONSTANTS + NUM_CONSTANTS, CONSTANTS + NUM_CONSTANTS + 21)
+ CAL_MIN_OBSERVATIONS, NUM_BINS, STEP_TIME_EMA, NUM_LENGTHS, NUM_KNOWN, TREE_MAX_REQUESTS,
+ W_MAX, NUM_TARGETS, WINDOW) = range(CONSTANTS + NUM_CONSTANTS, CONSTANTS + NUM_CONSTANTS + 24)
 
 
 def float_state_size(n, k_max, num_bins):
@@ -81,18 +83,21 @@ def _grid(ints, params, n):
 
 
 def _window(params):
-    """The output-length window (sorted lengths, suffix sums, size; unread when empty)
-    and the known rates (empty: the tracker's estimates)."""
+    """The output-length window (sorted lengths, suffix sums, size; unread when empty),
+    the known rates (empty: the tracker's estimates) and the tree pass targets."""
     size = int(params[NUM_LENGTHS])
     m = max(size, 1)
     known = WINDOW + 2 * m + 1
+    targets = known + int(params[NUM_KNOWN])
     return (params[WINDOW:WINDOW + m], params[WINDOW + m:known], size,
-            params[known:known + int(params[NUM_KNOWN])])
+            params[known:targets], params[targets:targets + int(params[NUM_TARGETS])])
 
 
-def _decide_steps(state, ints, params, now_s, batch, k_max, out):
-    """``SloGoodput.decide`` of a chain step (``_decide_chain``) and the step's posterior
-    table (``survival_cache``), the plan into the state's scratch."""
+def _decide_steps(state, ints, params, now_s, batch, k_max, out, nodes):
+    """``SloGoodput.decide`` of a pure-decode step (``_decide_chain``, or with trees and at
+    most ``TREE_MAX_REQUESTS`` requests ``_decide_tree_fused``: a tree's widths per depth
+    into ``nodes``) and the step's posterior table (``survival_cache``), the plan into the
+    state's scratch."""
     n = out.shape[0]
     K = k_max if params[K_MAX] < 0 else min(int(params[K_MAX]), k_max)
     if state[OFFER] == 0.0 or K == 0 or state[T_STEP] != state[T_STEP]:
@@ -102,25 +107,42 @@ def _decide_steps(state, ints, params, now_s, batch, k_max, out):
         state, n, int(params[NUM_COLUMNS]), num_bins)
     caps, grid, first = _grid(ints, params, n)
     m = int(state[NUM_ROWS])
-    sorted_, suffix, size, known = _window(params)
+    sorted_, suffix, size, known, targets = _window(params)
     kind, tcoef, dcoef = RULE_COEFFICIENTS(params)
     lost = params[LOST] != 0.0
     g_s, g_f = state[GLOBAL_S], state[GLOBAL_F]
     ids = ints[IDS * n:(IDS + 1) * n]
-    a, w, q, row, rate, depth, marginal, k, prefill_value = DECIDE_CHAIN(
-        ints[TABLE_IDS * n:TABLE_IDS * n + m], values[:m], g_s / (g_s + g_f),
-        params[PRIOR_WEIGHT], sorted_, suffix, size, ids, batch.num_output_tokens,
-        batch.decode_elapsed_s, batch.since_arrival_s, batch.tpot_slo_s,
-        batch.ttft_slo_s if lost else batch.tpot_slo_s, lost, int(params[HORIZON]),
-        batch.context_lens, 0, 0, 0.0, state[T_STEP], 0.0,
-        params[CONSTANTS:CONSTANTS + NUM_CONSTANTS], K, caps, first, grid, kind, dcoef, tcoef,
-        known.copy())
-    pass_chance = q if row == 0 else a       # the plan's depth_pass
+    ttft = batch.ttft_slo_s if lost else batch.tpot_slo_s
+    ctx = 0
+    for i in range(n):
+        ctx += batch.context_lens[i]
+    ctx_base = 0.0 + float(ctx)
+    widest = 1
+    if 0 <= params[TREE_MAX_REQUESTS] and n <= params[TREE_MAX_REQUESTS]:
+        w, prefill_value, row, rate, depth, marginal, pass_chance, widths, widest, k, tree = \
+            DECIDE_TREE_STEP(
+                ints[TABLE_IDS * n:TABLE_IDS * n + m], values[:m], g_s / (g_s + g_f),
+                params[PRIOR_WEIGHT], sorted_, suffix, size, ids, batch.num_output_tokens,
+                batch.decode_elapsed_s, batch.since_arrival_s, batch.tpot_slo_s, ttft, lost,
+                int(params[HORIZON]), 0, state[T_STEP],
+                params[CONSTANTS:CONSTANTS + NUM_CONSTANTS], batch.context_lens, 0, 0.0, 0.0,
+                kind, dcoef, tcoef, int(params[W_MAX]), K, targets.copy(), caps, first, grid,
+                float(n), float(n), ctx_base, k_max)
+    else:
+        a, w, q, row, rate, depth, marginal, k, prefill_value = DECIDE_CHAIN(
+            ints[TABLE_IDS * n:TABLE_IDS * n + m], values[:m], g_s / (g_s + g_f),
+            params[PRIOR_WEIGHT], sorted_, suffix, size, ids, batch.num_output_tokens,
+            batch.decode_elapsed_s, batch.since_arrival_s, batch.tpot_slo_s, ttft, lost,
+            int(params[HORIZON]), batch.context_lens, 0, 0, 0.0, state[T_STEP], 0.0,
+            params[CONSTANTS:CONSTANTS + NUM_CONSTANTS], K, caps, first, grid, kind, dcoef,
+            tcoef, known.copy())
+        pass_chance = q if row == 0 else a                  # the plan's depth_pass
+        widths = np.ones(n, np.int64)
+        tree = np.zeros((0, k_max), np.int64)
     status, posterior = POSTERIOR_TABLE(pass_chance, cal_acc, cal_rej,
                                         params[CAL_PRIOR_WEIGHT], params[CAL_MIN_OBSERVATIONS])
     if status != 1:                          # raw confidences: the hooks' numpy path
         return False
-    ctx = 0
     for i in range(n):
         out[i] = k[i]
         weight[i] = w[i]
@@ -128,15 +150,20 @@ def _decide_steps(state, ints, params, now_s, batch, k_max, out):
         ints[OUTPUTS * n + i] = batch.num_output_tokens[i]
         ints[BASE_K * n + i] = depth[i]
         ints[CONTEXT * n + i] = batch.context_lens[i]
-        ctx += batch.context_lens[i]
+        ints[WIDTHS * n + i] = widths[i]
         for b in range(num_bins + 1):
             table[i, b] = posterior[i, b]
+    if widest > 1:
+        for i in range(n):
+            for j in range(k_max):
+                nodes[i, j] = tree[i, j]
     state[FILLED] = 0.0
     state[MARGINAL] = marginal
     state[RATE] = rate
     state[PREFILL_VALUE] = prefill_value
     state[BASE_VALUE] = _pairwise_sum(w, n) + prefill_value    # float(w.sum() + w_p)
-    state[CTX_BASE] = 0.0 + float(ctx)
+    state[CTX_BASE] = ctx_base
+    state[WIDEST] = widest
     return True
 
 
@@ -150,8 +177,9 @@ def _draft_steps(state, ints, params, drafted, k, confidences, draft_time_s, mor
     answer, filled = DRAFTING_PASS(
         drafted, k, confidences, table, num_bins, surv, int(state[FILLED]), weight, accept,
         params[STOP_MARGIN] * state[MARGINAL], ints[BASE_K * n:(BASE_K + 1) * n],
-        ints[CONTEXT * n:(CONTEXT + 1) * n], params[PASS_COST_STOP] != 0.0, kind, dcoef,
-        tcoef, float(n), float(n), state[CTX_BASE], state[RATE])
+        ints[CONTEXT * n:(CONTEXT + 1) * n],
+        params[PASS_COST_STOP] != 0.0 and state[WIDEST] == 1.0, kind, dcoef, tcoef, float(n),
+        float(n), state[CTX_BASE], state[RATE])
     state[FILLED] = filled
     for i in range(n):
         more[i] = answer[i]
@@ -159,9 +187,9 @@ def _draft_steps(state, ints, params, drafted, k, confidences, draft_time_s, mor
 
 def _verify_steps(state, ints, params, context_lens, drafted, confidences, draft_time_s, out):
     """``SloGoodput.select_verify`` (``VERIFY_PASS`` on the step's plan), every draft
-    without ``confidence_verify``."""
+    without ``confidence_verify`` or in a tree."""
     n = drafted.shape[0]
-    if params[CONFIDENCE_VERIFY] == 0.0:
+    if params[CONFIDENCE_VERIFY] == 0.0 or state[WIDEST] > 1.0:
         for i in range(n):
             out[i] = drafted[i]
         return
@@ -179,8 +207,9 @@ def _verify_steps(state, ints, params, context_lens, drafted, confidences, draft
 
 def _commit_steps(state, ints, params, spec, accepted, draft_s, verify_s, confidences,
                   finished):
-    """``SloGoodput.observe`` of a chain step: the step-time EWMA, the imputation, tracker
-    and calibrator updates (``OBSERVE_CHAINS``), new tracker rows inserted in id order; the
+    """``SloGoodput.observe`` of a step: the step-time EWMA, the imputation, tracker and
+    calibrator updates (``OBSERVE_CHAINS``; a tree's: the tracker alone, on its verified
+    depths, a rejected depth counting its width), new tracker rows inserted in id order; the
     finished requests marked (``finish`` records and forgets them)."""
     n = spec.shape[0]
     num_bins = int(params[NUM_BINS])
@@ -198,12 +227,26 @@ def _commit_steps(state, ints, params, spec, accepted, draft_s, verify_s, confid
     accepted_f = np.empty(n)
     for i in range(n):
         accepted_f[i] = float(accepted[i])
-    imputed = table if params[IMPUTE] != 0.0 else np.empty((0, 0))
-    any_spec, is_new, rows, out_ids, out_values, _ = OBSERVE_CHAINS(
-        table_ids[:m].copy(), values[:m].copy(), ints[IDS * n:(IDS + 1) * n], spec, accepted,
-        accepted_f, params[DECAY], state[UPDATES] + 1.0, state[GLOBAL_S:GLOBAL_F + 1],
-        params[GLOBAL_DECAY], cal_acc, cal_rej, params[CAL_DECAY], confidences, num_bins,
-        np.zeros(0, np.int64), 1 << 62, np.zeros(0), imputed)
+    ids = ints[IDS * n:(IDS + 1) * n]
+    if state[WIDEST] > 1.0:                  # a tree: its verified depths, no calibrator
+        widths = ints[WIDTHS * n:(WIDTHS + 1) * n]
+        depths = np.empty(n, np.int64)
+        width_f = np.empty(n)
+        for i in range(n):
+            depths[i] = spec[i] // widths[i]
+            width_f[i] = float(widths[i])
+        any_spec, is_new, rows, out_ids, out_values, _ = OBSERVE_CHAINS(
+            table_ids[:m].copy(), values[:m].copy(), ids, depths, accepted, accepted_f,
+            params[DECAY], state[UPDATES] + 1.0, state[GLOBAL_S:GLOBAL_F + 1],
+            params[GLOBAL_DECAY], np.zeros(0), np.zeros(0), 1.0, np.zeros((0, 0)), 0,
+            np.zeros(0, np.int64), 1 << 62, width_f, np.zeros((0, 0)))
+    else:
+        imputed = table if params[IMPUTE] != 0.0 else np.zeros((0, 0))
+        any_spec, is_new, rows, out_ids, out_values, _ = OBSERVE_CHAINS(
+            table_ids[:m].copy(), values[:m].copy(), ids, spec, accepted, accepted_f,
+            params[DECAY], state[UPDATES] + 1.0, state[GLOBAL_S:GLOBAL_F + 1],
+            params[GLOBAL_DECAY], cal_acc, cal_rej, params[CAL_DECAY], confidences, num_bins,
+            np.zeros(0, np.int64), 1 << 62, np.zeros(0), imputed)
     if any_spec:
         state[UPDATES] += 1.0
     m = out_ids.shape[0]
@@ -215,11 +258,11 @@ def _commit_steps(state, ints, params, spec, accepted, draft_s, verify_s, confid
         if not is_new[i] or rows.shape[0] == 0:
             continue
         p = m
-        while p > 0 and table_ids[p - 1] > ints[IDS * n + i]:
+        while p > 0 and table_ids[p - 1] > ids[i]:
             table_ids[p] = table_ids[p - 1]
             values[p] = values[p - 1]
             p -= 1
-        table_ids[p] = ints[IDS * n + i]
+        table_ids[p] = ids[i]
         values[p] = rows[r]
         r += 1
         m += 1

@@ -1,7 +1,7 @@
 """slo_goodput_tree: ``slo_goodput`` with token trees (ours; simulator only)."""
 from __future__ import annotations
 
-from policies.adaptive.slo_goodput import SloGoodput
+from policies.adaptive.slo_goodput import _NO_RATES, SloGoodput
 from policies.registry import register
 
 
@@ -35,3 +35,8 @@ class SloGoodputTree(SloGoodput):
     # variant 1.7-1.9 % of goodput at 9.7-12 req/s in experiments.compare (8 seeds) and won
     # 1.6 % at 15
     default_slo_horizon = "step"
+
+    def compiled_decisions(self, obs):
+        """slo_goodput's compiled steps with its trees (``SloGoodput._compiled_decisions``:
+        ``DECIDE_TREE_STEP`` up to ``tree_max_requests`` requests)."""
+        return self._compiled_decisions(obs, _NO_RATES)

@@ -21,9 +21,11 @@ import numpy as np
 
 from sim.core.results import StepRow
 from sim.core.state import FINISHED
+from sim.fast.step_compiled import TREE_TABLE_WIDTH
 
 MAX_DECISION_STEPS = 128   # an epoch mostly ends at an arrival or a finish first
 _NO_TABLE = np.zeros(1)    # the confidences' quantile tables where no rule reads them
+_NO_CHANCES, _NO_FILLED = np.zeros((0, 1, 1)), np.zeros(0, np.bool_)   # no trees
 
 
 def decision_epochs_apply(engine) -> bool:
@@ -40,8 +42,7 @@ def decision_epochs_apply(engine) -> bool:
             and engine.acc.steps_independent and hasattr(engine.acc, "draw_block")):
         return False
     return engine._compiled_steps or bool(
-        engine._chain_steps and not policy.makes_trees and not policy.needs_tree_oracle
-        and not engine._lazy_conf)
+        engine._chain_steps and not policy.needs_tree_oracle and not engine._lazy_conf)
 
 
 def decision_epoch_eligible(engine) -> bool:
@@ -88,7 +89,8 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
                         engine.policy_cost, true_accept_rates=None if rates is None else rates[run])
     compiled = policy.compiled_decisions(obs)
     if (compiled is None or compiled.drafting != policy.custom_drafting
-            or compiled.verifying != policy.custom_verify):
+            or compiled.verifying != policy.custom_verify
+            or (policy.makes_trees and not compiled.trees)):
         return None, None
     u = acc._u.take(MAX_DECISION_STEPS * n * kmax)
     arrival = engine.next_arrival_s
@@ -96,11 +98,17 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     from sim.fast.decision_kernel import DECISION_LOOP
     ruled = compiled.drafting or compiled.verifying
     q_hi, q_lo = acc.confidence_tables if ruled else (_NO_TABLE, _NO_TABLE)
+    chances, filled = _NO_CHANCES, _NO_FILLED
+    if compiled.trees:                  # the tree outcomes' pass chances, formed for the rows
+        table = acc.tree_pass_table(TREE_TABLE_WIDTH)
+        if not table.filled[run].all():
+            table.fill(run)
+        chances, filled = table.chances, table.filled
     S, times, counts, spec_k, accepted, free_blocks, fin = DECISION_LOOP(
         compiled.rule_args, u, kmax, acc.rate, run, MAX_DECISION_STEPS, sched.free_blocks,
         eng.block_size, eng.max_num_batched_tokens, float(now), arrival,
-        float(eng.accept_ewma_alpha), FINISHED, kernels.inputs, r.arrival_s, r.tpot_slo_s, r.ttft_slo_s, acc.rate_table,
-        q_hi, q_lo, r.last_conf, r.arrays)
+        float(eng.accept_ewma_alpha), FINISHED, kernels.inputs, r.arrival_s, r.tpot_slo_s,
+        r.ttft_slo_s, acc.rate_table, q_hi, q_lo, chances, filled, r.last_conf, r.arrays)
     acc.give_back((MAX_DECISION_STEPS - S) * n * kmax)
     compiled.finish()
     if S == 0:

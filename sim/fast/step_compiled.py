@@ -305,7 +305,7 @@ def compiled_tree_outcome(acc, kernels: StepKernels, rows, draw: StepDraw, width
     (``TREE_OUTCOME_KERNEL``) over the model's ``TreePassTable``: the widths of each
     request's first ``verified`` depths summed, and ``draw.tree_accepted`` of those widths;
     the numpy rule where a width is past the table's."""
-    table = acc.tree_pass_table(_TREE_TABLE_WIDTH)
+    table = acc.tree_pass_table(TREE_TABLE_WIDTH)
     u = draw.uniforms
     nodes, depths, done = kernels.tree_outcome(u, rows, table.chances, table.filled, widths,
                                                verified)
@@ -319,7 +319,7 @@ def compiled_tree_outcome(acc, kernels: StepKernels, rows, draw: StepDraw, width
     return w.sum(axis=1), draw.tree_accepted(w)
 
 
-_TREE_TABLE_WIDTH = 8     # widths the table holds for tree_accepted (the tree oracle's cap)
+TREE_TABLE_WIDTH = 8     # widths the table holds for tree_accepted (the tree oracle's cap)
 
 
 def compiled_uniform_draft_s(kernels: StepKernels, k: int, computed_sum: int, n: int,

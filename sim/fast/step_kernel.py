@@ -198,26 +198,45 @@ def _chain_verify_end(verified, match_len, now, draft_s, dec, ctx, out, pre, pre
                       num_drafted, num_accepted, accept_ewma, status, first_token_s, finish_s):
     """The end of a decided chain step once its verified drafts are known (``Engine.
     run_decided`` after ``select_verify``, then ``_step_end``): accepted = min(verified, m),
-    the verify pass's context and roofline seconds (``target_step_s``' scalar expression),
-    and the request table at the step's end, now + (draft_s + verify_s). Returns
-    (verify_s, end, verified drafts, accepted, emitted with first tokens, whether the token
-    budget or KV capacity was exceeded, accepted per request, finished rows)."""
+    then ``_verify_end``. Returns (verify_s, end, verified drafts, accepted, emitted with
+    first tokens, whether the token budget or KV capacity was exceeded, accepted per
+    request, finished rows)."""
     n = dec.shape[0]
     accepted = np.empty(n, np.int64)
-    n_spec = 0
     for i in range(n):
         accepted[i] = verified[i] if verified[i] <= match_len[i] else match_len[i]
-        n_spec += verified[i]
+    verify_s, end, n_spec, n_acc, n_emit, bad, fin = _verify_end(
+        verified, accepted, now, draft_s, dec, ctx, out, pre, pre_tok, n_pre_tok, pre_ctx,
+        num_rows, max_tokens, free_blocks, alpha, finished_code, tcoef, num_computed, num_out,
+        num_known, num_target_out, num_drafted, num_accepted, accept_ewma, status,
+        first_token_s, finish_s)
+    return verify_s, end, n_spec, n_acc, n_emit, bad, accepted, fin
+
+
+def _verify_end(num_spec, accepted, now, draft_s, dec, ctx, out, pre, pre_tok, n_pre_tok,
+                pre_ctx, num_rows, max_tokens, free_blocks, alpha, finished_code, tcoef,
+                num_computed, num_out, num_known, num_target_out, num_drafted, num_accepted,
+                accept_ewma, status, first_token_s, finish_s):
+    """The end of a decided step once its verified tokens (a chain's drafts, a tree's
+    nodes) and accepted drafts are known: the verify pass's context and roofline seconds
+    (``target_step_s``' scalar expression) and the request table at the step's end,
+    now + (draft_s + verify_s). Returns (verify_s, end, verified tokens, accepted, emitted
+    with first tokens, whether the token budget or KV capacity was exceeded, finished
+    rows)."""
+    n = dec.shape[0]
+    n_spec = 0
+    for i in range(n):
+        n_spec += num_spec[i]
     n_tok = n_pre_tok + n + n_spec
     bad = n_tok > max_tokens or free_blocks < 0
-    verify_ctx = pre_ctx + _verify_context(ctx, verified)
+    verify_ctx = pre_ctx + _verify_context(ctx, num_spec)
     verify_s = _roofline_s(tcoef, n_tok, num_rows, verify_ctx) if n_tok > 0 else 0.0
     end = now + (draft_s + verify_s)
-    n_acc, n_emit, fin = _step_end(end, dec, ctx, out, verified, accepted, n_spec, pre,
+    n_acc, n_emit, fin = _step_end(end, dec, ctx, out, num_spec, accepted, n_spec, pre,
                                    pre_tok, alpha, finished_code, num_computed, num_out,
                                    num_known, num_target_out, num_drafted, num_accepted,
                                    accept_ewma, status, first_token_s, finish_s)
-    return verify_s, end, n_spec, n_acc, n_emit, bad, accepted, fin
+    return verify_s, end, n_spec, n_acc, n_emit, bad, fin
 
 
 def _draft_pass(more, was_active, drafted, k, ctx, j, restarted, dcoef, n_pre_tok, pre_ctx,
@@ -462,6 +481,8 @@ if numba is not None:
     DRAFT_PASS_KERNEL = numba.njit(cache=True)(_draft_pass)
     DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_draft_seconds)
     UNIFORM_DRAFT_SECONDS_KERNEL = numba.njit(cache=True)(_uniform_draft_seconds)
+    _verify_end = numba.njit(cache=True)(_verify_end)
+    VERIFY_END_KERNEL = _verify_end
     CHAIN_VERIFY_END_KERNEL = numba.njit(cache=True)(_chain_verify_end)
     DRAW_KERNEL = numba.njit(cache=True)(_draw)
     TREE_MIN_WIDTHS_KERNEL = numba.njit(cache=True)(_tree_min_widths)
@@ -469,6 +490,6 @@ if numba is not None:
     TREE_NODES_KERNEL = numba.njit(cache=True)(_tree_nodes)
 else:
     STEP_KERNEL = STEP_END_KERNEL = DRAFT_PASS_KERNEL = DRAFT_SECONDS_KERNEL = None
-    UNIFORM_DRAFT_SECONDS_KERNEL = CHAIN_VERIFY_END_KERNEL = None
+    UNIFORM_DRAFT_SECONDS_KERNEL = CHAIN_VERIFY_END_KERNEL = VERIFY_END_KERNEL = None
     DRAW_KERNEL = TREE_MIN_WIDTHS_KERNEL = TREE_OUTCOME_KERNEL = TREE_NODES_KERNEL = None
     FIT_KERNEL = VERIFY_CONTEXT_KERNEL = None

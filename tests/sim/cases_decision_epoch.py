@@ -78,7 +78,8 @@ RULES = ([("oracle", {}), ("oracle_slo", {}), ("oracle_slo", dict(num_budget_poi
             ("slo_goodput", {}), ("slo_goodput", dict(confidence_verify=False, k_max=5)),
             ("slo_goodput", dict(slo_horizon="step", impute_unverified=False, fair_share=0.0,
                                  pass_cost_stop=False, chain_caps=(1, 2))),
-            ("oracle_rate", {})])
+            ("oracle_rate", {}), ("slo_goodput_tree", {}),
+            ("slo_goodput_tree", dict(tree_max_requests=6, w_max=3, tree_pass_targets=()))])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -88,8 +89,11 @@ def test_decision_epochs_reproduce_the_per_step_path(case, name, params, counted
     fast_policy, slow_policy = make_policy(name, **params), make_policy(name, **params)
     fast = simulate_with(trace, fast_policy, config(compiled_epochs=True, **kw))
     slow = simulate_with(trace, slow_policy, config(**kw), multi_step=False)
-    assert counted["ran"] > 0 and fast.meta["num_epochs"] == counted["ran"]
-    assert fast.meta["num_epoch_steps"] == counted["steps"] > 0
+    assert fast.meta["num_epochs"] == counted["ran"]
+    assert fast.meta["num_epoch_steps"] == counted["steps"]
+    # a 40-token budget leaves every tree of slo_goodput_tree's first variant to the engine
+    if not (case == "tight" and name == "slo_goodput_tree" and not params):
+        assert counted["ran"] > 0 and counted["steps"] > 0
     assert_same_tables(fast, slow)
     assert _state(fast_policy) == _state(slow_policy)
     if case == "tight":
@@ -138,38 +142,51 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
     it; a declined step runs the hooks, as the engine does)."""
     from policies.adaptive.decision_kernels import COMMIT, DECIDE
     hooks, rules = make_policy(name, **params), make_policy(name, **params)
+    for policy in (hooks, rules):       # a calibrator past its first table (trees teach it none)
+        if getattr(policy, "calibrator", None) is not None:
+            policy.calibrator.accepted[:] = np.linspace(5.0, 60.0, policy.calibrator.num_bins)
+            policy.calibrator.rejected[:] = np.linspace(40.0, 4.0, policy.calibrator.num_bins)
     batch = Batch(24, 8, seed=4)
-    decided = 0
+    decided = trees = 0
     for step in range(40):
         obs = dataclasses.replace(batch.observation(), num_waiting=0, num_prefill_tokens=0,
                                   sum_prefill_context_tokens=0, num_prefill_seqs=0)
         compiled = rules.compiled_decisions(obs)
         assert compiled is not None
         k = np.empty(obs.num_requests, np.int64)
+        nodes = np.zeros((obs.num_requests, obs.k_max), np.int64)
         before = _state(rules)
         ttft = obs.tpot_slo_s if obs.ttft_slo_s is None else obs.ttft_slo_s
         columns = DecodeBatch(obs.context_lens, obs.future_match_lens, obs.num_output_tokens,
                               obs.decode_elapsed_s, obs.since_arrival_s, obs.tpot_slo_s, ttft)
         took = DECIDE(compiled.rule, compiled.state, compiled.ints, compiled.params, obs.now_s,
-                      columns, obs.k_max, k)
+                      columns, obs.k_max, k, nodes)
         compiled.finish()   # what finish reads back is as before (a step's scratch may change)
         assert _state(rules) == before, "decide changed the state"
-        expected = hooks.decide(obs).num_spec_tokens
+        decision = hooks.decide(obs)
+        expected = decision.num_spec_tokens
         if took:
             decided += 1
             assert np.array_equal(k, expected), step
+            trees += decision.nodes_per_depth is not None
+            assert np.array_equal(nodes, np.zeros_like(nodes) if decision.nodes_per_depth is None
+                                  else decision.nodes_per_depth), step
         else:
-            k = rules.decide(obs).num_spec_tokens
+            decision = rules.decide(obs)
+            k = decision.num_spec_tokens
+            if decision.nodes_per_depth is not None:
+                nodes = np.asarray(decision.nodes_per_depth, np.int64)
         accepted = np.minimum(k, obs.future_match_lens)
         drafted = np.arange(obs.k_max)[None, :] < k[:, None]
+        spec = np.where(drafted, nodes, 0).sum(axis=1) if nodes.any() else k   # a tree's nodes
         finished = batch.left <= accepted + 1
-        feedback = Feedback(now_s=batch.now, request_ids=obs.request_ids, num_spec_tokens=k,
+        feedback = Feedback(now_s=batch.now, request_ids=obs.request_ids, num_spec_tokens=spec,
                             num_accepted=accepted,
                             confidences=np.where(drafted, batch.confidences(), np.nan),
                             draft_time_s=0.004, verify_time_s=0.02 + 1e-4 * step,
                             finished_ids=obs.request_ids[finished])
         if took:
-            COMMIT(compiled.rule, compiled.state, compiled.ints, compiled.params, k, accepted,
+            COMMIT(compiled.rule, compiled.state, compiled.ints, compiled.params, spec, accepted,
                    feedback.draft_time_s, feedback.verify_time_s, feedback.confidences,
                    finished)
             compiled.finish()
@@ -179,6 +196,8 @@ def test_compiled_rule_is_the_hooks_step_for_step(name, params):
         assert _state(rules) == _state(hooks), step
         batch.advance(k, accepted, 0.02)
     assert decided > 0
+    if name == "slo_goodput_tree" and not params:
+        assert trees > 0, "no tree step decided"
 
 
 @pytest.mark.parametrize("name,params", [("threshold", dict(threshold=0.45)),
