@@ -554,6 +554,8 @@ class SloGoodput(Policy):
             return None
         n, k_max = obs.num_requests, obs.k_max
         K = k_max if self.k_max is None else min(int(self.k_max), k_max)
+        if K == 0:                   # decide drafts nothing and plans nothing: the hooks
+            return None
         grid, first = prefix_grid(n * K, self.num_budget_points)
         caps = caps_in_range(self.chain_caps, K)
         tracker, cal, lengths = self.tracker, self.calibrator, self.lengths
@@ -575,7 +577,7 @@ class SloGoodput(Policy):
             len(self.tree_pass_targets)), sorted_, suffix, known_rates,
             np.asarray(self.tree_pass_targets, float)])
         ids = np.asarray(obs.request_ids, np.int64)
-        pos, found = tracker.table._find(ids)
+        _, found = tracker.table._find(ids)
         held = np.sort(ids[found])
         m = held.size
         ints = np.zeros(sk.NUM_INT_ROWS * n + caps.size + grid.size + first.size, np.int64)
@@ -605,7 +607,7 @@ class SloGoodput(Policy):
             cal.counts_changed()
             outputs = ints[sk.OUTPUTS * n:(sk.OUTPUTS + 1) * n].copy()
             finished = ids[ints[sk.FINISHED * n:(sk.FINISHED + 1) * n] != 0]
-            if self.slo_horizon != "step":
+            if self.slo_horizon != "step" and state[sk.STEPS] > 0:   # the last step's
                 self._outputs = (ids, ids, outputs)
                 if finished.size:
                     lengths.record_finished(ids, outputs,

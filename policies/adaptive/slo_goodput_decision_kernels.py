@@ -30,8 +30,8 @@ from policies.adaptive.step_cost_kernels import COEFFICIENTS, RULE_COEFFICIENTS
 
 # the float state: scalars, then (n, 3) tracker values, weights, the plan's pass chances,
 # the posterior table (n, bins + 1), the survival (n, k_max), the calibrator's two bins
-(OFFER, T_STEP, UPDATES, GLOBAL_S, GLOBAL_F, NUM_ROWS, FILLED, MARGINAL, RATE,
- PREFILL_VALUE, BASE_VALUE, CTX_BASE, WIDEST, HEAD) = range(14)
+(OFFER, T_STEP, UPDATES, GLOBAL_S, GLOBAL_F, NUM_ROWS, STEPS, FILLED, MARGINAL, RATE,
+ PREFILL_VALUE, BASE_VALUE, CTX_BASE, WIDEST, HEAD) = range(15)
 # the int state, n each: the requests' ids (batch order), the tracker rows' ids (sorted),
 # their outputs before the step, the step's accepted drafts, finished (1/0), the planned
 # depths, the contexts, the plan's widths; then the constants: caps, the prefix grid, each
@@ -222,6 +222,7 @@ def _commit_steps(state, ints, params, spec, accepted, draft_s, verify_s, confid
     if step > 0:
         t, ema = state[T_STEP], params[STEP_TIME_EMA]
         state[T_STEP] = step if t != t else (1 - ema) * t + ema * step
+    state[STEPS] += 1.0                      # steps committed in the stretch
     m = int(state[NUM_ROWS])
     table_ids = ints[TABLE_IDS * n:(TABLE_IDS + 1) * n]
     accepted_f = np.empty(n)

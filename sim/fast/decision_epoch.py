@@ -1,6 +1,7 @@
 """Stretches of pure-decode steps of an adaptive policy whose decisions are compiled code
 (``policies.interface.CompiledDecisions``: oracle, oracle_slo, smartspec, threshold,
-vllm_adaptive_verify, adaspec, slo_goodput), as one compiled loop (sim/fast/decision_kernel.py).
+vllm_adaptive_verify, adaspec, slo_goodput, oracle_rate, slo_goodput_tree), as one compiled
+loop (sim/fast/decision_kernel.py).
 
 Each step of the loop is what the engine's compiled single steps do for such a policy
 (``step_compiled.compiled_plan``, the policy's ``decide``, ``compiled_step`` or
@@ -32,8 +33,10 @@ def decision_epochs_apply(engine) -> bool:
     """Whether ``engine``'s stretches of pure-decode steps may run as decision epochs: its
     policy offers compiled decisions (``policies.interface.offers_compiled_decisions``), its
     steps run compiled (``Engine._compiled_steps``: default drafting and verification;
-    ``Engine._chain_steps``: a chain policy with its own drafting or verification, whose
-    rules then run inside the loop) on independent parametric steps with block draws."""
+    ``Engine._chain_steps``: a policy with its own drafting or verification, whose rules
+    then run inside the loop, its trees too where its compiled decisions make them,
+    ``CompiledDecisions.trees``; not a tree oracle) on independent parametric steps with
+    block draws."""
     from policies.interface import offers_compiled_decisions
     from sim.fast.decision_kernel import DECISION_LOOP
     policy = engine.policy
@@ -84,9 +87,10 @@ def run_decision_epoch(engine, now: float, kernels) -> tuple[float | None, bool 
     run, kmax = sched.running, acc.k_max
     n = run.shape[0]
     ctx = r.num_computed[run]
-    rates = engine._true_rates
+    rates = engine._true_rates           # oracle_rate's
     obs = r.observation(run, ctx, r.num_out[run], now, engine.step_index, kmax,
-                        engine.policy_cost, true_accept_rates=None if rates is None else rates[run])
+                        engine.policy_cost,
+                        true_accept_rates=None if rates is None else rates[run])
     compiled = policy.compiled_decisions(obs)
     if (compiled is None or compiled.drafting != policy.custom_drafting
             or compiled.verifying != policy.custom_verify
