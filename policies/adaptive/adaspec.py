@@ -229,7 +229,8 @@ class AdaSpec(Policy):
         state[ak.PRIOR_INIT] = self.prior_init
 
         def finish() -> None:
-            self.conf_sum, self.conf_count = float(state[ak.CONF_SUM]), float(state[ak.CONF_COUNT])
+            self.conf_sum = float(state[ak.CONF_SUM])
+            self.conf_count = float(state[ak.CONF_COUNT])
             self._step = None        # the stretch's steps are over; the next decide makes one
 
         return CompiledDecisions(ADASPEC, state, params, finish, drafting=True, verifying=True)

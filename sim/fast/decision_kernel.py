@@ -11,9 +11,8 @@ import numpy as np
 
 from policies.interface import DecodeBatch
 from sim.fast.epoch_kernel import numba
-from sim.fast.step_kernel import (CHAIN_VERIFY_END_KERNEL, DRAFT_PASS_KERNEL,
-                                  DRAFT_SECONDS_KERNEL, DRAW_KERNEL, STEP_KERNEL,
-                                  TREE_NODES_KERNEL, TREE_OUTCOME_KERNEL,
+from sim.fast.step_kernel import (DRAFT_PASS_KERNEL, DRAFT_SECONDS_KERNEL, DRAW_KERNEL,
+                                  STEP_KERNEL, TREE_NODES_KERNEL, TREE_OUTCOME_KERNEL,
                                   UNIFORM_DRAFT_SECONDS_KERNEL, VERIFY_END_KERNEL)
 
 
@@ -140,8 +139,8 @@ def _loop(decisions, u, kmax, rate, run, max_steps, free_blocks, bs, max_tokens,
 def _ruled_step(decisions, match, seen, us, kmax, run, k, widths, spec, max_tokens,
                 free_blocks, bs, now, alpha, finished_code, tcoef, dcoef, tree_chances,
                 tree_filled, last_conf, arrays):
-    """A pure-decode step of a policy with its own drafting or verification, or a token
-    tree (``widths`` (n, k_max) per depth, not empty; ``spec``: its nodes, else ``k``), as
+    """A pure-decode step of a policy with its own drafting or verification, or a token tree
+    (``widths`` (n, k_max) per depth, not empty; ``spec``: its nodes, else ``k``), as
     ``step_compiled.compiled_chain_step`` (a tree: ``Engine.run_decided`` then
     ``compiled_end``) runs it, from the step's draw (``match``, ``seen``: ``DRAW_KERNEL``'s
     match lengths and confidences; ``us``: its uniforms): the fit's blocks (it fits whole:
@@ -149,12 +148,12 @@ def _ruled_step(decisions, match, seen, us, kmax, run, k, widths, spec, max_toke
     after each, ``step_kernel.drafting_loop``'s, the rule by id; else each request its
     length), the draft seconds as ``Engine._draft`` prices them (a uniform chain by
     ``UNIFORM_DRAFT_SECONDS_KERNEL``, else the passes'), the verified drafts (with
-    ``verifying``, the rule's; else all drafted), a tree's verified nodes and accepted depths
-    (``TREE_OUTCOME_KERNEL``), the verify pass and the step's end (``CHAIN_VERIFY_END_KERNEL``,
-    a tree's ``VERIFY_END_KERNEL``), the rows' last confidences. Returns ``STEP_KERNEL``'s
-    (floats [draft_s, verify_s, end], ints [n_spec, n_acc, n_emit, free blocks, bad],
-    verified tokens, accepted, finished rows) and the drafts' confidences (nan past each
-    request's drafts: the step's Feedback.confidences)."""
+    ``verifying``, the rule's; else all drafted), a tree's verified nodes and accepted
+    depths (``TREE_OUTCOME_KERNEL``; a chain's accepted as ``CHAIN_VERIFY_END_KERNEL`` has
+    them), the verify pass and the step's end (``VERIFY_END_KERNEL``), the rows' last
+    confidences. Returns ``STEP_KERNEL``'s (floats [draft_s, verify_s, end], ints [n_spec,
+    n_acc, n_emit, free blocks, bad], verified tokens, accepted, finished rows) and the
+    drafts' confidences (nan past each request's drafts: the step's Feedback.confidences)."""
     rule, drafting, verifying, _, state, ints, params = decisions
     tree = widths.shape[0] > 0
     num_computed, num_out, num_blocks = arrays.num_computed, arrays.num_out, arrays.num_blocks
@@ -227,19 +226,15 @@ def _ruled_step(decisions, match, seen, us, kmax, run, k, widths, spec, max_toke
     if tree:                             # the nodes verified, the depths accepted
         verified, acc, _ = TREE_OUTCOME_KERNEL(us, run, tree_chances, tree_filled, widths,
                                                verified)
-        verify_s, end, n_spec, n_acc, n_emit, bad, fin = VERIFY_END_KERNEL(
-            verified, acc, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n,
-            max_tokens, free_blocks, alpha, finished_code, tcoef, arrays.num_computed,
-            arrays.num_out, arrays.num_known, arrays.num_target_out, arrays.num_drafted,
-            arrays.num_accepted, arrays.accept_ewma, arrays.status, arrays.first_token_s,
-            arrays.finish_s)
-    else:
-        verify_s, end, n_spec, n_acc, n_emit, bad, acc, fin = CHAIN_VERIFY_END_KERNEL(
-            verified, match, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n,
-            max_tokens, free_blocks, alpha, finished_code, tcoef, arrays.num_computed,
-            arrays.num_out, arrays.num_known, arrays.num_target_out, arrays.num_drafted,
-            arrays.num_accepted, arrays.accept_ewma, arrays.status, arrays.first_token_s,
-            arrays.finish_s)
+    else:                                # a chain's accepted: min(verified, m)
+        acc = np.empty(n, np.int64)
+        for i in range(n):
+            acc[i] = verified[i] if verified[i] <= match[i] else match[i]
+    verify_s, end, n_spec, n_acc, n_emit, bad, fin = VERIFY_END_KERNEL(
+        verified, acc, now, draft_s, run, ctx, out, no_rows, no_rows, 0, 0, n, max_tokens,
+        free_blocks, alpha, finished_code, tcoef, arrays.num_computed, arrays.num_out,
+        arrays.num_known, arrays.num_target_out, arrays.num_drafted, arrays.num_accepted,
+        arrays.accept_ewma, arrays.status, arrays.first_token_s, arrays.finish_s)
     if n_spec > 0:                       # what a policy's next Observation shows
         for i in range(n):
             for p in range(kmax):
