@@ -474,6 +474,42 @@ def _pairwise(x, K):
     return acc
 
 
+def _stream_slots(order_r, feed_r, Ws_r, chains, s, stop, pos_of, lp_of, n_p, ctx_p, fed_p,
+                  dirty, ctx_v, ver):
+    """``_step_times_streamed``'s walk over the ranked slots s..stop - 1 (the slots a prefix
+    adds): per depth its pass's size and context, the verify pass's context ``ctx_v`` and
+    verified tokens ``ver`` (trees; scalars, not array entries: each slot's sums would wait
+    on the last one's store), the depths touched marked dirty. Returns (stop, ctx_v, ver)."""
+    while s < stop:
+        x = order_r[s]
+        p = pos_of[x]
+        lp = lp_of[x]
+        n_p[p] += 1
+        if chains:
+            ctx_p[p] += lp
+            ctx_v += lp + 1.0                    # verify position j attends L + j
+        else:
+            f = feed_r[s]
+            ctx_p[p] += lp * f
+            fed_p[p] += f
+            ctx_v += (lp + 1.0) * Ws_r[s]
+            ver += Ws_r[s]
+        dirty[p] = True
+        s += 1
+    return s, ctx_v, ver
+
+
+def _drafts_s(K, chains, kind, draft_coef, n_p, ctx_p, fed_p, t_p, dirty):
+    """The draft passes' seconds of the prefix streamed so far, as ``_step_times_streamed``
+    forms them (its dirty passes recomputed, then clean; numpy's pairwise sum)."""
+    for p in range(K):
+        if dirty[p]:
+            tokens = float(n_p[p]) if chains else fed_p[p]
+            t_p[p] = _pass_s(kind, draft_coef, tokens, float(n_p[p]), ctx_p[p])
+            dirty[p] = False
+    return _pairwise(t_p, K)
+
+
 def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kind,
                          draft_coef, target_coef, tokens_base, seqs, ctx_base):
     """Per ranking row and prefix b[g]: the step time (draft passes + verify pass) and the
@@ -504,49 +540,230 @@ def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kin
     fed_p = np.zeros(K)
     t_p = np.zeros(K)
     dirty = np.zeros(K, np.bool_)
+    none = np.empty(0)
     for r in range(nw):
         n_p[:] = 0
         ctx_p[:] = 0.0
         fed_p[:] = 0.0
         t_p[:] = 0.0
-        ctx_v = 0.0
-        ver = 0.0
-        s = 0
+        order_r = order[r]
+        feed_r = none if chains else feed[r]
+        Ws_r = none if chains else Ws[r]
+        s, ctx_v, ver = 0, 0.0, 0.0
         for g in range(B):
-            while s < M and s < b[g]:                 # the slots prefix g adds
-                x = order[r, s]
-                p = pos_of[x]
-                lp = lp_of[x]
-                n_p[p] += 1
-                if chains:
-                    ctx_p[p] += lp
-                    ctx_v += lp + 1.0                 # verify position j attends L + j
-                else:
-                    f = feed[r, s]
-                    ctx_p[p] += lp * f
-                    fed_p[p] += f
-                    ctx_v += (lp + 1.0) * Ws[r, s]
-                    ver += Ws[r, s]
-                dirty[p] = True
-                s += 1
-            for p in range(K):
-                if dirty[p]:
-                    tokens = float(n_p[p]) if chains else float(fed_p[p])
-                    t_p[p] = _pass_s(kind, draft_coef, tokens, float(n_p[p]), ctx_p[p])
-                    dirty[p] = False
+            s, ctx_v, ver = _stream_slots(order_r, feed_r, Ws_r, chains, s, min(M, b[g]),
+                                          pos_of, lp_of, n_p, ctx_p, fed_p, dirty, ctx_v, ver)
             if not chains:
                 verified[r, g] = ver
             v = verified[0, g] if chains else ver
-            T[r, g] = _pairwise(t_p, K) + _pass_s(kind, target_coef, tokens_base + v, seqs,
-                                                  ctx_base + ctx_v)
+            T[r, g] = (_drafts_s(K, chains, kind, draft_coef, n_p, ctx_p, fed_p, t_p, dirty)
+                       + _pass_s(kind, target_coef, tokens_base + v, seqs, ctx_base + ctx_v))
     return T, verified
+
+
+# The bounded search: prefixes in segments of SEGMENT_POINTS grid points, each evaluated
+# only when an upper bound on its rates reaches the best rate found at the segments' ends.
+SEGMENT_POINTS = 16
+# relative room for rounding in the bounds: the rates are sums and quotients of a few
+# thousand floats (relative error ~1e-13), the bound skips only what is below by more
+BOUND_SLACK = 1e-9
+
+
+def _bounds_hold(kind, draft_coef):
+    """Whether ``_plan_rows_bounded``'s bound is sound for this cost model: draft passes
+    whose time grows with every slot (a roofline or affine model, finite coefficients
+    >= 0)."""
+    if kind != 0 and kind != 1:
+        return False
+    for c in range(draft_coef.size):
+        if not (draft_coef[c] >= 0.0 and draft_coef[c] < np.inf):
+            return False
+    return True
+
+
+def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef,
+                       target_coef, tokens_base, seqs, ctx_base, value, tokens, base_value,
+                       n, cap_s, guard, max_step_tokens, num_prefill_tokens):
+    """``_plan_rows``' answers (``BEST_ROWS``' over ``_step_times_streamed``'s times) with the
+    draft passes timed at few prefixes. Per row:
+      1. one walk over the prefixes: the verify pass's time at each, the whole step time
+         and rate at every SEGMENT_POINTS-th prefix and the last (the segments' ends, each
+         one's streamed state kept), and per segment a bound on its rates (its values over
+         its verify times plus the draft time at its start: draft time only grows);
+      2. a segment whose bound reaches the best rate formed is walked again from its
+         start's state, its rates as the full search forms them;
+      3. the first highest of the rates formed is the full search's pick: every prefix
+         skipped is below it.
+    The rates formed are the full search's floats (the same running sums, the same passes).
+    Returns (done, then ``BEST_ROWS``' four): not done at a rate of nan (the full search's
+    rules for nan need every rate)."""
+    nw, M = order.shape
+    B = b.size
+    best_g = np.zeros(nw, np.int64)
+    best_rate = np.empty(nw)
+    depth = np.zeros((nw, n), np.int64)
+    marginal = np.empty(nw)
+    lp_of = np.empty(n * K)
+    pos_of = np.empty(n * K, np.int64)
+    req_of = np.empty(n * K, np.int64)
+    for i in range(n):
+        for j in range(K):
+            lp_of[i * K + j] = float(context_lens[i]) + j   # draft j attends L + j - 1
+            pos_of[i * K + j] = j
+            req_of[i * K + j] = i
+    C = (B - 2) // SEGMENT_POINTS + 2            # segment ends: 0, S, 2 S, .., B - 1
+    ends = np.empty(C + 1, np.int64)
+    for c in range(C - 1):
+        ends[c] = c * SEGMENT_POINTS
+    ends[C - 1] = B - 1
+    ends[C] = B                                  # past the last: never reached
+    snap_s = np.empty(C, np.int64)
+    snap_n = np.empty((C, K), np.int64)
+    snap_ctx = np.empty((C, K))
+    snap_fed = np.empty((C, K))
+    snap_t = np.empty((C, K))
+    snap_ctx_v = np.empty(C)
+    snap_ver = np.empty(C)
+    seg_bound = np.empty(C)
+    n_p = np.zeros(K, np.int64)
+    ctx_p = np.zeros(K)
+    fed_p = np.zeros(K)
+    t_p = np.zeros(K)
+    dirty = np.zeros(K, np.bool_)
+    slot = np.empty(M)
+    cum_v = np.empty(B)
+    cum_t = np.zeros(B)
+    rate_g = np.empty(B)
+    formed = np.zeros(B, np.bool_)
+    none = np.empty(0)
+    for r in range(nw):
+        vrow = r if value.shape[0] > 1 else 0
+        for s in range(M):
+            slot[s] = value[vrow, order[r, s]]
+        _prefix_into(slot, M, full, b, cum_v)
+        if guard == 2:
+            for s in range(M):
+                slot[s] = tokens[vrow, order[r, s]]
+            _prefix_into(slot, M, full, b, cum_t)
+        order_r = order[r]
+        feed_r = none if chains else feed[r]
+        Ws_r = none if chains else Ws[r]
+        n_p[:] = 0
+        ctx_p[:] = 0.0
+        fed_p[:] = 0.0
+        t_p[:] = 0.0
+        dirty[:] = False
+        formed[:] = False
+        s, c, ctx_v, ver = 0, 0, 0.0, 0.0
+        first_ok, per_token0 = True, 0.0
+        drafts, best, nan = 0.0, -np.inf, False
+        for g in range(B):                       # 1. every prefix's verify pass
+            s, ctx_v, ver = _stream_slots(order_r, feed_r, Ws_r, chains, s, min(M, b[g]),
+                                          pos_of, lp_of, n_p, ctx_p, fed_p, dirty, ctx_v, ver)
+            v = float(b[g]) if chains else ver
+            verify = _pass_s(kind, target_coef, tokens_base + v, seqs, ctx_base + ctx_v)
+            if g == ends[c]:                     # a segment's end: the whole step
+                drafts = _drafts_s(K, chains, kind, draft_coef, n_p, ctx_p, fed_p, t_p, dirty)
+                T = drafts + verify
+                if g == 0:
+                    first_ok = T <= cap_s
+                    per_token0 = T / (n + cum_t[0]) if guard == 2 else 0.0
+                rate = _guarded_rate(base_value, cum_v[g], T, b[g], v, first_ok, per_token0,
+                                     cum_t[g], n, cap_s, guard, max_step_tokens,
+                                     num_prefill_tokens)
+                rate_g[g] = rate
+                formed[g] = True
+                nan = nan or rate != rate
+                best = max(best, rate)
+                snap_s[c] = s
+                snap_n[c] = n_p
+                snap_ctx[c] = ctx_p
+                snap_fed[c] = fed_p
+                snap_t[c] = t_p
+                snap_ctx_v[c] = ctx_v
+                snap_ver[c] = ver
+                seg_bound[c] = -np.inf
+                c += 1
+            else:
+                # T >= T_low bounds the rate where its value is >= 0 (else, or nan: walk it)
+                T_low = drafts + verify
+                value_g = base_value + cum_v[g]
+                bound = value_g / T_low if T_low > 0.0 and value_g >= 0.0 else np.inf
+                if bound > seg_bound[c - 1]:
+                    seg_bound[c - 1] = bound
+        for c in range(C - 1):                   # 2. the segments that could hold more
+            if nan:
+                break
+            if ends[c + 1] - ends[c] < 2 or seg_bound[c] * (1.0 + BOUND_SLACK) < best:
+                continue
+            s = snap_s[c]
+            n_p[:] = snap_n[c]
+            ctx_p[:] = snap_ctx[c]
+            fed_p[:] = snap_fed[c]
+            t_p[:] = snap_t[c]
+            ctx_v, ver = snap_ctx_v[c], snap_ver[c]
+            for g in range(ends[c] + 1, ends[c + 1]):
+                s, ctx_v, ver = _stream_slots(order_r, feed_r, Ws_r, chains, s, min(M, b[g]),
+                                              pos_of, lp_of, n_p, ctx_p, fed_p, dirty, ctx_v,
+                                              ver)
+                v = float(b[g]) if chains else ver
+                T = (_drafts_s(K, chains, kind, draft_coef, n_p, ctx_p, fed_p, t_p, dirty)
+                     + _pass_s(kind, target_coef, tokens_base + v, seqs, ctx_base + ctx_v))
+                rate = _guarded_rate(base_value, cum_v[g], T, b[g], v, first_ok, per_token0,
+                                     cum_t[g], n, cap_s, guard, max_step_tokens,
+                                     num_prefill_tokens)
+                rate_g[g] = rate
+                formed[g] = True
+                nan = nan or rate != rate
+                best = max(best, rate)
+        if nan:                                  # the full search's nan rules
+            return False, best_g, best_rate, depth, marginal
+        pick, pick_rate = -1, 0.0                # 3. np.argmax over the rates formed
+        for g in range(B):
+            if formed[g] and (pick < 0 or (not np.isnan(pick_rate)
+                                           and (np.isnan(rate_g[g])
+                                                or rate_g[g] > pick_rate))):
+                pick, pick_rate = g, rate_g[g]
+        best_g[r] = pick
+        best_rate[r] = pick_rate
+        take = b[pick]
+        for s in range(take):
+            depth[r, req_of[order[r, s]]] += 1
+        marginal[r] = value[vrow, order[r, take - 1]] if take > 0 else np.inf
+    return True, best_g, best_rate, depth, marginal
+
+
+def _guarded_rate(base_value, cum_v, T, b, v, first_ok, per_token0, cum_t, n, cap_s, guard,
+                  max_step_tokens, num_prefill_tokens):
+    """A prefix's rate as ``BEST_ROWS`` forms it: (base value + its slots' value) / T, -inf
+    where the guard or the token cap blocks it (never the empty prefix)."""
+    rate = (base_value + cum_v) / T
+    if b > 0:
+        blocked = False
+        if guard != 0:
+            blocked = T > cap_s and first_ok
+            if blocked and guard == 2:
+                blocked = T / (n + cum_t) >= per_token0
+        if max_step_tokens >= 0 and num_prefill_tokens + n + v > max_step_tokens:
+            blocked = True
+        if blocked:
+            rate = -np.inf
+    return rate
 
 
 def _plan_rows(order, first, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef,
                target_coef, tokens_base, seqs, ctx_base, value, tokens, base_value, n, cap_s,
                guard, max_step_tokens, num_prefill_tokens):
     """``_best_prefixes``' compiled path in one call: every prefix's step time
-    (``_step_times_streamed``) and the best row per ranking (``BEST_ROWS``)."""
+    (``_step_times_streamed``) and the best row per ranking (``BEST_ROWS``); the same
+    answers from a bounded search (``_plan_rows_bounded``) where its bounds hold."""
+    if b.size > 2 * SEGMENT_POINTS and _bounds_hold(kind, draft_coef):
+        done, best_g, best_rate, depth, marginal = _plan_rows_bounded(
+            order, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef, target_coef,
+            tokens_base, seqs, ctx_base, value, tokens, base_value, n, cap_s, guard,
+            max_step_tokens, num_prefill_tokens)
+        if done:
+            return best_g, best_rate, depth, marginal
     T, verified = _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b,
                                        kind, draft_coef, target_coef, tokens_base, seqs,
                                        ctx_base)
@@ -618,6 +835,11 @@ if numba is not None:
     SURVIVAL_COLUMNS = numba.njit(cache=True)(_survival_columns)
     _pairwise = numba.njit(cache=True)(_pairwise)
     _step_times_streamed = numba.njit(cache=True)(_step_times_streamed)
+    _bounds_hold = numba.njit(cache=True)(_bounds_hold)
+    _stream_slots = numba.njit(cache=True, inline='always')(_stream_slots)
+    _drafts_s = numba.njit(cache=True, inline='always')(_drafts_s)
+    _guarded_rate = numba.njit(cache=True, inline='always')(_guarded_rate)
+    _plan_rows_bounded = numba.njit(cache=True)(_plan_rows_bounded)
     PLAN_ROWS = numba.njit(cache=True)(_plan_rows)
     _np_max = numba.njit(cache=True)(_np_max)
     _np_min = numba.njit(cache=True)(_np_min)

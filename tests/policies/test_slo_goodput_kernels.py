@@ -707,6 +707,62 @@ def test_best_row_is_best_plans_choice():
     assert len(picked) >= 5
 
 
+def test_bounded_prefix_search_is_the_full_search():
+    """``PLAN_ROWS``' bounded search (draft passes timed at segment ends, a segment walked
+    only when its bound reaches the best rate) picks every row's prefix, rate, depths and
+    marginal slot exactly as the full search (every prefix's step time, then ``BEST_ROWS``):
+    chains and trees, 1-3 rows, both grids, the three guards, a token cap, prefill, roofline
+    and affine costs, tied slot values, and slot values that are nan or negative (rows the
+    bound cannot serve)."""
+    from policies.adaptive import slo_goodput_kernels as gk
+    from policies.adaptive.slo_goodput_plan import prefix_grid
+    rng = np.random.default_rng(31)
+    roofline = (np.array(bench.RooflineCost.DRAFT), np.array(bench.RooflineCost.TARGET))
+    affine = (np.array([4e-4, 7e-7]), np.array([0.012, 7e-5]))
+    bounded = 0
+    for case in range(400):
+        n, K = int(rng.integers(1, 200)), int(rng.integers(1, 9))
+        nK, rows, chains = n * K, int(rng.integers(1, 4)), case % 5 < 3
+        accept = rng.beta(7, 3, n)
+        weight = np.ones(n) if case % 7 == 0 else rng.uniform(0.5, 3.0, n)
+        tokens = (accept[:, None] ** np.arange(1, K + 1)[None, :]).reshape(1, nK)
+        if case % 10 == 0:
+            tokens = np.round(tokens, 1)                 # tied slots
+        value = tokens * np.repeat(weight, K)[None, :]
+        if case % 17 == 0:
+            value[0, rng.integers(0, nK)] = np.nan
+        elif case % 19 == 0:
+            value[0, rng.integers(0, nK)] = -0.5
+        order = np.stack([np.argsort(-value[0] + rng.normal(0, 0.01 * r, nK), kind="stable")
+                          for r in range(rows)]).astype(np.int64)
+        if chains:
+            feed = Ws = np.ones(order.shape)
+        else:
+            widths = rng.integers(1, 4, (n, K)).astype(float)
+            i, j = np.divmod(order, K)
+            Ws = widths[i, j]
+            feed = np.where(j == 0, 1.0, widths[i, np.maximum(j - 1, 0)])
+        b, first = prefix_grid(nK, int(rng.choice([16, 64, 256, 512])))
+        kind = int(case % 4 == 3)
+        dcoef, tcoef = affine if kind else roofline
+        ctx = rng.integers(10, 4000, n).astype(np.int64)
+        prefill = int(rng.choice([0, 0, 512]))
+        args = (order, first, ctx, feed, Ws, K, chains, b.size == nK + 1, b, kind, dcoef,
+                tcoef, float(prefill + n), float(n + (prefill > 0)),
+                float(ctx.sum() + (300 if prefill else 0)), value, tokens,
+                float(weight.sum() + rng.uniform(0, 5)), n,
+                float(rng.choice([np.inf, 0.02, 0.05, 0.1])), int(case % 3),
+                int(rng.choice([-1, -1, n + nK // 2, n + 10])), prefill)
+        T, verified = gk._step_times_streamed(*args[:7], *args[8:15])
+        want = gk.BEST_ROWS(T, value, tokens, order, K, b, args[7], *args[17:22], prefill,
+                            verified, not chains)
+        got = gk.PLAN_ROWS(*args)
+        for x, y in zip(got, want):
+            assert np.array_equal(x, y, equal_nan=True), case
+        bounded += b.size > 2 * gk.SEGMENT_POINTS
+    assert bounded >= 200
+
+
 def test_depth_powers_are_the_same_products_compiled():
     """The compiled plan's own depth powers (``_depth_powers``, inside ``CHAIN_DECIDE``) are
     numpy's ``depth_powers`` to the last bit: x^j formed as x^(j-1) x, not by pow (on an
