@@ -66,17 +66,15 @@ def _replay_loop(rule):
     def _loop(cap, k_decided, confidences, draft_s, num_passes, args):
         n, K = confidences.shape
         drafted = np.zeros(n, np.int64)
+        seen = np.full((n, K), np.nan)           # a pass reveals one more draft per request
+        top = 0
         for i in range(n):
             if cap[i] > 0:
                 drafted[i] = 1
+                seen[i, 0] = confidences[i, 0]
+                top = 1
         more = np.zeros(n, np.bool_)
-        seen = np.empty((n, K))                  # every entry rewritten each pass
         while True:
-            top = 0
-            for i in range(n):
-                top = max(top, drafted[i])
-                for j in range(K):
-                    seen[i, j] = confidences[i, j] if j < drafted[i] else np.nan
             spent_s = draft_s * top / max(num_passes, 1)
             rule(drafted, k_decided, seen, spent_s, more, args)
             go = False
@@ -87,7 +85,9 @@ def _replay_loop(rule):
                 return drafted, seen, spent_s
             for i in range(n):
                 if more[i]:
+                    seen[i, drafted[i]] = confidences[i, drafted[i]]
                     drafted[i] += 1
+                    top = max(top, drafted[i])
 
     return numba.njit(_loop)
 
