@@ -391,15 +391,17 @@ def _verify_ranking(value, drafted, context_lens):
     # only the drafted slots are sorted, in position-major order: the stable sort of all
     # n K scores puts the others (inf) last and keeps these in the same order
     score = np.empty(n * K)
-    slot = np.empty(n * K, np.int64)
+    slot_req = np.empty(n * K, np.int64)        # each slot's request and position, kept:
+    slot_pos = np.empty(n * K, np.int64)        # no integer division per ranked slot
     num = 0
     for j in range(K):
         for i in range(n):
             if j < drafted[i]:
                 score[num] = -value[i, j]
-                slot[num] = j * n + i
+                slot_req[num] = i
+                slot_pos[num] = j
                 num += 1
-    by_pos = slot[_stable_argsort(score[:num])]
+    rank = _stable_argsort(score[:num])
     req = np.empty(num, np.int64)
     pos = np.empty(num, np.int64)
     cum_v = np.zeros(num + 1)
@@ -407,7 +409,8 @@ def _verify_ranking(value, drafted, context_lens):
     run_v = 0.0
     run_ctx = 0.0
     for r in range(num):
-        j, i = divmod(by_pos[r], n)
+        i = slot_req[rank[r]]
+        j = slot_pos[rank[r]]
         req[r] = i
         pos[r] = j
         v = value[i, j]
