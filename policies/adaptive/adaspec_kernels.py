@@ -104,16 +104,13 @@ def _confidence_verify(drafted, confidences, target_count, draft_time_s, context
         for i in range(n):
             score[j * n + i] = -cum[i * smax + j] if j < drafted[i] else np.inf
     order = _stable_argsort(score)
-    keep = np.zeros((n, smax), np.bool_)
+    keep = np.zeros(n * smax, np.bool_)         # position-major, as the scores: no division
     for r in range(min(target_count, n * smax)):
-        q = order[r]
-        j, i = q // n, q % n
-        if j < drafted[i]:
-            keep[i, j] = True
+        keep[order[r]] = True
     trimmed = np.zeros(n, drafted.dtype)
     for i in range(n):
         c = 0
-        while c < smax and keep[i, c]:
+        while c < smax and c < drafted[i] and keep[c * n + i]:
             c += 1
         trimmed[i] = c
     flat = np.empty(max(n * smax, 1))

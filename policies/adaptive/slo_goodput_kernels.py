@@ -564,9 +564,17 @@ def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kin
     return T, verified
 
 
-# The bounded search: prefixes in segments of SEGMENT_POINTS grid points, each evaluated
-# only when an upper bound on its rates reaches the best rate found at the segments' ends.
-SEGMENT_POINTS = 16
+# The bounded search: prefixes in segments of ~sqrt(grid points) (at least
+# MIN_SEGMENT_POINTS), each evaluated only when an upper bound on its rates reaches the best
+# rate found at the segments' ends: as many ends as points in the segments walked again.
+MIN_SEGMENT_POINTS = 8
+
+
+def _segment_points(num_points):
+    """Grid points per segment of the bounded search over ``num_points`` prefixes."""
+    return max(MIN_SEGMENT_POINTS, int(np.sqrt(num_points)))
+
+
 # relative room for rounding in the bounds: the rates are sums and quotients of a few
 # thousand floats (relative error ~1e-13), the bound skips only what is below by more
 BOUND_SLACK = 1e-9
@@ -590,7 +598,7 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
     """``_plan_rows``' answers (``BEST_ROWS``' over ``_step_times_streamed``'s times) with the
     draft passes timed at few prefixes. Per row:
       1. one walk over the prefixes: the verify pass's time at each, the whole step time
-         and rate at every SEGMENT_POINTS-th prefix and the last (the segments' ends, each
+         and rate at every S-th prefix (``_segment_points``) and the last (the segments' ends, each
          one's streamed state kept), and per segment a bound on its rates (its values over
          its verify times plus the draft time at its start: draft time only grows);
       2. a segment whose bound reaches the best rate formed is walked again from its
@@ -614,10 +622,11 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
             lp_of[i * K + j] = float(context_lens[i]) + j   # draft j attends L + j - 1
             pos_of[i * K + j] = j
             req_of[i * K + j] = i
-    C = (B - 2) // SEGMENT_POINTS + 2            # segment ends: 0, S, 2 S, .., B - 1
+    S = _segment_points(B)
+    C = (B - 2) // S + 2                         # segment ends: 0, S, 2 S, .., B - 1
     ends = np.empty(C + 1, np.int64)
     for c in range(C - 1):
-        ends[c] = c * SEGMENT_POINTS
+        ends[c] = c * S
     ends[C - 1] = B - 1
     ends[C] = B                                  # past the last: never reached
     snap_s = np.empty(C, np.int64)
@@ -760,7 +769,7 @@ def _plan_rows(order, first, context_lens, feed, Ws, K, chains, full, b, kind, d
     """``_best_prefixes``' compiled path in one call: every prefix's step time
     (``_step_times_streamed``) and the best row per ranking (``BEST_ROWS``); the same
     answers from a bounded search (``_plan_rows_bounded``) where its bounds hold."""
-    if b.size > 2 * SEGMENT_POINTS and _bounds_hold(kind, draft_coef):
+    if b.size > 2 * _segment_points(b.size) and _bounds_hold(kind, draft_coef):
         done, best_g, best_rate, depth, marginal = _plan_rows_bounded(
             order, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef, target_coef,
             tokens_base, seqs, ctx_base, value, tokens, base_value, n, cap_s, guard,
@@ -839,6 +848,7 @@ if numba is not None:
     _pairwise = numba.njit(cache=True)(_pairwise)
     _step_times_streamed = numba.njit(cache=True)(_step_times_streamed)
     _bounds_hold = numba.njit(cache=True)(_bounds_hold)
+    _segment_points = numba.njit(cache=True)(_segment_points)
     _stream_slots = numba.njit(cache=True, inline='always')(_stream_slots)
     _drafts_s = numba.njit(cache=True, inline='always')(_drafts_s)
     _guarded_rate = numba.njit(cache=True, inline='always')(_guarded_rate)

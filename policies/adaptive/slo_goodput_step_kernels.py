@@ -588,12 +588,18 @@ def _plan_ordered(slot_pass, slot_widths, order, weight, context_lens, first, b,
     # each ranked slot's width and fed tokens: read for trees only (all 1 in chains)
     Ws = np.empty((R, num_live) if not chains else (0, 0))
     feed = np.empty((R, num_live) if not chains else (0, 0))
-    for r in range(R if not chains else 0):
-        for y in range(num_live):
-            x = order[r, y]
-            i, j = x // K, x % K
-            Ws[r, y] = float(slot_widths[i, j])
-            feed[r, y] = 1.0 if j == 0 else float(slot_widths[i, j - 1])
+    if not chains:
+        # per slot once, then gathered by rank: no integer division per ranked slot and row
+        width_of = np.empty(nK)
+        feed_of = np.empty(nK)
+        for i in range(n):
+            for j in range(K):
+                width_of[i * K + j] = float(slot_widths[i, j])
+                feed_of[i * K + j] = 1.0 if j == 0 else float(slot_widths[i, j - 1])
+        for r in range(R):
+            for y in range(num_live):
+                Ws[r, y] = width_of[order[r, y]]
+                feed[r, y] = feed_of[order[r, y]]
     cap_s = np.inf
     for i in range(n):
         cap_s = _np_min(cap_s, tpot_slo_s[i])

@@ -759,7 +759,7 @@ def test_bounded_prefix_search_is_the_full_search():
         got = gk.PLAN_ROWS(*args)
         for x, y in zip(got, want):
             assert np.array_equal(x, y, equal_nan=True), case
-        bounded += b.size > 2 * gk.SEGMENT_POINTS
+        bounded += b.size > 2 * gk._segment_points(b.size)
     assert bounded >= 200
 
 
