@@ -439,12 +439,19 @@ def prefix_grid(num_slots: int, num_budget_points: int) -> tuple[np.ndarray, np.
     rank r, the first prefix that holds it (r < b[g]). A pure function of the two counts,
     kept per pair (read-only arrays): every step of a batch size asks for the same grid."""
     M = num_slots
-    b = np.arange(M + 1)
-    if M + 1 > num_budget_points:                        # coarse prefix grid, 0 and M kept
-        b = np.unique(np.linspace(0, M, num_budget_points).round().astype(np.int64))
-    # slot of rank r is in prefix g iff r < b[g]: bucket it at the first such g, then cumsum
-    first = (np.arange(1, M + 1) if b.size == M + 1      # slot r joins prefix r + 1
-             else np.searchsorted(b, np.arange(M), side="right"))
+    if M + 1 <= num_budget_points:
+        b = np.arange(M + 1)
+        first = np.arange(1, M + 1)                      # slot r joins prefix r + 1
+    else:                                                # coarse prefix grid, 0 and M kept
+        # rounded evenly spaced points ascend: np.unique's sort is dropping repeats; the
+        # oracles ask for a new slot count most steps, so this runs often (~12 against ~50 us)
+        b = np.linspace(0, M, num_budget_points).round().astype(np.int64)
+        new = np.empty(b.size, np.bool_)
+        new[0] = True
+        np.not_equal(b[1:], b[:-1], out=new[1:])
+        b = b[new]
+        # slot r joins the first prefix b[g] > r: g = how many points are <= r
+        first = np.bincount(b, minlength=M + 1)[:M].cumsum()
     b.setflags(write=False)
     first.setflags(write=False)
     return b, first

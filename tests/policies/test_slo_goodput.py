@@ -330,3 +330,20 @@ def test_slo_goodput_learns_output_lengths_from_finished_requests():
         policy.observe(feedback(obs, [0, 0, 4], [0, 0, 2], finished=[0, 2]))
         assert sorted(policy.lengths.window.tolist()) == want
         obs.num_output_tokens[:] = [40, 7, 90]
+
+
+def test_prefix_grid_is_every_prefix_or_the_evenly_spaced_ones():
+    """``prefix_grid``'s coarse grid is np.unique of the rounded evenly spaced points and
+    ``first`` each slot rank's first prefix holding it (np.searchsorted, side right), as
+    defined; every prefix where the points cover them all."""
+    from policies.adaptive.slo_goodput_plan import prefix_grid
+    grid = prefix_grid.__wrapped__                     # uncached: every pair computed
+    for points in (2, 3, 7, 64, 255, 256, 512, 1000):
+        for slots in range(0, 2100, 7):
+            b, first = grid(slots, points)
+            want = np.arange(slots + 1)
+            if slots + 1 > points:
+                want = np.unique(np.linspace(0, slots, points).round().astype(np.int64))
+            assert np.array_equal(b, want) and b.dtype == np.int64, (slots, points)
+            assert np.array_equal(first, np.searchsorted(want, np.arange(slots), side="right"))
+            assert first.dtype == np.int64 and not b.flags.writeable
