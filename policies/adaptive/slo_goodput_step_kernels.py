@@ -644,13 +644,31 @@ def _oracle_orders(slot_pass, slot_widths, weight, num_live, budget):
         keys[x] = -density[x]
         tie[x] = y                               # by_depth's order: depth, slot index
     _sorted_slots(keys, by_depth, order[0])
+    nan = False
+    for y in range(num_live):
+        nan = nan or keys[by_depth[y]] != keys[by_depth[y]]
+    lifted = 0                                   # by_depth runs depth by depth
     for c in range(1, K):
-        for y in range(num_live):
-            x = by_depth[y]
-            keys[x] = -(density[x] + lift[x] * (1.0 if depth[x] + 1 <= c else 0.0))
-        _capped_from(order[0], depth, c, order[c])
-        if not _fix_order(order[c], keys, tie, budget):
-            _sorted_slots(keys, by_depth, order[c])
+        # row c lifts the depths < c: only the slots of depth c - 1 change key (the others'
+        # x + 0.0 compares as x); the order is unique (ties broken by slot)
+        while lifted < num_live and depth[by_depth[lifted]] < c:
+            x = by_depth[lifted]
+            keys[x] = -(density[x] + lift[x])
+            lifted += 1
+        row = order[c]
+        _capped_from(order[0], depth, c, row)
+        if nan:
+            done = _fix_order(row, keys, tie, budget)
+        else:
+            # the unlifted run keeps row 0's keys in row 0's order: sorted already, so the
+            # lifted run, then the seam between the two, is all there is to check
+            done = _fix_order(row[:lifted], keys, tie, budget)
+            if done and 0 < lifted < num_live:
+                a, b = row[lifted - 1], row[lifted]
+                if not (keys[a] < keys[b] or (keys[a] == keys[b] and tie[a] < tie[b])):
+                    done = _fix_order(row, keys, tie, budget)
+        if not done:
+            _sorted_slots(keys, by_depth, row)
     return order
 
 
