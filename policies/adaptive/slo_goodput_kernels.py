@@ -265,6 +265,64 @@ def _prefix_into(x, M, full, b, out):
             g += 1
 
 
+def _requests_of(n, K):
+    """Each slot's request (slot x = i K + j): a lookup, not an integer division per ranked
+    slot by a runtime K."""
+    req_of = np.empty(n * K, np.int64)
+    for i in range(n):
+        for j in range(K):
+            req_of[i * K + j] = i
+    return req_of
+
+
+def _row_sums(value, tokens, order_r, r, M, full, b, guard, slot, cum_v, cum_t):
+    """A ranking row's value prefix sums at the grid (``cum_v``) and, for the per-token guard,
+    its tokens' (``cum_t``), cumsum's order; ``value`` and ``tokens`` of one row serve every
+    row. Returns the value row read."""
+    vrow = r if value.shape[0] > 1 else 0
+    for s in range(M):
+        slot[s] = value[vrow, order_r[s]]
+    _prefix_into(slot, M, full, b, cum_v)
+    if guard == 2:
+        for s in range(M):
+            slot[s] = tokens[vrow, order_r[s]]
+        _prefix_into(slot, M, full, b, cum_t)
+    return vrow
+
+
+def _guarded_rate(base_value, cum_v, T, b, v, first_ok, per_token0, cum_t, n, cap_s, guard,
+                  max_step_tokens, num_prefill_tokens):
+    """A prefix's rate: (base value + its slots' value) / T, -inf where the guard (0 off,
+    1 step, 2 per_token) or the token cap (-1: none; ``v`` its verified tokens) blocks it
+    (never the empty prefix)."""
+    rate = (base_value + cum_v) / T
+    if b > 0:
+        blocked = False
+        if guard != 0:
+            blocked = T > cap_s and first_ok
+            if blocked and guard == 2:
+                blocked = T / (n + cum_t) >= per_token0
+        if max_step_tokens >= 0 and num_prefill_tokens + n + v > max_step_tokens:
+            blocked = True
+        if blocked:
+            rate = -np.inf
+    return rate
+
+
+def _first_highest(pick, pick_rate, rate):
+    """Whether ``rate`` replaces the pick so far (``pick`` < 0: none yet), as np.argmax
+    picks: the first maximum, a nan counting as the maximum."""
+    return pick < 0 or (not np.isnan(pick_rate) and (np.isnan(rate) or rate > pick_rate))
+
+
+def _take_prefix(order_r, take, req_of, value_row, depth_r):
+    """A row's pick: each request's count among its first ``take`` ranked slots into
+    ``depth_r``; returns the marginal slot's value (inf when none is taken)."""
+    for s in range(take):
+        depth_r[req_of[order_r[s]]] += 1
+    return value_row[order_r[take - 1]] if take > 0 else np.inf
+
+
 def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
                max_step_tokens, num_prefill_tokens, verified, per_row_verified):
     """Per row: the prefix index maximising (base_value + value of its slots) / T under the
@@ -279,43 +337,23 @@ def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
     marginal = np.empty(nw)
     slot = np.empty(M)
     cum_v = np.empty(B)
-    cum_t = np.empty(B)
+    cum_t = np.zeros(B)
+    req_of = _requests_of(n, K)
     for r in range(nw):
-        vrow = r if value.shape[0] > 1 else 0
-        for s in range(M):
-            slot[s] = value[vrow, order[r, s]]
-        _prefix_into(slot, M, full, b, cum_v)
-        if guard == 2:
-            for s in range(M):
-                slot[s] = tokens[vrow, order[r, s]]
-            _prefix_into(slot, M, full, b, cum_t)
+        vrow = _row_sums(value, tokens, order[r], r, M, full, b, guard, slot, cum_v, cum_t)
         first_ok = T[r, 0] <= cap_s
         per_token0 = T[r, 0] / (n + cum_t[0]) if guard == 2 else 0.0
         pick, pick_rate = -1, 0.0
         for g in range(B):
-            rate = (base_value + cum_v[g]) / T[r, g]
-            if b[g] > 0:
-                blocked = False
-                if guard != 0:
-                    blocked = T[r, g] > cap_s and first_ok
-                    if blocked and guard == 2:
-                        blocked = T[r, g] / (n + cum_t[g]) >= per_token0
-                if max_step_tokens >= 0:
-                    v = verified[r, g] if per_row_verified else verified[0, g]
-                    if num_prefill_tokens + n + v > max_step_tokens:
-                        blocked = True
-                if blocked:
-                    rate = -np.inf
-            # np.argmax: the first maximum, a nan counting as the maximum
-            if pick < 0 or (not np.isnan(pick_rate)
-                            and (np.isnan(rate) or rate > pick_rate)):
+            v = verified[r, g] if per_row_verified else verified[0, g]
+            rate = _guarded_rate(base_value, cum_v[g], T[r, g], b[g], v, first_ok, per_token0,
+                                 cum_t[g], n, cap_s, guard, max_step_tokens,
+                                 num_prefill_tokens)
+            if _first_highest(pick, pick_rate, rate):
                 pick, pick_rate = g, rate
         best_g[r] = pick
         best_rate[r] = pick_rate
-        take = b[pick]
-        for s in range(take):
-            depth[r, order[r, s] // K] += 1
-        marginal[r] = value[vrow, order[r, take - 1]] if take > 0 else np.inf
+        marginal[r] = _take_prefix(order[r], b[pick], req_of, value[vrow], depth[r])
     return best_g, best_rate, depth, marginal
 
 
@@ -616,12 +654,11 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
     marginal = np.empty(nw)
     lp_of = np.empty(n * K)
     pos_of = np.empty(n * K, np.int64)
-    req_of = np.empty(n * K, np.int64)
     for i in range(n):
         for j in range(K):
             lp_of[i * K + j] = float(context_lens[i]) + j   # draft j attends L + j - 1
             pos_of[i * K + j] = j
-            req_of[i * K + j] = i
+    req_of = _requests_of(n, K)
     S = _segment_points(B)
     C = (B - 2) // S + 2                         # segment ends: 0, S, 2 S, .., B - 1
     ends = np.empty(C + 1, np.int64)
@@ -649,15 +686,8 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
     formed = np.zeros(B, np.bool_)
     none = np.empty(0)
     for r in range(nw):
-        vrow = r if value.shape[0] > 1 else 0
-        for s in range(M):
-            slot[s] = value[vrow, order[r, s]]
-        _prefix_into(slot, M, full, b, cum_v)
-        if guard == 2:
-            for s in range(M):
-                slot[s] = tokens[vrow, order[r, s]]
-            _prefix_into(slot, M, full, b, cum_t)
         order_r = order[r]
+        vrow = _row_sums(value, tokens, order_r, r, M, full, b, guard, slot, cum_v, cum_t)
         feed_r = none if chains else feed[r]
         Ws_r = none if chains else Ws[r]
         n_p[:] = 0
@@ -732,35 +762,12 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
             return False, best_g, best_rate, depth, marginal
         pick, pick_rate = -1, 0.0                # 3. np.argmax over the rates formed
         for g in range(B):
-            if formed[g] and (pick < 0 or (not np.isnan(pick_rate)
-                                           and (np.isnan(rate_g[g])
-                                                or rate_g[g] > pick_rate))):
+            if formed[g] and _first_highest(pick, pick_rate, rate_g[g]):
                 pick, pick_rate = g, rate_g[g]
         best_g[r] = pick
         best_rate[r] = pick_rate
-        take = b[pick]
-        for s in range(take):
-            depth[r, req_of[order[r, s]]] += 1
-        marginal[r] = value[vrow, order[r, take - 1]] if take > 0 else np.inf
+        marginal[r] = _take_prefix(order_r, b[pick], req_of, value[vrow], depth[r])
     return True, best_g, best_rate, depth, marginal
-
-
-def _guarded_rate(base_value, cum_v, T, b, v, first_ok, per_token0, cum_t, n, cap_s, guard,
-                  max_step_tokens, num_prefill_tokens):
-    """A prefix's rate as ``BEST_ROWS`` forms it: (base value + its slots' value) / T, -inf
-    where the guard or the token cap blocks it (never the empty prefix)."""
-    rate = (base_value + cum_v) / T
-    if b > 0:
-        blocked = False
-        if guard != 0:
-            blocked = T > cap_s and first_ok
-            if blocked and guard == 2:
-                blocked = T / (n + cum_t) >= per_token0
-        if max_step_tokens >= 0 and num_prefill_tokens + n + v > max_step_tokens:
-            blocked = True
-        if blocked:
-            rate = -np.inf
-    return rate
 
 
 def _plan_rows(order, first, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef,
@@ -839,6 +846,11 @@ if numba is not None:
     TREE_RANKINGS = numba.njit(cache=True)(_tree_rankings)
     TARGET_WIDTHS = numba.njit(cache=True)(_target_widths)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
+    _requests_of = numba.njit(cache=True)(_requests_of)
+    _row_sums = numba.njit(cache=True, inline='always')(_row_sums)
+    _guarded_rate = numba.njit(cache=True, inline='always')(_guarded_rate)
+    _first_highest = numba.njit(cache=True, inline='always')(_first_highest)
+    _take_prefix = numba.njit(cache=True, inline='always')(_take_prefix)
     BEST_ROWS = numba.njit(cache=True)(_best_rows)
     DRAFTING_MASKS = numba.njit(cache=True)(_drafting_masks)
     VERIFY_RANKING = numba.njit(cache=True)(_verify_ranking)
@@ -851,7 +863,6 @@ if numba is not None:
     _segment_points = numba.njit(cache=True)(_segment_points)
     _stream_slots = numba.njit(cache=True, inline='always')(_stream_slots)
     _drafts_s = numba.njit(cache=True, inline='always')(_drafts_s)
-    _guarded_rate = numba.njit(cache=True, inline='always')(_guarded_rate)
     _plan_rows_bounded = numba.njit(cache=True)(_plan_rows_bounded)
     PLAN_ROWS = numba.njit(cache=True)(_plan_rows)
     _np_max = numba.njit(cache=True)(_np_max)
