@@ -630,6 +630,13 @@ def _bounds_hold(kind, draft_coef):
     return True
 
 
+def _formed(rate_g, formed, g, best, nan, rate):
+    """Prefix g's rate formed: kept, and (the best so far, whether one is nan) updated."""
+    rate_g[g] = rate
+    formed[g] = True
+    return max(best, rate), nan or rate != rate
+
+
 def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, draft_coef,
                        target_coef, tokens_base, seqs, ctx_base, value, tokens, base_value,
                        n, cap_s, guard, max_step_tokens, num_prefill_tokens):
@@ -710,13 +717,9 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
                 if g == 0:
                     first_ok = T <= cap_s
                     per_token0 = T / (n + cum_t[0]) if guard == 2 else 0.0
-                rate = _guarded_rate(base_value, cum_v[g], T, b[g], v, first_ok, per_token0,
-                                     cum_t[g], n, cap_s, guard, max_step_tokens,
-                                     num_prefill_tokens)
-                rate_g[g] = rate
-                formed[g] = True
-                nan = nan or rate != rate
-                best = max(best, rate)
+                best, nan = _formed(rate_g, formed, g, best, nan, _guarded_rate(
+                    base_value, cum_v[g], T, b[g], v, first_ok, per_token0, cum_t[g], n, cap_s,
+                    guard, max_step_tokens, num_prefill_tokens))
                 snap_s[c] = s
                 snap_n[c] = n_p
                 snap_ctx[c] = ctx_p
@@ -751,13 +754,9 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
                 v = float(b[g]) if chains else ver
                 T = (_drafts_s(K, chains, kind, draft_coef, n_p, ctx_p, fed_p, t_p, dirty)
                      + _pass_s(kind, target_coef, tokens_base + v, seqs, ctx_base + ctx_v))
-                rate = _guarded_rate(base_value, cum_v[g], T, b[g], v, first_ok, per_token0,
-                                     cum_t[g], n, cap_s, guard, max_step_tokens,
-                                     num_prefill_tokens)
-                rate_g[g] = rate
-                formed[g] = True
-                nan = nan or rate != rate
-                best = max(best, rate)
+                best, nan = _formed(rate_g, formed, g, best, nan, _guarded_rate(
+                    base_value, cum_v[g], T, b[g], v, first_ok, per_token0, cum_t[g], n, cap_s,
+                    guard, max_step_tokens, num_prefill_tokens))
         if nan:                                  # the full search's nan rules
             return False, best_g, best_rate, depth, marginal
         pick, pick_rate = -1, 0.0                # 3. np.argmax over the rates formed
@@ -863,6 +862,7 @@ if numba is not None:
     _segment_points = numba.njit(cache=True)(_segment_points)
     _stream_slots = numba.njit(cache=True, inline='always')(_stream_slots)
     _drafts_s = numba.njit(cache=True, inline='always')(_drafts_s)
+    _formed = numba.njit(cache=True, inline='always')(_formed)
     _plan_rows_bounded = numba.njit(cache=True)(_plan_rows_bounded)
     PLAN_ROWS = numba.njit(cache=True)(_plan_rows)
     _np_max = numba.njit(cache=True)(_np_max)
