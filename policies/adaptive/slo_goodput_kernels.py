@@ -265,6 +265,27 @@ def _prefix_into(x, M, full, b, out):
             g += 1
 
 
+def _slot_contexts(context_lens, K):
+    """Each slot's draft context (slot x = i K + j: draft j attends L_i + j - 1, its position
+    counted from 0) and depth j: lookups, not an integer division per ranked slot by a
+    runtime K."""
+    n = context_lens.size
+    lp_of = np.empty(n * K)
+    pos_of = np.empty(n * K, np.int64)
+    for i in range(n):
+        for j in range(K):
+            lp_of[i * K + j] = float(context_lens[i]) + j
+            pos_of[i * K + j] = j
+    return lp_of, pos_of
+
+
+def _row_picks(nw, n):
+    """The per-row answers ``BEST_ROWS`` and the bounded search fill: (prefix index, rate,
+    depth per request (nw, n), marginal slot value)."""
+    return (np.zeros(nw, np.int64), np.empty(nw), np.zeros((nw, n), np.int64),
+            np.empty(nw))
+
+
 def _requests_of(n, K):
     """Each slot's request (slot x = i K + j): a lookup, not an integer division per ranked
     slot by a runtime K."""
@@ -331,10 +352,7 @@ def _best_rows(T, value, tokens, order, K, b, full, base_value, n, cap_s, guard,
     ``tokens`` of one row serve every row (rows that differ only in their orders)."""
     nw, M = order.shape
     B = b.size
-    best_g = np.zeros(nw, np.int64)
-    best_rate = np.empty(nw)
-    depth = np.zeros((nw, n), np.int64)
-    marginal = np.empty(nw)
+    best_g, best_rate, depth, marginal = _row_picks(nw, n)
     slot = np.empty(M)
     cum_v = np.empty(B)
     cum_t = np.zeros(B)
@@ -567,15 +585,7 @@ def _step_times_streamed(order, first, context_lens, feed, Ws, K, chains, b, kin
     if chains:
         for g in range(B):
             verified[0, g] = float(b[g])
-    # each slot's request and depth, looked up: x // K and x % K by a runtime K are an
-    # integer division per ranked slot and row
-    n = context_lens.size
-    lp_of = np.empty(n * K)
-    pos_of = np.empty(n * K, np.int64)
-    for i in range(n):
-        for j in range(K):
-            lp_of[i * K + j] = float(context_lens[i]) + j   # draft j attends L + j - 1
-            pos_of[i * K + j] = j
+    lp_of, pos_of = _slot_contexts(context_lens, K)
     n_p = np.zeros(K, np.int64)
     ctx_p = np.zeros(K)
     fed_p = np.zeros(K)
@@ -655,24 +665,15 @@ def _plan_rows_bounded(order, context_lens, feed, Ws, K, chains, full, b, kind, 
     rules for nan need every rate)."""
     nw, M = order.shape
     B = b.size
-    best_g = np.zeros(nw, np.int64)
-    best_rate = np.empty(nw)
-    depth = np.zeros((nw, n), np.int64)
-    marginal = np.empty(nw)
-    lp_of = np.empty(n * K)
-    pos_of = np.empty(n * K, np.int64)
-    for i in range(n):
-        for j in range(K):
-            lp_of[i * K + j] = float(context_lens[i]) + j   # draft j attends L + j - 1
-            pos_of[i * K + j] = j
+    best_g, best_rate, depth, marginal = _row_picks(nw, n)
+    lp_of, pos_of = _slot_contexts(context_lens, K)
     req_of = _requests_of(n, K)
     S = _segment_points(B)
     C = (B - 2) // S + 2                         # segment ends: 0, S, 2 S, .., B - 1
-    ends = np.empty(C + 1, np.int64)
+    ends = np.empty(C, np.int64)
     for c in range(C - 1):
         ends[c] = c * S
     ends[C - 1] = B - 1
-    ends[C] = B                                  # past the last: never reached
     snap_s = np.empty(C, np.int64)
     snap_n = np.empty((C, K), np.int64)
     snap_ctx = np.empty((C, K))
@@ -845,6 +846,8 @@ if numba is not None:
     TREE_RANKINGS = numba.njit(cache=True)(_tree_rankings)
     TARGET_WIDTHS = numba.njit(cache=True)(_target_widths)
     PREFIX_COUNTS = numba.njit(cache=True)(_prefix_counts)
+    _slot_contexts = numba.njit(cache=True)(_slot_contexts)
+    _row_picks = numba.njit(cache=True)(_row_picks)
     _requests_of = numba.njit(cache=True)(_requests_of)
     _row_sums = numba.njit(cache=True, inline='always')(_row_sums)
     _guarded_rate = numba.njit(cache=True, inline='always')(_guarded_rate)
