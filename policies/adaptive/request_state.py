@@ -4,6 +4,8 @@ A policy owns one of these; entries go when ``Feedback.finished_ids`` names them
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from policies.adaptive.state_kernels import state_kernel
@@ -171,8 +173,7 @@ class AcceptanceTracker:
         are not calibrated). ``imputed``: the step's posterior table (chains with a
         calibrator), its unverified drafts imputed first, as
         ``slo_goodput_drafting.impute_unverified`` does."""
-        from policies.adaptive.slo_goodput_plan import step_kernel
-        kernel = (step_kernel("OBSERVE_CHAINS")
+        kernel = (_observe_chains_kernel()
                   if self.compiled and (calibrator is None or calibrator.compiled)
                   and self.idle_decay == 1.0 else None)
         if kernel is None:
@@ -311,3 +312,11 @@ class OutputLengths:
         longer = self._size - first
         total = self._suffix[first] - o * longer.astype(float)
         return np.where(longer > 0, total / np.maximum(longer, 1), 1.0)
+
+
+@functools.cache
+def _observe_chains_kernel():
+    """``slo_goodput_step_kernels.OBSERVE_CHAINS`` (numba loaded on first use), or None;
+    looked up once, not by an import statement per step."""
+    from policies.adaptive.slo_goodput_plan import step_kernel
+    return step_kernel("OBSERVE_CHAINS")

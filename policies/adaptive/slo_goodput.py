@@ -25,7 +25,8 @@ from policies.adaptive.slo_goodput_tree_shapes import (_targets, best_plan, best
 from policies.adaptive.slo_goodput_value import (HORIZONS, fair_share_weights,
                                                   prefill_chunk_value, queue_value,
                                                   slo_weights)
-from policies.adaptive.step_cost import same_step, step_time_ewma, uniform_step_s
+from policies.adaptive.step_cost import (coefficient_arrays, same_step, step_time_ewma,
+                                         uniform_step_s)
 from policies.interface import (CompiledDecisions, CompiledDrafting, Decision, DraftState,
                                 Feedback, Observation, Policy)
 from policies.registry import register
@@ -280,11 +281,12 @@ class SloGoodput(Policy):
         t_step = self.t_step_s if self.t_step_s is not None else float(
             np.sum(uniform_step_s(obs, [0])))
         tree = tree_step(obs, self.chain_only, self.tree_max_requests, self.tree_steps)
-        cost = kernel_cost(obs) if self.compiled else None   # read by the step's hooks
-        if cost is not None and cost.kind >= 0 and not tree:
-            decision = self._decide_chain(obs, K, t_step, cost)
+        form = coefficient_arrays(obs.cost) if self.compiled else None
+        if form is not None and not tree:
+            decision = self._decide_chain(obs, K, t_step, form)
             if decision is not None:
                 return decision
+        cost = kernel_cost(obs, form) if self.compiled else None   # read by the step's hooks
         if cost is not None and cost.kind >= 0 and tree:
             decision = self._decide_tree_fused(obs, K, t_step, cost)
             if decision is not None:
@@ -337,27 +339,38 @@ class SloGoodput(Policy):
         return _NO_RATES
 
     def _decide_chain(self, obs: Observation, K: int, t_step: float,
-                      cost: KernelCost) -> Decision | None:
+                      form: tuple) -> Decision | None:
         """A chain step's decision in one compiled call (``DECIDE_CHAIN``: the estimates,
         the weights with their fair share, the plan, the lengths), the same floats as
         ``rate``, ``weights``, ``fair_share_weights`` and ``chain_decide`` one by one; None
         where that call does not apply (a fair share other than 0 or 1, a tracker or
-        length window on numpy's path)."""
+        length window on numpy's path). ``form``: the cost model's coefficient arrays
+        (``step_cost.coefficient_arrays``)."""
         kernel = step_kernel("DECIDE_CHAIN")
         if kernel is None or not self._weights_compile():
             return None
         b, first = prefix_grid(obs.num_requests * K, self.num_budget_points)
-        a, w, q, row, rate, depth, marginal, k, prefill_value = kernel(
+        kind, target, draft = form
+        cal = self.calibrator
+        (a, w, q, row, rate, depth, marginal, k, prefill_value, base_value, ctx_base,
+         status, table) = kernel(
             *self.tracker.rate_inputs(), *self._weight_inputs(obs), obs.context_lens,
             int(obs.num_waiting), int(obs.num_prefill_tokens),
             float(obs.sum_prefill_context_tokens), float(t_step),
             queue_value(obs, self.queue_weight, self.ttft_ref_s), self._decide_constants, K,
-            caps_in_range(self.chain_caps, K), first, b, cost.kind, cost.draft, cost.target,
-            self.known_rates(obs))
+            caps_in_range(self.chain_caps, K), first, b, kind, draft, target,
+            self.known_rates(obs), *(_NO_CALIBRATOR if cal is None else (
+                cal.accepted, cal.rejected, cal.prior_weight, cal.min_observations)))
         # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                           depth_pass=q if row == 0 else a, widths=_chain_widths(a.size))
-        self._set_plan(obs, best, w, float(prefill_value), cost, width=1)
+        self._set_plan(obs, best, w, float(prefill_value), kernel_cost(obs, form, ctx_base),
+                       width=1)
+        plan = self._plan
+        plan.base_value = base_value           # what select_verify's pass reads
+        if cal is not None and status != 2:    # the step's survival, as survival_cache's
+            self._survival = SurvivalCache(plan, np.empty((a.size, obs.k_max)), 0, None,
+                                           table if status == 1 else None)
         return self._chain_decision(obs, k, K)
 
     def _weights_compile(self) -> bool:
@@ -687,6 +700,9 @@ def _chain_widths(n: int) -> np.ndarray:
     out.setflags(write=False)
     return out
 
+
+# ``DECIDE_CHAIN``'s calibrator inputs without a calibrator: no posterior table (status 0)
+_NO_CALIBRATOR = (np.zeros(1), np.zeros(1), 0.0, np.inf)
 
 # a length window's inputs before it has ``min_samples`` lengths (unread: horizon 0)
 _NO_WINDOW = (np.zeros(1), np.zeros(2), 0)

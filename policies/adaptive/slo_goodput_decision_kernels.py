@@ -128,19 +128,22 @@ def _decide_steps(state, ints, params, now_s, batch, k_max, out, nodes):
                 params[CONSTANTS:CONSTANTS + NUM_CONSTANTS], batch.context_lens, 0, 0.0, 0.0,
                 kind, dcoef, tcoef, int(params[W_MAX]), K, targets.copy(), caps, first, grid,
                 float(n), float(n), ctx_base, k_max)
-    else:
-        a, w, q, row, rate, depth, marginal, k, prefill_value = DECIDE_CHAIN(
+        status, posterior = POSTERIOR_TABLE(pass_chance, cal_acc, cal_rej,
+                                            params[CAL_PRIOR_WEIGHT],
+                                            params[CAL_MIN_OBSERVATIONS])
+    else:                    # the posterior table of the plan's pass chances too
+        (a, w, q, row, rate, depth, marginal, k, prefill_value, _, _, status,
+         posterior) = DECIDE_CHAIN(
             ints[TABLE_IDS * n:TABLE_IDS * n + m], values[:m], g_s / (g_s + g_f),
             params[PRIOR_WEIGHT], sorted_, suffix, size, ids, batch.num_output_tokens,
             batch.decode_elapsed_s, batch.since_arrival_s, batch.tpot_slo_s, ttft, lost,
             int(params[HORIZON]), batch.context_lens, 0, 0, 0.0, state[T_STEP], 0.0,
             params[CONSTANTS:CONSTANTS + NUM_CONSTANTS], K, caps, first, grid, kind, dcoef,
-            tcoef, known.copy())
+            tcoef, known.copy(), cal_acc, cal_rej, params[CAL_PRIOR_WEIGHT],
+            params[CAL_MIN_OBSERVATIONS])
         pass_chance = q if row == 0 else a                  # the plan's depth_pass
         widths = np.ones(n, np.int64)
         tree = np.zeros((0, k_max), np.int64)
-    status, posterior = POSTERIOR_TABLE(pass_chance, cal_acc, cal_rej,
-                                        params[CAL_PRIOR_WEIGHT], params[CAL_MIN_OBSERVATIONS])
     if status != 1:                          # raw confidences: the hooks' numpy path
         return False
     for i in range(n):

@@ -379,16 +379,21 @@ class KernelCost(NamedTuple):
 _GUARDS = {"off": 0, "step": 1, "per_token": 2}      # the kernels' guard codes
 
 
-def kernel_cost(obs: Observation) -> KernelCost:
+def kernel_cost(obs: Observation, form: tuple | None = None,
+                ctx_base: float | None = None) -> KernelCost:
     """The step's ``KernelCost``: kind -1 (zero coefficients) when the cost model has no
-    ``coefficients()`` (``step_cost.coefficient_arrays``)."""
-    kind, target, draft = coefficient_arrays(obs.cost) or NO_COEFFICIENTS
-    ctx = obs.context_lens
-    # whole tokens: exact in any order (a Python sum over a short list costs a quarter)
-    ctx_sum = (sum(ctx.tolist()) if ctx.shape[0] <= 48 and ctx.dtype.kind in "iu"
-               else ctx.sum())
+    ``coefficients()`` (``step_cost.coefficient_arrays``). ``form``: those arrays where the
+    caller has them; ``ctx_base``: the context base where a compiled call summed it (the
+    same float: sum_prefill_context_tokens + the whole decode contexts)."""
+    kind, target, draft = form or coefficient_arrays(obs.cost) or NO_COEFFICIENTS
+    if ctx_base is None:
+        ctx = obs.context_lens
+        # whole tokens: exact in any order (a Python sum over a short list costs a quarter)
+        ctx_sum = (sum(ctx.tolist()) if ctx.shape[0] <= 48 and ctx.dtype.kind in "iu"
+                   else ctx.sum())
+        ctx_base = obs.sum_prefill_context_tokens + float(ctx_sum)
     return KernelCost(kind, target, draft, float(obs.num_prefill_tokens + obs.num_requests),
-                      float(target_seqs(obs)), obs.sum_prefill_context_tokens + float(ctx_sum))
+                      float(target_seqs(obs)), ctx_base)
 
 
 @functools.cache

@@ -266,7 +266,8 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
                   lengths_suffix, num_lengths, request_ids, num_output_tokens,
                   decode_elapsed_s, since_arrival_s, tpot_slo_s, ttft_slo_s, lost, horizon,
                   context_lens, num_waiting, num_prefill_tokens, prefill_ctx, t_step_s,
-                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef, known_rates):
+                  queue_value, constants, K, caps, first, b, kind, dcoef, tcoef, known_rates,
+                  cal_accepted, cal_rejected, cal_prior_weight, cal_min_observations):
     """``SloGoodput.decide``'s whole chain step in one call: the acceptance estimates
     (``AcceptanceTracker.rate``), the expected remaining outputs when ``horizon`` reads them
     (``OutputLengths.expected_remaining``), the SLO weights (``slo_weights``), the fair share
@@ -274,9 +275,13 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
     (``_chain_decide``, its target-pass base as ``kernel_cost`` forms it); ``constants``
     indexed by this module's SLO_WEIGHT .. EXTEND. ``lost``: the lost weight applies (else
     ``ttft_slo_s`` is unread). ``known_rates``: empty, or the rates to use instead of the
-    tracker's (``_step_weights``). The same floats as those calls one by one.
+    tracker's (``_step_weights``). ``cal_*``: the calibrator's bins and constants, for the
+    step's posterior table (``_posterior_table`` of the plan's pass chances: the calibrator
+    learns only in observe, so the drafting and verify hooks read this one; a
+    ``cal_min_observations`` of inf: none). The same floats as those calls one by one.
     Returns (accept, weight, q, row, its rate, planned depth, marginal slot value, lengths,
-    w_p)."""
+    w_p, the plan's base value sum w + w_p as ``verify_pass`` reads it, the target pass's
+    context base as ``kernel_cost`` forms it, the posterior table's status and table)."""
     n = request_ids.size
     accept, weight = _step_weights(
         tracker_ids, tracker_values, global_rate, prior_weight, lengths_sorted,
@@ -289,13 +294,20 @@ def _decide_chain(tracker_ids, tracker_values, global_rate, prior_weight, length
     ctx = 0
     for i in range(n):                           # whole tokens: exact in any order
         ctx += context_lens[i]
+    ctx_base = prefill_ctx + float(ctx)
     row, rate, depth, marginal, k, prefill_value = _chain_decide(
         q, accept, weight, K, caps, first, b, b.size == n * K + 1, context_lens, kind, dcoef,
         tcoef, float(num_prefill_tokens + n), float(n + (1 if num_prefill_tokens > 0 else 0)),
-        prefill_ctx + float(ctx), tpot_slo_s, constants[SLO_STEP_FACTOR],
+        ctx_base, tpot_slo_s, constants[SLO_STEP_FACTOR],
         int(constants[GUARD]), int(constants[MAX_STEP_TOKENS]), num_prefill_tokens,
         prefill_ctx, queue_value, constants[PREFILL_NEUTRAL] != 0.0, int(constants[EXTEND]))
-    return accept, weight, q, row, rate, depth, marginal, k, prefill_value
+    base_value = _pairwise_sum(weight, n) + prefill_value   # float(w.sum() + w_p)
+    # row 0 ranks by q (width 1), the capped rows by the request's rate: the plan's
+    # depth pass chances
+    status, table = POSTERIOR_TABLE(q if row == 0 else accept, cal_accepted, cal_rejected,
+                                    cal_prior_weight, cal_min_observations)
+    return (accept, weight, q, row, rate, depth, marginal, k, prefill_value, base_value,
+            ctx_base, status, table)
 
 
 def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context_lens, kind,
