@@ -296,10 +296,6 @@ class _Planned:
     widths_used: np.ndarray  # int (n, K), width per depth of the truth it was planned on
 
 
-_EVERY_PREFIX = np.zeros(0, np.int64)     # ORACLE_TREE_DECIDE's grid: every prefix
-_EVERY_PREFIX.setflags(write=False)       # (read-only, as prefix_grid's: one signature)
-
-
 @register("oracle_tree")
 class OracleTree(OracleSlo):
     """``oracle_slo`` for token trees: it knows, per request and depth, the narrowest tree
@@ -337,24 +333,19 @@ class OracleTree(OracleSlo):
     def _decide_compiled(self, obs: Observation, w: np.ndarray) -> Decision | None:
         """Both truths' plans, the better one and its nodes in one compiled call
         (``slo_goodput_step_kernels.ORACLE_TREE_DECIDE``: the same plans and decision as
-        ``truths``, ``_plan`` and ``decide`` one by one; a second call with the truths'
-        prefix grids where a truth has more passing slots than ``num_budget_points``), for
-        a cost model with coefficients; else None."""
+        ``truths``, ``_plan`` and ``decide`` one by one, each truth's prefix grid formed
+        inside), for a cost model with coefficients; else None."""
         kernel = step_kernel("ORACLE_TREE_DECIDE") if self.slo.compiled else None
         cost = kernel_cost(obs) if kernel is not None else None
         if cost is None or cost.kind < 0:
             return None
         K = obs.k_max
-        args = (np.ascontiguousarray(self._min_widths(obs)[:, :K]), self.tree_oracle_max_width,
-                K, w, obs.context_lens, cost.kind, cost.draft, cost.target, cost.tokens_base,
-                cost.seqs, cost.ctx_base, float(self.slo.prefill_value(obs)), obs.tpot_slo_s,
-                float(self.slo.slo_step_factor), _GUARDS[self.slo.slo_guard],
-                int(obs.num_prefill_tokens), self.num_budget_points)
-        planned, k, nodes, live_tree, live_chain = kernel(*args, _EVERY_PREFIX, _EVERY_PREFIX)
-        if not planned:              # a coarse grid for a truth: the grids, as _plan's
-            planned, k, nodes, _, _ = kernel(
-                *args, prefix_grid(live_tree, self.num_budget_points)[0],
-                prefix_grid(live_chain, self.num_budget_points)[0])
+        k, nodes = kernel(
+            np.ascontiguousarray(self._min_widths(obs)[:, :K]), self.tree_oracle_max_width, K,
+            w, obs.context_lens, cost.kind, cost.draft, cost.target, cost.tokens_base,
+            cost.seqs, cost.ctx_base, float(self.slo.prefill_value(obs)), obs.tpot_slo_s,
+            float(self.slo.slo_step_factor), _GUARDS[self.slo.slo_guard],
+            int(obs.num_prefill_tokens), self.num_budget_points)
         if nodes.shape[0] == 0:
             return Decision(num_spec_tokens=k)
         return Decision(num_spec_tokens=k, nodes_per_depth=nodes)

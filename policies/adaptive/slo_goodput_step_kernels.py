@@ -424,19 +424,47 @@ def _decide_tree(accept, pass_table, weight, K, targets, caps, first, b, context
             W_all[best].copy(), widest, k, nodes)
 
 
+def _prefix_grid(num_slots, num_budget_points):
+    """``slo_goodput_plan.prefix_grid`` inside a compiled call, the same arrays: every
+    prefix 0..M, or the points of np.linspace(0, M, num_budget_points) (its floats: i x (M /
+    (points - 1)), the last M) rounded half to even with repeats dropped in order; and per
+    slot rank r the first prefix that holds it (how many points are <= r)."""
+    M = num_slots
+    P = num_budget_points
+    if M + 1 <= P:
+        return np.arange(M + 1), np.arange(1, M + 1)
+    b = np.empty(max(P, 0), np.int64)
+    num = 0
+    step = float(M) / (P - 1) if P > 1 else 0.0
+    for i in range(P):
+        y = float(i) * step if i < P - 1 or P == 1 else float(M)
+        v = np.int64(np.rint(y))
+        if num == 0 or v != b[num - 1]:
+            b[num] = v
+            num += 1
+    b = b[:num]
+    count = np.zeros(M + 1, np.int64)
+    for g in range(num):
+        count[b[g]] += 1
+    first = np.empty(M, np.int64)
+    run = 0
+    for r in range(M):
+        run += count[r]
+        first[r] = run
+    return b, first
+
+
 def _oracle_tree_decide(min_widths, w_max, K, weight, context_lens, kind, dcoef, tcoef,
                         tokens_base, seqs, ctx_base, prefill_value, tpot_slo_s,
-                        slo_step_factor, guard, num_prefill_tokens, num_budget_points,
-                        tree_grid, chain_grid):
+                        slo_step_factor, guard, num_prefill_tokens, num_budget_points):
     """``OracleTree.decide`` past its weights in one call: the true trees (each depth at
     its narrowest passing width up to the first depth none <= ``w_max`` passes) and the
     true chains (``OracleTree.truths``), each planned by ``_oracle_slot_plan``, the first
-    of the higher rates taken (Python's ``max``), its lengths and nodes per depth.
-    ``tree_grid`` / ``chain_grid``: each truth's prefix lengths (``prefix_grid`` of its
-    passing slots); empty: every prefix, where ``num_budget_points`` exceeds both truths'
-    passing slots (else nothing is planned, and the caller asks again with the grids).
-    Returns (planned, lengths, nodes (n, k_max): empty when they would all be <= 1, the
-    chain's decision; the trees' and the chains' passing slots)."""
+    of the higher rates taken (Python's ``max``), its lengths and nodes per depth, each
+    truth over its prefix grid (``prefix_grid`` of its passing slots and
+    ``num_budget_points``, formed here: ``_prefix_grid``).
+    Returns (lengths, nodes (n, k_max): empty when they would all be <= 1, the chain's
+    decision)."""
     n = min_widths.shape[0]
     k_max = min_widths.shape[1]
     tree_pass = np.zeros((n, K))
@@ -457,22 +485,11 @@ def _oracle_tree_decide(min_widths, w_max, K, weight, context_lens, kind, dcoef,
                 chain_pass[i, j] = 1.0
                 live_chain += 1
     no_nodes = np.zeros((0, k_max), np.int64)
-    if tree_grid.size == 0 and (live_tree + 1 > num_budget_points
-                                or live_chain + 1 > num_budget_points):
-        return False, np.zeros(n, np.int64), no_nodes, live_tree, live_chain
     rates = np.empty(2)
     depths = np.zeros((2, n), np.int64)
     for t in range(2):
         live = live_tree if t == 0 else live_chain
-        grid = tree_grid if t == 0 else chain_grid
-        b = np.arange(live + 1) if grid.size == 0 else grid.copy()
-        first = np.arange(1, live + 1)           # slot r joins the first prefix b > r
-        if b.size != live + 1:
-            g = 0
-            for r in range(live):
-                while b[g] <= r:
-                    g += 1
-                first[r] = g
+        b, first = _prefix_grid(live, num_budget_points)
         _, rates[t], depth, _, _ = _oracle_slot_plan(
             tree_pass if t == 0 else chain_pass,
             tree_widths if t == 0 else np.ones((n, K), np.int64), weight, context_lens,
@@ -481,7 +498,7 @@ def _oracle_tree_decide(min_widths, w_max, K, weight, context_lens, kind, dcoef,
             num_prefill_tokens)
         depths[t] = depth
     if rates[1] > rates[0]:                      # max(): the first of the highest rates
-        return True, depths[1].copy(), no_nodes, live_tree, live_chain
+        return depths[1].copy(), no_nodes
     nodes = np.zeros((n, k_max), np.int64)
     widest = 1
     for i in range(n):
@@ -491,8 +508,8 @@ def _oracle_tree_decide(min_widths, w_max, K, weight, context_lens, kind, dcoef,
                 if nodes[i, j] > widest:
                     widest = nodes[i, j]
     if widest <= 1:
-        return True, depths[0].copy(), no_nodes, live_tree, live_chain
-    return True, depths[0].copy(), nodes, live_tree, live_chain
+        return depths[0].copy(), no_nodes
+    return depths[0].copy(), nodes
 
 
 def _slot_plan(slot_pass, slot_widths, rank, weight, context_lens, num_live, first, b, full,
@@ -972,6 +989,7 @@ if numba is not None:
     ORACLE_SLOT_PLAN = numba.njit(cache=True)(_oracle_slot_plan)
     _oracle_slot_plan = ORACLE_SLOT_PLAN
     ORACLE_CHAIN_PLAN = numba.njit(cache=True)(_oracle_chain_plan)
+    PREFIX_GRID = _prefix_grid = numba.njit(cache=True)(_prefix_grid)
     ORACLE_TREE_DECIDE = numba.njit(cache=True)(_oracle_tree_decide)
     DRAFTING_PASS = numba.njit(cache=True)(_drafting_pass)
     _drafting_pass = DRAFTING_PASS
@@ -981,7 +999,7 @@ if numba is not None:
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
-    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = None
+    DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = PREFIX_GRID = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = ORACLE_CHAIN_PLAN = NEUTRAL_PREFILL_VALUE = None
     ORACLE_ORDERS = None

@@ -347,3 +347,25 @@ def test_prefix_grid_is_every_prefix_or_the_evenly_spaced_ones():
             assert np.array_equal(b, want) and b.dtype == np.int64, (slots, points)
             assert np.array_equal(first, np.searchsorted(want, np.arange(slots), side="right"))
             assert first.dtype == np.int64 and not b.flags.writeable
+
+
+def test_compiled_prefix_grid_is_prefix_grid():
+    """The grid formed inside a compiled call (``PREFIX_GRID``, what ``oracle_tree``'s
+    one-call decide plans over) is ``prefix_grid``'s, point for point: np.linspace's floats
+    and its round half to even (slot counts whose points fall on .5 included)."""
+    from policies.adaptive.slo_goodput_plan import prefix_grid, step_kernel
+    kernel = step_kernel("PREFIX_GRID")
+    if kernel is None:
+        pytest.skip("numba is not installed")
+    grid = prefix_grid.__wrapped__
+    halves = 0
+    for points in (1, 2, 3, 5, 17, 64, 256, 512, 1000):
+        for slots in [*range(0, 1100), *range(1100, 6000, 13)]:
+            b, first = kernel(slots, points)
+            want_b, want_first = grid(slots, points)
+            assert np.array_equal(b, want_b) and b.dtype == np.int64, (slots, points)
+            assert np.array_equal(first, want_first) and first.dtype == np.int64
+            if points > 1 and slots + 1 > points:
+                y = np.linspace(0, slots, points)
+                halves += int((y - np.floor(y) == 0.5).sum())
+    assert halves > 0                  # the rounding rule was exercised
