@@ -163,7 +163,8 @@ class AcceptanceTracker:
                                   + np.array([acc[drafted].sum(), rej[drafted].sum()]))
 
     def observe_chains_with(self, calibrator, ids, num_spec, num_accepted, confidences,
-                            finished_ids, reject_width=None, imputed=None) -> bool:
+                            finished_ids, reject_width=None, imputed=None, lengths=None,
+                            outputs=None) -> bool:
         """``observe(ids, num_spec, num_accepted)``, ``calibrator.observe(confidences,
         num_spec, num_accepted)`` and ``forget(finished_ids)`` of one chain-verification
         step in one compiled call (``slo_goodput_step_kernels.OBSERVE_CHAINS``: the same
@@ -172,8 +173,11 @@ class AcceptanceTracker:
         reject_width)`` and ``forget`` with ``calibrator`` None (a tree step's confidences
         are not calibrated). ``imputed``: the step's posterior table (chains with a
         calibrator), its unverified drafts imputed first, as
-        ``slo_goodput_drafting.impute_unverified`` does."""
-        kernel = (_observe_chains_kernel()
+        ``slo_goodput_drafting.impute_unverified`` does. ``lengths`` (a compiled
+        ``OutputLengths``) and ``outputs`` (int (n,), each request's tokens before the
+        step): ``lengths.record_finished(ids, outputs, num_accepted, finished_ids)`` in the
+        same call (``OBSERVE_CHAINS_RECORDING``)."""
+        kernel = (_observe_chains_kernel(lengths is not None)
                   if self.compiled and (calibrator is None or calibrator.compiled)
                   and self.idle_decay == 1.0 else None)
         if kernel is None:
@@ -183,12 +187,18 @@ class AcceptanceTracker:
         bins = _NO_CALIBRATOR if calibrator is None else (
             calibrator.accepted, calibrator.rejected, calibrator.decay,
             np.asarray(confidences, float), calibrator.num_bins)
-        drafted, is_new, rows, table.ids, table.values, forgot = kernel(
-            table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
-            np.asarray(num_accepted, float), self.decay, float(self._updates + 1),
-            self.global_counts, self.global_decay, *bins, finished_ids, self.max_requests,
-            _NO_WIDTHS if reject_width is None else np.asarray(reject_width, float),
-            _NO_TABLE if imputed is None or calibrator is None else imputed)
+        args = (table.ids, table.values, ids, num_spec, np.asarray(num_accepted, np.int64),
+                np.asarray(num_accepted, float), self.decay, float(self._updates + 1),
+                self.global_counts, self.global_decay, *bins, finished_ids, self.max_requests,
+                _NO_WIDTHS if reject_width is None else np.asarray(reject_width, float),
+                _NO_TABLE if imputed is None or calibrator is None else imputed)
+        if lengths is None:
+            drafted, is_new, rows, table.ids, table.values, forgot = kernel(*args)
+        else:
+            (drafted, is_new, rows, table.ids, table.values, forgot, lengths._head,
+             lengths._size) = kernel(*args, lengths._ring, lengths._head, lengths._size,
+                                     lengths._sorted, lengths._suffix,
+                                     np.asarray(outputs, np.int64))
         if calibrator is not None:
             calibrator.counts_changed()
         if drafted:
@@ -315,8 +325,9 @@ class OutputLengths:
 
 
 @functools.cache
-def _observe_chains_kernel():
-    """``slo_goodput_step_kernels.OBSERVE_CHAINS`` (numba loaded on first use), or None;
-    looked up once, not by an import statement per step."""
+def _observe_chains_kernel(recording: bool):
+    """``slo_goodput_step_kernels.OBSERVE_CHAINS`` (``recording``: its variant that also
+    records finished output lengths, ``OBSERVE_CHAINS_RECORDING``), numba loaded on first
+    use, or None; looked up once, not by an import statement per step."""
     from policies.adaptive.slo_goodput_plan import step_kernel
-    return step_kernel("OBSERVE_CHAINS")
+    return step_kernel("OBSERVE_CHAINS_RECORDING" if recording else "OBSERVE_CHAINS")

@@ -264,13 +264,21 @@ class SloGoodput(Policy):
     def record_lengths(self, feedback: Feedback) -> None:
         """The output lengths of the step's finished requests (their tokens before the
         step, as ``weights`` saw them, plus what the step emitted)."""
+        seen = self._finished_outputs(feedback)
+        if seen is not None:
+            self.lengths.record_finished(*seen, feedback.num_accepted, feedback.finished_ids)
+
+    def _finished_outputs(self, feedback: Feedback) -> tuple | None:
+        """(ids, their tokens before the step) as ``weights`` saw them, where ``feedback``
+        is of that step, some request finished and the horizon reads output lengths; else
+        None (nothing to record)."""
         if (self.slo_horizon == "step" or self._outputs is None
                 or not len(feedback.finished_ids)):
-            return
+            return None
         array, seen_ids, outputs = self._outputs
         if feedback.request_ids is array or np.array_equal(feedback.request_ids, seen_ids):
-            self.lengths.record_finished(seen_ids, outputs, feedback.num_accepted,
-                                         feedback.finished_ids)
+            return seen_ids, outputs
+        return None
 
     def decide(self, obs: Observation) -> Decision:
         n = obs.num_requests
@@ -664,7 +672,11 @@ class SloGoodput(Policy):
         ids = np.asarray(feedback.request_ids, np.int64)
         spec = np.asarray(feedback.num_spec_tokens, np.int64)
         plan = self._plan
-        self.record_lengths(feedback)
+        # the finished requests' output lengths, recorded inside the tracker's compiled
+        # call where it runs (the window and the tracker are apart: the order is free)
+        seen = self._finished_outputs(feedback)
+        window, outputs = ((self.lengths, seen[1]) if seen is not None and self.lengths.compiled
+                           else (None, None))
         imputed = (self._imputed_table(feedback, ids)
                    if self.impute_unverified and plan is not None and plan.width == 1 else None)
         step = float(feedback.draft_time_s + feedback.verify_time_s)
@@ -673,24 +685,30 @@ class SloGoodput(Policy):
         if plan is not None and plan.width > 1 and (ids is plan.obs.request_ids or np.array_equal(
                 ids, plan.obs.request_ids)):
             depths = spec // plan.widths
-            if self.compiled and self.tracker.observe_chains_with(
-                    None, ids, depths, feedback.num_accepted, None, feedback.finished_ids,
-                    plan.widths):
-                return               # forgotten the finished requests too, in one call
-            self.tracker.observe(ids, depths, feedback.num_accepted, plan.widths)
-        elif (self.compiled and self.calibrator is not None
-              and self.tracker.observe_chains_with(self.calibrator, ids, spec,
-                                                   feedback.num_accepted, feedback.confidences,
-                                                   feedback.finished_ids, imputed=imputed)):
-            return                   # imputed, observed, forgotten the finished: one call
+            # observed and forgotten the finished requests (their lengths recorded) in one call
+            done = self.compiled and self.tracker.observe_chains_with(
+                None, ids, depths, feedback.num_accepted, None, feedback.finished_ids,
+                plan.widths, lengths=window, outputs=outputs)
+            if not done:
+                self.tracker.observe(ids, depths, feedback.num_accepted, plan.widths)
         else:
-            if imputed is not None:
-                impute_unverified(self.tracker, self.calibrator, imputed, feedback.confidences,
-                                  ids, spec, feedback.num_accepted)
-            self.tracker.observe(ids, spec, feedback.num_accepted)
-            if self.calibrator is not None:
-                self.calibrator.observe(feedback.confidences, spec, feedback.num_accepted)
-        self.tracker.forget(feedback.finished_ids)
+            # imputed, observed, forgotten the finished (their lengths recorded): one call
+            done = (self.compiled and self.calibrator is not None
+                    and self.tracker.observe_chains_with(
+                        self.calibrator, ids, spec, feedback.num_accepted,
+                        feedback.confidences, feedback.finished_ids, imputed=imputed,
+                        lengths=window, outputs=outputs))
+            if not done:
+                if imputed is not None:
+                    impute_unverified(self.tracker, self.calibrator, imputed,
+                                      feedback.confidences, ids, spec, feedback.num_accepted)
+                self.tracker.observe(ids, spec, feedback.num_accepted)
+                if self.calibrator is not None:
+                    self.calibrator.observe(feedback.confidences, spec, feedback.num_accepted)
+        if not done:
+            self.tracker.forget(feedback.finished_ids)
+        if seen is not None and not (done and window is not None):
+            self.lengths.record_finished(*seen, feedback.num_accepted, feedback.finished_ids)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -957,6 +957,25 @@ def _observe_chains(table_ids, table_values, ids, spec, accepted, accepted_f, de
     return any_spec, is_new, no_rows, kept_ids, kept_values, True
 
 
+def _observe_chains_recording(table_ids, table_values, ids, spec, accepted, accepted_f, decay,
+                              update, global_counts, global_decay, cal_accepted, cal_rejected,
+                              cal_decay, confidences, num_bins, finished, max_requests, width,
+                              imputed, ring, head, size, sorted_, suffix, outputs):
+    """``_observe_chains``, then ``OutputLengths.record_finished`` of the step in the same
+    call: the output lengths of the ``finished`` requests (``outputs``, their tokens before
+    the step, plus its accepted and bonus tokens: ``_finished_lengths``) into the length
+    window (``ring`` .. ``suffix`` in place, ``_lengths_record``). Returns ``_observe_chains``'
+    six values, then the window's head and size."""
+    any_spec, is_new, rows, out_ids, out_values, forgot = OBSERVE_CHAINS(
+        table_ids, table_values, ids, spec, accepted, accepted_f, decay, update, global_counts,
+        global_decay, cal_accepted, cal_rejected, cal_decay, confidences, num_bins, finished,
+        max_requests, width, imputed)
+    lengths = _finished_lengths(ids, outputs, accepted, finished)
+    if lengths.size:                 # none: the window as it is (``record``'s early return)
+        head, size = _lengths_record(ring, head, size, sorted_, suffix, lengths)
+    return any_spec, is_new, rows, out_ids, out_values, forgot, head, size
+
+
 if numba is not None:
     from policies.adaptive.state_kernels import state_kernel
     _calibration_counts = state_kernel("calibration_counts")
@@ -997,8 +1016,12 @@ if numba is not None:
     VERIFY_PASS = numba.njit(cache=True)(_verify_pass)
     _impute_unverified = numba.njit(cache=True)(_impute_unverified)
     OBSERVE_CHAINS = numba.njit(cache=True)(_observe_chains)
+    _finished_lengths = state_kernel("finished_lengths")
+    _lengths_record = state_kernel("lengths_record")
+    OBSERVE_CHAINS_RECORDING = numba.njit(cache=True)(_observe_chains_recording)
 else:                              # pragma: no cover - numba is a dependency of the project
     POSTERIOR_TABLE = DRAFTING_PASS = VERIFY_PASS = OBSERVE_CHAINS = CHAIN_DECIDE = None
+    OBSERVE_CHAINS_RECORDING = None
     DECIDE_CHAIN = DECIDE_TREE = ORACLE_TREE_DECIDE = DECIDE_TREE_STEP = PREFIX_GRID = None
     DRAFTING_RULE = None
     SLOT_PLAN = ORACLE_RANKS = ORACLE_SLOT_PLAN = ORACLE_CHAIN_PLAN = NEUTRAL_PREFILL_VALUE = None

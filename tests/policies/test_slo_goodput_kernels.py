@@ -255,13 +255,18 @@ def test_fused_observe_matches_numpy(trees):
     (``observe_chains_with``) against the numpy paths, step by step over random outcomes:
     requests joining in and out of id order (the kernel's append and the table's sorted
     insertion), idle steps, finished requests and a table pruned at ``max_requests``;
-    with ``trees``, token trees' depths with their widths and no calibrator."""
+    with ``trees``, token trees' depths with their widths and no calibrator. Every other
+    step also records the finished requests' output lengths in the same call
+    (``lengths=``: ``OBSERVE_CHAINS_RECORDING``) into a window small enough to evict,
+    against ``OutputLengths.record_finished`` on numpy's path."""
     from policies.adaptive.calibration import ConfidenceCalibrator
-    from policies.adaptive.request_state import AcceptanceTracker
+    from policies.adaptive.request_state import AcceptanceTracker, OutputLengths
     rng = np.random.default_rng(5 + trees)
     fast_t, slow_t = AcceptanceTracker(max_requests=24), AcceptanceTracker(max_requests=24)
     fast_c, slow_c = ConfidenceCalibrator(), ConfidenceCalibrator()
-    slow_t.compiled = slow_c.compiled = False
+    fast_l, slow_l = OutputLengths(max_samples=16), OutputLengths(max_samples=16)
+    slow_t.compiled = slow_c.compiled = slow_l.compiled = False
+    recorded = 0
     live, next_id, seen = list(range(8)), 8, set()
     for step in range(400):
         ids = np.array(sorted(rng.choice(live, size=min(len(live), rng.integers(1, 12)),
@@ -277,15 +282,26 @@ def test_fused_observe_matches_numpy(trees):
         finished = np.array(rng.choice(ids, size=min(n, int(rng.integers(0, 3))),
                                        replace=False) if rng.random() < 0.4 else [], np.int64)
         before = len(slow_t.table)
+        outputs = rng.integers(1, 400, n).astype(np.int64)
+        record = dict(lengths=fast_l, outputs=outputs) if step % 2 == 0 else {}
         if trees:
             width = rng.integers(1, 5, n)
-            assert fast_t.observe_chains_with(None, ids, spec, acc, None, finished, width)
+            assert fast_t.observe_chains_with(None, ids, spec, acc, None, finished, width,
+                                              **record)
             slow_t.observe(ids, spec, acc, width)
         else:
-            assert fast_t.observe_chains_with(fast_c, ids, spec, acc, conf, finished)
+            assert fast_t.observe_chains_with(fast_c, ids, spec, acc, conf, finished,
+                                              **record)
             slow_t.observe(ids, spec, acc)
             slow_c.observe(conf, spec, acc)
         slow_t.forget(finished)
+        if record:
+            slow_l.record_finished(ids, outputs, acc, finished)
+            recorded += finished.size
+        assert np.array_equal(fast_l.window, slow_l.window), step
+        assert np.array_equal(fast_l._sorted[:len(fast_l)], slow_l._sorted[:len(slow_l)])
+        assert np.array_equal(fast_l._suffix[:len(fast_l) + 1],
+                              slow_l._suffix[:len(slow_l) + 1])
         assert np.array_equal(fast_t.table.ids, slow_t.table.ids), step
         assert np.array_equal(fast_t.table.values, slow_t.table.values), step
         assert np.array_equal(fast_t.global_counts, slow_t.global_counts)
@@ -302,6 +318,7 @@ def test_fused_observe_matches_numpy(trees):
             live.append(next_id)
             next_id += 1
     assert len(fast_t.table) > 3 and (fast_c.num_observations > 100) != trees
+    assert len(fast_l) == 16 and recorded > 40               # the window full, evicting
     assert seen == {"pruned", "appended"}, seen
 
 
