@@ -372,8 +372,11 @@ class SloGoodput(Policy):
         # row 0 ranks by q (width 1), the capped rows by the request's rate (chain_rankings)
         best = PrefixPlan(depth=depth, rate=float(rate), marginal=float(marginal),
                           depth_pass=q if row == 0 else a, widths=_chain_widths(a.size))
-        self._set_plan(obs, best, w, float(prefill_value), kernel_cost(obs, form, ctx_base),
-                       width=1)
+        # the call's context sum is kernel_cost's for whole-token contexts (exact in any
+        # order); other dtypes keep numpy's sum
+        exact = obs.context_lens.dtype.kind in "iu"
+        self._set_plan(obs, best, w, float(prefill_value),
+                       kernel_cost(obs, form, ctx_base if exact else None), width=1)
         plan = self._plan
         plan.base_value = base_value           # what select_verify's pass reads
         if cal is not None and status != 2:    # the step's survival, as survival_cache's
